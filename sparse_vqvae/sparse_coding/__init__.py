@@ -1,0 +1,18 @@
+"""Sparse coding in PyTorch: batched OMP and LASSO (FISTA), and their task-driven gradients."""
+
+from .dictionary import init_dictionary_from_data, normalize_atoms, random_dictionary
+from .fista import fista, soft_threshold
+from .omp import SparseCode, omp
+from .tddl import active_set_solve, sparse_code
+
+__all__ = [
+    "SparseCode",
+    "active_set_solve",
+    "fista",
+    "init_dictionary_from_data",
+    "normalize_atoms",
+    "omp",
+    "random_dictionary",
+    "soft_threshold",
+    "sparse_code",
+]

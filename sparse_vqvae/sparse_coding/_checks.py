@@ -1,0 +1,52 @@
+"""Argument checks shared by the sparse coders: fail early with the argument's name."""
+
+from __future__ import annotations
+
+import torch
+
+
+def check_signals_and_dictionary(x: torch.Tensor, dictionary: torch.Tensor) -> None:
+    if not isinstance(x, torch.Tensor) or x.dim() != 2:
+        raise ValueError(f"x must be a 2-D tensor [B, d], got {_describe(x)}")
+    if not isinstance(dictionary, torch.Tensor) or dictionary.dim() != 2:
+        raise ValueError(f"dictionary must be a 2-D tensor [d, N] (atoms are columns), got {_describe(dictionary)}")
+    if x.shape[1] != dictionary.shape[0]:
+        raise ValueError(
+            f"x has signals of dimension {x.shape[1]} but dictionary has atoms of dimension "
+            f"{dictionary.shape[0]}: x is [B, d], dictionary is [d, N]"
+        )
+    if not x.is_floating_point() or x.dtype != dictionary.dtype:
+        raise ValueError(f"x and dictionary must share one floating dtype, got {x.dtype} and {dictionary.dtype}")
+    if x.device != dictionary.device:
+        raise ValueError(f"x and dictionary must be on one device, got {x.device} and {dictionary.device}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x contains NaN or infinite values")
+    if not bool(torch.isfinite(dictionary).all()):
+        raise ValueError("dictionary contains NaN or infinite values")
+
+
+def check_positive_int(name: str, value: object, upper: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if upper is not None and value > upper:
+        raise ValueError(f"{name} must be at most {upper} (the number of atoms), got {value}")
+    return value
+
+
+def check_non_negative(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or value == float("inf"):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {list(value.shape)}"
+    return f"{type(value).__name__}"
+
+
+def default_chunk_size(device: torch.device, num_atoms: int) -> int:
+    """Rows coded at once: on CPU small enough that the [rows, N] correlations stay in cache."""
+    if device.type == "cpu":
+        return max(64, (1 << 19) // num_atoms)
+    return max(1024, (1 << 27) // num_atoms)
