@@ -1,7 +1,7 @@
 """Sparse coding in PyTorch: batched OMP and LASSO (FISTA), and their task-driven gradients."""
 
 from .dictionary import init_dictionary_from_data, normalize_atoms, random_dictionary
-from .fista import fista, soft_threshold
+from .fista import fista
 from .omp import SparseCode, omp
 from .tddl import active_set_solve, sparse_code
 
@@ -13,6 +13,5 @@ __all__ = [
     "normalize_atoms",
     "omp",
     "random_dictionary",
-    "soft_threshold",
     "sparse_code",
 ]
