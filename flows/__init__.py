@@ -1,0 +1,1 @@
+"""Prefect flows that chain the stages in tasks/ (the pipeline, and sweeps over quantizers)."""
