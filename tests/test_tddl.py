@@ -43,13 +43,13 @@ def test_forward_equals_the_plain_solver(method):
 @pytest.mark.parametrize("method", ["omp", "fista"])
 def test_default_ridge_barely_moves_the_gradient(method):
     x, dictionary = small_problem(2)
-    weights = torch.randn(5, 12, dtype=torch.float64)
+    weights = torch.randn(5, 12, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     grads = []
     for ridge in (0.0, 1e-6):
         loss = (sparse_code(x, dictionary, method, ridge=ridge, **SOLVERS[method]) * weights).sum()
         grads.append(torch.autograd.grad(loss, (x, dictionary)))
-    for exact, ridged in zip(*grads):
-        assert torch.allclose(exact, ridged, rtol=1e-3, atol=1e-6)
+    for exact, ridged in zip(*grads):  # within 0.1% of the gradient's scale
+        assert (exact - ridged).abs().max() <= 1e-3 * exact.abs().max()
 
 
 @pytest.mark.parametrize("method", ["omp", "fista"])

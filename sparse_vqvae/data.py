@@ -1,0 +1,175 @@
+"""Image datasets by name. Every item is one image tensor [3, H, W] with pixels in [-1, 1].
+
+- ``embedded`` (default): seeded random crops of real photographs that ship inside the pinned
+  scikit-image package, so it works on any fresh machine with no download. Train and test crops
+  come from different photographs. Large photographs are downscaled (short side ``short_side``)
+  so that a 32x32 crop holds structure rather than a flat patch.
+- ``cifar10`` / ``cifar100``: torchvision's datasets from a local ``root`` (never downloaded here).
+- ``imagefolder``: any folder of images (class sub-folders as torchvision's ImageFolder), resized
+  and centre-cropped to ``image_size``, with a seeded held-out test split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, Subset
+
+Split = Literal["train", "test"]
+DATASETS = ("embedded", "cifar10", "cifar100", "imagefolder")
+
+# Distinct photographs for each split (the two motorcycle views are one scene, so both train).
+EMBEDDED_TRAIN = ("astronaut.png", "motorcycle_left.png", "motorcycle_right.png", "hubble_deep_field.jpg",
+                  "retina.jpg", "ihc.png")
+EMBEDDED_TEST = ("chelsea.png", "coffee.png", "rocket.jpg")
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """The dataset's files are not where the configuration points."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "embedded"
+    root: str | None = None  # cifar10, cifar100, imagefolder: where the files are
+    image_size: int = 32
+    train_count: int = 8192  # embedded: crops drawn for the training split
+    test_count: int = 1024  # embedded: crops drawn for the test split
+    short_side: int = 256  # embedded: photographs are downscaled to this short side first
+    test_fraction: float = 0.1  # imagefolder: share of images held out for the test split
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.name not in DATASETS:
+            raise ValueError(f"data.name must be one of {', '.join(DATASETS)}; got {self.name!r}")
+        for key in ("image_size", "train_count", "test_count", "short_side"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"data.{key} must be >= 1, got {getattr(self, key)}")
+        if self.name == "embedded" and self.image_size > self.short_side:
+            raise ValueError(f"data.image_size ({self.image_size}) must not exceed data.short_side ({self.short_side})")
+        if not 0 < self.test_fraction < 1:
+            raise ValueError(f"data.test_fraction must be in (0, 1), got {self.test_fraction}")
+
+
+def load_dataset(config: DataConfig, split: Split) -> Dataset:
+    """The named dataset's ``split``: a Dataset of [3, H, W] tensors in [-1, 1]."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if config.name == "embedded":
+        return EmbeddedCrops(config, split)
+    if config.name in ("cifar10", "cifar100"):
+        return _cifar(config, split)
+    return _image_folder(config, split)
+
+
+def to_model_range(image: np.ndarray) -> torch.Tensor:
+    """uint8 [H, W, 3] -> float [3, H, W] in [-1, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 127.5 - 1.0
+
+
+def embedded_photo_dir() -> Path:
+    import skimage.data
+
+    return Path(skimage.data.__file__).parent
+
+
+class EmbeddedCrops(Dataset):
+    """``count`` seeded random crops of the split's photographs, equally many from each."""
+
+    def __init__(self, config: DataConfig, split: Split) -> None:
+        self.sources = EMBEDDED_TRAIN if split == "train" else EMBEDDED_TEST
+        count = config.train_count if split == "train" else config.test_count
+        photos = [_downscaled(embedded_photo_dir() / name, config.short_side) for name in self.sources]
+        rng = np.random.default_rng([config.seed, 0 if split == "train" else 1])
+        size = config.image_size
+        crops = np.empty((count, size, size, 3), dtype=np.uint8)
+        self.source_of = np.arange(count) % len(photos)
+        for i, source in enumerate(self.source_of):
+            photo = photos[source]
+            top = rng.integers(0, photo.shape[0] - size + 1)
+            left = rng.integers(0, photo.shape[1] - size + 1)
+            crops[i] = photo[top : top + size, left : left + size]
+        self.crops = crops
+
+    def __len__(self) -> int:
+        return len(self.crops)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return to_model_range(self.crops[index])
+
+
+def _downscaled(path: Path, short_side: int) -> np.ndarray:
+    if not path.is_file():
+        raise DatasetNotFoundError(
+            f"embedded photograph {path.name} not found in {path.parent}: reinstall scikit-image "
+            "(pinned in pyproject.toml), which ships it"
+        )
+    image = Image.open(path).convert("RGB")
+    scale = short_side / min(image.size)
+    if scale < 1:
+        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.LANCZOS)
+    return np.asarray(image)
+
+
+class _ImagesOnly(Dataset):
+    """Drops the labels of a torchvision dataset and maps its images to [-1, 1]."""
+
+    def __init__(self, dataset: Dataset, image_size: int) -> None:
+        self.dataset, self.image_size = dataset, image_size
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        image = self.dataset[index][0].convert("RGB")
+        if image.size != (self.image_size, self.image_size):
+            scale = self.image_size / min(image.size)
+            image = image.resize((max(self.image_size, round(image.width * scale)),
+                                  max(self.image_size, round(image.height * scale))), Image.Resampling.BICUBIC)
+            left = (image.width - self.image_size) // 2
+            top = (image.height - self.image_size) // 2
+            image = image.crop((left, top, left + self.image_size, top + self.image_size))
+        return to_model_range(np.asarray(image))
+
+
+def _require_root(config: DataConfig, how: str) -> Path:
+    if not config.root:
+        raise DatasetNotFoundError(f"data.root is not set: {config.name} needs a local folder ({how})")
+    root = Path(config.root).expanduser().resolve()
+    if not root.is_dir():
+        raise DatasetNotFoundError(f"{config.name} not found: looked in {root}, which is not a folder ({how})")
+    return root
+
+
+def _cifar(config: DataConfig, split: Split) -> Dataset:
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    folder = "cifar-10-batches-py" if config.name == "cifar10" else "cifar-100-python"
+    how = f"put the python version of {config.name.upper()} there, extracted as {folder}/"
+    root = _require_root(config, how)
+    cls = CIFAR10 if config.name == "cifar10" else CIFAR100
+    try:
+        dataset = cls(str(root), train=split == "train", download=False)
+    except RuntimeError as error:
+        raise DatasetNotFoundError(f"{config.name} not found: looked in {root / folder} ({how})") from error
+    return _ImagesOnly(dataset, config.image_size)
+
+
+def _image_folder(config: DataConfig, split: Split) -> Dataset:
+    from torchvision.datasets import ImageFolder
+
+    how = "a folder with one sub-folder of images per class, e.g. ../shared/data/cifar10-jpeg/train"
+    root = _require_root(config, how)
+    try:
+        dataset = ImageFolder(str(root))
+    except FileNotFoundError as error:
+        raise DatasetNotFoundError(f"imagefolder: no images found under {root} ({how})") from error
+    order = np.random.default_rng(config.seed).permutation(len(dataset))
+    held_out = max(1, round(len(dataset) * config.test_fraction))
+    indices = order[:held_out] if split == "test" else order[held_out:]
+    return Subset(_ImagesOnly(dataset, config.image_size), np.sort(indices).tolist())
