@@ -1,7 +1,8 @@
 """Sparse-coding speed and accuracy against SPAMS and scikit-learn, measured in one run.
 
 Data: a random unit-norm dictionary (d=64, N=512) and K-sparse combinations of its atoms plus
-small noise (fixed seed). Ours runs in float32 on the chosen device; SPAMS in float64 with all
+small noise (fixed seed). LASSO rows: the exact homotopy (``lasso``), FISTA with its exact
+active-set finish, and plain FISTA (100 iterations). Ours runs in float32 on the chosen device; SPAMS in float64 with all
 threads; scikit-learn with one job. Prints a table and writes JSON (see --output).
 
     python benchmarks/sparse_coding.py            # full size: 65,536 signals
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sparse_vqvae.sparse_coding import fista, omp, random_dictionary
+from sparse_vqvae.sparse_coding import fista, lasso, omp, random_dictionary
 
 DIM, NUM_ATOMS, NOISE, ALPHA, SEED = 64, 512, 0.01, 0.1, 0
 OMP_KS = (3, 5, 8)
@@ -115,9 +116,11 @@ def run(count: int, device: torch.device, with_references: bool) -> dict:
         cd_count = min(count, 8192)  # lasso_cd at ~2.6k signals/s: time a slice, report the rate
         cd_codes, cd_time = timed(sparse_encode, x64[:cd_count], d64.T, algorithm="lasso_cd", alpha=ALPHA, n_jobs=1)
         cd_rate = cd_count / cd_time
-    for variant, kwargs in (("fista+exact", dict(exact=True)), ("fista-100", dict(exact=False, n_iter=100))):
-        fista(x_dev[:1024], d_dev, ALPHA, **kwargs)
-        code, seconds = timed(fista, x_dev, d_dev, ALPHA, **kwargs)
+    solvers = (("homotopy", lasso, {}), ("fista+exact", fista, dict(exact=True)),
+               ("fista-100", fista, dict(exact=False, n_iter=100)))
+    for variant, solver, kwargs in solvers:
+        solver(x_dev[:1024], d_dev, ALPHA, **kwargs)
+        code, seconds = timed(solver, x_dev, d_dev, ALPHA, **kwargs)
         dense = code.cpu().double().numpy()
         row = {"method": "lasso", "k": LASSO_K, "variant": variant, "signals_per_s": count / seconds,
                "relative_error": relative_error(x64, dense, d64),

@@ -88,6 +88,7 @@ def test_more_atoms_than_dimensions_and_duplicates_stay_finite(dtype):
         (dict(x=torch.full((4, 8), float("nan")), n_nonzero=2), "x"),
         (dict(dictionary=torch.full((8, 16), float("inf")), n_nonzero=2), "dictionary"),
         (dict(n_nonzero=2, correlations="fast"), "correlations"),
+        (dict(n_nonzero=2, chunk_size=0), "chunk_size"),
     ],
 )
 def test_bad_input_names_the_argument(kwargs, name):

@@ -2,6 +2,7 @@
 
 from .dictionary import init_dictionary_from_data, normalize_atoms, random_dictionary
 from .fista import fista
+from .lars import lasso
 from .omp import SparseCode, omp
 from .tddl import active_set_solve, sparse_code
 
@@ -10,6 +11,7 @@ __all__ = [
     "active_set_solve",
     "fista",
     "init_dictionary_from_data",
+    "lasso",
     "normalize_atoms",
     "omp",
     "random_dictionary",

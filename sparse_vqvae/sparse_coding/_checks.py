@@ -45,8 +45,10 @@ def _describe(value: object) -> str:
     return f"{type(value).__name__}"
 
 
-def default_chunk_size(device: torch.device, num_atoms: int) -> int:
-    """Rows coded at once: on CPU small enough that the [rows, N] correlations stay in cache."""
+def chunk_size_for(chunk_size: int | None, device: torch.device, num_atoms: int) -> int:
+    """Rows coded at once. By default, on CPU few enough that the [rows, N] correlations stay in cache."""
+    if chunk_size is not None:
+        return check_positive_int("chunk_size", chunk_size)
     if device.type == "cpu":
         return max(64, (1 << 19) // num_atoms)
     return max(1024, (1 << 27) // num_atoms)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ._support import support_system
-from ._checks import check_non_negative, check_positive_int, check_signals_and_dictionary, default_chunk_size
+from ._checks import check_non_negative, check_positive_int, check_signals_and_dictionary, chunk_size_for
 
 # Relative slack on the KKT test |d_j^T r| <= alpha, to absorb rounding in the certified solution.
 _KKT_SLACK = {torch.float64: 1e-9, torch.float32: 1e-4}
@@ -47,7 +47,7 @@ def fista(
     check_positive_int("n_iter", n_iter)
     tol = check_non_negative("tol", tol)
     check_positive_int("check_every", check_every)
-    chunk = check_positive_int("chunk_size", chunk_size or default_chunk_size(x.device, dictionary.shape[1]))
+    chunk = chunk_size_for(chunk_size, x.device, dictionary.shape[1])
 
     # Step 1/L with L the largest eigenvalue of D^T D, i.e. the squared spectral norm of D.
     lipschitz = max(float(torch.linalg.matrix_norm(dictionary, ord=2)) ** 2, torch.finfo(x.dtype).tiny)
@@ -59,11 +59,18 @@ def fista(
     return out
 
 
+def keep_largest(code: torch.Tensor, k: int) -> torch.Tensor:
+    """Zero all but the ``k`` largest-magnitude entries of each row."""
+    if k >= code.shape[1]:
+        return code
+    keep = code.abs().topk(k, dim=1).indices
+    return torch.zeros_like(code).scatter_(1, keep, code.gather(1, keep))
+
+
 class _Lasso:
     def __init__(self, dictionary, atoms, alpha, lipschitz, n_iter, tol, check_every, exact):
         self.dictionary, self.atoms, self.alpha, self.exact = dictionary, atoms, alpha, exact
         self.lipschitz, self.n_iter, self.tol, self.check_every = lipschitz, n_iter, tol, check_every
-        self.kkt_slack = _KKT_SLACK.get(dictionary.dtype, 1e-3)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         out = x.new_zeros(x.shape[0], self.dictionary.shape[1])
@@ -91,7 +98,7 @@ class _Lasso:
                 stable &= (signs != 0).sum(dim=1) <= self.dictionary.shape[0]
                 last_signs = signs
                 candidates = stable.nonzero().squeeze(1)
-                solved, exact_code = self._certify(x[candidates], code[candidates])
+                solved, exact_code = certify_lasso(x[candidates], code[candidates], self.dictionary, self.atoms, self.alpha)
                 out[rows[candidates[solved]]] = exact_code[solved]
                 keep = torch.ones_like(stable)
                 keep[candidates[solved]] = False
@@ -101,19 +108,29 @@ class _Lasso:
         out[rows] = code
         return out
 
-    def _certify(self, x: torch.Tensor, code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Exact LASSO solutions on the supports of ``code``, and which rows they provably solve."""
-        signs = torch.sign(code)
-        exact = torch.zeros_like(code)
-        ok = torch.ones(code.shape[0], dtype=torch.bool, device=code.device)
-        system = support_system(self.atoms, code)
-        if system is not None:
-            rhs = (system.sub_atoms @ x.unsqueeze(2)).squeeze(2) - self.alpha * signs.gather(1, system.support)
-            chol, info = torch.linalg.cholesky_ex(system.gram)
-            values = torch.cholesky_solve(rhs.unsqueeze(2), chol).squeeze(2) * system.valid
-            exact.scatter_(1, system.support, values)
-            ok = info == 0
-        sign_agrees = (torch.sign(exact) == signs).all(dim=1)
-        correlation = (x - exact @ self.atoms) @ self.dictionary
-        kkt = (correlation.abs() <= self.alpha * (1.0 + self.kkt_slack) + self.kkt_slack).all(dim=1)
-        return ok & sign_agrees & kkt, exact
+
+def certify_lasso(
+    x: torch.Tensor, code: torch.Tensor, dictionary: torch.Tensor, atoms: torch.Tensor, alpha: float | torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact LASSO solutions on the supports and signs of ``code``, and which rows they provably solve.
+
+    On a support S with signs s the LASSO solution is ``c_S = (D_S^T D_S)^-1 (D_S^T x - alpha s)``;
+    it is the minimiser iff its signs agree with s and ``|d_j^T (x - D c)| <= alpha`` for every atom.
+    ``alpha`` is one penalty for all rows, or one per row ([B]).
+    """
+    slack = _KKT_SLACK.get(x.dtype, 1e-3)
+    alpha = torch.as_tensor(alpha, dtype=x.dtype, device=x.device).reshape(-1, 1)
+    signs = torch.sign(code)
+    exact = torch.zeros_like(code)
+    ok = torch.ones(code.shape[0], dtype=torch.bool, device=code.device)
+    system = support_system(atoms, code)
+    if system is not None:
+        rhs = (system.sub_atoms @ x.unsqueeze(2)).squeeze(2) - alpha * signs.gather(1, system.support)
+        chol, info = torch.linalg.cholesky_ex(system.gram)
+        values = torch.cholesky_solve(rhs.unsqueeze(2), chol).squeeze(2) * system.valid
+        exact.scatter_(1, system.support, values)
+        ok = info == 0
+    sign_agrees = (torch.sign(exact) == signs).all(dim=1)
+    correlation = (x - exact @ atoms) @ dictionary
+    kkt = (correlation.abs() <= alpha * (1.0 + slack) + slack).all(dim=1)
+    return ok & sign_agrees & kkt, exact

@@ -20,7 +20,7 @@ from typing import Literal, NamedTuple
 
 import torch
 
-from ._checks import check_positive_int, check_signals_and_dictionary, default_chunk_size
+from ._checks import check_positive_int, check_signals_and_dictionary, chunk_size_for
 
 CorrelationMode = Literal["auto", "gemm", "gram"]
 
@@ -57,7 +57,7 @@ def omp(
     if correlations not in ("auto", "gemm", "gram"):
         raise ValueError(f"correlations must be one of 'auto', 'gemm', 'gram', got {correlations!r}")
     use_gram = correlations == "gram" or (correlations == "auto" and x.device.type != "cpu")
-    chunk = check_positive_int("chunk_size", chunk_size or default_chunk_size(x.device, num_atoms))
+    chunk = chunk_size_for(chunk_size, x.device, num_atoms)
 
     atoms = dictionary.t().contiguous()  # [N, d]: row gathers of selected atoms are contiguous
     gram = atoms @ dictionary

@@ -21,12 +21,14 @@ from typing import Any, Literal
 import torch
 
 from ._support import support_system
-from .fista import fista
+from .fista import fista, keep_largest
+from .lars import lasso
 from .omp import omp
 
 Method = Literal["omp", "fista"]
 _OMP_KEYS = {"n_nonzero", "correlations", "chunk_size"}
-_FISTA_KEYS = {"alpha", "n_iter", "tol", "exact", "check_every", "chunk_size"}
+_LARS_KEYS = {"alpha", "max_nonzero", "max_steps", "chunk_size"}
+_FISTA_KEYS = {"alpha", "max_nonzero", "n_iter", "tol", "exact", "check_every", "chunk_size"}
 
 
 def sparse_code(
@@ -39,11 +41,17 @@ def sparse_code(
 ) -> torch.Tensor:
     """Dense [B, N] sparse codes, differentiable with respect to ``x`` and ``dictionary``.
 
-    Keywords go to the solver: ``n_nonzero`` for OMP; ``alpha``, ``n_iter``, ``tol`` for FISTA.
+    Keywords go to the solver: ``n_nonzero`` for OMP; ``alpha`` and optionally ``max_nonzero`` for
+    the LASSO (``method="fista"``, the seed's name for the L1 selection function), solved by the
+    exact homotopy ``lasso`` (``solver="lars"``, default) or by ``fista`` (``solver="fista"``,
+    with ``n_iter``, ``tol``; ``max_nonzero`` then keeps the largest coefficients).
     """
-    allowed = {"omp": _OMP_KEYS, "fista": _FISTA_KEYS}.get(method)
-    if allowed is None:
+    if method not in ("omp", "fista"):
         raise ValueError(f"method must be one of 'omp', 'fista', got {method!r}")
+    solver = kwargs.get("solver", "lars")
+    if method == "fista" and solver not in ("lars", "fista"):
+        raise ValueError(f"solver must be 'lars' or 'fista', got {solver!r}")
+    allowed = _OMP_KEYS if method == "omp" else {"solver"} | (_LARS_KEYS if solver == "lars" else _FISTA_KEYS)
     unknown = set(kwargs) - allowed
     if unknown:
         raise ValueError(f"unknown keyword(s) {sorted(unknown)} for method={method!r}; allowed: {sorted(allowed)}")
@@ -59,7 +67,12 @@ def sparse_code(
 def _solve(x: torch.Tensor, dictionary: torch.Tensor, method: str, kwargs: dict) -> torch.Tensor:
     if method == "omp":
         return omp(x, dictionary, **kwargs).to_dense(dictionary.shape[1])
-    return fista(x, dictionary, **kwargs)
+    kwargs = dict(kwargs)
+    if kwargs.pop("solver", "lars") == "lars":
+        return lasso(x, dictionary, **kwargs)
+    max_nonzero = kwargs.pop("max_nonzero", None)
+    code = fista(x, dictionary, **kwargs)
+    return code if max_nonzero is None else keep_largest(code, max_nonzero)
 
 
 class _TaskDrivenCode(torch.autograd.Function):

@@ -1,0 +1,131 @@
+"""Exact batched LASSO by the homotopy path (LARS-lasso: Osborne et al. 2000; Efron et al. 2004).
+
+Minimises ``0.5 * ||x - D c||^2 + alpha * ||c||_1`` like ``fista``, but exactly and in a few
+steps when the solution is sparse, and unaffected by how coherent the dictionary is (FISTA's step
+shrinks with the largest eigenvalue of D^T D). The path starts at ``lambda = max_j |d_j^T x|``
+with c = 0 and lowers lambda; along the way every active atom keeps ``|d_j^T r| = lambda`` with
+the sign of its coefficient, so the active coefficients move along ``w = (D_A^T D_A)^-1 sign_A``.
+Each step goes as far as the first event - an inactive atom's correlation reaches lambda (it
+joins), an active coefficient reaches zero (it leaves) - or to lambda = alpha (done). A solution
+with s non-zeros takes about s steps. All rows advance together; finished rows leave the batch.
+
+``max_nonzero`` stops a row's path before a join would exceed that many atoms (SPAMS' ``L``):
+the code is then the exact LASSO solution at the larger penalty reached, the sparse code with at
+most ``max_nonzero`` atoms that the L1 path offers.
+
+Every result is certified by the KKT conditions (``certify_lasso``); a row that is not (a
+degenerate path, near-duplicate atoms, more than ``max_steps`` events, or one of the last 1/64 of
+a chunk still on its path) is solved by FISTA and, under a cap, truncated to its largest
+``max_nonzero`` coefficients.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._checks import check_non_negative, check_positive_int, check_signals_and_dictionary, chunk_size_for
+from ._support import support_system
+from .fista import certify_lasso, fista, keep_largest
+
+
+@torch.no_grad()
+def lasso(
+    x: torch.Tensor,
+    dictionary: torch.Tensor,
+    alpha: float,
+    *,
+    max_nonzero: int | None = None,
+    max_steps: int | None = None,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """Dense exact LASSO codes [B, N] for ``x`` [B, d] over ``dictionary`` [d, N] (unit-norm atoms)."""
+    check_signals_and_dictionary(x, dictionary)
+    alpha = check_non_negative("alpha", alpha)
+    dim, num_atoms = dictionary.shape
+    if max_nonzero is not None:
+        check_positive_int("max_nonzero", max_nonzero, upper=num_atoms)
+    max_steps = check_positive_int("max_steps", 4 * dim if max_steps is None else max_steps)
+    chunk = chunk_size_for(chunk_size, x.device, num_atoms)
+    atoms = dictionary.t().contiguous()
+    out = x.new_zeros(x.shape[0], num_atoms)
+    failed = [
+        _homotopy(x, dictionary, atoms, alpha, max_nonzero, max_steps, out, torch.arange(start, min(start + chunk, x.shape[0]), device=x.device))
+        for start in range(0, x.shape[0], chunk)
+    ]
+    failed = torch.cat(failed) if failed else torch.zeros(0, dtype=torch.long, device=x.device)
+    if failed.numel():
+        fallback = fista(x[failed], dictionary, alpha)
+        out[failed] = fallback if max_nonzero is None else keep_largest(fallback, max_nonzero)
+    return out
+
+
+def _homotopy(x_all, dictionary, atoms, alpha, max_nonzero, max_steps, out, out_rows) -> torch.Tensor:
+    """Run the path for the rows ``out_rows``, writing certified codes into ``out``; return the rows that failed."""
+    x = x_all[out_rows]
+    correlation = x @ dictionary  # D^T r for the current code
+    level, first = correlation.abs().max(dim=1)  # lambda, and the atom that starts the path
+    code = torch.zeros_like(correlation)
+    active = torch.zeros_like(correlation, dtype=torch.bool)
+    active[torch.arange(x.shape[0], device=x.device), first] = True
+    # Events closer than this (in units of lambda) are rounding, not progress.
+    tiny = (torch.finfo(x.dtype).eps ** 0.5) * 0.1 * level.clamp_min(torch.finfo(x.dtype).tiny)
+    inf = torch.tensor(float("inf"), dtype=x.dtype, device=x.device)
+    penalty = torch.full_like(level, alpha)  # the penalty each row's code solves, once finished
+    finished = level <= alpha  # alpha above lambda_max: the zero code is the solution
+    straggler_rows = x.shape[0] // 64
+    failed = []
+    for step in range(max_steps + 1):
+        if bool(finished.any()):
+            done = finished.nonzero().squeeze(1)
+            ok, exact = certify_lasso(x[done], code[done], dictionary, atoms, penalty[done])
+            out[out_rows[done[ok]]] = exact[ok]
+            failed.append(out_rows[done[~ok]])
+            keep = ~finished
+            x, correlation, level, code, active, tiny, penalty, out_rows = (
+                t[keep] for t in (x, correlation, level, code, active, tiny, penalty, out_rows))
+        if x.shape[0] <= straggler_rows or step == max_steps:
+            break  # a few long paths are cheaper for the FISTA fallback than many near-empty steps
+
+        # Equiangular direction on the active set: (D_A^T D_A) w_A = sign(d_A^T r).
+        signs = torch.sign(correlation) * active
+        system = support_system(atoms, active.to(x.dtype))
+        chol, info = torch.linalg.cholesky_ex(system.gram)
+        w_active = torch.cholesky_solve(signs.gather(1, system.support).unsqueeze(2), chol).squeeze(2)
+        direction = torch.zeros_like(code).scatter_(1, system.support, w_active * system.valid)
+        along = (direction @ atoms) @ dictionary  # D^T D_A w_A: how each correlation moves per unit step
+
+        # Step to the first event: a join (either sign), a coefficient reaching zero, or alpha.
+        lam = level.unsqueeze(1)
+        limit = tiny.unsqueeze(1)
+        join_pos = (lam - correlation) / (1 - along)
+        join_neg = (lam + correlation) / (1 + along)
+        join = torch.minimum(torch.where(join_pos > limit, join_pos, inf), torch.where(join_neg > limit, join_neg, inf))
+        join_gamma, join_atom = torch.where(active, inf, join).min(dim=1)
+        leave = -code / direction
+        leave_gamma, leave_atom = torch.where(active & (code != 0) & (leave > limit), leave, inf).min(dim=1)
+        stop_gamma = level - alpha
+        gamma = torch.minimum(torch.minimum(join_gamma, leave_gamma), stop_gamma)
+
+        code += gamma.unsqueeze(1) * direction
+        correlation -= gamma.unsqueeze(1) * along
+        level = level - gamma
+        rows = torch.arange(x.shape[0], device=x.device)
+        stopped = stop_gamma <= torch.minimum(join_gamma, leave_gamma)
+        joins = ~stopped & (join_gamma <= leave_gamma)
+        capped = joins & (active.sum(dim=1) >= max_nonzero) if max_nonzero is not None else torch.zeros_like(joins)
+        leaves = ~stopped & ~joins
+        joins &= ~capped
+        active[rows[joins], join_atom[joins]] = True
+        active[rows[leaves], leave_atom[leaves]] = False
+        code[rows[leaves], leave_atom[leaves]] = 0
+        penalty = torch.where(capped, level, penalty)
+        finished = stopped | capped
+
+        stuck = (info != 0) | ~torch.isfinite(gamma)
+        if bool(stuck.any()):
+            failed.append(out_rows[stuck])
+            keep = ~stuck
+            x, correlation, level, code, active, tiny, penalty, out_rows, finished = (
+                t[keep] for t in (x, correlation, level, code, active, tiny, penalty, out_rows, finished))
+    failed.append(out_rows)  # still on the path
+    return torch.cat(failed)
