@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -20,8 +19,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Subset
 
+from .config import DataConfig
+
 Split = Literal["train", "test"]
-DATASETS = ("embedded", "cifar10", "cifar100", "imagefolder")
 
 # Distinct photographs for each split (the two motorcycle views are one scene, so both train).
 EMBEDDED_TRAIN = ("astronaut.png", "motorcycle_left.png", "motorcycle_right.png", "hubble_deep_field.jpg",
@@ -31,29 +31,6 @@ EMBEDDED_TEST = ("chelsea.png", "coffee.png", "rocket.jpg")
 
 class DatasetNotFoundError(FileNotFoundError):
     """The dataset's files are not where the configuration points."""
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    name: str = "embedded"
-    root: str | None = None  # cifar10, cifar100, imagefolder: where the files are
-    image_size: int = 32
-    train_count: int = 8192  # embedded: crops drawn for the training split
-    test_count: int = 1024  # embedded: crops drawn for the test split
-    short_side: int = 256  # embedded: photographs are downscaled to this short side first
-    test_fraction: float = 0.1  # imagefolder: share of images held out for the test split
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.name not in DATASETS:
-            raise ValueError(f"data.name must be one of {', '.join(DATASETS)}; got {self.name!r}")
-        for key in ("image_size", "train_count", "test_count", "short_side"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"data.{key} must be >= 1, got {getattr(self, key)}")
-        if self.name == "embedded" and self.image_size > self.short_side:
-            raise ValueError(f"data.image_size ({self.image_size}) must not exceed data.short_side ({self.short_side})")
-        if not 0 < self.test_fraction < 1:
-            raise ValueError(f"data.test_fraction must be in (0, 1), got {self.test_fraction}")
 
 
 def load_dataset(config: DataConfig, split: Split) -> Dataset:
@@ -134,7 +111,7 @@ class _ImagesOnly(Dataset):
             left = (image.width - self.image_size) // 2
             top = (image.height - self.image_size) // 2
             image = image.crop((left, top, left + self.image_size, top + self.image_size))
-        return to_model_range(np.asarray(image))
+        return to_model_range(np.array(image))
 
 
 def _require_root(config: DataConfig, how: str) -> Path:

@@ -1,0 +1,65 @@
+"""The one code representation: per latent position, a list of (atom index, coefficient level) pairs.
+
+- OMP: exactly K pairs per position.
+- FISTA: at most ``max_nonzero`` pairs; unused slots hold atom ``EMPTY`` (-1) and level 0.
+- vanilla VQ: one pair per position, level 0 of a one-entry level table whose value is 1.0
+  (the codebook vector itself).
+
+Pairs are kept in canonical order, ascending atom index with empty slots last, so that a code has
+one spelling: the quantizers compose ``z_q`` in this order, the LMDB store saves it, the prior
+models it and the codec entropy-codes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+EMPTY = -1
+
+
+@dataclass(frozen=True)
+class Codes:
+    atoms: torch.Tensor  # [B, H, W, K] long, EMPTY marks an unused slot
+    levels: torch.Tensor  # [B, H, W, K] long, in [0, coef_levels)
+
+    def __post_init__(self) -> None:
+        if self.atoms.shape != self.levels.shape or self.atoms.dim() != 4:
+            raise ValueError(
+                f"codes need atoms and levels of one shape [B, H, W, K]; got {list(self.atoms.shape)} "
+                f"and {list(self.levels.shape)}"
+            )
+
+    @property
+    def present(self) -> torch.Tensor:
+        """[B, H, W, K] bool: which slots hold a pair."""
+        return self.atoms != EMPTY
+
+    def to(self, device: torch.device | str) -> Codes:
+        return Codes(self.atoms.to(device), self.levels.to(device))
+
+    def __getitem__(self, index) -> Codes:
+        return Codes(self.atoms[index], self.levels[index])
+
+    def equal(self, other: Codes) -> bool:
+        return torch.equal(self.atoms, other.atoms) and torch.equal(self.levels, other.levels)
+
+
+def canonical_order(atoms: torch.Tensor) -> torch.Tensor:
+    """Permutation [..., K] that sorts each position's atoms ascending, EMPTY slots last."""
+    key = torch.where(atoms == EMPTY, torch.iinfo(atoms.dtype).max, atoms)
+    return key.argsort(dim=-1, stable=True)
+
+
+def validate_codes(codes: Codes, num_atoms: int, coef_levels: int) -> None:
+    """Raise ValueError if any pair is out of range or an atom repeats inside a position."""
+    atoms, levels = codes.atoms, codes.levels
+    if bool(((atoms < EMPTY) | (atoms >= num_atoms)).any()):
+        raise ValueError(f"codes hold atom indices outside [0, {num_atoms})")
+    if bool(((levels < 0) | (levels >= coef_levels)).any()):
+        raise ValueError(f"codes hold coefficient levels outside [0, {coef_levels})")
+    ordered = atoms.gather(-1, canonical_order(atoms))
+    repeated = (ordered[..., 1:] == ordered[..., :-1]) & (ordered[..., 1:] != EMPTY)
+    if bool(repeated.any()):
+        raise ValueError("codes repeat an atom inside one position")

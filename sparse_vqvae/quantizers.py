@@ -1,0 +1,321 @@
+"""Quantizers: encoder features [B, C, H, W] -> (z_q, codes, loss, stats), behind one interface.
+
+- ``VectorQuantizerEMA`` (``vanilla``): VQ-VAE-2's nearest-neighbour codebook, learned by
+  exponential moving averages of the assigned encoder outputs (van den Oord et al. 2017, App. A.1).
+- ``SparseQuantizer`` (``omp`` / ``fista``): each latent vector is coded by a few atoms of a
+  unit-norm dictionary. The dictionary is an ``nn.Parameter`` and learns twice over: from the
+  reconstruction loss through the task-driven gradient of the sparse code (Mairal et al. 2010)
+  and from the dictionary loss ``||D c - sg(z)||^2``. The coefficients are quantised to
+  ``coef_levels`` uniform levels over [-m, m], m an EMA of the 99.9th percentile of |c| seen in
+  training, and the decoder sees the quantised code (straight-through), so every code is discrete.
+
+Both start from data (codebook = encoder outputs, dictionary = MOD fit on them) on their first
+training batch, and re-seed codes/atoms that fell out of use from the worst-coded encoder outputs:
+with a random start VQ-VAEs collapse on small data. Under torch.distributed the statistics are
+summed and the re-seeds broadcast from rank 0, so every worker keeps the same codebook.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from .codes import EMPTY, Codes, canonical_order
+from .config import ModelConfig
+from .sparse_coding import init_dictionary_from_data, normalize_atoms, sparse_code
+
+USAGE_DECAY = 0.9  # usage statistics follow the last ~10 steps
+DEAD_BELOW = 1 / 16  # an atom used 16x less than uniform usage is dead
+COEF_QUANTILE = 0.999  # share of |c| inside the coefficient range
+
+
+class QuantizerOutput(NamedTuple):
+    z_q: torch.Tensor  # [B, C, H, W]
+    codes: Codes  # [B, H, W, K]
+    loss: torch.Tensor  # scalar: commitment (+ dictionary) loss
+    stats: dict[str, torch.Tensor]
+
+
+class _StraightThrough(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, source, value):
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+def straight_through(source: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """Exactly ``value`` in the forward pass; the identity's gradient to ``source`` in the backward."""
+    return _StraightThrough.apply(source, value)
+
+
+def usage_stats(codes: Codes, num_atoms: int, coef_levels: int) -> dict[str, torch.Tensor]:
+    """Atom-usage perplexity, share of atoms unused in this batch, mean pairs per position, level histogram."""
+    present = codes.present
+    counts = torch.bincount(codes.atoms[present], minlength=num_atoms).float()
+    p = counts / counts.sum().clamp_min(1)
+    return {
+        "perplexity": torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum()),
+        "dead_share": (counts == 0).float().mean(),
+        "nonzeros_per_position": present.sum(dim=-1).float().mean(),
+        "level_histogram": torch.bincount(codes.levels[present], minlength=coef_levels),
+    }
+
+
+def _flatten(z: torch.Tensor) -> torch.Tensor:
+    return z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+
+
+def _unflatten(flat: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    b, c, h, w = like.shape
+    return flat.reshape(b, h, w, c).permute(0, 3, 1, 2)
+
+
+def _all_sum(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t)
+    return t
+
+
+def _from_rank0(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized():
+        dist.broadcast(t, src=0)
+    return t
+
+
+class _Quantizer(nn.Module):
+    """Shared bookkeeping: first-batch initialisation, usage statistics, dead-entry restarts."""
+
+    def __init__(self, dim: int, num_atoms: int, coef_levels: int, commitment: float, restart_dead: bool) -> None:
+        super().__init__()
+        self.dim, self.num_atoms, self.coef_levels = dim, num_atoms, coef_levels
+        self.commitment, self.restart_dead = commitment, restart_dead
+        self.register_buffer("initialized", torch.tensor(False))
+        self.register_buffer("usage", torch.full((num_atoms,), 1.0 / num_atoms))
+
+    def _track_usage(self, atoms: torch.Tensor) -> torch.Tensor:
+        """Update the usage EMA from this batch's atoms; return the dead ones (bool [N])."""
+        counts = _all_sum(torch.bincount(atoms[atoms != EMPTY], minlength=self.num_atoms).float())
+        self.usage.mul_(USAGE_DECAY).add_(counts / counts.sum().clamp_min(1), alpha=1 - USAGE_DECAY)
+        return self.usage < DEAD_BELOW / self.num_atoms
+
+    def after_step(self) -> None:
+        """Called by the training loop after each optimizer step."""
+
+    def _reseed_candidates(self, flat: torch.Tensor, error: torch.Tensor, count: int) -> torch.Tensor:
+        """The ``count`` worst-coded vectors of this batch (rank 0's, under DDP), [count, C]."""
+        picks = error.topk(min(count, flat.shape[0])).indices
+        chosen = flat[picks].detach().clone()
+        return _from_rank0(chosen)
+
+
+class VectorQuantizerEMA(_Quantizer):
+    """Nearest-neighbour VQ with an EMA codebook [C, N] (VQ-VAE-2)."""
+
+    def __init__(self, dim: int, num_atoms: int, decay: float = 0.99, eps: float = 1e-5,
+                 commitment: float = 0.25, restart_dead: bool = True) -> None:
+        super().__init__(dim, num_atoms, 1, commitment, restart_dead)
+        self.decay, self.eps = decay, eps
+        embed = torch.randn(dim, num_atoms)
+        self.register_buffer("embed", embed)
+        self.register_buffer("cluster_size", torch.ones(num_atoms))
+        self.register_buffer("embed_avg", embed.clone())
+
+    def forward(self, z: torch.Tensor) -> QuantizerOutput:
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            flat = _flatten(z.float())
+            if self.training and not bool(self.initialized):
+                self._initialize(flat.detach())
+            distance = (flat.detach().square().sum(1, keepdim=True) - 2 * flat.detach() @ self.embed
+                        + self.embed.square().sum(0, keepdim=True))
+            error, index = distance.min(dim=1)
+            if self.training:
+                self._ema_update(flat.detach(), index, error)
+            quantized = F.embedding(index, self.embed.t())
+            loss = self.commitment * F.mse_loss(flat, quantized.detach())
+            z_q = _unflatten(straight_through(flat, quantized), z)
+        b, _, h, w = z.shape
+        codes = Codes(index.reshape(b, h, w, 1), torch.zeros(b, h, w, 1, dtype=torch.long, device=z.device))
+        return QuantizerOutput(z_q, codes, loss, usage_stats(codes, self.num_atoms, 1))
+
+    def decode_codes(self, codes: Codes) -> torch.Tensor:
+        flat = F.embedding(codes.atoms[..., 0].reshape(-1), self.embed.t())
+        b, h, w, _ = codes.atoms.shape
+        return flat.reshape(b, h, w, self.dim).permute(0, 3, 1, 2)
+
+    @torch.no_grad()
+    def _initialize(self, flat: torch.Tensor) -> None:
+        if flat.shape[0] >= self.num_atoms:  # distinct encoder outputs
+            picks = torch.randperm(flat.shape[0], device=flat.device)[: self.num_atoms]
+        else:
+            picks = torch.randint(flat.shape[0], (self.num_atoms,), device=flat.device)
+        self.embed.copy_(_from_rank0(flat[picks].t().contiguous()))
+        self.embed_avg.copy_(self.embed)
+        self.cluster_size.fill_(1.0)
+        self.initialized.fill_(True)
+
+    @torch.no_grad()
+    def _ema_update(self, flat: torch.Tensor, index: torch.Tensor, error: torch.Tensor) -> None:
+        onehot_sum = _all_sum(torch.bincount(index, minlength=self.num_atoms).to(flat.dtype))
+        embed_sum = torch.zeros_like(self.embed).index_add_(1, index, flat.t())
+        embed_sum = _all_sum(embed_sum)
+        self.cluster_size.mul_(self.decay).add_(onehot_sum, alpha=1 - self.decay)
+        self.embed_avg.mul_(self.decay).add_(embed_sum, alpha=1 - self.decay)
+        n = self.cluster_size.sum()
+        smoothed = (self.cluster_size + self.eps) / (n + self.num_atoms * self.eps) * n  # Laplace smoothing
+        self.embed.copy_(self.embed_avg / smoothed.unsqueeze(0))
+        dead = self._track_usage(index)
+        if self.restart_dead and bool(dead.any()):
+            seeds = self._reseed_candidates(flat, error, int(dead.sum()))
+            slots = dead.nonzero().squeeze(1)[: seeds.shape[0]]
+            self.embed[:, slots] = seeds.t()
+            self.embed_avg[:, slots] = seeds.t()
+            self.cluster_size[slots] = 1.0
+            self.usage[slots] = 1.0 / self.num_atoms
+
+
+class SparseQuantizer(_Quantizer):
+    """Sparse coding over a learned unit-norm dictionary [C, N], by OMP or FISTA (see module docstring)."""
+
+    def __init__(self, dim: int, num_atoms: int, method: str = "omp", n_nonzero: int = 2, alpha: float = 0.3,
+                 max_nonzero: int = 4, coef_levels: int = 32, normalize_latents: bool = False,
+                 commitment: float = 0.25, dictionary_loss_weight: float = 1.0, coef_decay: float = 0.99,
+                 restart_dead: bool = True) -> None:
+        super().__init__(dim, num_atoms, coef_levels, commitment, restart_dead)
+        if method not in ("omp", "fista"):
+            raise ValueError(f"method must be 'omp' or 'fista', got {method!r}")
+        self.method, self.n_nonzero, self.alpha, self.max_nonzero = method, n_nonzero, alpha, max_nonzero
+        self.normalize_latents, self.dictionary_loss_weight = normalize_latents, dictionary_loss_weight
+        self.coef_decay = coef_decay
+        self.slots = n_nonzero if method == "omp" else max_nonzero
+        self.dictionary = nn.Parameter(normalize_atoms(torch.randn(dim, num_atoms)))
+        self.register_buffer("coef_range", torch.tensor(1.0))
+        self._pending_restart: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def _solver(self) -> dict:
+        if self.method == "omp":
+            return dict(n_nonzero=self.n_nonzero)
+        return dict(alpha=self.alpha, max_nonzero=self.max_nonzero)  # the LASSO path, capped
+
+    @property
+    def atoms(self) -> torch.Tensor:
+        """The dictionary with unit-norm columns, as every code is computed and decoded."""
+        return normalize_atoms(self.dictionary)
+
+    def level_values(self) -> torch.Tensor:
+        """The coefficient value of each level: uniform over [-m, m]."""
+        return torch.linspace(-1.0, 1.0, self.coef_levels, device=self.coef_range.device) * self.coef_range
+
+    def quantize_coefficients(self, values: torch.Tensor) -> torch.Tensor:
+        m = self.coef_range
+        step = 2 * m / (self.coef_levels - 1)
+        return torch.round((values.clamp(-m, m) + m) / step).long().clamp_(0, self.coef_levels - 1)
+
+    def forward(self, z: torch.Tensor) -> QuantizerOutput:
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            flat = _flatten(z.float())
+            target = F.normalize(flat, dim=1) if self.normalize_latents else flat
+            if self.training and not bool(self.initialized):
+                self._initialize(target.detach())
+            dictionary = self.atoms
+            code = sparse_code(target, dictionary, self.method, **self._solver)  # [M, N], task-driven gradients
+
+            atoms = code.detach().abs().topk(self.slots, dim=1).indices
+            if self.method == "fista":  # fewer non-zeros than slots: empty slots
+                atoms = torch.where(code.detach().gather(1, atoms) != 0, atoms, torch.full_like(atoms, EMPTY))
+            atoms = atoms.gather(1, canonical_order(atoms))
+            present = atoms != EMPTY
+            safe_atoms = atoms.clamp_min(0)
+            values = code.gather(1, safe_atoms) * present
+            if self.training:
+                self._fit_range(values.detach()[present])
+            levels = self.quantize_coefficients(values.detach()) * present
+            quantized = straight_through(values, self.level_values()[levels] * present)
+            z_q_flat = compose(quantized, safe_atoms, dictionary)
+
+            loss = self.commitment * F.mse_loss(target, z_q_flat.detach())
+            if self.dictionary_loss_weight:
+                loss = loss + self.dictionary_loss_weight * F.mse_loss(code @ dictionary.t(), target.detach())
+            if self.training and self.restart_dead:
+                self._plan_restart(target.detach(), z_q_flat.detach(), atoms)
+            z_q = _unflatten(z_q_flat, z)
+        b, _, h, w = z.shape
+        codes = Codes(atoms.reshape(b, h, w, self.slots), levels.reshape(b, h, w, self.slots))
+        return QuantizerOutput(z_q, codes, loss, usage_stats(codes, self.num_atoms, self.coef_levels))
+
+    def decode_codes(self, codes: Codes) -> torch.Tensor:
+        b, h, w, k = codes.atoms.shape
+        atoms, levels = codes.atoms.reshape(-1, k), codes.levels.reshape(-1, k)
+        present = atoms != EMPTY
+        flat = compose(self.level_values()[levels] * present, atoms.clamp_min(0), self.atoms)
+        return flat.reshape(b, h, w, self.dim).permute(0, 3, 1, 2)
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        """Re-seed the atoms found dead in the last forward pass, and put every atom back on the
+        unit sphere. Not done in the forward pass: the graph still needs the old dictionary."""
+        if self._pending_restart is not None:
+            slots, seeds = self._pending_restart
+            self.dictionary[:, slots] = seeds.t()
+            self._pending_restart = None
+        self.dictionary.copy_(normalize_atoms(self.dictionary))
+
+    @torch.no_grad()
+    def _initialize(self, target: torch.Tensor) -> None:
+        generator = torch.Generator(device=target.device).manual_seed(0)
+        fitted = init_dictionary_from_data(target, self.num_atoms, self.slots, mod_iterations=3, generator=generator)
+        self.dictionary.copy_(_from_rank0(fitted.contiguous()))
+        code = sparse_code(target, self.atoms, self.method, **self._solver)
+        magnitudes = code.abs()[code != 0]
+        if magnitudes.numel():
+            self.coef_range.copy_(_from_rank0(self._percentile(magnitudes)))
+        self.initialized.fill_(True)
+
+    def _percentile(self, magnitudes: torch.Tensor) -> torch.Tensor:
+        sample = magnitudes[:: max(1, magnitudes.numel() // 1_000_000)]  # torch.quantile's size limit
+        return torch.quantile(sample, COEF_QUANTILE).clamp_min(1e-6)
+
+    @torch.no_grad()
+    def _fit_range(self, values: torch.Tensor) -> None:
+        if values.numel() == 0:
+            return
+        observed = self._percentile(values.abs())
+        if dist.is_available() and dist.is_initialized():
+            observed = _all_sum(observed.clone()) / dist.get_world_size()
+        self.coef_range.mul_(self.coef_decay).add_(observed, alpha=1 - self.coef_decay)
+
+    @torch.no_grad()
+    def _plan_restart(self, target: torch.Tensor, z_q: torch.Tensor, atoms: torch.Tensor) -> None:
+        dead = self._track_usage(atoms)
+        if not bool(dead.any()):
+            return
+        error = (target - z_q).square().sum(dim=1)
+        seeds = self._reseed_candidates(target, error, int(dead.sum()))
+        slots = dead.nonzero().squeeze(1)[: seeds.shape[0]]
+        self.usage[slots] = 1.0 / self.num_atoms
+        self._pending_restart = (slots, seeds)
+
+
+def compose(values: torch.Tensor, atoms: torch.Tensor, dictionary: torch.Tensor) -> torch.Tensor:
+    """sum_k values[:, k] * dictionary[:, atoms[:, k]] -> [M, C], in the codes' slot order (bit-stable)."""
+    return (values.unsqueeze(-1) * dictionary.t()[atoms]).sum(dim=1)
+
+
+def build_quantizer(config: ModelConfig) -> nn.Module:
+    if config.selection_fn == "vanilla":
+        return VectorQuantizerEMA(config.embed_dim, config.num_atoms, decay=config.ema_decay,
+                                  commitment=config.commitment, restart_dead=config.restart_dead)
+    return SparseQuantizer(
+        config.embed_dim, config.num_atoms, method=config.selection_fn, n_nonzero=config.n_nonzero,
+        alpha=config.alpha, max_nonzero=config.max_nonzero, coef_levels=config.coef_levels,
+        normalize_latents=config.normalize_latents, commitment=config.commitment,
+        dictionary_loss_weight=config.dictionary_loss_weight, coef_decay=config.ema_decay,
+        restart_dead=config.restart_dead,
+    )

@@ -1,0 +1,170 @@
+"""VQ-VAE-2 (Razavi, van den Oord, Vinyals 2019) with a pluggable quantizer.
+
+levels=2, the paper's hierarchy:
+
+    x -> enc_b -> h_b (/4) -> enc_t -> h_t (/8) -> quantize_t -> z_t
+    z_t -> dec_t -> joined with h_b -> quantize_b -> z_b
+    [upsample(z_t), z_b] -> dec -> x_hat
+
+levels=1: the sparse-VQ-VAE seed's single quantised map, x -> enc -> quantize -> dec.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .codes import Codes
+from .config import ModelConfig
+from .quantizers import build_quantizer
+
+
+class ResBlock(nn.Module):
+    def __init__(self, channels: int, res_channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.ReLU(),
+            nn.Conv2d(channels, res_channels, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(res_channels, channels, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class Encoder(nn.Module):
+    """Strided 4x4 convolutions down by ``stride`` (a power of two), then residual blocks."""
+
+    def __init__(self, in_channels: int, channels: int, res_blocks: int, res_channels: int, stride: int) -> None:
+        super().__init__()
+        halvings = stride.bit_length() - 1
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, channels // 2, 4, stride=2, padding=1), nn.ReLU(inplace=True)]
+        for _ in range(halvings - 2):
+            layers += [nn.Conv2d(channels // 2, channels // 2, 4, stride=2, padding=1), nn.ReLU(inplace=True)]
+        if halvings >= 2:
+            layers += [nn.Conv2d(channels // 2, channels, 4, stride=2, padding=1), nn.ReLU(inplace=True),
+                       nn.Conv2d(channels, channels, 3, padding=1)]
+        else:
+            layers += [nn.Conv2d(channels // 2, channels, 3, padding=1)]
+        layers += [ResBlock(channels, res_channels) for _ in range(res_blocks)] + [nn.ReLU(inplace=True)]
+        self.blocks = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(x)
+
+
+class Decoder(nn.Module):
+    """Residual blocks, then transposed 4x4 convolutions up by ``stride``."""
+
+    def __init__(self, in_channels: int, out_channels: int, channels: int, res_blocks: int, res_channels: int,
+                 stride: int) -> None:
+        super().__init__()
+        halvings = stride.bit_length() - 1
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, channels, 3, padding=1)]
+        layers += [ResBlock(channels, res_channels) for _ in range(res_blocks)] + [nn.ReLU(inplace=True)]
+        if halvings >= 2:
+            layers += [nn.ConvTranspose2d(channels, channels // 2, 4, stride=2, padding=1), nn.ReLU(inplace=True)]
+            for _ in range(halvings - 2):
+                layers += [nn.ConvTranspose2d(channels // 2, channels // 2, 4, stride=2, padding=1),
+                           nn.ReLU(inplace=True)]
+            layers += [nn.ConvTranspose2d(channels // 2, out_channels, 4, stride=2, padding=1)]
+        else:
+            layers += [nn.ConvTranspose2d(channels, out_channels, 4, stride=2, padding=1)]
+        self.blocks = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(x)
+
+
+class VQVAEOutput(NamedTuple):
+    reconstruction: torch.Tensor  # [B, 3, H, W]
+    latent_loss: torch.Tensor  # the quantizers' losses, summed
+    codes: tuple[Codes, ...]  # (top, bottom) for levels=2, (codes,) for levels=1
+    stats: dict[str, torch.Tensor]
+
+
+class VQVAE2(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        if c.levels == 2:
+            self.enc_b = Encoder(3, c.channels, c.res_blocks, c.res_channels, stride=4)
+            self.enc_t = Encoder(c.channels, c.channels, c.res_blocks, c.res_channels, stride=2)
+            self.quantize_conv_t = nn.Conv2d(c.channels, c.embed_dim, 1)
+            self.quantize_t = build_quantizer(c)
+            self.dec_t = Decoder(c.embed_dim, c.embed_dim, c.channels, c.res_blocks, c.res_channels, stride=2)
+            self.quantize_conv_b = nn.Conv2d(c.embed_dim + c.channels, c.embed_dim, 1)
+            self.quantize_b = build_quantizer(c)
+            self.upsample_t = nn.ConvTranspose2d(c.embed_dim, c.embed_dim, 4, stride=2, padding=1)
+            self.dec = Decoder(2 * c.embed_dim, 3, c.channels, c.res_blocks, c.res_channels, stride=4)
+            self.quantizers = nn.ModuleList([self.quantize_t, self.quantize_b])
+            self.level_names = ("top", "bottom")
+        else:
+            self.enc = Encoder(3, c.channels, c.res_blocks, c.res_channels, stride=c.stride)
+            self.quantize_conv = nn.Conv2d(c.channels, c.embed_dim, 1)
+            self.quantize = build_quantizer(c)
+            self.dec = Decoder(c.embed_dim, 3, c.channels, c.res_blocks, c.res_channels, stride=c.stride)
+            self.quantizers = nn.ModuleList([self.quantize])
+            self.level_names = ("",)
+
+    @property
+    def arguments(self) -> dict:
+        """What rebuilds this model: ``VQVAE2(ModelConfig(**model.arguments))``."""
+        return asdict(self.config)
+
+    def check_size(self, x: torch.Tensor) -> None:
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"images must be [B, 3, H, W]; got shape {list(x.shape)}")
+        stride = self.config.stride
+        if x.shape[2] % stride or x.shape[3] % stride:
+            raise ValueError(
+                f"image size {x.shape[2]}x{x.shape[3]} is not divisible by the model's total stride {stride} "
+                f"(levels={self.config.levels}); pad or crop to a multiple of {stride}"
+            )
+
+    def forward(self, x: torch.Tensor) -> VQVAEOutput:
+        quants, codes, latent_loss, stats = self.encode(x)
+        return VQVAEOutput(self.decode(quants), latent_loss, codes, stats)
+
+    def encode(self, x: torch.Tensor) -> tuple[list[torch.Tensor], tuple[Codes, ...], torch.Tensor, dict]:
+        self.check_size(x)
+        if self.config.levels == 2:
+            h_b = self.enc_b(x)
+            h_t = self.enc_t(h_b)
+            top = self.quantize_t(self.quantize_conv_t(h_t))
+            joined = torch.cat([self.dec_t(top.z_q), h_b], dim=1)
+            bottom = self.quantize_b(self.quantize_conv_b(joined))
+            outputs = (top, bottom)
+        else:
+            outputs = (self.quantize(self.quantize_conv(self.enc(x))),)
+        stats = {}
+        for name, out in zip(self.level_names, outputs):
+            stats.update({(f"{name}_{key}" if name else key): value for key, value in out.stats.items()})
+        latent_loss = sum(out.loss for out in outputs)
+        return [out.z_q for out in outputs], tuple(out.codes for out in outputs), latent_loss, stats
+
+    def decode(self, quants: list[torch.Tensor]) -> torch.Tensor:
+        if self.config.levels == 2:
+            z_t, z_b = quants
+            return self.dec(torch.cat([self.upsample_t(z_t), z_b], dim=1))
+        return self.dec(quants[0])
+
+    def decode_codes(self, codes: tuple[Codes, ...]) -> torch.Tensor:
+        if len(codes) != len(self.quantizers):
+            raise ValueError(f"this model decodes {len(self.quantizers)} code map(s); got {len(codes)}")
+        return self.decode([q.decode_codes(c) for q, c in zip(self.quantizers, codes)])
+
+    def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, VQVAEOutput]:
+        """Reconstruction MSE + the quantizers' latent losses (commitment-weighted, + dictionary loss)."""
+        out = self(x)
+        return F.mse_loss(out.reconstruction, x) + out.latent_loss, out
+
+    def after_step(self) -> None:
+        for quantizer in self.quantizers:
+            quantizer.after_step()

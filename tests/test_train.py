@@ -1,0 +1,97 @@
+import pytest
+import torch
+
+from sparse_vqvae.config import TrainConfig
+from sparse_vqvae.train import CheckpointError, evaluate, load_checkpoint, save_checkpoint, train
+
+from .tiny import SELECTION_FNS, tiny_config, tiny_images
+
+
+class Images(torch.utils.data.Dataset):
+    def __init__(self, images):
+        self.images = images
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.images[i]
+
+
+@pytest.fixture
+def data():
+    return Images(tiny_images(16, 16, seed=1)), Images(tiny_images(8, 16, seed=2))
+
+
+@pytest.mark.parametrize("selection_fn", SELECTION_FNS)
+def test_checkpoint_rebuilds_the_model_with_identical_outputs(selection_fn, data, tmp_path):
+    config = TrainConfig(steps=3, batch_size=4, seed=0, eval_every=100, checkpoint_every=100)
+    path = tmp_path / "model.pt"
+    model, _ = train(tiny_config(selection_fn), config, data[0], checkpoint_path=path, progress=False)
+    restored = load_checkpoint(path)
+    assert restored.step == 3 and restored.config["train"]["steps"] == 3
+    assert restored.model.config == model.config
+    images = tiny_images(4, 16, seed=3)
+    model.eval(), restored.model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(images).reconstruction, restored.model(images).reconstruction)
+    assert not list(tmp_path.glob("*.tmp"))  # written atomically, nothing left behind
+
+
+def test_resume_continues_the_step_count(data, tmp_path):
+    first = tmp_path / "a.pt"
+    seen = []
+    train(tiny_config("omp"), TrainConfig(steps=3, batch_size=4, checkpoint_every=1), data[0],
+          checkpoint_path=first, progress=False)
+    _, metrics = train(tiny_config("omp"), TrainConfig(steps=6, batch_size=4, checkpoint_every=1), data[0],
+                       checkpoint_path=first, progress=False, on_metrics=lambda step, m: seen.append(step))
+    assert seen == [4, 5, 6]
+    assert load_checkpoint(first).step == 6
+
+
+@pytest.mark.parametrize("selection_fn", SELECTION_FNS)
+def test_training_is_deterministic_for_a_seed(selection_fn, data):
+    config = TrainConfig(steps=3, batch_size=4, seed=5)
+    a, _ = train(tiny_config(selection_fn), config, data[0], progress=False)
+    b, _ = train(tiny_config(selection_fn), config, data[0], progress=False)
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), name
+
+
+def test_evaluate_reports_psnr_from_the_whole_set_mse(data):
+    torch.manual_seed(0)
+    model, _ = train(tiny_config("vanilla"), TrainConfig(steps=2, batch_size=4), data[0], progress=False)
+    result = evaluate(model, data[1], batch_size=3)
+    assert result["test_psnr"] == pytest.approx(10 * torch.log10(torch.tensor(255.0**2 / result["test_mse"])).item())
+    assert result["baseline_psnr"] > 0
+
+
+def test_truncated_and_foreign_files_give_clear_errors(data, tmp_path):
+    path = tmp_path / "model.pt"
+    train(tiny_config("omp"), TrainConfig(steps=1, batch_size=4), data[0], checkpoint_path=path, progress=False)
+    blob = path.read_bytes()
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_checkpoint(truncated)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(CheckpointError, match="not a sparse-vqvae VQ-VAE-2 checkpoint"):
+        load_checkpoint(foreign)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_checkpoint(garbage)
+    with pytest.raises(CheckpointError, match="no checkpoint at"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_checkpoint_loading_runs_no_code(tmp_path):
+    class Boom:
+        def __reduce__(self):
+            return (print, ("code ran",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "sparse-vqvae/vqvae2", "payload": Boom()}, path)
+    with pytest.raises(CheckpointError):
+        load_checkpoint(path)

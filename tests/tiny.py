@@ -1,0 +1,21 @@
+"""Tiny models and data so the model tests run in seconds on a CPU."""
+
+import torch
+
+from sparse_vqvae.config import ModelConfig
+
+SELECTION_FNS = ["vanilla", "omp", "fista"]
+
+
+def tiny_config(selection_fn: str = "omp", **overrides) -> ModelConfig:
+    args = dict(selection_fn=selection_fn, channels=16, res_blocks=1, res_channels=8, embed_dim=8, num_atoms=32,
+                n_nonzero=2, max_nonzero=3, alpha=0.05, coef_levels=16)
+    args.update(overrides)
+    return ModelConfig(**args)
+
+
+def tiny_images(count: int = 8, size: int = 16, seed: int = 0) -> torch.Tensor:
+    """Smooth random images in [-1, 1]: low-frequency noise, upsampled."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(count, 3, size // 4, size // 4, generator=g) * 2 - 1
+    return torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
