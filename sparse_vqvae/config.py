@@ -53,7 +53,7 @@ class ModelConfig:
     alpha: float = 0.3  # fista: L1 penalty
     max_nonzero: int = 4  # fista: keep at most this many (largest) coefficients
     coef_levels: int = 32  # omp/fista: coefficient quantisation levels
-    normalize_latents: bool = False
+    normalize_latents: bool = True  # code unit-norm latents (as the seed); the LASSO needs it: alpha is relative
     commitment: float = 0.25  # weight of ||z - sg(z_q)||^2
     dictionary_loss_weight: float = 1.0  # omp/fista: weight of ||D c - sg(z)||^2
     ema_decay: float = 0.99  # vanilla codebook EMA; also the usage statistics' decay

@@ -24,7 +24,6 @@ from __future__ import annotations
 import torch
 
 from ._checks import check_non_negative, check_positive_int, check_signals_and_dictionary, chunk_size_for
-from ._support import support_system
 from .fista import certify_lasso, fista, keep_largest
 
 
@@ -60,15 +59,18 @@ def lasso(
 
 
 def _homotopy(x_all, dictionary, atoms, alpha, max_nonzero, max_steps, out, out_rows) -> torch.Tensor:
-    """Run the path for the rows ``out_rows``, writing certified codes into ``out``; return the rows that failed."""
+    """Run the path for the rows ``out_rows``, writing certified codes into ``out``; return the rows that failed.
+
+    The active set is kept as slots [B, S] of atom indices (-1 where an atom left) with their
+    coefficients, so each step touches [B, N] only for the correlations and the join test.
+    """
     x = x_all[out_rows]
     correlation = x @ dictionary  # D^T r for the current code
     level, first = correlation.abs().max(dim=1)  # lambda, and the atom that starts the path
-    code = torch.zeros_like(correlation)
-    active = torch.zeros_like(correlation, dtype=torch.bool)
-    active[torch.arange(x.shape[0], device=x.device), first] = True
+    slots = first.unsqueeze(1)  # [B, S] active atoms, -1 for a free slot
+    values = torch.zeros_like(correlation[:, :1])  # [B, S] their coefficients
     # Events closer than this (in units of lambda) are rounding, not progress.
-    tiny = (torch.finfo(x.dtype).eps ** 0.5) * 0.1 * level.clamp_min(torch.finfo(x.dtype).tiny)
+    tiny = ((torch.finfo(x.dtype).eps ** 0.5) * 0.1 * level.clamp_min(torch.finfo(x.dtype).tiny)).unsqueeze(1)
     inf = torch.tensor(float("inf"), dtype=x.dtype, device=x.device)
     penalty = torch.full_like(level, alpha)  # the penalty each row's code solves, once finished
     finished = level <= alpha  # alpha above lambda_max: the zero code is the solution
@@ -77,55 +79,71 @@ def _homotopy(x_all, dictionary, atoms, alpha, max_nonzero, max_steps, out, out_
     for step in range(max_steps + 1):
         if bool(finished.any()):
             done = finished.nonzero().squeeze(1)
-            ok, exact = certify_lasso(x[done], code[done], dictionary, atoms, penalty[done])
+            code = torch.zeros_like(correlation[done]).scatter_(1, slots[done].clamp_min(0), values[done])
+            ok, exact = certify_lasso(x[done], code, dictionary, atoms, penalty[done])
             out[out_rows[done[ok]]] = exact[ok]
             failed.append(out_rows[done[~ok]])
             keep = ~finished
-            x, correlation, level, code, active, tiny, penalty, out_rows = (
-                t[keep] for t in (x, correlation, level, code, active, tiny, penalty, out_rows))
+            x, correlation, level, slots, values, tiny, penalty, out_rows = (
+                t[keep] for t in (x, correlation, level, slots, values, tiny, penalty, out_rows))
         if x.shape[0] <= straggler_rows or step == max_steps:
             break  # a few long paths are cheaper for the FISTA fallback than many near-empty steps
 
         # Equiangular direction on the active set: (D_A^T D_A) w_A = sign(d_A^T r).
-        signs = torch.sign(correlation) * active
-        system = support_system(atoms, active.to(x.dtype))
-        chol, info = torch.linalg.cholesky_ex(system.gram)
-        w_active = torch.cholesky_solve(signs.gather(1, system.support).unsqueeze(2), chol).squeeze(2)
-        direction = torch.zeros_like(code).scatter_(1, system.support, w_active * system.valid)
-        along = (direction @ atoms) @ dictionary  # D^T D_A w_A: how each correlation moves per unit step
+        valid = slots >= 0
+        safe = slots.clamp_min(0)
+        weight = valid.to(x.dtype)
+        sub_atoms = atoms[safe] * weight.unsqueeze(2)  # [B, S, d]
+        gram = sub_atoms @ sub_atoms.transpose(1, 2)
+        gram.diagonal(dim1=1, dim2=2).add_(1.0 - weight)  # identity on free slots
+        chol, info = torch.linalg.cholesky_ex(gram)
+        signs = torch.sign(correlation.gather(1, safe)) * weight
+        w = torch.cholesky_solve(signs.unsqueeze(2), chol).squeeze(2) * weight
+        along = torch.bmm(w.unsqueeze(1), sub_atoms).squeeze(1) @ dictionary  # D^T D_A w_A
 
         # Step to the first event: a join (either sign), a coefficient reaching zero, or alpha.
         lam = level.unsqueeze(1)
-        limit = tiny.unsqueeze(1)
-        join_pos = (lam - correlation) / (1 - along)
+        join = (lam - correlation) / (1 - along)
+        join = torch.where(join > tiny, join, inf)
         join_neg = (lam + correlation) / (1 + along)
-        join = torch.minimum(torch.where(join_pos > limit, join_pos, inf), torch.where(join_neg > limit, join_neg, inf))
-        join_gamma, join_atom = torch.where(active, inf, join).min(dim=1)
-        leave = -code / direction
-        leave_gamma, leave_atom = torch.where(active & (code != 0) & (leave > limit), leave, inf).min(dim=1)
+        torch.minimum(join, torch.where(join_neg > tiny, join_neg, inf), out=join)
+        # Active atoms do not join (amax leaves the entries that free slots point at untouched).
+        join.scatter_reduce_(1, safe, torch.where(valid, inf, -inf), reduce="amax")
+        join_gamma, join_atom = join.min(dim=1)
+        leave = -values / w
+        leave_gamma, leave_slot = torch.where(valid & (values != 0) & (leave > tiny), leave, inf).min(dim=1)
         stop_gamma = level - alpha
         gamma = torch.minimum(torch.minimum(join_gamma, leave_gamma), stop_gamma)
 
-        code += gamma.unsqueeze(1) * direction
-        correlation -= gamma.unsqueeze(1) * along
+        values = values + gamma.unsqueeze(1) * w
+        correlation.addcmul_(gamma.unsqueeze(1), along, value=-1.0)
         level = level - gamma
         rows = torch.arange(x.shape[0], device=x.device)
         stopped = stop_gamma <= torch.minimum(join_gamma, leave_gamma)
         joins = ~stopped & (join_gamma <= leave_gamma)
-        capped = joins & (active.sum(dim=1) >= max_nonzero) if max_nonzero is not None else torch.zeros_like(joins)
         leaves = ~stopped & ~joins
-        joins &= ~capped
-        active[rows[joins], join_atom[joins]] = True
-        active[rows[leaves], leave_atom[leaves]] = False
-        code[rows[leaves], leave_atom[leaves]] = 0
-        penalty = torch.where(capped, level, penalty)
-        finished = stopped | capped
+        if max_nonzero is not None:
+            capped = joins & (valid.sum(dim=1) >= max_nonzero)
+            joins &= ~capped
+            penalty = torch.where(capped, level, penalty)
+            stopped |= capped
+        slots[rows[leaves], leave_slot[leaves]] = -1
+        values[rows[leaves], leave_slot[leaves]] = 0
+        if bool(joins.any()):
+            free = slots < 0
+            if not bool(free[joins].any(dim=1).all()):  # some joining row is full: one more slot each
+                slots = torch.cat([slots, slots.new_full((slots.shape[0], 1), -1)], dim=1)
+                values = torch.cat([values, values.new_zeros(values.shape[0], 1)], dim=1)
+                free = slots < 0
+            first_free = free.to(torch.uint8).argmax(dim=1)
+            slots[rows[joins], first_free[joins]] = join_atom[joins]
+        finished = stopped
 
         stuck = (info != 0) | ~torch.isfinite(gamma)
         if bool(stuck.any()):
             failed.append(out_rows[stuck])
             keep = ~stuck
-            x, correlation, level, code, active, tiny, penalty, out_rows, finished = (
-                t[keep] for t in (x, correlation, level, code, active, tiny, penalty, out_rows, finished))
+            x, correlation, level, slots, values, tiny, penalty, out_rows, finished = (
+                t[keep] for t in (x, correlation, level, slots, values, tiny, penalty, out_rows, finished))
     failed.append(out_rows)  # still on the path
     return torch.cat(failed)

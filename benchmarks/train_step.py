@@ -1,0 +1,114 @@
+"""VQ-VAE-2 training cost and quality per quantizer, measured in one run.
+
+1. Step time: forward + backward + optimizer step on 32x32 images, batch 128, for vanilla,
+   OMP (K=2, K=4) and the LASSO ("fista", default alpha), the same model otherwise; median of
+   several steps after warm-up, and the ratio to vanilla.
+2. Quality: each variant trained for the same short budget on the embedded photographs, test
+   PSNR (from the whole-set MSE) beside the mean-colour baseline; and OMP K=2 with its dictionary
+   frozen after the data initialisation, same seed and budget, to show what learning it buys.
+
+    python benchmarks/train_step.py               # 300 training steps per variant
+    python benchmarks/train_step.py --quick       # timing only, and 30 training steps
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from sparse_vqvae.config import DataConfig, ModelConfig, TrainConfig
+from sparse_vqvae.data import load_dataset
+from sparse_vqvae.train import evaluate, make_optimizer, train_step
+from sparse_vqvae.vqvae import VQVAE2
+
+VARIANTS = {
+    "vanilla": dict(selection_fn="vanilla"),
+    "omp_k2": dict(selection_fn="omp", n_nonzero=2),
+    "omp_k4": dict(selection_fn="omp", n_nonzero=4),
+    "fista": dict(selection_fn="fista"),
+}
+
+
+def step_time(config: ModelConfig, images: torch.Tensor, warmup: int, repeats: int) -> float:
+    torch.manual_seed(0)
+    model = VQVAE2(config)
+    optimizer = make_optimizer(model, 3e-4)
+    times = []
+    for i in range(warmup + repeats):
+        start = time.perf_counter()
+        train_step(model, images, optimizer)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+def train_briefly(config: ModelConfig, steps: int, train_set, test_set, freeze_dictionary: bool = False) -> dict:
+    torch.manual_seed(0)
+    model = VQVAE2(config)
+    optimizer = make_optimizer(model, TrainConfig().lr)
+    loader = torch.utils.data.DataLoader(train_set, batch_size=128, shuffle=True, drop_last=True,
+                                         generator=torch.Generator().manual_seed(0))
+    step, start = 0, time.perf_counter()
+    while step < steps:
+        for images in loader:
+            metrics = train_step(model, images, optimizer)
+            step += 1
+            if freeze_dictionary and step == 1:  # keep the data-initialised dictionary as it is
+                for quantizer in model.quantizers:
+                    quantizer.dictionary.requires_grad_(False)
+                    quantizer.restart_dead = False
+            if step == steps:
+                break
+    result = evaluate(model, test_set)
+    result.update(train_seconds=time.perf_counter() - start, train_loss=metrics["loss"])
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer timed steps and 30 training steps")
+    parser.add_argument("--steps", type=int, default=None, help="training steps per variant for the quality part")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "train_step.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    steps = args.steps or (30 if args.quick else 300)
+    warmup, repeats = (1, 3) if args.quick else (2, 7)
+
+    data = DataConfig()
+    train_set, test_set = load_dataset(data, "train"), load_dataset(data, "test")
+    images = torch.stack([train_set[i] for i in range(128)])
+    results: dict[str, dict] = {}
+    for name, overrides in VARIANTS.items():
+        results[name] = {"ms_per_step": step_time(ModelConfig(**overrides), images, warmup, repeats)}
+    for name in VARIANTS:
+        results[name]["ratio_to_vanilla"] = results[name]["ms_per_step"] / results["vanilla"]["ms_per_step"]
+        quality = train_briefly(ModelConfig(**VARIANTS[name]), steps, train_set, test_set)
+        results[name].update({k: quality[k] for k in ("test_mse", "test_psnr", "baseline_psnr", "train_seconds")})
+    frozen = train_briefly(ModelConfig(**VARIANTS["omp_k2"]), steps, train_set, test_set, freeze_dictionary=True)
+    results["omp_k2"]["frozen_dictionary_test_psnr"] = frozen["test_psnr"]
+    results["omp_k2"]["frozen_dictionary_test_mse"] = frozen["test_mse"]
+
+    print(f"32x32 embedded crops, batch 128, {torch.get_num_threads()} threads; quality after {steps} steps")
+    header = f"{'variant':>8}  {'ms/step':>8}  {'x vanilla':>9}  {'test PSNR':>9}  {'baseline':>8}"
+    print(header + "\n" + "-" * len(header))
+    for name, row in results.items():
+        print(f"{name:>8}  {row['ms_per_step']:8.0f}  {row['ratio_to_vanilla']:9.2f}  {row['test_psnr']:9.2f}  "
+              f"{row['baseline_psnr']:8.2f}")
+    print(f"omp_k2 with the dictionary frozen after initialisation: test PSNR {frozen['test_psnr']:.2f} dB "
+          f"(learned: {results['omp_k2']['test_psnr']:.2f} dB)")
+    out = {"steps": steps, "batch_size": 128, "image_size": 32, "threads": torch.get_num_threads(), **results}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.output.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(out, indent=2))
+    tmp.replace(args.output)
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
