@@ -241,8 +241,9 @@ class SparseQuantizer(_Quantizer):
             z_q_flat = compose(quantized, safe_atoms, dictionary)
 
             loss = self.commitment * F.mse_loss(target, z_q_flat.detach())
-            if self.dictionary_loss_weight:
-                loss = loss + self.dictionary_loss_weight * F.mse_loss(code @ dictionary.t(), target.detach())
+            if self.dictionary_loss_weight:  # D c, composed from the code's non-zeros
+                fitted = compose(values, safe_atoms, dictionary)
+                loss = loss + self.dictionary_loss_weight * F.mse_loss(fitted, target.detach())
             if self.training and self.restart_dead:
                 self._plan_restart(target.detach(), z_q_flat.detach(), atoms)
             z_q = _unflatten(z_q_flat, z)
@@ -305,7 +306,7 @@ class SparseQuantizer(_Quantizer):
 
 def compose(values: torch.Tensor, atoms: torch.Tensor, dictionary: torch.Tensor) -> torch.Tensor:
     """sum_k values[:, k] * dictionary[:, atoms[:, k]] -> [M, C], in the codes' slot order (bit-stable)."""
-    return (values.unsqueeze(-1) * dictionary.t()[atoms]).sum(dim=1)
+    return (values.unsqueeze(-1) * F.embedding(atoms, dictionary.t())).sum(dim=1)  # embedding: a fast backward
 
 
 def build_quantizer(config: ModelConfig) -> nn.Module:

@@ -4,11 +4,10 @@ from .dictionary import init_dictionary_from_data, normalize_atoms, random_dicti
 from .fista import fista
 from .lars import lasso
 from .omp import SparseCode, omp
-from .tddl import active_set_solve, sparse_code
+from .tddl import sparse_code
 
 __all__ = [
     "SparseCode",
-    "active_set_solve",
     "fista",
     "init_dictionary_from_data",
     "lasso",

@@ -20,7 +20,7 @@ def support_system(atoms: torch.Tensor, code: torch.Tensor, ridge: float = 0.0) 
     size = int(active.sum(dim=1).max().item()) if code.numel() else 0
     if size == 0:
         return None
-    support = active.to(code.dtype).topk(size, dim=1).indices
+    support = active.view(torch.uint8).topk(size, dim=1).indices  # uint8: no float copy of [B, N]
     valid = active.gather(1, support)
     weight = valid.to(code.dtype)
     sub_atoms = atoms[support] * weight.unsqueeze(2)

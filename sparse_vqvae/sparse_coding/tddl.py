@@ -86,22 +86,23 @@ class _TaskDrivenCode(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_code):
         x, dictionary, code = ctx.saved_tensors
-        beta = active_set_solve(dictionary, code, grad_code, ctx.ridge)
-        d_beta = beta @ dictionary.t()  # [B, d]: D beta, row-wise
-        grad_x = d_beta if ctx.needs_input_grad[0] else None
-        grad_dictionary = None
-        if ctx.needs_input_grad[1]:
-            residual = x - code @ dictionary.t()
-            grad_dictionary = residual.t() @ beta - d_beta.t() @ code
-        return grad_x, grad_dictionary, None, None, None
-
-
-def active_set_solve(dictionary: torch.Tensor, code: torch.Tensor, rhs: torch.Tensor, ridge: float) -> torch.Tensor:
-    """``beta_L = (D_L^T D_L + ridge I)^-1 rhs_L`` on each row's support L = {code != 0}; 0 elsewhere."""
-    beta = torch.zeros_like(code)
-    system = support_system(dictionary.t(), code, ridge)
-    if system is None:
-        return beta
-    masked_rhs = rhs.gather(1, system.support) * system.valid
-    values = torch.linalg.solve(system.gram, masked_rhs.unsqueeze(2)).squeeze(2) * system.valid
-    return beta.scatter_(1, system.support, values)
+        grad_x = torch.zeros_like(x)
+        grad_dictionary = torch.zeros_like(dictionary)
+        system = support_system(dictionary.t().contiguous(), code, ctx.ridge)
+        if system is not None:
+            # Everything on the supports ([B, s] and [B, s, d]): no dense [B, N] product.
+            valid = system.valid.to(code.dtype)
+            rhs = grad_code.gather(1, system.support) * valid
+            beta = torch.linalg.solve(system.gram, rhs.unsqueeze(2)).squeeze(2) * valid
+            values = code.gather(1, system.support)
+            d_beta = torch.bmm(beta.unsqueeze(1), system.sub_atoms).squeeze(1)  # D beta, row-wise
+            grad_x = d_beta
+            if ctx.needs_input_grad[1]:
+                residual = x - torch.bmm(values.unsqueeze(1), system.sub_atoms).squeeze(1)
+                # dL/dD = (x - D c) beta^T - D beta c^T, accumulated atom by atom.
+                per_atom = beta.unsqueeze(2) * residual.unsqueeze(1) - values.unsqueeze(2) * d_beta.unsqueeze(1)
+                index = system.support.reshape(-1, 1).expand(-1, x.shape[1])
+                grad_atoms = torch.zeros_like(dictionary.t()).scatter_add_(0, index, per_atom.reshape(-1, x.shape[1]))
+                grad_dictionary = grad_atoms.t()
+        return (grad_x if ctx.needs_input_grad[0] else None,
+                grad_dictionary if ctx.needs_input_grad[1] else None, None, None, None)
