@@ -21,13 +21,13 @@ EMPTY = -1
 
 @dataclass(frozen=True)
 class Codes:
-    atoms: torch.Tensor  # [B, H, W, K] long, EMPTY marks an unused slot
-    levels: torch.Tensor  # [B, H, W, K] long, in [0, coef_levels)
+    atoms: torch.Tensor  # [B, H, W, K] long (or one image's [H, W, K]), EMPTY marks an unused slot
+    levels: torch.Tensor  # same shape, long, in [0, coef_levels)
 
     def __post_init__(self) -> None:
-        if self.atoms.shape != self.levels.shape or self.atoms.dim() != 4:
+        if self.atoms.shape != self.levels.shape or self.atoms.dim() not in (3, 4):
             raise ValueError(
-                f"codes need atoms and levels of one shape [B, H, W, K]; got {list(self.atoms.shape)} "
+                f"codes need atoms and levels of one shape [B, H, W, K] or [H, W, K]; got {list(self.atoms.shape)} "
                 f"and {list(self.levels.shape)}"
             )
 

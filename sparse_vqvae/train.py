@@ -6,10 +6,6 @@ checkpoint functions from each worker.
 
 from __future__ import annotations
 
-import os
-import pickle
-import tempfile
-import zipfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
@@ -18,16 +14,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from .checkpoint import CheckpointError, load_payload, save_payload
 from .config import ModelConfig, TrainConfig
 from .metrics import mean_colour_squared_error_255, psnr, squared_error_255
 from .vqvae import VQVAE2
 
 CHECKPOINT_FORMAT = "sparse-vqvae/vqvae2"
 CHECKPOINT_VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, truncated, corrupt, or of another kind."""
 
 
 class Checkpoint(NamedTuple):
@@ -77,11 +70,9 @@ def evaluate(model: VQVAE2, dataset: Dataset, batch_size: int = 256, progress: b
 
 def save_checkpoint(path: str | Path, model: VQVAE2, optimizer: torch.optim.Optimizer | None, step: int,
                     epoch: int, config: dict | None = None) -> None:
-    """Write atomically: a temporary file in the same folder, then a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """The model's arguments and weights, the optimizer, step, epoch and run config; written atomically."""
     vqvae = model.module if hasattr(model, "module") else model
-    payload = {
+    save_payload(path, {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
         "model_arguments": vqvae.arguments,
@@ -90,32 +81,12 @@ def save_checkpoint(path: str | Path, model: VQVAE2, optimizer: torch.optim.Opti
         "step": step,
         "epoch": epoch,
         "config": config or {},
-    }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    })
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Checkpoint:
-    """Rebuild the model a checkpoint describes (``weights_only`` loading: no code runs from the file)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}")
-    try:
-        payload = torch.load(path, map_location=device, weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as error:
-        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt?): {error}") from error
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a sparse-vqvae VQ-VAE-2 checkpoint (no '{CHECKPOINT_FORMAT}' format tag)")
-    if payload.get("version") != CHECKPOINT_VERSION:
-        raise CheckpointError(f"{path} has checkpoint version {payload.get('version')}; this code reads {CHECKPOINT_VERSION}")
+    """Rebuild the model a checkpoint describes."""
+    payload = load_payload(path, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, device)
     try:
         model = VQVAE2(ModelConfig(**payload["model_arguments"])).to(device)
         model.load_state_dict(payload["model_state"])

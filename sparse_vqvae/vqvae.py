@@ -11,6 +11,8 @@ levels=1: the sparse-VQ-VAE seed's single quantised map, x -> enc -> quantize ->
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import asdict
 from typing import NamedTuple
 
@@ -117,6 +119,14 @@ class VQVAE2(nn.Module):
     def arguments(self) -> dict:
         """What rebuilds this model: ``VQVAE2(ModelConfig(**model.arguments))``."""
         return asdict(self.config)
+
+    def fingerprint(self) -> str:
+        """A short hash of the model's arguments and weights: stored codes name the model that made them."""
+        digest = hashlib.sha256(json.dumps(self.arguments, sort_keys=True).encode())
+        for name, tensor in sorted(self.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()[:16]
 
     def check_size(self, x: torch.Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != 3:

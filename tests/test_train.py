@@ -76,7 +76,7 @@ def test_truncated_and_foreign_files_give_clear_errors(data, tmp_path):
         load_checkpoint(truncated)
     foreign = tmp_path / "foreign.pt"
     torch.save({"state_dict": {}}, foreign)
-    with pytest.raises(CheckpointError, match="not a sparse-vqvae VQ-VAE-2 checkpoint"):
+    with pytest.raises(CheckpointError, match="not a sparse-vqvae/vqvae2 checkpoint"):
         load_checkpoint(foreign)
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint at all")

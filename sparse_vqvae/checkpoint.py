@@ -1,0 +1,53 @@
+"""Checkpoint files: written atomically, read with ``weights_only`` (no code runs from the file).
+
+Every checkpoint is a dict with a ``format`` tag naming what it holds and a ``version``, so a file
+of another kind, an older layout, or a truncated write is reported as such instead of failing
+somewhere inside ``load_state_dict``.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, truncated, corrupt, or of another kind."""
+
+
+def save_payload(path: str | Path, payload: dict) -> None:
+    """Write ``payload`` to ``path`` through a temporary file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_payload(path: str | Path, format_tag: str, version: int, device: torch.device | str = "cpu") -> dict:
+    """Read a checkpoint written by ``save_payload`` and check that it holds ``format_tag`` at ``version``."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        payload = torch.load(path, map_location=device, weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as error:
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt?): {error}") from error
+    if not isinstance(payload, dict) or payload.get("format") != format_tag:
+        found = payload.get("format") if isinstance(payload, dict) else None
+        raise CheckpointError(f"{path} is not a {format_tag} checkpoint (format tag: {found!r})")
+    if payload.get("version") != version:
+        raise CheckpointError(f"{path} has {format_tag} checkpoint version {payload.get('version')}; this code reads {version}")
+    return payload

@@ -1,0 +1,210 @@
+"""A versioned LMDB store of extracted codes, and the Dataset that reads it for prior training.
+
+Layout: one LMDB environment (a folder). Key ``meta`` holds JSON metadata (format version,
+selection_fn, slots K, num_atoms, coef_levels, the code-map sizes, the model fingerprint, the
+record count); keys ``00000000``... hold one image each: its index, then per code map (top, then
+bottom) the atom indices as int16 and the coefficient levels as uint8, [H, W, K] each. Codes
+are stored compactly, never as dense float maps.
+
+Writing goes to ``<path>.tmp`` and is renamed to ``<path>`` only when complete, so a crash never
+leaves a half store under the final name; ``manifest.json`` records the size the LMDB file must
+have. The map size starts small and doubles when full.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import lmdb
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from .codes import Codes
+from .vqvae import VQVAE2
+
+FORMAT_VERSION = 1
+_META_KEY = b"meta"
+_INDEX = struct.Struct("<I")
+_INITIAL_MAP_SIZE = 16 << 20
+_MANIFEST = "manifest.json"
+
+
+class CodeStoreError(ValueError):
+    """A code store is missing, truncated, of another format version, or of another model."""
+
+
+@dataclass(frozen=True)
+class StoreMetadata:
+    format_version: int
+    selection_fn: str
+    slots: int  # K: pairs per position
+    num_atoms: int
+    coef_levels: int
+    map_sizes: list  # [[H, W], ...] per code map, top first
+    model_fingerprint: str
+    count: int = 0
+
+    @classmethod
+    def for_model(cls, model: VQVAE2, map_sizes: list) -> StoreMetadata:
+        c = model.config
+        slots = {"vanilla": 1, "omp": c.n_nonzero, "fista": c.max_nonzero}[c.selection_fn]
+        levels = 1 if c.selection_fn == "vanilla" else c.coef_levels
+        return cls(FORMAT_VERSION, c.selection_fn, slots, c.num_atoms, levels, map_sizes, model.fingerprint())
+
+    @property
+    def record_size(self) -> int:
+        cells = sum(h * w for h, w in self.map_sizes) * self.slots
+        return _INDEX.size + cells * 3  # int16 atom + uint8 level per pair
+
+
+def _encode(index: int, maps: tuple[Codes, ...]) -> bytes:
+    parts = [_INDEX.pack(index)]
+    for codes in maps:
+        parts.append(codes.atoms.cpu().numpy().astype("<i2").tobytes())
+        parts.append(codes.levels.cpu().numpy().astype(np.uint8).tobytes())
+    return b"".join(parts)
+
+
+def _decode(blob: bytes, meta: StoreMetadata) -> tuple[int, tuple[Codes, ...]]:
+    if len(blob) != meta.record_size:
+        raise CodeStoreError(f"a code record has {len(blob)} bytes, expected {meta.record_size}: the store is corrupt")
+    (index,) = _INDEX.unpack_from(blob)
+    offset, maps = _INDEX.size, []
+    for h, w in meta.map_sizes:
+        n = h * w * meta.slots
+        atoms = np.frombuffer(blob, dtype="<i2", count=n, offset=offset).reshape(h, w, meta.slots)
+        offset += 2 * n
+        levels = np.frombuffer(blob, dtype=np.uint8, count=n, offset=offset).reshape(h, w, meta.slots)
+        offset += n
+        maps.append(Codes(torch.from_numpy(atoms.astype(np.int64)), torch.from_numpy(levels.astype(np.int64))))
+    return index, tuple(maps)
+
+
+class _Writer:
+    """Puts records into an LMDB environment, doubling its map size whenever it fills."""
+
+    def __init__(self, path: Path) -> None:
+        self.env = lmdb.open(str(path), map_size=_INITIAL_MAP_SIZE, subdir=True, lock=True)
+
+    def put_many(self, items: list[tuple[bytes, bytes]]) -> None:
+        while True:
+            try:
+                with self.env.begin(write=True) as txn:
+                    for key, value in items:
+                        txn.put(key, value)
+                return
+            except lmdb.MapFullError:
+                self.env.set_mapsize(self.env.info()["map_size"] * 2)
+
+    def close(self) -> None:
+        self.env.sync()
+        self.env.close()
+
+
+@torch.no_grad()
+def extract_codes(model: VQVAE2, dataset: Dataset, path: str | Path, batch_size: int = 128,
+                  progress: bool = True) -> dict[str, float]:
+    """Encode every image of ``dataset`` and store its codes at ``path``; returns count and images/s."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    device = next(model.parameters()).device
+    model.eval()
+    writer = _Writer(tmp)
+    meta, count, start = None, 0, time.perf_counter()
+    try:
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+        for images in tqdm(loader, desc="extract codes", disable=not progress):
+            _, maps, _, _ = model.encode(images.to(device))
+            if meta is None:
+                meta = StoreMetadata.for_model(model, [list(m.atoms.shape[1:3]) for m in maps])
+            writer.put_many([(_key(count + i), _encode(count + i, tuple(m[i] for m in maps)))
+                             for i in range(images.shape[0])])
+            count += images.shape[0]
+        if meta is None:
+            raise CodeStoreError("the dataset is empty: no codes to store")
+        meta = StoreMetadata(**{**asdict(meta), "count": count})
+        writer.put_many([(_META_KEY, json.dumps(asdict(meta)).encode())])
+    finally:
+        writer.close()
+    # LMDB maps its file into memory: reading a truncated one kills the process (SIGBUS), so the
+    # size it must have is recorded beside it and checked before it is ever opened.
+    manifest = {"format_version": FORMAT_VERSION, "data_bytes": (tmp / "data.mdb").stat().st_size}
+    (tmp / _MANIFEST).write_text(json.dumps(manifest))
+    seconds = time.perf_counter() - start
+    if path.exists():
+        shutil.rmtree(path)
+    tmp.rename(path)
+    return {"images": count, "images_per_s": count / seconds if seconds > 0 else float("inf")}
+
+
+def _key(index: int) -> bytes:
+    return b"%08d" % index
+
+
+class CodeStore(Dataset):
+    """The codes of one extraction: item i is ``(index, (top Codes, bottom Codes))`` of [H, W, K] maps."""
+
+    def __init__(self, path: str | Path, expected_fingerprint: str | None = None) -> None:
+        self.path = Path(path)
+        data = self.path / "data.mdb"
+        if not data.is_file():
+            raise CodeStoreError(f"no code store at {self.path} (expected an LMDB folder with data.mdb)")
+        try:
+            expected_bytes = json.loads((self.path / _MANIFEST).read_text())["data_bytes"]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise CodeStoreError(f"{self.path} has no readable {_MANIFEST}: the extraction did not finish") from error
+        if data.stat().st_size != expected_bytes:
+            raise CodeStoreError(f"{data} has {data.stat().st_size} bytes but the extraction wrote {expected_bytes}: "
+                                 "the store is truncated or was modified")
+        try:
+            self.env = lmdb.open(str(self.path), readonly=True, lock=False, readahead=False, subdir=True)
+            with self.env.begin() as txn:
+                raw = txn.get(_META_KEY)
+                entries = txn.stat()["entries"]
+        except lmdb.Error as error:
+            raise CodeStoreError(f"{self.path} is not a readable code store (truncated or corrupt?): {error}") from error
+        if raw is None:
+            raise CodeStoreError(f"{self.path} has no metadata record: the extraction did not finish")
+        try:
+            fields = json.loads(raw)
+            meta = StoreMetadata(**fields)
+        except (ValueError, TypeError) as error:
+            raise CodeStoreError(f"{self.path} has unreadable metadata: {error}") from error
+        if meta.format_version != FORMAT_VERSION:
+            raise CodeStoreError(f"{self.path} is code-store format {meta.format_version}; this code reads {FORMAT_VERSION}")
+        if expected_fingerprint is not None and meta.model_fingerprint != expected_fingerprint:
+            raise CodeStoreError(f"{self.path} holds codes of model {meta.model_fingerprint}, not of model "
+                                 f"{expected_fingerprint}: extract the codes again with this model")
+        if entries != meta.count + 1:
+            raise CodeStoreError(f"{self.path} holds {entries - 1} records but its metadata promises {meta.count}: "
+                                 "the store is incomplete")
+        self.meta = meta
+
+    def __len__(self) -> int:
+        return self.meta.count
+
+    def __getitem__(self, i: int) -> tuple[int, tuple[Codes, ...]]:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        with self.env.begin() as txn:
+            blob = txn.get(_key(i))
+        if blob is None:
+            raise CodeStoreError(f"{self.path}: record {i} is missing: the store is corrupt")
+        return _decode(blob, self.meta)
+
+
+def collate_codes(items: list[tuple[int, tuple[Codes, ...]]]) -> tuple[torch.Tensor, tuple[Codes, ...]]:
+    """DataLoader collate: stack per-image code maps into batched Codes [B, H, W, K]."""
+    indices = torch.tensor([index for index, _ in items])
+    levels = len(items[0][1])
+    maps = tuple(Codes(torch.stack([m[level].atoms for _, m in items]), torch.stack([m[level].levels for _, m in items]))
+                 for level in range(levels))
+    return indices, maps

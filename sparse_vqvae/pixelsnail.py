@@ -1,0 +1,304 @@
+"""PixelSNAIL prior over code maps of (atom, coefficient level) pairs (Chen et al. 2018; VQ-VAE-2).
+
+p(codes) = prod_i p(pairs_i | pairs_<i): positions in raster order, modelled by a causal backbone
+(masked gated residual convolutions and causal self-attention). Inside a position a small
+autoregressive head emits the pairs in canonical order - atoms ascending, each followed by its
+coefficient level - and, where the count varies (the LASSO), an END token. Ascending order makes
+the probabilities exact over sets: the head masks every atom not above the previous one (and, for
+a fixed count K, those that leave too little room). Vanilla VQ is K=1 with a single level.
+
+The bottom prior of a two-level model is conditioned on the top codes: their embedding is
+computed once, upsampled, and added in every residual block.
+
+``FactorizedPrior`` is the baseline to beat: independent per-position frequencies of atoms,
+levels and pair counts, with add-one smoothing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .codes import EMPTY, Codes
+
+
+@dataclass(frozen=True)
+class PriorConfig:
+    num_atoms: int
+    coef_levels: int
+    slots: int  # K: pairs per position (exact for OMP and vanilla, at most for the LASSO)
+    variable_count: bool  # True for the LASSO: an END token closes a position
+    height: int
+    width: int
+    channels: int = 64
+    blocks: int = 2
+    res_per_block: int = 2
+    kernel: int = 3
+    heads: int = 4
+    dropout: float = 0.1
+    condition: dict | None = None  # the top map's PriorConfig fields (num_atoms, coef_levels, slots, height, width)
+
+
+def _raster_mask(kernel: int, include_center: bool) -> torch.Tensor:
+    mask = torch.ones(kernel, kernel)
+    c = kernel // 2
+    mask[c, c + (1 if include_center else 0):] = 0
+    mask[c + 1:] = 0
+    return mask
+
+
+class CausalConv2d(nn.Conv2d):
+    """A convolution that sees only earlier positions in raster order (and the centre, unless ``strict``)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, strict: bool) -> None:
+        super().__init__(in_channels, out_channels, kernel, padding=kernel // 2)
+        self.register_buffer("mask", _raster_mask(kernel, include_center=not strict), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight * self.mask, self.bias, padding=self.padding)
+
+
+class GatedResBlock(nn.Module):
+    def __init__(self, channels: int, kernel: int, dropout: float, condition_channels: int = 0) -> None:
+        super().__init__()
+        self.conv_in = CausalConv2d(channels, channels, kernel, strict=False)
+        self.conv_gate = CausalConv2d(channels, 2 * channels, kernel, strict=False)
+        self.condition = nn.Conv2d(condition_channels, 2 * channels, 1) if condition_channels else None
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.dropout(F.elu(self.conv_in(F.elu(x))))
+        h = self.conv_gate(h)
+        if self.condition is not None:
+            h = h + self.condition(condition)
+        return x + F.glu(h, dim=1)
+
+
+class CausalAttention(nn.Module):
+    """Self-attention over positions in raster order: position i attends to positions j <= i."""
+
+    def __init__(self, channels: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.out = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(x).reshape(b, 3, self.heads, c // self.heads, h * w).unbind(1)
+        attended = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2),
+                                                  is_causal=True)
+        return x + self.out(attended.transpose(-1, -2).reshape(b, c, h, w))
+
+
+class PairEmbedding(nn.Module):
+    """A position's pairs -> one vector: the sum of atom and level embeddings over present slots."""
+
+    def __init__(self, num_atoms: int, coef_levels: int, channels: int) -> None:
+        super().__init__()
+        self.atom = nn.Embedding(num_atoms + 1, channels, padding_idx=num_atoms)  # last row: empty slot
+        self.level = nn.Embedding(coef_levels, channels)
+        self.num_atoms = num_atoms
+
+    def forward(self, codes: Codes) -> torch.Tensor:
+        present = codes.present.unsqueeze(-1)
+        atoms = torch.where(codes.atoms == EMPTY, self.num_atoms, codes.atoms)
+        pairs = self.atom(atoms) + self.level(codes.levels) * present
+        return pairs.sum(dim=3).permute(0, 3, 1, 2)  # [B, C, H, W]
+
+
+class PixelSNAIL(nn.Module):
+    def __init__(self, config: PriorConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        self.embed = PairEmbedding(c.num_atoms, c.coef_levels, c.channels)
+        self.position = nn.Parameter(torch.zeros(1, c.channels, c.height, c.width))
+        self.conv_in = CausalConv2d(c.channels, c.channels, 2 * c.kernel + 1, strict=True)
+        condition_channels = 0
+        if c.condition is not None:
+            top = c.condition
+            self.condition_embed = PairEmbedding(top["num_atoms"], top["coef_levels"], c.channels)
+            self.condition_net = nn.Sequential(
+                nn.Conv2d(c.channels, c.channels, 3, padding=1), nn.ELU(), nn.Conv2d(c.channels, c.channels, 3, padding=1))
+            condition_channels = c.channels
+        self.blocks = nn.ModuleList()
+        self.attention = nn.ModuleList()
+        for _ in range(c.blocks):
+            self.blocks.append(nn.ModuleList(
+                GatedResBlock(c.channels, c.kernel, c.dropout, condition_channels) for _ in range(c.res_per_block)))
+            self.attention.append(CausalAttention(c.channels, c.heads))
+        self.head = PairHead(c)
+
+    def condition_features(self, condition: Codes) -> torch.Tensor:
+        """Embed the top codes once per batch, at the bottom map's size."""
+        h = self.condition_net(self.condition_embed(condition))
+        return F.interpolate(h, size=(self.config.height, self.config.width), mode="nearest")
+
+    def backbone(self, codes: Codes, condition_features: torch.Tensor | None) -> torch.Tensor:
+        """Features [B, C, H, W] where position i depends only on the codes at positions < i."""
+        h = self.conv_in(self.embed(codes)) + self.position
+        for res_blocks, attention in zip(self.blocks, self.attention):
+            for block in res_blocks:
+                h = block(h, condition_features)
+            h = attention(h)
+        return F.elu(h)
+
+    def log_prob(self, codes: Codes, condition: Codes | None = None) -> torch.Tensor:
+        """Natural-log probability of each image's codes, [B] (exact: the head's masks normalise)."""
+        self._check(codes, condition)
+        features = self.condition_features(condition) if self.config.condition is not None else None
+        h = self.backbone(codes, features).permute(0, 2, 3, 1)  # [B, H, W, C]
+        return self.head.log_prob(h, codes).sum(dim=(1, 2))
+
+    @torch.no_grad()
+    def sample(self, n: int, temperature: float = 1.0, condition: Codes | None = None,
+               generator: torch.Generator | None = None) -> Codes:
+        """Draw ``n`` code maps position by position (the conditioning is embedded once)."""
+        c = self.config
+        device = self.position.device
+        shape = (n, c.height, c.width, c.slots)
+        codes = Codes(torch.full(shape, EMPTY, dtype=torch.long, device=device),
+                      torch.zeros(shape, dtype=torch.long, device=device))
+        if c.condition is not None:
+            if condition is None or condition.atoms.shape[0] != n:
+                raise ValueError(f"this prior is conditioned on the top codes: pass {n} of them as condition")
+        features = self.condition_features(condition) if c.condition is not None else None
+        for y in range(c.height):
+            for x in range(c.width):
+                h = self.backbone(codes, features)[:, :, y, x]
+                atoms, levels = self.head.sample(h, temperature, generator)
+                codes.atoms[:, y, x] = atoms
+                codes.levels[:, y, x] = levels
+        return codes
+
+    def _check(self, codes: Codes, condition: Codes | None) -> None:
+        c = self.config
+        expected = (c.height, c.width, c.slots)
+        if tuple(codes.atoms.shape[1:]) != expected:
+            raise ValueError(f"this prior models code maps of shape [B, {c.height}, {c.width}, {c.slots}]; "
+                             f"got {list(codes.atoms.shape)}")
+        if (c.condition is not None) != (condition is not None):
+            raise ValueError("pass the top codes as condition exactly when the prior is conditioned on them")
+
+    @property
+    def arguments(self) -> dict:
+        return asdict(self.config)
+
+
+class PairHead(nn.Module):
+    """p(pairs of one position | backbone feature), autoregressive over the slots."""
+
+    def __init__(self, config: PriorConfig) -> None:
+        super().__init__()
+        c = config
+        self.num_atoms, self.slots, self.variable = c.num_atoms, c.slots, c.variable_count
+        self.end = c.num_atoms  # the END token's index in the atom logits, when counts vary
+        self.atom_out = nn.Linear(c.channels, c.num_atoms + (1 if c.variable_count else 0))
+        self.atom_in = nn.Embedding(c.num_atoms, c.channels)
+        self.level_out = nn.Linear(c.channels, c.coef_levels)
+        self.pair_atom = nn.Embedding(c.num_atoms, c.channels)
+        self.pair_level = nn.Embedding(c.coef_levels, c.channels)
+        self.update = nn.Sequential(nn.Linear(c.channels, c.channels), nn.ELU(), nn.Linear(c.channels, c.channels))
+
+    def _atom_logits(self, state: torch.Tensor, previous: torch.Tensor, slot: int) -> torch.Tensor:
+        """Logits over atoms (+ END), with the atoms that break ascending order masked out."""
+        logits = self.atom_out(state)
+        index = torch.arange(self.num_atoms, device=state.device)
+        allowed = index > previous.unsqueeze(-1)  # strictly ascending
+        if not self.variable:  # room for the remaining slots
+            allowed &= index <= self.num_atoms - (self.slots - slot)
+        if self.variable:
+            allowed = torch.cat([allowed, torch.ones_like(allowed[..., :1])], dim=-1)  # END always allowed
+        return logits.masked_fill(~allowed, float("-inf"))
+
+    def _advance(self, state: torch.Tensor, atoms: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+        """The state after emitting the pair (atom, level)."""
+        return state + self.update(self.pair_atom(atoms) + self.pair_level(levels))
+
+    def log_prob(self, h: torch.Tensor, codes: Codes) -> torch.Tensor:
+        """[B, H, W] log-probabilities of the given pairs under teacher forcing."""
+        state = h
+        previous = torch.full(h.shape[:-1], -1, dtype=torch.long, device=h.device)
+        total = torch.zeros(h.shape[:-1], device=h.device)
+        open_ = torch.ones(h.shape[:-1], dtype=torch.bool, device=h.device)  # position not yet closed by END
+        for k in range(self.slots):
+            atoms, levels = codes.atoms[..., k], codes.levels[..., k]
+            present = atoms != EMPTY
+            logp_atoms = F.log_softmax(self._atom_logits(state, previous, k), dim=-1)
+            target = torch.where(present, atoms, self.end if self.variable else 0)
+            atom_term = logp_atoms.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+            total = total + torch.where(open_, atom_term, 0.0)
+            safe_atoms = atoms.clamp_min(0)
+            logp_levels = F.log_softmax(self.level_out(state + self.atom_in(safe_atoms)), dim=-1)
+            level_term = logp_levels.gather(-1, levels.unsqueeze(-1)).squeeze(-1)
+            total = total + torch.where(present & open_, level_term, 0.0)
+            state = torch.where(present.unsqueeze(-1), self._advance(state, safe_atoms, levels), state)
+            previous = torch.where(present, atoms, previous)
+            open_ = open_ & present
+        return total
+
+    def sample(self, h: torch.Tensor, temperature: float, generator: torch.Generator | None):
+        """Draw one position's pairs for each row of ``h`` [B, C]: atoms and levels [B, K]."""
+        b = h.shape[0]
+        atoms = torch.full((b, self.slots), EMPTY, dtype=torch.long, device=h.device)
+        levels = torch.zeros((b, self.slots), dtype=torch.long, device=h.device)
+        state = h
+        previous = torch.full((b,), -1, dtype=torch.long, device=h.device)
+        open_ = torch.ones(b, dtype=torch.bool, device=h.device)
+        for k in range(self.slots):
+            probs = F.softmax(self._atom_logits(state, previous, k) / temperature, dim=-1)
+            drawn = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            if self.variable:
+                open_ = open_ & (drawn != self.end)
+            safe = drawn.clamp_max(self.num_atoms - 1)
+            level_probs = F.softmax(self.level_out(state + self.atom_in(safe)) / temperature, dim=-1)
+            level = torch.multinomial(level_probs, 1, generator=generator).squeeze(-1)
+            atoms[:, k] = torch.where(open_, safe, EMPTY)
+            levels[:, k] = torch.where(open_, level, 0)
+            state = torch.where(open_.unsqueeze(-1), self._advance(state, safe, level), state)
+            previous = torch.where(open_, safe, previous)
+        return atoms, levels
+
+
+class FactorizedPrior:
+    """Independent per-position frequencies of atoms, levels and (for the LASSO) pair counts."""
+
+    def __init__(self, num_atoms: int, coef_levels: int, slots: int, height: int, width: int) -> None:
+        self.atom_counts = torch.ones(height, width, num_atoms, dtype=torch.float64)  # add-one smoothing
+        self.level_counts = torch.ones(height, width, coef_levels, dtype=torch.float64)
+        self.count_counts = torch.ones(height, width, slots + 1, dtype=torch.float64)
+
+    def fit(self, codes: Codes) -> FactorizedPrior:
+        present = codes.present
+        for y in range(self.atom_counts.shape[0]):
+            for x in range(self.atom_counts.shape[1]):
+                p = present[:, y, x]
+                self.atom_counts[y, x] += torch.bincount(codes.atoms[:, y, x][p], minlength=self.atom_counts.shape[2])
+                self.level_counts[y, x] += torch.bincount(codes.levels[:, y, x][p], minlength=self.level_counts.shape[2])
+                self.count_counts[y, x] += torch.bincount(p.sum(-1), minlength=self.count_counts.shape[2])
+        return self
+
+    def log_prob(self, codes: Codes) -> torch.Tensor:
+        """Natural-log probability per image [B]: the pairs as an unordered set of independent draws."""
+        log_atoms = (self.atom_counts / self.atom_counts.sum(-1, keepdim=True)).log()
+        log_levels = (self.level_counts / self.level_counts.sum(-1, keepdim=True)).log()
+        log_counts = (self.count_counts / self.count_counts.sum(-1, keepdim=True)).log()
+        present = codes.present
+        b, h, w, k = codes.atoms.shape
+        pos = torch.arange(h * w).reshape(1, h, w, 1).expand(b, h, w, k)
+        atom_term = log_atoms.reshape(h * w, -1)[pos, codes.atoms.clamp_min(0)]
+        level_term = log_levels.reshape(h * w, -1)[pos, codes.levels]
+        pairs = ((atom_term + level_term) * present).sum(dim=(1, 2, 3))
+        count = present.sum(-1)
+        count_term = log_counts.reshape(h * w, -1)[pos[..., 0], count].sum(dim=(1, 2))
+        order = torch.lgamma(count.double() + 1).sum(dim=(1, 2))  # a set of n distinct draws: n! orders
+        return pairs + count_term + order
+
+
+def bits(log_prob: torch.Tensor) -> torch.Tensor:
+    """Natural-log probabilities -> bits."""
+    return -log_prob / math.log(2)

@@ -1,0 +1,100 @@
+import shutil
+
+import pytest
+import torch
+
+from sparse_vqvae.code_store import CodeStore, CodeStoreError, collate_codes, extract_codes
+from sparse_vqvae.vqvae import VQVAE2
+
+from .tiny import SELECTION_FNS, tiny_config, tiny_images
+
+
+class Images(torch.utils.data.Dataset):
+    def __init__(self, images):
+        self.images = images
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.images[i]
+
+
+def trained_tiny(selection_fn, levels=2):
+    torch.manual_seed(0)
+    model = VQVAE2(tiny_config(selection_fn, levels=levels))
+    model.train()(tiny_images(8, 16))  # initialise the quantizers from data
+    return model.eval()
+
+
+@pytest.mark.parametrize("levels", [1, 2])
+@pytest.mark.parametrize("selection_fn", SELECTION_FNS)
+def test_round_trip_equals_the_extracted_codes(selection_fn, levels, tmp_path):
+    model = trained_tiny(selection_fn, levels)
+    images = tiny_images(10, 16, seed=4)
+    result = extract_codes(model, Images(images), tmp_path / "codes", batch_size=4, progress=False)
+    assert result["images"] == 10 and result["images_per_s"] > 0
+    store = CodeStore(tmp_path / "codes", expected_fingerprint=model.fingerprint())
+    assert len(store) == 10 and store.meta.selection_fn == selection_fn
+    indices, maps = collate_codes([store[i] for i in range(len(store))])
+    assert indices.tolist() == list(range(10))
+    with torch.no_grad():
+        expected = model.encode(images)[1]
+    assert len(maps) == levels
+    for stored, fresh in zip(maps, expected):
+        assert stored.equal(fresh)
+    with torch.no_grad():  # the stored codes decode to the model's reconstruction
+        assert torch.equal(model.decode_codes(maps), model(images).reconstruction)
+    assert not (tmp_path / "codes.tmp").exists()
+
+
+def test_another_models_store_is_refused(tmp_path):
+    extract_codes(trained_tiny("omp"), Images(tiny_images(4, 16)), tmp_path / "codes", progress=False)
+    other = trained_tiny("vanilla")
+    with pytest.raises(CodeStoreError, match="extract the codes again"):
+        CodeStore(tmp_path / "codes", expected_fingerprint=other.fingerprint())
+
+
+def test_truncated_missing_and_incomplete_stores_give_clear_errors(tmp_path):
+    with pytest.raises(CodeStoreError, match="no code store at"):
+        CodeStore(tmp_path / "nothing")
+    extract_codes(trained_tiny("omp"), Images(tiny_images(6, 16)), tmp_path / "codes", progress=False)
+    broken = tmp_path / "broken"
+    shutil.copytree(tmp_path / "codes", broken)
+    data = (broken / "data.mdb").read_bytes()
+    (broken / "data.mdb").write_bytes(data[: len(data) // 3])
+    with pytest.raises(CodeStoreError, match="truncated"):
+        CodeStore(broken)
+    (broken / "manifest.json").unlink()
+    with pytest.raises(CodeStoreError, match="did not finish"):
+        CodeStore(broken)
+    # A store whose extraction died before the metadata record was written.
+    import lmdb
+
+    partial = tmp_path / "partial"
+    shutil.copytree(tmp_path / "codes", partial)
+    env = lmdb.open(str(partial))
+    with env.begin(write=True) as txn:
+        txn.delete(b"meta")
+    env.close()
+    (partial / "manifest.json").write_text('{"data_bytes": %d}' % (partial / "data.mdb").stat().st_size)
+    with pytest.raises(CodeStoreError, match="no metadata record"):
+        CodeStore(partial)
+
+
+def test_other_format_version_is_refused(tmp_path):
+    import json
+
+    import lmdb
+
+    extract_codes(trained_tiny("omp"), Images(tiny_images(4, 16)), tmp_path / "codes", progress=False)
+    env = lmdb.open(str(tmp_path / "codes"))
+    with env.begin(write=True) as txn:
+        meta = json.loads(txn.get(b"meta"))
+        meta["format_version"] = 99
+        txn.put(b"meta", json.dumps(meta).encode())
+    env.close()
+    size = (tmp_path / "codes" / "data.mdb").stat().st_size
+    (tmp_path / "codes" / "manifest.json").write_text(json.dumps({"data_bytes": size}))
+    with pytest.raises(CodeStoreError, match="format 99"):
+        CodeStore(tmp_path / "codes")

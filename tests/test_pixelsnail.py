@@ -1,0 +1,147 @@
+import math
+
+import pytest
+import torch
+
+from sparse_vqvae.codes import EMPTY, Codes, validate_codes
+from sparse_vqvae.pixelsnail import FactorizedPrior, PixelSNAIL, PriorConfig, bits
+from sparse_vqvae.prior_train import bits_per_image, load_prior, save_prior, train_prior
+
+VARIANTS = {
+    "vanilla": dict(num_atoms=16, coef_levels=1, slots=1, variable_count=False),
+    "omp": dict(num_atoms=16, coef_levels=8, slots=2, variable_count=False),
+    "fista": dict(num_atoms=16, coef_levels=8, slots=3, variable_count=True),
+}
+
+
+def prior_for(name, conditioned=False, **overrides):
+    args = dict(VARIANTS[name], height=4, width=4, channels=16, blocks=1, res_per_block=1, heads=2, dropout=0.0)
+    if conditioned:
+        args.update(height=4, width=4, condition=dict(VARIANTS[name], height=2, width=2))
+        args["condition"].pop("variable_count")
+    args.update(overrides)
+    torch.manual_seed(0)
+    return PixelSNAIL(PriorConfig(**args))
+
+
+def random_codes(name, batch=6, height=4, width=4, seed=0):
+    """Valid codes: ascending distinct atoms, K of them (OMP, vanilla) or 0..K (the LASSO)."""
+    v = VARIANTS[name]
+    g = torch.Generator().manual_seed(seed)
+    order = torch.rand(batch, height, width, v["num_atoms"], generator=g).argsort(-1)[..., : v["slots"]]
+    atoms = order.sort(-1).values
+    if v["variable_count"]:
+        count = torch.randint(0, v["slots"] + 1, (batch, height, width, 1), generator=g)
+        atoms = torch.where(torch.arange(v["slots"]) < count, atoms, EMPTY)
+    levels = torch.randint(v["coef_levels"], atoms.shape, generator=g) * (atoms != EMPTY)
+    return Codes(atoms, levels)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_backbone_is_causal(name):
+    prior = prior_for(name).eval()
+    codes = random_codes(name, batch=1)
+    embedded = prior.embed(codes).detach().requires_grad_()
+    h = prior.conv_in(embedded) + prior.position
+    for blocks, attention in zip(prior.blocks, prior.attention):
+        for block in blocks:
+            h = block(h)
+        h = attention(h)
+    flat = h.reshape(h.shape[1], -1)
+    for i in [0, 5, 15]:
+        (grad,) = torch.autograd.grad(flat[:, i].sum(), embedded, retain_graph=True)
+        later = grad.reshape(grad.shape[1], -1)[:, i:]
+        assert torch.equal(later, torch.zeros_like(later)), f"position {i} sees positions >= {i}"
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_head_sees_only_earlier_pairs_of_its_position(name):
+    prior = prior_for(name).eval()
+    codes = random_codes(name, batch=2)
+    h = torch.randn(2, 4, 4, 16)
+    base = prior.head.log_prob(h, codes)
+    # Changing the last slot changes nothing but its own terms: earlier slots' terms are the same.
+    if VARIANTS[name]["slots"] > 1:
+        changed = Codes(codes.atoms.clone(), codes.levels.clone())
+        last = changed.atoms[..., -1] != EMPTY
+        changed.levels[..., -1] = torch.where(last, (changed.levels[..., -1] + 1) % VARIANTS[name]["coef_levels"], 0)
+        diff = prior.head.log_prob(h, changed) - base
+        assert torch.equal(diff[~last], torch.zeros_like(diff[~last]))
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_log_prob_of_a_batch_is_the_sum_of_its_parts(name):
+    prior = prior_for(name).eval()
+    codes = random_codes(name)
+    with torch.no_grad():
+        whole = prior.log_prob(codes)
+        parts = torch.cat([prior.log_prob(codes[i : i + 1]) for i in range(6)])
+    torch.testing.assert_close(whole, parts)
+    assert (whole < 0).all() and torch.isfinite(whole).all()
+
+
+@pytest.mark.parametrize("name", ["omp", "vanilla", "fista"])
+def test_head_distribution_sums_to_one_over_all_valid_pair_lists(name):
+    # One position, few atoms: enumerate every valid list and add up the probabilities.
+    import itertools
+
+    v = dict(VARIANTS[name], num_atoms=5, coef_levels=2 if name != "vanilla" else 1)
+    prior = PixelSNAIL(PriorConfig(**v, height=1, width=1, channels=8, blocks=1, res_per_block=1, heads=2)).eval()
+    h = torch.randn(1, 1, 1, 8)
+    counts = range(v["slots"] + 1) if v["variable_count"] else [v["slots"]]
+    total = 0.0
+    for count in counts:
+        for atoms in itertools.combinations(range(5), count):
+            for levels in itertools.product(range(v["coef_levels"]), repeat=count):
+                a = list(atoms) + [EMPTY] * (v["slots"] - count)
+                lv = list(levels) + [0] * (v["slots"] - count)
+                codes = Codes(torch.tensor(a).reshape(1, 1, 1, -1), torch.tensor(lv).reshape(1, 1, 1, -1))
+                total += prior.head.log_prob(h, codes).exp().item()
+    assert total == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_a_few_steps_lower_the_loss_and_samples_are_valid(name):
+    prior = prior_for(name)
+    codes = random_codes(name, batch=8)
+    maps = (codes,)
+    before = bits_per_image(prior, maps, 0)
+    train_prior(prior, maps, 0, steps=30, batch_size=8, lr=3e-3, progress=False)
+    assert bits_per_image(prior, maps, 0) < before
+    sample = prior.eval().sample(5, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    v = VARIANTS[name]
+    validate_codes(sample, v["num_atoms"], v["coef_levels"])
+    if not v["variable_count"]:
+        assert sample.present.all()
+    assert sample.atoms.shape == (5, 4, 4, v["slots"])
+
+
+def test_conditional_prior_uses_the_top_codes():
+    prior = prior_for("omp", conditioned=True).eval()
+    bottom = random_codes("omp", batch=2)
+    top_a, top_b = random_codes("omp", batch=2, height=2, width=2, seed=1), random_codes("omp", 2, 2, 2, seed=2)
+    with torch.no_grad():
+        assert not torch.allclose(prior.log_prob(bottom, top_a), prior.log_prob(bottom, top_b))
+        sample = prior.sample(2, condition=top_a, generator=torch.Generator().manual_seed(0))
+    validate_codes(sample, 16, 8)
+    with pytest.raises(ValueError, match="condition"):
+        prior.log_prob(bottom)
+
+
+def test_factorized_baseline_counts_sets_and_frequencies():
+    codes = random_codes("omp", batch=50)
+    baseline = FactorizedPrior(16, 8, 2, 4, 4).fit(codes)
+    per_image = bits(baseline.log_prob(codes))
+    # Uniform choice would be log2(C(16, 2)) + 2 * log2(8) = 12.9 bits per position.
+    uniform = 16 * (math.log2(math.comb(16, 2)) + 2 * 3)
+    assert per_image.mean() < uniform + 1 and per_image.mean() > 0.5 * uniform
+
+
+def test_prior_checkpoint_round_trip(tmp_path):
+    prior = prior_for("fista")
+    save_prior(tmp_path / "prior.pt", prior, None, 7, "abc")
+    restored = load_prior(tmp_path / "prior.pt")
+    assert restored.step == 7 and restored.fingerprint == "abc"
+    codes = random_codes("fista")
+    with torch.no_grad():
+        assert torch.equal(prior.eval().log_prob(codes), restored.prior.eval().log_prob(codes))
