@@ -115,6 +115,7 @@ def extract_codes(model: VQVAE2, dataset: Dataset, path: str | Path, batch_size:
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     device = next(model.parameters()).device
     model.eval()
     writer = _Writer(tmp)
