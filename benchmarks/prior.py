@@ -12,19 +12,19 @@ step time and its sampling time per image (top, then bottom given top, then deco
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from _results import RESULTS, write_json
 
 from sparse_vqvae.code_store import CodeStore, extract_codes
 from sparse_vqvae.config import DataConfig, ModelConfig, TrainConfig
 from sparse_vqvae.data import load_dataset
-from sparse_vqvae.pixelsnail import PixelSNAIL, bits
-from sparse_vqvae.prior_train import bits_per_image, fit_factorized, load_maps, prior_configs
+from sparse_vqvae.pixelsnail import PixelSNAIL
+from sparse_vqvae.prior_train import bits_per_image, fit_factorized, load_maps, prior_configs, train_prior
 from sparse_vqvae.train import train
 
 SELECTION_FNS = {"vanilla": dict(selection_fn="vanilla"), "omp": dict(selection_fn="omp", n_nonzero=2)}
@@ -49,19 +49,10 @@ def run_one(name: str, data: DataConfig, vqvae_steps: int, prior_steps: int, wor
     for level, config in enumerate(prior_configs(meta)):
         torch.manual_seed(0)
         prior = PixelSNAIL(config)
-        optimizer = torch.optim.Adam(prior.parameters(), lr=1e-3)
-        count = train_maps[0].atoms.shape[0]
-        generator = torch.Generator().manual_seed(level)
-        for step in range(prior_steps):
-            rows = torch.randint(count, (64,), generator=generator)
-            start = time.perf_counter()
-            prior.train()
-            condition = train_maps[0][rows] if level else None
-            loss = bits(prior.log_prob(train_maps[level][rows], condition)).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step_times.append(time.perf_counter() - start)
+        stamps = [time.perf_counter()]
+        train_prior(prior, train_maps, level, prior_steps, batch_size=64, lr=1e-3, seed=level, progress=False,
+                    on_metrics=lambda step, metrics: stamps.append(time.perf_counter()))
+        step_times += [b - a for a, b in zip(stamps, stamps[1:])]
         prior_bits += bits_per_image(prior, test_maps, level)
         priors.append(prior.eval())
 
@@ -94,7 +85,7 @@ def main() -> None:
     parser.add_argument("--vqvae-steps", type=int, default=None)
     parser.add_argument("--prior-steps", type=int, default=None)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "prior.json")
+    parser.add_argument("--output", type=Path, default=RESULTS / "prior.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     vqvae_steps = args.vqvae_steps or (20 if args.quick else 300)
@@ -117,11 +108,7 @@ def main() -> None:
     for key, r in results.items():
         print(f"{key:>16}  {r['prior_bits_per_image']:10.1f}  {r['factorized_bits_per_image']:10.1f}  "
               f"{r['ratio_to_factorized']:6.3f}  {r['train_ms_per_step']:8.1f}  {r['sample_s_per_image']:8.3f}")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.output.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2))
-    tmp.replace(args.output)
-    print(f"wrote {args.output}")
+    write_json(args.output, results)
 
 
 if __name__ == "__main__":

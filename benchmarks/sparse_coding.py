@@ -12,7 +12,6 @@ threads; scikit-learn with one job. Prints a table and writes JSON (see --output
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _results import RESULTS, write_json
 
 from sparse_vqvae.sparse_coding import fista, lasso, omp, random_dictionary
 
@@ -176,7 +176,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads on CPU")
     parser.add_argument("--no-references", action="store_true", help="skip SPAMS and scikit-learn")
-    parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "sparse_coding.json")
+    parser.add_argument("--output", type=Path, default=RESULTS / "sparse_coding.json")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -192,11 +192,7 @@ def main() -> None:
     print(f"{count:,} signals, d={DIM}, N={NUM_ATOMS}, device={device}, torch threads={torch.get_num_threads()}, "
           f"matmul peak {result['matmul_peak_gflops']:.0f} GFLOP/s")
     print_table(result["rows"])
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.output.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(args.output)
-    print(f"wrote {args.output}")
+    write_json(args.output, result)
 
 
 if __name__ == "__main__":

@@ -14,12 +14,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
 
 import torch
+from _results import RESULTS, write_json
 
 from sparse_vqvae.config import DataConfig, ModelConfig, TrainConfig
 from sparse_vqvae.data import load_dataset
@@ -74,7 +74,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer timed steps and 30 training steps")
     parser.add_argument("--steps", type=int, default=None, help="training steps per variant for the quality part")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "train_step.json")
+    parser.add_argument("--output", type=Path, default=RESULTS / "train_step.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     steps = args.steps or (30 if args.quick else 300)
@@ -103,11 +103,7 @@ def main() -> None:
     print(f"omp_k2 with the dictionary frozen after initialisation: test PSNR {frozen['test_psnr']:.2f} dB "
           f"(learned: {results['omp_k2']['test_psnr']:.2f} dB)")
     out = {"steps": steps, "batch_size": 128, "image_size": 32, "threads": torch.get_num_threads(), **results}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.output.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(out, indent=2))
-    tmp.replace(args.output)
-    print(f"wrote {args.output}")
+    write_json(args.output, out)
 
 
 if __name__ == "__main__":

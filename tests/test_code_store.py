@@ -6,18 +6,7 @@ import torch
 from sparse_vqvae.code_store import CodeStore, CodeStoreError, collate_codes, extract_codes
 from sparse_vqvae.vqvae import VQVAE2
 
-from .tiny import SELECTION_FNS, tiny_config, tiny_images
-
-
-class Images(torch.utils.data.Dataset):
-    def __init__(self, images):
-        self.images = images
-
-    def __len__(self):
-        return len(self.images)
-
-    def __getitem__(self, i):
-        return self.images[i]
+from .tiny import SELECTION_FNS, Images, tiny_config, tiny_images
 
 
 def trained_tiny(selection_fn, levels=2):

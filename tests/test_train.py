@@ -4,18 +4,7 @@ import torch
 from sparse_vqvae.config import TrainConfig
 from sparse_vqvae.train import CheckpointError, evaluate, load_checkpoint, save_checkpoint, train
 
-from .tiny import SELECTION_FNS, tiny_config, tiny_images
-
-
-class Images(torch.utils.data.Dataset):
-    def __init__(self, images):
-        self.images = images
-
-    def __len__(self):
-        return len(self.images)
-
-    def __getitem__(self, i):
-        return self.images[i]
+from .tiny import SELECTION_FNS, Images, tiny_config, tiny_images
 
 
 @pytest.fixture

@@ -19,3 +19,16 @@ def tiny_images(count: int = 8, size: int = 16, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     coarse = torch.rand(count, 3, size // 4, size // 4, generator=g) * 2 - 1
     return torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
+
+
+class Images(torch.utils.data.Dataset):
+    """A tensor of images as a Dataset."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.images[i]
