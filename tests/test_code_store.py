@@ -110,3 +110,14 @@ def test_priors_sampled_from_a_store_decode_to_images(selection_fn, levels, tmp_
     with torch.no_grad():
         images = model.decode_codes(maps)
     assert images.shape == (3, 3, 16, 16) and torch.isfinite(images).all()
+
+
+def test_the_map_grows_when_full(tmp_path, monkeypatch):
+    import sparse_vqvae.code_store as code_store
+
+    monkeypatch.setattr(code_store, "_INITIAL_MAP_SIZE", 32 << 10)  # 32 KiB: full after a few records
+    model = trained_tiny("omp")
+    extract_codes(model, Images(tiny_images(300, 16)), tmp_path / "codes", batch_size=100, progress=False)
+    store = CodeStore(tmp_path / "codes", model.fingerprint())
+    assert len(store) == 300 and store[299][0] == 299
+    assert (tmp_path / "codes" / "data.mdb").stat().st_size > 32 << 10  # it did outgrow the first map
