@@ -1,4 +1,4 @@
-"""Sparse coding in PyTorch: batched OMP and LASSO (FISTA), and their task-driven gradients."""
+"""Sparse coding in PyTorch: batched OMP and LASSO (FISTA, homotopy), and their task-driven gradients."""
 
 from .dictionary import init_dictionary_from_data, normalize_atoms, random_dictionary
 from .fista import fista

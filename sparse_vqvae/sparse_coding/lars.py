@@ -37,7 +37,10 @@ def lasso(
     max_steps: int | None = None,
     chunk_size: int | None = None,
 ) -> torch.Tensor:
-    """Dense exact LASSO codes [B, N] for ``x`` [B, d] over ``dictionary`` [d, N] (unit-norm atoms)."""
+    """Dense exact LASSO codes [B, N] for ``x`` [B, d] over ``dictionary`` [d, N] (unit-norm atoms).
+
+    ``max_steps`` (default 4 d) bounds the events of one path before its row goes to FISTA.
+    """
     check_signals_and_dictionary(x, dictionary)
     alpha = check_non_negative("alpha", alpha)
     dim, num_atoms = dictionary.shape
@@ -47,11 +50,9 @@ def lasso(
     chunk = chunk_size_for(chunk_size, x.device, num_atoms)
     atoms = dictionary.t().contiguous()
     out = x.new_zeros(x.shape[0], num_atoms)
-    failed = [
-        _homotopy(x, dictionary, atoms, alpha, max_nonzero, max_steps, out, torch.arange(start, min(start + chunk, x.shape[0]), device=x.device))
-        for start in range(0, x.shape[0], chunk)
-    ]
-    failed = torch.cat(failed) if failed else torch.zeros(0, dtype=torch.long, device=x.device)
+    failed = torch.cat([_homotopy(x, dictionary, atoms, alpha, max_nonzero, max_steps, out, rows)
+                        for rows in torch.arange(x.shape[0], device=x.device).split(chunk)]
+                       + [torch.zeros(0, dtype=torch.long, device=x.device)])
     if failed.numel():
         fallback = fista(x[failed], dictionary, alpha)
         out[failed] = fallback if max_nonzero is None else keep_largest(fallback, max_nonzero)

@@ -11,7 +11,7 @@ depends on the hardware:
 - ``"gemm"``: one [B, d] x [d, N] matrix product per step on the updated residual; measured
   fastest on CPU, where a GEMM runs near peak and the gathers of the Gram form do not.
 - ``"gram"``: Batch-OMP's update from the precomputed Gram matrix ``D^T D`` and ``D^T x``; the
-  fewest FLOPs, which pays on a GPU.
+  fewest FLOPs, so the default on a GPU (not yet measured on one).
 """
 
 from __future__ import annotations
