@@ -80,7 +80,7 @@ class ModelConfig:
 
     @property
     def stride(self) -> int:
-        """Total downsampling of the finest quantised map; image sides must be multiples of it x 2 for levels=2."""
+        """What image sides must be multiples of: the coarsest map's downsampling (8 = the top map, for levels=2)."""
         return 2 ** (self.num_strides + 1) if self.levels == 1 else 8
 
 

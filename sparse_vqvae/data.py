@@ -62,6 +62,10 @@ class EmbeddedCrops(Dataset):
         self.sources = EMBEDDED_TRAIN if split == "train" else EMBEDDED_TEST
         count = config.train_count if split == "train" else config.test_count
         photos = [_downscaled(embedded_photo_dir() / name, config.short_side) for name in self.sources]
+        smallest = min(min(photo.shape[:2]) for photo in photos)
+        if config.image_size > smallest:
+            raise ValueError(f"data.image_size ({config.image_size}) is larger than the smallest embedded photograph "
+                             f"({smallest} px on its short side)")
         rng = np.random.default_rng([config.seed, 0 if split == "train" else 1])
         size = config.image_size
         crops = np.empty((count, size, size, 3), dtype=np.uint8)

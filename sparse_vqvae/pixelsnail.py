@@ -166,6 +166,10 @@ class PixelSNAIL(nn.Module):
         if c.condition is not None:
             if condition is None or condition.atoms.shape[0] != n:
                 raise ValueError(f"this prior is conditioned on the top codes: pass {n} of them as condition")
+        if c.condition is not None:
+            self._check_condition(condition)
+        was_training = self.training
+        self.eval()  # no dropout while sampling
         features = self.condition_features(condition) if c.condition is not None else None
         for y in range(c.height):
             for x in range(c.width):
@@ -173,6 +177,7 @@ class PixelSNAIL(nn.Module):
                 atoms, levels = self.head.sample(h, temperature, generator)
                 codes.atoms[:, y, x] = atoms
                 codes.levels[:, y, x] = levels
+        self.train(was_training)
         return codes
 
     def _check(self, codes: Codes, condition: Codes | None) -> None:
@@ -183,6 +188,15 @@ class PixelSNAIL(nn.Module):
                              f"got {list(codes.atoms.shape)}")
         if (c.condition is not None) != (condition is not None):
             raise ValueError("pass the top codes as condition exactly when the prior is conditioned on them")
+        if condition is not None:
+            self._check_condition(condition)
+
+    def _check_condition(self, condition: Codes) -> None:
+        top = self.config.condition
+        expected = (top["height"], top["width"], top["slots"])
+        if tuple(condition.atoms.shape[1:]) != expected:
+            raise ValueError(f"the condition (top codes) must be [B, {expected[0]}, {expected[1]}, {expected[2]}]; "
+                             f"got {list(condition.atoms.shape)}")
 
     @property
     def arguments(self) -> dict:
@@ -273,6 +287,7 @@ class FactorizedPrior:
         self.count_counts = torch.ones(height, width, slots + 1, dtype=torch.float64)
 
     def fit(self, codes: Codes) -> FactorizedPrior:
+        codes = codes.to("cpu")  # counting tables live on the CPU
         present = codes.present
         for y in range(self.atom_counts.shape[0]):
             for x in range(self.atom_counts.shape[1]):
@@ -284,6 +299,7 @@ class FactorizedPrior:
 
     def log_prob(self, codes: Codes) -> torch.Tensor:
         """Natural-log probability per image [B]: the pairs as an unordered set of independent draws."""
+        codes = codes.to("cpu")
         log_atoms = (self.atom_counts / self.atom_counts.sum(-1, keepdim=True)).log()
         log_levels = (self.level_counts / self.level_counts.sum(-1, keepdim=True)).log()
         log_counts = (self.count_counts / self.count_counts.sum(-1, keepdim=True)).log()

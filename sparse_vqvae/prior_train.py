@@ -47,8 +47,8 @@ def prior_configs(meta: StoreMetadata, **sizes) -> list[PriorConfig]:
     return configs
 
 
-def _inputs(maps: tuple[Codes, ...], level: int, rows) -> tuple[Codes, Codes | None]:
-    return maps[level][rows], (maps[0][rows] if level > 0 else None)
+def _inputs(maps: tuple[Codes, ...], level: int, rows, device: torch.device) -> tuple[Codes, Codes | None]:
+    return maps[level][rows].to(device), (maps[0][rows].to(device) if level > 0 else None)
 
 
 def train_prior(prior: PixelSNAIL, maps: tuple[Codes, ...], level: int, steps: int, batch_size: int = 64,
@@ -59,6 +59,9 @@ def train_prior(prior: PixelSNAIL, maps: tuple[Codes, ...], level: int, steps: i
     step = 0
     if checkpoint_path is not None and Path(checkpoint_path).exists():
         resumed = load_prior(checkpoint_path)
+        if resumed.fingerprint != fingerprint or resumed.prior.arguments != prior.arguments:
+            raise CheckpointError(f"{checkpoint_path} holds a prior of another model or other settings; "
+                                  "move it away to start afresh")
         prior.load_state_dict(resumed.prior.state_dict())
         if resumed.optimizer_state is not None:
             optimizer.load_state_dict(resumed.optimizer_state)
@@ -68,7 +71,7 @@ def train_prior(prior: PixelSNAIL, maps: tuple[Codes, ...], level: int, steps: i
     with tqdm(total=steps, initial=step, desc=f"train prior (map {level})", disable=not progress) as bar:
         while step < steps:
             rows = torch.randint(count, (batch_size,), generator=torch.Generator().manual_seed(seed * 1_000_003 + step))
-            codes, condition = _inputs(maps, level, rows)
+            codes, condition = _inputs(maps, level, rows, prior.position.device)
             prior.train()
             loss = bits(prior.log_prob(codes, condition)).mean()
             optimizer.zero_grad(set_to_none=True)
@@ -94,8 +97,11 @@ def bits_per_image(prior: PixelSNAIL | FactorizedPrior, maps: tuple[Codes, ...],
         prior.eval()
     for start in range(0, count, batch_size):
         rows = slice(start, start + batch_size)
-        codes, condition = _inputs(maps, level, rows)
-        log_prob = prior.log_prob(codes, condition) if isinstance(prior, PixelSNAIL) else prior.log_prob(codes)
+        if isinstance(prior, PixelSNAIL):
+            codes, condition = _inputs(maps, level, rows, prior.position.device)
+            log_prob = prior.log_prob(codes, condition)
+        else:
+            log_prob = prior.log_prob(maps[level][rows])
         total += float(bits(log_prob).sum())
     return total / count
 
@@ -119,6 +125,6 @@ def load_prior(path: str | Path, device: torch.device | str = "cpu") -> PriorChe
     try:
         prior = PixelSNAIL(PriorConfig(**payload["prior_arguments"])).to(device)
         prior.load_state_dict(payload["prior_state"])
+        return PriorCheckpoint(prior, payload["optimizer_state"], int(payload["step"]), str(payload["fingerprint"]))
     except (KeyError, TypeError, RuntimeError, ValueError) as error:
         raise CheckpointError(f"{path}: the prior in it cannot be rebuilt: {error}") from error
-    return PriorCheckpoint(prior, payload["optimizer_state"], int(payload["step"]), str(payload["fingerprint"]))

@@ -83,6 +83,13 @@ def _all_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def _all_min(value: int, device: torch.device) -> int:
+    t = torch.tensor(value, device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return int(t)
+
+
 def _from_rank0(t: torch.Tensor) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized():
         dist.broadcast(t, src=0)
@@ -110,7 +117,7 @@ class _Quantizer(nn.Module):
 
     def _reseed_candidates(self, flat: torch.Tensor, error: torch.Tensor, count: int) -> torch.Tensor:
         """The ``count`` worst-coded vectors of this batch (rank 0's, under DDP), [count, C]."""
-        picks = error.topk(min(count, flat.shape[0])).indices
+        picks = error.topk(min(count, _all_min(flat.shape[0], flat.device))).indices  # one shape on every rank
         chosen = flat[picks].detach().clone()
         return _from_rank0(chosen)
 
@@ -275,8 +282,8 @@ class SparseQuantizer(_Quantizer):
         self.dictionary.copy_(_from_rank0(fitted.contiguous()))
         code = sparse_code(target, self.atoms, self.method, **self._solver)
         magnitudes = code.abs()[code != 0]
-        if magnitudes.numel():
-            self.coef_range.copy_(_from_rank0(self._percentile(magnitudes)))
+        start = self._percentile(magnitudes) if magnitudes.numel() else torch.ones_like(self.coef_range)
+        self.coef_range.copy_(_from_rank0(start))  # every rank joins the broadcast
         self.initialized.fill_(True)
 
     def _percentile(self, magnitudes: torch.Tensor) -> torch.Tensor:
@@ -285,12 +292,12 @@ class SparseQuantizer(_Quantizer):
 
     @torch.no_grad()
     def _fit_range(self, values: torch.Tensor) -> None:
-        if values.numel() == 0:
-            return
-        observed = self._percentile(values.abs())
-        if dist.is_available() and dist.is_initialized():
-            observed = _all_sum(observed.clone()) / dist.get_world_size()
-        self.coef_range.mul_(self.coef_decay).add_(observed, alpha=1 - self.coef_decay)
+        # Every rank joins the all-reduce, with weight 0 when it saw no coefficient.
+        seen = values.numel() > 0
+        observed = self._percentile(values.abs()) if seen else torch.zeros_like(self.coef_range)
+        total = _all_sum(torch.stack([observed, torch.ones_like(observed) * seen]))
+        if total[1] > 0:
+            self.coef_range.mul_(self.coef_decay).add_(total[0] / total[1], alpha=1 - self.coef_decay)
 
     @torch.no_grad()
     def _plan_restart(self, target: torch.Tensor, z_q: torch.Tensor, atoms: torch.Tensor) -> None:

@@ -90,9 +90,10 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Che
     try:
         model = VQVAE2(ModelConfig(**payload["model_arguments"])).to(device)
         model.load_state_dict(payload["model_state"])
+        return Checkpoint(model, payload["optimizer_state"], int(payload["step"]), int(payload["epoch"]),
+                          payload["config"])
     except (KeyError, TypeError, RuntimeError, ValueError) as error:
         raise CheckpointError(f"{path}: the model in it cannot be rebuilt: {error}") from error
-    return Checkpoint(model, payload["optimizer_state"], int(payload["step"]), int(payload["epoch"]), payload["config"])
 
 
 def train(
@@ -114,6 +115,9 @@ def train(
     step = epoch = 0
     if checkpoint_path is not None and Path(checkpoint_path).exists():
         checkpoint = load_checkpoint(checkpoint_path, device)
+        if checkpoint.model.config != model_config:
+            raise CheckpointError(f"{checkpoint_path} holds a model of other settings than this run's; "
+                                  "move it away to start afresh")
         model, step, epoch = checkpoint.model, checkpoint.step, checkpoint.epoch
         optimizer = make_optimizer(model, train_config.lr)
         if checkpoint.optimizer_state is not None:
@@ -130,6 +134,9 @@ def train(
             order = torch.Generator().manual_seed(train_config.seed * 100_003 + epoch)
             loader = DataLoader(train_set, batch_size=train_config.batch_size, shuffle=True, drop_last=True,
                                 generator=order)
+            if len(loader) == 0:
+                raise ValueError(f"the training set has {len(train_set)} images, fewer than train.batch_size "
+                                 f"({train_config.batch_size})")
             skip = step - epoch * len(loader)  # batches of this epoch done before a resume
             for i, images in enumerate(loader):
                 if i < skip:

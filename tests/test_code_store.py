@@ -121,3 +121,11 @@ def test_the_map_grows_when_full(tmp_path, monkeypatch):
     store = CodeStore(tmp_path / "codes", model.fingerprint())
     assert len(store) == 300 and store[299][0] == 299
     assert (tmp_path / "codes" / "data.mdb").stat().st_size > 32 << 10  # it did outgrow the first map
+
+
+def test_models_beyond_the_stored_integer_widths_are_refused():
+    from sparse_vqvae.code_store import StoreMetadata
+
+    model = VQVAE2(tiny_config("omp", num_atoms=40000))
+    with pytest.raises(CodeStoreError, match="at most 32767 atoms"):
+        StoreMetadata.for_model(model, [[2, 2], [4, 4]])

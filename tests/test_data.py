@@ -58,3 +58,8 @@ def test_imagefolder_split_is_seeded_and_disjoint(tmp_path):
 def test_bad_data_config_names_the_key(overrides, message):
     with pytest.raises(ValueError, match=message):
         DataConfig(**overrides)
+
+
+def test_crops_larger_than_the_smallest_photograph_are_refused():
+    with pytest.raises(ValueError, match="smallest embedded photograph"):
+        load_dataset(DataConfig(image_size=320, short_side=512, train_count=4, test_count=4), "test")

@@ -145,3 +145,21 @@ def test_prior_checkpoint_round_trip(tmp_path):
     codes = random_codes("fista")
     with torch.no_grad():
         assert torch.equal(prior.eval().log_prob(codes), restored.prior.eval().log_prob(codes))
+
+
+def test_prior_resume_of_another_models_checkpoint_is_refused(tmp_path):
+    from sparse_vqvae.checkpoint import CheckpointError
+
+    prior = prior_for("omp")
+    maps = (random_codes("omp", batch=8),)
+    train_prior(prior, maps, 0, steps=2, batch_size=4, checkpoint_path=tmp_path / "p.pt", fingerprint="aaa",
+                progress=False)
+    with pytest.raises(CheckpointError, match="another model"):
+        train_prior(prior_for("omp"), maps, 0, steps=4, batch_size=4, checkpoint_path=tmp_path / "p.pt",
+                    fingerprint="bbb", progress=False)
+
+
+def test_condition_of_the_wrong_shape_is_refused():
+    prior = prior_for("omp", conditioned=True)
+    with pytest.raises(ValueError, match="condition"):
+        prior.log_prob(random_codes("omp", batch=2), random_codes("omp", batch=2, height=3, width=3))

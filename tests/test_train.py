@@ -84,3 +84,16 @@ def test_checkpoint_loading_runs_no_code(tmp_path):
     torch.save({"format": "sparse-vqvae/vqvae2", "payload": Boom()}, path)
     with pytest.raises(CheckpointError):
         load_checkpoint(path)
+
+
+def test_a_training_set_smaller_than_a_batch_is_an_error(data):
+    with pytest.raises(ValueError, match="fewer than train.batch_size"):
+        train(tiny_config("omp"), TrainConfig(steps=2, batch_size=64), data[0], progress=False)
+
+
+def test_resuming_a_checkpoint_of_other_settings_is_refused(data, tmp_path):
+    path = tmp_path / "model.pt"
+    train(tiny_config("omp"), TrainConfig(steps=1, batch_size=4), data[0], checkpoint_path=path, progress=False)
+    with pytest.raises(CheckpointError, match="other settings"):
+        train(tiny_config("vanilla"), TrainConfig(steps=2, batch_size=4), data[0], checkpoint_path=path,
+              progress=False)
