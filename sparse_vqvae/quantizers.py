@@ -6,7 +6,7 @@
   unit-norm dictionary. The dictionary is an ``nn.Parameter`` and learns twice over: from the
   reconstruction loss through the task-driven gradient of the sparse code (Mairal et al. 2010)
   and from the dictionary loss ``||D c - sg(z)||^2``. The coefficients are quantised to
-  ``coef_levels`` uniform levels over [-m, m], m an EMA of the 99.9th percentile of |c| seen in
+  ``coef_levels`` uniform levels over [-m, m] (0 among them), m an EMA of the 99.9th percentile of |c| seen in
   training, and the decoder sees the quantised code (straight-through), so every code is discrete.
 
 Both start from data (codebook = encoder outputs, dictionary = MOD fit on them) on their first
@@ -217,13 +217,16 @@ class SparseQuantizer(_Quantizer):
         return normalize_atoms(self.dictionary)
 
     def level_values(self) -> torch.Tensor:
-        """The coefficient value of each level: uniform over [-m, m]."""
-        return torch.linspace(-1.0, 1.0, self.coef_levels, device=self.coef_range.device) * self.coef_range
+        """The coefficient value of each level: steps of m / (L // 2) from -m, with 0 exactly at level L // 2
+        (so a zero coefficient - an OMP atom dependent on the others - decodes to zero)."""
+        zero = self.coef_levels // 2
+        index = torch.arange(self.coef_levels, device=self.coef_range.device, dtype=self.coef_range.dtype)
+        return (index - zero) * (self.coef_range / zero)
 
     def quantize_coefficients(self, values: torch.Tensor) -> torch.Tensor:
-        m = self.coef_range
-        step = 2 * m / (self.coef_levels - 1)
-        return torch.round((values.clamp(-m, m) + m) / step).long().clamp_(0, self.coef_levels - 1)
+        zero = self.coef_levels // 2
+        step = self.coef_range / zero
+        return (torch.round(values / step).long() + zero).clamp_(0, self.coef_levels - 1)
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         with torch.autocast(device_type=z.device.type, enabled=False):

@@ -118,3 +118,17 @@ def test_coefficient_levels_cover_the_fitted_range():
     levels = quantizer.quantize_coefficients(values)
     assert levels.tolist() == [0, 0, 1, 2, 3, 4, 4]
     assert quantizer.level_values().tolist() == [-2.0, -1.0, 0.0, 1.0, 2.0]
+    even = SparseQuantizer(8, 32, "omp", coef_levels=4)
+    even.coef_range.fill_(2.0)
+    assert even.level_values().tolist() == [-2.0, -1.0, 0.0, 1.0]  # zero is always a level
+    assert even.quantize_coefficients(torch.tensor([0.0, -7.0, 7.0])).tolist() == [2, 0, 3]
+
+
+def test_a_zero_latent_decodes_to_zero():
+    torch.manual_seed(0)
+    quantizer = build_quantizer(tiny_config("omp")).train()
+    quantizer(features())
+    z = features()
+    z[0, :, 0, 0] = 0  # OMP gives it K atoms with coefficient 0
+    out = quantizer.eval()(z)
+    assert torch.equal(out.z_q[0, :, 0, 0], torch.zeros(8))

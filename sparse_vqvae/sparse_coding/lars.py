@@ -14,9 +14,10 @@ the code is then the exact LASSO solution at the larger penalty reached, the spa
 most ``max_nonzero`` atoms that the L1 path offers.
 
 Every result is certified by the KKT conditions (``certify_lasso``); a row that is not (a
-degenerate path, near-duplicate atoms, more than ``max_steps`` events, or one of the last 1/64 of
-a chunk still on its path) is solved by FISTA and, under a cap, truncated to its largest
-``max_nonzero`` coefficients.
+degenerate path, near-duplicate atoms, more than ``max_steps`` events, or a path far longer than
+its active set) is solved by FISTA and, under a cap, truncated to its largest ``max_nonzero``
+coefficients. Whether a row goes to FISTA depends on that row alone, so a code does not depend on
+the other signals coded with it.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def lasso(
                         for rows in torch.arange(x.shape[0], device=x.device).split(chunk)]
                        + [torch.zeros(0, dtype=torch.long, device=x.device)])
     if failed.numel():
-        fallback = fista(x[failed], dictionary, alpha)
+        fallback = fista(x[failed], dictionary, alpha, tol=0.0)  # no early stop: each row's result is its own
         out[failed] = fallback if max_nonzero is None else keep_largest(fallback, max_nonzero)
     return out
 
@@ -75,7 +76,6 @@ def _homotopy(x_all, dictionary, atoms, alpha, max_nonzero, max_steps, out, out_
     inf = torch.tensor(float("inf"), dtype=x.dtype, device=x.device)
     penalty = torch.full_like(level, alpha)  # the penalty each row's code solves, once finished
     finished = level <= alpha  # alpha above lambda_max: the zero code is the solution
-    straggler_rows = x.shape[0] // 64
     failed = []
     for step in range(max_steps + 1):
         if bool(finished.any()):
@@ -87,8 +87,18 @@ def _homotopy(x_all, dictionary, atoms, alpha, max_nonzero, max_steps, out, out_
             keep = ~finished
             x, correlation, level, slots, values, tiny, penalty, out_rows = (
                 t[keep] for t in (x, correlation, level, slots, values, tiny, penalty, out_rows))
-        if x.shape[0] <= straggler_rows or step == max_steps:
-            break  # a few long paths are cheaper for the FISTA fallback than many near-empty steps
+        if x.shape[0] == 0 or step == max_steps:
+            break
+        # A path far longer than its active set (atoms joining and leaving in turn) goes to FISTA:
+        # cheaper than many near-empty steps, and decided by the row alone, not by its batch.
+        wandering = step > 3 * (slots >= 0).sum(dim=1) + 10
+        if bool(wandering.any()):
+            failed.append(out_rows[wandering])
+            keep = ~wandering
+            x, correlation, level, slots, values, tiny, penalty, out_rows = (
+                t[keep] for t in (x, correlation, level, slots, values, tiny, penalty, out_rows))
+            if x.shape[0] == 0:
+                break
 
         # Equiangular direction on the active set: (D_A^T D_A) w_A = sign(d_A^T r).
         valid = slots >= 0
