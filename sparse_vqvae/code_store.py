@@ -53,13 +53,12 @@ class StoreMetadata:
 
     @classmethod
     def for_model(cls, model: VQVAE2, map_sizes: list) -> StoreMetadata:
-        c = model.config
-        slots = {"vanilla": 1, "omp": c.n_nonzero, "fista": c.max_nonzero}[c.selection_fn]
-        levels = 1 if c.selection_fn == "vanilla" else c.coef_levels
-        if c.num_atoms > 32767 or levels > 256:  # stored as int16 atoms and uint8 levels
+        quantizer = model.quantizers[0]
+        if quantizer.num_atoms > 32767 or quantizer.coef_levels > 256:  # stored as int16 atoms and uint8 levels
             raise CodeStoreError(f"this store format holds at most 32767 atoms and 256 levels; the model has "
-                                 f"{c.num_atoms} atoms and {levels} levels")
-        return cls(FORMAT_VERSION, c.selection_fn, slots, c.num_atoms, levels, map_sizes, model.fingerprint())
+                                 f"{quantizer.num_atoms} atoms and {quantizer.coef_levels} levels")
+        return cls(FORMAT_VERSION, model.config.selection_fn, quantizer.slots, quantizer.num_atoms,
+                   quantizer.coef_levels, map_sizes, model.fingerprint())
 
     @property
     def record_size(self) -> int:

@@ -99,9 +99,11 @@ def _from_rank0(t: torch.Tensor) -> torch.Tensor:
 class _Quantizer(nn.Module):
     """Shared bookkeeping: first-batch initialisation, usage statistics, dead-entry restarts."""
 
-    def __init__(self, dim: int, num_atoms: int, coef_levels: int, commitment: float, restart_dead: bool) -> None:
+    def __init__(self, dim: int, num_atoms: int, slots: int, coef_levels: int, commitment: float,
+                 restart_dead: bool) -> None:
         super().__init__()
-        self.dim, self.num_atoms, self.coef_levels = dim, num_atoms, coef_levels
+        # slots: pairs per position in the codes (K); coef_levels: coefficient levels (1 for vanilla).
+        self.dim, self.num_atoms, self.slots, self.coef_levels = dim, num_atoms, slots, coef_levels
         self.commitment, self.restart_dead = commitment, restart_dead
         self.register_buffer("initialized", torch.tensor(False))
         self.register_buffer("usage", torch.full((num_atoms,), 1.0 / num_atoms))
@@ -127,7 +129,7 @@ class VectorQuantizerEMA(_Quantizer):
 
     def __init__(self, dim: int, num_atoms: int, decay: float = 0.99, eps: float = 1e-5,
                  commitment: float = 0.25, restart_dead: bool = True) -> None:
-        super().__init__(dim, num_atoms, 1, commitment, restart_dead)
+        super().__init__(dim, num_atoms, 1, 1, commitment, restart_dead)
         self.decay, self.eps = decay, eps
         embed = torch.randn(dim, num_atoms)
         self.register_buffer("embed", embed)
@@ -194,13 +196,13 @@ class SparseQuantizer(_Quantizer):
                  max_nonzero: int = 4, coef_levels: int = 32, normalize_latents: bool = False,
                  commitment: float = 0.25, dictionary_loss_weight: float = 1.0, coef_decay: float = 0.99,
                  restart_dead: bool = True) -> None:
-        super().__init__(dim, num_atoms, coef_levels, commitment, restart_dead)
+        super().__init__(dim, num_atoms, n_nonzero if method == "omp" else max_nonzero, coef_levels, commitment,
+                         restart_dead)
         if method not in ("omp", "fista"):
             raise ValueError(f"method must be 'omp' or 'fista', got {method!r}")
         self.method, self.n_nonzero, self.alpha, self.max_nonzero = method, n_nonzero, alpha, max_nonzero
         self.normalize_latents, self.dictionary_loss_weight = normalize_latents, dictionary_loss_weight
         self.coef_decay = coef_decay
-        self.slots = n_nonzero if method == "omp" else max_nonzero
         self.dictionary = nn.Parameter(normalize_atoms(torch.randn(dim, num_atoms)))
         self.register_buffer("coef_range", torch.tensor(1.0))
         self._pending_restart: tuple[torch.Tensor, torch.Tensor] | None = None
