@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from sparse_vqvae.atomic import write_json as _write_json
 
 RESULTS = Path(__file__).parent / "results"
 
 
 def write_json(path: Path, result: dict) -> None:
-    """Write atomically (a temporary file, then a rename) and say where."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(path)
+    """Write atomically and say where."""
+    _write_json(path, result)
     print(f"wrote {path}")

@@ -7,13 +7,13 @@ somewhere inside ``load_state_dict``.
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 
 import torch
+
+from .atomic import atomic_write
 
 
 class CheckpointError(ValueError):
@@ -21,19 +21,9 @@ class CheckpointError(ValueError):
 
 
 def save_payload(path: str | Path, payload: dict) -> None:
-    """Write ``payload`` to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``payload`` to ``path`` atomically."""
+    with atomic_write(path) as handle:
+        torch.save(payload, handle)
 
 
 def load_payload(path: str | Path, format_tag: str, version: int, device: torch.device | str = "cpu") -> dict:

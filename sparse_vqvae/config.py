@@ -7,17 +7,18 @@ rather than an hour into training.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Any, TypeVar
 
 SELECTION_FNS = ("vanilla", "omp", "fista")
 DATASETS = ("embedded", "cifar10", "cifar100", "imagefolder")
 
 
-def _choice(section: str, key: str, value: object, allowed: tuple) -> None:
+def check_choice(section: str, key: str, value: object, allowed: tuple) -> None:
     if value not in allowed:
         raise ValueError(f"{section}.{key} must be one of {', '.join(map(str, allowed))}; got {value!r}")
 
 
-def _at_least(section: str, key: str, value: object, low: float, kind: type = int) -> None:
+def check_at_least(section: str, key: str, value: object, low: float, kind: type = int) -> None:
     ok = isinstance(value, kind) and not isinstance(value, bool) if kind is int else (
         isinstance(value, (int, float)) and not isinstance(value, bool))
     if not ok or value < low:
@@ -30,11 +31,52 @@ def _in_open_unit(section: str, key: str, value: object) -> None:
         raise ValueError(f"{section}.{key} must be a number in (0, 1); got {value!r}")
 
 
+_TYPE_NAMES = {"bool": "true or false", "int": "an integer", "float": "a number", "str": "a string",
+               "dict": "a mapping"}
+
+
+def _is(value: object, type_name: str) -> bool:
+    if type_name == "None":
+        return value is None
+    if type_name == "bool":
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    if type_name == "float":
+        return isinstance(value, (int, float))
+    return isinstance(value, {"int": int, "str": str, "dict": dict}[type_name])
+
+
+def _check_type(section: str, key: str, value: object, annotation: str) -> None:
+    """``annotation`` is the field's type as written (``int``, ``str | None``...): the module uses lazy annotations."""
+    options = [part.strip() for part in annotation.split("|")]
+    if not any(_is(value, option) for option in options):
+        wanted = " or ".join("null" if o == "None" else _TYPE_NAMES[o] for o in options)
+        raise ValueError(f"{section}.{key} must be {wanted}; got {value!r}")
+
+
 def _types(section: str, instance: object) -> None:
     for field in fields(instance):
-        value = getattr(instance, field.name)
-        if field.type in ("bool",) and not isinstance(value, bool):
-            raise ValueError(f"{section}.{field.name} must be true or false; got {value!r}")
+        _check_type(section, field.name, getattr(instance, field.name), field.type)
+
+
+Section = TypeVar("Section")
+
+
+def section_from_mapping(cls: type[Section], section: str, mapping: Any) -> Section:
+    """Build one config section from its params.yaml mapping: unknown keys and wrong types name the key."""
+    if mapping is None:
+        mapping = {}
+    if not isinstance(mapping, dict):
+        raise ValueError(f"{section} must be a mapping of keys to values; got {mapping!r}")
+    known = [field.name for field in fields(cls)]
+    for key in mapping:
+        if key not in known:
+            raise ValueError(f"{section}.{key} is not a known key; allowed keys: {', '.join(known)}")
+    for field in fields(cls):
+        if field.name in mapping:
+            _check_type(section, field.name, mapping[field.name], field.type)
+    return cls(**mapping)
 
 
 @dataclass(frozen=True)
@@ -60,15 +102,15 @@ class ModelConfig:
     restart_dead: bool = True  # re-seed codes/atoms that fell out of use
 
     def __post_init__(self) -> None:
-        _choice("model", "selection_fn", self.selection_fn, SELECTION_FNS)
-        _choice("model", "levels", self.levels, (1, 2))
+        check_choice("model", "selection_fn", self.selection_fn, SELECTION_FNS)
+        check_choice("model", "levels", self.levels, (1, 2))
         for key in ("num_strides", "channels", "res_channels", "embed_dim", "num_atoms", "n_nonzero",
                     "max_nonzero"):
-            _at_least("model", key, getattr(self, key), 1)
-        _at_least("model", "res_blocks", self.res_blocks, 0)
-        _at_least("model", "coef_levels", self.coef_levels, 2)
+            check_at_least("model", key, getattr(self, key), 1)
+        check_at_least("model", "res_blocks", self.res_blocks, 0)
+        check_at_least("model", "coef_levels", self.coef_levels, 2)
         for key in ("alpha", "commitment", "dictionary_loss_weight"):
-            _at_least("model", key, getattr(self, key), 0, float)
+            check_at_least("model", key, getattr(self, key), 0, float)
         _in_open_unit("model", "ema_decay", self.ema_decay)
         _types("model", self)
         if self.channels % 2:
@@ -96,11 +138,12 @@ class DataConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _choice("data", "name", self.name, DATASETS)
+        check_choice("data", "name", self.name, DATASETS)
         for key in ("image_size", "train_count", "test_count", "short_side"):
-            _at_least("data", key, getattr(self, key), 1)
-        _at_least("data", "seed", self.seed, 0)
+            check_at_least("data", key, getattr(self, key), 1)
+        check_at_least("data", "seed", self.seed, 0)
         _in_open_unit("data", "test_fraction", self.test_fraction)
+        _types("data", self)
         if self.name == "embedded" and self.image_size > self.short_side:
             raise ValueError(f"data.image_size ({self.image_size}) must not exceed data.short_side ({self.short_side})")
 
@@ -116,7 +159,80 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for key in ("steps", "batch_size", "eval_every", "checkpoint_every"):
-            _at_least("train", key, getattr(self, key), 1)
-        _at_least("train", "seed", self.seed, 0)
-        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not self.lr > 0:
-            raise ValueError(f"train.lr must be a number > 0; got {self.lr!r}")
+            check_at_least("train", key, getattr(self, key), 1)
+        check_at_least("train", "seed", self.seed, 0)
+        _positive("train", "lr", self.lr)
+        _types("train", self)
+
+
+def _positive(section: str, key: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{section}.{key} must be a number > 0; got {value!r}")
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """The warm-up before stage 1: the autoencoder without quantisation, then the dictionary fitted to its latents."""
+
+    steps: int = 200  # autoencoder steps with the quantizers bypassed (0: fit on the untrained encoder)
+    batch_size: int = 128
+    lr: float = 3e-4
+    latents: int = 65536  # latent vectors (per map) the dictionary / codebook is fitted to
+    iterations: int = 10  # MOD (omp, fista) or k-means (vanilla) iterations
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_at_least("pretrain", "steps", self.steps, 0)
+        for key in ("batch_size", "latents", "iterations"):
+            check_at_least("pretrain", key, getattr(self, key), 1)
+        check_at_least("pretrain", "seed", self.seed, 0)
+        _positive("pretrain", "lr", self.lr)
+        _types("pretrain", self)
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        check_at_least("extract", "batch_size", self.batch_size, 1)
+        _types("extract", self)
+
+
+@dataclass(frozen=True)
+class PriorTrainConfig:
+    """The PixelSNAIL priors (one per code map) and their training."""
+
+    steps: int = 500  # per prior
+    batch_size: int = 64
+    lr: float = 1e-3
+    channels: int = 64
+    blocks: int = 2
+    res_per_block: int = 2
+    dropout: float = 0.1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for key in ("steps", "batch_size", "channels", "blocks", "res_per_block"):
+            check_at_least("prior", key, getattr(self, key), 1)
+        check_at_least("prior", "seed", self.seed, 0)
+        _positive("prior", "lr", self.lr)
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise ValueError(f"prior.dropout must be a number in [0, 1); got {self.dropout!r}")
+        _types("prior", self)
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    batch_size: int = 256
+    grid_images: int = 32  # test images in the reconstruction grid
+    samples: int = 32  # images drawn from the prior for the sample grid
+    temperature: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for key in ("batch_size", "grid_images", "samples"):
+            check_at_least("evaluate", key, getattr(self, key), 1)
+        check_at_least("evaluate", "seed", self.seed, 0)
+        _positive("evaluate", "temperature", self.temperature)
+        _types("evaluate", self)

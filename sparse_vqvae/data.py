@@ -11,14 +11,17 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm.auto import tqdm
 
+from .atomic import atomic_write
 from .config import DataConfig
 
 Split = Literal["train", "test"]
@@ -47,6 +50,53 @@ def load_dataset(config: DataConfig, split: Split) -> Dataset:
 def to_model_range(image: np.ndarray) -> torch.Tensor:
     """uint8 [H, W, 3] -> float [3, H, W] in [-1, 1]."""
     return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 127.5 - 1.0
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """float [B, 3, H, W] in [-1, 1] -> uint8 [B, H, W, 3] (the inverse of ``to_model_range``)."""
+    pixels = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return pixels.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def save_image_array(dataset: Dataset, path: str | Path, progress: bool = True) -> dict:
+    """Materialise a dataset as one uint8 array [N, H, W, 3] in a .npy file, written atomically.
+
+    Later stages read this file instead of the original dataset: decoding 50,000 JPEGs once, not
+    every epoch, and a content hash that says exactly which images a model saw.
+    """
+    path = Path(path)
+    batches = [to_uint8(images) for images in tqdm(DataLoader(dataset, batch_size=512), desc=f"prepare {path.stem}",
+                                                   disable=not progress)]
+    if not batches:
+        raise ValueError(f"the dataset for {path} is empty")
+    array = np.concatenate(batches)
+    with atomic_write(path) as handle:
+        np.save(handle, array)
+    count, height, width, _ = array.shape
+    return {"count": count, "height": height, "width": width,
+            "sha256": hashlib.sha256(array.tobytes()).hexdigest()}
+
+
+class ImageArray(Dataset):
+    """The images of a file written by ``save_image_array``, memory-mapped."""
+
+    def __init__(self, path: str | Path) -> None:
+        path = Path(path)
+        if not path.is_file():
+            raise DatasetNotFoundError(f"no prepared images at {path}: run the prepare_data stage first")
+        try:
+            self.images = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as error:
+            raise DatasetNotFoundError(f"{path} is not a readable image array (truncated or corrupt?): {error}") from error
+        if self.images.dtype != np.uint8 or self.images.ndim != 4 or self.images.shape[3] != 3:
+            raise DatasetNotFoundError(f"{path} holds {self.images.dtype} {list(self.images.shape)}, "
+                                       "not uint8 images [N, H, W, 3]")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return to_model_range(self.images[index])
 
 
 def embedded_photo_dir() -> Path:

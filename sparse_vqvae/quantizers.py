@@ -26,7 +26,7 @@ from torch import nn
 
 from .codes import EMPTY, Codes, canonical_order
 from .config import ModelConfig
-from .sparse_coding import init_dictionary_from_data, normalize_atoms, sparse_code
+from .sparse_coding import init_dictionary_from_data, kmeans, normalize_atoms, sparse_code
 
 USAGE_DECAY = 0.9  # usage statistics follow the last ~10 steps
 DEAD_BELOW = 1 / 16  # an atom used 16x less than uniform usage is dead
@@ -117,6 +117,10 @@ class _Quantizer(nn.Module):
     def after_step(self) -> None:
         """Called by the training loop after each optimizer step."""
 
+    def coding_target(self, z: torch.Tensor) -> torch.Tensor:
+        """What the quantizer approximates, channels on dim 1 (the latents themselves, or their directions)."""
+        return z
+
     def _reseed_candidates(self, flat: torch.Tensor, error: torch.Tensor, count: int) -> torch.Tensor:
         """The ``count`` worst-coded vectors of this batch (rank 0's, under DDP), [count, C]."""
         picks = error.topk(min(count, _all_min(flat.shape[0], flat.device))).indices  # one shape on every rank
@@ -140,7 +144,7 @@ class VectorQuantizerEMA(_Quantizer):
         with torch.autocast(device_type=z.device.type, enabled=False):
             flat = _flatten(z.float())
             if self.training and not bool(self.initialized):
-                self._initialize(flat.detach())
+                self.initialize(flat.detach())
             distance = (flat.detach().square().sum(1, keepdim=True) - 2 * flat.detach() @ self.embed
                         + self.embed.square().sum(0, keepdim=True))
             error, index = distance.min(dim=1)
@@ -159,12 +163,11 @@ class VectorQuantizerEMA(_Quantizer):
         return flat.reshape(b, h, w, self.dim).permute(0, 3, 1, 2)
 
     @torch.no_grad()
-    def _initialize(self, flat: torch.Tensor) -> None:
-        if flat.shape[0] >= self.num_atoms:  # distinct encoder outputs
-            picks = torch.randperm(flat.shape[0], device=flat.device)[: self.num_atoms]
-        else:
-            picks = torch.randint(flat.shape[0], (self.num_atoms,), device=flat.device)
-        self.embed.copy_(_from_rank0(flat[picks].t().contiguous()))
+    def initialize(self, targets: torch.Tensor, iterations: int = 3) -> None:
+        """Start the codebook as k-means centroids of encoder outputs [M, C] (rank 0's, under DDP)."""
+        generator = torch.Generator(device=targets.device).manual_seed(0)
+        centroids = kmeans(targets.float(), self.num_atoms, iterations=iterations, generator=generator)
+        self.embed.copy_(_from_rank0(centroids.contiguous()))
         self.embed_avg.copy_(self.embed)
         self.cluster_size.fill_(1.0)
         self.initialized.fill_(True)
@@ -233,9 +236,9 @@ class SparseQuantizer(_Quantizer):
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         with torch.autocast(device_type=z.device.type, enabled=False):
             flat = _flatten(z.float())
-            target = F.normalize(flat, dim=1) if self.normalize_latents else flat
+            target = self.coding_target(flat)
             if self.training and not bool(self.initialized):
-                self._initialize(target.detach())
+                self.initialize(target.detach())
             dictionary = self.atoms
             code = sparse_code(target, dictionary, self.method, **self._solver)  # [M, N], task-driven gradients
 
@@ -280,10 +283,17 @@ class SparseQuantizer(_Quantizer):
             self._pending_restart = None
         self.dictionary.copy_(normalize_atoms(self.dictionary))
 
+    def coding_target(self, z: torch.Tensor) -> torch.Tensor:
+        return F.normalize(z, dim=1) if self.normalize_latents else z
+
     @torch.no_grad()
-    def _initialize(self, target: torch.Tensor) -> None:
+    def initialize(self, target: torch.Tensor, iterations: int = 3) -> None:
+        """Start the dictionary as a MOD fit to coding targets [M, C] (rank 0's, under DDP), and the
+        coefficient range from their codes."""
+        target = target.float()
         generator = torch.Generator(device=target.device).manual_seed(0)
-        fitted = init_dictionary_from_data(target, self.num_atoms, self.slots, mod_iterations=3, generator=generator)
+        fitted = init_dictionary_from_data(target, self.num_atoms, self.slots, mod_iterations=iterations,
+                                           generator=generator)
         self.dictionary.copy_(_from_rank0(fitted.contiguous()))
         code = sparse_code(target, self.atoms, self.method, **self._solver)
         magnitudes = code.abs()[code != 0]

@@ -6,12 +6,13 @@ checkpoint functions from each worker.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointError, load_payload, save_payload
@@ -31,13 +32,18 @@ class Checkpoint(NamedTuple):
     config: dict  # the run's configuration, as saved
 
 
+def unwrap(model: torch.nn.Module) -> VQVAE2:
+    """The VQ-VAE inside a DistributedDataParallel wrapper (or the model itself)."""
+    return model.module if hasattr(model, "module") else model
+
+
 def make_optimizer(model: VQVAE2, lr: float) -> torch.optim.Optimizer:
     return torch.optim.Adam(model.parameters(), lr=lr)
 
 
 def train_step(model: torch.nn.Module, images: torch.Tensor, optimizer: torch.optim.Optimizer) -> dict[str, float]:
     """One forward/backward/update; returns the losses and the quantizers' scalar statistics."""
-    vqvae = model.module if hasattr(model, "module") else model  # DDP wraps the model
+    vqvae = unwrap(model)
     model.train()
     optimizer.zero_grad(set_to_none=True)
     out = model(images)
@@ -71,7 +77,7 @@ def evaluate(model: VQVAE2, dataset: Dataset, batch_size: int = 256, progress: b
 def save_checkpoint(path: str | Path, model: VQVAE2, optimizer: torch.optim.Optimizer | None, step: int,
                     epoch: int, config: dict | None = None) -> None:
     """The model's arguments and weights, the optimizer, step, epoch and run config; written atomically."""
-    vqvae = model.module if hasattr(model, "module") else model
+    vqvae = unwrap(model)
     save_payload(path, {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
@@ -96,6 +102,60 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Che
         raise CheckpointError(f"{path}: the model in it cannot be rebuilt: {error}") from error
 
 
+def run_training(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train_set: Dataset,
+    config: TrainConfig,
+    *,
+    step: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    test_set: Dataset | None = None,
+    progress: bool = True,
+    on_metrics: Callable[[int, dict[str, Any]], None] | None = None,
+    on_checkpoint: Callable[[int, int], None] | None = None,
+) -> dict[str, float]:
+    """The training loop from ``step`` to ``config.steps``, on one worker of ``world_size``.
+
+    ``model`` may be DDP-wrapped. ``config.batch_size`` is the global batch: each worker takes its
+    share of a seeded per-epoch shuffle, so a resumed run sees the same batches as an uninterrupted
+    one, whatever the number of workers. ``on_metrics(step, metrics)`` gets the training metrics
+    every step and the test metrics (keys ``test_*``) every ``eval_every`` steps when ``test_set``
+    is given; ``on_checkpoint(step, epoch)`` runs every ``checkpoint_every`` steps and at the end.
+    """
+    if config.batch_size % world_size:
+        raise ValueError(f"train.batch_size ({config.batch_size}) must be a multiple of the number of workers "
+                         f"({world_size})")
+    sampler = DistributedSampler(train_set, num_replicas=world_size, rank=rank, shuffle=True, seed=config.seed,
+                                 drop_last=True)
+    loader = DataLoader(train_set, batch_size=config.batch_size // world_size, sampler=sampler, drop_last=True)
+    if len(loader) == 0:
+        raise ValueError(f"the training set has {len(train_set)} images, fewer than train.batch_size "
+                         f"({config.batch_size})")
+    device = next(model.parameters()).device
+    name = unwrap(model).config.selection_fn
+    metrics: dict[str, float] = {}
+    with tqdm(total=config.steps, initial=step, desc=f"train {name}", disable=not progress) as bar:
+        while step < config.steps:
+            epoch, skip = divmod(step, len(loader))  # skip: batches of this epoch done before a resume
+            sampler.set_epoch(epoch)
+            for images in itertools.islice(loader, skip, None):
+                metrics = train_step(model, images.to(device), optimizer)
+                step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+                if test_set is not None and (step % config.eval_every == 0 or step == config.steps):
+                    metrics.update(evaluate(unwrap(model), test_set))
+                if on_metrics is not None:
+                    on_metrics(step, metrics)
+                if on_checkpoint is not None and (step % config.checkpoint_every == 0 or step == config.steps):
+                    on_checkpoint(step, step // len(loader))
+                if step >= config.steps:
+                    break
+    return metrics
+
+
 def train(
     model_config: ModelConfig,
     train_config: TrainConfig,
@@ -106,19 +166,15 @@ def train(
     progress: bool = True,
     on_metrics: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> tuple[VQVAE2, dict[str, float]]:
-    """Train for ``train_config.steps`` steps, resuming from ``checkpoint_path`` when it exists.
-
-    ``on_metrics(step, metrics)`` receives the training metrics every step and the test metrics
-    every ``eval_every`` steps (keys prefixed ``test_``).
-    """
+    """Train for ``train_config.steps`` steps in this process, resuming from ``checkpoint_path`` when it exists."""
     torch.manual_seed(train_config.seed)
-    step = epoch = 0
+    step = 0
     if checkpoint_path is not None and Path(checkpoint_path).exists():
         checkpoint = load_checkpoint(checkpoint_path, device)
         if checkpoint.model.config != model_config:
             raise CheckpointError(f"{checkpoint_path} holds a model of other settings than this run's; "
                                   "move it away to start afresh")
-        model, step, epoch = checkpoint.model, checkpoint.step, checkpoint.epoch
+        model, step = checkpoint.model, checkpoint.step
         optimizer = make_optimizer(model, train_config.lr)
         if checkpoint.optimizer_state is not None:
             optimizer.load_state_dict(checkpoint.optimizer_state)
@@ -127,32 +183,10 @@ def train(
         optimizer = make_optimizer(model, train_config.lr)
     run_config = {"model": asdict(model.config), "train": asdict(train_config)}
 
-    metrics: dict[str, float] = {}
-    with tqdm(total=train_config.steps, initial=step, desc=f"train {model.config.selection_fn}", disable=not progress) as bar:
-        while step < train_config.steps:
-            # One seeded shuffle per epoch: a resumed run sees the same order as an uninterrupted one.
-            order = torch.Generator().manual_seed(train_config.seed * 100_003 + epoch)
-            loader = DataLoader(train_set, batch_size=train_config.batch_size, shuffle=True, drop_last=True,
-                                generator=order)
-            if len(loader) == 0:
-                raise ValueError(f"the training set has {len(train_set)} images, fewer than train.batch_size "
-                                 f"({train_config.batch_size})")
-            skip = step - epoch * len(loader)  # batches of this epoch done before a resume
-            for i, images in enumerate(loader):
-                if i < skip:
-                    continue
-                metrics = train_step(model, images.to(device), optimizer)
-                step += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{metrics['loss']:.4f}")
-                if test_set is not None and (step % train_config.eval_every == 0 or step == train_config.steps):
-                    metrics.update(evaluate(model, test_set))
-                if on_metrics is not None:
-                    on_metrics(step, metrics)
-                if checkpoint_path is not None and (step % train_config.checkpoint_every == 0 or step == train_config.steps):
-                    save_checkpoint(checkpoint_path, model, optimizer, step, epoch, run_config)
-                if step >= train_config.steps:
-                    break
-            else:
-                epoch += 1
+    def save(step: int, epoch: int) -> None:
+        save_checkpoint(checkpoint_path, model, optimizer, step, epoch, run_config)
+
+    metrics = run_training(model, optimizer, train_set, train_config, step=step, test_set=test_set,
+                           progress=progress, on_metrics=on_metrics,
+                           on_checkpoint=save if checkpoint_path is not None else None)
     return model, metrics

@@ -22,7 +22,7 @@ from torch import nn
 
 from .codes import Codes
 from .config import ModelConfig
-from .quantizers import build_quantizer
+from .quantizers import QuantizerOutput, build_quantizer
 
 
 class ResBlock(nn.Module):
@@ -143,21 +143,34 @@ class VQVAE2(nn.Module):
         return VQVAEOutput(self.decode(quants), latent_loss, codes, stats)
 
     def encode(self, x: torch.Tensor) -> tuple[list[torch.Tensor], tuple[Codes, ...], torch.Tensor, dict]:
-        self.check_size(x)
-        if self.config.levels == 2:
-            h_b = self.enc_b(x)
-            h_t = self.enc_t(h_b)
-            top = self.quantize_t(self.quantize_conv_t(h_t))
-            joined = torch.cat([self.dec_t(top.z_q), h_b], dim=1)
-            bottom = self.quantize_b(self.quantize_conv_b(joined))
-            outputs = (top, bottom)
-        else:
-            outputs = (self.quantize(self.quantize_conv(self.enc(x))),)
+        outputs = self._hierarchy(x, lambda quantizer, z: quantizer(z))
         stats = {}
         for name, out in zip(self.level_names, outputs):
             stats.update({(f"{name}_{key}" if name else key): value for key, value in out.stats.items()})
         latent_loss = sum(out.loss for out in outputs)
         return [out.z_q for out in outputs], tuple(out.codes for out in outputs), latent_loss, stats
+
+    def autoencode(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The hierarchy with every quantizer bypassed (z_q = its coding target): the reconstruction and
+        the latents [B, C, h, w] each quantizer would code. Pretraining warms up on this, before any
+        dictionary exists, and fits the dictionaries to these latents."""
+
+        def bypass(quantizer: nn.Module, z: torch.Tensor) -> QuantizerOutput:
+            return QuantizerOutput(quantizer.coding_target(z), None, z.new_zeros(()), {})
+
+        latents = [out.z_q for out in self._hierarchy(x, bypass)]
+        return self.decode(latents), latents
+
+    def _hierarchy(self, x: torch.Tensor, quantize) -> tuple[QuantizerOutput, ...]:
+        self.check_size(x)
+        if self.config.levels == 2:
+            h_b = self.enc_b(x)
+            h_t = self.enc_t(h_b)
+            top = quantize(self.quantize_t, self.quantize_conv_t(h_t))
+            joined = torch.cat([self.dec_t(top.z_q), h_b], dim=1)
+            bottom = quantize(self.quantize_b, self.quantize_conv_b(joined))
+            return top, bottom
+        return (quantize(self.quantize, self.quantize_conv(self.enc(x))),)
 
     def decode(self, quants: list[torch.Tensor]) -> torch.Tensor:
         if self.config.levels == 2:

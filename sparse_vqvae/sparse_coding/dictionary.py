@@ -62,3 +62,31 @@ def init_dictionary_from_data(
         used = codes.abs().sum(dim=0) > 0
         dictionary = normalize_atoms(torch.where(used, updated, dictionary))
     return dictionary
+
+
+def kmeans(x: torch.Tensor, num_clusters: int, *, iterations: int = 10,
+           generator: torch.Generator | None = None) -> torch.Tensor:
+    """Lloyd's k-means on the rows of ``x`` [B, d]: the centroids as columns [d, num_clusters].
+
+    The vanilla codebook's counterpart of ``init_dictionary_from_data``: centroids start as distinct
+    training vectors, and a cluster that empties keeps its centroid instead of collapsing.
+    """
+    if x.dim() != 2:
+        raise ValueError(f"x must be a 2-D tensor [B, d], got shape {list(x.shape)}")
+    check_positive_int("num_clusters", num_clusters)
+    if iterations < 0:
+        raise ValueError(f"iterations must be >= 0, got {iterations}")
+    x = x.detach()
+    order = torch.randperm(x.shape[0], generator=generator, device=generator.device if generator else "cpu")
+    if x.shape[0] >= num_clusters:
+        picks = order[:num_clusters]
+    else:  # fewer vectors than clusters: repeat them
+        picks = order[torch.arange(num_clusters) % x.shape[0]]
+    centroids = x[picks.to(x.device)].t().contiguous()
+    for _ in range(iterations):
+        distance = centroids.square().sum(0, keepdim=True) - 2 * x @ centroids  # + |x|^2, the same for every centroid
+        assignment = distance.argmin(dim=1)
+        counts = torch.bincount(assignment, minlength=num_clusters).to(x.dtype)
+        sums = torch.zeros_like(centroids).index_add_(1, assignment, x.t())
+        centroids = torch.where(counts > 0, sums / counts.clamp_min(1), centroids)
+    return centroids

@@ -1,0 +1,70 @@
+"""The pictures people look at: image grids, the dictionary's atoms, training curves. PNG files,
+written atomically."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from PIL import Image
+from torchvision.utils import make_grid
+
+from .atomic import atomic_write
+
+
+def _write_png(image: Image.Image, path: str | Path) -> Path:
+    with atomic_write(path) as handle:
+        image.save(handle, format="PNG")
+    return Path(path)
+
+
+def save_grid(images: torch.Tensor, path: str | Path, columns: int = 8, scale: int = 1) -> Path:
+    """Images [B, 3, H, W] in [-1, 1] as one PNG grid, ``columns`` per row, upscaled ``scale`` times."""
+    grid = make_grid(images.detach().cpu().clamp(-1, 1), nrow=columns, padding=2, normalize=True,
+                     value_range=(-1, 1), pad_value=1.0)
+    picture = Image.fromarray((grid.permute(1, 2, 0).numpy() * 255).round().astype("uint8"))
+    if scale > 1:
+        picture = picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST)
+    return _write_png(picture, path)
+
+
+def dictionary_image(atoms: torch.Tensor, path: str | Path, scale: int = 4) -> Path:
+    """The atoms (columns of [C, N]) as a grid of square tiles, each atom's C values reshaped to the
+    nearest square (zero-padded) and scaled to its own range: blue negative, red positive."""
+    dim, count = atoms.shape
+    side = math.ceil(math.sqrt(dim))
+    tiles = torch.zeros(count, side * side)
+    tiles[:, :dim] = atoms.detach().float().cpu().t()
+    tiles = tiles / tiles.abs().amax(dim=1, keepdim=True).clamp_min(1e-12)
+    tiles = tiles.reshape(count, 1, side, side)
+    rgb = torch.cat([tiles.clamp_min(0), torch.zeros_like(tiles), (-tiles).clamp_min(0)], dim=1) * 2 - 1
+    columns = math.ceil(math.sqrt(count))
+    return save_grid(rgb, path, columns=columns, scale=scale)
+
+
+def line_plot(series: dict[str, tuple[Sequence[float], Sequence[float]]], path: str | Path, xlabel: str,
+              ylabel: str, title: str = "", logy: bool = False) -> Path:
+    """Curves {label: (x, y)} on one axis as a PNG (matplotlib, no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4), dpi=100)
+    for label, (x, y) in series.items():
+        axis.plot(x, y, label=label, marker="o" if len(x) < 20 else None)
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
+    if logy:
+        axis.set_yscale("log")
+    if title:
+        axis.set_title(title)
+    axis.grid(True, alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    with atomic_write(path) as handle:
+        figure.savefig(handle, format="png")
+    plt.close(figure)
+    return Path(path)

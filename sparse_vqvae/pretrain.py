@@ -1,0 +1,79 @@
+"""Pretraining: the autoencoder warms up with its quantizers bypassed, then each dictionary (or
+codebook) is fitted to the latents it will code.
+
+A VQ-VAE whose dictionary starts random codes its first latents badly and may never recover
+(dead atoms, collapse). Fitting the dictionary to the latents of a briefly trained encoder - MOD
+for the sparse quantizers, k-means for the vanilla codebook - starts stage 1 from a model that
+already reconstructs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from .config import ModelConfig, PretrainConfig
+from .vqvae import VQVAE2
+
+
+def pretrain(model_config: ModelConfig, config: PretrainConfig, train_set: Dataset,
+             device: torch.device | str = "cpu", progress: bool = True,
+             on_metrics: Callable[[int, dict[str, Any]], None] | None = None) -> VQVAE2:
+    """A VQ-VAE-2 whose encoder/decoder had ``config.steps`` unquantised steps and whose quantizers
+    start from their latents."""
+    torch.manual_seed(config.seed)
+    model = VQVAE2(model_config).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    order = torch.Generator().manual_seed(config.seed)
+    loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, drop_last=True, generator=order)
+    if config.steps and len(loader) == 0:
+        raise ValueError(f"the training set has {len(train_set)} images, fewer than pretrain.batch_size "
+                         f"({config.batch_size})")
+    model.train()
+    step = 0
+    with tqdm(total=config.steps, desc="pretrain autoencoder", disable=not progress) as bar:
+        while step < config.steps:
+            for images in loader:
+                images = images.to(device)
+                reconstruction, _ = model.autoencode(images)
+                loss = F.mse_loss(reconstruction, images)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                step += 1
+                bar.update(1)
+                bar.set_postfix(mse=f"{loss.item():.4f}")
+                if on_metrics is not None:
+                    on_metrics(step, {"pretrain_mse": loss.item()})
+                if step >= config.steps:
+                    break
+    for quantizer, latents in zip(model.quantizers, collect_latents(model, train_set, config.latents, config.seed)):
+        quantizer.initialize(latents, iterations=config.iterations)
+    return model
+
+
+@torch.no_grad()
+def collect_latents(model: VQVAE2, dataset: Dataset, count: int, seed: int = 0,
+                    batch_size: int = 256) -> list[torch.Tensor]:
+    """Up to ``count`` latent vectors [M, C] per code map, from images in a seeded random order."""
+    model.eval()
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator)
+    collected: list[list[torch.Tensor]] = [[] for _ in model.quantizers]
+    for images in loader:
+        _, latents = model.autoencode(images.to(device))
+        for store, z in zip(collected, latents):
+            store.append(z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]))
+        if min(sum(t.shape[0] for t in store) for store in collected) >= count:
+            break
+    result = []
+    for store in collected:
+        flat = torch.cat(store)
+        picks = torch.randperm(flat.shape[0], generator=generator)[:count].to(flat.device)
+        result.append(flat[picks])
+    return result

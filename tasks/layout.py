@@ -1,0 +1,28 @@
+"""Where each stage reads and writes, relative to the workspace root (the folder holding dvc.yaml).
+
+dvc.yaml names the same paths; a test checks that every stage's outputs listed here are its outs there.
+"""
+
+from pathlib import Path
+
+PREPARED = Path("data/prepared")
+TRAIN_IMAGES = PREPARED / "train.npy"
+TEST_IMAGES = PREPARED / "test.npy"
+DATA_SUMMARY = PREPARED / "summary.json"
+PRETRAINED = Path("models/pretrained.pt")
+VQVAE = Path("models/vqvae.pt")
+CHECKPOINTS = Path("checkpoints")  # Ray Train's storage: not a DVC out, so it survives a rerun (resume)
+TRAIN_CODES = Path("codes/train")
+TEST_CODES = Path("codes/test")
+PRIORS = Path("models/prior")  # level0.pt (top), level1.pt (bottom, conditioned on the top)
+EVAL = Path("eval")
+METRICS = Path("metrics")  # one <stage>.json per stage: its figures and its wall time
+PLOTS = Path("plots")  # CSV curves for `dvc plots show`
+
+
+def prior_path(level: int) -> Path:
+    return PRIORS / f"level{level}.pt"
+
+
+def stage_metrics(stage: str) -> Path:
+    return METRICS / f"{stage}.json"

@@ -1,0 +1,147 @@
+"""MLflow for the stages: one parent run per pipeline run, a nested run per stage.
+
+Everything goes through ``MlflowClient`` with explicit run ids, never the fluent API's global
+"active run": stages run in separate processes (DVC) and on Ray workers, and an inherited
+``MLFLOW_RUN_ID`` must not make them resume someone else's run.
+
+The parent: the flow creates one per flow run and hands its id to the stages in
+``SPARSE_VQVAE_PARENT_RUN``; under a plain ``dvc repro`` the stages share the parent run of the
+same parameters and code (found by tag, created by the first stage that runs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import subprocess
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from .layout import DATA_SUMMARY
+from .params import PARAMS_FILE, PipelineParams
+
+PARENT_ENV = "SPARSE_VQVAE_PARENT_RUN"
+_BATCH = 900  # MLflow's log_batch takes at most 1000 metrics, 100 params
+
+
+def tracking_uri(params: PipelineParams) -> str:
+    """params' ``mlflow.tracking_uri``, else $MLFLOW_TRACKING_URI, else a SQLite file in the workspace
+    (an absolute path: DVC experiments, Ray workers and Prefect deployments run elsewhere)."""
+    return (params.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+            or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}")
+
+
+def artifact_root(uri: str) -> str | None:
+    """Artifacts beside a SQLite database (``mlartifacts/``); a server chooses its own."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
+    return None
+
+
+def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    return client.create_experiment(name, artifact_location=artifact_root(uri))
+
+
+def git_commit() -> str:
+    """The commit of the code that runs (the package's own repository), or "unknown"."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+def data_hash() -> str:
+    """The prepared data's content hash (from prepare_data's summary), or "unprepared"."""
+    try:
+        summary = json.loads(DATA_SUMMARY.read_text())
+        return hashlib.sha256((summary["train"]["sha256"] + summary["test"]["sha256"]).encode()).hexdigest()[:16]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "unprepared"
+
+
+class StageTracker:
+    """Logs one stage's params, metrics and artifacts to its MLflow run."""
+
+    def __init__(self, uri: str, run_id: str) -> None:
+        self.uri, self.run_id = uri, run_id
+        self.client = MlflowClient(uri)
+
+    def log_metrics(self, metrics: dict[str, Any], step: int = 0, prefix: str = "") -> None:
+        now = int(time.time() * 1000)
+        batch = [Metric(prefix + key, float(value), now, step) for key, value in metrics.items()
+                 if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)]
+        self.log_metric_batch(batch)
+
+    def log_metric_batch(self, batch: list[Metric]) -> None:
+        for start in range(0, len(batch), _BATCH):
+            self.client.log_batch(self.run_id, metrics=batch[start : start + _BATCH])
+
+    def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), folder)
+
+
+def _log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
+    items = [Param(key, json.dumps(value) if not isinstance(value, str) else value) for key, value in params.items()]
+    for start in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[start : start + 100])
+
+
+def _run_params(params: PipelineParams) -> dict[str, Any]:
+    return {**params.flat(), "git_commit": git_commit(), "data_hash": data_hash()}
+
+
+def _tags(params: PipelineParams) -> dict[str, str]:
+    return {"selection_fn": params.model.selection_fn, "dataset": params.data.name}
+
+
+def start_parent_run(params: PipelineParams, run_name: str = "pipeline", key: str | None = None) -> str:
+    """A new parent run for one pipeline run; returns its id."""
+    uri = tracking_uri(params)
+    client = MlflowClient(uri)
+    tags = {**_tags(params), "mlflow.runName": run_name, "pipeline_key": key or ""}
+    run = client.create_run(experiment_id(client, params.mlflow.experiment, uri), tags=tags, run_name=run_name)
+    _log_params(client, run.info.run_id, {k: v for k, v in _run_params(params).items() if k != "data_hash"})
+    return run.info.run_id
+
+
+def end_parent_run(params: PipelineParams, run_id: str, ok: bool) -> None:
+    MlflowClient(tracking_uri(params)).set_terminated(run_id, "FINISHED" if ok else "FAILED")
+
+
+def _parent_for(params: PipelineParams, client: MlflowClient, experiment: str) -> str:
+    if os.environ.get(PARENT_ENV):
+        return os.environ[PARENT_ENV]
+    content = PARAMS_FILE.read_bytes() if PARAMS_FILE.is_file() else b""
+    key = hashlib.sha256(content + git_commit().encode()).hexdigest()[:16]
+    found = client.search_runs([experiment], filter_string=f"tags.pipeline_key = '{key}'", max_results=1)
+    return found[0].info.run_id if found else start_parent_run(params, "dvc repro", key)
+
+
+@contextmanager
+def stage_run(stage: str, params: PipelineParams) -> Iterator[StageTracker]:
+    """A nested MLflow run for ``stage`` under the pipeline's parent; FINISHED or FAILED on exit."""
+    uri = tracking_uri(params)
+    client = MlflowClient(uri)
+    experiment = experiment_id(client, params.mlflow.experiment, uri)
+    parent = _parent_for(params, client, experiment)
+    tags = {**_tags(params), "stage": stage, "mlflow.parentRunId": parent, "mlflow.runName": stage}
+    run = client.create_run(experiment, tags=tags, run_name=stage)
+    _log_params(client, run.info.run_id, _run_params(params))
+    try:
+        yield StageTracker(uri, run.info.run_id)
+    except BaseException:
+        client.set_terminated(run.info.run_id, "FAILED")
+        raise
+    client.set_terminated(run.info.run_id, "FINISHED")
