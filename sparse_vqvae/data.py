@@ -96,7 +96,7 @@ class ImageArray(Dataset):
         return len(self.images)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        return to_model_range(self.images[index])
+        return to_model_range(np.array(self.images[index]))  # a copy: the memory map is read-only
 
 
 def embedded_photo_dir() -> Path:

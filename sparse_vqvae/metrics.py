@@ -37,11 +37,12 @@ def _gaussian_window(size: int = 11, sigma: float = 1.5, dtype: torch.dtype = to
 def ssim(images: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
     """Per-image SSIM [B] (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03) of
     images in [-1, 1], computed on the [0, 255] scale per channel over the valid window positions,
-    then averaged over positions and channels."""
+    then averaged over positions and channels. Images under 11 pixels a side get a window of their size."""
     x = (images.double() + 1) * 127.5
     y = (reconstructions.double().clamp(-1, 1) + 1) * 127.5
     channels = x.shape[1]
-    window = _gaussian_window(dtype=x.dtype).to(x.device).expand(channels, 1, 11, 11)
+    size = min(11, x.shape[2], x.shape[3])
+    window = _gaussian_window(size, dtype=x.dtype).to(x.device).expand(channels, 1, size, size)
 
     def blur(t: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.conv2d(t, window, groups=channels)

@@ -9,7 +9,6 @@ from typing import Sequence
 
 import torch
 from PIL import Image
-from torchvision.utils import make_grid
 
 from .atomic import atomic_write
 
@@ -20,11 +19,17 @@ def _write_png(image: Image.Image, path: str | Path) -> Path:
     return Path(path)
 
 
-def save_grid(images: torch.Tensor, path: str | Path, columns: int = 8, scale: int = 1) -> Path:
-    """Images [B, 3, H, W] in [-1, 1] as one PNG grid, ``columns`` per row, upscaled ``scale`` times."""
-    grid = make_grid(images.detach().cpu().clamp(-1, 1), nrow=columns, padding=2, normalize=True,
-                     value_range=(-1, 1), pad_value=1.0)
-    picture = Image.fromarray((grid.permute(1, 2, 0).numpy() * 255).round().astype("uint8"))
+def save_grid(images: torch.Tensor, path: str | Path, columns: int = 8, scale: int = 1, padding: int = 2) -> Path:
+    """Images [B, 3, H, W] in [-1, 1] as one PNG grid, ``columns`` per row on white, upscaled ``scale`` times."""
+    count, _, height, width = images.shape
+    columns = min(columns, count)
+    rows = math.ceil(count / columns)
+    grid = torch.ones(3, rows * (height + padding) + padding, columns * (width + padding) + padding)
+    for i, image in enumerate(images.detach().float().cpu().clamp(-1, 1)):
+        top, left = padding + (i // columns) * (height + padding), padding + (i % columns) * (width + padding)
+        grid[:, top : top + height, left : left + width] = image
+    pixels = ((grid + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    picture = Image.fromarray(pixels)
     if scale > 1:
         picture = picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST)
     return _write_png(picture, path)
@@ -41,7 +46,7 @@ def dictionary_image(atoms: torch.Tensor, path: str | Path, scale: int = 4) -> P
     tiles = tiles.reshape(count, 1, side, side)
     rgb = torch.cat([tiles.clamp_min(0), torch.zeros_like(tiles), (-tiles).clamp_min(0)], dim=1) * 2 - 1
     columns = math.ceil(math.sqrt(count))
-    return save_grid(rgb, path, columns=columns, scale=scale)
+    return save_grid(rgb, path, columns=columns, scale=scale, padding=1)
 
 
 def line_plot(series: dict[str, tuple[Sequence[float], Sequence[float]]], path: str | Path, xlabel: str,

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointError, load_payload, save_payload
 from .config import ModelConfig, TrainConfig
-from .metrics import mean_colour_squared_error_255, psnr, squared_error_255
+from .metrics import mean_colour_squared_error_255, psnr, squared_error_255, ssim
 from .vqvae import VQVAE2
 
 CHECKPOINT_FORMAT = "sparse-vqvae/vqvae2"
@@ -59,19 +59,23 @@ def train_step(model: torch.nn.Module, images: torch.Tensor, optimizer: torch.op
 
 @torch.no_grad()
 def evaluate(model: VQVAE2, dataset: Dataset, batch_size: int = 256, progress: bool = False) -> dict[str, float]:
-    """Test-set MSE and PSNR on [0, 255] pixels (from the MSE over the whole set), and the mean-colour baseline."""
+    """Test-set MSE and PSNR on [0, 255] pixels (from the MSE over the whole set), mean SSIM, and the
+    mean-colour baseline's MSE and PSNR."""
     model.eval()
     device = next(model.parameters()).device
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    error = baseline = 0.0
+    error = baseline = ssim_sum = 0.0
     pixels = 0
     for images in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
         images = images.to(device)
-        error += float(squared_error_255(images, model(images).reconstruction))
+        reconstruction = model(images).reconstruction
+        error += float(squared_error_255(images, reconstruction))
         baseline += float(mean_colour_squared_error_255(images))
+        ssim_sum += float(ssim(images, reconstruction).sum())
         pixels += images.numel()
     mse, baseline_mse = error / pixels, baseline / pixels
-    return {"test_mse": mse, "test_psnr": psnr(mse), "baseline_mse": baseline_mse, "baseline_psnr": psnr(baseline_mse)}
+    return {"test_mse": mse, "test_psnr": psnr(mse), "test_ssim": ssim_sum / len(dataset),
+            "baseline_mse": baseline_mse, "baseline_psnr": psnr(baseline_mse)}
 
 
 def save_checkpoint(path: str | Path, model: VQVAE2, optimizer: torch.optim.Optimizer | None, step: int,

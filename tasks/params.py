@@ -98,3 +98,20 @@ def load_params(path: str | Path = PARAMS_FILE) -> PipelineParams:
         return parse_params(raw)
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from error
+
+
+def main() -> None:
+    """``python -m tasks.params [FILE]``: validate a parameter file and say what is wrong, if anything."""
+    import sys
+
+    path = Path(sys.argv[1]) if len(sys.argv) > 1 else PARAMS_FILE
+    try:
+        load_params(path)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    print(f"{path}: valid")
+
+
+if __name__ == "__main__":
+    main()

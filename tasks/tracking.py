@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from .layout import DATA_SUMMARY
@@ -31,11 +31,11 @@ PARENT_ENV = "SPARSE_VQVAE_PARENT_RUN"
 _BATCH = 900  # MLflow's log_batch takes at most 1000 metrics, 100 params
 
 
-def tracking_uri(params: PipelineParams) -> str:
+def tracking_uri(params: PipelineParams, workspace: Path | None = None) -> str:
     """params' ``mlflow.tracking_uri``, else $MLFLOW_TRACKING_URI, else a SQLite file in the workspace
     (an absolute path: DVC experiments, Ray workers and Prefect deployments run elsewhere)."""
     return (params.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-            or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}")
+            or f"sqlite:///{(workspace or Path.cwd()).resolve() / 'mlflow.db'}")
 
 
 def artifact_root(uri: str) -> str | None:
@@ -106,9 +106,10 @@ def _tags(params: PipelineParams) -> dict[str, str]:
     return {"selection_fn": params.model.selection_fn, "dataset": params.data.name}
 
 
-def start_parent_run(params: PipelineParams, run_name: str = "pipeline", key: str | None = None) -> str:
+def start_parent_run(params: PipelineParams, run_name: str = "pipeline", key: str | None = None,
+                     workspace: Path | None = None) -> str:
     """A new parent run for one pipeline run; returns its id."""
-    uri = tracking_uri(params)
+    uri = tracking_uri(params, workspace)
     client = MlflowClient(uri)
     tags = {**_tags(params), "mlflow.runName": run_name, "pipeline_key": key or ""}
     run = client.create_run(experiment_id(client, params.mlflow.experiment, uri), tags=tags, run_name=run_name)
@@ -116,8 +117,8 @@ def start_parent_run(params: PipelineParams, run_name: str = "pipeline", key: st
     return run.info.run_id
 
 
-def end_parent_run(params: PipelineParams, run_id: str, ok: bool) -> None:
-    MlflowClient(tracking_uri(params)).set_terminated(run_id, "FINISHED" if ok else "FAILED")
+def end_parent_run(params: PipelineParams, run_id: str, ok: bool, workspace: Path | None = None) -> None:
+    MlflowClient(tracking_uri(params, workspace)).set_terminated(run_id, "FINISHED" if ok else "FAILED")
 
 
 def _parent_for(params: PipelineParams, client: MlflowClient, experiment: str) -> str:

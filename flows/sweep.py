@@ -1,0 +1,93 @@
+"""A sweep: the pipeline flow over a grid of quantizers, each variant in its own workspace
+(``sweeps/<variant>/``: a copy of the pipeline with its own params.yaml, DVC state and outputs),
+all recorded in one MLflow experiment, results side by side in ``sweeps/summary.{json,csv}``.
+
+    python -m flows.sweep                                   # vanilla, omp K=2, omp K=4, fista alpha=0.3
+    python -m flows.sweep --variant model.selection_fn=omp,model.n_nonzero=8 --set train.steps=300
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prefect import flow
+
+from sparse_vqvae.atomic import atomic_write, write_json
+from tasks.params import load_params, parse_params
+from tasks.tracking import tracking_uri
+
+from .pipeline import pipeline
+from .workspace import REPO, dotted, make_workspace, merge
+
+DEFAULT_GRID = [
+    {"model.selection_fn": "vanilla"},
+    {"model.selection_fn": "omp", "model.n_nonzero": 2},
+    {"model.selection_fn": "omp", "model.n_nonzero": 4},
+    {"model.selection_fn": "fista", "model.alpha": 0.3},
+]
+COLUMNS = ("test_psnr", "test_ssim", "baseline_psnr", "prior_bits_per_image", "factorized_bits_per_image")
+
+
+def variant_name(variant: dict[str, Any]) -> str:
+    return "-".join(f"{key.split('.')[-1]}={value}" for key, value in variant.items())
+
+
+@flow(name="sparse-vqvae-sweep")
+def sweep(grid: list[dict[str, Any]] | None = None, overrides: dict[str, Any] | None = None,
+          root: str = str(REPO / "sweeps")) -> list[dict[str, Any]]:
+    """Run the pipeline once per variant of ``grid`` (dotted keys), on top of ``overrides``."""
+    grid = grid or DEFAULT_GRID
+    base = yaml.safe_load((REPO / "params.yaml").read_text())
+    uri = tracking_uri(load_params(REPO / "params.yaml"), REPO)  # one MLflow store for every variant
+    changes = [merge(merge(dotted(overrides or {}), dotted(variant)), {"mlflow": {"tracking_uri": uri}})
+               for variant in grid]
+    for change in changes:  # every variant is validated before any runs
+        parse_params(merge(base, change))
+    rows = []
+    for variant, change in zip(grid, changes):
+        name = variant_name(variant)
+        workspace = make_workspace(Path(root) / name, change)
+        metrics = pipeline(workspace=str(workspace), run_name=f"sweep {name}")
+        rows.append({"variant": name, **variant, **{key: metrics.get(key) for key in COLUMNS}})
+    write_json(Path(root) / "summary.json", rows)
+    with atomic_write(Path(root) / "summary.csv", "w") as handle:
+        writer = csv.DictWriter(handle, fieldnames=sorted({key for row in rows for key in row}, key=str))
+        writer.writeheader()
+        writer.writerows(rows)
+    print_table(rows)
+    return rows
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    width = max(len(row["variant"]) for row in rows)
+    print(f"\n{'variant':<{width}}  " + "  ".join(f"{c:>14}" for c in COLUMNS))
+    for row in rows:
+        print(f"{row['variant']:<{width}}  " + "  ".join(f"{row[c]:>14.3f}" for c in COLUMNS))
+
+
+def _assignments(text: str) -> dict[str, Any]:
+    """``a.b=1,c.d=omp`` -> ``{"a.b": 1, "c.d": "omp"}`` (values parsed as YAML)."""
+    pairs = [item.split("=", 1) for item in text.split(",") if item]
+    if any(len(pair) != 2 for pair in pairs):
+        raise argparse.ArgumentTypeError(f"expected section.key=value[,section.key=value...]; got {text!r}")
+    return {key: yaml.safe_load(value) for key, value in pairs}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Run the pipeline over a grid of quantizers (Prefect flow).")
+    parser.add_argument("--variant", type=_assignments, action="append",
+                        help="one variant, e.g. model.selection_fn=omp,model.n_nonzero=4 (repeat; default: the standard grid)")
+    parser.add_argument("--set", type=_assignments, action="append", default=[],
+                        help="overrides for every variant, e.g. train.steps=300")
+    parser.add_argument("--root", default=str(REPO / "sweeps"), help="where the variants' workspaces go")
+    args = parser.parse_args()
+    overrides = {key: value for group in args.set for key, value in group.items()}
+    sweep(grid=args.variant, overrides=overrides, root=args.root)
+
+
+if __name__ == "__main__":
+    main()

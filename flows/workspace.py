@@ -1,0 +1,55 @@
+"""Workspaces: self-contained copies of the pipeline (dvc.yaml, params.yaml, the code its stages
+run) in which ``dvc repro`` runs on its own - one per sweep variant, or a scratch copy in tests."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+CODE = ("sparse_vqvae", "tasks", "flows")
+FILES = ("dvc.yaml", ".dvcignore")
+
+
+def merge(base: dict, overrides: dict) -> dict:
+    """``base`` with ``overrides`` applied: nested mappings merge, other values replace."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        merged[key] = merge(base.get(key) or {}, value) if isinstance(value, dict) else value
+    return merged
+
+
+def dotted(overrides: dict[str, Any]) -> dict:
+    """``{"model.n_nonzero": 4}`` -> ``{"model": {"n_nonzero": 4}}``."""
+    nested: dict = {}
+    for key, value in overrides.items():
+        section, _, name = key.partition(".")
+        if not name:
+            raise ValueError(f"override {key!r} must be section.key")
+        nested.setdefault(section, {})[name] = value
+    return nested
+
+
+def make_workspace(destination: str | Path, overrides: dict | None = None, source: Path = REPO) -> Path:
+    """Copy the pipeline from ``source`` into ``destination`` with params.yaml = source's + ``overrides``
+    (nested), and make it a DVC repository of its own (no git). An existing workspace keeps its
+    outputs and DVC state: only the code and params.yaml are refreshed, so ``dvc repro`` reruns what changed."""
+    destination = Path(destination)
+    destination.mkdir(parents=True, exist_ok=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in CODE:
+        shutil.rmtree(destination / name, ignore_errors=True)
+        shutil.copytree(source / name, destination / name, ignore=ignore)
+    for name in FILES:
+        shutil.copy2(source / name, destination / name)
+    params = merge(yaml.safe_load((source / "params.yaml").read_text()), overrides or {})
+    (destination / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    if not (destination / ".dvc").is_dir():
+        subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "--quiet"], cwd=destination, check=True)
+        subprocess.run([sys.executable, "-m", "dvc", "config", "core.analytics", "false"], cwd=destination, check=True)
+    return destination

@@ -1,0 +1,128 @@
+"""Stage 6: how good the trained model and its prior are, in figures and pictures.
+
+Writes ``eval/metrics.json`` (test MSE, PSNR, SSIM, the mean-colour baseline's PSNR, bits per
+image under the prior and under the factorised baseline, atom usage), ``eval/atom_usage.csv``
+(plot data) and ``eval/pictures/`` (reconstructions, samples), then prints a summary table with
+every stage's wall time.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from typing import Any
+
+import torch
+
+from sparse_vqvae.atomic import atomic_write, write_json
+from sparse_vqvae.checkpoint import CheckpointError
+from sparse_vqvae.code_store import CodeStore
+from sparse_vqvae.data import ImageArray
+from sparse_vqvae.devices import default_device
+from sparse_vqvae.metrics import atom_usage
+from sparse_vqvae.pictures import save_grid
+from sparse_vqvae.prior_train import bits_per_image, fit_factorized, load_maps, load_prior
+from sparse_vqvae.train import evaluate, load_checkpoint
+
+from .layout import EVAL, TEST_CODES, TEST_IMAGES, TRAIN_CODES, VQVAE, prior_path, stage_metrics
+from .params import PipelineParams
+from .stage import run_stage
+from .tracking import StageTracker
+
+STAGE = "evaluate"
+STAGES_BEFORE = ("prepare_data", "pretrain_dictionary", "train_vqvae", "extract_codes", "train_prior")
+PICTURES = EVAL / "pictures"
+METRICS_FILE = EVAL / "metrics.json"
+USAGE_FILE = EVAL / "atom_usage.csv"
+MAP_NAMES = ("top", "bottom")
+
+
+def run(params: PipelineParams, tracker: StageTracker) -> dict[str, Any]:
+    device = default_device()
+    model = load_checkpoint(VQVAE, device).model.eval()
+    test_set = ImageArray(TEST_IMAGES)
+    metrics: dict[str, Any] = {"selection_fn": params.model.selection_fn, "dataset": params.data.name,
+                               **evaluate(model, test_set, params.evaluate.batch_size, progress=True)}
+
+    fingerprint = model.fingerprint()
+    train_store = CodeStore(TRAIN_CODES, fingerprint)
+    train_maps, test_maps = load_maps(train_store), load_maps(CodeStore(TEST_CODES, fingerprint))
+    checkpoints = [load_prior(prior_path(level), device) for level in range(len(train_store.meta.map_sizes))]
+    if any(checkpoint.fingerprint != fingerprint for checkpoint in checkpoints):
+        raise CheckpointError(f"the priors in {prior_path(0).parent} model another VQ-VAE's codes: rerun train_prior")
+    priors = [checkpoint.prior.eval() for checkpoint in checkpoints]
+    pixels = test_set[0].shape[1] * test_set[0].shape[2]
+    prior_bits = sum(bits_per_image(prior, test_maps, level) for level, prior in enumerate(priors))
+    factorized_bits = sum(bits_per_image(fit_factorized(train_maps, level, train_store.meta), test_maps, level)
+                          for level in range(len(priors)))
+    metrics |= {"prior_bits_per_image": prior_bits, "factorized_bits_per_image": factorized_bits,
+                "prior_bits_per_pixel": prior_bits / pixels, "factorized_bits_per_pixel": factorized_bits / pixels}
+    counts = []
+    for level, codes in enumerate(test_maps):
+        name = MAP_NAMES[level]
+        usage = atom_usage(codes.atoms, train_store.meta.num_atoms)
+        metrics |= {f"{name}_atoms_used_share": usage["used_share"], f"{name}_atom_perplexity": usage["perplexity"]}
+        present = codes.atoms[codes.atoms >= 0]
+        counts.append(torch.bincount(present, minlength=train_store.meta.num_atoms).sort(descending=True).values)
+    _write_usage(counts)
+
+    pictures = _pictures(model, test_set, priors, params, device)
+    path = write_json(METRICS_FILE, metrics)
+    for item in pictures + [path, USAGE_FILE]:
+        tracker.log_artifact(item, "pictures" if item.suffix == ".png" else None)
+    print_summary(metrics)
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
+def _write_usage(counts: list[torch.Tensor]) -> None:
+    with atomic_write(USAGE_FILE, "w") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["rank", *MAP_NAMES])
+        for rank in range(len(counts[0])):
+            writer.writerow([rank] + [int(c[rank]) for c in counts] + [""] * (len(MAP_NAMES) - len(counts)))
+
+
+@torch.no_grad()
+def _pictures(model, test_set, priors, params: PipelineParams, device) -> list:
+    count = min(params.evaluate.grid_images, len(test_set))
+    originals = torch.stack([test_set[i] for i in range(count)]).to(device)
+    reconstructions = model(originals).reconstruction
+    columns = 8
+    rows = []  # each row of originals directly above its reconstructions
+    for start in range(0, count, columns):
+        rows += [originals[start : start + columns], reconstructions[start : start + columns]]
+    paths = [save_grid(torch.cat(rows), PICTURES / "reconstructions.png", columns=columns, scale=3)]
+
+    generator = torch.Generator(device=device).manual_seed(params.evaluate.seed)
+    n, temperature = params.evaluate.samples, params.evaluate.temperature
+    top = priors[0].sample(n, temperature, generator=generator)
+    maps = [top] + [prior.sample(n, temperature, condition=top, generator=generator) for prior in priors[1:]]
+    paths.append(save_grid(model.decode_codes(tuple(maps)), PICTURES / "samples.png", columns=columns, scale=3))
+    return paths
+
+
+def print_summary(metrics: dict[str, Any]) -> None:
+    """The figures that say whether the run worked, and where the time went."""
+    rows = [("test PSNR (dB)", f"{metrics['test_psnr']:.2f}"),
+            ("mean-colour baseline PSNR (dB)", f"{metrics['baseline_psnr']:.2f}"),
+            ("test SSIM", f"{metrics['test_ssim']:.3f}"),
+            ("prior bits / image", f"{metrics['prior_bits_per_image']:.1f}"),
+            ("factorised bits / image", f"{metrics['factorized_bits_per_image']:.1f}")]
+    for stage in STAGES_BEFORE:
+        try:
+            seconds = json.loads(stage_metrics(stage).read_text())["seconds"]
+            rows.append((f"time: {stage} (s)", f"{seconds:.1f}"))
+        except (OSError, ValueError, KeyError):
+            rows.append((f"time: {stage} (s)", "-"))
+    width = max(len(name) for name, _ in rows)
+    print(f"\nsummary ({metrics['selection_fn']} on {metrics['dataset']})")
+    for name, value in rows:
+        print(f"  {name:<{width}}  {value:>10}")
+
+
+def main() -> None:
+    run_stage(STAGE, run)
+
+
+if __name__ == "__main__":
+    main()

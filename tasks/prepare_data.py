@@ -1,0 +1,40 @@
+"""Stage 1: materialise the configured dataset's train and test splits as uint8 arrays, and record
+what they hold (counts, size, content hashes)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from sparse_vqvae.atomic import write_json
+from sparse_vqvae.data import ImageArray, load_dataset, save_image_array
+from sparse_vqvae.pictures import save_grid
+
+from .layout import DATA_SUMMARY, PREPARED, TEST_IMAGES, TRAIN_IMAGES
+from .params import PipelineParams
+from .stage import run_stage
+from .tracking import StageTracker
+
+STAGE = "prepare_data"
+
+
+def run(params: PipelineParams, tracker: StageTracker) -> dict[str, Any]:
+    summary: dict[str, Any] = {"dataset": params.data.name, "root": params.data.root}
+    for split, path in (("train", TRAIN_IMAGES), ("test", TEST_IMAGES)):
+        summary[split] = save_image_array(load_dataset(params.data, split), path)
+    write_json(DATA_SUMMARY, summary)
+    tracker.log_artifact(DATA_SUMMARY)
+    train = ImageArray(TRAIN_IMAGES)
+    examples = torch.stack([train[i] for i in range(min(64, len(train)))])
+    tracker.log_artifact(save_grid(examples, PREPARED / "examples.png", scale=2))
+    return {"train_images": summary["train"]["count"], "test_images": summary["test"]["count"],
+            "image_size": summary["train"]["height"]}
+
+
+def main() -> None:
+    run_stage(STAGE, run)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""Stage 2: warm up the autoencoder without quantisation, then fit each map's dictionary (omp,
+fista: MOD) or codebook (vanilla: k-means) to its latents. Stage 1 starts from this model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sparse_vqvae.data import ImageArray
+from sparse_vqvae.devices import default_device
+from sparse_vqvae.pretrain import pretrain
+from sparse_vqvae.train import evaluate, save_checkpoint
+
+from .layout import PRETRAINED, PRETRAINED_DIR, TEST_IMAGES, TRAIN_IMAGES
+from .params import PipelineParams
+from .pictures import dictionary_pictures
+from .stage import run_stage
+from .tracking import StageTracker
+
+STAGE = "pretrain_dictionary"
+
+
+def run(params: PipelineParams, tracker: StageTracker) -> dict[str, Any]:
+    every = params.mlflow.log_every
+
+    def log(step: int, metrics: dict[str, float]) -> None:
+        if step % every == 0 or step == params.pretrain.steps:
+            tracker.log_metrics(metrics, step)
+
+    model = pretrain(params.model, params.pretrain, ImageArray(TRAIN_IMAGES), default_device(), on_metrics=log)
+    save_checkpoint(PRETRAINED, model, None, 0, 0, {"pretrain": params.flat()})
+    for path in dictionary_pictures(model, PRETRAINED_DIR, "dictionary"):
+        tracker.log_artifact(path, "pictures")
+    # How well the fitted dictionary codes the warmed-up latents, before any stage-1 step.
+    quality = evaluate(model, ImageArray(TEST_IMAGES), progress=True)
+    return {f"pretrained_{key}": value for key, value in quality.items()}
+
+
+def main() -> None:
+    run_stage(STAGE, run)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""Stage 5: the PixelSNAIL priors over the extracted codes - the top map's, then the bottom map's
+conditioned on the top codes.
+
+Each prior resumes from ``checkpoints/prior/<run key>/level<N>.pt`` (outside DVC's outs, so it
+survives a rerun) and is copied to ``models/prior/`` when trained.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from dataclasses import asdict
+from typing import Any
+
+import torch
+
+from sparse_vqvae.atomic import atomic_write
+from sparse_vqvae.code_store import CodeStore
+from sparse_vqvae.devices import default_device
+from sparse_vqvae.pictures import line_plot
+from sparse_vqvae.pixelsnail import PixelSNAIL
+from sparse_vqvae.prior_train import load_maps, prior_configs, train_prior
+from sparse_vqvae.train import load_checkpoint
+
+from .layout import CHECKPOINTS, PLOTS, PRIORS, TRAIN_CODES, VQVAE, prior_path
+from .params import PipelineParams
+from .stage import run_stage
+from .tracking import StageTracker
+
+STAGE = "train_prior"
+CURVES = PLOTS / "prior.csv"
+MAP_NAMES = ("top", "bottom")
+
+
+def run(params: PipelineParams, tracker: StageTracker) -> dict[str, Any]:
+    config = params.prior
+    device = default_device()
+    fingerprint = load_checkpoint(VQVAE).model.fingerprint()
+    store = CodeStore(TRAIN_CODES, expected_fingerprint=fingerprint)
+    maps = load_maps(store)
+    key = hashlib.sha256(json.dumps([asdict(config), fingerprint], sort_keys=True).encode()).hexdigest()[:16]
+    sizes = dict(channels=config.channels, blocks=config.blocks, res_per_block=config.res_per_block,
+                 dropout=config.dropout)
+    curves: dict[int, dict[str, float]] = {}
+    metrics: dict[str, Any] = {}
+    for level, prior_config in enumerate(prior_configs(store.meta, **sizes)):
+        name = MAP_NAMES[level]
+        torch.manual_seed(config.seed + level)
+        prior = PixelSNAIL(prior_config).to(device)
+
+        def log(step: int, values: dict[str, float], name: str = name) -> None:
+            if step % params.mlflow.log_every == 0 or step == config.steps:
+                curves.setdefault(step, {})[f"{name}_bits"] = values["bits_per_image"]
+                tracker.log_metrics({f"{name}_bits_per_image": values["bits_per_image"]}, step)
+
+        resume = CHECKPOINTS / "prior" / key / f"level{level}.pt"
+        final = train_prior(prior, maps, level, config.steps, batch_size=config.batch_size, lr=config.lr,
+                            seed=config.seed + level, checkpoint_path=resume, fingerprint=fingerprint, on_metrics=log)
+        PRIORS.mkdir(parents=True, exist_ok=True)
+        with atomic_write(prior_path(level)) as handle:
+            handle.write(resume.read_bytes())
+        metrics[f"{name}_train_bits_per_image"] = final.get("bits_per_image", float("nan"))
+    _publish(curves, tracker)
+    return metrics
+
+
+def _publish(curves: dict[int, dict[str, float]], tracker: StageTracker) -> None:
+    columns = [f"{name}_bits" for name in MAP_NAMES]
+    with atomic_write(CURVES, "w") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["step"] + columns)
+        writer.writerows([step] + [curves[step].get(c, "") for c in columns] for step in sorted(curves))
+    series = {c: ([s for s in sorted(curves) if c in curves[s]], [curves[s][c] for s in sorted(curves) if c in curves[s]])
+              for c in columns}
+    picture = line_plot({c: xy for c, xy in series.items() if xy[0]}, PRIORS / "training_bits.png", "step",
+                        "bits per image", "prior training")
+    tracker.log_artifact(picture, "pictures")
+
+
+def main() -> None:
+    run_stage(STAGE, run)
+
+
+if __name__ == "__main__":
+    main()
