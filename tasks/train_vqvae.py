@@ -44,9 +44,11 @@ CURVE_KEYS = ("loss", "reconstruction_mse", "latent_loss")
 
 
 def run_key(params: PipelineParams) -> str:
-    """Which run a checkpoint belongs to: the data, model and training settings and the starting model."""
-    settings = json.dumps({"data": asdict(params.data), "model": asdict(params.model),
-                           "train": asdict(params.train)}, sort_keys=True)
+    """Which run a checkpoint belongs to: the data, model and optimisation settings and the starting
+    model. Not the step count nor the eval/checkpoint cadence: a run asked to go on longer resumes."""
+    train = {key: getattr(params.train, key) for key in ("batch_size", "lr", "seed")}
+    settings = json.dumps({"data": asdict(params.data), "model": asdict(params.model), "train": train},
+                          sort_keys=True)
     return hashlib.sha256(settings.encode() + PRETRAINED.read_bytes()).hexdigest()[:16]
 
 
@@ -95,6 +97,8 @@ def train_worker(loop: dict[str, Any]) -> None:
     optimizer = make_optimizer(model, params.train.lr)
     if resumed and checkpoint.optimizer_state is not None:
         optimizer.load_state_dict(checkpoint.optimizer_state)
+    if rank == 0:
+        print(f"starting at step {checkpoint.step}" + (f" of {last}" if resumed else " (pretrained model)"), flush=True)
     wrapped = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"forward_sync_buffers": False})
     tracker = StageTracker(loop["tracking_uri"], loop["run_id"]) if rank == 0 else None
     run_config = {"params": loop["params"]}

@@ -68,8 +68,10 @@ def kmeans(x: torch.Tensor, num_clusters: int, *, iterations: int = 10,
            generator: torch.Generator | None = None) -> torch.Tensor:
     """Lloyd's k-means on the rows of ``x`` [B, d]: the centroids as columns [d, num_clusters].
 
-    The vanilla codebook's counterpart of ``init_dictionary_from_data``: centroids start as distinct
-    training vectors, and a cluster that empties keeps its centroid instead of collapsing.
+    The vanilla codebook's counterpart of ``init_dictionary_from_data``: centroids start as training
+    vectors by k-means++ seeding (Arthur, Vassilvitskii 2007: each next one drawn with probability
+    proportional to its squared distance from those chosen, so no two start in one cluster), and a
+    cluster that empties keeps its centroid instead of collapsing.
     """
     if x.dim() != 2:
         raise ValueError(f"x must be a 2-D tensor [B, d], got shape {list(x.shape)}")
@@ -77,12 +79,20 @@ def kmeans(x: torch.Tensor, num_clusters: int, *, iterations: int = 10,
     if iterations < 0:
         raise ValueError(f"iterations must be >= 0, got {iterations}")
     x = x.detach()
-    order = torch.randperm(x.shape[0], generator=generator, device=generator.device if generator else "cpu")
-    if x.shape[0] >= num_clusters:
-        picks = order[:num_clusters]
-    else:  # fewer vectors than clusters: repeat them
-        picks = order[torch.arange(num_clusters) % x.shape[0]]
-    centroids = x[picks.to(x.device)].t().contiguous()
+    device = generator.device if generator else torch.device("cpu")
+    draws = torch.rand(num_clusters, generator=generator, device=device, dtype=torch.float64).to(x.device)
+    norms = x.square().sum(dim=1)
+    picks = [min(int(draws[0] * x.shape[0]), x.shape[0] - 1)]
+    nearest = torch.full_like(norms, float("inf"))
+    for draw in draws[1:]:
+        nearest = torch.minimum(nearest, (norms - 2 * (x @ x[picks[-1]]) + norms[picks[-1]]).clamp_min(0))
+        cumulative = nearest.double().cumsum(0)
+        if cumulative[-1] > 0:  # inverse-CDF draw, proportional to the squared distance
+            pick = int(torch.searchsorted(cumulative, draw * cumulative[-1], right=True).clamp_max(x.shape[0] - 1))
+        else:  # every vector is already a centroid: any will do
+            pick = int(draw * x.shape[0]) % x.shape[0]
+        picks.append(pick)
+    centroids = x[torch.tensor(picks, device=x.device)].t().contiguous()
     for _ in range(iterations):
         distance = centroids.square().sum(0, keepdim=True) - 2 * x @ centroids  # + |x|^2, the same for every centroid
         assignment = distance.argmin(dim=1)

@@ -1,0 +1,68 @@
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from sparse_vqvae.config import ModelConfig, section_from_mapping
+from tasks.params import load_params, parse_params
+
+from .pipeline_workspace import REPO
+
+
+def committed() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def test_committed_params_are_valid_and_typed():
+    params = load_params(REPO / "params.yaml")
+    assert params.model.selection_fn in ("vanilla", "omp", "fista")
+    assert params.data.name == "embedded"  # the default runs anywhere, with no download
+    flat = params.flat()
+    assert flat["model.n_nonzero"] == params.model.n_nonzero and "ray.num_workers" in flat
+
+
+@pytest.mark.parametrize("section, key, value, message", [
+    ("model", "selection_fn", "omq", "model.selection_fn must be one of vanilla, omp, fista; got 'omq'"),
+    ("model", "n_nonzero", "two", "model.n_nonzero must be an integer; got 'two'"),
+    ("model", "normalize_latents", "yes", "model.normalize_latents must be true or false"),
+    ("model", "n_nonzro", 2, "model.n_nonzro is not a known key; allowed keys: selection_fn, levels"),
+    ("train", "lr", 0, "train.lr must be a number > 0"),
+    ("data", "name", "imagenet", "data.name must be one of embedded, cifar10, cifar100, imagefolder"),
+    ("ray", "use_gpu", "maybe", "ray.use_gpu must be one of auto, true, false"),
+    ("ray", "address", 5, "ray.address must be a string or null"),
+    ("prior", "dropout", 1.5, "prior.dropout must be a number in [0, 1)"),
+])
+def test_a_bad_value_names_the_key_and_what_is_allowed(section, key, value, message):
+    raw = committed()
+    raw[section][key] = value
+    with pytest.raises(ValueError) as error:
+        parse_params(raw)
+    assert message in str(error.value)
+
+
+def test_an_unknown_section_is_refused():
+    with pytest.raises(ValueError, match="trian is not a known section of params.yaml; allowed: data, model"):
+        parse_params({**committed(), "trian": {"steps": 1}})
+
+
+def test_a_missing_section_takes_its_defaults():
+    raw = committed()
+    del raw["prior"]
+    assert parse_params(raw).prior.steps > 0
+
+
+def test_section_loader_refuses_a_non_mapping():
+    with pytest.raises(ValueError, match="model must be a mapping"):
+        section_from_mapping(ModelConfig, "model", [1, 2])
+
+
+def test_params_command_reports_the_file_and_key(tmp_path):
+    raw = committed()
+    raw["model"]["selection_fn"] = "omq"
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    done = subprocess.run([sys.executable, "-m", "tasks.params", str(path)], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 2
+    assert "params.yaml: model.selection_fn must be one of vanilla, omp, fista; got 'omq'" in done.stderr
+    assert "Traceback" not in done.stderr
