@@ -22,16 +22,17 @@ TINY = {
 }
 
 
-def environment() -> dict[str, str]:
+def environment(**extra: str) -> dict[str, str]:
     """The environment a user's shell has after `make`: this interpreter's folder first on PATH."""
     env = {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "RAY_ADDRESS"))}
+    env.update(extra)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
 
-def run(command: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    done = subprocess.run(command, cwd=cwd, env=environment(), capture_output=True, text=True)
+def run(command: list[str], cwd: Path, check: bool = True, **extra_env: str) -> subprocess.CompletedProcess:
+    done = subprocess.run(command, cwd=cwd, env=environment(**extra_env), capture_output=True, text=True)
     if check and done.returncode != 0:
         raise AssertionError(f"{' '.join(command)} failed ({done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}")
     return done

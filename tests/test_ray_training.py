@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 
+import psutil
 import pytest
 import yaml
 
@@ -43,18 +44,21 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(pretrained, tmp_path):
     shutil.copytree(pretrained, root)
     with_params(root, train={"steps": 400, "checkpoint_every": 2, "eval_every": 1000})
     command = [sys.executable, "-m", "tasks.train_vqvae"]
-    # Its own session, so that SIGKILL takes the stage and the local Ray instance it started, as kill -9 of dvc repro would.
     first = subprocess.Popen(command, cwd=root, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True, start_new_session=True)
+                             text=True)
     seen = []
     for line in first.stdout:  # blocks until the worker says a checkpoint is on disk
         seen += checkpoint_steps(line)
         if seen:
             break
-    os.killpg(first.pid, signal.SIGKILL)
-    first.wait()
+    # kill -9 of the whole process tree: the stage, the Ray instance it started and its training workers
+    tree = [psutil.Process(first.pid)]
+    tree += tree[0].children(recursive=True)
+    for process in tree:
+        process.send_signal(signal.SIGKILL)
+    gone, alive = psutil.wait_procs(tree, timeout=120)
     first.stdout.close()
-    assert seen and first.returncode == -signal.SIGKILL
+    assert seen and not alive and len(gone) == len(tree)
     key_folders = [p for p in (root / "checkpoints").iterdir() if (p / "last.pt").is_file()]
     assert len(key_folders) == 1
     killed_at = load_checkpoint(key_folders[0] / "last.pt").step
@@ -80,12 +84,13 @@ def test_stage_one_runs_on_a_cluster_joined_by_address(pretrained, tmp_path):
     shutil.copytree(pretrained, root)
     port = _free_port()
     ray = str(shutil.which("ray", path=os.path.dirname(sys.executable)))
+    token = {"RAY_AUTH_MODE": "token"}  # the cluster and its clients share ~/.ray/auth_token
     run([ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
-         "--include-dashboard=false", "--disable-usage-stats"], root)
+         "--include-dashboard=false", "--disable-usage-stats"], root, **token)
     try:
         with_params(root, ray={"address": f"127.0.0.1:{port}"})
-        done = run([sys.executable, "-m", "tasks.train_vqvae"], root)
+        done = run([sys.executable, "-m", "tasks.train_vqvae"], root, **token)
         assert checkpoint_steps(done.stdout + done.stderr)[-1] == TINY["train"]["steps"]
         assert load_checkpoint(root / "models/vqvae/model.pt").step == TINY["train"]["steps"]
     finally:
-        run([ray, "stop", "--force"], root, check=False)
+        run([ray, "stop", "--force"], root, check=False, **token)
