@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 # dvc.yaml's commands say `python`: make it the project's.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: install run test benchmark
+.PHONY: install run test benchmark flow sweep run-cifar10 mlflow-ui
 
 install: $(INSTALLED)
 
@@ -16,9 +16,27 @@ $(INSTALLED): pyproject.toml constraints.txt
 	$(PYTHON) -m pip install --quiet --constraint constraints.txt --editable '.[test,bench]'
 	touch $@
 
-# The main job: `dvc repro` of dvc.yaml (for now the quick sparse-coding benchmark).
+# The main job: the whole pipeline on the embedded photographs (params.yaml as committed).
+# params.yaml is checked first, so a typo fails before any stage starts.
 run: install
+	$(PYTHON) -m tasks.params
 	dvc repro
+
+# The same stages as a Prefect flow (a temporary local Prefect server unless PREFECT_API_URL is set).
+flow: install
+	$(PYTHON) -m flows.pipeline
+
+# vanilla vs omp (K=2, 4) vs fista, each in sweeps/<variant>/, results in sweeps/summary.csv.
+sweep: install
+	$(PYTHON) -m flows.sweep
+
+# The real CIFAR-10 photographs in ../shared (ImageFolder layout), 2% held out for testing, as a DVC experiment.
+run-cifar10: install
+	dvc exp run -S data.name=imagefolder -S data.root=../shared/data/cifar10-jpeg/train -S data.test_fraction=0.02
+
+# Compare runs: http://127.0.0.1:5000
+mlflow-ui: install
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath mlflow.db) --host 127.0.0.1 --port 5000
 
 test: install
 	$(PYTHON) -m pytest

@@ -35,10 +35,12 @@ def dotted(overrides: dict[str, Any]) -> dict:
     return nested
 
 
-def make_workspace(destination: str | Path, overrides: dict | None = None, source: Path = REPO) -> Path:
+def make_workspace(destination: str | Path, overrides: dict | None = None, source: Path = REPO,
+                   git: bool = False) -> Path:
     """Copy the pipeline from ``source`` into ``destination`` with params.yaml = source's + ``overrides``
-    (nested), and make it a DVC repository of its own (no git). An existing workspace keeps its
-    outputs and DVC state: only the code and params.yaml are refreshed, so ``dvc repro`` reruns what changed."""
+    (nested), and make it a DVC repository of its own (inside a new git repository when ``git``, as
+    ``dvc exp`` needs). An existing workspace keeps its outputs and DVC state: only the code and
+    params.yaml are refreshed, so ``dvc repro`` reruns what changed."""
     destination = Path(destination)
     destination.mkdir(parents=True, exist_ok=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
@@ -50,6 +52,9 @@ def make_workspace(destination: str | Path, overrides: dict | None = None, sourc
     params = merge(yaml.safe_load((source / "params.yaml").read_text()), overrides or {})
     (destination / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     if not (destination / ".dvc").is_dir():
-        subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "--quiet"], cwd=destination, check=True)
+        if git:
+            subprocess.run(["git", "init", "--quiet"], cwd=destination, check=True)
+        scm = [] if git else ["--no-scm"]
+        subprocess.run([sys.executable, "-m", "dvc", "init", "--quiet", *scm], cwd=destination, check=True)
         subprocess.run([sys.executable, "-m", "dvc", "config", "core.analytics", "false"], cwd=destination, check=True)
     return destination

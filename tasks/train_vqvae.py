@@ -80,8 +80,6 @@ def train_worker(loop: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    from .tracking import StageTracker
-
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     params = parse_params(loop["params"])

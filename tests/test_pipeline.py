@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from flows.pipeline import dvc_stages, pipeline
 from flows.workspace import make_workspace
 
-from .pipeline_workspace import REPO, TINY, dvc, ran_stages
+from .pipeline_workspace import REPO, TINY, dvc, ran_stages, run
 
 STAGES = ["prepare_data", "pretrain_dictionary", "train_vqvae", "extract_codes", "train_prior", "evaluate"]
 
@@ -21,7 +21,7 @@ STAGES = ["prepare_data", "pretrain_dictionary", "train_vqvae", "extract_codes",
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     """A tiny workspace after one `dvc repro` (about two minutes: Ray dominates)."""
-    root = make_workspace(tmp_path_factory.mktemp("pipeline") / "ws", TINY)
+    root = make_workspace(tmp_path_factory.mktemp("pipeline") / "ws", TINY, git=True)
     done = dvc("repro", cwd=root)
     assert ran_stages(done.stdout) == STAGES
     return root
@@ -112,6 +112,16 @@ def test_the_prefect_flow_completes_and_leaves_dvc_up_to_date(workspace):
     with sqlite3.connect(workspace / "mlflow.db") as db:  # the flow's own parent run, with the evaluate stage under it
         names = {name for (name,) in db.execute("select name from runs")}
     assert "pipeline" in names
+
+
+def test_an_experiment_with_a_changed_prior_parameter_reruns_the_prior_only(workspace):
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
+    run([*git, "add", "-A"], workspace)
+    run([*git, "commit", "-q", "-m", "pipeline at tiny settings"], workspace)
+    done = dvc("exp", "run", "-S", "prior.lr=0.005", cwd=workspace)
+    assert ran_stages(done.stdout) == ["train_prior", "evaluate"]
+    shown = json.loads(dvc("exp", "show", "--json", cwd=workspace).stdout)
+    assert "0.005" in json.dumps(shown)
 
 
 def test_invalid_params_fail_before_any_stage_works(tmp_path):
