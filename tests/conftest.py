@@ -11,3 +11,4 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("MLFLOW_RUN_ID", None)
 os.environ.pop("RAY_ADDRESS", None)
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # flow runs in tests log warnings and errors only
