@@ -1,5 +1,5 @@
 """Stage 5: the PixelSNAIL priors over the extracted codes - the top map's, then the bottom map's
-conditioned on the top codes.
+conditioned on the top codes - and the compressed-file format's frequency model.
 
 Each prior resumes from ``checkpoints/prior/<run key>/level<N>.pt`` (outside DVC's outs, so it
 survives a rerun) and is copied to ``models/prior/`` when trained.
@@ -18,12 +18,13 @@ import torch
 from sparse_vqvae.atomic import atomic_write
 from sparse_vqvae.code_store import CodeStore
 from sparse_vqvae.devices import default_device
+from sparse_vqvae.entropy_coding import FrequencyModel
 from sparse_vqvae.pictures import line_plot
 from sparse_vqvae.pixelsnail import PixelSNAIL
 from sparse_vqvae.prior_train import load_maps, prior_configs, train_prior
 from sparse_vqvae.train import load_checkpoint
 
-from .layout import CHECKPOINTS, PLOTS, PRIORS, TRAIN_CODES, VQVAE, prior_path
+from .layout import CHECKPOINTS, FREQUENCY_MODEL, PLOTS, PRIORS, TRAIN_CODES, VQVAE, prior_path
 from .params import PipelineParams
 from .stage import run_stage
 from .tracking import StageTracker
@@ -62,6 +63,10 @@ def run(params: PipelineParams, tracker: StageTracker) -> dict[str, Any]:
             handle.write(resume.read_bytes())
         metrics[f"{name}_train_bits_per_image"] = final.get("bits_per_image", float("nan"))
     _publish(curves, tracker)
+    # The codec's entropy model: atom / level / count frequencies of the training codes.
+    meta = store.meta
+    FrequencyModel.fit(maps, meta.num_atoms, meta.coef_levels, meta.selection_fn == "fista",
+                       fingerprint).save(FREQUENCY_MODEL)
     return metrics
 
 

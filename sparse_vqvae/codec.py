@@ -1,0 +1,121 @@
+"""The compressed file format: one image -> a few bytes of entropy-coded sparse codes -> the image.
+
+Layout (little-endian):
+
+    magic "SVQC" | version u8 | model fingerprint (8 bytes) | image height u16 | width u16
+    | code maps u8 | per map: height u16, width u16 | payload length u32 | payload
+    | CRC-32 of everything before it, u32
+
+The payload is the ANS-coded code maps (``entropy_coding.FrequencyModel``). Images of any size are
+padded (edge pixels repeated) to the model's stride and cropped back. Every check a decoder makes -
+magic, version, model, sizes, length, checksum - fails with a ``CodecError`` that says which.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import torch
+import torch.nn.functional as F
+
+from .codes import Codes, validate_codes
+from .entropy_coding import FrequencyModel
+from .vqvae import VQVAE2
+
+MAGIC = b"SVQC"
+VERSION = 1
+_HEADER = struct.Struct("<4sB8sHHB")
+_MAP = struct.Struct("<HH")
+_LENGTH = struct.Struct("<I")
+_CRC = struct.Struct("<I")
+
+
+class CodecError(ValueError):
+    """A compressed file is not one, is of another version or model, or is truncated or corrupt."""
+
+
+def map_sizes(model: VQVAE2, height: int, width: int) -> list[tuple[int, int]]:
+    """The code maps' sizes for an image of ``height`` x ``width`` padded to the model's stride."""
+    stride = model.config.stride
+    padded_h, padded_w = -(-height // stride) * stride, -(-width // stride) * stride
+    if model.config.levels == 2:
+        return [(padded_h // 8, padded_w // 8), (padded_h // 4, padded_w // 4)]
+    return [(padded_h // stride, padded_w // stride)]
+
+
+@torch.no_grad()
+def compress(model: VQVAE2, entropy: FrequencyModel, image: torch.Tensor) -> bytes:
+    """An image [3, H, W] in [-1, 1] -> the bytes of a compressed file."""
+    _check_pair(model, entropy)
+    _, height, width = image.shape
+    if not (0 < height < 65536 and 0 < width < 65536):
+        raise CodecError(f"image size {height}x{width} is outside what the format holds (1..65535 per side)")
+    stride = model.config.stride
+    padded = F.pad(image[None], (0, -width % stride, 0, -height % stride), mode="replicate")
+    model.eval()
+    _, maps, _, _ = model.encode(padded.to(next(model.parameters()).device))
+    maps = tuple(codes[0].to("cpu") for codes in maps)
+    payload = entropy.encode(maps)
+    body = _HEADER.pack(MAGIC, VERSION, bytes.fromhex(entropy.fingerprint), height, width, len(maps))
+    body += b"".join(_MAP.pack(*codes.atoms.shape[:2]) for codes in maps)
+    body += _LENGTH.pack(len(payload)) + payload
+    return body + _CRC.pack(zlib.crc32(body))
+
+
+def read_codes(data: bytes, entropy: FrequencyModel) -> tuple[tuple[int, int], tuple[Codes, ...]]:
+    """Check a file and decode its code maps; returns ((height, width), maps [H, W, K])."""
+    if len(data) < _HEADER.size or data[:4] != MAGIC:
+        raise CodecError("not a sparse-vqvae compressed file (no SVQC magic)")
+    if len(data) < _HEADER.size + _LENGTH.size + _CRC.size:
+        raise CodecError(f"the file is truncated: {len(data)} bytes, shorter than any header")
+    _, version, fingerprint, height, width, count = _HEADER.unpack_from(data)
+    if version != VERSION:
+        raise CodecError(f"compressed-file version {version}; this code reads version {VERSION}")
+    if zlib.crc32(data[: -_CRC.size]) != _CRC.unpack_from(data, len(data) - _CRC.size)[0]:
+        raise CodecError("the file is truncated or corrupted: its checksum does not match")
+    if fingerprint.hex() != entropy.fingerprint:
+        raise CodecError(f"the file was compressed with model {fingerprint.hex()}, not with this model "
+                         f"({entropy.fingerprint}): decompress it with the model that made it")
+    offset = _HEADER.size
+    sizes = []
+    for _ in range(count):
+        sizes.append(_MAP.unpack_from(data, offset))
+        offset += _MAP.size
+    (length,) = _LENGTH.unpack_from(data, offset)
+    offset += _LENGTH.size
+    if offset + length + _CRC.size != len(data):
+        raise CodecError(f"the payload should be {length} bytes but the file holds {len(data) - offset - _CRC.size}")
+    try:
+        maps = entropy.decode(data[offset : offset + length], sizes)
+        for codes in maps:
+            validate_codes(codes, entropy.num_atoms, entropy.coef_levels)
+    except (ValueError, RuntimeError) as error:  # a payload whose checksum matched by chance
+        raise CodecError(f"the coded payload cannot be decoded: {error}") from error
+    return (height, width), maps
+
+
+@torch.no_grad()
+def decompress(model: VQVAE2, entropy: FrequencyModel, data: bytes) -> torch.Tensor:
+    """The bytes of a compressed file -> the image [3, H, W] in [-1, 1]."""
+    _check_pair(model, entropy)
+    (height, width), maps = read_codes(data, entropy)
+    expected = map_sizes(model, height, width)
+    if [tuple(codes.atoms.shape[:2]) for codes in maps] != expected:
+        raise CodecError(f"the file's code maps {[list(c.atoms.shape[:2]) for c in maps]} do not fit a "
+                         f"{height}x{width} image for this model (expected {expected})")
+    device = next(model.parameters()).device
+    model.eval()
+    image = model.decode_codes(tuple(Codes(c.atoms[None], c.levels[None]).to(device) for c in maps))
+    return image[0, :, :height, :width].clamp(-1, 1).cpu()
+
+
+def bits_per_pixel(data: bytes, height: int, width: int) -> float:
+    """The real rate: 8 x file size / pixels."""
+    return 8 * len(data) / (height * width)
+
+
+def _check_pair(model: VQVAE2, entropy: FrequencyModel) -> None:
+    if entropy.fingerprint != model.fingerprint():
+        raise CodecError(f"the frequency model was fitted to the codes of model {entropy.fingerprint}, "
+                         f"not of this model ({model.fingerprint()})")

@@ -1,0 +1,171 @@
+"""Lossless coding of code maps with an ANS entropy coder (``constriction``) driven by a factorised
+probability model: per code map, the frequencies of atoms, coefficient levels and (LASSO) pair
+counts, pooled over positions and fitted to the training codes.
+
+A position's pairs are coded as a set: the count (when it varies), then the atoms in ascending
+order - each drawn from the atom frequencies restricted to those above the previous atom and
+leaving room for the atoms still to come, which saves the log2(K!) bits of their order - then one
+level per pair. The decoder rebuilds every restriction from what it has decoded, so it reads the
+same distributions the encoder wrote with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import constriction
+import numpy as np
+import torch
+
+from .checkpoint import CheckpointError, load_payload, save_payload
+from .codes import EMPTY, Codes
+
+MODEL_FORMAT = "sparse-vqvae/frequency-model"
+MODEL_VERSION = 1
+_ROWS = 2048  # positions per coded chunk: bounds the [rows, num_atoms] probability tables
+
+
+@dataclass
+class FrequencyModel:
+    """Probabilities per code map (top first): atoms [N], levels [L], pair counts [K + 1]."""
+
+    num_atoms: int
+    coef_levels: int
+    slots: int
+    variable_count: bool  # the LASSO: a position holds 0..K pairs; else exactly K
+    fingerprint: str  # the VQ-VAE whose codes it models
+    atoms: list[np.ndarray]
+    levels: list[np.ndarray]
+    counts: list[np.ndarray]
+
+    @classmethod
+    def fit(cls, maps: tuple[Codes, ...], num_atoms: int, coef_levels: int, variable_count: bool,
+            fingerprint: str) -> FrequencyModel:
+        """Add-one-smoothed frequencies of batched code maps [B, H, W, K]."""
+        atoms, levels, counts = [], [], []
+        slots = maps[0].atoms.shape[-1]
+        for codes in maps:
+            present = codes.present
+            atoms.append(_normalised(torch.bincount(codes.atoms[present], minlength=num_atoms)))
+            levels.append(_normalised(torch.bincount(codes.levels[present], minlength=coef_levels)))
+            counts.append(_normalised(torch.bincount(present.sum(-1).reshape(-1), minlength=slots + 1)))
+        return cls(num_atoms, coef_levels, slots, variable_count, fingerprint, atoms, levels, counts)
+
+    def save(self, path: str | Path) -> None:
+        save_payload(path, {"format": MODEL_FORMAT, "version": MODEL_VERSION, "num_atoms": self.num_atoms,
+                            "coef_levels": self.coef_levels, "slots": self.slots,
+                            "variable_count": self.variable_count, "fingerprint": self.fingerprint,
+                            "atoms": [torch.from_numpy(a) for a in self.atoms],
+                            "levels": [torch.from_numpy(a) for a in self.levels],
+                            "counts": [torch.from_numpy(a) for a in self.counts]})
+
+    @classmethod
+    def load(cls, path: str | Path) -> FrequencyModel:
+        payload = load_payload(path, MODEL_FORMAT, MODEL_VERSION)
+        try:
+            return cls(int(payload["num_atoms"]), int(payload["coef_levels"]), int(payload["slots"]),
+                       bool(payload["variable_count"]), str(payload["fingerprint"]),
+                       *([t.numpy() for t in payload[key]] for key in ("atoms", "levels", "counts")))
+        except (KeyError, TypeError, AttributeError) as error:
+            raise CheckpointError(f"{path}: the frequency model in it cannot be rebuilt: {error}") from error
+
+    def encode(self, maps: tuple[Codes, ...]) -> bytes:
+        """One image's code maps ([H, W, K] each, canonical order) -> the ANS-coded bytes."""
+        coder = constriction.stream.stack.AnsCoder()
+        # ANS is a stack: push everything in the reverse of the order the decoder pops it.
+        for index in reversed(range(len(maps))):
+            atoms = maps[index].atoms.reshape(-1, self.slots).cpu().numpy().astype(np.int64)
+            levels = maps[index].levels.reshape(-1, self.slots).cpu().numpy().astype(np.int64)
+            count = (atoms != EMPTY).sum(axis=1)
+            present = atoms != EMPTY
+            if self.coef_levels > 1:
+                _push(coder, levels[present], self.levels[index])
+            for slot in reversed(range(self.slots)):
+                rows = np.nonzero(count > slot)[0]
+                previous = atoms[rows, slot - 1] if slot else np.full(len(rows), -1)
+                for start in reversed(range(0, len(rows), _ROWS)):
+                    part = slice(start, start + _ROWS)
+                    probabilities = self._atom_table(index, previous[part], count[rows[part]], slot)
+                    coder.encode_reverse(atoms[rows[part], slot].astype(np.int32), _FAMILY, probabilities)
+            if self.variable_count:
+                _push(coder, count, self.counts[index])
+        return coder.get_compressed().astype("<u4").tobytes()
+
+    def decode(self, payload: bytes, map_sizes: list[tuple[int, int]]) -> tuple[Codes, ...]:
+        """The inverse of ``encode``, given the code maps' sizes."""
+        if len(payload) % 4:
+            raise ValueError("the coded payload is not a whole number of 32-bit words")
+        coder = constriction.stream.stack.AnsCoder(np.frombuffer(payload, dtype="<u4").astype(np.uint32))
+        maps = []
+        for index, (height, width) in enumerate(map_sizes):
+            positions = height * width
+            if self.variable_count:
+                count = _pop(coder, positions, self.counts[index]).astype(np.int64)
+            else:
+                count = np.full(positions, self.slots)
+            atoms = np.full((positions, self.slots), EMPTY, dtype=np.int64)
+            for slot in range(self.slots):
+                rows = np.nonzero(count > slot)[0]
+                previous = atoms[rows, slot - 1] if slot else np.full(len(rows), -1)
+                for start in range(0, len(rows), _ROWS):
+                    part = slice(start, start + _ROWS)
+                    probabilities = self._atom_table(index, previous[part], count[rows[part]], slot)
+                    atoms[rows[part], slot] = coder.decode(_FAMILY, probabilities)
+            levels = np.zeros_like(atoms)
+            present = atoms != EMPTY
+            if self.coef_levels > 1:
+                levels[present] = _pop(coder, int(present.sum()), self.levels[index])
+            shape = (height, width, self.slots)
+            maps.append(Codes(torch.from_numpy(atoms.reshape(shape)), torch.from_numpy(levels.reshape(shape))))
+        return tuple(maps)
+
+    def sample(self, n: int, map_sizes: list[tuple[int, int]], generator: np.random.Generator) -> tuple[Codes, ...]:
+        """``n`` random code maps [n, H, W, K] drawn from the frequencies (the seed's random-code synthesis:
+        the decoder's view of typical codes, with no prior)."""
+        maps = []
+        for index, (height, width) in enumerate(map_sizes):
+            positions = n * height * width
+            if self.variable_count:
+                count = generator.choice(self.slots + 1, size=positions, p=self.counts[index])
+            else:
+                count = np.full(positions, self.slots)
+            atoms = np.full((positions, self.slots), EMPTY, dtype=np.int64)
+            for slot in range(self.slots):
+                rows = np.nonzero(count > slot)[0]
+                previous = atoms[rows, slot - 1] if slot else np.full(len(rows), -1)
+                table = self._atom_table(index, previous, count[rows], slot)
+                draws = generator.random(len(rows))[:, None]
+                atoms[rows, slot] = np.minimum((table.cumsum(axis=1) < draws).sum(axis=1), self.num_atoms - 1)
+            levels = generator.choice(self.coef_levels, size=atoms.shape, p=self.levels[index]) * (atoms != EMPTY)
+            shape = (n, height, width, self.slots)
+            maps.append(Codes(torch.from_numpy(atoms.reshape(shape)), torch.from_numpy(levels.reshape(shape))))
+        return tuple(maps)
+
+    def _atom_table(self, index: int, previous: np.ndarray, count: np.ndarray, slot: int) -> np.ndarray:
+        """[rows, N] probabilities of the atom in ``slot``: above the previous atom, leaving room for the
+        ``count - slot - 1`` atoms still to come (all ascending)."""
+        candidates = np.arange(self.num_atoms)
+        allowed = (candidates > previous[:, None]) & (candidates < (self.num_atoms - count + slot + 1)[:, None])
+        table = self.atoms[index][None, :] * allowed
+        return table / table.sum(axis=1, keepdims=True)
+
+
+_FAMILY = constriction.stream.model.Categorical(perfect=False)  # probabilities given per symbol
+
+
+def _normalised(counts: torch.Tensor) -> np.ndarray:
+    smoothed = counts.double().numpy() + 1.0
+    return smoothed / smoothed.sum()
+
+
+def _push(coder, symbols: np.ndarray, probabilities: np.ndarray) -> None:
+    if len(symbols):
+        coder.encode_reverse(symbols.astype(np.int32), constriction.stream.model.Categorical(probabilities,
+                                                                                            perfect=False))
+
+
+def _pop(coder, count: int, probabilities: np.ndarray) -> np.ndarray:
+    if not count:
+        return np.zeros(0, dtype=np.int64)
+    return coder.decode(constriction.stream.model.Categorical(probabilities, perfect=False), count)

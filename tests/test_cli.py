@@ -1,0 +1,92 @@
+"""The `sparse-vqvae` console script end to end, on a tiny model trained here."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sparse_vqvae.code_store import CodeStore, extract_codes
+from sparse_vqvae.config import TrainConfig
+from sparse_vqvae.data import to_uint8
+from sparse_vqvae.entropy_coding import FrequencyModel
+from sparse_vqvae.pixelsnail import PixelSNAIL
+from sparse_vqvae.prior_train import load_maps, prior_configs, save_prior
+from sparse_vqvae.train import train
+
+from .tiny import Images, tiny_config, tiny_images
+
+CLI = str(Path(sys.executable).parent / "sparse-vqvae")
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A folder laid out as `make run` leaves it: models/vqvae/model.pt, models/prior/{codec,level0,level1}.pt."""
+    root = tmp_path_factory.mktemp("run")
+    images = Images(tiny_images(16, 16, seed=1))
+    model, _ = train(tiny_config("omp"), TrainConfig(steps=3, batch_size=8), images,
+                     checkpoint_path=root / "models/vqvae/model.pt", progress=False)
+    extract_codes(model, images, root / "codes", progress=False)
+    store = CodeStore(root / "codes", model.fingerprint())
+    maps = load_maps(store)
+    FrequencyModel.fit(maps, store.meta.num_atoms, store.meta.coef_levels, False,
+                       model.fingerprint()).save(root / "models/prior/codec.pt")
+    for level, config in enumerate(prior_configs(store.meta, channels=8, blocks=1, res_per_block=1)):
+        save_prior(root / f"models/prior/level{level}.pt", PixelSNAIL(config), None, 0, model.fingerprint())
+    picture = to_uint8(tiny_images(1, 48, seed=9)[:, :, :21, :35])[0]
+    Image.fromarray(picture).save(root / "photo.png")
+    return root
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([CLI, *args], cwd=cwd, capture_output=True, text=True)
+
+
+def test_every_command_has_help(trained_run):
+    for command in ("compress", "decompress", "sample", "evaluate"):
+        done = cli(command, "--help", cwd=trained_run)
+        assert done.returncode == 0 and "--model" in done.stdout
+
+
+def test_compress_then_decompress_an_image_of_any_size(trained_run):
+    done = cli("compress", "photo.png", "-o", "out", cwd=trained_run)
+    assert done.returncode == 0, done.stderr
+    compressed = trained_run / "out/photo.svq"
+    bpp = 8 * compressed.stat().st_size / (21 * 35)
+    assert f"{bpp:.3f} bpp" in done.stdout
+    done = cli("decompress", "out/photo.svq", "-o", "back", cwd=trained_run)
+    assert done.returncode == 0, done.stderr
+    with Image.open(trained_run / "back/photo.png") as image:
+        assert image.size == (35, 21) and image.mode == "RGB"
+
+
+def test_sample_from_the_priors_and_from_random_codes(trained_run):
+    for extra in ([], ["--random-codes"]):
+        done = cli("sample", "-n", "4", "--temperature", "0.8", "-o", "grid.png", *extra, cwd=trained_run)
+        assert done.returncode == 0, done.stderr
+        with Image.open(trained_run / "grid.png") as image:
+            assert np.asarray(image).std() > 0
+
+
+def test_evaluate_reports_real_bits_per_pixel(trained_run):
+    done = cli("evaluate", "--dataset", "embedded", "--image-size", "16", "--limit", "3", cwd=trained_run)
+    assert done.returncode == 0, done.stderr
+    assert '"images": 3' in done.stdout and '"bpp"' in done.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["compress", "missing.png", "-o", "out"], "no such file: missing.png"),
+    (["compress", "models/prior/codec.pt", "-o", "out"], "is not an image this tool can read"),
+    (["decompress", "photo.png", "-o", "out"], "not a sparse-vqvae compressed file"),
+    (["compress", "photo.png", "-o", "out", "--model", "models/prior/codec.pt"], "is not a sparse-vqvae/vqvae2 checkpoint"),
+])
+def test_bad_input_is_one_clear_line(trained_run, args, message):
+    done = cli(*args, cwd=trained_run)
+    assert done.returncode == 1
+    assert message in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
