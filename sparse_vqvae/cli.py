@@ -45,7 +45,7 @@ def _read_image(path: Path) -> torch.Tensor:
         raise FileNotFoundError(f"no such file: {path}")
     try:
         with Image.open(path) as image:
-            return to_model_range(np.asarray(image.convert("RGB")))
+            return to_model_range(np.array(image.convert("RGB")))
     except (UnidentifiedImageError, OSError) as error:
         raise ValueError(f"{path} is not an image this tool can read: {error}") from error
 

@@ -2,8 +2,9 @@
 
 Writes ``eval/metrics.json`` (test MSE, PSNR, SSIM, the mean-colour baseline's PSNR, bits per
 image under the prior and under the factorised baseline, atom usage), ``eval/atom_usage.csv``
-(plot data) and ``eval/pictures/`` (reconstructions, samples), then prints a summary table with
-every stage's wall time.
+and ``eval/rate_distortion.csv`` (plot data: our compressed files against JPEG and WebP on the
+same test images, real file sizes) and ``eval/pictures/`` (reconstructions, samples, the
+rate-distortion plot), then prints a summary table with every stage's wall time.
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ from sparse_vqvae.code_store import CodeStore
 from sparse_vqvae.data import ImageArray
 from sparse_vqvae.devices import default_device
 from sparse_vqvae.metrics import atom_usage
-from sparse_vqvae.pictures import save_grid
+from sparse_vqvae.entropy_coding import FrequencyModel
+from sparse_vqvae.pictures import line_plot, save_grid
 from sparse_vqvae.prior_train import bits_per_image, fit_factorized, load_maps, load_prior
+from sparse_vqvae.rate_distortion import psnr_at_rate, reference_points, sparse_vqvae_point
 from sparse_vqvae.train import evaluate, load_checkpoint
 
-from .layout import EVAL, TEST_CODES, TEST_IMAGES, TRAIN_CODES, VQVAE, prior_path, stage_metrics
+from .layout import EVAL, FREQUENCY_MODEL, TEST_CODES, TEST_IMAGES, TRAIN_CODES, VQVAE, prior_path, stage_metrics
 from .params import PipelineParams
 from .stage import run_stage
 from .tracking import StageTracker
@@ -34,6 +37,7 @@ STAGES_BEFORE = ("prepare_data", "pretrain_dictionary", "train_vqvae", "extract_
 PICTURES = EVAL / "pictures"
 METRICS_FILE = EVAL / "metrics.json"
 USAGE_FILE = EVAL / "atom_usage.csv"
+RD_FILE = EVAL / "rate_distortion.csv"
 MAP_NAMES = ("top", "bottom")
 
 
@@ -67,8 +71,9 @@ def run(params: PipelineParams, tracker: StageTracker) -> dict[str, Any]:
     _write_usage(counts)
 
     pictures = _pictures(model, test_set, priors, params, device)
+    metrics |= _rate_distortion(model, test_set, pictures)
     path = write_json(METRICS_FILE, metrics)
-    for item in pictures + [path, USAGE_FILE]:
+    for item in pictures + [path, USAGE_FILE, RD_FILE]:
         tracker.log_artifact(item, "pictures" if item.suffix == ".png" else None)
     print_summary(metrics)
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
@@ -80,6 +85,31 @@ def _write_usage(counts: list[torch.Tensor]) -> None:
         writer.writerow(["rank", *MAP_NAMES])
         for rank in range(len(counts[0])):
             writer.writerow([rank] + [int(c[rank]) for c in counts] + [""] * (len(MAP_NAMES) - len(counts)))
+
+
+def _rate_distortion(model, test_set, pictures: list) -> dict[str, Any]:
+    """Our files against JPEG/WebP on the test images: eval/rate_distortion.csv, a plot, the headline figures."""
+    images = [test_set[i] for i in range(len(test_set))]
+    ours = sparse_vqvae_point(model, FrequencyModel.load(FREQUENCY_MODEL), images)
+    references = reference_points(images)
+    with atomic_write(RD_FILE, "w") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["codec", "setting", "bpp", "psnr", "ssim"])
+        writer.writeheader()
+        writer.writerows([ours] + references)
+    series = {}
+    for point in references:
+        series.setdefault(point["codec"], ([], []))
+        series[point["codec"]][0].append(point["bpp"])
+        series[point["codec"]][1].append(point["psnr"])
+    series[ours["codec"]] = ([ours["bpp"]], [ours["psnr"]])
+    pictures.append(line_plot(series, PICTURES / "rate_distortion.png", "bits per pixel (real file sizes)",
+                              "PSNR (dB)", "rate-distortion on the test images"))
+    jpeg = psnr_at_rate([p for p in references if p["codec"] == "JPEG"], ours["bpp"])
+    figures = {"codec_bpp": ours["bpp"], "codec_psnr": ours["psnr"], "codec_ssim": ours["ssim"],
+               "jpeg_min_bpp": min(p["bpp"] for p in references if p["codec"] == "JPEG")}
+    if jpeg is not None:
+        figures["jpeg_psnr_at_codec_bpp"] = jpeg
+    return figures
 
 
 @torch.no_grad()
@@ -107,7 +137,11 @@ def print_summary(metrics: dict[str, Any]) -> None:
             ("mean-colour baseline PSNR (dB)", f"{metrics['baseline_psnr']:.2f}"),
             ("test SSIM", f"{metrics['test_ssim']:.3f}"),
             ("prior bits / image", f"{metrics['prior_bits_per_image']:.1f}"),
-            ("factorised bits / image", f"{metrics['factorized_bits_per_image']:.1f}")]
+            ("factorised bits / image", f"{metrics['factorized_bits_per_image']:.1f}"),
+            ("compressed files: bpp", f"{metrics['codec_bpp']:.3f}"),
+            ("compressed files: PSNR (dB)", f"{metrics['codec_psnr']:.2f}"),
+            ("JPEG PSNR at that bpp (dB)", f"{metrics['jpeg_psnr_at_codec_bpp']:.2f}"
+             if "jpeg_psnr_at_codec_bpp" in metrics else f"below JPEG's lowest rate ({metrics['jpeg_min_bpp']:.2f} bpp)")]
     for stage in STAGES_BEFORE:
         try:
             seconds = json.loads(stage_metrics(stage).read_text())["seconds"]

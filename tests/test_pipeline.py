@@ -49,7 +49,8 @@ def test_repro_produces_every_out_metric_and_plot(workspace):
             assert (workspace / path).exists(), path
     metrics = json.loads((workspace / "eval/metrics.json").read_text())
     for key in ("test_mse", "test_psnr", "test_ssim", "baseline_psnr", "prior_bits_per_image",
-                "factorized_bits_per_image", "top_atoms_used_share", "bottom_atom_perplexity"):
+                "factorized_bits_per_image", "top_atoms_used_share", "bottom_atom_perplexity", "codec_bpp",
+                "codec_psnr", "jpeg_min_bpp"):
         assert isinstance(metrics[key], float), key
     assert 0 < metrics["test_ssim"] <= 1 and metrics["prior_bits_per_image"] > 0
     for picture in ("eval/pictures/reconstructions.png", "eval/pictures/samples.png",

@@ -1,0 +1,76 @@
+"""Rate-distortion points: our compressed files against JPEG and WebP (Pillow) on the same images,
+each rate from the real encoded size (8 x bytes / pixels), each PSNR from the whole-set MSE."""
+
+from __future__ import annotations
+
+import io
+from typing import Iterable
+
+import numpy as np
+import torch
+from PIL import Image, features
+from tqdm.auto import tqdm
+
+from .codec import compress, decompress
+from .data import to_model_range, to_uint8
+from .entropy_coding import FrequencyModel
+from .metrics import psnr, squared_error_255, ssim
+from .vqvae import VQVAE2
+
+JPEG_QUALITIES = (5, 10, 20, 30, 50, 75, 90)
+WEBP_QUALITIES = (5, 10, 20, 30, 50, 75, 90)
+
+
+def _point(codec: str, setting: float, pairs: Iterable[tuple[torch.Tensor, torch.Tensor, int]]) -> dict:
+    error = ssim_sum = 0.0
+    bits = pixels = count = 0
+    for original, decoded, size in pairs:
+        error += float(squared_error_255(original[None], decoded[None]))
+        ssim_sum += float(ssim(original[None], decoded[None]))
+        bits += 8 * size
+        pixels += original.shape[1] * original.shape[2]
+        count += 1
+    return {"codec": codec, "setting": setting, "bpp": bits / pixels, "psnr": psnr(error / (3 * pixels)),
+            "ssim": ssim_sum / count}
+
+
+def sparse_vqvae_point(model: VQVAE2, entropy: FrequencyModel, images: list[torch.Tensor],
+                       progress: bool = True) -> dict:
+    """Our codec on ``images`` ([3, H, W] each): every image compressed to a file's bytes and back."""
+
+    def pairs():
+        for image in tqdm(images, desc="rate-distortion: sparse-vqvae", disable=not progress, leave=False):
+            data = compress(model, entropy, image)
+            yield image, decompress(model, entropy, data), len(data)
+
+    return _point(f"sparse-vqvae ({model.config.selection_fn})", 0, pairs())
+
+
+def pillow_points(images: list[torch.Tensor], codec: str = "JPEG", qualities: Iterable[int] = JPEG_QUALITIES) -> list[dict]:
+    """``codec`` (JPEG or WEBP) at each quality on the same images."""
+
+    def pairs(quality: int):
+        for image in images:
+            buffer = io.BytesIO()
+            Image.fromarray(to_uint8(image[None])[0]).save(buffer, format=codec, quality=quality)
+            with Image.open(io.BytesIO(buffer.getvalue())) as decoded:
+                yield image, to_model_range(np.array(decoded.convert("RGB"))), buffer.tell()
+
+    return [_point(codec, quality, pairs(quality)) for quality in qualities]
+
+
+def reference_points(images: list[torch.Tensor]) -> list[dict]:
+    """JPEG, and WebP where Pillow has it."""
+    points = pillow_points(images, "JPEG", JPEG_QUALITIES)
+    if features.check("webp"):
+        points += pillow_points(images, "WEBP", WEBP_QUALITIES)
+    return points
+
+
+def psnr_at_rate(points: list[dict], bpp: float) -> float | None:
+    """A reference codec's PSNR at ``bpp``, interpolated linearly between its points (None outside them)."""
+    ordered = sorted(points, key=lambda p: p["bpp"])
+    rates = [p["bpp"] for p in ordered]
+    if not ordered or not rates[0] <= bpp <= rates[-1]:
+        return None
+    return float(np.interp(bpp, rates, [p["psnr"] for p in ordered]))
