@@ -19,7 +19,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointError
-from .codec import CodecError, bits_per_pixel, compress, decompress, map_sizes
+from .codec import Codec, CodecError, bits_per_pixel, map_sizes
 from .config import DATASETS, DataConfig
 from .data import DatasetNotFoundError, load_dataset, to_model_range, to_uint8
 from .devices import default_device
@@ -35,9 +35,9 @@ DEFAULT_PRIORS = Path("models/prior")
 SUFFIX = ".svq"
 
 
-def _load(args: argparse.Namespace):
+def _load(args: argparse.Namespace) -> Codec:
     model = load_checkpoint(args.model, default_device()).model.eval()
-    return model, FrequencyModel.load(args.codec_model)
+    return Codec(model, FrequencyModel.load(args.codec_model))
 
 
 def _read_image(path: Path) -> torch.Tensor:
@@ -51,23 +51,23 @@ def _read_image(path: Path) -> torch.Tensor:
 
 
 def cmd_compress(args: argparse.Namespace) -> None:
-    model, entropy = _load(args)
+    codec = _load(args)
     args.output.mkdir(parents=True, exist_ok=True)
     for path in tqdm(args.images, desc="compress", disable=len(args.images) < 2):
         image = _read_image(path)
-        data = compress(model, entropy, image)
+        data = codec.compress(image)
         target = args.output / (path.stem + SUFFIX)
         target.write_bytes(data)
         print(f"{path} -> {target}: {len(data)} bytes, {bits_per_pixel(data, *image.shape[1:]):.3f} bpp")
 
 
 def cmd_decompress(args: argparse.Namespace) -> None:
-    model, entropy = _load(args)
+    codec = _load(args)
     args.output.mkdir(parents=True, exist_ok=True)
     for path in tqdm(args.files, desc="decompress", disable=len(args.files) < 2):
         if not path.is_file():
             raise FileNotFoundError(f"no such file: {path}")
-        image = decompress(model, entropy, path.read_bytes())
+        image = codec.decompress(path.read_bytes())
         target = args.output / (path.stem + ".png")
         Image.fromarray(to_uint8(image[None])[0]).save(target)
         print(f"{path} -> {target}")
@@ -95,7 +95,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 @torch.no_grad()
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    model, entropy = _load(args)
+    codec = _load(args)
     data = DataConfig(name=args.dataset, root=args.root, image_size=args.image_size)
     dataset = load_dataset(data, "test")
     count = min(len(dataset), args.limit) if args.limit else len(dataset)
@@ -103,14 +103,14 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     pixels = 0
     for i in tqdm(range(count), desc="evaluate codec"):
         image = dataset[i]
-        encoded = compress(model, entropy, image)
-        decoded = decompress(model, entropy, encoded)
+        encoded = codec.compress(image)
+        decoded = codec.decompress(encoded)
         error += float(squared_error_255(image[None], decoded[None]))
         ssim_sum += float(ssim(image[None], decoded[None]))
         bits += 8 * len(encoded)
         pixels += image.shape[1] * image.shape[2]
     result = {"images": count, "bpp": bits / pixels, "psnr": psnr(error / (3 * pixels)), "ssim": ssim_sum / count,
-              "selection_fn": model.config.selection_fn, "dataset": args.dataset}
+              "selection_fn": codec.model.config.selection_fn, "dataset": args.dataset}
     print(json.dumps(result, indent=2))
 
 

@@ -44,25 +44,6 @@ def map_sizes(model: VQVAE2, height: int, width: int) -> list[tuple[int, int]]:
     return [(padded_h // stride, padded_w // stride)]
 
 
-@torch.no_grad()
-def compress(model: VQVAE2, entropy: FrequencyModel, image: torch.Tensor) -> bytes:
-    """An image [3, H, W] in [-1, 1] -> the bytes of a compressed file."""
-    _check_pair(model, entropy)
-    _, height, width = image.shape
-    if not (0 < height < 65536 and 0 < width < 65536):
-        raise CodecError(f"image size {height}x{width} is outside what the format holds (1..65535 per side)")
-    stride = model.config.stride
-    padded = F.pad(image[None], (0, -width % stride, 0, -height % stride), mode="replicate")
-    model.eval()
-    _, maps, _, _ = model.encode(padded.to(next(model.parameters()).device))
-    maps = tuple(codes[0].to("cpu") for codes in maps)
-    payload = entropy.encode(maps)
-    body = _HEADER.pack(MAGIC, VERSION, bytes.fromhex(entropy.fingerprint), height, width, len(maps))
-    body += b"".join(_MAP.pack(*codes.atoms.shape[:2]) for codes in maps)
-    body += _LENGTH.pack(len(payload)) + payload
-    return body + _CRC.pack(zlib.crc32(body))
-
-
 def read_codes(data: bytes, entropy: FrequencyModel) -> tuple[tuple[int, int], tuple[Codes, ...]]:
     """Check a file and decode its code maps; returns ((height, width), maps [H, W, K])."""
     if len(data) < _HEADER.size or data[:4] != MAGIC:
@@ -95,27 +76,44 @@ def read_codes(data: bytes, entropy: FrequencyModel) -> tuple[tuple[int, int], t
     return (height, width), maps
 
 
-@torch.no_grad()
-def decompress(model: VQVAE2, entropy: FrequencyModel, data: bytes) -> torch.Tensor:
-    """The bytes of a compressed file -> the image [3, H, W] in [-1, 1]."""
-    _check_pair(model, entropy)
-    (height, width), maps = read_codes(data, entropy)
-    expected = map_sizes(model, height, width)
-    if [tuple(codes.atoms.shape[:2]) for codes in maps] != expected:
-        raise CodecError(f"the file's code maps {[list(c.atoms.shape[:2]) for c in maps]} do not fit a "
-                         f"{height}x{width} image for this model (expected {expected})")
-    device = next(model.parameters()).device
-    model.eval()
-    image = model.decode_codes(tuple(Codes(c.atoms[None], c.levels[None]).to(device) for c in maps))
-    return image[0, :, :height, :width].clamp(-1, 1).cpu()
-
-
 def bits_per_pixel(data: bytes, height: int, width: int) -> float:
     """The real rate: 8 x file size / pixels."""
     return 8 * len(data) / (height * width)
 
 
-def _check_pair(model: VQVAE2, entropy: FrequencyModel) -> None:
-    if entropy.fingerprint != model.fingerprint():
-        raise CodecError(f"the frequency model was fitted to the codes of model {entropy.fingerprint}, "
-                         f"not of this model ({model.fingerprint()})")
+class Codec:
+    """A trained VQ-VAE and the frequency model of its codes, checked once to belong together."""
+
+    def __init__(self, model: VQVAE2, entropy: FrequencyModel) -> None:
+        if entropy.fingerprint != model.fingerprint():
+            raise CodecError(f"the frequency model was fitted to the codes of model {entropy.fingerprint}, "
+                             f"not of this model ({model.fingerprint()})")
+        self.model, self.entropy = model.eval(), entropy
+        self.device = next(model.parameters()).device
+
+    @torch.no_grad()
+    def compress(self, image: torch.Tensor) -> bytes:
+        """An image [3, H, W] in [-1, 1] -> the bytes of a compressed file."""
+        _, height, width = image.shape
+        if not (0 < height < 65536 and 0 < width < 65536):
+            raise CodecError(f"image size {height}x{width} is outside what the format holds (1..65535 per side)")
+        stride = self.model.config.stride
+        padded = F.pad(image[None], (0, -width % stride, 0, -height % stride), mode="replicate")
+        _, maps, _, _ = self.model.encode(padded.to(self.device))
+        maps = tuple(codes[0].to("cpu") for codes in maps)
+        payload = self.entropy.encode(maps)
+        body = _HEADER.pack(MAGIC, VERSION, bytes.fromhex(self.entropy.fingerprint), height, width, len(maps))
+        body += b"".join(_MAP.pack(*codes.atoms.shape[:2]) for codes in maps)
+        body += _LENGTH.pack(len(payload)) + payload
+        return body + _CRC.pack(zlib.crc32(body))
+
+    @torch.no_grad()
+    def decompress(self, data: bytes) -> torch.Tensor:
+        """The bytes of a compressed file -> the image [3, H, W] in [-1, 1]."""
+        (height, width), maps = read_codes(data, self.entropy)
+        expected = map_sizes(self.model, height, width)
+        if [tuple(codes.atoms.shape[:2]) for codes in maps] != expected:
+            raise CodecError(f"the file's code maps {[list(c.atoms.shape[:2]) for c in maps]} do not fit a "
+                             f"{height}x{width} image for this model (expected {expected})")
+        image = self.model.decode_codes(tuple(Codes(c.atoms[None], c.levels[None]).to(self.device) for c in maps))
+        return image[0, :, :height, :width].clamp(-1, 1).cpu()

@@ -229,9 +229,10 @@ class EvaluateConfig:
     samples: int = 32  # images drawn from the prior for the sample grid
     temperature: float = 1.0
     seed: int = 0
+    rate_distortion_images: int = 256  # test images compressed to files and coded by JPEG / WebP
 
     def __post_init__(self) -> None:
-        for key in ("batch_size", "grid_images", "samples"):
+        for key in ("batch_size", "grid_images", "samples", "rate_distortion_images"):
             check_at_least("evaluate", key, getattr(self, key), 1)
         check_at_least("evaluate", "seed", self.seed, 0)
         _positive("evaluate", "temperature", self.temperature)

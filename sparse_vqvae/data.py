@@ -111,7 +111,7 @@ class EmbeddedCrops(Dataset):
     def __init__(self, config: DataConfig, split: Split) -> None:
         self.sources = EMBEDDED_TRAIN if split == "train" else EMBEDDED_TEST
         count = config.train_count if split == "train" else config.test_count
-        photos = [_downscaled(embedded_photo_dir() / name, config.short_side) for name in self.sources]
+        photos = [downscaled_photo(embedded_photo_dir() / name, config.short_side) for name in self.sources]
         smallest = min(min(photo.shape[:2]) for photo in photos)
         if config.image_size > smallest:
             raise ValueError(f"data.image_size ({config.image_size}) is larger than the smallest embedded photograph "
@@ -134,7 +134,7 @@ class EmbeddedCrops(Dataset):
         return to_model_range(self.crops[index])
 
 
-def _downscaled(path: Path, short_side: int) -> np.ndarray:
+def downscaled_photo(path: Path, short_side: int) -> np.ndarray:
     if not path.is_file():
         raise DatasetNotFoundError(
             f"embedded photograph {path.name} not found in {path.parent}: reinstall scikit-image "

@@ -11,11 +11,9 @@ import torch
 from PIL import Image, features
 from tqdm.auto import tqdm
 
-from .codec import compress, decompress
+from .codec import Codec
 from .data import to_model_range, to_uint8
-from .entropy_coding import FrequencyModel
 from .metrics import psnr, squared_error_255, ssim
-from .vqvae import VQVAE2
 
 JPEG_QUALITIES = (5, 10, 20, 30, 50, 75, 90)
 WEBP_QUALITIES = (5, 10, 20, 30, 50, 75, 90)
@@ -24,26 +22,30 @@ WEBP_QUALITIES = (5, 10, 20, 30, 50, 75, 90)
 def _point(codec: str, setting: float, pairs: Iterable[tuple[torch.Tensor, torch.Tensor, int]]) -> dict:
     error = ssim_sum = 0.0
     bits = pixels = count = 0
+    by_size: dict[tuple, list[tuple[torch.Tensor, torch.Tensor]]] = {}  # SSIM in batches of one size
     for original, decoded, size in pairs:
         error += float(squared_error_255(original[None], decoded[None]))
-        ssim_sum += float(ssim(original[None], decoded[None]))
+        by_size.setdefault(tuple(original.shape), []).append((original, decoded))
         bits += 8 * size
         pixels += original.shape[1] * original.shape[2]
         count += 1
+    for group in by_size.values():
+        for start in range(0, len(group), 256):
+            originals, decoded = (torch.stack(t) for t in zip(*group[start : start + 256]))
+            ssim_sum += float(ssim(originals, decoded).sum())
     return {"codec": codec, "setting": setting, "bpp": bits / pixels, "psnr": psnr(error / (3 * pixels)),
             "ssim": ssim_sum / count}
 
 
-def sparse_vqvae_point(model: VQVAE2, entropy: FrequencyModel, images: list[torch.Tensor],
-                       progress: bool = True) -> dict:
+def sparse_vqvae_point(codec: Codec, images: list[torch.Tensor], progress: bool = True) -> dict:
     """Our codec on ``images`` ([3, H, W] each): every image compressed to a file's bytes and back."""
 
     def pairs():
         for image in tqdm(images, desc="rate-distortion: sparse-vqvae", disable=not progress, leave=False):
-            data = compress(model, entropy, image)
-            yield image, decompress(model, entropy, data), len(data)
+            data = codec.compress(image)
+            yield image, codec.decompress(data), len(data)
 
-    return _point(f"sparse-vqvae ({model.config.selection_fn})", 0, pairs())
+    return _point(f"sparse-vqvae ({codec.model.config.selection_fn})", 0, pairs())
 
 
 def pillow_points(images: list[torch.Tensor], codec: str = "JPEG", qualities: Iterable[int] = JPEG_QUALITIES) -> list[dict]:

@@ -18,6 +18,7 @@ import torch
 from sparse_vqvae.atomic import atomic_write, write_json
 from sparse_vqvae.checkpoint import CheckpointError
 from sparse_vqvae.code_store import CodeStore
+from sparse_vqvae.codec import Codec
 from sparse_vqvae.data import ImageArray
 from sparse_vqvae.devices import default_device
 from sparse_vqvae.metrics import atom_usage
@@ -71,7 +72,7 @@ def run(params: PipelineParams, tracker: StageTracker) -> dict[str, Any]:
     _write_usage(counts)
 
     pictures = _pictures(model, test_set, priors, params, device)
-    metrics |= _rate_distortion(model, test_set, pictures)
+    metrics |= _rate_distortion(model, test_set, pictures, params.evaluate.rate_distortion_images)
     path = write_json(METRICS_FILE, metrics)
     for item in pictures + [path, USAGE_FILE, RD_FILE]:
         tracker.log_artifact(item, "pictures" if item.suffix == ".png" else None)
@@ -87,10 +88,11 @@ def _write_usage(counts: list[torch.Tensor]) -> None:
             writer.writerow([rank] + [int(c[rank]) for c in counts] + [""] * (len(MAP_NAMES) - len(counts)))
 
 
-def _rate_distortion(model, test_set, pictures: list) -> dict[str, Any]:
-    """Our files against JPEG/WebP on the test images: eval/rate_distortion.csv, a plot, the headline figures."""
-    images = [test_set[i] for i in range(len(test_set))]
-    ours = sparse_vqvae_point(model, FrequencyModel.load(FREQUENCY_MODEL), images)
+def _rate_distortion(model, test_set, pictures: list, count: int) -> dict[str, Any]:
+    """Our files against JPEG/WebP on the first ``count`` test images: eval/rate_distortion.csv, a plot,
+    the headline figures."""
+    images = [test_set[i] for i in range(min(count, len(test_set)))]
+    ours = sparse_vqvae_point(Codec(model, FrequencyModel.load(FREQUENCY_MODEL)), images)
     references = reference_points(images)
     with atomic_write(RD_FILE, "w") as handle:
         writer = csv.DictWriter(handle, fieldnames=["codec", "setting", "bpp", "psnr", "ssim"])

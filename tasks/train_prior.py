@@ -21,7 +21,7 @@ from sparse_vqvae.devices import default_device
 from sparse_vqvae.entropy_coding import FrequencyModel
 from sparse_vqvae.pictures import line_plot
 from sparse_vqvae.pixelsnail import PixelSNAIL
-from sparse_vqvae.prior_train import load_maps, prior_configs, train_prior
+from sparse_vqvae.prior_train import bits_per_image, load_maps, prior_configs, train_prior
 from sparse_vqvae.train import load_checkpoint
 
 from .layout import CHECKPOINTS, FREQUENCY_MODEL, PLOTS, PRIORS, TRAIN_CODES, VQVAE, prior_path
@@ -56,12 +56,12 @@ def run(params: PipelineParams, tracker: StageTracker) -> dict[str, Any]:
                 tracker.log_metrics({f"{name}_bits_per_image": values["bits_per_image"]}, step)
 
         resume = CHECKPOINTS / "prior" / key / f"level{level}.pt"
-        final = train_prior(prior, maps, level, config.steps, batch_size=config.batch_size, lr=config.lr,
-                            seed=config.seed + level, checkpoint_path=resume, fingerprint=fingerprint, on_metrics=log)
+        train_prior(prior, maps, level, config.steps, batch_size=config.batch_size, lr=config.lr,
+                    seed=config.seed + level, checkpoint_path=resume, fingerprint=fingerprint, on_metrics=log)
         PRIORS.mkdir(parents=True, exist_ok=True)
         with atomic_write(prior_path(level)) as handle:
             handle.write(resume.read_bytes())
-        metrics[f"{name}_train_bits_per_image"] = final.get("bits_per_image", float("nan"))
+        metrics[f"{name}_train_bits_per_image"] = bits_per_image(prior, maps, level)  # also when resumed finished
     _publish(curves, tracker)
     # The codec's entropy model: atom / level / count frequencies of the training codes.
     meta = store.meta

@@ -3,7 +3,7 @@ import random
 import pytest
 import torch
 
-from sparse_vqvae.codec import CodecError, bits_per_pixel, compress, decompress, read_codes
+from sparse_vqvae.codec import Codec, CodecError, bits_per_pixel, read_codes
 from sparse_vqvae.config import TrainConfig
 from sparse_vqvae.entropy_coding import FrequencyModel
 from sparse_vqvae.train import train
@@ -21,7 +21,7 @@ def trained(selection_fn: str, levels: int = 2):
     quantizer = model.quantizers[0]
     entropy = FrequencyModel.fit(maps, quantizer.num_atoms, quantizer.coef_levels, selection_fn == "fista",
                                  model.fingerprint())
-    return model, entropy
+    return Codec(model, entropy)
 
 
 @pytest.fixture(scope="module", params=SELECTION_FNS)
@@ -31,9 +31,9 @@ def codec(request):
 
 @pytest.mark.parametrize("size", [(16, 16), (21, 13), (40, 24)])
 def test_codes_survive_the_file_exactly_and_decode_to_the_reconstruction(codec, size):
-    model, entropy = codec
+    model, entropy = codec.model, codec.entropy
     image = tiny_images(1, 48, seed=5)[0, :, : size[0], : size[1]]
-    data = compress(model, entropy, image)
+    data = codec.compress(image)
     (height, width), maps = read_codes(data, entropy)
     assert (height, width) == size
     stride = model.config.stride
@@ -42,44 +42,41 @@ def test_codes_survive_the_file_exactly_and_decode_to_the_reconstruction(codec, 
         _, expected, _, _ = model.encode(padded)
         reference = model(padded).reconstruction[0, :, : size[0], : size[1]].clamp(-1, 1)
     assert all(got.equal(want[0]) for got, want in zip(maps, expected))  # lossless over the codes
-    assert torch.equal(decompress(model, entropy, data), reference)
+    assert torch.equal(codec.decompress(data), reference)
     assert bits_per_pixel(data, *size) == 8 * len(data) / (size[0] * size[1])
 
 
 def test_one_level_models_round_trip_too():
-    model, entropy = trained("omp", levels=1)
+    codec = trained("omp", levels=1)
     image = tiny_images(1, 16, seed=7)[0]
-    (_, _), maps = read_codes(compress(model, entropy, image), entropy)
+    (_, _), maps = read_codes(codec.compress(image), codec.entropy)
     assert len(maps) == 1
 
 
 def test_the_frequency_model_saves_and_loads(codec, tmp_path):
-    model, entropy = codec
-    entropy.save(tmp_path / "codec.pt")
-    loaded = FrequencyModel.load(tmp_path / "codec.pt")
+    codec.entropy.save(tmp_path / "codec.pt")
+    loaded = Codec(codec.model, FrequencyModel.load(tmp_path / "codec.pt"))
     image = tiny_images(1, 16, seed=3)[0]
-    assert compress(model, loaded, image) == compress(model, entropy, image)
+    assert loaded.compress(image) == codec.compress(image)
 
 
 def test_header_checks_say_what_is_wrong(codec):
-    model, entropy = codec
-    data = compress(model, entropy, tiny_images(1, 16, seed=2)[0])
+    data = codec.compress(tiny_images(1, 16, seed=2)[0])
     with pytest.raises(CodecError, match="no SVQC magic"):
-        decompress(model, entropy, b"PNG" + data[3:])
+        codec.decompress(b"PNG" + data[3:])
     with pytest.raises(CodecError, match="version 9"):
-        decompress(model, entropy, data[:4] + b"\x09" + data[5:])
+        codec.decompress(data[:4] + b"\x09" + data[5:])
     with pytest.raises(CodecError, match="checksum"):
-        decompress(model, entropy, data[:-5])
-    other_model, other_entropy = trained("omp" if model.config.selection_fn != "omp" else "vanilla")
+        codec.decompress(data[:-5])
+    other = trained("omp" if codec.model.config.selection_fn != "omp" else "vanilla")
     with pytest.raises(CodecError, match="compressed with model"):
-        decompress(other_model, other_entropy, data)
+        other.decompress(data)
     with pytest.raises(CodecError, match="fitted to the codes of model"):
-        decompress(other_model, entropy, data)
+        Codec(other.model, codec.entropy)
 
 
 def test_mutated_truncated_and_random_files_fail_cleanly(codec):
-    model, entropy = codec
-    data = compress(model, entropy, tiny_images(1, 24, seed=4)[0, :, :24, :16])
+    data = codec.compress(tiny_images(1, 24, seed=4)[0, :, :24, :16])
     rng = random.Random(0)
     for trial in range(300):  # bounded: stops by itself
         kind = trial % 3
@@ -92,4 +89,4 @@ def test_mutated_truncated_and_random_files_fail_cleanly(codec):
         else:
             mutated = data[:4] + bytes(rng.randrange(256) for _ in range(rng.randint(0, 3 * len(data))))
         with pytest.raises(CodecError):
-            decompress(model, entropy, bytes(mutated))
+            codec.decompress(bytes(mutated))
