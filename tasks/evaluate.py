@@ -28,7 +28,8 @@ from sparse_vqvae.prior_train import bits_per_image, fit_factorized, load_maps, 
 from sparse_vqvae.rate_distortion import psnr_at_rate, reference_points, sparse_vqvae_point
 from sparse_vqvae.train import evaluate, load_checkpoint
 
-from .layout import EVAL, FREQUENCY_MODEL, TEST_CODES, TEST_IMAGES, TRAIN_CODES, VQVAE, prior_path, stage_metrics
+from .layout import (EVAL, FREQUENCY_MODEL, MAP_NAMES, TEST_CODES, TEST_IMAGES, TRAIN_CODES, VQVAE, prior_path,
+                     stage_metrics)
 from .params import PipelineParams
 from .stage import run_stage
 from .tracking import StageTracker
@@ -39,7 +40,6 @@ PICTURES = EVAL / "pictures"
 METRICS_FILE = EVAL / "metrics.json"
 USAGE_FILE = EVAL / "atom_usage.csv"
 RD_FILE = EVAL / "rate_distortion.csv"
-MAP_NAMES = ("top", "bottom")
 
 
 def run(params: PipelineParams, tracker: StageTracker) -> dict[str, Any]:

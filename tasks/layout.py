@@ -23,6 +23,9 @@ METRICS = Path("metrics")  # one <stage>.json per stage: its figures and its wal
 PLOTS = Path("plots")  # CSV curves for `dvc plots show`
 
 
+MAP_NAMES = ("top", "bottom")  # the code maps, in the order the model and its stores list them
+
+
 def prior_path(level: int) -> Path:
     return PRIORS / f"level{level}.pt"
 

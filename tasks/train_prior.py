@@ -24,14 +24,13 @@ from sparse_vqvae.pixelsnail import PixelSNAIL
 from sparse_vqvae.prior_train import bits_per_image, load_maps, prior_configs, train_prior
 from sparse_vqvae.train import load_checkpoint
 
-from .layout import CHECKPOINTS, FREQUENCY_MODEL, PLOTS, PRIORS, TRAIN_CODES, VQVAE, prior_path
+from .layout import CHECKPOINTS, FREQUENCY_MODEL, MAP_NAMES, PLOTS, PRIORS, TRAIN_CODES, VQVAE, prior_path
 from .params import PipelineParams
 from .stage import run_stage
 from .tracking import StageTracker
 
 STAGE = "train_prior"
 CURVES = PLOTS / "prior.csv"
-MAP_NAMES = ("top", "bottom")
 
 
 def run(params: PipelineParams, tracker: StageTracker) -> dict[str, Any]:
