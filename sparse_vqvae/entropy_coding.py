@@ -104,14 +104,7 @@ class FrequencyModel:
                 count = _pop(coder, positions, self.counts[index]).astype(np.int64)
             else:
                 count = np.full(positions, self.slots)
-            atoms = np.full((positions, self.slots), EMPTY, dtype=np.int64)
-            for slot in range(self.slots):
-                rows = np.nonzero(count > slot)[0]
-                previous = atoms[rows, slot - 1] if slot else np.full(len(rows), -1)
-                for start in range(0, len(rows), _ROWS):
-                    part = slice(start, start + _ROWS)
-                    probabilities = self._atom_table(index, previous[part], count[rows[part]], slot)
-                    atoms[rows[part], slot] = coder.decode(_FAMILY, probabilities)
+            atoms = self._atoms_by_slot(index, count, lambda table: coder.decode(_FAMILY, table))
             levels = np.zeros_like(atoms)
             present = atoms != EMPTY
             if self.coef_levels > 1:
@@ -130,17 +123,24 @@ class FrequencyModel:
                 count = generator.choice(self.slots + 1, size=positions, p=self.counts[index])
             else:
                 count = np.full(positions, self.slots)
-            atoms = np.full((positions, self.slots), EMPTY, dtype=np.int64)
-            for slot in range(self.slots):
-                rows = np.nonzero(count > slot)[0]
-                previous = atoms[rows, slot - 1] if slot else np.full(len(rows), -1)
-                table = self._atom_table(index, previous, count[rows], slot)
-                draws = generator.random(len(rows))[:, None]
-                atoms[rows, slot] = np.minimum((table.cumsum(axis=1) < draws).sum(axis=1), self.num_atoms - 1)
+            atoms = self._atoms_by_slot(index, count, lambda table: np.minimum(
+                (table.cumsum(axis=1) < generator.random(len(table))[:, None]).sum(axis=1), self.num_atoms - 1))
             levels = generator.choice(self.coef_levels, size=atoms.shape, p=self.levels[index]) * (atoms != EMPTY)
             shape = (n, height, width, self.slots)
             maps.append(Codes(torch.from_numpy(atoms.reshape(shape)), torch.from_numpy(levels.reshape(shape))))
         return tuple(maps)
+
+    def _atoms_by_slot(self, index: int, count: np.ndarray, draw) -> np.ndarray:
+        """Atoms [positions, K], slot by slot in the decoder's order: ``draw(table)`` picks one atom per
+        row of a [rows, N] probability table (decoding, or sampling)."""
+        atoms = np.full((len(count), self.slots), EMPTY, dtype=np.int64)
+        for slot in range(self.slots):
+            rows = np.nonzero(count > slot)[0]
+            previous = atoms[rows, slot - 1] if slot else np.full(len(rows), -1)
+            for start in range(0, len(rows), _ROWS):
+                part = slice(start, start + _ROWS)
+                atoms[rows[part], slot] = draw(self._atom_table(index, previous[part], count[rows[part]], slot))
+        return atoms
 
     def _atom_table(self, index: int, previous: np.ndarray, count: np.ndarray, slot: int) -> np.ndarray:
         """[rows, N] probabilities of the atom in ``slot``: above the previous atom, leaving room for the
