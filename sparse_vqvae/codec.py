@@ -2,13 +2,16 @@
 
 Layout (little-endian):
 
-    magic "SVQC" | version u8 | model fingerprint (8 bytes) | image height u16 | width u16
-    | code maps u8 | per map: height u16, width u16 | payload length u32 | payload
+    magic "SVQC" | version u8 | entropy model u8 | model fingerprint (8 bytes) | image height u16
+    | width u16 | code maps u8 | per map: height u16, width u16 | payload length u32 | payload
     | CRC-32 of everything before it, u32
 
-The payload is the ANS-coded code maps (``entropy_coding.FrequencyModel``). Images of any size are
-padded (edge pixels repeated) to the model's stride and cropped back. Every check a decoder makes -
-magic, version, model, sizes, length, checksum - fails with a ``CodecError`` that says which.
+The payload is the ANS-coded code maps, coded by the entropy model the header names: 0, the
+factorised frequencies (``entropy_coding.FrequencyModel``: fast, any image size) or 1, the
+PixelSNAIL priors (``prior_coding.PriorEntropyModel``: fewer bits, sequential decoding, the
+priors' training size only). Images of any size are padded (edge pixels repeated) to the model's
+stride and cropped back. Every check a decoder makes - magic, version, entropy model, model,
+sizes, length, checksum - fails with a ``CodecError`` that says which.
 """
 
 from __future__ import annotations
@@ -21,11 +24,14 @@ import torch.nn.functional as F
 
 from .codes import Codes, validate_codes
 from .entropy_coding import FrequencyModel
+from .prior_coding import PriorEntropyModel
 from .vqvae import VQVAE2
 
 MAGIC = b"SVQC"
-VERSION = 1
-_HEADER = struct.Struct("<4sB8sHHB")
+VERSION = 2
+ENTROPY_MODELS = ("factorised", "prior")  # the header's entropy-model byte indexes this
+EntropyModel = FrequencyModel | PriorEntropyModel
+_HEADER = struct.Struct("<4sBB8sHHB")
 _MAP = struct.Struct("<HH")
 _LENGTH = struct.Struct("<I")
 _CRC = struct.Struct("<I")
@@ -44,17 +50,29 @@ def map_sizes(model: VQVAE2, height: int, width: int) -> list[tuple[int, int]]:
     return [(padded_h // stride, padded_w // stride)]
 
 
-def read_codes(data: bytes, entropy: FrequencyModel) -> tuple[tuple[int, int], tuple[Codes, ...]]:
-    """Check a file and decode its code maps; returns ((height, width), maps [H, W, K])."""
+def entropy_model_of(data: bytes) -> str:
+    """Which entropy model a file was coded with ("factorised" or "prior"), from its checked header."""
     if len(data) < _HEADER.size or data[:4] != MAGIC:
         raise CodecError("not a sparse-vqvae compressed file (no SVQC magic)")
     if len(data) < _HEADER.size + _LENGTH.size + _CRC.size:
         raise CodecError(f"the file is truncated: {len(data)} bytes, shorter than any header")
-    _, version, fingerprint, height, width, count = _HEADER.unpack_from(data)
+    _, version, kind, *_ = _HEADER.unpack_from(data)
     if version != VERSION:
         raise CodecError(f"compressed-file version {version}; this code reads version {VERSION}")
     if zlib.crc32(data[: -_CRC.size]) != _CRC.unpack_from(data, len(data) - _CRC.size)[0]:
         raise CodecError("the file is truncated or corrupted: its checksum does not match")
+    if kind >= len(ENTROPY_MODELS):
+        raise CodecError(f"entropy model {kind} is not one this code knows ({', '.join(ENTROPY_MODELS)})")
+    return ENTROPY_MODELS[kind]
+
+
+def read_codes(data: bytes, entropy: EntropyModel) -> tuple[tuple[int, int], tuple[Codes, ...]]:
+    """Check a file and decode its code maps; returns ((height, width), maps [H, W, K])."""
+    kind = entropy_model_of(data)
+    if kind != entropy.kind:
+        raise CodecError(f"the file was coded with the {kind} entropy model, and this codec holds the "
+                         f"{entropy.kind} one")
+    _, _, _, fingerprint, height, width, count = _HEADER.unpack_from(data)
     if fingerprint.hex() != entropy.fingerprint:
         raise CodecError(f"the file was compressed with model {fingerprint.hex()}, not with this model "
                          f"({entropy.fingerprint}): decompress it with the model that made it")
@@ -82,12 +100,12 @@ def bits_per_pixel(data: bytes, height: int, width: int) -> float:
 
 
 class Codec:
-    """A trained VQ-VAE and the frequency model of its codes, checked once to belong together."""
+    """A trained VQ-VAE and an entropy model of its codes, checked once to belong together."""
 
-    def __init__(self, model: VQVAE2, entropy: FrequencyModel) -> None:
+    def __init__(self, model: VQVAE2, entropy: EntropyModel) -> None:
         if entropy.fingerprint != model.fingerprint():
-            raise CodecError(f"the frequency model was fitted to the codes of model {entropy.fingerprint}, "
-                             f"not of this model ({model.fingerprint()})")
+            raise CodecError(f"the {entropy.kind} entropy model was fitted to the codes of model "
+                             f"{entropy.fingerprint}, not of this model ({model.fingerprint()})")
         self.model, self.entropy = model.eval(), entropy
         self.device = next(model.parameters()).device
 
@@ -101,8 +119,12 @@ class Codec:
         padded = F.pad(image[None], (0, -width % stride, 0, -height % stride), mode="replicate")
         _, maps, _, _ = self.model.encode(padded.to(self.device))
         maps = tuple(codes[0].to("cpu") for codes in maps)
-        payload = self.entropy.encode(maps)
-        body = _HEADER.pack(MAGIC, VERSION, bytes.fromhex(self.entropy.fingerprint), height, width, len(maps))
+        try:
+            payload = self.entropy.encode(maps)
+        except ValueError as error:  # e.g. an image size the priors do not code
+            raise CodecError(f"cannot code a {height}x{width} image: {error}") from error
+        body = _HEADER.pack(MAGIC, VERSION, ENTROPY_MODELS.index(self.entropy.kind),
+                            bytes.fromhex(self.entropy.fingerprint), height, width, len(maps))
         body += b"".join(_MAP.pack(*codes.atoms.shape[:2]) for codes in maps)
         body += _LENGTH.pack(len(payload)) + payload
         return body + _CRC.pack(zlib.crc32(body))

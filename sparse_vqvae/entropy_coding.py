@@ -38,6 +38,7 @@ class FrequencyModel:
     atoms: list[np.ndarray]
     levels: list[np.ndarray]
     counts: list[np.ndarray]
+    kind = "factorised"  # the compressed file's name for this entropy model
 
     @classmethod
     def fit(cls, maps: tuple[Codes, ...], num_atoms: int, coef_levels: int, variable_count: bool,

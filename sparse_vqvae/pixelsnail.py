@@ -138,9 +138,14 @@ class PixelSNAIL(nn.Module):
         h = self.condition_net(self.condition_embed(condition))
         return F.interpolate(h, size=(self.config.height, self.config.width), mode="nearest")
 
-    def backbone(self, codes: Codes, condition_features: torch.Tensor | None) -> torch.Tensor:
-        """Features [B, C, H, W] where position i depends only on the codes at positions < i."""
-        h = self.conv_in(self.embed(codes)) + self.position
+    def backbone(self, codes: Codes, condition_features: torch.Tensor | None, rows: int | None = None) -> torch.Tensor:
+        """Features [B, C, H, W] where position i depends only on the codes at positions < i. With ``rows``,
+        only the first rows are computed: being causal, they need nothing below them."""
+        position = self.position
+        if rows is not None:
+            codes, position = codes[:, :rows], position[:, :, :rows]
+            condition_features = condition_features[:, :, :rows] if condition_features is not None else None
+        h = self.conv_in(self.embed(codes)) + position
         for res_blocks, attention in zip(self.blocks, self.attention):
             for block in res_blocks:
                 h = block(h, condition_features)
@@ -173,7 +178,7 @@ class PixelSNAIL(nn.Module):
         features = self.condition_features(condition) if c.condition is not None else None
         for y in range(c.height):
             for x in range(c.width):
-                h = self.backbone(codes, features)[:, :, y, x]
+                h = self.backbone(codes, features, rows=y + 1)[:, :, y, x]
                 atoms, levels = self.head.sample(h, temperature, generator)
                 codes.atoms[:, y, x] = atoms
                 codes.levels[:, y, x] = levels

@@ -1,0 +1,112 @@
+"""Entropy coding driven by the PixelSNAIL priors: lossless, as cheap as the prior says, checked."""
+
+import random
+import zlib
+
+import pytest
+import torch
+
+from sparse_vqvae.code_store import StoreMetadata
+from sparse_vqvae.codec import Codec, CodecError, entropy_model_of, read_codes
+from sparse_vqvae.pixelsnail import PixelSNAIL, bits
+from sparse_vqvae.prior_coding import PriorEntropyModel
+from sparse_vqvae.prior_train import prior_configs, save_prior, train_prior
+
+from .test_codec import trained
+from .tiny import SELECTION_FNS, tiny_images
+
+
+def with_priors(codec: Codec) -> PriorEntropyModel:
+    """Priors over a tiny model's codes, trained a few steps so that they are not uniform."""
+    model = codec.model
+    with torch.no_grad():
+        maps = model.encode(tiny_images(32, 16, seed=1))[1]
+    meta = StoreMetadata.for_model(model, [list(m.atoms.shape[1:3]) for m in maps])
+    priors = []
+    for level, config in enumerate(prior_configs(meta, channels=8, blocks=1, res_per_block=1, dropout=0.0)):
+        prior = PixelSNAIL(config)
+        train_prior(prior, maps, level, steps=5, batch_size=8, progress=False)
+        priors.append(prior.eval())
+    return PriorEntropyModel(priors, model.fingerprint())
+
+
+@pytest.fixture(scope="module", params=SELECTION_FNS)
+def codecs(request):
+    factorised = trained(request.param)
+    return factorised, Codec(factorised.model, with_priors(factorised))
+
+
+def test_codes_survive_exactly_and_cost_what_the_prior_says(codecs):
+    factorised, codec = codecs
+    image = tiny_images(1, 16, seed=5)[0]
+    data = codec.compress(image)
+    assert entropy_model_of(data) == "prior"
+    (_, _), maps = read_codes(data, codec.entropy)
+    with torch.no_grad():
+        expected = codec.model.encode(image[None])[1]
+        reference = codec.model(image[None]).reconstruction[0].clamp(-1, 1)
+    assert all(got.equal(want[0]) for got, want in zip(maps, expected))
+    assert torch.equal(codec.decompress(data), reference)
+    priors = codec.entropy.priors
+    with torch.no_grad():
+        model_bits = float(bits(priors[0].log_prob(expected[0]))) + sum(
+            float(bits(prior.log_prob(expected[level], expected[0]))) for level, prior in enumerate(priors) if level)
+    payload = codec.entropy.encode(tuple(m[0] for m in expected))
+    assert payload in data
+    assert abs(8 * len(payload) - model_bits) <= 0.02 * model_bits + 64  # ANS adds at most a few words
+
+
+def test_a_file_needs_the_entropy_model_it_was_coded_with(codecs):
+    factorised, codec = codecs
+    image = tiny_images(1, 16, seed=6)[0]
+    with pytest.raises(CodecError, match="coded with the prior entropy model"):
+        factorised.decompress(codec.compress(image))
+    with pytest.raises(CodecError, match="coded with the factorised entropy model"):
+        codec.decompress(factorised.compress(image))
+
+
+def test_other_image_sizes_are_refused_with_the_way_out(codecs):
+    _, codec = codecs
+    with pytest.raises(CodecError, match="factorised entropy model for other sizes"):
+        codec.compress(tiny_images(1, 24, seed=6)[0])
+
+
+def test_prior_coded_files_that_are_mutated_or_truncated_fail_cleanly(codecs):
+    _, codec = codecs
+    data = codec.compress(tiny_images(1, 16, seed=4)[0])
+    rng = random.Random(1)
+    for trial in range(60):  # bounded: stops by itself
+        mutated = bytearray(data)
+        if trial % 2:
+            mutated = mutated[: rng.randrange(len(mutated))]
+        else:
+            mutated[rng.randrange(len(mutated))] ^= rng.randint(1, 255)
+        with pytest.raises(CodecError):
+            codec.decompress(bytes(mutated))
+
+
+def test_the_priors_load_from_their_checkpoints(codecs, tmp_path):
+    _, codec = codecs
+    paths = []
+    for level, prior in enumerate(codec.entropy.priors):
+        paths.append(tmp_path / f"level{level}.pt")
+        save_prior(paths[-1], prior, None, 5, codec.entropy.fingerprint)
+    loaded = Codec(codec.model, PriorEntropyModel.load(paths))
+    image = tiny_images(1, 16, seed=3)[0]
+    assert loaded.compress(image) == codec.compress(image)
+
+
+def test_random_payloads_behind_a_valid_checksum_never_crash(codecs):
+    """The checksum stops accidents; a payload forged behind a matching one must still end cleanly."""
+    _, codec = codecs
+    data = codec.compress(tiny_images(1, 16, seed=4)[0])
+    payload_start = len(data) - 4 - len(codec.entropy.encode(read_codes(data, codec.entropy)[1]))
+    rng = random.Random(2)
+    for _ in range(20):
+        body = data[:payload_start] + bytes(rng.randrange(256) for _ in range(len(data) - 4 - payload_start))
+        forged = body + zlib.crc32(body).to_bytes(4, "little")
+        try:
+            image = codec.decompress(forged)
+        except CodecError:
+            continue
+        assert image.shape == (3, 16, 16) and bool(image.isfinite().all())
