@@ -1,6 +1,8 @@
 """A sweep: the pipeline flow over a grid of quantizers, each variant in its own workspace
 (``sweeps/<variant>/``: a copy of the pipeline with its own params.yaml, DVC state and outputs),
-all recorded in one MLflow experiment, results side by side in ``sweeps/summary.{json,csv}``.
+all recorded in one MLflow experiment, results side by side in ``sweeps/summary.{json,csv}``, and
+the models compared (tasks/compare_variants.py) in ``sweeps/comparison/``: rate-distortion over
+every model and JPEG/WebP, reconstruction and sample grids - also a "sweep comparison" MLflow run.
 
     python -m flows.sweep                                   # vanilla, omp K=2, omp K=4, fista alpha=0.3
     python -m flows.sweep --variant model.selection_fn=omp,model.n_nonzero=8 --set train.steps=300
@@ -14,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from prefect import flow
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
 
 from sparse_vqvae.atomic import atomic_write, write_json
+from tasks import compare_variants
 from tasks.params import load_params, parse_params
-from tasks.tracking import tracking_uri
+from tasks.tracking import StageTracker, end_parent_run, start_parent_run, tracking_uri
 
 from .pipeline import pipeline
 from .workspace import REPO, dotted, make_workspace, merge
@@ -47,12 +51,13 @@ def sweep(grid: list[dict[str, Any]] | None = None, overrides: dict[str, Any] | 
                for variant in grid]
     for change in changes:  # every variant is validated before any runs
         parse_params(merge(base, change))
-    rows = []
+    rows, workspaces = [], {}
     for variant, change in zip(grid, changes):
         name = variant_name(variant)
-        workspace = make_workspace(Path(root) / name, change)
-        metrics = pipeline(workspace=str(workspace), run_name=f"sweep {name}")
+        workspaces[name] = make_workspace(Path(root) / name, change)
+        metrics = pipeline(workspace=str(workspaces[name]), run_name=f"sweep {name}")
         rows.append({"variant": name, **variant, **{key: metrics.get(key) for key in COLUMNS}})
+    compare(workspaces, Path(root) / "comparison", parse_params(merge(base, changes[0])))
     write_json(Path(root) / "summary.json", rows)
     with atomic_write(Path(root) / "summary.csv", "w") as handle:
         writer = csv.DictWriter(handle, fieldnames=sorted({key for row in rows for key in row}, key=str))
@@ -60,6 +65,19 @@ def sweep(grid: list[dict[str, Any]] | None = None, overrides: dict[str, Any] | 
         writer.writerows(rows)
     print_table(rows)
     return rows
+
+
+@task(cache_policy=NO_CACHE)
+def compare(workspaces: dict[str, Path], out: Path, params) -> dict[str, Any]:
+    """The variants' models side by side, recorded in a "sweep comparison" MLflow run."""
+    run_id = start_parent_run(params, "sweep comparison")
+    ok = False
+    try:
+        figures = compare_variants.run(workspaces, out, StageTracker(tracking_uri(params), run_id))
+        ok = True
+    finally:
+        end_parent_run(params, run_id, ok)
+    return figures
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:

@@ -230,9 +230,10 @@ class EvaluateConfig:
     temperature: float = 1.0
     seed: int = 0
     rate_distortion_images: int = 256  # test images compressed to files and coded by JPEG / WebP
+    prior_coding_images: int = 32  # of those, coded with the PixelSNAIL priors too (sequential: slow)
 
     def __post_init__(self) -> None:
-        for key in ("batch_size", "grid_images", "samples", "rate_distortion_images"):
+        for key in ("batch_size", "grid_images", "samples", "rate_distortion_images", "prior_coding_images"):
             check_at_least("evaluate", key, getattr(self, key), 1)
         check_at_least("evaluate", "seed", self.seed, 0)
         _positive("evaluate", "temperature", self.temperature)

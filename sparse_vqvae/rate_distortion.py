@@ -1,9 +1,12 @@
 """Rate-distortion points: our compressed files against JPEG and WebP (Pillow) on the same images,
-each rate from the real encoded size (8 x bytes / pixels), each PSNR from the whole-set MSE."""
+each rate from the real encoded size (8 x bytes / pixels), each PSNR from the whole-set MSE, SSIM
+and MS-SSIM (as many scales as the images hold: 2 at 32x32) averaged over images."""
 
 from __future__ import annotations
 
+import csv
 import io
+from pathlib import Path
 from typing import Iterable
 
 import numpy as np
@@ -11,18 +14,21 @@ import torch
 from PIL import Image, features
 from tqdm.auto import tqdm
 
+from .atomic import atomic_write
 from .codec import Codec
 from .data import to_model_range, to_uint8
-from .metrics import psnr, squared_error_255, ssim
+from .metrics import ms_ssim, ms_ssim_scales, psnr, squared_error_255, ssim
+from .pictures import line_plot
 
 JPEG_QUALITIES = (5, 10, 20, 30, 50, 75, 90)
 WEBP_QUALITIES = (5, 10, 20, 30, 50, 75, 90)
+COLUMNS = ("codec", "entropy", "setting", "images", "bpp", "psnr", "ssim", "ms_ssim", "ms_ssim_scales")
 
 
-def _point(codec: str, setting: float, pairs: Iterable[tuple[torch.Tensor, torch.Tensor, int]]) -> dict:
-    error = ssim_sum = 0.0
+def _point(codec: str, setting: float | str, pairs: Iterable[tuple[torch.Tensor, torch.Tensor, int]]) -> dict:
+    error = ssim_sum = ms_ssim_sum = 0.0
     bits = pixels = count = 0
-    by_size: dict[tuple, list[tuple[torch.Tensor, torch.Tensor]]] = {}  # SSIM in batches of one size
+    by_size: dict[tuple, list[tuple[torch.Tensor, torch.Tensor]]] = {}  # (MS-)SSIM in batches of one size
     for original, decoded, size in pairs:
         error += float(squared_error_255(original[None], decoded[None]))
         by_size.setdefault(tuple(original.shape), []).append((original, decoded))
@@ -33,19 +39,26 @@ def _point(codec: str, setting: float, pairs: Iterable[tuple[torch.Tensor, torch
         for start in range(0, len(group), 256):
             originals, decoded = (torch.stack(t) for t in zip(*group[start : start + 256]))
             ssim_sum += float(ssim(originals, decoded).sum())
-    return {"codec": codec, "setting": setting, "bpp": bits / pixels, "psnr": psnr(error / (3 * pixels)),
-            "ssim": ssim_sum / count}
+            ms_ssim_sum += float(ms_ssim(originals, decoded).sum())
+    scales = min(ms_ssim_scales(*shape[1:]) for shape in by_size)
+    return {"codec": codec, "setting": setting, "images": count, "bpp": bits / pixels,
+            "psnr": psnr(error / (3 * pixels)), "ssim": ssim_sum / count, "ms_ssim": ms_ssim_sum / count,
+            "ms_ssim_scales": scales}
+
+
+def codec_label(codec: Codec) -> str:
+    return f"sparse-vqvae {codec.model.config.selection_fn} ({codec.entropy.kind})"
 
 
 def sparse_vqvae_point(codec: Codec, images: list[torch.Tensor], progress: bool = True) -> dict:
     """Our codec on ``images`` ([3, H, W] each): every image compressed to a file's bytes and back."""
 
     def pairs():
-        for image in tqdm(images, desc="rate-distortion: sparse-vqvae", disable=not progress, leave=False):
+        for image in tqdm(images, desc=f"rate-distortion: {codec_label(codec)}", disable=not progress, leave=False):
             data = codec.compress(image)
             yield image, codec.decompress(data), len(data)
 
-    return _point(f"sparse-vqvae ({codec.model.config.selection_fn})", 0, pairs())
+    return {**_point(codec_label(codec), "", pairs()), "entropy": codec.entropy.kind}
 
 
 def pillow_points(images: list[torch.Tensor], codec: str = "JPEG", qualities: Iterable[int] = JPEG_QUALITIES) -> list[dict]:
@@ -70,9 +83,28 @@ def reference_points(images: list[torch.Tensor]) -> list[dict]:
 
 
 def psnr_at_rate(points: list[dict], bpp: float) -> float | None:
-    """A reference codec's PSNR at ``bpp``, interpolated linearly between its points (None outside them)."""
+    """A codec's PSNR at ``bpp``, interpolated linearly between its points (None outside them)."""
     ordered = sorted(points, key=lambda p: p["bpp"])
     rates = [p["bpp"] for p in ordered]
     if not ordered or not rates[0] <= bpp <= rates[-1]:
         return None
     return float(np.interp(bpp, rates, [p["psnr"] for p in ordered]))
+
+
+def write_table(points: list[dict], path: str | Path) -> Path:
+    """The points as CSV (one row each; the columns of ``COLUMNS``), written atomically."""
+    with atomic_write(path, "w") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(points)
+    return Path(path)
+
+
+def plot(points: list[dict], path: str | Path, title: str) -> Path:
+    """PSNR against real bits per pixel, one curve per codec, sorted by rate."""
+    series: dict[str, tuple[list[float], list[float]]] = {}
+    for point in sorted(points, key=lambda p: p["bpp"]):
+        xs, ys = series.setdefault(point["codec"], ([], []))
+        xs.append(point["bpp"])
+        ys.append(point["psnr"])
+    return line_plot(series, path, "bits per pixel (real file sizes)", "PSNR (dB)", title)

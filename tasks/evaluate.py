@@ -2,8 +2,8 @@
 
 Writes ``eval/metrics.json`` (test MSE, PSNR, SSIM, the mean-colour baseline's PSNR, bits per
 image under the prior and under the factorised baseline, atom usage), ``eval/atom_usage.csv``
-and ``eval/rate_distortion.csv`` (plot data: our compressed files against JPEG and WebP on the
-same test images, real file sizes) and ``eval/pictures/`` (reconstructions, samples, the
+and ``eval/rate_distortion.csv`` (plot data: our compressed files, factorised and prior entropy
+coding, against JPEG and WebP on the same test images, real file sizes, PSNR, SSIM, MS-SSIM) and ``eval/pictures/`` (reconstructions, samples, the
 rate-distortion plot), then prints a summary table with every stage's wall time.
 """
 
@@ -21,11 +21,12 @@ from sparse_vqvae.code_store import CodeStore
 from sparse_vqvae.codec import Codec
 from sparse_vqvae.data import ImageArray
 from sparse_vqvae.devices import default_device
-from sparse_vqvae.metrics import atom_usage
 from sparse_vqvae.entropy_coding import FrequencyModel
-from sparse_vqvae.pictures import line_plot, save_grid
+from sparse_vqvae.metrics import atom_usage
+from sparse_vqvae.pictures import save_grid
+from sparse_vqvae.prior_coding import PriorEntropyModel
 from sparse_vqvae.prior_train import bits_per_image, fit_factorized, load_maps, load_prior
-from sparse_vqvae.rate_distortion import psnr_at_rate, reference_points, sparse_vqvae_point
+from sparse_vqvae.rate_distortion import plot, psnr_at_rate, reference_points, sparse_vqvae_point, write_table
 from sparse_vqvae.train import evaluate, load_checkpoint
 
 from .layout import (EVAL, FREQUENCY_MODEL, MAP_NAMES, TEST_CODES, TEST_IMAGES, TRAIN_CODES, VQVAE, prior_path,
@@ -72,7 +73,7 @@ def run(params: PipelineParams, tracker: StageTracker) -> dict[str, Any]:
     _write_usage(counts)
 
     pictures = _pictures(model, test_set, priors, params, device)
-    metrics |= _rate_distortion(model, test_set, pictures, params.evaluate.rate_distortion_images)
+    metrics |= _rate_distortion(model, test_set, priors, pictures, params)
     path = write_json(METRICS_FILE, metrics)
     for item in pictures + [path, USAGE_FILE, RD_FILE]:
         tracker.log_artifact(item, "pictures" if item.suffix == ".png" else None)
@@ -88,26 +89,21 @@ def _write_usage(counts: list[torch.Tensor]) -> None:
             writer.writerow([rank] + [int(c[rank]) for c in counts] + [""] * (len(MAP_NAMES) - len(counts)))
 
 
-def _rate_distortion(model, test_set, pictures: list, count: int) -> dict[str, Any]:
-    """Our files against JPEG/WebP on the first ``count`` test images: eval/rate_distortion.csv, a plot,
-    the headline figures."""
-    images = [test_set[i] for i in range(min(count, len(test_set)))]
+def _rate_distortion(model, test_set, priors: list, pictures: list, params: PipelineParams) -> dict[str, Any]:
+    """Our files (factorised and prior entropy coding) against JPEG/WebP on the first test images:
+    eval/rate_distortion.csv, a plot, the headline figures."""
+    images = [test_set[i] for i in range(min(params.evaluate.rate_distortion_images, len(test_set)))]
     ours = sparse_vqvae_point(Codec(model, FrequencyModel.load(FREQUENCY_MODEL)), images)
+    prior_coded = sparse_vqvae_point(Codec(model, PriorEntropyModel(priors, model.fingerprint())),
+                                     images[: params.evaluate.prior_coding_images])
     references = reference_points(images)
-    with atomic_write(RD_FILE, "w") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["codec", "setting", "bpp", "psnr", "ssim"])
-        writer.writeheader()
-        writer.writerows([ours] + references)
-    series = {}
-    for point in references:
-        series.setdefault(point["codec"], ([], []))
-        series[point["codec"]][0].append(point["bpp"])
-        series[point["codec"]][1].append(point["psnr"])
-    series[ours["codec"]] = ([ours["bpp"]], [ours["psnr"]])
-    pictures.append(line_plot(series, PICTURES / "rate_distortion.png", "bits per pixel (real file sizes)",
-                              "PSNR (dB)", "rate-distortion on the test images"))
+    write_table([ours, prior_coded] + references, RD_FILE)
+    pictures.append(plot([ours, prior_coded] + references, PICTURES / "rate_distortion.png",
+                         "rate-distortion on the test images"))
     jpeg = psnr_at_rate([p for p in references if p["codec"] == "JPEG"], ours["bpp"])
     figures = {"codec_bpp": ours["bpp"], "codec_psnr": ours["psnr"], "codec_ssim": ours["ssim"],
+               "codec_ms_ssim": ours["ms_ssim"], "prior_codec_bpp": prior_coded["bpp"],
+               "prior_codec_psnr": prior_coded["psnr"], "prior_codec_images": prior_coded["images"],
                "jpeg_min_bpp": min(p["bpp"] for p in references if p["codec"] == "JPEG")}
     if jpeg is not None:
         figures["jpeg_psnr_at_codec_bpp"] = jpeg
@@ -142,6 +138,7 @@ def print_summary(metrics: dict[str, Any]) -> None:
             ("factorised bits / image", f"{metrics['factorized_bits_per_image']:.1f}"),
             ("compressed files: bpp", f"{metrics['codec_bpp']:.3f}"),
             ("compressed files: PSNR (dB)", f"{metrics['codec_psnr']:.2f}"),
+            ("prior-coded files: bpp", f"{metrics['prior_codec_bpp']:.3f}"),
             ("JPEG PSNR at that bpp (dB)", f"{metrics['jpeg_psnr_at_codec_bpp']:.2f}"
              if "jpeg_psnr_at_codec_bpp" in metrics else f"below JPEG's lowest rate ({metrics['jpeg_min_bpp']:.2f} bpp)")]
     for stage in STAGES_BEFORE:

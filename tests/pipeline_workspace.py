@@ -17,7 +17,7 @@ TINY = {
     "train": {"steps": 6, "batch_size": 16, "eval_every": 3, "checkpoint_every": 2},
     "ray": {"num_workers": 2},
     "prior": {"steps": 4, "batch_size": 8, "channels": 16, "blocks": 1, "res_per_block": 1},
-    "evaluate": {"grid_images": 8, "samples": 4, "rate_distortion_images": 8},
+    "evaluate": {"grid_images": 8, "samples": 4, "rate_distortion_images": 8, "prior_coding_images": 2},
     "mlflow": {"log_every": 1},
 }
 

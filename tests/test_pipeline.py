@@ -3,6 +3,7 @@ SQLite, Ray (local), LMDB - on tiny parameters, in a temporary workspace."""
 
 from __future__ import annotations
 
+import csv
 import json
 import sqlite3
 
@@ -12,6 +13,8 @@ from mlflow.tracking import MlflowClient
 
 from flows.pipeline import dvc_stages, pipeline
 from flows.workspace import make_workspace
+from tasks import compare_variants
+from tasks.tracking import StageTracker
 
 from .pipeline_workspace import REPO, TINY, dvc, ran_stages, run
 
@@ -50,7 +53,7 @@ def test_repro_produces_every_out_metric_and_plot(workspace):
     metrics = json.loads((workspace / "eval/metrics.json").read_text())
     for key in ("test_mse", "test_psnr", "test_ssim", "baseline_psnr", "prior_bits_per_image",
                 "factorized_bits_per_image", "top_atoms_used_share", "bottom_atom_perplexity", "codec_bpp",
-                "codec_psnr", "jpeg_min_bpp"):
+                "codec_psnr", "codec_ms_ssim", "prior_codec_bpp", "jpeg_min_bpp"):
         assert isinstance(metrics[key], float), key
     assert 0 < metrics["test_ssim"] <= 1 and metrics["prior_bits_per_image"] > 0
     for picture in ("eval/pictures/reconstructions.png", "eval/pictures/samples.png",
@@ -61,6 +64,33 @@ def test_repro_produces_every_out_metric_and_plot(workspace):
         assert json.loads((workspace / f"metrics/{stage}.json").read_text())["seconds"] > 0
     shown = dvc("plots", "show", "--json", cwd=workspace)
     assert "stage1_loss" in shown.stdout and "atom_usage" in shown.stdout
+
+
+def test_rate_distortion_has_both_entropy_models_and_the_references(workspace):
+    with open(workspace / "eval/rate_distortion.csv") as handle:
+        rows = {(row["codec"], row["setting"]): row for row in csv.DictReader(handle)}
+    factorised, prior = rows[("sparse-vqvae omp (factorised)", "")], rows[("sparse-vqvae omp (prior)", "")]
+    assert int(factorised["images"]) == TINY["evaluate"]["rate_distortion_images"]
+    assert int(prior["images"]) == TINY["evaluate"]["prior_coding_images"]
+    assert ("JPEG", "50") in rows and 0 < float(rows[("JPEG", "50")]["ms_ssim"]) <= 1
+    assert (workspace / "eval/pictures/rate_distortion.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_sweep_comparison_puts_every_model_beside_the_references(workspace, tmp_path):
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = client.create_run(client.create_experiment("compare")).info.run_id
+    tracker = StageTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", run_id)
+    figures = compare_variants.run({"a": workspace, "b": workspace}, tmp_path / "out", tracker)
+    assert set(figures) == {"a (factorised)", "a (prior)", "b (factorised)", "b (prior)"}
+    assert figures["a (prior)"]["psnr"] > 0 and figures["a (factorised)"]["bpp"] > 0
+    with open(tmp_path / "out/rate_distortion.csv") as handle:
+        codecs = [row["codec"] for row in csv.DictReader(handle)]
+    assert codecs.count("JPEG") == 7 and "b (prior)" in codecs  # the references once, every model's points
+    for name in ("reconstructions.png", "samples.png", "rate_distortion.png"):
+        assert (tmp_path / "out" / name).read_bytes()[:4] == b"\x89PNG"
+    logged = {a.path for a in client.list_artifacts(run_id, "pictures")}
+    assert logged == {"pictures/reconstructions.png", "pictures/samples.png", "pictures/rate_distortion.png"}
+    assert "a_factorised_bpp" in client.get_run(run_id).data.metrics
 
 
 def test_a_second_repro_runs_nothing(workspace):
