@@ -3,6 +3,13 @@
 By default it uses what ``make run`` (``dvc repro``) trained last, in the current folder:
 ``models/vqvae/model.pt``, ``models/prior/codec.pt`` (the frequency model) and
 ``models/prior/level*.pt`` (the PixelSNAIL priors).
+
+``--model`` takes a checkpoint path, or any reference that a model source installed in the entry-point
+group ``sparse_vqvae.model_sources`` resolves: a callable ``(reference) -> dict | None`` that returns None
+for references not its own, else ``{"model": path}`` plus, optionally, ``"codec_model"`` and
+``"priors"`` paths, used unless ``--codec-model`` / ``--priors`` are given. This project's ``tasks``
+package registers one for MLflow run ids (a pipeline run or one of its stages): the model, frequency
+model and priors that run logged, downloaded once to a cache folder.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ import argparse
 import json
 import math
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import numpy as np
@@ -19,25 +27,60 @@ from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointError
-from .codec import Codec, CodecError, bits_per_pixel, map_sizes
+from .codec import ENTROPY_MODELS, Codec, CodecError, bits_per_pixel, entropy_model_of, map_sizes
 from .config import DATASETS, DataConfig
 from .data import DatasetNotFoundError, load_dataset, to_model_range, to_uint8
 from .devices import default_device
 from .entropy_coding import FrequencyModel
-from .metrics import psnr, squared_error_255, ssim
 from .pictures import save_grid
-from .prior_train import load_prior
+from .prior_coding import PriorEntropyModel
+from .rate_distortion import plot, reference_points, sparse_vqvae_point, write_table
 from .train import load_checkpoint
 
 DEFAULT_MODEL = Path("models/vqvae/model.pt")
 DEFAULT_CODEC_MODEL = Path("models/prior/codec.pt")
 DEFAULT_PRIORS = Path("models/prior")
 SUFFIX = ".svq"
+MODEL_SOURCES = "sparse_vqvae.model_sources"  # entry-point group of the --model resolvers
 
 
-def _load(args: argparse.Namespace) -> Codec:
+def resolve_model(reference: str) -> dict[str, Path]:
+    """``--model`` -> ``{"model": checkpoint}``, plus ``"codec_model"`` and ``"priors"`` where a model source
+    knows them: an existing path is the checkpoint itself, anything else goes to the model sources."""
+    if Path(reference).exists():
+        return {"model": Path(reference)}
+    for source in entry_points(group=MODEL_SOURCES):
+        found = source.load()(reference)
+        if found is not None:
+            return {key: Path(value) for key, value in found.items()}
+    raise FileNotFoundError(f"no such checkpoint: {reference} (nor an MLflow run id or other reference that an "
+                            f"installed model source knows)")
+
+
+def _resolve(args: argparse.Namespace) -> None:
+    """The files behind ``--model``; ``--codec-model`` and ``--priors`` when given, else the model source's or
+    the defaults."""
+    found = resolve_model(args.model)
+    args.model = found["model"]
+    for key, default in (("codec_model", DEFAULT_CODEC_MODEL), ("priors", DEFAULT_PRIORS)):
+        if key in args and getattr(args, key) is None:
+            setattr(args, key, found.get(key, default))
+
+
+def _codec(args: argparse.Namespace, entropy: str) -> Codec:
+    """The model of ``--model`` with the ``entropy`` model: "factorised" (``--codec-model``) or "prior"
+    (the PixelSNAIL priors in ``--priors``)."""
     model = load_checkpoint(args.model, default_device()).model.eval()
+    if entropy == "prior":
+        return Codec(model, PriorEntropyModel.load(_prior_paths(args.priors), default_device()))
     return Codec(model, FrequencyModel.load(args.codec_model))
+
+
+def _prior_paths(folder: Path) -> list[Path]:
+    paths = sorted(folder.glob("level*.pt"))
+    if not paths:
+        raise FileNotFoundError(f"no priors (level*.pt) in {folder}: run the train_prior stage first")
+    return paths
 
 
 def _read_image(path: Path) -> torch.Tensor:
@@ -51,7 +94,7 @@ def _read_image(path: Path) -> torch.Tensor:
 
 
 def cmd_compress(args: argparse.Namespace) -> None:
-    codec = _load(args)
+    codec = _codec(args, args.entropy)
     args.output.mkdir(parents=True, exist_ok=True)
     for path in tqdm(args.images, desc="compress", disable=len(args.images) < 2):
         image = _read_image(path)
@@ -62,12 +105,16 @@ def cmd_compress(args: argparse.Namespace) -> None:
 
 
 def cmd_decompress(args: argparse.Namespace) -> None:
-    codec = _load(args)
+    codecs: dict[str, Codec] = {}  # loaded on first use: each file names its entropy model
     args.output.mkdir(parents=True, exist_ok=True)
     for path in tqdm(args.files, desc="decompress", disable=len(args.files) < 2):
         if not path.is_file():
             raise FileNotFoundError(f"no such file: {path}")
-        image = codec.decompress(path.read_bytes())
+        data = path.read_bytes()
+        entropy = entropy_model_of(data)
+        if entropy not in codecs:
+            codecs[entropy] = _codec(args, entropy)
+        image = codecs[entropy].decompress(data)
         target = args.output / (path.stem + ".png")
         Image.fromarray(to_uint8(image[None])[0]).save(target)
         print(f"{path} -> {target}")
@@ -82,9 +129,11 @@ def cmd_sample(args: argparse.Namespace) -> None:
         size = args.size
         maps = entropy.sample(args.n, map_sizes(model, size, size), np.random.default_rng(args.seed))
     else:
-        priors = [load_prior(path, device).prior.eval() for path in sorted(args.priors.glob("level*.pt"))]
-        if not priors:
-            raise FileNotFoundError(f"no priors (level*.pt) in {args.priors}: run the train_prior stage first")
+        priors = PriorEntropyModel.load(_prior_paths(args.priors), device)
+        if priors.fingerprint != model.fingerprint():
+            raise CheckpointError(f"the priors in {args.priors} model the codes of model {priors.fingerprint}, "
+                                  f"not of this model ({model.fingerprint()})")
+        priors = priors.priors
         generator = torch.Generator(device=device).manual_seed(args.seed)
         top = priors[0].sample(args.n, args.temperature, generator=generator)
         maps = (top, *(p.sample(args.n, args.temperature, condition=top, generator=generator) for p in priors[1:]))
@@ -95,43 +144,51 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 @torch.no_grad()
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    codec = _load(args)
-    data = DataConfig(name=args.dataset, root=args.root, image_size=args.image_size)
-    dataset = load_dataset(data, "test")
-    count = min(len(dataset), args.limit) if args.limit else len(dataset)
-    error = ssim_sum = bits = 0.0
-    pixels = 0
-    for i in tqdm(range(count), desc="evaluate codec"):
-        image = dataset[i]
-        encoded = codec.compress(image)
-        decoded = codec.decompress(encoded)
-        error += float(squared_error_255(image[None], decoded[None]))
-        ssim_sum += float(ssim(image[None], decoded[None]))
-        bits += 8 * len(encoded)
-        pixels += image.shape[1] * image.shape[2]
-    result = {"images": count, "bpp": bits / pixels, "psnr": psnr(error / (3 * pixels)), "ssim": ssim_sum / count,
-              "selection_fn": codec.model.config.selection_fn, "dataset": args.dataset}
-    print(json.dumps(result, indent=2))
+    codec = _codec(args, args.entropy)
+    dataset = load_dataset(DataConfig(name=args.dataset, root=args.root, image_size=args.image_size), "test")
+    images = [dataset[i] for i in range(min(len(dataset), args.limit) if args.limit else len(dataset))]
+    points = [sparse_vqvae_point(codec, images)] + (reference_points(images) if args.references else [])
+    if args.output is not None:
+        write_table(points, args.output.with_suffix(".csv"))
+        plot(points, args.output.with_suffix(".png"), f"rate-distortion on {args.dataset} ({len(images)} images)")
+    print(f"{'codec':<34} {'setting':>8} {'bpp':>7} {'PSNR':>7} {'SSIM':>6} {'MS-SSIM':>8}")
+    for point in points:
+        print(f"{point['codec']:<34} {point['setting']!s:>8} {point['bpp']:7.3f} {point['psnr']:7.2f} "
+              f"{point['ssim']:6.3f} {point['ms_ssim']:8.3f}")
+    print(json.dumps({**points[0], "selection_fn": codec.model.config.selection_fn, "dataset": args.dataset},
+                     indent=2))
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparse-vqvae", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
-    def with_model(sub: argparse.ArgumentParser, codec: bool = True) -> argparse.ArgumentParser:
-        sub.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="VQ-VAE checkpoint (default: %(default)s)")
-        if codec:
-            sub.add_argument("--codec-model", type=Path, default=DEFAULT_CODEC_MODEL,
-                             help="frequency model of the codes (default: %(default)s)")
+    def with_model(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sub.add_argument("--model", default=str(DEFAULT_MODEL),
+                         help="VQ-VAE checkpoint, or an MLflow run id (a pipeline run or one of its stages: "
+                              "its model, frequency model and priors) (default: %(default)s)")
+        sub.add_argument("--codec-model", type=Path, default=None,
+                         help=f"frequency model of the codes (default: the --model run's, else {DEFAULT_CODEC_MODEL})")
         return sub
+
+    def with_entropy(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--entropy", choices=ENTROPY_MODELS, default="factorised",
+                         help="entropy model: the factorised frequencies (fast, any size) or the PixelSNAIL priors "
+                              "(fewer bits, sequential: slow; the training image size only) (default: %(default)s)")
+        sub.add_argument("--priors", type=Path, default=None,
+                         help=f"folder of level*.pt priors (default: the --model run's, else {DEFAULT_PRIORS})")
 
     sub = with_model(commands.add_parser("compress", help="images -> compressed .svq files"))
     sub.add_argument("images", nargs="+", type=Path)
+    with_entropy(sub)
     sub.add_argument("-o", "--output", type=Path, required=True, help="folder for the .svq files")
     sub.set_defaults(run=cmd_compress)
 
-    sub = with_model(commands.add_parser("decompress", help=".svq files -> PNG images"))
+    sub = with_model(commands.add_parser("decompress", help=".svq files -> PNG images (each with its entropy model)"))
     sub.add_argument("files", nargs="+", type=Path)
+    sub.add_argument("--priors", type=Path, default=None,
+                     help=f"folder of level*.pt priors, for prior-coded files (default: the --model run's, else "
+                          f"{DEFAULT_PRIORS})")
     sub.add_argument("-o", "--output", type=Path, required=True, help="folder for the PNG images")
     sub.set_defaults(run=cmd_decompress)
 
@@ -139,7 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("-n", type=int, default=64, help="how many images (default: %(default)s)")
     sub.add_argument("--temperature", type=float, default=1.0)
     sub.add_argument("--seed", type=int, default=0)
-    sub.add_argument("--priors", type=Path, default=DEFAULT_PRIORS, help="folder of level*.pt priors")
+    sub.add_argument("--priors", type=Path, default=None,
+                     help=f"folder of level*.pt priors (default: the --model run's, else {DEFAULT_PRIORS})")
     sub.add_argument("--random-codes", action="store_true",
                      help="draw codes from the atom/level frequencies instead of the priors (decoder only)")
     sub.add_argument("--size", type=int, default=32, help="image side for --random-codes (default: %(default)s)")
@@ -151,6 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--root", default=None, help="dataset folder (cifar10, cifar100, imagefolder)")
     sub.add_argument("--image-size", type=int, default=32)
     sub.add_argument("--limit", type=int, default=0, help="at most this many test images (0: all)")
+    sub.add_argument("--references", action="store_true", help="also JPEG and WebP (Pillow) on the same images")
+    sub.add_argument("-o", "--output", type=Path, default=None,
+                     help="write the points to OUTPUT.csv and the rate-distortion plot to OUTPUT.png")
+    with_entropy(sub)
     sub.set_defaults(run=cmd_evaluate)
     return parser
 
@@ -158,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
+        _resolve(args)
         args.run(args)
     except (CodecError, CheckpointError, DatasetNotFoundError, FileNotFoundError, ValueError) as error:
         print(f"sparse-vqvae {args.command}: error: {error}", file=sys.stderr)

@@ -66,6 +66,8 @@ def run(params: PipelineParams, tracker: StageTracker) -> dict[str, Any]:
     meta = store.meta
     FrequencyModel.fit(maps, meta.num_atoms, meta.coef_levels, meta.selection_fn == "fista",
                        fingerprint).save(FREQUENCY_MODEL)
+    for path in (*map(prior_path, range(len(maps))), FREQUENCY_MODEL):  # for `sparse-vqvae --model <run id>`
+        tracker.log_artifact(path, PRIORS.as_posix())
     return metrics
 
 

@@ -65,6 +65,19 @@ def test_compress_then_decompress_an_image_of_any_size(trained_run):
         assert image.size == (35, 21) and image.mode == "RGB"
 
 
+def test_prior_coded_files_decompress_with_the_model_their_header_names(trained_run):
+    picture = to_uint8(tiny_images(1, 16, seed=10))[0]
+    Image.fromarray(picture).save(trained_run / "small.png")  # the priors' training size
+    done = cli("compress", "small.png", "-o", "prior", "--entropy", "prior", cwd=trained_run)
+    assert done.returncode == 0, done.stderr
+    done = cli("decompress", "prior/small.svq", "-o", "prior_back", cwd=trained_run)
+    assert done.returncode == 0, done.stderr
+    with Image.open(trained_run / "prior_back/small.png") as image:
+        assert image.size == (16, 16)
+    done = cli("compress", "photo.png", "-o", "prior", "--entropy", "prior", cwd=trained_run)
+    assert done.returncode == 1 and "factorised entropy model for other sizes" in done.stderr
+
+
 def test_sample_from_the_priors_and_from_random_codes(trained_run):
     for extra in ([], ["--random-codes"]):
         done = cli("sample", "-n", "4", "--temperature", "0.8", "-o", "grid.png", *extra, cwd=trained_run)
@@ -76,7 +89,16 @@ def test_sample_from_the_priors_and_from_random_codes(trained_run):
 def test_evaluate_reports_real_bits_per_pixel(trained_run):
     done = cli("evaluate", "--dataset", "embedded", "--image-size", "16", "--limit", "3", cwd=trained_run)
     assert done.returncode == 0, done.stderr
-    assert '"images": 3' in done.stdout and '"bpp"' in done.stdout
+    assert '"images": 3' in done.stdout and '"bpp"' in done.stdout and '"ms_ssim"' in done.stdout
+
+
+def test_evaluate_against_jpeg_writes_a_table_and_a_plot(trained_run):
+    done = cli("evaluate", "--image-size", "16", "--limit", "2", "--references", "--entropy", "prior",
+               "-o", "rd/points", cwd=trained_run)
+    assert done.returncode == 0, done.stderr
+    table = (trained_run / "rd/points.csv").read_text()
+    assert "sparse-vqvae omp (prior)" in table and "JPEG" in table
+    assert (trained_run / "rd/points.png").read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.parametrize("args, message", [
