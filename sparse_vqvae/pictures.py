@@ -57,9 +57,11 @@ def line_plot(series: dict[str, tuple[Sequence[float], Sequence[float]]], path: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(6, 4), dpi=100)
-    for label, (x, y) in series.items():
-        axis.plot(x, y, label=label, marker="o" if len(x) < 20 else None)
+    crowded = len(series) > 6  # then a legend beside the axes, and markers that tell colours apart
+    figure, axis = plt.subplots(figsize=(10, 5) if crowded else (6, 4), dpi=100)
+    markers = "osD^vP*Xh<>"
+    for index, (label, (x, y)) in enumerate(series.items()):
+        axis.plot(x, y, label=label, marker=(markers[index % len(markers)] if crowded else "o") if len(x) < 20 else None)
     axis.set_xlabel(xlabel)
     axis.set_ylabel(ylabel)
     if logy:
@@ -67,7 +69,10 @@ def line_plot(series: dict[str, tuple[Sequence[float], Sequence[float]]], path: 
     if title:
         axis.set_title(title)
     axis.grid(True, alpha=0.3)
-    axis.legend()
+    if crowded:
+        axis.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
+    else:
+        axis.legend()
     figure.tight_layout()
     with atomic_write(path) as handle:
         figure.savefig(handle, format="png")

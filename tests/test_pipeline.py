@@ -78,7 +78,8 @@ def test_rate_distortion_has_both_entropy_models_and_the_references(workspace):
 
 def test_the_sweep_comparison_puts_every_model_beside_the_references(workspace, tmp_path):
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    run_id = client.create_run(client.create_experiment("compare")).info.run_id
+    experiment = client.create_experiment("compare", artifact_location=(tmp_path / "artifacts").as_uri())
+    run_id = client.create_run(experiment).info.run_id
     tracker = StageTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", run_id)
     figures = compare_variants.run({"a": workspace, "b": workspace}, tmp_path / "out", tracker)
     assert set(figures) == {"a (factorised)", "a (prior)", "b (factorised)", "b (prior)"}
