@@ -21,7 +21,7 @@ from prefect.cache_policies import NO_CACHE
 
 from sparse_vqvae.atomic import atomic_write, write_json
 from tasks import compare_variants
-from tasks.params import load_params, parse_params
+from tasks.params import PipelineParams, load_params, parse_params
 from tasks.tracking import StageTracker, end_parent_run, start_parent_run, tracking_uri
 
 from .pipeline import pipeline
@@ -68,7 +68,7 @@ def sweep(grid: list[dict[str, Any]] | None = None, overrides: dict[str, Any] | 
 
 
 @task(cache_policy=NO_CACHE)
-def compare(workspaces: dict[str, Path], out: Path, params) -> dict[str, Any]:
+def compare(workspaces: dict[str, Path], out: Path, params: PipelineParams) -> dict[str, Any]:
     """The variants' models side by side, recorded in a "sweep comparison" MLflow run."""
     run_id = start_parent_run(params, "sweep comparison")
     ok = False
