@@ -33,6 +33,7 @@ from .data import DatasetNotFoundError, load_dataset, to_model_range, to_uint8
 from .devices import default_device
 from .entropy_coding import FrequencyModel
 from .pictures import save_grid
+from .pixelsnail import sample_maps
 from .prior_coding import PriorEntropyModel
 from .rate_distortion import plot, reference_points, sparse_vqvae_point, write_table
 from .train import load_checkpoint
@@ -129,14 +130,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
         size = args.size
         maps = entropy.sample(args.n, map_sizes(model, size, size), np.random.default_rng(args.seed))
     else:
-        priors = PriorEntropyModel.load(_prior_paths(args.priors), device)
-        if priors.fingerprint != model.fingerprint():
-            raise CheckpointError(f"the priors in {args.priors} model the codes of model {priors.fingerprint}, "
-                                  f"not of this model ({model.fingerprint()})")
-        priors = priors.priors
-        generator = torch.Generator(device=device).manual_seed(args.seed)
-        top = priors[0].sample(args.n, args.temperature, generator=generator)
-        maps = (top, *(p.sample(args.n, args.temperature, condition=top, generator=generator) for p in priors[1:]))
+        priors = PriorEntropyModel.load(_prior_paths(args.priors), device, model.fingerprint()).priors
+        maps = sample_maps(priors, args.n, args.temperature, torch.Generator(device=device).manual_seed(args.seed))
     images = model.decode_codes(tuple(m.to(device) for m in maps))
     save_grid(images, args.output, columns=math.ceil(math.sqrt(args.n)), scale=2)
     print(f"{args.n} samples -> {args.output}")

@@ -18,12 +18,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .codes import EMPTY, Codes
+
+# Chooses one symbol per row from its logits [B, n] at (y, x, slot), given which rows are still open:
+# draws it (sampling) or reads it from a coded stream (prior coding).
+Pick = Callable[[torch.Tensor, tuple[int, int, int], torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -163,6 +168,17 @@ class PixelSNAIL(nn.Module):
     def sample(self, n: int, temperature: float = 1.0, condition: Codes | None = None,
                generator: torch.Generator | None = None) -> Codes:
         """Draw ``n`` code maps position by position (the conditioning is embedded once)."""
+
+        def draw(logits: torch.Tensor, where: tuple[int, int, int], open_: torch.Tensor) -> torch.Tensor:
+            return torch.multinomial(F.softmax(logits / temperature, dim=-1), 1, generator=generator).squeeze(-1)
+
+        return self.generate(n, draw, draw, condition)
+
+    @torch.no_grad()
+    def generate(self, n: int, pick_atom: Pick, pick_level: Pick, condition: Codes | None = None) -> Codes:
+        """``n`` code maps built position by position in raster order, every symbol chosen by ``pick_atom`` /
+        ``pick_level`` from the logits the prior gives it there: drawn (``sample``) or read from a coded
+        stream (``prior_coding``)."""
         c = self.config
         device = self.position.device
         shape = (n, c.height, c.width, c.slots)
@@ -171,15 +187,14 @@ class PixelSNAIL(nn.Module):
         if c.condition is not None:
             if condition is None or condition.atoms.shape[0] != n:
                 raise ValueError(f"this prior is conditioned on the top codes: pass {n} of them as condition")
-        if c.condition is not None:
             self._check_condition(condition)
         was_training = self.training
-        self.eval()  # no dropout while sampling
+        self.eval()  # no dropout while generating
         features = self.condition_features(condition) if c.condition is not None else None
         for y in range(c.height):
             for x in range(c.width):
                 h = self.backbone(codes, features, rows=y + 1)[:, :, y, x]
-                atoms, levels = self.head.sample(h, temperature, generator)
+                atoms, levels = self.head.emit(h, pick_atom, pick_level, (y, x))
                 codes.atoms[:, y, x] = atoms
                 codes.levels[:, y, x] = levels
         self.train(was_training)
@@ -260,8 +275,9 @@ class PairHead(nn.Module):
             open_ = open_ & present
         return total
 
-    def sample(self, h: torch.Tensor, temperature: float, generator: torch.Generator | None):
-        """Draw one position's pairs for each row of ``h`` [B, C]: atoms and levels [B, K]."""
+    def emit(self, h: torch.Tensor, pick_atom: Pick, pick_level: Pick, position: tuple[int, int]):
+        """One position's pairs for each row of ``h`` [B, C]: atoms and levels [B, K], slot by slot, each
+        symbol chosen by ``pick_*`` from its logits (rows closed by END keep empty slots)."""
         b = h.shape[0]
         atoms = torch.full((b, self.slots), EMPTY, dtype=torch.long, device=h.device)
         levels = torch.zeros((b, self.slots), dtype=torch.long, device=h.device)
@@ -269,13 +285,11 @@ class PairHead(nn.Module):
         previous = torch.full((b,), -1, dtype=torch.long, device=h.device)
         open_ = torch.ones(b, dtype=torch.bool, device=h.device)
         for k in range(self.slots):
-            probs = F.softmax(self._atom_logits(state, previous, k) / temperature, dim=-1)
-            drawn = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            drawn = pick_atom(self._atom_logits(state, previous, k), (*position, k), open_)
             if self.variable:
                 open_ = open_ & (drawn != self.end)
             safe = drawn.clamp_max(self.num_atoms - 1)
-            level_probs = F.softmax(self.level_out(state + self.atom_in(safe)) / temperature, dim=-1)
-            level = torch.multinomial(level_probs, 1, generator=generator).squeeze(-1)
+            level = pick_level(self.level_out(state + self.atom_in(safe)), (*position, k), open_)
             atoms[:, k] = torch.where(open_, safe, EMPTY)
             levels[:, k] = torch.where(open_, level, 0)
             state = torch.where(open_.unsqueeze(-1), self._advance(state, safe, level), state)
@@ -318,6 +332,13 @@ class FactorizedPrior:
         count_term = log_counts.reshape(h * w, -1)[pos[..., 0], count].sum(dim=(1, 2))
         order = torch.lgamma(count.double() + 1).sum(dim=(1, 2))  # a set of n distinct draws: n! orders
         return pairs + count_term + order
+
+
+def sample_maps(priors: list[PixelSNAIL], n: int, temperature: float = 1.0,
+                generator: torch.Generator | None = None) -> tuple[Codes, ...]:
+    """``n`` images' code maps: the top map from the first prior, every later map from its prior given the top."""
+    top = priors[0].sample(n, temperature, generator=generator)
+    return (top, *(prior.sample(n, temperature, condition=top, generator=generator) for prior in priors[1:]))
 
 
 def bits(log_prob: torch.Tensor) -> torch.Tensor:

@@ -25,14 +25,14 @@ import torch
 
 from .checkpoint import CheckpointError
 from .codes import EMPTY, Codes
-from .pixelsnail import PixelSNAIL
+from .pixelsnail import Pick, PixelSNAIL
 from .prior_train import load_prior
 
 _LOGIT_STEP = 2.0**-10
 _FAMILY = constriction.stream.model.Categorical(perfect=False)
 
-# next_symbol(probabilities, y, x, slot, is_atom) -> the symbol at that step (known, or decoded)
-NextSymbol = Callable[[np.ndarray, int, int, int, bool], int]
+# next_symbol(probabilities, (map, y, x, slot), is_atom) -> the symbol at that step (known, or decoded)
+NextSymbol = Callable[[np.ndarray, tuple[int, int, int, int], bool], int]
 
 
 class PriorEntropyModel:
@@ -49,15 +49,21 @@ class PriorEntropyModel:
         self.map_sizes = [(prior.config.height, prior.config.width) for prior in priors]
 
     @classmethod
-    def load(cls, paths: list[str | Path], device: torch.device | str = "cpu") -> PriorEntropyModel:
-        """The priors saved by ``prior_train.save_prior``, top first; all of one VQ-VAE."""
+    def load(cls, paths: list[str | Path], device: torch.device | str = "cpu",
+             fingerprint: str | None = None) -> PriorEntropyModel:
+        """The priors saved by ``prior_train.save_prior``, top first; all of one VQ-VAE - of the one with
+        ``fingerprint``, when given."""
         if not paths:
             raise CheckpointError("no prior checkpoints given")
         checkpoints = [load_prior(path, device) for path in paths]
         fingerprints = {checkpoint.fingerprint for checkpoint in checkpoints}
         if len(fingerprints) != 1:
             raise CheckpointError(f"the priors {[str(p) for p in paths]} model the codes of different VQ-VAEs")
-        return cls([checkpoint.prior for checkpoint in checkpoints], fingerprints.pop())
+        found = fingerprints.pop()
+        if fingerprint is not None and found != fingerprint:
+            raise CheckpointError(f"the priors in {Path(paths[0]).parent} model the codes of model {found}, not of "
+                                  f"this model ({fingerprint}): rerun train_prior for it")
+        return cls([checkpoint.prior for checkpoint in checkpoints], found)
 
     def check_sizes(self, map_sizes: list[tuple[int, int]]) -> None:
         if [tuple(size) for size in map_sizes] != self.map_sizes:
@@ -71,19 +77,15 @@ class PriorEntropyModel:
         steps: list[tuple[int, np.ndarray]] = []
         end = self.num_atoms  # the END token's index (LASSO)
 
-        def known(maps_index: int) -> NextSymbol:
-            atoms, levels = maps[maps_index].atoms, maps[maps_index].levels
-
-            def next_symbol(probabilities: np.ndarray, y: int, x: int, slot: int, is_atom: bool) -> int:
-                if is_atom:
-                    atom = int(atoms[y, x, slot])
-                    symbol = end if atom == EMPTY else atom
-                else:
-                    symbol = int(levels[y, x, slot])
-                steps.append((symbol, probabilities))
-                return symbol
-
-            return next_symbol
+        def known(probabilities: np.ndarray, where: tuple[int, int, int, int], is_atom: bool) -> int:
+            index, *position = where
+            if is_atom:
+                atom = int(maps[index].atoms[tuple(position)])
+                symbol = end if atom == EMPTY else atom
+            else:
+                symbol = int(maps[index].levels[tuple(position)])
+            steps.append((symbol, probabilities))
+            return symbol
 
         self._walk(known)
         coder = constriction.stream.stack.AnsCoder()
@@ -99,43 +101,35 @@ class PriorEntropyModel:
             raise ValueError("the coded payload is not a whole number of 32-bit words")
         coder = constriction.stream.stack.AnsCoder(np.frombuffer(payload, dtype="<u4").astype(np.uint32))
 
-        def decoded(maps_index: int) -> NextSymbol:
-            return lambda probabilities, y, x, slot, is_atom: int(coder.decode(_FAMILY, probabilities[None])[0])
+        def decoded(probabilities: np.ndarray, where: tuple[int, int, int, int], is_atom: bool) -> int:
+            return int(coder.decode(_FAMILY, probabilities[None])[0])
 
         return self._walk(decoded)
 
-    def _walk(self, next_symbols: Callable[[int], NextSymbol]) -> tuple[Codes, ...]:
-        """Every map in coding order, each symbol's distribution computed from the codes so far."""
+    def _walk(self, next_symbol: NextSymbol) -> tuple[Codes, ...]:
+        """Every map in coding order, each symbol's distribution computed from the codes so far: the
+        prior's own generation loop, with the symbols coded (or decoded) instead of drawn."""
         maps: list[Codes] = []
         for index, prior in enumerate(self.priors):
-            features = prior.condition_features(maps[0]) if prior.config.condition is not None else None
-            maps.append(self._walk_map(prior, features, next_symbols(index)))
+            pick_atom, pick_level = _picks(next_symbol, index, prior.config.coef_levels)
+            maps.append(prior.generate(1, pick_atom, pick_level, condition=maps[0] if index else None))
         return tuple(codes[0].to("cpu") for codes in maps)
 
-    def _walk_map(self, prior: PixelSNAIL, features: torch.Tensor | None, next_symbol: NextSymbol) -> Codes:
-        head, config = prior.head, prior.config
-        device = prior.position.device
-        shape = (1, config.height, config.width, config.slots)
-        codes = Codes(torch.full(shape, EMPTY, dtype=torch.long, device=device),
-                      torch.zeros(shape, dtype=torch.long, device=device))
-        for y in range(config.height):
-            for x in range(config.width):
-                state = prior.backbone(codes, features, rows=y + 1)[:, :, y, x]
-                previous = torch.full((1,), -1, dtype=torch.long, device=device)
-                for slot in range(config.slots):
-                    atom = next_symbol(_probabilities(head._atom_logits(state, previous, slot)), y, x, slot, True)
-                    if atom >= config.num_atoms:  # END: the position holds no more pairs
-                        break
-                    atom_t = torch.tensor([atom], device=device)
-                    level = 0
-                    if config.coef_levels > 1:
-                        logits = head.level_out(state + head.atom_in(atom_t))
-                        level = next_symbol(_probabilities(logits), y, x, slot, False)
-                    level_t = torch.tensor([level], device=device)
-                    codes.atoms[0, y, x, slot], codes.levels[0, y, x, slot] = atom, level
-                    state = head._advance(state, atom_t, level_t)
-                    previous = atom_t
-        return codes
+
+def _picks(next_symbol: NextSymbol, index: int, coef_levels: int) -> tuple[Pick, Pick]:
+    """``PixelSNAIL.generate``'s choosers for map ``index`` of one image: each symbol of an open position
+    goes through ``next_symbol`` with its probabilities; a closed position's slots, and the single level
+    of a one-level table, carry no information and are not coded."""
+
+    def pick(is_atom: bool) -> Pick:
+        def choose(logits: torch.Tensor, where: tuple[int, int, int], open_: torch.Tensor) -> torch.Tensor:
+            if not bool(open_[0]) or (not is_atom and coef_levels == 1):
+                return torch.zeros(1, dtype=torch.long, device=logits.device)
+            return torch.tensor([next_symbol(_probabilities(logits), (index, *where), is_atom)], device=logits.device)
+
+        return choose
+
+    return pick(True), pick(False)
 
 
 def _probabilities(logits: torch.Tensor) -> np.ndarray:

@@ -21,7 +21,8 @@ from sparse_vqvae.atomic import write_json
 from sparse_vqvae.data import ImageArray
 from sparse_vqvae.devices import default_device
 from sparse_vqvae.pictures import save_grid
-from sparse_vqvae.prior_train import load_prior
+from sparse_vqvae.pixelsnail import sample_maps
+from sparse_vqvae.prior_coding import PriorEntropyModel
 from sparse_vqvae.rate_distortion import plot, psnr_at_rate, write_table
 from sparse_vqvae.train import load_checkpoint
 
@@ -49,17 +50,12 @@ def rate_distortion_rows(workspaces: dict[str, Path]) -> list[dict[str, Any]]:
     return rows
 
 
-def headline(rows: list[dict[str, Any]], workspaces: dict[str, Path]) -> dict[str, Any]:
-    """Per variant and entropy model: bpp and PSNR, and JPEG's PSNR at that rate where JPEG reaches it."""
+def headline(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per variant and entropy model (our rows, the ones with an entropy model): bpp and PSNR, and JPEG's
+    PSNR at that rate where JPEG reaches it."""
     jpeg = [row for row in rows if row["codec"] == "JPEG"]
-    figures = {}
-    for name in workspaces:
-        for row in rows:
-            if row["codec"].startswith(f"{name} ("):
-                key = f"{name} ({row['entropy']})"
-                figures[key] = {"bpp": row["bpp"], "psnr": row["psnr"], "ms_ssim": row["ms_ssim"],
-                                "jpeg_psnr_at_bpp": psnr_at_rate(jpeg, row["bpp"])}
-    return figures
+    return {row["codec"]: {"bpp": row["bpp"], "psnr": row["psnr"], "ms_ssim": row["ms_ssim"],
+                           "jpeg_psnr_at_bpp": psnr_at_rate(jpeg, row["bpp"])} for row in rows if row["entropy"]}
 
 
 @torch.no_grad()
@@ -76,11 +72,10 @@ def grids(workspaces: dict[str, Path], out: Path, samples: int = GRID_IMAGES, se
     for workspace in workspaces.values():
         model = load_checkpoint(workspace / VQVAE, device).model.eval()
         reconstructions.append(model(originals).reconstruction)
-        priors = [load_prior(workspace / prior_path(level), device).prior.eval() for level in range(model.config.levels)]
+        priors = PriorEntropyModel.load([workspace / prior_path(level) for level in range(model.config.levels)],
+                                        device, model.fingerprint()).priors
         generator = torch.Generator(device=device).manual_seed(seed)
-        top = priors[0].sample(samples, condition=None, generator=generator)
-        maps = [top] + [prior.sample(samples, condition=top, generator=generator) for prior in priors[1:]]
-        drawn.append(model.decode_codes(tuple(maps)))
+        drawn.append(model.decode_codes(sample_maps(priors, samples, generator=generator)))
     return [save_grid(torch.cat(reconstructions), out / "reconstructions.png", columns=len(originals), scale=3),
             save_grid(torch.cat(drawn), out / "samples.png", columns=samples, scale=3)]
 
@@ -89,7 +84,7 @@ def run(workspaces: dict[str, Path], out: Path, tracker: StageTracker | None = N
     """Write ``out``/rate_distortion.{csv,png}, comparison.json, reconstructions.png, samples.png; log them."""
     out.mkdir(parents=True, exist_ok=True)
     rows = rate_distortion_rows(workspaces)
-    figures = headline(rows, workspaces)
+    figures = headline(rows)
     paths = [write_table(rows, out / RD_FILE),
              plot(rows, out / "rate_distortion.png", "rate-distortion: the sweep's models, JPEG, WebP"),
              *grids(workspaces, out)]

@@ -3,8 +3,9 @@
 Writes ``eval/metrics.json`` (test MSE, PSNR, SSIM, the mean-colour baseline's PSNR, bits per
 image under the prior and under the factorised baseline, atom usage), ``eval/atom_usage.csv``
 and ``eval/rate_distortion.csv`` (plot data: our compressed files, factorised and prior entropy
-coding, against JPEG and WebP on the same test images, real file sizes, PSNR, SSIM, MS-SSIM) and ``eval/pictures/`` (reconstructions, samples, the
-rate-distortion plot), then prints a summary table with every stage's wall time.
+coding, against JPEG and WebP on the same test images, real file sizes, PSNR, SSIM, MS-SSIM) and
+``eval/pictures/`` (reconstructions, samples, the rate-distortion plot), then prints a summary
+table with every stage's wall time.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from typing import Any
 import torch
 
 from sparse_vqvae.atomic import atomic_write, write_json
-from sparse_vqvae.checkpoint import CheckpointError
 from sparse_vqvae.code_store import CodeStore
 from sparse_vqvae.codec import Codec
 from sparse_vqvae.data import ImageArray
@@ -25,7 +25,8 @@ from sparse_vqvae.entropy_coding import FrequencyModel
 from sparse_vqvae.metrics import atom_usage
 from sparse_vqvae.pictures import save_grid
 from sparse_vqvae.prior_coding import PriorEntropyModel
-from sparse_vqvae.prior_train import bits_per_image, fit_factorized, load_maps, load_prior
+from sparse_vqvae.pixelsnail import sample_maps
+from sparse_vqvae.prior_train import bits_per_image, fit_factorized, load_maps
 from sparse_vqvae.rate_distortion import plot, psnr_at_rate, reference_points, sparse_vqvae_point, write_table
 from sparse_vqvae.train import evaluate, load_checkpoint
 
@@ -53,10 +54,9 @@ def run(params: PipelineParams, tracker: StageTracker) -> dict[str, Any]:
     fingerprint = model.fingerprint()
     train_store = CodeStore(TRAIN_CODES, fingerprint)
     train_maps, test_maps = load_maps(train_store), load_maps(CodeStore(TEST_CODES, fingerprint))
-    checkpoints = [load_prior(prior_path(level), device) for level in range(len(train_store.meta.map_sizes))]
-    if any(checkpoint.fingerprint != fingerprint for checkpoint in checkpoints):
-        raise CheckpointError(f"the priors in {prior_path(0).parent} model another VQ-VAE's codes: rerun train_prior")
-    priors = [checkpoint.prior.eval() for checkpoint in checkpoints]
+    prior_model = PriorEntropyModel.load([prior_path(level) for level in range(len(train_store.meta.map_sizes))],
+                                         device, fingerprint)
+    priors = prior_model.priors
     pixels = test_set[0].shape[1] * test_set[0].shape[2]
     prior_bits = sum(bits_per_image(prior, test_maps, level) for level, prior in enumerate(priors))
     factorized_bits = sum(bits_per_image(fit_factorized(train_maps, level, train_store.meta), test_maps, level)
@@ -73,7 +73,7 @@ def run(params: PipelineParams, tracker: StageTracker) -> dict[str, Any]:
     _write_usage(counts)
 
     pictures = _pictures(model, test_set, priors, params, device)
-    metrics |= _rate_distortion(model, test_set, priors, pictures, params)
+    metrics |= _rate_distortion(model, test_set, prior_model, pictures, params)
     path = write_json(METRICS_FILE, metrics)
     for item in pictures + [path, USAGE_FILE, RD_FILE]:
         tracker.log_artifact(item, "pictures" if item.suffix == ".png" else None)
@@ -89,13 +89,13 @@ def _write_usage(counts: list[torch.Tensor]) -> None:
             writer.writerow([rank] + [int(c[rank]) for c in counts] + [""] * (len(MAP_NAMES) - len(counts)))
 
 
-def _rate_distortion(model, test_set, priors: list, pictures: list, params: PipelineParams) -> dict[str, Any]:
+def _rate_distortion(model, test_set, prior_model: PriorEntropyModel, pictures: list,
+                     params: PipelineParams) -> dict[str, Any]:
     """Our files (factorised and prior entropy coding) against JPEG/WebP on the first test images:
     eval/rate_distortion.csv, a plot, the headline figures."""
     images = [test_set[i] for i in range(min(params.evaluate.rate_distortion_images, len(test_set)))]
     ours = sparse_vqvae_point(Codec(model, FrequencyModel.load(FREQUENCY_MODEL)), images)
-    prior_coded = sparse_vqvae_point(Codec(model, PriorEntropyModel(priors, model.fingerprint())),
-                                     images[: params.evaluate.prior_coding_images])
+    prior_coded = sparse_vqvae_point(Codec(model, prior_model), images[: params.evaluate.prior_coding_images])
     references = reference_points(images)
     write_table([ours, prior_coded] + references, RD_FILE)
     pictures.append(plot([ours, prior_coded] + references, PICTURES / "rate_distortion.png",
@@ -121,11 +121,9 @@ def _pictures(model, test_set, priors, params: PipelineParams, device) -> list:
         rows += [originals[start : start + columns], reconstructions[start : start + columns]]
     paths = [save_grid(torch.cat(rows), PICTURES / "reconstructions.png", columns=columns, scale=3)]
 
-    generator = torch.Generator(device=device).manual_seed(params.evaluate.seed)
-    n, temperature = params.evaluate.samples, params.evaluate.temperature
-    top = priors[0].sample(n, temperature, generator=generator)
-    maps = [top] + [prior.sample(n, temperature, condition=top, generator=generator) for prior in priors[1:]]
-    paths.append(save_grid(model.decode_codes(tuple(maps)), PICTURES / "samples.png", columns=columns, scale=3))
+    maps = sample_maps(priors, params.evaluate.samples, params.evaluate.temperature,
+                       torch.Generator(device=device).manual_seed(params.evaluate.seed))
+    paths.append(save_grid(model.decode_codes(maps), PICTURES / "samples.png", columns=columns, scale=3))
     return paths
 
 

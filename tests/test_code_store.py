@@ -93,16 +93,14 @@ def test_other_format_version_is_refused(tmp_path):
 @pytest.mark.parametrize("selection_fn", SELECTION_FNS)
 def test_priors_sampled_from_a_store_decode_to_images(selection_fn, levels, tmp_path):
     from sparse_vqvae.codes import validate_codes
-    from sparse_vqvae.pixelsnail import PixelSNAIL
+    from sparse_vqvae.pixelsnail import PixelSNAIL, sample_maps
     from sparse_vqvae.prior_train import prior_configs
 
     model = trained_tiny(selection_fn, levels)
     extract_codes(model, Images(tiny_images(4, 16)), tmp_path / "codes", progress=False)
     meta = CodeStore(tmp_path / "codes").meta
     priors = [PixelSNAIL(config).eval() for config in prior_configs(meta, channels=8, blocks=1, heads=2)]
-    generator = torch.Generator().manual_seed(0)
-    top = priors[0].sample(3, generator=generator)
-    maps = (top,) + tuple(p.sample(3, condition=top, generator=generator) for p in priors[1:])
+    maps = sample_maps(priors, 3, generator=torch.Generator().manual_seed(0))
     for sampled in maps:
         validate_codes(sampled, meta.num_atoms, meta.coef_levels)
         if selection_fn != "fista":

@@ -6,7 +6,6 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from mlflow.tracking import MlflowClient
 
 from sparse_vqvae import cli
 from sparse_vqvae.entropy_coding import FrequencyModel
