@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from .codes import Codes
 from .vqvae import VQVAE2
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _META_KEY = b"meta"
 _INDEX = struct.Struct("<I")
 _INITIAL_MAP_SIZE = 16 << 20

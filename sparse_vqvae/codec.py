@@ -28,7 +28,7 @@ from .prior_coding import PriorEntropyModel
 from .vqvae import VQVAE2
 
 MAGIC = b"SVQC"
-VERSION = 2
+VERSION = 3
 ENTROPY_MODELS = ("factorised", "prior")  # the header's entropy-model byte indexes this
 EntropyModel = FrequencyModel | PriorEntropyModel
 _HEADER = struct.Struct("<4sBB8sHHB")

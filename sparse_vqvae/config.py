@@ -9,8 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
-SELECTION_FNS = ("vanilla", "omp", "fista")
+SELECTION_FNS = ("vanilla", "rvq", "omp", "fista")
+COEF_QUANTIZERS = ("uniform", "learned")
+ENCODER_GRADIENTS = ("straight_through", "task_driven")
 DATASETS = ("embedded", "cifar10", "cifar100", "imagefolder")
+
+
+def codes_vary(selection_fn: str) -> bool:
+    """Sparse codes hold 0..K pairs a position (a pair quantised to zero is not coded); codebooks exactly K."""
+    return selection_fn in ("omp", "fista")
 
 
 def check_choice(section: str, key: str, value: object, allowed: tuple) -> None:
@@ -83,7 +90,7 @@ def section_from_mapping(cls: type[Section], section: str, mapping: Any) -> Sect
 class ModelConfig:
     """The VQ-VAE-2 and its quantizer. Defaults follow VQ-VAE-2 (rosinality) and the sparse-VQ-VAE seed."""
 
-    selection_fn: str = "omp"  # vanilla (EMA codebook) | omp | fista
+    selection_fn: str = "omp"  # vanilla (EMA codebook) | rvq (residual EMA codebooks) | omp | fista (the LASSO)
     levels: int = 2  # 2: top/bottom hierarchy of VQ-VAE-2; 1: one quantised map
     num_strides: int = 2  # levels=1 only: the map is 2**(num_strides + 1) times smaller (2 -> /8)
     channels: int = 128
@@ -91,10 +98,12 @@ class ModelConfig:
     res_channels: int = 32
     embed_dim: int = 64
     num_atoms: int = 512  # dictionary atoms, or codebook entries for vanilla
-    n_nonzero: int = 2  # omp: atoms per latent vector
+    n_nonzero: int = 2  # omp: atoms per latent vector; rvq: codebook stages (num_atoms entries each)
     alpha: float = 0.3  # fista: L1 penalty
     max_nonzero: int = 4  # fista: keep at most this many (largest) coefficients
-    coef_levels: int = 32  # omp/fista: coefficient quantisation levels
+    coef_levels: int = 32  # omp/fista: values a coefficient is quantised to
+    coef_quantizer: str = "uniform"  # omp/fista: uniform (evenly over [-m, m]) | learned (EMA of the coefficients)
+    encoder_gradient: str = "straight_through"  # omp/fista: straight_through (z + sg(z_q - z)) | task_driven
     normalize_latents: bool = True  # code unit-norm latents (as the seed); the LASSO needs it: alpha is relative
     commitment: float = 0.25  # weight of ||z - sg(z_q)||^2
     dictionary_loss_weight: float = 1.0  # omp/fista: weight of ||D c - sg(z)||^2
@@ -104,6 +113,8 @@ class ModelConfig:
     def __post_init__(self) -> None:
         check_choice("model", "selection_fn", self.selection_fn, SELECTION_FNS)
         check_choice("model", "levels", self.levels, (1, 2))
+        check_choice("model", "coef_quantizer", self.coef_quantizer, COEF_QUANTIZERS)
+        check_choice("model", "encoder_gradient", self.encoder_gradient, ENCODER_GRADIENTS)
         for key in ("num_strides", "channels", "res_channels", "embed_dim", "num_atoms", "n_nonzero",
                     "max_nonzero"):
             check_at_least("model", key, getattr(self, key), 1)
@@ -121,6 +132,11 @@ class ModelConfig:
             raise ValueError(f"model.max_nonzero ({self.max_nonzero}) must not exceed model.num_atoms ({self.num_atoms})")
 
     @property
+    def codes_vary(self) -> bool:
+        """Whether a position's pair count varies (sparse codes drop zero pairs) or is always K."""
+        return codes_vary(self.selection_fn)
+
+    @property
     def stride(self) -> int:
         """What image sides must be multiples of: the coarsest map's downsampling (8 = the top map, for levels=2)."""
         return 2 ** (self.num_strides + 1) if self.levels == 1 else 8
@@ -134,7 +150,7 @@ class DataConfig:
     train_count: int = 8192  # embedded: crops drawn for the training split
     test_count: int = 1024  # embedded: crops drawn for the test split
     short_side: int = 256  # embedded: photographs are downscaled to this short side first
-    test_fraction: float = 0.1  # imagefolder: share of images held out for the test split
+    test_fraction: float = 0.02  # imagefolder: share of images held out for the test split
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -150,12 +166,12 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 2000
+    steps: int = 600
     batch_size: int = 128
     lr: float = 3e-4
     seed: int = 0
     eval_every: int = 200
-    checkpoint_every: int = 200
+    checkpoint_every: int = 100
 
     def __post_init__(self) -> None:
         for key in ("steps", "batch_size", "eval_every", "checkpoint_every"):
@@ -174,7 +190,7 @@ def _positive(section: str, key: str, value: object) -> None:
 class PretrainConfig:
     """The warm-up before stage 1: the autoencoder without quantisation, then the dictionary fitted to its latents."""
 
-    steps: int = 200  # autoencoder steps with the quantizers bypassed (0: fit on the untrained encoder)
+    steps: int = 100  # autoencoder steps with the quantizers bypassed (0: fit on the untrained encoder)
     batch_size: int = 128
     lr: float = 3e-4
     latents: int = 65536  # latent vectors (per map) the dictionary / codebook is fitted to
@@ -203,7 +219,7 @@ class ExtractConfig:
 class PriorTrainConfig:
     """The PixelSNAIL priors (one per code map) and their training."""
 
-    steps: int = 500  # per prior
+    steps: int = 300  # per prior
     batch_size: int = 64
     lr: float = 1e-3
     channels: int = 64
@@ -211,9 +227,10 @@ class PriorTrainConfig:
     res_per_block: int = 2
     dropout: float = 0.1
     seed: int = 0
+    checkpoint_every: int = 200  # steps between resumable checkpoints
 
     def __post_init__(self) -> None:
-        for key in ("steps", "batch_size", "channels", "blocks", "res_per_block"):
+        for key in ("steps", "batch_size", "channels", "blocks", "res_per_block", "checkpoint_every"):
             check_at_least("prior", key, getattr(self, key), 1)
         check_at_least("prior", "seed", self.seed, 0)
         _positive("prior", "lr", self.lr)

@@ -22,7 +22,7 @@ from .checkpoint import CheckpointError, load_payload, save_payload
 from .codes import EMPTY, Codes
 
 MODEL_FORMAT = "sparse-vqvae/frequency-model"
-MODEL_VERSION = 1
+MODEL_VERSION = 2
 _ROWS = 2048  # positions per coded chunk: bounds the [rows, num_atoms] probability tables
 
 

@@ -15,11 +15,12 @@ from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointError, load_payload, save_payload
 from .code_store import CodeStore, StoreMetadata, collate_codes
+from .config import codes_vary
 from .codes import Codes
 from .pixelsnail import FactorizedPrior, PixelSNAIL, PriorConfig, bits
 
 PRIOR_FORMAT = "sparse-vqvae/pixelsnail"
-PRIOR_VERSION = 1
+PRIOR_VERSION = 2
 
 
 class PriorCheckpoint(NamedTuple):
@@ -37,7 +38,7 @@ def load_maps(store: CodeStore) -> tuple[Codes, ...]:
 def prior_configs(meta: StoreMetadata, **sizes) -> list[PriorConfig]:
     """One PriorConfig per code map; every map after the first is conditioned on the first (the top)."""
     common = dict(num_atoms=meta.num_atoms, coef_levels=meta.coef_levels, slots=meta.slots,
-                  variable_count=meta.selection_fn == "fista")
+                  variable_count=codes_vary(meta.selection_fn))
     top_h, top_w = meta.map_sizes[0]
     configs = [PriorConfig(**common, height=top_h, width=top_w, **sizes)]
     for h, w in meta.map_sizes[1:]:
@@ -53,8 +54,10 @@ def _inputs(maps: tuple[Codes, ...], level: int, rows, device: torch.device) -> 
 
 def train_prior(prior: PixelSNAIL, maps: tuple[Codes, ...], level: int, steps: int, batch_size: int = 64,
                 lr: float = 3e-4, seed: int = 0, checkpoint_path: str | Path | None = None, fingerprint: str = "",
-                progress: bool = True, on_metrics: Callable[[int, dict], None] | None = None) -> dict[str, float]:
-    """Maximum likelihood on map ``level`` (0 = top); resumes from ``checkpoint_path`` when it exists."""
+                checkpoint_every: int = 200, progress: bool = True,
+                on_metrics: Callable[[int, dict], None] | None = None) -> dict[str, float]:
+    """Maximum likelihood on map ``level`` (0 = top); resumes from ``checkpoint_path`` when it exists.
+    Returns the last step's figures with the step it started from and the steps it trained."""
     optimizer = torch.optim.Adam(prior.parameters(), lr=lr)
     step = 0
     if checkpoint_path is not None and Path(checkpoint_path).exists():
@@ -66,6 +69,7 @@ def train_prior(prior: PixelSNAIL, maps: tuple[Codes, ...], level: int, steps: i
         if resumed.optimizer_state is not None:
             optimizer.load_state_dict(resumed.optimizer_state)
         step = resumed.step
+    start = step
     count = maps[0].atoms.shape[0]
     metrics: dict[str, float] = {}
     with tqdm(total=steps, initial=step, desc=f"train prior (map {level})", disable=not progress) as bar:
@@ -83,9 +87,9 @@ def train_prior(prior: PixelSNAIL, maps: tuple[Codes, ...], level: int, steps: i
             bar.set_postfix(bits=f"{loss.item():.1f}")
             if on_metrics is not None:
                 on_metrics(step, metrics)
-            if checkpoint_path is not None and (step % 200 == 0 or step == steps):
+            if checkpoint_path is not None and (step % checkpoint_every == 0 or step == steps):
                 save_prior(checkpoint_path, prior, optimizer, step, fingerprint)
-    return metrics
+    return {**metrics, "start_step": start, "steps_trained": max(step - start, 0)}
 
 
 @torch.no_grad()

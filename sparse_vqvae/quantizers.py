@@ -2,17 +2,22 @@
 
 - ``VectorQuantizerEMA`` (``vanilla``): VQ-VAE-2's nearest-neighbour codebook, learned by
   exponential moving averages of the assigned encoder outputs (van den Oord et al. 2017, App. A.1).
+- ``ResidualVQ`` (``rvq``): K stages of such codebooks, stage k coding what stages 1..k-1 left
+  (SoundStream, Zeghidour et al. 2021): the hard-selection rival of K atoms.
 - ``SparseQuantizer`` (``omp`` / ``fista``): each latent vector is coded by a few atoms of a
   unit-norm dictionary. The dictionary is an ``nn.Parameter`` and learns twice over: from the
   reconstruction loss through the task-driven gradient of the sparse code (Mairal et al. 2010)
-  and from the dictionary loss ``||D c - sg(z)||^2``. The coefficients are quantised to
-  ``coef_levels`` uniform levels over [-m, m] (0 among them), m an EMA of the 99.9th percentile of |c| seen in
-  training, and the decoder sees the quantised code (straight-through), so every code is discrete.
+  and from the dictionary loss ``||D c - sg(z)||^2``. The encoder learns by the straight-through
+  estimator ``z + sg(z_q - z)`` (``encoder_gradient``): the task-driven gradient alone reaches it
+  only inside the span of the chosen atoms - nothing at all at K=1 with unit-norm latents. Each
+  coefficient is quantised to one of ``coef_levels`` values (``coef_quantizer``): ``uniform`` over
+  [-m, m], m an EMA of the 99.9th percentile of |c|, or ``learned``, a scalar codebook learned by
+  EMA of the coefficients each value quantises. A pair whose value quantises to zero is not coded.
 
-Both start from data (codebook = encoder outputs, dictionary = MOD fit on them) on their first
-training batch, and re-seed codes/atoms that fell out of use from the worst-coded encoder outputs:
-with a random start VQ-VAEs collapse on small data. Under torch.distributed the statistics are
-summed and the re-seeds broadcast from rank 0, so every worker keeps the same codebook.
+All start from data (codebook = k-means of encoder outputs, dictionary = MOD fit on them) on their
+first training batch, and re-seed codes/atoms that fell out of use from the worst-coded encoder
+outputs: with a random start VQ-VAEs collapse on small data. Under torch.distributed the
+statistics are summed and the re-seeds broadcast from rank 0, so every worker keeps the same tables.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .codes import EMPTY, Codes, canonical_order
-from .config import ModelConfig
+from .config import COEF_QUANTIZERS, ENCODER_GRADIENTS, ModelConfig
 from .sparse_coding import init_dictionary_from_data, kmeans, normalize_atoms, sparse_code
 
 USAGE_DECAY = 0.9  # usage statistics follow the last ~10 steps
@@ -145,17 +150,23 @@ class VectorQuantizerEMA(_Quantizer):
             flat = _flatten(z.float())
             if self.training and not bool(self.initialized):
                 self.initialize(flat.detach())
-            distance = (flat.detach().square().sum(1, keepdim=True) - 2 * flat.detach() @ self.embed
-                        + self.embed.square().sum(0, keepdim=True))
-            error, index = distance.min(dim=1)
-            if self.training:
-                self._ema_update(flat.detach(), index, error)
+            index = self.assign(flat.detach())
             quantized = F.embedding(index, self.embed.t())
             loss = self.commitment * F.mse_loss(flat, quantized.detach())
             z_q = _unflatten(straight_through(flat, quantized), z)
         b, _, h, w = z.shape
         codes = Codes(index.reshape(b, h, w, 1), torch.zeros(b, h, w, 1, dtype=torch.long, device=z.device))
         return QuantizerOutput(z_q, codes, loss, usage_stats(codes, self.num_atoms, 1))
+
+    def assign(self, flat: torch.Tensor) -> torch.Tensor:
+        """The nearest codebook entry of each vector [M, C]; in training, followed by the codebook's EMA
+        step (the returned entries index the updated codebook)."""
+        distance = (flat.square().sum(1, keepdim=True) - 2 * flat @ self.embed
+                    + self.embed.square().sum(0, keepdim=True))
+        error, index = distance.min(dim=1)
+        if self.training:
+            self._ema_update(flat, index, error)
+        return index
 
     def decode_codes(self, codes: Codes) -> torch.Tensor:
         flat = F.embedding(codes.atoms[..., 0].reshape(-1), self.embed.t())
@@ -192,22 +203,98 @@ class VectorQuantizerEMA(_Quantizer):
             self.usage[slots] = 1.0 / self.num_atoms
 
 
+class ResidualVQ(nn.Module):
+    """K EMA codebooks [C, N]: stage k codes the residual of stages 1..k-1, z_q the sum of the K entries.
+
+    A code is K pairs whose atoms index the stacked codebooks (stage k's entries are k*N .. k*N+N-1),
+    so the canonical ascending order is the stage order, and every code map, store, prior and
+    entropy coder handles it as K atoms out of K*N with one level.
+    """
+
+    def __init__(self, dim: int, codebook_size: int, stages: int, decay: float = 0.99, commitment: float = 0.25,
+                 restart_dead: bool = True) -> None:
+        super().__init__()
+        self.dim, self.codebook_size, self.commitment = dim, codebook_size, commitment
+        self.num_atoms, self.slots, self.coef_levels = codebook_size * stages, stages, 1
+        self.stages = nn.ModuleList(VectorQuantizerEMA(dim, codebook_size, decay=decay, commitment=0.0,
+                                                       restart_dead=restart_dead) for _ in range(stages))
+        self.register_buffer("initialized", torch.tensor(False))
+
+    def forward(self, z: torch.Tensor) -> QuantizerOutput:
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            flat = _flatten(z.float())
+            if self.training and not bool(self.initialized):
+                self.initialize(flat.detach())
+            residual = flat.detach()
+            picks = []
+            for k, stage in enumerate(self.stages):
+                index = stage.assign(residual)
+                residual = residual - F.embedding(index, stage.embed.t())
+                picks.append(index + k * self.codebook_size)
+            atoms = torch.stack(picks, dim=1)
+            quantized = compose(torch.ones_like(atoms, dtype=flat.dtype), atoms, self.codebook())
+            loss = self.commitment * F.mse_loss(flat, quantized.detach())
+            z_q = _unflatten(straight_through(flat, quantized), z)
+        b, _, h, w = z.shape
+        codes = Codes(atoms.reshape(b, h, w, self.slots), torch.zeros(b, h, w, self.slots, dtype=torch.long,
+                                                                      device=z.device))
+        return QuantizerOutput(z_q, codes, loss, usage_stats(codes, self.num_atoms, 1))
+
+    def codebook(self) -> torch.Tensor:
+        """The stages' codebooks side by side, [C, K*N]: the table the code's atoms index."""
+        return torch.cat([stage.embed for stage in self.stages], dim=1)
+
+    def decode_codes(self, codes: Codes) -> torch.Tensor:
+        b, h, w, k = codes.atoms.shape
+        atoms = codes.atoms.reshape(-1, k)
+        present = atoms != EMPTY
+        flat = compose(present.to(self.stages[0].embed.dtype), atoms.clamp_min(0), self.codebook())
+        return flat.reshape(b, h, w, self.dim).permute(0, 3, 1, 2)
+
+    @torch.no_grad()
+    def initialize(self, targets: torch.Tensor, iterations: int = 3) -> None:
+        """k-means for each stage in turn, on the residuals the stages before it leave."""
+        residual = targets.float()
+        for stage in self.stages:
+            stage.initialize(residual, iterations=iterations)
+            stage.eval()
+            residual = residual - F.embedding(stage.assign(residual), stage.embed.t())
+            stage.train(self.training)
+        self.initialized.fill_(True)
+
+    def coding_target(self, z: torch.Tensor) -> torch.Tensor:
+        return z
+
+    def after_step(self) -> None:
+        """The stages update their codebooks in the forward pass."""
+
+
 class SparseQuantizer(_Quantizer):
     """Sparse coding over a learned unit-norm dictionary [C, N], by OMP or FISTA (see module docstring)."""
 
     def __init__(self, dim: int, num_atoms: int, method: str = "omp", n_nonzero: int = 2, alpha: float = 0.3,
-                 max_nonzero: int = 4, coef_levels: int = 32, normalize_latents: bool = False,
+                 max_nonzero: int = 4, coef_levels: int = 32, coef_quantizer: str = "uniform",
+                 normalize_latents: bool = False, encoder_gradient: str = "straight_through",
                  commitment: float = 0.25, dictionary_loss_weight: float = 1.0, coef_decay: float = 0.99,
                  restart_dead: bool = True) -> None:
         super().__init__(dim, num_atoms, n_nonzero if method == "omp" else max_nonzero, coef_levels, commitment,
                          restart_dead)
         if method not in ("omp", "fista"):
             raise ValueError(f"method must be 'omp' or 'fista', got {method!r}")
+        if coef_quantizer not in COEF_QUANTIZERS:
+            raise ValueError(f"coef_quantizer must be one of {', '.join(COEF_QUANTIZERS)}, got {coef_quantizer!r}")
+        if encoder_gradient not in ENCODER_GRADIENTS:
+            raise ValueError(f"encoder_gradient must be one of {', '.join(ENCODER_GRADIENTS)}, "
+                             f"got {encoder_gradient!r}")
         self.method, self.n_nonzero, self.alpha, self.max_nonzero = method, n_nonzero, alpha, max_nonzero
         self.normalize_latents, self.dictionary_loss_weight = normalize_latents, dictionary_loss_weight
-        self.coef_decay = coef_decay
+        self.coef_quantizer, self.encoder_gradient, self.coef_decay = coef_quantizer, encoder_gradient, coef_decay
         self.dictionary = nn.Parameter(normalize_atoms(torch.randn(dim, num_atoms)))
         self.register_buffer("coef_range", torch.tensor(1.0))
+        # The value of each level, ascending; learned: the EMA counts and sums that make it.
+        self.register_buffer("level_table", uniform_levels(coef_levels, self.coef_range))
+        self.register_buffer("level_count", torch.ones(coef_levels))
+        self.register_buffer("level_sum", self.level_table.clone())
         self._pending_restart: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
@@ -222,16 +309,13 @@ class SparseQuantizer(_Quantizer):
         return normalize_atoms(self.dictionary)
 
     def level_values(self) -> torch.Tensor:
-        """The coefficient value of each level: steps of m / (L // 2) from -m, with 0 exactly at level L // 2
-        (so a zero coefficient - an OMP atom dependent on the others - decodes to zero)."""
-        zero = self.coef_levels // 2
-        index = torch.arange(self.coef_levels, device=self.coef_range.device, dtype=self.coef_range.dtype)
-        return (index - zero) * (self.coef_range / zero)
+        """The coefficient value of each level [L], ascending."""
+        return self.level_table
 
     def quantize_coefficients(self, values: torch.Tensor) -> torch.Tensor:
-        zero = self.coef_levels // 2
-        step = self.coef_range / zero
-        return (torch.round(values / step).long() + zero).clamp_(0, self.coef_levels - 1)
+        """The level of the nearest value to each coefficient."""
+        table = self.level_table
+        return torch.bucketize(values.contiguous(), (table[1:] + table[:-1]) / 2)
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         with torch.autocast(device_type=z.device.type, enabled=False):
@@ -240,27 +324,32 @@ class SparseQuantizer(_Quantizer):
             if self.training and not bool(self.initialized):
                 self.initialize(target.detach())
             dictionary = self.atoms
-            code = sparse_code(target, dictionary, self.method, **self._solver)  # [M, N], task-driven gradients
+            straight = self.encoder_gradient == "straight_through"
+            # The dictionary always gets the task-driven gradient; the encoder only when asked.
+            code = sparse_code(target.detach() if straight else target, dictionary, self.method, **self._solver)
 
             atoms = code.detach().abs().topk(self.slots, dim=1).indices
-            if self.method == "fista":  # fewer non-zeros than slots: empty slots
-                atoms = torch.where(code.detach().gather(1, atoms) != 0, atoms, torch.full_like(atoms, EMPTY))
-            atoms = atoms.gather(1, canonical_order(atoms))
-            present = atoms != EMPTY
-            safe_atoms = atoms.clamp_min(0)
-            values = code.gather(1, safe_atoms) * present
+            values = code.gather(1, atoms)
             if self.training:
-                self._fit_range(values.detach()[present])
-            levels = self.quantize_coefficients(values.detach()) * present
-            quantized = straight_through(values, self.level_values()[levels] * present)
+                self._fit_levels(values.detach()[values.detach() != 0])
+            levels = self.quantize_coefficients(values.detach())
+            # Pairs whose coefficient or level value is zero add nothing to z_q: they are not coded.
+            kept = (values.detach() != 0) & (self.level_table[levels] != 0)
+            order = canonical_order(torch.where(kept, atoms, EMPTY))
+            atoms, values, levels, kept = (t.gather(1, order) for t in (atoms, values, levels, kept))
+            atoms, levels = torch.where(kept, atoms, EMPTY), levels * kept
+            safe_atoms = atoms.clamp_min(0)
+            quantized = straight_through(values, self.level_table[levels] * kept)
             z_q_flat = compose(quantized, safe_atoms, dictionary)
 
             loss = self.commitment * F.mse_loss(target, z_q_flat.detach())
             if self.dictionary_loss_weight:  # D c, composed from the code's non-zeros
-                fitted = compose(values, safe_atoms, dictionary)
+                fitted = compose(values * kept, safe_atoms, dictionary)
                 loss = loss + self.dictionary_loss_weight * F.mse_loss(fitted, target.detach())
             if self.training and self.restart_dead:
                 self._plan_restart(target.detach(), z_q_flat.detach(), atoms)
+            if straight:
+                z_q_flat = z_q_flat + (target - target.detach())
             z_q = _unflatten(z_q_flat, z)
         b, _, h, w = z.shape
         codes = Codes(atoms.reshape(b, h, w, self.slots), levels.reshape(b, h, w, self.slots))
@@ -270,7 +359,7 @@ class SparseQuantizer(_Quantizer):
         b, h, w, k = codes.atoms.shape
         atoms, levels = codes.atoms.reshape(-1, k), codes.levels.reshape(-1, k)
         present = atoms != EMPTY
-        flat = compose(self.level_values()[levels] * present, atoms.clamp_min(0), self.atoms)
+        flat = compose(self.level_table[levels] * present, atoms.clamp_min(0), self.atoms)
         return flat.reshape(b, h, w, self.dim).permute(0, 3, 1, 2)
 
     @torch.no_grad()
@@ -289,16 +378,24 @@ class SparseQuantizer(_Quantizer):
     @torch.no_grad()
     def initialize(self, target: torch.Tensor, iterations: int = 3) -> None:
         """Start the dictionary as a MOD fit to coding targets [M, C] (rank 0's, under DDP), and the
-        coefficient range from their codes."""
+        coefficient values from their codes: the range's percentile, or the codes' quantiles."""
         target = target.float()
         generator = torch.Generator(device=target.device).manual_seed(0)
         fitted = init_dictionary_from_data(target, self.num_atoms, self.slots, mod_iterations=iterations,
                                            generator=generator)
         self.dictionary.copy_(_from_rank0(fitted.contiguous()))
         code = sparse_code(target, self.atoms, self.method, **self._solver)
-        magnitudes = code.abs()[code != 0]
-        start = self._percentile(magnitudes) if magnitudes.numel() else torch.ones_like(self.coef_range)
+        values = code[code != 0]
+        start = self._percentile(values.abs()) if values.numel() else torch.ones_like(self.coef_range)
         self.coef_range.copy_(_from_rank0(start))  # every rank joins the broadcast
+        table = uniform_levels(self.coef_levels, self.coef_range)
+        if self.coef_quantizer == "learned" and values.numel():
+            sample = values[:: max(1, values.numel() // 1_000_000)]
+            middles = (torch.arange(self.coef_levels, device=sample.device) + 0.5) / self.coef_levels
+            table = torch.quantile(sample, middles.to(sample.dtype))
+        self.level_table.copy_(_from_rank0(table.contiguous()))
+        self.level_sum.copy_(self.level_table)
+        self.level_count.fill_(1.0)
         self.initialized.fill_(True)
 
     def _percentile(self, magnitudes: torch.Tensor) -> torch.Tensor:
@@ -306,13 +403,25 @@ class SparseQuantizer(_Quantizer):
         return torch.quantile(sample, COEF_QUANTILE).clamp_min(1e-6)
 
     @torch.no_grad()
-    def _fit_range(self, values: torch.Tensor) -> None:
-        # Every rank joins the all-reduce, with weight 0 when it saw no coefficient.
-        seen = values.numel() > 0
-        observed = self._percentile(values.abs()) if seen else torch.zeros_like(self.coef_range)
-        total = _all_sum(torch.stack([observed, torch.ones_like(observed) * seen]))
-        if total[1] > 0:
-            self.coef_range.mul_(self.coef_decay).add_(total[0] / total[1], alpha=1 - self.coef_decay)
+    def _fit_levels(self, values: torch.Tensor) -> None:
+        """One EMA step of the level values from this batch's non-zero coefficients (every rank joins)."""
+        if self.coef_quantizer == "uniform":
+            seen = values.numel() > 0
+            observed = self._percentile(values.abs()) if seen else torch.zeros_like(self.coef_range)
+            total = _all_sum(torch.stack([observed, torch.ones_like(observed) * seen]))
+            if total[1] > 0:
+                self.coef_range.mul_(self.coef_decay).add_(total[0] / total[1], alpha=1 - self.coef_decay)
+            self.level_table.copy_(uniform_levels(self.coef_levels, self.coef_range))
+            return
+        index = self.quantize_coefficients(values)
+        counts = _all_sum(torch.bincount(index, minlength=self.coef_levels).to(self.level_count.dtype))
+        sums = _all_sum(torch.zeros_like(self.level_sum).index_add_(0, index, values.to(self.level_sum.dtype)))
+        self.level_count.mul_(self.coef_decay).add_(counts, alpha=1 - self.coef_decay)
+        self.level_sum.mul_(self.coef_decay).add_(sums, alpha=1 - self.coef_decay)
+        table, order = (self.level_sum / self.level_count.clamp_min(1e-12)).sort()  # stays ascending
+        self.level_table.copy_(table)
+        self.level_sum.copy_(self.level_sum[order])
+        self.level_count.copy_(self.level_count[order])
 
     @torch.no_grad()
     def _plan_restart(self, target: torch.Tensor, z_q: torch.Tensor, atoms: torch.Tensor) -> None:
@@ -326,6 +435,13 @@ class SparseQuantizer(_Quantizer):
         self._pending_restart = (slots, seeds)
 
 
+def uniform_levels(count: int, coef_range: torch.Tensor) -> torch.Tensor:
+    """``count`` evenly spaced values from -m to m: zero is a level when ``count`` is odd, and 2 levels
+    are the signs (gain-shape coding at K=1)."""
+    odd = torch.arange(count, device=coef_range.device, dtype=coef_range.dtype) * 2 - (count - 1)  # exact zero
+    return odd * (coef_range / (count - 1))
+
+
 def compose(values: torch.Tensor, atoms: torch.Tensor, dictionary: torch.Tensor) -> torch.Tensor:
     """sum_k values[:, k] * dictionary[:, atoms[:, k]] -> [M, C], in the codes' slot order (bit-stable)."""
     return (values.unsqueeze(-1) * F.embedding(atoms, dictionary.t())).sum(dim=1)  # embedding: a fast backward
@@ -335,10 +451,14 @@ def build_quantizer(config: ModelConfig) -> nn.Module:
     if config.selection_fn == "vanilla":
         return VectorQuantizerEMA(config.embed_dim, config.num_atoms, decay=config.ema_decay,
                                   commitment=config.commitment, restart_dead=config.restart_dead)
+    if config.selection_fn == "rvq":
+        return ResidualVQ(config.embed_dim, config.num_atoms, config.n_nonzero, decay=config.ema_decay,
+                          commitment=config.commitment, restart_dead=config.restart_dead)
     return SparseQuantizer(
         config.embed_dim, config.num_atoms, method=config.selection_fn, n_nonzero=config.n_nonzero,
         alpha=config.alpha, max_nonzero=config.max_nonzero, coef_levels=config.coef_levels,
-        normalize_latents=config.normalize_latents, commitment=config.commitment,
+        coef_quantizer=config.coef_quantizer, normalize_latents=config.normalize_latents,
+        encoder_gradient=config.encoder_gradient, commitment=config.commitment,
         dictionary_loss_weight=config.dictionary_loss_weight, coef_decay=config.ema_decay,
         restart_dead=config.restart_dead,
     )

@@ -21,7 +21,7 @@ from .metrics import mean_colour_squared_error_255, psnr, squared_error_255, ssi
 from .vqvae import VQVAE2
 
 CHECKPOINT_FORMAT = "sparse-vqvae/vqvae2"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
 
 
 class Checkpoint(NamedTuple):

@@ -17,10 +17,12 @@ import torch
 
 from sparse_vqvae.atomic import atomic_write
 from sparse_vqvae.code_store import CodeStore
+from sparse_vqvae.config import codes_vary
 from sparse_vqvae.devices import default_device
 from sparse_vqvae.entropy_coding import FrequencyModel
 from sparse_vqvae.pictures import line_plot
 from sparse_vqvae.pixelsnail import PixelSNAIL
+from sparse_vqvae.provenance import source_fingerprint
 from sparse_vqvae.prior_train import bits_per_image, load_maps, prior_configs, train_prior
 from sparse_vqvae.train import load_checkpoint
 
@@ -39,7 +41,9 @@ def run(params: PipelineParams, tracker: StageTracker) -> dict[str, Any]:
     fingerprint = load_checkpoint(VQVAE).model.fingerprint()
     store = CodeStore(TRAIN_CODES, expected_fingerprint=fingerprint)
     maps = load_maps(store)
-    key = hashlib.sha256(json.dumps([asdict(config), fingerprint], sort_keys=True).encode()).hexdigest()[:16]
+    # A checkpoint of other settings, another VQ-VAE or other library code is not resumed.
+    key = hashlib.sha256(json.dumps([asdict(config), fingerprint, source_fingerprint()], sort_keys=True)
+                         .encode()).hexdigest()[:16]
     sizes = dict(channels=config.channels, blocks=config.blocks, res_per_block=config.res_per_block,
                  dropout=config.dropout)
     curves: dict[int, dict[str, float]] = {}
@@ -55,8 +59,11 @@ def run(params: PipelineParams, tracker: StageTracker) -> dict[str, Any]:
                 tracker.log_metrics({f"{name}_bits_per_image": values["bits_per_image"]}, step)
 
         resume = CHECKPOINTS / "prior" / key / f"level{level}.pt"
-        train_prior(prior, maps, level, config.steps, batch_size=config.batch_size, lr=config.lr,
-                    seed=config.seed + level, checkpoint_path=resume, fingerprint=fingerprint, on_metrics=log)
+        trained = train_prior(prior, maps, level, config.steps, batch_size=config.batch_size, lr=config.lr,
+                              seed=config.seed + level, checkpoint_path=resume, fingerprint=fingerprint,
+                              checkpoint_every=config.checkpoint_every, on_metrics=log)
+        metrics[f"{name}_start_step"] = trained["start_step"]
+        metrics[f"{name}_steps_trained"] = trained["steps_trained"]
         PRIORS.mkdir(parents=True, exist_ok=True)
         with atomic_write(prior_path(level)) as handle:
             handle.write(resume.read_bytes())
@@ -64,7 +71,7 @@ def run(params: PipelineParams, tracker: StageTracker) -> dict[str, Any]:
     _publish(curves, tracker)
     # The codec's entropy model: atom / level / count frequencies of the training codes.
     meta = store.meta
-    FrequencyModel.fit(maps, meta.num_atoms, meta.coef_levels, meta.selection_fn == "fista",
+    FrequencyModel.fit(maps, meta.num_atoms, meta.coef_levels, codes_vary(meta.selection_fn),
                        fingerprint).save(FREQUENCY_MODEL)
     for path in (*map(prior_path, range(len(maps))), FREQUENCY_MODEL):  # for `sparse-vqvae --model <run id>`
         tracker.log_artifact(path, PRIORS.as_posix())

@@ -29,6 +29,7 @@ import torch
 from sparse_vqvae.atomic import atomic_write, write_json
 from sparse_vqvae.data import ImageArray
 from sparse_vqvae.pictures import line_plot
+from sparse_vqvae.provenance import source_fingerprint
 from sparse_vqvae.train import load_checkpoint, make_optimizer, run_training, save_checkpoint
 
 from .layout import CHECKPOINTS, PLOTS, PRETRAINED, TEST_IMAGES, TRAIN_IMAGES, VQVAE, VQVAE_DIR
@@ -44,11 +45,12 @@ CURVE_KEYS = ("loss", "reconstruction_mse", "latent_loss")
 
 
 def run_key(params: PipelineParams) -> str:
-    """Which run a checkpoint belongs to: the data, model and optimisation settings and the starting
-    model. Not the step count nor the eval/checkpoint cadence: a run asked to go on longer resumes."""
+    """Which run a checkpoint belongs to: the data, model and optimisation settings, the starting
+    model and the library's source. Not the step count nor the eval/checkpoint cadence: a run asked
+    to go on longer resumes; one of other code starts afresh."""
     train = {key: getattr(params.train, key) for key in ("batch_size", "lr", "seed")}
-    settings = json.dumps({"data": asdict(params.data), "model": asdict(params.model), "train": train},
-                          sort_keys=True)
+    settings = json.dumps({"data": asdict(params.data), "model": asdict(params.model), "train": train,
+                           "source": source_fingerprint()}, sort_keys=True)
     return hashlib.sha256(settings.encode() + PRETRAINED.read_bytes()).hexdigest()[:16]
 
 
@@ -141,7 +143,9 @@ def run(params: PipelineParams, tracker: StageTracker) -> dict[str, Any]:
             "pretrained": str(PRETRAINED.resolve()), "last": str(folder / "last.pt"),
             "scratch": str(folder / "scratch"), "train_images": str(TRAIN_IMAGES.resolve()),
             "test_images": str(TEST_IMAGES.resolve()), "tracking_uri": tracker.uri, "run_id": tracker.run_id}
-    print(f"[{STAGE}] run {key}: checkpoints in {folder}" + (" (resuming)" if (folder / "last.pt").is_file() else ""))
+    last = folder / "last.pt"
+    start_step = load_checkpoint(last).step if last.is_file() else 0
+    print(f"[{STAGE}] run {key}: checkpoints in {folder}" + (f" (resuming at step {start_step})" if start_step else ""))
     connect(params.ray)
     try:
         use_gpu = wants_gpu(params.ray)
@@ -162,7 +166,9 @@ def run(params: PipelineParams, tracker: StageTracker) -> dict[str, Any]:
         with atomic_write(VQVAE) as handle:
             handle.write((Path(reported) / "model.pt").read_bytes())
         history = json.loads((Path(reported) / "history.json").read_text())
-    return _publish(history, params, tracker) | {"workers": params.ray.num_workers, "gpu_workers": int(use_gpu)}
+    figures = _publish(history, params, tracker)
+    return figures | {"start_step": start_step, "steps_trained": figures["steps"] - start_step,
+                      "workers": params.ray.num_workers, "gpu_workers": int(use_gpu)}
 
 
 def _publish(history: list[dict], params: PipelineParams, tracker: StageTracker) -> dict[str, Any]:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from sparse_vqvae.codec import Codec, CodecError, bits_per_pixel, read_codes
-from sparse_vqvae.config import TrainConfig
+from sparse_vqvae.config import TrainConfig, codes_vary
 from sparse_vqvae.entropy_coding import FrequencyModel
 from sparse_vqvae.train import train
 
@@ -19,7 +19,7 @@ def trained(selection_fn: str, levels: int = 2):
     with torch.no_grad():
         maps = model.encode(images)[1]
     quantizer = model.quantizers[0]
-    entropy = FrequencyModel.fit(maps, quantizer.num_atoms, quantizer.coef_levels, selection_fn == "fista",
+    entropy = FrequencyModel.fit(maps, quantizer.num_atoms, quantizer.coef_levels, codes_vary(selection_fn),
                                  model.fingerprint())
     return Codec(model, entropy)
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from sparse_vqvae.codes import EMPTY, validate_codes
-from sparse_vqvae.quantizers import SparseQuantizer, VectorQuantizerEMA, build_quantizer
+from sparse_vqvae.quantizers import SparseQuantizer, VectorQuantizerEMA, build_quantizer, uniform_levels
 from sparse_vqvae.sparse_coding import random_dictionary
 
 from .tiny import SELECTION_FNS, tiny_config
@@ -23,10 +23,10 @@ def test_output_shapes_codes_and_exact_decoding(selection_fn):
     quantizer.eval()
     out = quantizer(z)
     assert out.z_q.shape == z.shape and out.loss.dim() == 0
-    slots = {"vanilla": 1, "omp": 2, "fista": 3}[selection_fn]
+    slots = {"vanilla": 1, "rvq": 2, "omp": 2, "fista": 3}[selection_fn]
     assert out.codes.atoms.shape == (4, 4, 4, slots)
-    validate_codes(out.codes, 32, 1 if selection_fn == "vanilla" else 16)
-    if selection_fn == "omp":
+    validate_codes(out.codes, 64 if selection_fn == "rvq" else 32, 1 if selection_fn in ("vanilla", "rvq") else 16)
+    if selection_fn in ("vanilla", "rvq"):
         assert out.codes.present.all()
     assert torch.equal(quantizer.decode_codes(out.codes), out.z_q)
     for key in ("perplexity", "dead_share", "nonzeros_per_position", "level_histogram"):
@@ -44,15 +44,64 @@ def test_fista_codes_hold_at_most_max_nonzero_pairs_in_canonical_order():
     assert (out.codes.levels[~out.codes.present] == 0).all()
 
 
-def test_gradients_reach_encoder_and_dictionary_through_the_sparse_code():
+def _reconstruction_gradient(quantizer, z: torch.Tensor, upstream: torch.Tensor) -> torch.Tensor:
+    """The encoder's gradient from a reconstruction-like loss <z_q, upstream> alone."""
+    z = z.clone().requires_grad_()
+    (quantizer(z).z_q * upstream).sum().backward()
+    return z.grad
+
+
+@pytest.mark.parametrize("selection_fn, overrides", [
+    ("omp", dict(n_nonzero=1, normalize_latents=True)),
+    ("omp", dict(n_nonzero=1, normalize_latents=False)),
+    ("fista", dict(normalize_latents=True)),
+])
+def test_the_reconstruction_loss_alone_trains_the_encoder_as_vanillas_does(selection_fn, overrides):
+    # Vanilla's encoder gets the upstream gradient of its coding target (the latent itself); a sparse
+    # quantizer's must be as large and point the same way - not projected onto the few chosen atoms.
+    config = tiny_config(selection_fn, embed_dim=16, commitment=0.0, dictionary_loss_weight=0.0, **overrides)
     torch.manual_seed(0)
-    quantizer = build_quantizer(tiny_config("omp")).train()
+    quantizer = build_quantizer(config).train()
+    quantizer(features(dim=16))  # initialise
+    z, upstream = features(dim=16, seed=1), features(dim=16, seed=2)
+    got = _reconstruction_gradient(quantizer, z, upstream)
+    vanilla = build_quantizer(tiny_config("vanilla", embed_dim=16, commitment=0.0)).train()
+    vanilla(features(dim=16))
+    assert torch.equal(_reconstruction_gradient(vanilla, z, upstream), upstream)
+    target = z.clone().requires_grad_()
+    (quantizer.coding_target(target) * upstream).sum().backward()  # the gradient through the coding target
+    cosine = torch.nn.functional.cosine_similarity(got.flatten(), target.grad.flatten(), dim=0)
+    assert cosine > 0.99 and 0.5 < got.norm() / target.grad.norm() < 2
+
+
+def test_the_dictionary_learns_through_the_sparse_code():
+    # Task-driven learning: the reconstruction loss reaches the dictionary through the code's dependence
+    # on it, not only through z_q = D c with the code held fixed.
+    torch.manual_seed(0)
+    quantizer = build_quantizer(tiny_config("omp", commitment=0.0, dictionary_loss_weight=0.0)).train()
     quantizer(features())  # initialise
-    z = features(seed=1).requires_grad_()
+    z, upstream = features(seed=1), features(seed=2)
     out = quantizer(z)
-    (out.z_q.square().sum() + out.loss).backward()
-    assert z.grad is not None and z.grad.abs().sum() > 0
-    assert quantizer.dictionary.grad is not None and quantizer.dictionary.grad.abs().sum() > 0
+    (out.z_q * upstream).sum().backward()
+    full = quantizer.dictionary.grad.clone()
+    quantizer.dictionary.grad = None
+    held = quantizer.decode_codes(out.codes)  # the same z_q, with the code as constants
+    (held * upstream).sum().backward()
+    fixed_code = quantizer.dictionary.grad
+    assert fixed_code.abs().sum() > 0
+    assert (full - fixed_code).norm() > 0.1 * full.norm()
+
+
+def test_task_driven_encoder_gradient_stays_inside_the_chosen_atoms_span():
+    torch.manual_seed(0)
+    config = tiny_config("omp", embed_dim=16, n_nonzero=1, normalize_latents=False, commitment=0.0,
+                         dictionary_loss_weight=0.0, encoder_gradient="task_driven")
+    quantizer = build_quantizer(config).train()
+    quantizer(features(dim=16))
+    z, upstream = features(dim=16, seed=1), features(dim=16, seed=2)
+    got = _reconstruction_gradient(quantizer, z, upstream).permute(0, 2, 3, 1).reshape(-1, 16)
+    chosen = quantizer.atoms.detach()[:, quantizer.eval()(z).codes.atoms.reshape(-1).clamp_min(0)].t()
+    assert torch.allclose(got, (got * chosen).sum(1, keepdim=True) * chosen, atol=1e-5)  # parallel to the atom
 
 
 def test_omp_with_one_atom_picks_the_nearest_unit_atom():
@@ -86,7 +135,7 @@ def test_ema_codebook_moves_towards_its_assigned_vectors():
     assert (quantizer.embed[:, used] - mean).norm() < (before[:, used] - mean).norm()
 
 
-@pytest.mark.parametrize("selection_fn", SELECTION_FNS)
+@pytest.mark.parametrize("selection_fn", ["vanilla", "omp", "fista"])  # rvq: each stage is a vanilla codebook
 def test_dead_entries_are_reseeded_from_encoder_outputs(selection_fn):
     torch.manual_seed(0)
     quantizer = build_quantizer(tiny_config(selection_fn)).train()
@@ -113,17 +162,74 @@ def test_dead_entries_are_reseeded_from_encoder_outputs(selection_fn):
         assert torch.allclose(after[:, ~starved], before[:, ~starved], atol=1e-6)
 
 
-def test_coefficient_levels_cover_the_fitted_range():
+def test_uniform_levels_cover_the_fitted_range():
     quantizer = SparseQuantizer(8, 32, "omp", coef_levels=5)
     quantizer.coef_range.fill_(2.0)
+    quantizer.level_table.copy_(uniform_levels(5, quantizer.coef_range))
     values = torch.tensor([-5.0, -2.0, -0.9, 0.0, 1.1, 2.0, 9.0])
     levels = quantizer.quantize_coefficients(values)
     assert levels.tolist() == [0, 0, 1, 2, 3, 4, 4]
     assert quantizer.level_values().tolist() == [-2.0, -1.0, 0.0, 1.0, 2.0]
-    even = SparseQuantizer(8, 32, "omp", coef_levels=4)
-    even.coef_range.fill_(2.0)
-    assert even.level_values().tolist() == [-2.0, -1.0, 0.0, 1.0]  # zero is always a level
-    assert even.quantize_coefficients(torch.tensor([0.0, -7.0, 7.0])).tolist() == [2, 0, 3]
+    assert uniform_levels(2, torch.tensor(0.5)).tolist() == [-0.5, 0.5]  # two levels: the sign
+    assert uniform_levels(4, torch.tensor(3.0)).tolist() == [-3.0, -1.0, 1.0, 3.0]
+
+
+@pytest.mark.parametrize("coef_levels", [2, 3, 4, 8, 16])
+@pytest.mark.parametrize("coef_quantizer", ["uniform", "learned"])
+def test_few_levels_train_and_decode_exactly(coef_levels, coef_quantizer):
+    torch.manual_seed(0)
+    quantizer = build_quantizer(tiny_config("omp", coef_levels=coef_levels, coef_quantizer=coef_quantizer)).train()
+    for seed in range(3):
+        quantizer(features(seed=seed))
+        quantizer.after_step()
+    table = quantizer.level_values()
+    assert table.shape == (coef_levels,) and bool((table[1:] > table[:-1]).all())  # ascending, distinct
+    out = quantizer.eval()(features(seed=5))
+    validate_codes(out.codes, 32, coef_levels)
+    assert torch.equal(quantizer.decode_codes(out.codes), out.z_q)
+    assert (quantizer.level_values()[out.codes.levels[out.codes.present]] != 0).all()
+
+
+def test_pairs_quantised_to_zero_are_not_coded():
+    torch.manual_seed(0)
+    quantizer = build_quantizer(tiny_config("omp", n_nonzero=3, coef_levels=3)).train()  # levels -m, 0, m
+    quantizer(features())
+    quantizer.coef_range.fill_(1.2)  # |c| < 0.6 rounds to the zero level: most, not all (unit-norm latents)
+    quantizer.level_table.copy_(uniform_levels(3, quantizer.coef_range))
+    out = quantizer.eval()(features(seed=1))
+    assert (~out.codes.present).any() and out.codes.present.any()
+    assert (out.codes.levels[out.codes.present] != 1).all()
+    key = torch.where(out.codes.present, out.codes.atoms, 10**6)
+    assert torch.equal(key, key.sort(dim=-1).values)  # canonical order: empty slots last
+    assert torch.equal(quantizer.decode_codes(out.codes), out.z_q)
+
+
+def test_learned_levels_move_to_the_mean_of_the_coefficients_they_quantise():
+    quantizer = SparseQuantizer(8, 32, "omp", coef_levels=2, coef_quantizer="learned", coef_decay=0.5)
+    quantizer.level_table.copy_(torch.tensor([-1.0, 1.0]))
+    quantizer.level_sum.copy_(quantizer.level_table)
+    values = torch.tensor([-0.2, -0.4, 0.3, 0.5, 0.7])
+    for _ in range(20):
+        quantizer._fit_levels(values)
+    assert torch.allclose(quantizer.level_values(), torch.tensor([-0.3, 0.5]), atol=1e-4)
+
+
+def test_residual_stages_code_what_the_earlier_ones_left():
+    torch.manual_seed(0)
+    z = features(batch=16)
+    errors = []
+    for stages in (1, 2, 4):
+        torch.manual_seed(0)
+        quantizer = build_quantizer(tiny_config("rvq", n_nonzero=stages)).train()
+        quantizer(z)  # k-means start, stage by stage on the residuals
+        out = quantizer.eval()(z)
+        atoms = out.codes.atoms.reshape(-1, stages)
+        assert all(((atoms[:, k] >= 32 * k) & (atoms[:, k] < 32 * (k + 1))).all() for k in range(stages))
+        flat = z.permute(0, 2, 3, 1).reshape(-1, 8)
+        expected = sum(quantizer.stages[k].embed[:, atoms[:, k] - 32 * k].t() for k in range(stages))
+        assert torch.allclose(out.z_q.permute(0, 2, 3, 1).reshape(-1, 8), expected, atol=1e-5)
+        errors.append(float((out.z_q - z).square().mean()))
+    assert errors[0] > errors[1] > errors[2]
 
 
 def test_a_zero_latent_decodes_to_zero():

@@ -61,7 +61,7 @@ def test_image_size_not_divisible_by_the_stride_is_rejected():
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (dict(selection_fn="omq"), "model.selection_fn must be one of vanilla, omp, fista"),
+        (dict(selection_fn="omq"), "model.selection_fn must be one of vanilla, rvq, omp, fista"),
         (dict(levels=3), "model.levels must be one of 1, 2"),
         (dict(n_nonzero=0), "model.n_nonzero must be an integer >= 1"),
         (dict(num_atoms=2.5), "model.num_atoms must be an integer"),

@@ -4,7 +4,7 @@ import torch
 
 from sparse_vqvae.config import ModelConfig
 
-SELECTION_FNS = ["vanilla", "omp", "fista"]
+SELECTION_FNS = ["vanilla", "rvq", "omp", "fista"]
 
 
 def tiny_config(selection_fn: str = "omp", **overrides) -> ModelConfig:
