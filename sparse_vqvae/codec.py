@@ -28,7 +28,7 @@ from .prior_coding import PriorEntropyModel
 from .vqvae import VQVAE2
 
 MAGIC = b"SVQC"
-VERSION = 3
+VERSION = 3  # bump on any change of layout or coding (tests/golden pins the bytes)
 ENTROPY_MODELS = ("factorised", "prior")  # the header's entropy-model byte indexes this
 EntropyModel = FrequencyModel | PriorEntropyModel
 _HEADER = struct.Struct("<4sBB8sHHB")
@@ -94,6 +94,19 @@ def read_codes(data: bytes, entropy: EntropyModel) -> tuple[tuple[int, int], tup
     return (height, width), maps
 
 
+def write_codes(maps: tuple[Codes, ...], entropy: EntropyModel, height: int, width: int) -> bytes:
+    """The bytes of a file holding one image's code maps ([H, W, K] each): the inverse of ``read_codes``."""
+    try:
+        payload = entropy.encode(maps)
+    except ValueError as error:  # e.g. an image size the priors do not code
+        raise CodecError(f"cannot code a {height}x{width} image: {error}") from error
+    body = _HEADER.pack(MAGIC, VERSION, ENTROPY_MODELS.index(entropy.kind), bytes.fromhex(entropy.fingerprint),
+                        height, width, len(maps))
+    body += b"".join(_MAP.pack(*codes.atoms.shape[:2]) for codes in maps)
+    body += _LENGTH.pack(len(payload)) + payload
+    return body + _CRC.pack(zlib.crc32(body))
+
+
 def bits_per_pixel(data: bytes, height: int, width: int) -> float:
     """The real rate: 8 x file size / pixels."""
     return 8 * len(data) / (height * width)
@@ -118,16 +131,7 @@ class Codec:
         stride = self.model.config.stride
         padded = F.pad(image[None], (0, -width % stride, 0, -height % stride), mode="replicate")
         _, maps, _, _ = self.model.encode(padded.to(self.device))
-        maps = tuple(codes[0].to("cpu") for codes in maps)
-        try:
-            payload = self.entropy.encode(maps)
-        except ValueError as error:  # e.g. an image size the priors do not code
-            raise CodecError(f"cannot code a {height}x{width} image: {error}") from error
-        body = _HEADER.pack(MAGIC, VERSION, ENTROPY_MODELS.index(self.entropy.kind),
-                            bytes.fromhex(self.entropy.fingerprint), height, width, len(maps))
-        body += b"".join(_MAP.pack(*codes.atoms.shape[:2]) for codes in maps)
-        body += _LENGTH.pack(len(payload)) + payload
-        return body + _CRC.pack(zlib.crc32(body))
+        return write_codes(tuple(codes[0].to("cpu") for codes in maps), self.entropy, height, width)
 
     @torch.no_grad()
     def decompress(self, data: bytes) -> torch.Tensor:
