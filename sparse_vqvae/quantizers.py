@@ -168,6 +168,10 @@ class VectorQuantizerEMA(_Quantizer):
             self._ema_update(flat, index, error)
         return index
 
+    def codebook(self) -> torch.Tensor:
+        """The vectors the codes' atoms index, [C, N]."""
+        return self.embed
+
     def decode_codes(self, codes: Codes) -> torch.Tensor:
         flat = F.embedding(codes.atoms[..., 0].reshape(-1), self.embed.t())
         b, h, w, _ = codes.atoms.shape
@@ -307,6 +311,10 @@ class SparseQuantizer(_Quantizer):
     def atoms(self) -> torch.Tensor:
         """The dictionary with unit-norm columns, as every code is computed and decoded."""
         return normalize_atoms(self.dictionary)
+
+    def codebook(self) -> torch.Tensor:
+        """The vectors the codes' atoms index, [C, N]: the unit-norm atoms."""
+        return self.atoms
 
     def level_values(self) -> torch.Tensor:
         """The coefficient value of each level [L], ascending."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from sparse_vqvae.pictures import dictionary_image
-from sparse_vqvae.quantizers import SparseQuantizer
 from sparse_vqvae.vqvae import VQVAE2
 
 
@@ -13,6 +12,5 @@ def dictionary_pictures(model: VQVAE2, folder: Path, prefix: str) -> list[Path]:
     """``<prefix>_<map>.png`` per code map: the atoms (or codebook vectors) as tiles."""
     paths = []
     for name, quantizer in zip(model.level_names, model.quantizers):
-        atoms = quantizer.atoms if isinstance(quantizer, SparseQuantizer) else quantizer.embed
-        paths.append(dictionary_image(atoms, folder / f"{prefix}_{name or 'map'}.png"))
+        paths.append(dictionary_image(quantizer.codebook().detach(), folder / f"{prefix}_{name or 'map'}.png"))
     return paths

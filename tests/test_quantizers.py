@@ -29,6 +29,7 @@ def test_output_shapes_codes_and_exact_decoding(selection_fn):
     if selection_fn in ("vanilla", "rvq"):
         assert out.codes.present.all()
     assert torch.equal(quantizer.decode_codes(out.codes), out.z_q)
+    assert quantizer.codebook().shape == (8, quantizer.num_atoms)  # what the atoms index (pictures of it)
     for key in ("perplexity", "dead_share", "nonzeros_per_position", "level_histogram"):
         assert key in out.stats
 
