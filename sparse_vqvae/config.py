@@ -167,7 +167,7 @@ class DataConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     steps: int = 600
-    batch_size: int = 128
+    batch_size: int = 128  # global: split between the Ray workers
     lr: float = 3e-4
     seed: int = 0
     eval_every: int = 200
@@ -219,7 +219,7 @@ class ExtractConfig:
 class PriorTrainConfig:
     """The PixelSNAIL priors (one per code map) and their training."""
 
-    steps: int = 300  # per prior
+    steps: int = 300  # per prior (top, then bottom)
     batch_size: int = 64
     lr: float = 1e-3
     channels: int = 64

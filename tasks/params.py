@@ -6,7 +6,9 @@ or a bad value fails at once, naming ``section.key`` and what is allowed.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import inspect
+import re
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -100,10 +102,44 @@ def load_params(path: str | Path = PARAMS_FILE) -> PipelineParams:
         raise ValueError(f"{path}: {error}") from error
 
 
+HEADER = """\
+# Every tunable of the pipeline, by stage; validated into typed objects at load (tasks/params.py):
+# an unknown key, a wrong type or a bad value fails before any stage works, naming the key.
+# The defaults and their comments are written from the dataclasses (sparse_vqvae/config.py,
+# tasks/params.py), the one place they are defined: `python -m tasks.params --write-defaults`.
+"""
+
+
+def _field_comments(cls: type) -> dict[str, str]:
+    """Each field's trailing comment in the class source: the one description of a key."""
+    pattern = re.compile(r"^\s+(\w+): [^=]+=.*?#\s*(.+)$")
+    return {m.group(1): m.group(2).strip() for line in inspect.getsource(cls).splitlines()
+            if (m := pattern.match(line))}
+
+
+def render_defaults() -> str:
+    """params.yaml with every default, each key commented as in its dataclass."""
+    lines = [HEADER.rstrip("\n")]
+    for section, cls in _CLASSES.items():
+        lines.append(f"{section}:")
+        comments = _field_comments(cls)
+        for field in fields(cls):
+            value = yaml.safe_dump(getattr(cls(), field.name), default_flow_style=True).strip()
+            value = value.removesuffix("\n...").strip()
+            comment = f" # {comments[field.name]}" if field.name in comments else ""
+            lines.append(f"  {field.name}: {value}{comment}")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
-    """``python -m tasks.params [FILE]``: validate a parameter file and say what is wrong, if anything."""
+    """``python -m tasks.params [FILE]``: validate a parameter file and say what is wrong, if anything;
+    ``--write-defaults`` writes params.yaml from the dataclasses' defaults."""
     import sys
 
+    if sys.argv[1:] == ["--write-defaults"]:
+        PARAMS_FILE.write_text(render_defaults())
+        print(f"wrote {PARAMS_FILE} from the defaults")
+        return
     path = Path(sys.argv[1]) if len(sys.argv) > 1 else PARAMS_FILE
     try:
         load_params(path)
