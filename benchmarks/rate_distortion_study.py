@@ -1,0 +1,224 @@
+"""The equal-rate study: does coding latents with a few dictionary atoms buy a better trade of quality
+for bits than picking codebook vectors?
+
+Each family - ``vanilla`` (one EMA codebook), ``rvq`` (residual EMA codebooks), ``omp`` and ``lasso``
+(selection_fn ``fista``) - is trained at several rates with the same budget (the pipeline's
+pretraining, then ``--steps`` stage-1 steps, then the PixelSNAIL priors), and measured on held-out
+images: real ``.svq`` files with the factorised entropy model (``bpp``) and with the priors
+(``bpp_prior``), PSNR from the whole-set MSE and MS-SSIM. Every curve is compared by BD-rate against
+vanilla and rvq. Two held-out sets: the embedded photographs' test crops, and 1,000 CIFAR-10 images
+(``../shared/data/cifar10-jpeg/train``, trained on the other 49,000).
+
+    python benchmarks/rate_distortion_study.py                       # both sets, every family
+    python benchmarks/rate_distortion_study.py --sets embedded --steps 600 --output /tmp/600.json
+
+Each trained model and its figures are cached under ``benchmarks/.cache/study/`` by a key of its
+settings, budget, data and the library's source fingerprint: an interrupted study resumes, and a
+change to the library retrains everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from _results import RESULTS, write_json
+
+from sparse_vqvae.code_store import CodeStore, extract_codes
+from sparse_vqvae.codec import Codec
+from sparse_vqvae.config import DataConfig, ModelConfig, PretrainConfig, PriorTrainConfig, TrainConfig
+from sparse_vqvae.data import ImageArray, load_dataset, save_image_array
+from sparse_vqvae.entropy_coding import FrequencyModel
+from sparse_vqvae.pixelsnail import PixelSNAIL
+from sparse_vqvae.pretrain import pretrain
+from sparse_vqvae.prior_coding import PriorEntropyModel
+from sparse_vqvae.prior_train import load_maps, prior_configs, train_prior
+from sparse_vqvae.provenance import source_fingerprint
+from sparse_vqvae.rate_distortion import bd_rate, plot, sparse_vqvae_point
+from sparse_vqvae.train import evaluate, load_checkpoint, make_optimizer, run_training, save_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+CACHE = Path(__file__).parent / ".cache" / "study"
+CIFAR10 = REPO.parent / "shared" / "data" / "cifar10-jpeg" / "train"
+
+# Rates per family: bits a position before entropy coding ~ log2(N) per atom (+ log2(levels) per coefficient).
+FAMILIES: dict[str, list[dict[str, Any]]] = {
+    "vanilla": [dict(selection_fn="vanilla", num_atoms=n) for n in (64, 256, 1024)],
+    "rvq": [dict(selection_fn="rvq", num_atoms=256, n_nonzero=k) for k in (1, 2, 3, 4)],
+    "omp": [dict(selection_fn="omp", n_nonzero=1, num_atoms=256, coef_levels=2, coef_quantizer="learned"),
+            dict(selection_fn="omp", n_nonzero=1, num_atoms=512, coef_levels=4, coef_quantizer="learned"),
+            dict(selection_fn="omp", n_nonzero=2, num_atoms=512, coef_levels=4, coef_quantizer="learned"),
+            dict(selection_fn="omp", n_nonzero=3, num_atoms=512, coef_levels=8, coef_quantizer="learned")],
+    "lasso": [dict(selection_fn="fista", alpha=a, max_nonzero=4, num_atoms=512, coef_levels=8,
+                   coef_quantizer="learned") for a in (0.5, 0.3, 0.15)],
+}
+SETS = {
+    "embedded": DataConfig(),
+    "cifar10": DataConfig(name="imagefolder", root=str(CIFAR10), test_fraction=0.02),
+}
+
+
+def prepared(name: str, config: DataConfig) -> tuple[ImageArray, ImageArray]:
+    """The set's train and test images as uint8 arrays (decoded once, then memory-mapped)."""
+    folder = CACHE / name
+    for split in ("train", "test"):
+        if not (folder / f"{split}.npy").is_file():
+            folder.mkdir(parents=True, exist_ok=True)
+            save_image_array(load_dataset(config, split), folder / f"{split}.npy")
+    return ImageArray(folder / "train.npy"), ImageArray(folder / "test.npy")
+
+
+def model_key(set_name: str, data: DataConfig, model: ModelConfig, budget: dict[str, Any]) -> str:
+    settings = json.dumps({"set": set_name, "data": asdict(data), "model": asdict(model), "budget": budget,
+                           "source": source_fingerprint()}, sort_keys=True)
+    return hashlib.sha256(settings.encode()).hexdigest()[:16]
+
+
+def train_and_measure(set_name: str, data: DataConfig, config: ModelConfig, budget: dict[str, Any],
+                      train_set: ImageArray, test_set: ImageArray) -> dict[str, Any]:
+    """One model of the study, trained as the pipeline trains it, measured on held-out images (cached)."""
+    folder = CACHE / set_name / model_key(set_name, data, config, budget)
+    result_file = folder / "result.json"
+    if result_file.is_file():
+        return json.loads(result_file.read_text())
+    folder.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    train_config = TrainConfig(steps=budget["steps"])
+    model = pretrain(config, PretrainConfig(steps=budget["pretrain_steps"]), train_set)
+    optimizer = make_optimizer(model, train_config.lr)
+    torch.manual_seed(train_config.seed)
+    run_training(model, optimizer, train_set, train_config)
+    save_checkpoint(folder / "model.pt", model, None, train_config.steps, 0)
+    model = load_checkpoint(folder / "model.pt").model.eval()  # as shipped: what the files decode with
+    quality = evaluate(model, test_set, progress=True)
+
+    fingerprint = model.fingerprint()
+    extract_codes(model, train_set, folder / "train_codes", batch_size=256)
+    store = CodeStore(folder / "train_codes", fingerprint)
+    maps = load_maps(store)
+    meta = store.meta
+    frequencies = FrequencyModel.fit(maps, meta.num_atoms, meta.coef_levels, config.codes_vary, fingerprint)
+    prior_config = PriorTrainConfig()
+    priors = []
+    for level, shape in enumerate(prior_configs(meta, channels=prior_config.channels, blocks=prior_config.blocks,
+                                                res_per_block=prior_config.res_per_block,
+                                                dropout=prior_config.dropout)):
+        torch.manual_seed(prior_config.seed + level)
+        prior = PixelSNAIL(shape)
+        train_prior(prior, maps, level, budget["prior_steps"], batch_size=prior_config.batch_size,
+                    lr=prior_config.lr, seed=prior_config.seed + level)
+        priors.append(prior.eval())
+    images = [test_set[i] for i in range(min(budget["images"], len(test_set)))]
+    factorised = sparse_vqvae_point(Codec(model, frequencies), images)
+    prior_coded = sparse_vqvae_point(Codec(model, PriorEntropyModel(priors, fingerprint)),
+                                     images[: budget["prior_images"]])
+    result = {"bpp": factorised["bpp"], "bpp_prior": prior_coded["bpp"], "psnr": factorised["psnr"],
+              "ms_ssim": factorised["ms_ssim"], "psnr_prior_images": prior_coded["psnr"],
+              "test_psnr": quality["test_psnr"], "images": factorised["images"],
+              "prior_images": prior_coded["images"], "settings": {k: v for k, v in asdict(config).items()
+                                                                  if v != getattr(ModelConfig(), k)},
+              "seconds": round(time.perf_counter() - start, 1)}
+    write_json(result_file, result)
+    return result
+
+
+def compare(families: dict[str, list[dict]]) -> dict[str, dict[str, float | None]]:
+    """BD-rate (percent bits at equal PSNR) of every family against vanilla and rvq, for both entropy models."""
+    table: dict[str, dict[str, float | None]] = {}
+    for name, points in families.items():
+        row: dict[str, float | None] = {}
+        for anchor in ("vanilla", "rvq"):
+            if anchor in families and anchor != name:
+                row[f"vs_{anchor}"] = bd_rate(families[anchor], points)
+                prior_view = lambda pts: [{"bpp": p["bpp_prior"], "psnr": p["psnr_prior_images"]} for p in pts]
+                row[f"vs_{anchor}_prior"] = bd_rate(prior_view(families[anchor]), prior_view(points))
+        table[name] = row
+    return table
+
+
+def log_to_mlflow(output: Path, pictures: list[Path], summary: dict[str, Any]) -> str:
+    """One MLflow run holding the whole comparison (the pipeline's store, experiment sparse-vqvae)."""
+    from mlflow.tracking import MlflowClient
+
+    from tasks.tracking import experiment_id
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{REPO / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run = client.create_run(experiment_id(client, "sparse-vqvae", uri), run_name="equal-rate study",
+                            tags={"stage": "equal_rate_study"})
+    for key, value in summary["budget"].items():
+        client.log_param(run.info.run_id, key, value)
+    for set_name, rows in summary["bd_rate"].items():
+        for family, row in rows.items():
+            for name, value in row.items():
+                if value is not None:
+                    client.log_metric(run.info.run_id, f"{set_name}.{family}.bd_rate_{name}", value)
+    for path in (output, *pictures):
+        client.log_artifact(run.info.run_id, str(path))
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sets", default="embedded,cifar10", help="comma-separated: embedded, cifar10")
+    parser.add_argument("--families", default=",".join(FAMILIES), help="comma-separated subset of the families")
+    parser.add_argument("--pretrain-steps", type=int, default=PretrainConfig().steps,
+                        help="autoencoder steps before the quantizers are fitted")
+    parser.add_argument("--steps", type=int, default=300, help="stage-1 steps per model (after pretraining)")
+    parser.add_argument("--prior-steps", type=int, default=PriorTrainConfig().steps)
+    parser.add_argument("--images", type=int, default=256, help="held-out images compressed per model")
+    parser.add_argument("--prior-images", type=int, default=32, help="of those, prior-coded (sequential: slow)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--output", type=Path, default=RESULTS / "rate_distortion_study.json")
+    parser.add_argument("--no-mlflow", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    budget = {"pretrain_steps": args.pretrain_steps, "steps": args.steps, "prior_steps": args.prior_steps, "images": args.images,
+              "prior_images": args.prior_images}
+    results: dict[str, dict[str, list[dict]]] = {}
+    for set_name in args.sets.split(","):
+        data = SETS[set_name]
+        train_set, test_set = prepared(set_name, data)
+        results[set_name] = {}
+        for family in args.families.split(","):
+            for overrides in FAMILIES[family]:
+                point = train_and_measure(set_name, data, ModelConfig(**overrides), budget, train_set, test_set)
+                results[set_name].setdefault(family, []).append(point)
+                print(f"{set_name} {family} {point['settings']}: {point['bpp']:.3f} bpp "
+                      f"({point['bpp_prior']:.3f} with the priors), {point['psnr']:.2f} dB, "
+                      f"MS-SSIM {point['ms_ssim']:.3f}", flush=True)
+
+    summary = {"budget": budget, "threads": args.threads, "source": source_fingerprint(),
+               "bd_rate": {name: compare(families) for name, families in results.items()}}
+    output = args.output
+    write_json(output, {**results, "summary": summary})
+    pictures = []
+    for set_name, families in results.items():
+        points = [{**p, "codec": family} for family, pts in families.items() for p in pts]
+        pictures.append(plot(points, output.with_name(f"{output.stem}_{set_name}.png"),
+                             f"equal-rate study: {set_name} held-out images, factorised files"))
+        print(f"\n{set_name}: held-out images, {args.images} compressed per model ({args.prior_images} prior-coded)")
+        header = f"{'family':>8}  {'settings':<60} {'bpp':>6} {'bpp_prior':>9} {'PSNR':>6} {'MS-SSIM':>7}"
+        print(header + "\n" + "-" * len(header))
+        for family, pts in families.items():
+            for p in pts:
+                settings = ", ".join(f"{k}={v}" for k, v in p["settings"].items() if k != "selection_fn")
+                print(f"{family:>8}  {settings:<60} {p['bpp']:6.3f} {p['bpp_prior']:9.3f} {p['psnr']:6.2f} "
+                      f"{p['ms_ssim']:7.3f}")
+        for family, row in summary["bd_rate"][set_name].items():
+            shown = ", ".join(f"{k} {v:+.1f}%" for k, v in row.items() if v is not None)
+            print(f"BD-rate {family}: {shown or 'no common PSNR range'}")
+    if not args.no_mlflow:
+        print(f"MLflow run {log_to_mlflow(output, pictures, summary)}")
+
+
+if __name__ == "__main__":
+    main()
