@@ -53,7 +53,9 @@ def test_codes_survive_exactly_and_cost_what_the_prior_says(codecs):
             float(bits(prior.log_prob(expected[level], expected[0]))) for level, prior in enumerate(priors) if level)
     payload = codec.entropy.encode(tuple(m[0] for m in expected))
     assert payload in data
-    assert abs(8 * len(payload) - model_bits) <= 0.02 * model_bits + 64  # ANS adds at most a few words
+    # ANS costs the information content plus its final state and the rounding to 32-bit words (< 64 bits),
+    # never less: a file cheaper than -log2 p was coded with another distribution.
+    assert -1 <= 8 * len(payload) - model_bits <= 0.002 * model_bits + 64
 
 
 def test_a_file_needs_the_entropy_model_it_was_coded_with(codecs):
