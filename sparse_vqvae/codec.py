@@ -3,15 +3,18 @@
 Layout (little-endian):
 
     magic "SVQC" | version u8 | entropy model u8 | model fingerprint (8 bytes) | image height u16
-    | width u16 | code maps u8 | per map: height u16, width u16 | payload length u32 | payload
-    | CRC-32 of everything before it, u32
+    | width u16 | code maps u8 | per map: height u16, width u16 | payload length u32
+    | CRC-32 of the code maps u32 | payload | CRC-32 of everything before it, u32
 
 The payload is the ANS-coded code maps, coded by the entropy model the header names: 0, the
 factorised frequencies (``entropy_coding.FrequencyModel``: fast, any image size) or 1, the
 PixelSNAIL priors (``prior_coding.PriorEntropyModel``: fewer bits, sequential decoding, the
 priors' training size only). Images of any size are padded (edge pixels repeated) to the model's
 stride and cropped back. Every check a decoder makes - magic, version, entropy model, model,
-sizes, length, checksum - fails with a ``CodecError`` that says which.
+sizes, length, checksum - fails with a ``CodecError`` that says which. The codes' own checksum is
+checked after decoding: an entropy model that computed other probabilities than the encoder's (a
+prior run on another machine kind) desynchronises the decoder, and that must be an error, never a
+wrong image.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ ENTROPY_MODELS = ("factorised", "prior")  # the header's entropy-model byte inde
 EntropyModel = FrequencyModel | PriorEntropyModel
 _HEADER = struct.Struct("<4sBB8sHHB")
 _MAP = struct.Struct("<HH")
-_LENGTH = struct.Struct("<I")
+_LENGTH = struct.Struct("<II")  # payload length, CRC-32 of the codes
 _CRC = struct.Struct("<I")
 
 
@@ -81,7 +84,7 @@ def read_codes(data: bytes, entropy: EntropyModel) -> tuple[tuple[int, int], tup
     for _ in range(count):
         sizes.append(_MAP.unpack_from(data, offset))
         offset += _MAP.size
-    (length,) = _LENGTH.unpack_from(data, offset)
+    length, codes_crc = _LENGTH.unpack_from(data, offset)
     offset += _LENGTH.size
     if offset + length + _CRC.size != len(data):
         raise CodecError(f"the payload should be {length} bytes but the file holds {len(data) - offset - _CRC.size}")
@@ -91,6 +94,9 @@ def read_codes(data: bytes, entropy: EntropyModel) -> tuple[tuple[int, int], tup
             validate_codes(codes, entropy.num_atoms, entropy.coef_levels)
     except (ValueError, RuntimeError) as error:  # a payload whose checksum matched by chance
         raise CodecError(f"the coded payload cannot be decoded: {error}") from error
+    if codes_checksum(maps) != codes_crc:
+        raise CodecError(f"the decoded codes differ from the encoded ones (checksum mismatch): the {entropy.kind} "
+                         "entropy model computed other probabilities here than where the file was made")
     return (height, width), maps
 
 
@@ -103,8 +109,17 @@ def write_codes(maps: tuple[Codes, ...], entropy: EntropyModel, height: int, wid
     body = _HEADER.pack(MAGIC, VERSION, ENTROPY_MODELS.index(entropy.kind), bytes.fromhex(entropy.fingerprint),
                         height, width, len(maps))
     body += b"".join(_MAP.pack(*codes.atoms.shape[:2]) for codes in maps)
-    body += _LENGTH.pack(len(payload)) + payload
+    body += _LENGTH.pack(len(payload), codes_checksum(maps)) + payload
     return body + _CRC.pack(zlib.crc32(body))
+
+
+def codes_checksum(maps: tuple[Codes, ...]) -> int:
+    """CRC-32 of the code maps (atoms as int16, levels as uint8, map after map)."""
+    crc = 0
+    for codes in maps:
+        crc = zlib.crc32(codes.atoms.cpu().numpy().astype("<i2").tobytes(), crc)
+        crc = zlib.crc32(codes.levels.cpu().numpy().astype("u1").tobytes(), crc)
+    return crc
 
 
 def bits_per_pixel(data: bytes, height: int, width: int) -> float:

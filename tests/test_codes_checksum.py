@@ -1,0 +1,38 @@
+"""A decoder whose entropy model gives other probabilities than the encoder's (a prior evaluated on
+another machine kind) must fail with a clear error, never return other codes."""
+
+import zlib
+
+import numpy as np
+import pytest
+
+from sparse_vqvae.codec import CodecError, read_codes, write_codes
+
+from .test_golden_formats import fixed_frequency_model, fixed_maps
+
+
+def test_a_desynchronised_decoder_is_an_error_not_a_wrong_image():
+    data = write_codes(fixed_maps(), fixed_frequency_model(), 16, 32)
+    rng = np.random.default_rng(0)
+    wrong = 0
+    for _ in range(50):
+        other = fixed_frequency_model()  # the same model, computed a little differently
+        other.atoms = [a * rng.uniform(0.5, 1.5, a.shape) for a in other.atoms]
+        other.atoms = [a / a.sum() for a in other.atoms]
+        try:
+            _, maps = read_codes(data, other)
+        except CodecError as error:
+            wrong += 1
+            assert "checksum" in str(error) or "cannot be decoded" in str(error)
+            continue
+        assert all(got.equal(want) for got, want in zip(maps, fixed_maps()))  # decoded right, or an error
+    assert wrong > 25
+
+
+def test_the_codes_checksum_is_checked():
+    data = bytearray(write_codes(fixed_maps(), fixed_frequency_model(), 16, 32))
+    offset = 4 + 1 + 1 + 8 + 2 + 2 + 1 + 2 * 4 + 4  # the codes' CRC, after the payload length
+    data[offset] ^= 1
+    data[-4:] = zlib.crc32(bytes(data[:-4])).to_bytes(4, "little")  # a consistent file CRC
+    with pytest.raises(CodecError, match="checksum"):
+        read_codes(bytes(data), fixed_frequency_model())
