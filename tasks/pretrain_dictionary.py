@@ -32,7 +32,9 @@ def run(params: PipelineParams, tracker: StageTracker) -> dict[str, Any]:
         tracker.log_artifact(path, "pictures")
     # How well the fitted dictionary codes the warmed-up latents, before any stage-1 step.
     quality = evaluate(model, ImageArray(TEST_IMAGES), progress=True)
-    return {f"pretrained_{key}": value for key, value in quality.items()}
+    # Pretraining never resumes: it always starts at step 0 and trains every step.
+    return {"start_step": 0, "steps_trained": params.pretrain.steps,
+            **{f"pretrained_{key}": value for key, value in quality.items()}}
 
 
 def main() -> None:
