@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 # dvc.yaml's commands say `python`: make it the project's.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: install run test benchmark flow sweep run-cifar10 mlflow-ui
+.PHONY: install run test benchmark study flow sweep run-cifar10 mlflow-ui
 
 install: $(INSTALLED)
 
@@ -44,3 +44,8 @@ test: install
 # The full-size benchmark (65,536 signals); writes benchmarks/results/sparse_coding.json.
 benchmark: install
 	$(PYTHON) benchmarks/sparse_coding.py
+
+# The equal-rate study (hours on a 2-core CPU; resumes from benchmarks/.cache/study): every quantizer family at
+# several rates, held-out embedded photographs and CIFAR-10; writes benchmarks/results/rate_distortion_study.*
+study: install
+	$(PYTHON) benchmarks/rate_distortion_study.py
