@@ -12,9 +12,9 @@ vanilla and rvq. Two held-out sets: the embedded photographs' test crops, and 1,
     python benchmarks/rate_distortion_study.py                       # both sets, every family
     python benchmarks/rate_distortion_study.py --sets embedded --steps 600 --output /tmp/600.json
 
-Each trained model and its figures are cached under ``benchmarks/.cache/study/`` by a key of its
-settings, budget, data and the library's source fingerprint: an interrupted study resumes, and a
-change to the library retrains everything.
+Each trained model and its figures are cached (``--cache``, default ``benchmarks/.cache/study/``) by
+a key of its settings, budget, data and the library's source fingerprint: an interrupted study
+resumes, and a change to the library retrains everything.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from sparse_vqvae.rate_distortion import bd_rate, plot, sparse_vqvae_point
 from sparse_vqvae.train import evaluate, load_checkpoint, make_optimizer, run_training, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
-CACHE = Path(__file__).parent / ".cache" / "study"
+DEFAULT_CACHE = Path(__file__).parent / ".cache" / "study"
 CIFAR10 = REPO.parent / "shared" / "data" / "cifar10-jpeg" / "train"
 
 # Rates per family: bits a position before entropy coding ~ log2(N) per atom (+ log2(levels) per coefficient).
@@ -65,9 +65,9 @@ SETS = {
 }
 
 
-def prepared(name: str, config: DataConfig) -> tuple[ImageArray, ImageArray]:
+def prepared(cache: Path, name: str, config: DataConfig) -> tuple[ImageArray, ImageArray]:
     """The set's train and test images as uint8 arrays (decoded once, then memory-mapped)."""
-    folder = CACHE / name
+    folder = cache / name
     for split in ("train", "test"):
         if not (folder / f"{split}.npy").is_file():
             folder.mkdir(parents=True, exist_ok=True)
@@ -81,10 +81,10 @@ def model_key(set_name: str, data: DataConfig, model: ModelConfig, budget: dict[
     return hashlib.sha256(settings.encode()).hexdigest()[:16]
 
 
-def train_and_measure(set_name: str, data: DataConfig, config: ModelConfig, budget: dict[str, Any],
+def train_and_measure(cache: Path, set_name: str, data: DataConfig, config: ModelConfig, budget: dict[str, Any],
                       train_set: ImageArray, test_set: ImageArray) -> dict[str, Any]:
     """One model of the study, trained as the pipeline trains it, measured on held-out images (cached)."""
-    folder = CACHE / set_name / model_key(set_name, data, config, budget)
+    folder = cache / set_name / model_key(set_name, data, config, budget)
     result_file = folder / "result.json"
     if result_file.is_file():
         return json.loads(result_file.read_text())
@@ -178,6 +178,7 @@ def main() -> None:
     parser.add_argument("--prior-images", type=int, default=32, help="of those, prior-coded (sequential: slow)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", type=Path, default=RESULTS / "rate_distortion_study.json")
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where models and their figures are kept")
     parser.add_argument("--no-mlflow", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -186,11 +187,12 @@ def main() -> None:
     results: dict[str, dict[str, list[dict]]] = {}
     for set_name in args.sets.split(","):
         data = SETS[set_name]
-        train_set, test_set = prepared(set_name, data)
+        train_set, test_set = prepared(args.cache, set_name, data)
         results[set_name] = {}
         for family in args.families.split(","):
             for overrides in FAMILIES[family]:
-                point = train_and_measure(set_name, data, ModelConfig(**overrides), budget, train_set, test_set)
+                point = train_and_measure(args.cache, set_name, data, ModelConfig(**overrides), budget, train_set,
+                                          test_set)
                 results[set_name].setdefault(family, []).append(point)
                 print(f"{set_name} {family} {point['settings']}: {point['bpp']:.3f} bpp "
                       f"({point['bpp_prior']:.3f} with the priors), {point['psnr']:.2f} dB, "
