@@ -15,7 +15,7 @@ from sparse_vqvae.atomic import check_replaceable
 
 REPO = Path(__file__).resolve().parents[1]
 CODE = ("sparse_vqvae", "tasks", "flows")
-FILES = ("dvc.yaml", ".dvcignore")
+FILES = ("dvc.yaml", ".dvcignore", ".gitignore")  # .gitignore: MLflow's store, Ray's checkpoints, timings
 MARKER = ".sparse-vqvae-workspace"  # written into every workspace: the folders it may replace are its own
 
 
