@@ -11,9 +11,12 @@ from typing import Any
 
 import yaml
 
+from sparse_vqvae.atomic import check_replaceable
+
 REPO = Path(__file__).resolve().parents[1]
 CODE = ("sparse_vqvae", "tasks", "flows")
-FILES = ("dvc.yaml", ".dvcignore")
+FILES = ("dvc.yaml", ".dvcignore", ".gitignore")  # .gitignore: MLflow's store, Ray's checkpoints, timings
+MARKER = ".sparse-vqvae-workspace"  # written into every workspace: the folders it may replace are its own
 
 
 def merge(base: dict, overrides: dict) -> dict:
@@ -35,6 +38,13 @@ def dotted(overrides: dict[str, Any]) -> dict:
     return nested
 
 
+def _made_before(folder: Path) -> bool:
+    """A workspace made before workspaces carried a marker: a DVC repository without git holding a copy of
+    this module (sweeps keep their DVC state across code versions)."""
+    return ((folder / ".dvc").is_dir() and (folder / "flows" / "workspace.py").is_file()
+            and not (folder / ".git").exists())
+
+
 def make_workspace(destination: str | Path, overrides: dict | None = None, source: Path = REPO,
                    git: bool = False) -> Path:
     """Copy the pipeline from ``source`` into ``destination`` with params.yaml = source's + ``overrides``
@@ -42,7 +52,13 @@ def make_workspace(destination: str | Path, overrides: dict | None = None, sourc
     ``dvc exp`` needs). An existing workspace keeps its outputs and DVC state: only the code and
     params.yaml are refreshed, so ``dvc repro`` reruns what changed."""
     destination = Path(destination)
+    if destination.resolve() == Path(source).resolve():
+        raise ValueError(f"a workspace cannot be made in {destination}: it is the pipeline's own source")
+    if not _made_before(destination):  # copying replaces its sparse_vqvae/, tasks/, flows/, dvc.yaml, params.yaml
+        check_replaceable(destination, "pipeline workspace", marker=MARKER)
     destination.mkdir(parents=True, exist_ok=True)
+    (destination / MARKER).write_text("made by flows.workspace.make_workspace: its code and params.yaml are "
+                                      "replaced whenever the workspace is refreshed\n")
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for name in CODE:
         shutil.rmtree(destination / name, ignore_errors=True)

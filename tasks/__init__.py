@@ -1,1 +1,26 @@
-"""Pipeline stages: one module per dvc.yaml stage, wiring the library to DVC, MLflow and Ray."""
+"""Pipeline stages: one module per dvc.yaml stage, wiring the library to DVC, MLflow and Ray.
+
+dvc.yaml runs each stage as ``python -m tasks.<stage>``: whichever ``python`` comes first on PATH. One
+without the project's packages would die in a traceback about torch; this check says in one line
+which interpreter to use instead. (find_spec only looks the packages up: it imports none of them.)
+"""
+
+import sys as _sys
+from importlib.util import find_spec as _find_spec
+from pathlib import Path as _Path
+
+_NEEDED = ("torch", "yaml", "lmdb", "mlflow", "ray")  # what the stages import; pyproject.toml pins them
+
+
+def _check_interpreter() -> None:
+    missing = [name for name in _NEEDED if _find_spec(name) is None]
+    if not missing:
+        return
+    venv = _Path(__file__).resolve().parents[1] / ".venv" / "bin" / "python"
+    how = (f"run the stages with {venv}: activate it with 'source .venv/bin/activate'" if venv.is_file() else
+           "create the project's environment with 'make install', then activate it with 'source .venv/bin/activate'")
+    raise SystemExit(f"error: {_sys.executable} lacks {', '.join(missing)}, which the pipeline needs; {how} "
+                     f"(or run 'make run')")
+
+
+_check_interpreter()

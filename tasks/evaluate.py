@@ -31,7 +31,7 @@ from sparse_vqvae.rate_distortion import plot, psnr_at_rate, reference_points, s
 from sparse_vqvae.train import evaluate, load_checkpoint
 
 from .layout import (EVAL, FREQUENCY_MODEL, MAP_NAMES, TEST_CODES, TEST_IMAGES, TRAIN_CODES, VQVAE, prior_path,
-                     stage_metrics)
+                     stage_timings)
 from .params import PipelineParams
 from .stage import run_stage
 from .tracking import StageTracker
@@ -141,7 +141,7 @@ def print_summary(metrics: dict[str, Any]) -> None:
              if "jpeg_psnr_at_codec_bpp" in metrics else f"below JPEG's lowest rate ({metrics['jpeg_min_bpp']:.2f} bpp)")]
     for stage in STAGES_BEFORE:
         try:
-            seconds = json.loads(stage_metrics(stage).read_text())["seconds"]
+            seconds = json.loads(stage_timings(stage).read_text())["seconds"]
             rows.append((f"time: {stage} (s)", f"{seconds:.1f}"))
         except (OSError, ValueError, KeyError):
             rows.append((f"time: {stage} (s)", "-"))

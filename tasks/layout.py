@@ -19,7 +19,8 @@ TEST_CODES = Path("codes/test")
 PRIORS = Path("models/prior")  # level0.pt (top), level1.pt (bottom, conditioned on the top), codec.pt
 FREQUENCY_MODEL = PRIORS / "codec.pt"  # the compressed-file format's factorised entropy model
 EVAL = Path("eval")
-METRICS = Path("metrics")  # one <stage>.json per stage: its figures and its wall time
+METRICS = Path("metrics")  # one <stage>.json per stage: its figures (DVC metrics, committed)
+TIMINGS = METRICS / "timings"  # one <stage>.json per stage: its wall time (not tracked: differs every run)
 PLOTS = Path("plots")  # CSV curves for `dvc plots show`
 
 
@@ -32,3 +33,7 @@ def prior_path(level: int) -> Path:
 
 def stage_metrics(stage: str) -> Path:
     return METRICS / f"{stage}.json"
+
+
+def stage_timings(stage: str) -> Path:
+    return TIMINGS / f"{stage}.json"

@@ -69,6 +69,16 @@ class PipelineParams:
         """``{"section.key": value}`` for every parameter (MLflow params, sweep tables)."""
         return {f"{section}.{key}": value for section, values in asdict(self).items() for key, value in values.items()}
 
+    def for_outputs(self) -> dict[str, Any]:
+        """The parameters to record inside a stage's outputs (a checkpoint's config): all but where runs
+        are recorded and which cluster runs them (``mlflow``, ``ray.address``). Those are absolute paths
+        and host names that differ between two clones of the same pipeline, and would give the same
+        model two DVC hashes."""
+        recorded = asdict(self)
+        del recorded["mlflow"]
+        recorded["ray"].pop("address")
+        return recorded
+
 
 _CLASSES = {"data": DataConfig, "model": ModelConfig, "pretrain": PretrainConfig, "train": TrainConfig,
             "ray": RayConfig, "extract": ExtractConfig, "prior": PriorTrainConfig, "evaluate": EvaluateConfig,

@@ -27,7 +27,7 @@ def run(params: PipelineParams, tracker: StageTracker) -> dict[str, Any]:
             tracker.log_metrics(metrics, step)
 
     model = pretrain(params.model, params.pretrain, ImageArray(TRAIN_IMAGES), default_device(), on_metrics=log)
-    save_checkpoint(PRETRAINED, model, None, 0, 0, {"pretrain": params.flat()})
+    save_checkpoint(PRETRAINED, model, None, 0, 0, {"pretrain": params.for_outputs()})
     for path in dictionary_pictures(model, PRETRAINED_DIR, "dictionary"):
         tracker.log_artifact(path, "pictures")
     # How well the fitted dictionary codes the warmed-up latents, before any stage-1 step.

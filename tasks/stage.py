@@ -1,6 +1,8 @@
 """What every stage's ``main()`` does: validate params.yaml, run the stage inside its MLflow run,
-write its figures and wall time to ``metrics/<stage>.json``, and turn the project's own errors
-(bad parameters, a missing dataset, a corrupt checkpoint or code store) into one clear line."""
+write its figures to ``metrics/<stage>.json`` (tracked by DVC, the same on every run of the same
+code and data) and its wall time to ``metrics/timings/<stage>.json`` (not tracked), and turn the
+project's own errors (bad parameters, a missing dataset, a corrupt checkpoint or code store, a
+folder that is not the stage's to replace) into one clear line."""
 
 from __future__ import annotations
 
@@ -8,17 +10,17 @@ import sys
 import time
 from typing import Any, Callable
 
-from sparse_vqvae.atomic import write_json
+from sparse_vqvae.atomic import NotOurFolderError, write_json
 from sparse_vqvae.checkpoint import CheckpointError
 from sparse_vqvae.code_store import CodeStoreError
 from sparse_vqvae.data import DatasetNotFoundError
 
-from .layout import stage_metrics
+from .layout import stage_metrics, stage_timings
 from .params import PipelineParams, load_params
 from .tracking import StageTracker, stage_run
 
 StageFn = Callable[[PipelineParams, StageTracker], dict[str, Any]]
-USER_ERRORS = (DatasetNotFoundError, CheckpointError, CodeStoreError)
+USER_ERRORS = (DatasetNotFoundError, CheckpointError, CodeStoreError, NotOurFolderError)
 
 
 def run_stage(name: str, run: StageFn) -> dict[str, Any]:
@@ -32,12 +34,13 @@ def run_stage(name: str, run: StageFn) -> dict[str, Any]:
     try:
         with stage_run(name, params) as tracker:
             metrics = run(params, tracker)
-            metrics["seconds"] = round(time.perf_counter() - start, 2)
+            timings = {**tracker.timings, "seconds": round(time.perf_counter() - start, 2)}
             path = write_json(stage_metrics(name), metrics)
-            tracker.log_metrics(metrics)
+            write_json(stage_timings(name), timings)
+            tracker.log_metrics(metrics | timings)
             tracker.log_artifact(path)
     except USER_ERRORS as error:
         print(f"error: {name}: {error}", file=sys.stderr)
         sys.exit(1)
-    print(f"[{name}] done in {metrics['seconds']:.1f} s")
+    print(f"[{name}] done in {timings['seconds']:.1f} s")
     return metrics

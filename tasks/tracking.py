@@ -4,9 +4,12 @@ Everything goes through ``MlflowClient`` with explicit run ids, never the fluent
 "active run": stages run in separate processes (DVC) and on Ray workers, and an inherited
 ``MLFLOW_RUN_ID`` must not make them resume someone else's run.
 
-The parent: the flow creates one per flow run and hands its id to the stages in
-``SPARSE_VQVAE_PARENT_RUN``; under a plain ``dvc repro`` the stages share the parent run of the
-same parameters and code (found by tag, created by the first stage that runs).
+The parent: the flow creates one per flow run, hands its id to the stages in
+``SPARSE_VQVAE_PARENT_RUN`` and ends it. Under a plain ``dvc repro`` the stages share the parent run
+of the same parameters and code (found by tag, created by the first stage that runs); nobody is
+there to end it afterwards, and a stage cannot know whether DVC will run another, so each stage
+reopens that parent and ends it again (FINISHED, or FAILED with the stage): whichever stage is the
+last leaves it ended.
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ from .layout import DATA_SUMMARY
 from .params import PARAMS_FILE, PipelineParams
 
 PARENT_ENV = "SPARSE_VQVAE_PARENT_RUN"
+# MLflow 3's UI opens an experiment without this tag in its GenAI view (traces, prompts); with it,
+# on the runs table. Tag and value as the UI itself sets them (mlflow/server/js: "Machine learning").
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 _BATCH = 900  # MLflow's log_batch takes at most 1000 metrics, 100 params
 
 
@@ -46,10 +52,14 @@ def artifact_root(uri: str) -> str | None:
 
 
 def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
+    """The experiment ``name``, created if new; marked as model training unless someone chose its kind."""
+    kind, value = EXPERIMENT_KIND
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    return client.create_experiment(name, artifact_location=artifact_root(uri))
+    if experiment is None:
+        return client.create_experiment(name, artifact_location=artifact_root(uri), tags={kind: value})
+    if kind not in experiment.tags:  # made by an older version of this code, or by hand
+        client.set_experiment_tag(experiment.experiment_id, kind, value)
+    return experiment.experiment_id
 
 
 def git_commit() -> str:
@@ -77,6 +87,9 @@ class StageTracker:
     def __init__(self, uri: str, run_id: str) -> None:
         self.uri, self.run_id = uri, run_id
         self.client = MlflowClient(uri)
+        # Figures that measure the machine, not the model (wall times, throughputs): logged to MLflow
+        # and kept out of the DVC-tracked metrics, which two runs of the same code must reproduce.
+        self.timings: dict[str, float] = {}
 
     def log_metrics(self, metrics: dict[str, Any], step: int = 0, prefix: str = "") -> None:
         now = int(time.time() * 1000)
@@ -121,13 +134,19 @@ def end_parent_run(params: PipelineParams, run_id: str, ok: bool, workspace: Pat
     MlflowClient(tracking_uri(params, workspace)).set_terminated(run_id, "FINISHED" if ok else "FAILED")
 
 
-def _parent_for(params: PipelineParams, client: MlflowClient, experiment: str) -> str:
+def _parent_for(params: PipelineParams, client: MlflowClient, experiment: str) -> tuple[str, bool]:
+    """The parent run's id, and whether the stages own it (a ``dvc repro`` parent: reopened here, ended
+    by each stage) rather than the flow that named it in ``SPARSE_VQVAE_PARENT_RUN``."""
     if os.environ.get(PARENT_ENV):
-        return os.environ[PARENT_ENV]
+        return os.environ[PARENT_ENV], False
     content = PARAMS_FILE.read_bytes() if PARAMS_FILE.is_file() else b""
     key = hashlib.sha256(content + git_commit().encode()).hexdigest()[:16]
     found = client.search_runs([experiment], filter_string=f"tags.pipeline_key = '{key}'", max_results=1)
-    return found[0].info.run_id if found else start_parent_run(params, "dvc repro", key)
+    if not found:
+        return start_parent_run(params, "dvc repro", key), True
+    if found[0].info.status != "RUNNING":
+        client.update_run(found[0].info.run_id, status="RUNNING")
+    return found[0].info.run_id, True
 
 
 @contextmanager
@@ -136,13 +155,15 @@ def stage_run(stage: str, params: PipelineParams) -> Iterator[StageTracker]:
     uri = tracking_uri(params)
     client = MlflowClient(uri)
     experiment = experiment_id(client, params.mlflow.experiment, uri)
-    parent = _parent_for(params, client, experiment)
+    parent, owned = _parent_for(params, client, experiment)
     tags = {**_tags(params), "stage": stage, "mlflow.parentRunId": parent, "mlflow.runName": stage}
     run = client.create_run(experiment, tags=tags, run_name=stage)
     _log_params(client, run.info.run_id, _run_params(params))
+    status = "FAILED"
     try:
         yield StageTracker(uri, run.info.run_id)
-    except BaseException:
-        client.set_terminated(run.info.run_id, "FAILED")
-        raise
-    client.set_terminated(run.info.run_id, "FINISHED")
+        status = "FINISHED"
+    finally:
+        client.set_terminated(run.info.run_id, status)
+        if owned:
+            client.set_terminated(parent, status)

@@ -64,8 +64,8 @@ def connect(config: RayConfig) -> None:
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")  # workers' prints reach the driver once, as printed
     if config.address:
         ray.init(address=config.address, logging_config=quiet)
-    else:
-        ray.init(num_cpus=max(os.cpu_count() or 1, config.num_workers * config.cpus_per_worker),
+    else:  # "local": a new instance of our own, never a cluster some other process left running here
+        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, config.num_workers * config.cpus_per_worker),
                  include_dashboard=False, logging_config=quiet)
 
 
@@ -101,7 +101,7 @@ def train_worker(loop: dict[str, Any]) -> None:
         print(f"starting at step {checkpoint.step}" + (f" of {last}" if resumed else " (pretrained model)"), flush=True)
     wrapped = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"forward_sync_buffers": False})
     tracker = StageTracker(loop["tracking_uri"], loop["run_id"]) if rank == 0 else None
-    run_config = {"params": loop["params"]}
+    run_config = {"params": params.for_outputs()}
     latest: dict[str, float] = {}
 
     def on_metrics(step: int, metrics: dict[str, float]) -> None:
