@@ -26,10 +26,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from .atomic import check_replaceable
 from .codes import Codes
 from .vqvae import VQVAE2
 
 FORMAT_VERSION = 2
+STORE_FILES = ("data.mdb", "lock.mdb", "manifest.json")  # what a store folder holds (lock.mdb: older writers)
 _META_KEY = b"meta"
 _INDEX = struct.Struct("<I")
 _INITIAL_MAP_SIZE = 16 << 20
@@ -93,7 +95,8 @@ class _Writer:
     """Puts records into an LMDB environment, doubling its map size whenever it fills."""
 
     def __init__(self, path: Path) -> None:
-        self.env = lmdb.open(str(path), map_size=_INITIAL_MAP_SIZE, subdir=True, lock=True)
+        # No lock file: one writer, and a lock.mdb would hold this process's state (the store's hash would vary).
+        self.env = lmdb.open(str(path), map_size=_INITIAL_MAP_SIZE, subdir=True, lock=False)
 
     def put_many(self, items: list[tuple[bytes, bytes]]) -> None:
         while True:
@@ -111,10 +114,19 @@ class _Writer:
 
 
 @torch.no_grad()
+def check_store_path(path: str | Path) -> None:
+    """Fail if ``path`` or its scratch ``<name>.tmp`` holds anything but a code store: extraction
+    replaces both, and must never delete a folder of the user's."""
+    path = Path(path)
+    for folder in (path, path.with_name(path.name + ".tmp")):
+        check_replaceable(folder, "code store", files=STORE_FILES)
+
+
 def extract_codes(model: VQVAE2, dataset: Dataset, path: str | Path, batch_size: int = 128,
                   progress: bool = True) -> dict[str, float]:
     """Encode every image of ``dataset`` and store its codes at ``path``; returns count and images/s."""
     path = Path(path)
+    check_store_path(path)
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     path.parent.mkdir(parents=True, exist_ok=True)

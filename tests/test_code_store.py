@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from sparse_vqvae.config import codes_vary
+from sparse_vqvae.atomic import NotOurFolderError
 from sparse_vqvae.code_store import CodeStore, CodeStoreError, collate_codes, extract_codes
 from sparse_vqvae.vqvae import VQVAE2
 
@@ -128,3 +129,14 @@ def test_models_beyond_the_stored_integer_widths_are_refused():
     model = VQVAE2(tiny_config("omp", num_atoms=40000))
     with pytest.raises(CodeStoreError, match="at most 32767 atoms"):
         StoreMetadata.for_model(model, [[2, 2], [4, 4]])
+
+
+def test_extraction_refuses_to_replace_a_folder_that_is_not_a_code_store(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "holiday.png").write_bytes(b"precious")
+    with pytest.raises(NotOurFolderError, match="refusing to delete"):
+        extract_codes(trained_tiny("omp"), Images(tiny_images(4, 16)), folder, progress=False)
+    assert (folder / "holiday.png").read_bytes() == b"precious"
+    extract_codes(trained_tiny("omp"), Images(tiny_images(4, 16)), tmp_path / "codes", progress=False)
+    assert sorted(p.name for p in (tmp_path / "codes").iterdir()) == ["data.mdb", "manifest.json"]  # no lock file
