@@ -57,7 +57,7 @@ FAMILIES: dict[str, list[dict[str, Any]]] = {
             dict(selection_fn="omp", n_nonzero=2, num_atoms=512, coef_levels=4, coef_quantizer="learned"),
             dict(selection_fn="omp", n_nonzero=3, num_atoms=512, coef_levels=8, coef_quantizer="learned")],
     "lasso": [dict(selection_fn="fista", alpha=a, max_nonzero=4, num_atoms=512, coef_levels=8,
-                   coef_quantizer="learned") for a in (0.5, 0.3, 0.15)],
+                   coef_quantizer="learned", normalize_latents=True) for a in (0.5, 0.3, 0.15)],
 }
 SETS = {
     "embedded": DataConfig(),

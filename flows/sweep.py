@@ -32,7 +32,7 @@ DEFAULT_GRID = [  # one model per family near vanilla's rate, and OMP K=1 (gain-
     {"model.selection_fn": "rvq", "model.n_nonzero": 2},
     {"model.selection_fn": "omp", "model.n_nonzero": 1},
     {"model.selection_fn": "omp", "model.n_nonzero": 2},
-    {"model.selection_fn": "fista", "model.alpha": 0.3},
+    {"model.selection_fn": "fista", "model.alpha": 0.3, "model.normalize_latents": True},
 ]
 COLUMNS = ("test_psnr", "test_ssim", "baseline_psnr", "prior_bits_per_image", "factorized_bits_per_image")
 

@@ -104,7 +104,7 @@ class ModelConfig:
     coef_levels: int = 32  # omp/fista: values a coefficient is quantised to
     coef_quantizer: str = "uniform"  # omp/fista: uniform (evenly over [-m, m]) | learned (EMA of the coefficients)
     encoder_gradient: str = "straight_through"  # omp/fista: straight_through (z + sg(z_q - z)) | task_driven
-    normalize_latents: bool = True  # code unit-norm latents (as the seed); the LASSO needs it: alpha is relative
+    normalize_latents: bool = False  # code unit-norm latents: the LASSO wants it (alpha is relative); OMP keeps the gain
     commitment: float = 0.25  # weight of ||z - sg(z_q)||^2
     dictionary_loss_weight: float = 1.0  # omp/fista: weight of ||D c - sg(z)||^2
     ema_decay: float = 0.99  # vanilla codebook EMA; also the usage statistics' decay

@@ -193,7 +193,8 @@ def test_few_levels_train_and_decode_exactly(coef_levels, coef_quantizer):
 
 def test_pairs_quantised_to_zero_are_not_coded():
     torch.manual_seed(0)
-    quantizer = build_quantizer(tiny_config("omp", n_nonzero=3, coef_levels=3)).train()  # levels -m, 0, m
+    config = tiny_config("omp", n_nonzero=3, coef_levels=3, normalize_latents=True)  # levels -m, 0, m
+    quantizer = build_quantizer(config).train()
     quantizer(features())
     quantizer.coef_range.fill_(1.2)  # |c| < 0.6 rounds to the zero level: most, not all (unit-norm latents)
     quantizer.level_table.copy_(uniform_levels(3, quantizer.coef_range))
