@@ -83,7 +83,7 @@ def check_forged_payloads(codec: Codec, trials: int, seed: int) -> dict[str, int
 
 
 def test_forged_payloads_decode_to_canonical_codes_or_fail_cleanly(codec):
-    outcomes = check_forged_payloads(codec, trials=150, seed=0)
+    outcomes = check_forged_payloads(codec, trials=100, seed=0)
     assert outcomes["decoded"] > 0  # most random payloads are some valid code: only the checks above catch them
 
 

@@ -38,6 +38,7 @@ def test_resume_continues_the_step_count(data, tmp_path):
     assert load_checkpoint(first).step == 6
 
 
+@pytest.mark.slow  # two training runs per variant
 @pytest.mark.parametrize("selection_fn", SELECTION_FNS)
 def test_training_is_deterministic_for_a_seed(selection_fn, data):
     config = TrainConfig(steps=3, batch_size=4, seed=5)
@@ -116,6 +117,7 @@ def assert_identical(a, b) -> None:
         assert same, path
 
 
+@pytest.mark.slow  # 17 training steps and evaluations per variant
 @pytest.mark.parametrize("selection_fn", SELECTION_FNS)
 def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(selection_fn, data, tmp_path):
     """7 steps in one go, and 3 steps, a stop, then a resume to 7 (mid-epoch: 4 batches an epoch, with a test
