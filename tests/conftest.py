@@ -17,6 +17,8 @@ def temporary_folder(name: str) -> str:
 
 
 os.environ["HOME"] = temporary_folder("home")
+with open(os.path.join(os.environ["HOME"], ".gitconfig"), "w") as _config:  # git and `dvc exp` commit in workspaces
+    _config.write("[user]\n\tname = sparse-vqvae tests\n\temail = tests@localhost\n")
 os.environ["PREFECT_HOME"] = temporary_folder("prefect")
 # Ray's sessions, sockets and its "current cluster" address file (/tmp/ray by default, where a local `ray.init()`
 # looks for a cluster to join): a cluster a test starts and kills is then never found by the user's Ray.
