@@ -12,13 +12,16 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: install run test test-fast plots benchmark flow sweep run-cifar10 mlflow-ui
 
-install: $(INSTALLED)
+install: $(INSTALLED) $(PLOTS_TEMPLATE)
 
 $(INSTALLED): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --constraint constraints.txt --editable '.[test,bench]'
 	$(PYTHON) -m tasks.offline_plots $(PLOTS_TEMPLATE)
 	touch $@
+
+$(PLOTS_TEMPLATE): | $(INSTALLED)
+	$(PYTHON) -m tasks.offline_plots $@
 
 # The main job: the whole pipeline on the embedded photographs (params.yaml as committed).
 # params.yaml is checked first, so a typo fails before any stage starts.
