@@ -4,17 +4,24 @@
 VENV := .venv
 PYTHON := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
+# The offline page for `dvc plots show` (Vega inlined from the installed vl-convert-python); .dvc/config's
+# plots.html_template names this path.
+PLOTS_TEMPLATE := $(VENV)/share/sparse-vqvae/dvc_plots.html
 # dvc.yaml's commands say `python`: make it the project's.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: install run test benchmark study flow sweep run-cifar10 mlflow-ui
+.PHONY: install run test test-fast plots benchmark study flow sweep run-cifar10 mlflow-ui
 
-install: $(INSTALLED)
+install: $(INSTALLED) $(PLOTS_TEMPLATE)
 
 $(INSTALLED): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --constraint constraints.txt --editable '.[test,bench]'
+	$(PYTHON) -m tasks.offline_plots $(PLOTS_TEMPLATE)
 	touch $@
+
+$(PLOTS_TEMPLATE): | $(INSTALLED)
+	$(PYTHON) -m tasks.offline_plots $@
 
 # The main job: the whole pipeline on the embedded photographs (params.yaml as committed).
 # params.yaml is checked first, so a typo fails before any stage starts.
@@ -38,8 +45,17 @@ run-cifar10: install
 mlflow-ui: install
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath mlflow.db) --host 127.0.0.1 --port 5000
 
+# Everything (CI): the unit tests and the end-to-end runs of DVC, Prefect, Ray, the sweep and the CLI.
 test: install
 	$(PYTHON) -m pytest
+
+# The unit tests only (under 2 minutes here): the tests marked slow are left out.
+test-fast: install
+	$(PYTHON) -m pytest -m "not slow"
+
+# The training curves, rate-distortion and atom usage as one HTML page that renders offline: dvc_plots/index.html
+plots: install
+	dvc plots show
 
 # The full-size benchmark (65,536 signals); writes benchmarks/results/sparse_coding.json.
 benchmark: install

@@ -97,6 +97,8 @@ class FrequencyModel:
         """The inverse of ``encode``, given the code maps' sizes."""
         if len(payload) % 4:
             raise ValueError("the coded payload is not a whole number of 32-bit words")
+        if len(map_sizes) != len(self.atoms):
+            raise ValueError(f"{len(map_sizes)} code maps to decode; the frequency model codes {len(self.atoms)}")
         coder = constriction.stream.stack.AnsCoder(np.frombuffer(payload, dtype="<u4").astype(np.uint32))
         maps = []
         for index, (height, width) in enumerate(map_sizes):
@@ -105,7 +107,7 @@ class FrequencyModel:
                 count = _pop(coder, positions, self.counts[index]).astype(np.int64)
             else:
                 count = np.full(positions, self.slots)
-            atoms = self._atoms_by_slot(index, count, lambda table: coder.decode(_FAMILY, table))
+            atoms = self._atoms_by_slot(index, count, lambda table: _decode_atoms(coder, table))
             levels = np.zeros_like(atoms)
             present = atoms != EMPTY
             if self.coef_levels > 1:
@@ -164,6 +166,18 @@ def _push(coder, symbols: np.ndarray, probabilities: np.ndarray) -> None:
     if len(symbols):
         coder.encode_reverse(symbols.astype(np.int32), constriction.stream.model.Categorical(probabilities,
                                                                                             perfect=False))
+
+
+def _decode_atoms(coder, table: np.ndarray) -> np.ndarray:
+    """One atom per row of a [rows, N] table. A payload forged behind a valid checksum can pick an atom its
+    table rules out (the coder's fast quantisation, ``perfect=False``, can leave a zero-probability symbol
+    some range when the row also holds probabilities far below its 2^-24 grain): that atom would break the
+    ascending order (a silently wrong code), or leave the next slot no room and a 0/0 table for the coder."""
+    atoms = coder.decode(_FAMILY, table)
+    if not (table[np.arange(len(table)), atoms] > 0).all():
+        raise ValueError("the coded payload picks an atom its position may not hold (atoms ascend, with room "
+                         "for the pairs still to come)")
+    return atoms
 
 
 def _pop(coder, count: int, probabilities: np.ndarray) -> np.ndarray:

@@ -20,6 +20,8 @@ from sparse_vqvae.train import train
 
 from .tiny import Images, tiny_config, tiny_images
 
+pytestmark = pytest.mark.slow  # the console script end to end, a process per command
+
 CLI = str(Path(sys.executable).parent / "sparse-vqvae")
 
 

@@ -9,6 +9,8 @@ from sparse_vqvae.quantizers import build_quantizer
 
 from .tiny import tiny_config
 
+pytestmark = pytest.mark.slow  # two real processes per case (torch.distributed, gloo)
+
 
 def _worker(rank: int, init_file: str, selection_fn: str, results) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)

@@ -26,7 +26,7 @@ def scikit_learn_lasso(x, dictionary, alpha):
     return torch.tensor(np.stack([model.fit(dictionary.numpy(), row).coef_.copy() for row in x.numpy()]))
 
 
-@pytest.mark.parametrize("exact", [True, False])
+@pytest.mark.parametrize("exact", [True, pytest.param(False, marks=pytest.mark.slow)])  # plain FISTA: many iterations
 @pytest.mark.parametrize("alpha", [0.05, 0.3])
 def test_objective_matches_scikit_learn_lasso(exact, alpha):
     x, dictionary, _ = make_sparse_signals(40, 32, 96, 4, noise=0.05)

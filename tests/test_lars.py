@@ -33,6 +33,7 @@ def test_max_nonzero_gives_the_exact_lasso_code_at_a_larger_penalty():
                                rtol=1e-7)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("device", DEVICES)
 def test_dtypes_devices_and_degenerate_rows(dtype, device):

@@ -18,6 +18,8 @@ from tasks.tracking import PARENT_ENV, start_parent_run, stage_run
 
 from .test_cli import trained_run  # noqa: F401 - the fixture: models/vqvae/model.pt, models/prior/*.pt, photo.png
 
+pytestmark = pytest.mark.slow  # MLflow stores and the console script end to end
+
 UNKNOWN = "0123456789abcdef" * 2
 
 

@@ -44,6 +44,7 @@ def test_every_stage_is_a_task_module_and_the_flow_runs_dvc_yamls_stages():
         assert (REPO / "tasks" / f"{stage}.py").is_file()
 
 
+@pytest.mark.slow  # DVC, Prefect, Ray, MLflow end to end
 def test_repro_produces_every_out_metric_and_plot(workspace):
     spec = yaml.safe_load((workspace / "dvc.yaml").read_text())
     for stage in spec["stages"].values():
@@ -67,6 +68,7 @@ def test_repro_produces_every_out_metric_and_plot(workspace):
     assert "stage1_loss" in shown.stdout and "atom_usage" in shown.stdout
 
 
+@pytest.mark.slow  # DVC, Prefect, Ray, MLflow end to end
 def test_rate_distortion_has_both_entropy_models_and_the_references(workspace):
     with open(workspace / "eval/rate_distortion.csv") as handle:
         rows = {(row["codec"], row["setting"]): row for row in csv.DictReader(handle)}
@@ -77,6 +79,7 @@ def test_rate_distortion_has_both_entropy_models_and_the_references(workspace):
     assert (workspace / "eval/pictures/rate_distortion.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow  # DVC, Prefect, Ray, MLflow end to end
 def test_the_sweep_comparison_puts_every_model_beside_the_references(workspace, tmp_path):
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.create_experiment("compare", artifact_location=(tmp_path / "artifacts").as_uri())
@@ -95,12 +98,14 @@ def test_the_sweep_comparison_puts_every_model_beside_the_references(workspace, 
     assert "a_factorised_bpp" in client.get_run(run_id).data.metrics
 
 
+@pytest.mark.slow  # DVC, Prefect, Ray, MLflow end to end
 def test_a_second_repro_runs_nothing(workspace):
     done = dvc("repro", cwd=workspace)
     assert ran_stages(done.stdout) == []
     assert "Data and pipelines are up to date" in dvc("status", cwd=workspace).stdout
 
 
+@pytest.mark.slow  # DVC, Prefect, Ray, MLflow end to end
 def test_mlflow_holds_a_parent_with_a_nested_run_per_stage(workspace):
     client = MlflowClient(f"sqlite:///{workspace / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("sparse-vqvae")
@@ -130,12 +135,14 @@ def test_mlflow_holds_a_parent_with_a_nested_run_per_stage(workspace):
     assert client.get_metric_history(stages["train_prior"].info.run_id, "top_bits_per_image")
 
 
+@pytest.mark.slow  # DVC, Prefect, Ray, MLflow end to end
 def test_a_prior_only_change_reruns_only_the_prior_and_evaluation(workspace):
     set_param(workspace, "prior", "lr", 0.002)
     done = dvc("repro", cwd=workspace)
     assert ran_stages(done.stdout) == ["train_prior", "evaluate"]
 
 
+@pytest.mark.slow  # DVC, Prefect, Ray, MLflow end to end
 def test_the_prefect_flow_completes_and_leaves_dvc_up_to_date(workspace):
     set_param(workspace, "evaluate", "samples", 6)
     state = pipeline(workspace=str(workspace), return_state=True)
@@ -149,6 +156,7 @@ def test_the_prefect_flow_completes_and_leaves_dvc_up_to_date(workspace):
     assert "pipeline" in names
 
 
+@pytest.mark.slow  # DVC, Prefect, Ray, MLflow end to end
 def test_an_experiment_with_a_changed_prior_parameter_reruns_the_prior_only(workspace):
     git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
     run([*git, "add", "-A"], workspace)
@@ -159,6 +167,7 @@ def test_an_experiment_with_a_changed_prior_parameter_reruns_the_prior_only(work
     assert "0.005" in json.dumps(shown)
 
 
+@pytest.mark.slow  # DVC, Prefect, Ray, MLflow end to end
 def test_invalid_params_fail_before_any_stage_works(tmp_path):
     root = make_workspace(tmp_path / "ws", {**TINY, "model": {**TINY["model"], "selection_fn": "omq"}})
     done = dvc("repro", cwd=root, check=False)

@@ -100,6 +100,7 @@ def test_head_distribution_sums_to_one_over_all_valid_pair_lists(name):
     assert total == pytest.approx(1.0, abs=1e-5)
 
 
+@pytest.mark.slow  # training steps and sampling
 @pytest.mark.parametrize("name", VARIANTS)
 def test_a_few_steps_lower_the_loss_and_samples_are_valid(name):
     prior = prior_for(name)

@@ -43,6 +43,7 @@ def test_collect_latents_returns_the_requested_count_per_map():
     assert top.shape == (40, 8) and bottom.shape == (40, 8)
 
 
+@pytest.mark.slow  # training steps and a dictionary fit
 @pytest.mark.parametrize("selection_fn", SELECTION_FNS)
 def test_pretraining_fits_the_quantizers_to_the_latents(selection_fn):
     data = Images(tiny_images(32, 16, seed=1))

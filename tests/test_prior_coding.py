@@ -15,6 +15,8 @@ from sparse_vqvae.prior_train import prior_configs, save_prior, train_prior
 from .test_codec import trained
 from .tiny import SELECTION_FNS, tiny_images
 
+pytestmark = pytest.mark.slow  # trains PixelSNAIL priors per quantizer; sequential prior coding
+
 
 def with_priors(codec: Codec) -> PriorEntropyModel:
     """Priors over a tiny model's codes, trained a few steps so that they are not uniform."""

@@ -1,23 +1,27 @@
-"""Stage 1 on real Ray: resume after SIGKILL of the whole stage, and a run on a cluster joined by address."""
+"""Stage 1 on real Ray: resume after SIGKILL of the whole `dvc repro` tree, and a run on a cluster joined by
+address. Every process a test starts is stopped by its own ids (tests/processes.py)."""
 
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import shutil
-import signal
 import socket
-import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
-import psutil
 import pytest
 import yaml
 
 from flows.workspace import make_workspace
 from sparse_vqvae.train import load_checkpoint
 
+from . import processes
 from .pipeline_workspace import TINY, dvc, environment, run
+
+pytestmark = pytest.mark.slow  # real DVC and Ray: minutes
 
 
 @pytest.fixture(scope="module")
@@ -39,38 +43,39 @@ def checkpoint_steps(output: str) -> list[int]:
     return [int(step) for step in re.findall(r"checkpoint saved at step (\d+)", output)]
 
 
-def test_a_killed_run_resumes_from_its_last_checkpoint(pretrained, tmp_path):
+def test_a_killed_dvc_repro_resumes_from_its_last_checkpoint(pretrained, tmp_path):
+    """kill -9 of the whole `dvc repro` process tree mid-training (DVC, the stage, the Ray instance it started
+    and its training workers); `dvc repro` again resumes from the last checkpoint and finishes."""
     root = tmp_path / "ws"
     shutil.copytree(pretrained, root)
     with_params(root, train={"steps": 400, "checkpoint_every": 2, "eval_every": 1000})
-    command = [sys.executable, "-m", "tasks.train_vqvae"]
-    first = subprocess.Popen(command, cwd=root, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True)
-    seen = []
+    repro = [sys.executable, "-m", "dvc", "repro", "train_vqvae"]
+    first = processes.start(repro, root, environment())
+    seen, output = [], []
     for line in first.stdout:  # blocks until the worker says a checkpoint is on disk
+        output.append(line)
         seen += checkpoint_steps(line)
         if seen:
             break
-    # kill -9 of the whole process tree: the stage, the Ray instance it started and its training workers
-    tree = [psutil.Process(first.pid)]
-    tree += tree[0].children(recursive=True)
-    for process in tree:
-        process.send_signal(signal.SIGKILL)
-    gone, alive = psutil.wait_procs(tree, timeout=120)
-    first.stdout.close()
-    assert seen and not alive and len(gone) == len(tree)
+    commands = processes.commands(first)
+    killed = processes.kill_all(first)
+    assert seen, "".join(output)[-3000:]
+    assert any("tasks.train_vqvae" in c for c in commands) and any("raylet" in c for c in commands), commands
+    assert killed >= len(commands) > 3
     key_folders = [p for p in (root / "checkpoints").iterdir() if (p / "last.pt").is_file()]
     assert len(key_folders) == 1
     killed_at = load_checkpoint(key_folders[0] / "last.pt").step
     assert killed_at >= seen[0] > 0
 
     with_params(root, train={"steps": killed_at + 4})  # the same run, asked to stop sooner: it resumes
-    second = run(command, root, check=False)
-    output = second.stdout + second.stderr
+    second = processes.start(repro, root, environment())
+    output, left_behind = processes.finish(second)
+    assert left_behind == 0  # nothing of the finished run is still running
     assert second.returncode == 0, output[-3000:]
-    assert f"starting at step {killed_at}" in output
+    assert "Running stage 'train_vqvae'" in output and f"starting at step {killed_at}" in output
     assert checkpoint_steps(output)[0] == killed_at + 2
     assert load_checkpoint(root / "models/vqvae/model.pt").step == killed_at + 4
+    assert "Data and pipelines are up to date" in dvc("status", "train_vqvae", cwd=root).stdout
 
 
 def _free_port() -> int:
@@ -80,17 +85,34 @@ def _free_port() -> int:
 
 
 def test_stage_one_runs_on_a_cluster_joined_by_address(pretrained, tmp_path):
+    """A Ray cluster of this test's own (token authentication: its token in the tests' home folder), joined by
+    address, and stopped by its own process ids (never `ray stop`, which stops every Ray of the user)."""
     root = tmp_path / "ws"
     shutil.copytree(pretrained, root)
     port = _free_port()
     ray = str(shutil.which("ray", path=os.path.dirname(sys.executable)))
-    token = {"RAY_AUTH_MODE": "token"}  # the cluster and its clients share ~/.ray/auth_token
-    run([ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
-         "--include-dashboard=false", "--disable-usage-stats"], root, **token)
+    # The cluster and its clients share ~/.ray/auth_token, and a Ray folder that the killed cluster's address
+    # file dies with (left where other tests' stages start their local Ray, they would try to join it).
+    ray_folder = tempfile.mkdtemp(prefix="svq-ray-")
+    token = {"RAY_AUTH_MODE": "token", "RAY_TMPDIR": ray_folder}
+    run([ray, "get-auth-token", "--generate"], root, **token)  # `ray start` makes none of its own
+    cluster = processes.start([ray, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
+                               "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"], root,
+                              environment(**token))
     try:
+        started, ready = [], "This command will now block forever"  # printed once the address file is written
+        for line in cluster.stdout:  # blocks until the head node is up (or `ray start` ended)
+            started.append(line)
+            if ready in line:
+                break
+        assert ready in started[-1], "".join(started)[-3000:]
+        home = Path(os.environ["HOME"])
+        assert home != Path(pwd.getpwuid(os.getuid()).pw_dir) and (home / ".ray/auth_token").is_file()
+        assert (Path(ray_folder) / "ray/ray_current_cluster").is_file()  # not the machine's /tmp/ray
         with_params(root, ray={"address": f"127.0.0.1:{port}"})
         done = run([sys.executable, "-m", "tasks.train_vqvae"], root, **token)
         assert checkpoint_steps(done.stdout + done.stderr)[-1] == TINY["train"]["steps"]
         assert load_checkpoint(root / "models/vqvae/model.pt").step == TINY["train"]["steps"]
     finally:
-        run([ray, "stop", "--force"], root, check=False, **token)
+        processes.kill_all(cluster)
+        shutil.rmtree(ray_folder, ignore_errors=True)

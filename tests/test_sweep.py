@@ -26,6 +26,7 @@ def test_a_workspace_is_a_dvc_repository_with_the_pipeline_and_its_params(tmp_pa
     assert (root / "tasks" / "train_vqvae.py").is_file() and not list(root.rglob("__pycache__"))
 
 
+@pytest.mark.slow  # starts a Prefect server
 def test_a_sweep_refuses_an_invalid_variant_before_running_any(tmp_path):
     grid = [{"model.selection_fn": "omp"}, {"model.selection_fn": "omq"}]
     with pytest.raises(ValueError, match="model.selection_fn must be one of vanilla, rvq, omp, fista; got 'omq'"):

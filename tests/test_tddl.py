@@ -11,6 +11,8 @@ SOLVERS = {
     "fista-solver": dict(alpha=0.2, solver="fista", n_iter=5000, tol=1e-15),
 }
 METHODS = ["omp", "fista", "fista-solver"]
+# The LASSO paths solve hundreds of problems in gradcheck and in training: minutes on 2 cores.
+SLOW_LASSO = ["omp", *(pytest.param(method, marks=pytest.mark.slow) for method in METHODS[1:])]
 
 
 def call(x, dictionary, method, **kwargs):
@@ -24,7 +26,7 @@ def small_problem(seed=0):
     return x.requires_grad_(), dictionary.requires_grad_()
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", SLOW_LASSO)
 def test_gradcheck(method):
     x, dictionary = small_problem()
     with torch.no_grad():  # a stable support: no code entry near zero, so eps moves do not flip it
@@ -88,7 +90,7 @@ def test_gradients_finite_for_degenerate_inputs(method, dtype, device):
     assert torch.equal(grad_x[0], torch.zeros_like(grad_x[0]))
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", SLOW_LASSO)
 def test_task_driven_gradient_learns_a_dictionary(method):
     x, true_dictionary, _ = make_sparse_signals(512, 16, 32, 2, noise=0.01)
     g = torch.Generator().manual_seed(7)

@@ -38,6 +38,7 @@ def test_resume_continues_the_step_count(data, tmp_path):
     assert load_checkpoint(first).step == 6
 
 
+@pytest.mark.slow  # two training runs per variant
 @pytest.mark.parametrize("selection_fn", SELECTION_FNS)
 def test_training_is_deterministic_for_a_seed(selection_fn, data):
     config = TrainConfig(steps=3, batch_size=4, seed=5)
@@ -97,3 +98,41 @@ def test_resuming_a_checkpoint_of_other_settings_is_refused(data, tmp_path):
     with pytest.raises(CheckpointError, match="other settings"):
         train(tiny_config("vanilla"), TrainConfig(steps=2, batch_size=4), data[0], checkpoint_path=path,
               progress=False)
+
+
+def tensors(tree) -> list[tuple[str, torch.Tensor | object]]:
+    """A nested state (dicts, lists) flattened to (path, leaf) pairs, in order."""
+    if isinstance(tree, dict):
+        return [(f"{key}.{path}", leaf) for key, value in tree.items() for path, leaf in tensors(value)]
+    if isinstance(tree, (list, tuple)):
+        return [(f"{i}.{path}", leaf) for i, value in enumerate(tree) for path, leaf in tensors(value)]
+    return [("", tree)]
+
+
+def assert_identical(a, b) -> None:
+    left, right = tensors(a), tensors(b)
+    assert [path for path, _ in left] == [path for path, _ in right]
+    for (path, x), (_, y) in zip(left, right):
+        same = torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y
+        assert same, path
+
+
+@pytest.mark.slow  # 17 training steps and evaluations per variant
+@pytest.mark.parametrize("selection_fn", SELECTION_FNS)
+def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(selection_fn, data, tmp_path):
+    """7 steps in one go, and 3 steps, a stop, then a resume to 7 (mid-epoch: 4 batches an epoch, with a test
+    evaluation and checkpoints on the way): the same weights, buffers and optimizer state, bit for bit."""
+    whole, halves = tmp_path / "whole.pt", tmp_path / "halves.pt"
+    settings = dict(batch_size=4, seed=3, eval_every=2, checkpoint_every=2)
+    train(tiny_config(selection_fn), TrainConfig(steps=7, **settings), data[0], data[1], checkpoint_path=whole,
+          progress=False)
+    train(tiny_config(selection_fn), TrainConfig(steps=3, **settings), data[0], data[1], checkpoint_path=halves,
+          progress=False)
+    assert load_checkpoint(halves).step == 3
+    model, _ = train(tiny_config(selection_fn), TrainConfig(steps=7, **settings), data[0], data[1],
+                     checkpoint_path=halves, progress=False)
+    uninterrupted, resumed = load_checkpoint(whole), load_checkpoint(halves)
+    assert resumed.step == uninterrupted.step == 7
+    assert_identical(uninterrupted.model.state_dict(), model.state_dict())
+    assert_identical(uninterrupted.model.state_dict(), resumed.model.state_dict())
+    assert_identical(uninterrupted.optimizer_state, resumed.optimizer_state)

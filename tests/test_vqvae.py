@@ -23,6 +23,7 @@ def test_shapes_and_stored_codes_decode_to_the_same_image(selection_fn, levels, 
         assert torch.equal(model.decode_codes(out.codes), out.reconstruction)
 
 
+@pytest.mark.slow  # training steps
 @pytest.mark.parametrize("selection_fn", SELECTION_FNS)
 def test_a_few_steps_lower_the_loss(selection_fn):
     torch.manual_seed(0)
@@ -35,6 +36,7 @@ def test_a_few_steps_lower_the_loss(selection_fn):
     assert last < 0.9 * first
 
 
+@pytest.mark.slow  # training steps
 @pytest.mark.parametrize("selection_fn", ["omp", "fista"])
 def test_the_dictionary_learns(selection_fn):
     torch.manual_seed(0)

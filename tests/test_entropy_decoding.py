@@ -1,0 +1,101 @@
+"""The factorised decoder against payloads forged behind a valid checksum: each decodes to valid codes in
+canonical order or fails with a CodecError our decoder wrote - never another exception, never a
+non-canonical code, never a table the coder itself has to refuse."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import zlib
+
+import numpy as np
+import pytest
+import torch
+
+from sparse_vqvae.codec import Codec, CodecError, read_codes
+from sparse_vqvae.codes import canonical_order, validate_codes
+from sparse_vqvae.config import TrainConfig
+from sparse_vqvae.entropy_coding import FrequencyModel
+from sparse_vqvae.train import train
+
+from .tiny import SELECTION_FNS, Images, tiny_config, tiny_images
+
+# What our decoder says about a bad payload (constriction's own "not normalizable" is not among them).
+OUR_ERRORS = ("32-bit words", "code maps to decode", "may not hold", "codes hold", "codes repeat")
+
+
+def trained_codec(selection_fn: str) -> Codec:
+    images = tiny_images(16, 16, seed=1)
+    model, _ = train(tiny_config(selection_fn), TrainConfig(steps=2, batch_size=8), Images(images), progress=False)
+    model.eval()
+    with torch.no_grad():
+        maps = model.encode(images)[1]
+    quantizer = model.quantizers[0]
+    return Codec(model, FrequencyModel.fit(maps, quantizer.num_atoms, quantizer.coef_levels,
+                                           selection_fn == "fista", model.fingerprint()))
+
+
+@pytest.fixture(scope="module", params=SELECTION_FNS)
+def codec(request) -> Codec:
+    return trained_codec(request.param)
+
+
+def with_rare_atoms(entropy: FrequencyModel) -> FrequencyModel:
+    """The same model with atom frequencies spanning 1e-13..1, as add-one smoothing gives after some 10^13
+    coded pairs: the coder's fast quantisation then leaves zero-probability atoms some range."""
+    rng = np.random.default_rng(0)
+    atoms = []
+    for table in entropy.atoms:
+        skewed = rng.random(len(table)) ** 8 + 1e-13
+        atoms.append(skewed / skewed.sum())
+    return dataclasses.replace(entropy, atoms=atoms)
+
+
+def forged_files(data: bytes, payload_start: int, trials: int, seed: int):
+    """``data`` with its payload replaced by random bytes of random length, header length and CRC made valid."""
+    rng = random.Random(seed)
+    header, original = data[: payload_start - 4], len(data) - 4 - payload_start
+    for _ in range(trials):
+        length = rng.choice([original, rng.randrange(0, 400), 4 * rng.randrange(1, 100)])
+        body = header + length.to_bytes(4, "little") + rng.randbytes(length)
+        yield body + zlib.crc32(body).to_bytes(4, "little")
+
+
+def check_forged_payloads(codec: Codec, trials: int, seed: int) -> dict[str, int]:
+    """Decode forged files; returns how many ended how. Fails on any outcome but the two allowed."""
+    data = codec.compress(tiny_images(1, 24, seed=4)[0, :, :24, :16])
+    payload_start = len(data) - 4 - len(codec.entropy.encode(read_codes(data, codec.entropy)[1]))
+    outcomes = {"decoded": 0}
+    for forged in forged_files(data, payload_start, trials, seed):
+        try:
+            _, maps = read_codes(forged, codec.entropy)
+        except CodecError as error:
+            reason = next((r for r in OUR_ERRORS if r in str(error)), None)
+            assert reason is not None, f"not our decoder's error: {error}"
+            outcomes[reason] = outcomes.get(reason, 0) + 1
+            continue
+        for codes in maps:
+            validate_codes(codes, codec.entropy.num_atoms, codec.entropy.coef_levels)
+            assert torch.equal(codes.atoms.gather(-1, canonical_order(codes.atoms)), codes.atoms), "not canonical"
+        assert bool(codec.decompress(forged).isfinite().all())
+        outcomes["decoded"] += 1
+    return outcomes
+
+
+def test_forged_payloads_decode_to_canonical_codes_or_fail_cleanly(codec):
+    outcomes = check_forged_payloads(codec, trials=100, seed=0)
+    assert outcomes["decoded"] > 0  # most random payloads are some valid code: only the checks above catch them
+
+
+@pytest.mark.parametrize("selection_fn", ["omp", "fista"])
+def test_a_forged_payload_cannot_pick_an_atom_its_position_may_not_hold(selection_fn):
+    codec = trained_codec(selection_fn)
+    codec.entropy = with_rare_atoms(codec.entropy)
+    outcomes = check_forged_payloads(codec, trials=150, seed=1)
+    assert outcomes.get("may not hold", 0) > 0, outcomes  # the case this test exists for did occur
+
+
+def test_a_file_with_more_code_maps_than_the_model_is_refused(codec):
+    sizes = [(2, 2)] * (len(codec.entropy.atoms) + 1)
+    with pytest.raises(ValueError, match="3 code maps to decode; the frequency model codes 2"):
+        codec.entropy.decode(b"\1\0\0\0" * 2, sizes)  # (an IndexError, once)
