@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -69,8 +70,11 @@ def entropy_model_of(data: bytes) -> str:
     return ENTROPY_MODELS[kind]
 
 
-def read_codes(data: bytes, entropy: EntropyModel) -> tuple[tuple[int, int], tuple[Codes, ...]]:
-    """Check a file and decode its code maps; returns ((height, width), maps [H, W, K])."""
+def read_codes(data: bytes, entropy: EntropyModel, expected_sizes: Callable[[int, int], list] | None = None,
+               ) -> tuple[tuple[int, int], tuple[Codes, ...]]:
+    """Check a file and decode its code maps; returns ((height, width), maps [H, W, K]). With
+    ``expected_sizes(height, width)`` the header's map sizes are checked before anything is decoded
+    (a forged header cannot make the decoder allocate for maps the image does not have)."""
     kind = entropy_model_of(data)
     if kind != entropy.kind:
         raise CodecError(f"the file was coded with the {kind} entropy model, and this codec holds the "
@@ -84,6 +88,9 @@ def read_codes(data: bytes, entropy: EntropyModel) -> tuple[tuple[int, int], tup
     for _ in range(count):
         sizes.append(_MAP.unpack_from(data, offset))
         offset += _MAP.size
+    if expected_sizes is not None and [tuple(size) for size in sizes] != [tuple(e) for e in expected_sizes(height, width)]:
+        raise CodecError(f"the file's code maps {[list(size) for size in sizes]} do not fit a {height}x{width} image "
+                         f"for this model (expected {[list(e) for e in expected_sizes(height, width)]})")
     length, codes_crc = _LENGTH.unpack_from(data, offset)
     offset += _LENGTH.size
     if offset + length + _CRC.size != len(data):
@@ -151,10 +158,6 @@ class Codec:
     @torch.no_grad()
     def decompress(self, data: bytes) -> torch.Tensor:
         """The bytes of a compressed file -> the image [3, H, W] in [-1, 1]."""
-        (height, width), maps = read_codes(data, self.entropy)
-        expected = map_sizes(self.model, height, width)
-        if [tuple(codes.atoms.shape[:2]) for codes in maps] != expected:
-            raise CodecError(f"the file's code maps {[list(c.atoms.shape[:2]) for c in maps]} do not fit a "
-                             f"{height}x{width} image for this model (expected {expected})")
+        (height, width), maps = read_codes(data, self.entropy, lambda h, w: map_sizes(self.model, h, w))
         image = self.model.decode_codes(tuple(Codes(c.atoms[None], c.levels[None]).to(self.device) for c in maps))
         return image[0, :, :height, :width].clamp(-1, 1).cpu()
