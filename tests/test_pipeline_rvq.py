@@ -1,9 +1,12 @@
 """Residual VQ goes everywhere the other quantizers go: the whole tiny pipeline (pretraining, Ray
-Train over two DDP workers, the LMDB store, PixelSNAIL priors, the codec, evaluation) with rvq."""
+Train over two DDP workers, the LMDB store, PixelSNAIL priors, the codec, evaluation) with rvq.
+Then checkpoints belong to the code that made them: an unchanged rerun of the training stages
+resumes their finished runs, and after a change to the library they train from step 0."""
 
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -11,11 +14,20 @@ from flows.workspace import make_workspace
 from sparse_vqvae.code_store import CodeStore
 from sparse_vqvae.train import load_checkpoint
 
-from .pipeline_workspace import TINY, dvc
+from .pipeline_workspace import TINY, dvc, run
+
+
+def stage_metrics(root, stage: str) -> dict:
+    return json.loads((root / "metrics" / f"{stage}.json").read_text())
+
+
+def rerun(root, *stages: str) -> None:
+    for stage in stages:
+        run([sys.executable, "-m", f"tasks.{stage}"], root)
 
 
 @pytest.mark.slow
-def test_the_pipeline_trains_codes_and_compresses_with_residual_vq(tmp_path):
+def test_residual_vq_through_the_pipeline_and_checkpoints_of_other_code_are_not_resumed(tmp_path):
     overrides = {**TINY, "model": {**TINY["model"], "selection_fn": "rvq", "n_nonzero": 3}}
     root = make_workspace(tmp_path / "ws", overrides)
     dvc("repro", cwd=root)
@@ -30,3 +42,20 @@ def test_the_pipeline_trains_codes_and_compresses_with_residual_vq(tmp_path):
     assert metrics["selection_fn"] == "rvq" and metrics["test_psnr"] > 0
     rows = (root / "eval/rate_distortion.csv").read_text()
     assert "(factorised)" in rows and "(prior)" in rows
+
+    steps, prior_steps = TINY["train"]["steps"], TINY["prior"]["steps"]
+    assert (stage_metrics(root, "train_vqvae")["start_step"], stage_metrics(root, "train_vqvae")["steps_trained"]) \
+        == (0, steps)
+    rerun(root, "train_vqvae", "train_prior")  # the same code and settings: both resume their finished runs
+    assert (stage_metrics(root, "train_vqvae")["start_step"], stage_metrics(root, "train_vqvae")["steps_trained"]) \
+        == (steps, 0)
+    prior = stage_metrics(root, "train_prior")
+    assert (prior["bottom_start_step"], prior["bottom_steps_trained"]) == (prior_steps, 0)
+
+    with (root / "sparse_vqvae" / "quantizers.py").open("a") as handle:
+        handle.write("\n# a change to the quantizer source\n")
+    rerun(root, "train_vqvae", "train_prior")
+    assert (stage_metrics(root, "train_vqvae")["start_step"], stage_metrics(root, "train_vqvae")["steps_trained"]) \
+        == (0, steps)
+    prior = stage_metrics(root, "train_prior")
+    assert (prior["top_start_step"], prior["top_steps_trained"]) == (0, prior_steps)
