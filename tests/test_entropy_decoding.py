@@ -1,6 +1,7 @@
 """The factorised decoder against payloads forged behind a valid checksum: each decodes to valid codes in
-canonical order or fails with a CodecError our decoder wrote - never another exception, never a
-non-canonical code, never a table the coder itself has to refuse."""
+canonical order or fails with an error our decoder wrote - never another exception, never a
+non-canonical code, never a table the coder itself has to refuse; and a forged file never decodes to
+an image (the codes' own CRC catches what the decoder cannot)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ import pytest
 import torch
 
 from sparse_vqvae.codec import Codec, CodecError, read_codes
-from sparse_vqvae.codes import canonical_order, validate_codes
-from sparse_vqvae.config import TrainConfig
+from sparse_vqvae.codes import Codes, canonical_order, validate_codes
+from sparse_vqvae.config import TrainConfig, codes_vary
 from sparse_vqvae.entropy_coding import FrequencyModel
 from sparse_vqvae.train import train
 
@@ -32,7 +33,7 @@ def trained_codec(selection_fn: str) -> Codec:
         maps = model.encode(images)[1]
     quantizer = model.quantizers[0]
     return Codec(model, FrequencyModel.fit(maps, quantizer.num_atoms, quantizer.coef_levels,
-                                           selection_fn == "fista", model.fingerprint()))
+                                           codes_vary(selection_fn), model.fingerprint()))
 
 
 @pytest.fixture(scope="module", params=SELECTION_FNS)
@@ -52,32 +53,42 @@ def with_rare_atoms(entropy: FrequencyModel) -> FrequencyModel:
 
 
 def forged_files(data: bytes, payload_start: int, trials: int, seed: int):
-    """``data`` with its payload replaced by random bytes of random length, header length and CRC made valid."""
+    """``data`` with its payload replaced by random bytes of random length, the header's length and the
+    file's CRC made valid (the codes' CRC kept): (forged file, forged payload) pairs."""
     rng = random.Random(seed)
-    header, original = data[: payload_start - 4], len(data) - 4 - payload_start
+    header, codes_crc = data[: payload_start - 8], data[payload_start - 4 : payload_start]
+    original = len(data) - 4 - payload_start
     for _ in range(trials):
         length = rng.choice([original, rng.randrange(0, 400), 4 * rng.randrange(1, 100)])
-        body = header + length.to_bytes(4, "little") + rng.randbytes(length)
-        yield body + zlib.crc32(body).to_bytes(4, "little")
+        payload = rng.randbytes(length)
+        body = header + length.to_bytes(4, "little") + codes_crc + payload
+        yield body + zlib.crc32(body).to_bytes(4, "little"), payload
 
 
 def check_forged_payloads(codec: Codec, trials: int, seed: int) -> dict[str, int]:
-    """Decode forged files; returns how many ended how. Fails on any outcome but the two allowed."""
+    """Decode forged payloads with the entropy model (each must give valid canonical codes or one of our
+    errors) and forged files with the codec (each must fail: the codes' CRC no longer matches what is
+    decoded); returns how many payloads ended how."""
     data = codec.compress(tiny_images(1, 24, seed=4)[0, :, :24, :16])
-    payload_start = len(data) - 4 - len(codec.entropy.encode(read_codes(data, codec.entropy)[1]))
+    (_, _), maps = read_codes(data, codec.entropy)
+    payload_start = len(data) - 4 - len(codec.entropy.encode(maps))
+    sizes = [tuple(m.atoms.shape[:2]) for m in maps]
     outcomes = {"decoded": 0}
-    for forged in forged_files(data, payload_start, trials, seed):
+    for forged, payload in forged_files(data, payload_start, trials, seed):
+        with pytest.raises(CodecError):  # never a wrong image
+            codec.decompress(forged)
         try:
-            _, maps = read_codes(forged, codec.entropy)
-        except CodecError as error:
+            decoded = codec.entropy.decode(payload, sizes)
+        except ValueError as error:
             reason = next((r for r in OUR_ERRORS if r in str(error)), None)
             assert reason is not None, f"not our decoder's error: {error}"
             outcomes[reason] = outcomes.get(reason, 0) + 1
             continue
-        for codes in maps:
+        for codes in decoded:
             validate_codes(codes, codec.entropy.num_atoms, codec.entropy.coef_levels)
             assert torch.equal(codes.atoms.gather(-1, canonical_order(codes.atoms)), codes.atoms), "not canonical"
-        assert bool(codec.decompress(forged).isfinite().all())
+        assert bool(codec.model.decode_codes(tuple(Codes(c.atoms[None], c.levels[None]) for c in decoded))
+                    .isfinite().all())
         outcomes["decoded"] += 1
     return outcomes
 
@@ -87,7 +98,9 @@ def test_forged_payloads_decode_to_canonical_codes_or_fail_cleanly(codec):
     assert outcomes["decoded"] > 0  # most random payloads are some valid code: only the checks above catch them
 
 
-@pytest.mark.parametrize("selection_fn", ["omp", "fista"])
+# fista: with these seeds the forged payloads reach a disallowed atom for the LASSO model; the omp model
+# (0..K pairs since zero pairs are dropped) no longer does in 3 x 150 trials. The check is the same code.
+@pytest.mark.parametrize("selection_fn", ["fista"])
 def test_a_forged_payload_cannot_pick_an_atom_its_position_may_not_hold(selection_fn):
     codec = trained_codec(selection_fn)
     codec.entropy = with_rare_atoms(codec.entropy)
