@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .atomic import check_replaceable
-from .codes import Codes
+from .codes import Codes, packed
 from .vqvae import VQVAE2
 
 FORMAT_VERSION = 2
@@ -69,11 +69,7 @@ class StoreMetadata:
 
 
 def _encode(index: int, maps: tuple[Codes, ...]) -> bytes:
-    parts = [_INDEX.pack(index)]
-    for codes in maps:
-        parts.append(codes.atoms.cpu().numpy().astype("<i2").tobytes())
-        parts.append(codes.levels.cpu().numpy().astype(np.uint8).tobytes())
-    return b"".join(parts)
+    return _INDEX.pack(index) + b"".join(packed(codes) for codes in maps)
 
 
 def _decode(blob: bytes, meta: StoreMetadata) -> tuple[int, tuple[Codes, ...]]:

@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .codes import Codes, validate_codes
+from .codes import Codes, packed, validate_codes
 from .entropy_coding import FrequencyModel
 from .prior_coding import PriorEntropyModel
 from .vqvae import VQVAE2
@@ -121,12 +121,8 @@ def write_codes(maps: tuple[Codes, ...], entropy: EntropyModel, height: int, wid
 
 
 def codes_checksum(maps: tuple[Codes, ...]) -> int:
-    """CRC-32 of the code maps (atoms as int16, levels as uint8, map after map)."""
-    crc = 0
-    for codes in maps:
-        crc = zlib.crc32(codes.atoms.cpu().numpy().astype("<i2").tobytes(), crc)
-        crc = zlib.crc32(codes.levels.cpu().numpy().astype("u1").tobytes(), crc)
-    return crc
+    """CRC-32 of the code maps, map after map, in the code store's byte form."""
+    return zlib.crc32(b"".join(packed(codes) for codes in maps))
 
 
 def bits_per_pixel(data: bytes, height: int, width: int) -> float:

@@ -46,6 +46,12 @@ class Codes:
         return torch.equal(self.atoms, other.atoms) and torch.equal(self.levels, other.levels)
 
 
+def packed(codes: Codes) -> bytes:
+    """One code map as bytes: atoms as little-endian int16, then levels as uint8 - what the code store
+    keeps and what a compressed file's checksum of its codes covers."""
+    return (codes.atoms.cpu().numpy().astype("<i2").tobytes() + codes.levels.cpu().numpy().astype("u1").tobytes())
+
+
 def canonical_order(atoms: torch.Tensor) -> torch.Tensor:
     """Permutation [..., K] that sorts each position's atoms ascending, EMPTY slots last."""
     key = torch.where(atoms == EMPTY, torch.iinfo(atoms.dtype).max, atoms)
