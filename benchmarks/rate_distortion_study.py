@@ -122,11 +122,16 @@ def train_and_measure(cache: Path, set_name: str, data: DataConfig, config: Mode
     result = {"bpp": factorised["bpp"], "bpp_prior": prior_coded["bpp"], "psnr": factorised["psnr"],
               "ms_ssim": factorised["ms_ssim"], "psnr_prior_images": prior_coded["psnr"],
               "test_psnr": quality["test_psnr"], "images": factorised["images"],
-              "prior_images": prior_coded["images"], "settings": {k: v for k, v in asdict(config).items()
-                                                                  if v != getattr(ModelConfig(), k)},
+              "prior_images": prior_coded["images"], "settings": asdict(config),
               "seconds": round(time.perf_counter() - start, 1)}
     write_json(result_file, result)
     return result
+
+
+def differing(settings: dict[str, Any]) -> dict[str, Any]:
+    """The model settings that differ from the defaults: what tells the study's points apart in a table."""
+    defaults = asdict(ModelConfig())
+    return {k: v for k, v in settings.items() if v != defaults.get(k)}
 
 
 def compare(families: dict[str, list[dict]]) -> dict[str, dict[str, float | None]]:
@@ -194,7 +199,7 @@ def main() -> None:
                 point = train_and_measure(args.cache, set_name, data, ModelConfig(**overrides), budget, train_set,
                                           test_set)
                 results[set_name].setdefault(family, []).append(point)
-                print(f"{set_name} {family} {point['settings']}: {point['bpp']:.3f} bpp "
+                print(f"{set_name} {family} {differing(point['settings'])}: {point['bpp']:.3f} bpp "
                       f"({point['bpp_prior']:.3f} with the priors), {point['psnr']:.2f} dB, "
                       f"MS-SSIM {point['ms_ssim']:.3f}", flush=True)
 
@@ -212,7 +217,7 @@ def main() -> None:
         print(header + "\n" + "-" * len(header))
         for family, pts in families.items():
             for p in pts:
-                settings = ", ".join(f"{k}={v}" for k, v in p["settings"].items() if k != "selection_fn")
+                settings = ", ".join(f"{k}={v}" for k, v in differing(p["settings"]).items() if k != "selection_fn")
                 print(f"{family:>8}  {settings:<60} {p['bpp']:6.3f} {p['bpp_prior']:9.3f} {p['psnr']:6.2f} "
                       f"{p['ms_ssim']:7.3f}")
         for family, row in summary["bd_rate"][set_name].items():

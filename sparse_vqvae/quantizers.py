@@ -316,10 +316,6 @@ class SparseQuantizer(_Quantizer):
         """The vectors the codes' atoms index, [C, N]: the unit-norm atoms."""
         return self.atoms
 
-    def level_values(self) -> torch.Tensor:
-        """The coefficient value of each level [L], ascending."""
-        return self.level_table
-
     def quantize_coefficients(self, values: torch.Tensor) -> torch.Tensor:
         """The level of the nearest value to each coefficient."""
         table = self.level_table

@@ -139,11 +139,11 @@ def run(params: PipelineParams, tracker: StageTracker) -> dict[str, Any]:
 
     key = run_key(params)
     folder = (CHECKPOINTS / key).resolve()
+    last = folder / "last.pt"
     loop = {"params": asdict(params),
-            "pretrained": str(PRETRAINED.resolve()), "last": str(folder / "last.pt"),
+            "pretrained": str(PRETRAINED.resolve()), "last": str(last),
             "scratch": str(folder / "scratch"), "train_images": str(TRAIN_IMAGES.resolve()),
             "test_images": str(TEST_IMAGES.resolve()), "tracking_uri": tracker.uri, "run_id": tracker.run_id}
-    last = folder / "last.pt"
     start_step = load_checkpoint(last).step if last.is_file() else 0
     print(f"[{STAGE}] run {key}: checkpoints in {folder}" + (f" (resuming at step {start_step})" if start_step else ""))
     connect(params.ray)

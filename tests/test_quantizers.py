@@ -170,7 +170,7 @@ def test_uniform_levels_cover_the_fitted_range():
     values = torch.tensor([-5.0, -2.0, -0.9, 0.0, 1.1, 2.0, 9.0])
     levels = quantizer.quantize_coefficients(values)
     assert levels.tolist() == [0, 0, 1, 2, 3, 4, 4]
-    assert quantizer.level_values().tolist() == [-2.0, -1.0, 0.0, 1.0, 2.0]
+    assert quantizer.level_table.tolist() == [-2.0, -1.0, 0.0, 1.0, 2.0]
     assert uniform_levels(2, torch.tensor(0.5)).tolist() == [-0.5, 0.5]  # two levels: the sign
     assert uniform_levels(4, torch.tensor(3.0)).tolist() == [-3.0, -1.0, 1.0, 3.0]
 
@@ -183,12 +183,12 @@ def test_few_levels_train_and_decode_exactly(coef_levels, coef_quantizer):
     for seed in range(3):
         quantizer(features(seed=seed))
         quantizer.after_step()
-    table = quantizer.level_values()
+    table = quantizer.level_table
     assert table.shape == (coef_levels,) and bool((table[1:] > table[:-1]).all())  # ascending, distinct
     out = quantizer.eval()(features(seed=5))
     validate_codes(out.codes, 32, coef_levels)
     assert torch.equal(quantizer.decode_codes(out.codes), out.z_q)
-    assert (quantizer.level_values()[out.codes.levels[out.codes.present]] != 0).all()
+    assert (quantizer.level_table[out.codes.levels[out.codes.present]] != 0).all()
 
 
 def test_pairs_quantised_to_zero_are_not_coded():
@@ -213,7 +213,7 @@ def test_learned_levels_move_to_the_mean_of_the_coefficients_they_quantise():
     values = torch.tensor([-0.2, -0.4, 0.3, 0.5, 0.7])
     for _ in range(20):
         quantizer._fit_levels(values)
-    assert torch.allclose(quantizer.level_values(), torch.tensor([-0.3, 0.5]), atol=1e-4)
+    assert torch.allclose(quantizer.level_table, torch.tensor([-0.3, 0.5]), atol=1e-4)
 
 
 def test_residual_stages_code_what_the_earlier_ones_left():
