@@ -68,8 +68,9 @@ def supports(codes: np.ndarray) -> np.ndarray:
 
 
 def run(count: int, device: torch.device, with_references: bool) -> dict:
-    import spams  # noqa: F401  (benchmark-only extra: pip install .[bench])
-    from sklearn.decomposition import sparse_encode
+    if with_references:  # benchmark-only extras (pip install .[bench]); a GPU machine may lack them
+        import spams
+        from sklearn.decomposition import sparse_encode
 
     dictionary = random_dictionary(DIM, NUM_ATOMS, generator=torch.Generator().manual_seed(SEED))
     d64 = np.asfortranarray(dictionary.numpy().astype(np.float64))
