@@ -5,7 +5,7 @@
    cores) as the reference of the same run.
 2. One stage-1 training step per quantizer (32x32 images, batch 128), and the ratio to vanilla.
 3. PixelSNAIL sampling, and the codec (factorised and prior-coded files) against Pillow's JPEG.
-   The model has params.yaml's shape, trained for --codec-steps steps on the embedded photographs;
+   The model has params.yaml's shape, trained 300 steps on the embedded photographs' crops;
    the priors are untrained (speed does not depend on their weights).
 4. A few stage-1 steps through Ray Train, the workers asking for GPUs as ``ray.use_gpu: auto`` does
    (when Ray is installed).
@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from _results import RESULTS, write_json
 from codec import measure
 from sparse_coding import run as sparse_coding_run
@@ -37,7 +38,7 @@ from train_step import VARIANTS, step_time
 from sparse_vqvae.code_store import CodeStore, extract_codes
 from sparse_vqvae.codec import Codec
 from sparse_vqvae.config import DataConfig, ModelConfig, TrainConfig
-from sparse_vqvae.data import EMBEDDED_TEST, downscaled_photo, embedded_photo_dir, load_dataset, save_image_array
+from sparse_vqvae.data import EMBEDDED_TEST, embedded_photo_dir, load_dataset, save_image_array
 from sparse_vqvae.data import ImageArray, to_model_range
 from sparse_vqvae.entropy_coding import FrequencyModel
 from sparse_vqvae.pixelsnail import PixelSNAIL, sample_maps
@@ -70,7 +71,7 @@ def stage1_steps(device: torch.device, images: torch.Tensor, repeats: int) -> di
 
 
 def prior_and_codec(device: torch.device, train_set, workdir: Path, steps: int, images: int,
-                    prior_images: int, photo_size: int) -> dict[str, Any]:
+                    prior_images: int, photo_size: tuple[int, int]) -> dict[str, Any]:
     """A briefly trained model, its code store and entropy models; sampling and file throughput."""
     torch.manual_seed(0)
     model = VQVAE2(ModelConfig()).to(device)
@@ -98,14 +99,15 @@ def prior_and_codec(device: torch.device, train_set, workdir: Path, steps: int, 
     assert decoded.shape[0] == samples
 
     crops = [train_set[i] for i in range(images)]
-    photos = [to_model_range(np.array(downscaled_photo(embedded_photo_dir() / name, photo_size))
-                             [:photo_size, :photo_size]) for name in EMBEDDED_TEST]
+    height, width = photo_size
+    photos = [to_model_range(np.array(Image.open(embedded_photo_dir() / name).convert("RGB"))[:height, :width])
+              for name in EMBEDDED_TEST]  # the embedded test photographs, cut to one size
     codec = Codec(model, frequencies)
     prior_codec = Codec(model, PriorEntropyModel(priors, model.fingerprint()))
     return {"model_steps": steps, "sample_s_per_image": sample_seconds, "sample_batch": samples,
             "crops_32": measure("32x32", crops, codec),
             "crops_32_prior": measure("32x32 (prior)", crops[:prior_images], prior_codec),
-            f"photos_{photo_size}": measure(f"{photo_size}x{photo_size}", photos, codec)}
+            "photos": measure(f"{height}x{width} photos", photos, codec)}
 
 
 def ray_worker(loop: dict[str, Any]) -> None:
@@ -163,10 +165,10 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.set_num_threads(os.cpu_count() or 1)
-    sizes = (dict(signals=4096, cpu_signals=2048, repeats=2, codec_steps=5, images=8, prior_images=2, photo=64,
-                  ray_steps=6) if args.quick else
+    sizes = (dict(signals=4096, cpu_signals=2048, repeats=2, codec_steps=5, images=8, prior_images=2,
+                  photo=(64, 64), ray_steps=6) if args.quick else
              dict(signals=131072, cpu_signals=16384, repeats=10, codec_steps=300, images=256, prior_images=16,
-                  photo=512, ray_steps=50))
+                  photo=(288, 448), ray_steps=50))
 
     data = DataConfig()
     train_set = load_dataset(data, "train")
