@@ -10,7 +10,12 @@ vanilla and rvq. Two held-out sets: the embedded photographs' test crops, and 1,
 (``../shared/data/cifar10-jpeg/train``, trained on the other 49,000).
 
     python benchmarks/rate_distortion_study.py                       # both sets, every family
-    python benchmarks/rate_distortion_study.py --sets embedded --steps 600 --output /tmp/600.json
+    python benchmarks/rate_distortion_study.py --sets embedded --doubling-check
+
+``--doubling-check`` also trains every model of the sets with twice the stage-1 steps and compares
+the families' ranking (factorised-file BD-rate against vanilla) at both budgets: the budget is
+enough when the ranking does not change. Those models skip the priors (``--prior-steps 0`` does
+the same for a study): the priors' budget is not what doubles.
 
 Each trained model and its figures are cached (``--cache``, default ``benchmarks/.cache/study/``) by
 a key of its settings, budget, data and the library's source fingerprint: an interrupted study
@@ -105,20 +110,13 @@ def train_and_measure(cache: Path, set_name: str, data: DataConfig, config: Mode
     maps = load_maps(store)
     meta = store.meta
     frequencies = FrequencyModel.fit(maps, meta.num_atoms, meta.coef_levels, config.codes_vary, fingerprint)
-    prior_config = PriorTrainConfig()
-    priors = []
-    for level, shape in enumerate(prior_configs(meta, channels=prior_config.channels, blocks=prior_config.blocks,
-                                                res_per_block=prior_config.res_per_block,
-                                                dropout=prior_config.dropout)):
-        torch.manual_seed(prior_config.seed + level)
-        prior = PixelSNAIL(shape)
-        train_prior(prior, maps, level, budget["prior_steps"], batch_size=prior_config.batch_size,
-                    lr=prior_config.lr, seed=prior_config.seed + level)
-        priors.append(prior.eval())
     images = [test_set[i] for i in range(min(budget["images"], len(test_set)))]
     factorised = sparse_vqvae_point(Codec(model, frequencies), images)
-    prior_coded = sparse_vqvae_point(Codec(model, PriorEntropyModel(priors, fingerprint)),
-                                     images[: budget["prior_images"]])
+    prior_coded = {"bpp": None, "psnr": None, "images": 0}
+    if budget["prior_steps"]:
+        priors = trained_priors(meta, maps, budget["prior_steps"])
+        prior_coded = sparse_vqvae_point(Codec(model, PriorEntropyModel(priors, fingerprint)),
+                                         images[: budget["prior_images"]])
     result = {"bpp": factorised["bpp"], "bpp_prior": prior_coded["bpp"], "psnr": factorised["psnr"],
               "ms_ssim": factorised["ms_ssim"], "psnr_prior_images": prior_coded["psnr"],
               "test_psnr": quality["test_psnr"], "images": factorised["images"],
@@ -126,6 +124,19 @@ def train_and_measure(cache: Path, set_name: str, data: DataConfig, config: Mode
               "seconds": round(time.perf_counter() - start, 1)}
     write_json(result_file, result)
     return result
+
+
+def trained_priors(meta, maps, steps: int) -> list[PixelSNAIL]:
+    """The pipeline's PixelSNAIL priors (params.yaml's shape) over a model's training codes."""
+    config = PriorTrainConfig()
+    priors = []
+    for level, shape in enumerate(prior_configs(meta, channels=config.channels, blocks=config.blocks,
+                                                res_per_block=config.res_per_block, dropout=config.dropout)):
+        torch.manual_seed(config.seed + level)
+        prior = PixelSNAIL(shape)
+        train_prior(prior, maps, level, steps, batch_size=config.batch_size, lr=config.lr, seed=config.seed + level)
+        priors.append(prior.eval())
+    return priors
 
 
 def differing(settings: dict[str, Any]) -> dict[str, Any]:
@@ -142,10 +153,36 @@ def compare(families: dict[str, list[dict]]) -> dict[str, dict[str, float | None
         for anchor in ("vanilla", "rvq"):
             if anchor in families and anchor != name:
                 row[f"vs_{anchor}"] = bd_rate(families[anchor], points)
-                prior_view = lambda pts: [{"bpp": p["bpp_prior"], "psnr": p["psnr_prior_images"]} for p in pts]
-                row[f"vs_{anchor}_prior"] = bd_rate(prior_view(families[anchor]), prior_view(points))
+                if all(p["bpp_prior"] is not None for p in families[anchor] + points):
+                    row[f"vs_{anchor}_prior"] = bd_rate(prior_coded(families[anchor]), prior_coded(points))
         table[name] = row
     return table
+
+
+def rate(bpp: float | None) -> str:
+    return "-" if bpp is None else f"{bpp:.3f}"
+
+
+def prior_coded(points: list[dict]) -> list[dict]:
+    """The points' prior-coded rate and quality, as bd_rate reads them."""
+    return [{"bpp": p["bpp_prior"], "psnr": p["psnr_prior_images"]} for p in points]
+
+
+def ranking(bd: dict[str, dict[str, float | None]]) -> list[str]:
+    """Families from the fewest bits at equal PSNR to the most (factorised files, BD-rate against vanilla;
+    vanilla itself at 0, a family without a common PSNR range with vanilla last)."""
+    value = {name: 0.0 if name == "vanilla" else row.get("vs_vanilla") for name, row in bd.items()}
+    return sorted(value, key=lambda name: (value[name] is None, value[name] or 0.0))
+
+
+def doubling_check(short: dict[str, list[dict]], long: dict[str, list[dict]], steps: int) -> dict[str, Any]:
+    """The families' ranking at ``steps`` and at twice as many: is the budget enough?"""
+    bd_short, bd_long = compare(short), compare(long)
+    first, second = ranking(bd_short), ranking(bd_long)
+    return {"steps": [steps, 2 * steps], "ranking": [first, second], "unchanged": first == second,
+            "bd_rate_vs_vanilla": {name: [bd_short[name].get("vs_vanilla"), bd_long[name].get("vs_vanilla")]
+                                   for name in short if name != "vanilla"},
+            "points_at_double": long}
 
 
 def log_to_mlflow(output: Path, pictures: list[Path], summary: dict[str, Any]) -> str:
@@ -185,6 +222,8 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=RESULTS / "rate_distortion_study.json")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where models and their figures are kept")
     parser.add_argument("--no-mlflow", action="store_true")
+    parser.add_argument("--doubling-check", action="store_true",
+                        help="also train every model with 2x --steps (no priors) and compare the rankings")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     budget = {"pretrain_steps": args.pretrain_steps, "steps": args.steps, "prior_steps": args.prior_steps, "images": args.images,
@@ -200,11 +239,23 @@ def main() -> None:
                                           test_set)
                 results[set_name].setdefault(family, []).append(point)
                 print(f"{set_name} {family} {differing(point['settings'])}: {point['bpp']:.3f} bpp "
-                      f"({point['bpp_prior']:.3f} with the priors), {point['psnr']:.2f} dB, "
+                      f"({rate(point['bpp_prior'])} with the priors), {point['psnr']:.2f} dB, "
                       f"MS-SSIM {point['ms_ssim']:.3f}", flush=True)
 
     summary = {"budget": budget, "threads": args.threads, "source": source_fingerprint(),
                "bd_rate": {name: compare(families) for name, families in results.items()}}
+    if args.doubling_check:
+        double = {**budget, "steps": 2 * args.steps, "prior_steps": 0}
+        summary["doubling_check"] = {}
+        for set_name, families in results.items():
+            data = SETS[set_name]
+            train_set, test_set = prepared(args.cache, set_name, data)
+            long = {family: [train_and_measure(args.cache, set_name, data, ModelConfig(**overrides), double,
+                                               train_set, test_set) for overrides in FAMILIES[family]]
+                    for family in families}
+            check = summary["doubling_check"][set_name] = doubling_check(families, long, args.steps)
+            print(f"{set_name}: ranking at {args.steps} steps {check['ranking'][0]}, at {2 * args.steps} "
+                  f"{check['ranking'][1]}: {'unchanged' if check['unchanged'] else 'CHANGED'}", flush=True)
     output = args.output
     write_json(output, {**results, "summary": summary})
     pictures = []
@@ -218,7 +269,7 @@ def main() -> None:
         for family, pts in families.items():
             for p in pts:
                 settings = ", ".join(f"{k}={v}" for k, v in differing(p["settings"]).items() if k != "selection_fn")
-                print(f"{family:>8}  {settings:<60} {p['bpp']:6.3f} {p['bpp_prior']:9.3f} {p['psnr']:6.2f} "
+                print(f"{family:>8}  {settings:<60} {p['bpp']:6.3f} {rate(p['bpp_prior']):>9} {p['psnr']:6.2f} "
                       f"{p['ms_ssim']:7.3f}")
         for family, row in summary["bd_rate"][set_name].items():
             shown = ", ".join(f"{k} {v:+.1f}%" for k, v in row.items() if v is not None)
