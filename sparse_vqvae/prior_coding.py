@@ -6,9 +6,15 @@ Order of symbols (the prior's own): the top map, then the bottom map conditioned
 map, positions in raster order; in a position, slot by slot, the atom (or END, for the LASSO)
 then its coefficient level. Decoding is sequential: every position needs the backbone run over
 the codes decoded so far. The encoder walks the same loop with the known symbols (same calls,
-same shapes, batch of one), so both sides compute the same probabilities; the prior's logits
-are rounded to 2^-10 before the softmax, which absorbs float jitter between thread counts. Encode
-and decode on the same kind of device: a GPU's arithmetic may differ from a CPU's beyond that.
+same shapes, batch of one), so both sides compute the same probabilities.
+
+Files decode anywhere: the probabilities come from one fixed arithmetic, whatever device the
+priors were trained or loaded on - the priors run on the CPU in float64 for coding, and their
+logits are rounded to 2^-10 before the softmax. Between CPU kinds, SIMD paths and thread counts
+float64 results differ in the last bits (~1e-16), so a rounding flip needs a logit within that of
+a grid boundary; and should one ever happen, the file's CRC of the codes makes the decoder fail
+with a ``CodecError`` instead of returning another image. (A GPU's float32 logits, or TF32,
+differed from a CPU's beyond the grid: CUDA-encoded files did not decode on the CPU.)
 
 The priors have a fixed map size (learnt position embeddings): they code images of the size
 they were trained on; other sizes need the factorised model.
@@ -16,6 +22,7 @@ they were trained on; other sizes need the factorised model.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Callable
 
@@ -29,6 +36,7 @@ from .pixelsnail import Pick, PixelSNAIL
 from .prior_train import load_prior
 
 _LOGIT_STEP = 2.0**-10
+CODING_DEVICE, CODING_DTYPE = torch.device("cpu"), torch.float64  # the one arithmetic of the probabilities
 _FAMILY = constriction.stream.model.Categorical(perfect=False)
 
 # next_symbol(probabilities, (map, y, x, slot), is_atom) -> the symbol at that step (known, or decoded)
@@ -42,7 +50,9 @@ class PriorEntropyModel:
     kind = "prior"
 
     def __init__(self, priors: list[PixelSNAIL], fingerprint: str) -> None:
-        self.priors = [prior.eval() for prior in priors]
+        self.priors = [prior.eval() for prior in priors]  # as given: for sampling and bits on their device
+        # The coding arithmetic (module docstring): copies on the CPU in float64.
+        self._coding_priors = [copy.deepcopy(prior).to(CODING_DEVICE, CODING_DTYPE).eval() for prior in priors]
         self.fingerprint = fingerprint
         config = priors[0].config
         self.num_atoms, self.coef_levels, self.slots = config.num_atoms, config.coef_levels, config.slots
@@ -110,7 +120,7 @@ class PriorEntropyModel:
         """Every map in coding order, each symbol's distribution computed from the codes so far: the
         prior's own generation loop, with the symbols coded (or decoded) instead of drawn."""
         maps: list[Codes] = []
-        for index, prior in enumerate(self.priors):
+        for index, prior in enumerate(self._coding_priors):
             pick_atom, pick_level = _picks(next_symbol, index, prior.config.coef_levels)
             maps.append(prior.generate(1, pick_atom, pick_level, condition=maps[0] if index else None))
         return tuple(codes[0].to("cpu") for codes in maps)
