@@ -143,14 +143,9 @@ class PixelSNAIL(nn.Module):
         h = self.condition_net(self.condition_embed(condition))
         return F.interpolate(h, size=(self.config.height, self.config.width), mode="nearest")
 
-    def backbone(self, codes: Codes, condition_features: torch.Tensor | None, rows: int | None = None) -> torch.Tensor:
-        """Features [B, C, H, W] where position i depends only on the codes at positions < i. With ``rows``,
-        only the first rows are computed: being causal, they need nothing below them."""
-        position = self.position
-        if rows is not None:
-            codes, position = codes[:, :rows], position[:, :, :rows]
-            condition_features = condition_features[:, :, :rows] if condition_features is not None else None
-        h = self.conv_in(self.embed(codes)) + position
+    def backbone(self, codes: Codes, condition_features: torch.Tensor | None) -> torch.Tensor:
+        """Features [B, C, H, W] where position i depends only on the codes at positions < i."""
+        h = self.conv_in(self.embed(codes)) + self.position
         for res_blocks, attention in zip(self.blocks, self.attention):
             for block in res_blocks:
                 h = block(h, condition_features)
@@ -191,12 +186,13 @@ class PixelSNAIL(nn.Module):
         was_training = self.training
         self.eval()  # no dropout while generating
         features = self.condition_features(condition) if c.condition is not None else None
+        backbone = IncrementalBackbone(self, n, features)
         for y in range(c.height):
             for x in range(c.width):
-                h = self.backbone(codes, features, rows=y + 1)[:, :, y, x]
-                atoms, levels = self.head.emit(h, pick_atom, pick_level, (y, x))
+                atoms, levels = self.head.emit(backbone.features_at(y, x), pick_atom, pick_level, (y, x))
                 codes.atoms[:, y, x] = atoms
                 codes.levels[:, y, x] = levels
+                backbone.write_codes(y, x, codes)
         self.train(was_training)
         return codes
 
@@ -221,6 +217,86 @@ class PixelSNAIL(nn.Module):
     @property
     def arguments(self) -> dict:
         return asdict(self.config)
+
+
+class IncrementalBackbone:
+    """``PixelSNAIL.backbone`` one position at a time, in raster order (eval mode), for generation and coding.
+
+    Causality means a layer's output at position i never changes once computed, so every layer's input is
+    kept in a buffer filled as the positions are reached: position i costs one pass of each layer at i (a
+    k x k window of a convolution's input, attention over the cached keys and values of positions <= i),
+    not a pass over the map above it. Buffers are zero-padded by the kernel's half width, as the full
+    convolutions pad; the masks hide what is not yet filled, as they hide the future in the full pass.
+    The sums run in another order than the full pass's: the features agree to rounding (tested).
+    """
+
+    def __init__(self, prior: PixelSNAIL, n: int, condition_features: torch.Tensor | None) -> None:
+        c = prior.config
+        self.prior, self.features, self.width = prior, condition_features, c.width
+        like = prior.position
+
+        def padded(kernel: int) -> torch.Tensor:
+            r = kernel // 2
+            return like.new_zeros(n, c.channels, c.height + 2 * r, c.width + 2 * r)
+
+        self.conv_in = _WindowProduct(prior.conv_in)
+        self.embedded = padded(self.conv_in.k)
+        # Per residual block: its two convolutions, and their inputs (elu(x), and the hidden activation).
+        self.block_convs = [[(_WindowProduct(block.conv_in), _WindowProduct(block.conv_gate)) for block in blocks]
+                            for blocks in prior.blocks]
+        self.block_buffers = [[(padded(first.k), padded(second.k)) for first, second in convs]
+                              for convs in self.block_convs]
+        positions, head_dim = c.height * c.width, c.channels // c.heads
+        self.keys = [like.new_zeros(n, c.heads, positions, head_dim) for _ in prior.attention]
+        self.values = [like.new_zeros(n, c.heads, positions, head_dim) for _ in prior.attention]
+
+    def write_codes(self, y: int, x: int, codes: Codes) -> None:
+        """Embed the codes just chosen at (y, x): later positions' input."""
+        self.conv_in.write(self.embedded, y, x, self.prior.embed(codes[:, y : y + 1, x : x + 1])[:, :, 0, 0])
+
+    def features_at(self, y: int, x: int) -> torch.Tensor:
+        """The backbone's features [B, C] at (y, x), from the codes written at the positions before it."""
+        prior = self.prior
+        h = self.conv_in(self.embedded, y, x) + prior.position[:, :, y, x]
+        for blocks, convs, buffers, attention, keys, values in zip(prior.blocks, self.block_convs, self.block_buffers,
+                                                                   prior.attention, self.keys, self.values):
+            for block, (first, second), (inputs, hidden) in zip(blocks, convs, buffers):
+                first.write(inputs, y, x, F.elu(h))
+                second.write(hidden, y, x, F.elu(first(inputs, y, x)))
+                gate = second(hidden, y, x)
+                if block.condition is not None:
+                    gate = gate + block.condition(self.features[:, :, y : y + 1, x : x + 1])[:, :, 0, 0]
+                h = h + F.glu(gate, dim=1)
+            h = self._attend(attention, keys, values, y * self.width + x, h)
+        return F.elu(h)
+
+    @staticmethod
+    def _attend(attention: CausalAttention, keys: torch.Tensor, values: torch.Tensor, index: int,
+                h: torch.Tensor) -> torch.Tensor:
+        b, c = h.shape
+        qkv = F.conv2d(h[:, :, None, None], attention.qkv.weight, attention.qkv.bias)
+        q, k, v = qkv.reshape(b, 3, attention.heads, c // attention.heads).unbind(1)
+        keys[:, :, index], values[:, :, index] = k, v
+        attended = F.scaled_dot_product_attention(q[:, :, None], keys[:, :, : index + 1], values[:, :, : index + 1])
+        return h + F.conv2d(attended.reshape(b, c, 1, 1), attention.out.weight, attention.out.bias)[:, :, 0, 0]
+
+
+class _WindowProduct:
+    """A causal convolution at one position: its masked kernel as a matrix over the k x k window of a
+    zero-padded input buffer (one matrix-vector product: a convolution call on a k x k input costs more)."""
+
+    def __init__(self, conv: CausalConv2d) -> None:
+        self.k, self.pad = conv.kernel_size[0], conv.kernel_size[0] // 2
+        self.weight = (conv.weight * conv.mask).reshape(conv.out_channels, -1)
+        self.bias = conv.bias
+
+    def __call__(self, padded: torch.Tensor, y: int, x: int) -> torch.Tensor:
+        window = padded[:, :, y : y + self.k, x : x + self.k].reshape(padded.shape[0], -1)
+        return F.linear(window, self.weight, self.bias)
+
+    def write(self, padded: torch.Tensor, y: int, x: int, value: torch.Tensor) -> None:
+        """Put this convolution's input at (y, x) into its buffer."""
+        padded[:, :, y + self.pad, x + self.pad] = value
 
 
 class PairHead(nn.Module):
