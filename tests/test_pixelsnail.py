@@ -54,21 +54,26 @@ def test_backbone_is_causal(name):
         assert torch.equal(later, torch.zeros_like(later)), f"position {i} sees positions >= {i}"
 
 
+@pytest.mark.parametrize("positions", ["learned", "none"])
 @pytest.mark.parametrize("conditioned", [False, True])
 @pytest.mark.parametrize("name", VARIANTS)
-def test_incremental_backbone_gives_the_full_pass_features(name, conditioned):
+def test_incremental_backbone_gives_the_full_pass_features(name, conditioned, positions):
     """Position by position from the cached layer inputs, as generation and prior coding run it: the
-    features of the full pass, with two blocks, two residual blocks each and non-square maps."""
-    prior = prior_for(name, conditioned, height=5, width=6, blocks=2, res_per_block=2).double().eval()
+    features of the full pass, with two blocks, two residual blocks each and non-square maps (without
+    positions: maps of another size than the prior's)."""
+    height, width = (5, 6) if positions == "learned" else (7, 3)
+    prior = prior_for(name, conditioned, height=5, width=6, blocks=2, res_per_block=2,
+                      positions=positions).double().eval()
     with torch.no_grad():
-        prior.position.normal_()  # trained priors' positions are not zero: make the test see them
-        codes = random_codes(name, batch=3, height=5, width=6, seed=4)
-        features = prior.condition_features(random_codes(name, batch=3, height=2, width=2, seed=5)) \
-            if conditioned else None
+        if prior.position is not None:
+            prior.position.normal_()  # trained priors' positions are not zero: make the test see them
+        codes = random_codes(name, batch=3, height=height, width=width, seed=4)
+        features = prior.condition_features(random_codes(name, batch=3, height=2, width=2, seed=5),
+                                            (height, width)) if conditioned else None
         full = prior.backbone(codes, features)
-        incremental = IncrementalBackbone(prior, 3, features)
-        for y in range(5):
-            for x in range(6):
+        incremental = IncrementalBackbone(prior, 3, features, (height, width))
+        for y in range(height):
+            for x in range(width):
                 torch.testing.assert_close(incremental.features_at(y, x), full[:, :, y, x], rtol=0, atol=1e-12)
                 incremental.write_codes(y, x, codes)
 
