@@ -12,9 +12,11 @@ PixelSNAIL priors (``prior_coding.PriorEntropyModel``: fewer bits, sequential de
 priors' training size only). Images of any size are padded (edge pixels repeated) to the model's
 stride and cropped back. Every check a decoder makes - magic, version, entropy model, model,
 sizes, length, checksum - fails with a ``CodecError`` that says which. The codes' own checksum is
-checked after decoding: an entropy model that computed other probabilities than the encoder's (a
-prior run on another machine kind) desynchronises the decoder, and that must be an error, never a
-wrong image.
+checked after decoding: an entropy model that computed other probabilities than the encoder's
+desynchronises the decoder, and that must be an error, never a wrong image.
+
+Versions: 3 added the codes' CRC; 4 codes with the priors in one fixed arithmetic (``prior_coding``:
+CPU, float64), so prior-coded files made on a GPU decode on a CPU and the other way round.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from .prior_coding import PriorEntropyModel
 from .vqvae import VQVAE2
 
 MAGIC = b"SVQC"
-VERSION = 3  # bump on any change of layout or coding (tests/golden pins the bytes)
+VERSION = 4  # bump on any change of layout or coding (tests/golden pins the bytes)
 ENTROPY_MODELS = ("factorised", "prior")  # the header's entropy-model byte indexes this
 EntropyModel = FrequencyModel | PriorEntropyModel
 _HEADER = struct.Struct("<4sBB8sHHB")

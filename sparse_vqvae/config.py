@@ -13,6 +13,7 @@ SELECTION_FNS = ("vanilla", "rvq", "omp", "fista")
 COEF_QUANTIZERS = ("uniform", "learned")
 ENCODER_GRADIENTS = ("straight_through", "task_driven")
 DATASETS = ("embedded", "cifar10", "cifar100", "imagefolder")
+PRIOR_POSITIONS = ("learned", "none")
 
 
 def codes_vary(selection_fn: str) -> bool:
@@ -226,6 +227,7 @@ class PriorTrainConfig:
     blocks: int = 2
     res_per_block: int = 2
     dropout: float = 0.1
+    positions: str = "learned"  # learned: an embedding per code position (training size only) | none: any size
     seed: int = 0
     checkpoint_every: int = 200  # steps between resumable checkpoints
 
@@ -233,6 +235,7 @@ class PriorTrainConfig:
         for key in ("steps", "batch_size", "channels", "blocks", "res_per_block", "checkpoint_every"):
             check_at_least("prior", key, getattr(self, key), 1)
         check_at_least("prior", "seed", self.seed, 0)
+        check_choice("prior", "positions", self.positions, PRIOR_POSITIONS)
         _positive("prior", "lr", self.lr)
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
             raise ValueError(f"prior.dropout must be a number in [0, 1); got {self.dropout!r}")

@@ -10,6 +10,11 @@ a fixed count K, those that leave too little room). Vanilla VQ is K=1 with a sin
 The bottom prior of a two-level model is conditioned on the top codes: their embedding is
 computed once, upsampled, and added in every residual block.
 
+Positions (``PriorConfig.positions``): ``learned`` adds an embedding per position, so the prior
+models maps of its training size only; ``none`` adds nothing - the causal convolutions' zero
+padding still tells the borders - and the prior codes maps of any size (a photograph's, with a
+prior trained on crops).
+
 ``FactorizedPrior`` is the baseline to beat: independent per-position frequencies of atoms,
 levels and pair counts, with add-one smoothing.
 """
@@ -25,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .codes import EMPTY, Codes
+from .config import PRIOR_POSITIONS
 
 # Chooses one symbol per row from its logits [B, n] at (y, x, slot), given which rows are still open:
 # draws it (sampling) or reads it from a coded stream (prior coding).
@@ -46,6 +52,7 @@ class PriorConfig:
     heads: int = 4
     dropout: float = 0.1
     condition: dict | None = None  # the top map's PriorConfig fields (num_atoms, coef_levels, slots, height, width)
+    positions: str = "learned"  # learned: an embedding per position (training size only) | none: any map size
 
 
 def _raster_mask(kernel: int, include_center: bool) -> torch.Tensor:
@@ -121,7 +128,9 @@ class PixelSNAIL(nn.Module):
         super().__init__()
         self.config = c = config
         self.embed = PairEmbedding(c.num_atoms, c.coef_levels, c.channels)
-        self.position = nn.Parameter(torch.zeros(1, c.channels, c.height, c.width))
+        if c.positions not in PRIOR_POSITIONS:
+            raise ValueError(f"positions must be one of {', '.join(PRIOR_POSITIONS)}; got {c.positions!r}")
+        self.position = nn.Parameter(torch.zeros(1, c.channels, c.height, c.width)) if c.positions == "learned" else None
         self.conv_in = CausalConv2d(c.channels, c.channels, 2 * c.kernel + 1, strict=True)
         condition_channels = 0
         if c.condition is not None:
@@ -138,19 +147,16 @@ class PixelSNAIL(nn.Module):
             self.attention.append(CausalAttention(c.channels, c.heads))
         self.head = PairHead(c)
 
-    def condition_features(self, condition: Codes) -> torch.Tensor:
-        """Embed the top codes once per batch, at the bottom map's size."""
+    def condition_features(self, condition: Codes, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """Embed the top codes once per batch, at the bottom map's size (the training size by default)."""
         h = self.condition_net(self.condition_embed(condition))
-        return F.interpolate(h, size=(self.config.height, self.config.width), mode="nearest")
+        return F.interpolate(h, size=size or (self.config.height, self.config.width), mode="nearest")
 
-    def backbone(self, codes: Codes, condition_features: torch.Tensor | None, rows: int | None = None) -> torch.Tensor:
-        """Features [B, C, H, W] where position i depends only on the codes at positions < i. With ``rows``,
-        only the first rows are computed: being causal, they need nothing below them."""
-        position = self.position
-        if rows is not None:
-            codes, position = codes[:, :rows], position[:, :, :rows]
-            condition_features = condition_features[:, :, :rows] if condition_features is not None else None
-        h = self.conv_in(self.embed(codes)) + position
+    def backbone(self, codes: Codes, condition_features: torch.Tensor | None) -> torch.Tensor:
+        """Features [B, C, H, W] where position i depends only on the codes at positions < i."""
+        h = self.conv_in(self.embed(codes))
+        if self.position is not None:
+            h = h + self.position
         for res_blocks, attention in zip(self.blocks, self.attention):
             for block in res_blocks:
                 h = block(h, condition_features)
@@ -160,7 +166,8 @@ class PixelSNAIL(nn.Module):
     def log_prob(self, codes: Codes, condition: Codes | None = None) -> torch.Tensor:
         """Natural-log probability of each image's codes, [B] (exact: the head's masks normalise)."""
         self._check(codes, condition)
-        features = self.condition_features(condition) if self.config.condition is not None else None
+        size = tuple(codes.atoms.shape[1:3])
+        features = self.condition_features(condition, size) if self.config.condition is not None else None
         h = self.backbone(codes, features).permute(0, 2, 3, 1)  # [B, H, W, C]
         return self.head.log_prob(h, codes).sum(dim=(1, 2))
 
@@ -175,13 +182,16 @@ class PixelSNAIL(nn.Module):
         return self.generate(n, draw, draw, condition)
 
     @torch.no_grad()
-    def generate(self, n: int, pick_atom: Pick, pick_level: Pick, condition: Codes | None = None) -> Codes:
-        """``n`` code maps built position by position in raster order, every symbol chosen by ``pick_atom`` /
-        ``pick_level`` from the logits the prior gives it there: drawn (``sample``) or read from a coded
-        stream (``prior_coding``)."""
+    def generate(self, n: int, pick_atom: Pick, pick_level: Pick, condition: Codes | None = None,
+                 size: tuple[int, int] | None = None) -> Codes:
+        """``n`` code maps of ``size`` (the training size by default) built position by position in raster
+        order, every symbol chosen by ``pick_atom`` / ``pick_level`` from the logits the prior gives it there:
+        drawn (``sample``) or read from a coded stream (``prior_coding``)."""
         c = self.config
-        device = self.position.device
-        shape = (n, c.height, c.width, c.slots)
+        height, width = size or (c.height, c.width)
+        self.check_size(height, width)
+        device = self.conv_in.weight.device
+        shape = (n, height, width, c.slots)
         codes = Codes(torch.full(shape, EMPTY, dtype=torch.long, device=device),
                       torch.zeros(shape, dtype=torch.long, device=device))
         if c.condition is not None:
@@ -190,22 +200,29 @@ class PixelSNAIL(nn.Module):
             self._check_condition(condition)
         was_training = self.training
         self.eval()  # no dropout while generating
-        features = self.condition_features(condition) if c.condition is not None else None
-        for y in range(c.height):
-            for x in range(c.width):
-                h = self.backbone(codes, features, rows=y + 1)[:, :, y, x]
-                atoms, levels = self.head.emit(h, pick_atom, pick_level, (y, x))
+        features = self.condition_features(condition, (height, width)) if c.condition is not None else None
+        backbone = IncrementalBackbone(self, n, features, (height, width))
+        for y in range(height):
+            for x in range(width):
+                atoms, levels = self.head.emit(backbone.features_at(y, x), pick_atom, pick_level, (y, x))
                 codes.atoms[:, y, x] = atoms
                 codes.levels[:, y, x] = levels
+                backbone.write_codes(y, x, codes)
         self.train(was_training)
         return codes
 
+    def check_size(self, height: int, width: int) -> None:
+        """A prior with learned positions models maps of its training size only."""
+        c = self.config
+        if c.positions == "learned" and (height, width) != (c.height, c.width):
+            raise ValueError(f"this prior learned its positions on {c.height}x{c.width} code maps and cannot model "
+                             f"{height}x{width} ones (a prior with positions 'none' models any size)")
+
     def _check(self, codes: Codes, condition: Codes | None) -> None:
         c = self.config
-        expected = (c.height, c.width, c.slots)
-        if tuple(codes.atoms.shape[1:]) != expected:
-            raise ValueError(f"this prior models code maps of shape [B, {c.height}, {c.width}, {c.slots}]; "
-                             f"got {list(codes.atoms.shape)}")
+        if codes.atoms.dim() != 4 or codes.atoms.shape[3] != c.slots:
+            raise ValueError(f"this prior models code maps [B, H, W, {c.slots}]; got {list(codes.atoms.shape)}")
+        self.check_size(*codes.atoms.shape[1:3])
         if (c.condition is not None) != (condition is not None):
             raise ValueError("pass the top codes as condition exactly when the prior is conditioned on them")
         if condition is not None:
@@ -213,14 +230,100 @@ class PixelSNAIL(nn.Module):
 
     def _check_condition(self, condition: Codes) -> None:
         top = self.config.condition
-        expected = (top["height"], top["width"], top["slots"])
-        if tuple(condition.atoms.shape[1:]) != expected:
-            raise ValueError(f"the condition (top codes) must be [B, {expected[0]}, {expected[1]}, {expected[2]}]; "
+        if condition.atoms.dim() != 4 or condition.atoms.shape[3] != top["slots"]:
+            raise ValueError(f"the condition (top codes) must be [B, H, W, {top['slots']}]; "
+                             f"got {list(condition.atoms.shape)}")
+        if self.config.positions == "learned" and tuple(condition.atoms.shape[1:3]) != (top["height"], top["width"]):
+            raise ValueError(f"the condition (top codes) must be [B, {top['height']}, {top['width']}, {top['slots']}]; "
                              f"got {list(condition.atoms.shape)}")
 
     @property
     def arguments(self) -> dict:
         return asdict(self.config)
+
+
+class IncrementalBackbone:
+    """``PixelSNAIL.backbone`` one position at a time, in raster order (eval mode), for generation and coding.
+
+    Causality means a layer's output at position i never changes once computed, so every layer's input is
+    kept in a buffer filled as the positions are reached: position i costs one pass of each layer at i (a
+    k x k window of a convolution's input, attention over the cached keys and values of positions <= i),
+    not a pass over the map above it. Buffers are zero-padded by the kernel's half width, as the full
+    convolutions pad; the masks hide what is not yet filled, as they hide the future in the full pass.
+    The sums run in another order than the full pass's: the features agree to rounding (tested).
+    """
+
+    def __init__(self, prior: PixelSNAIL, n: int, condition_features: torch.Tensor | None,
+                 size: tuple[int, int]) -> None:
+        c = prior.config
+        height, self.width = size
+        self.prior, self.features = prior, condition_features
+        like = prior.conv_in.weight
+
+        def padded(kernel: int) -> torch.Tensor:
+            r = kernel // 2
+            return like.new_zeros(n, c.channels, height + 2 * r, self.width + 2 * r)
+
+        self.conv_in = _WindowProduct(prior.conv_in)
+        self.embedded = padded(self.conv_in.k)
+        # Per residual block: its two convolutions, and their inputs (elu(x), and the hidden activation).
+        self.block_convs = [[(_WindowProduct(block.conv_in), _WindowProduct(block.conv_gate)) for block in blocks]
+                            for blocks in prior.blocks]
+        self.block_buffers = [[(padded(first.k), padded(second.k)) for first, second in convs]
+                              for convs in self.block_convs]
+        positions, head_dim = height * self.width, c.channels // c.heads
+        self.keys = [like.new_zeros(n, c.heads, positions, head_dim) for _ in prior.attention]
+        self.values = [like.new_zeros(n, c.heads, positions, head_dim) for _ in prior.attention]
+
+    def write_codes(self, y: int, x: int, codes: Codes) -> None:
+        """Embed the codes just chosen at (y, x): later positions' input."""
+        self.conv_in.write(self.embedded, y, x, self.prior.embed(codes[:, y : y + 1, x : x + 1])[:, :, 0, 0])
+
+    def features_at(self, y: int, x: int) -> torch.Tensor:
+        """The backbone's features [B, C] at (y, x), from the codes written at the positions before it."""
+        prior = self.prior
+        h = self.conv_in(self.embedded, y, x)
+        if prior.position is not None:
+            h = h + prior.position[:, :, y, x]
+        for blocks, convs, buffers, attention, keys, values in zip(prior.blocks, self.block_convs, self.block_buffers,
+                                                                   prior.attention, self.keys, self.values):
+            for block, (first, second), (inputs, hidden) in zip(blocks, convs, buffers):
+                first.write(inputs, y, x, F.elu(h))
+                second.write(hidden, y, x, F.elu(first(inputs, y, x)))
+                gate = second(hidden, y, x)
+                if block.condition is not None:
+                    gate = gate + block.condition(self.features[:, :, y : y + 1, x : x + 1])[:, :, 0, 0]
+                h = h + F.glu(gate, dim=1)
+            h = self._attend(attention, keys, values, y * self.width + x, h)
+        return F.elu(h)
+
+    @staticmethod
+    def _attend(attention: CausalAttention, keys: torch.Tensor, values: torch.Tensor, index: int,
+                h: torch.Tensor) -> torch.Tensor:
+        b, c = h.shape
+        qkv = F.conv2d(h[:, :, None, None], attention.qkv.weight, attention.qkv.bias)
+        q, k, v = qkv.reshape(b, 3, attention.heads, c // attention.heads).unbind(1)
+        keys[:, :, index], values[:, :, index] = k, v
+        attended = F.scaled_dot_product_attention(q[:, :, None], keys[:, :, : index + 1], values[:, :, : index + 1])
+        return h + F.conv2d(attended.reshape(b, c, 1, 1), attention.out.weight, attention.out.bias)[:, :, 0, 0]
+
+
+class _WindowProduct:
+    """A causal convolution at one position: its masked kernel as a matrix over the k x k window of a
+    zero-padded input buffer (one matrix-vector product: a convolution call on a k x k input costs more)."""
+
+    def __init__(self, conv: CausalConv2d) -> None:
+        self.k, self.pad = conv.kernel_size[0], conv.kernel_size[0] // 2
+        self.weight = (conv.weight * conv.mask).reshape(conv.out_channels, -1)
+        self.bias = conv.bias
+
+    def __call__(self, padded: torch.Tensor, y: int, x: int) -> torch.Tensor:
+        window = padded[:, :, y : y + self.k, x : x + self.k].reshape(padded.shape[0], -1)
+        return F.linear(window, self.weight, self.bias)
+
+    def write(self, padded: torch.Tensor, y: int, x: int, value: torch.Tensor) -> None:
+        """Put this convolution's input at (y, x) into its buffer."""
+        padded[:, :, y + self.pad, x + self.pad] = value
 
 
 class PairHead(nn.Module):

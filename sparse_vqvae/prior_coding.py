@@ -6,16 +6,25 @@ Order of symbols (the prior's own): the top map, then the bottom map conditioned
 map, positions in raster order; in a position, slot by slot, the atom (or END, for the LASSO)
 then its coefficient level. Decoding is sequential: every position needs the backbone run over
 the codes decoded so far. The encoder walks the same loop with the known symbols (same calls,
-same shapes, batch of one), so both sides compute the same probabilities; the prior's logits
-are rounded to 2^-10 before the softmax, which absorbs float jitter between thread counts. Encode
-and decode on the same kind of device: a GPU's arithmetic may differ from a CPU's beyond that.
+same shapes, batch of one), so both sides compute the same probabilities.
 
-The priors have a fixed map size (learnt position embeddings): they code images of the size
-they were trained on; other sizes need the factorised model.
+Files decode anywhere: the probabilities come from one fixed arithmetic, whatever device the
+priors were trained or loaded on - the priors run on the CPU in float64 for coding, and their
+logits are rounded to 2^-10 before the softmax. Between CPU kinds, SIMD paths and thread counts
+float64 results differ in the last bits (~1e-16), so a rounding flip needs a logit within that of
+a grid boundary; and should one ever happen, the file's CRC of the codes makes the decoder fail
+with a ``CodecError`` instead of returning another image. (A GPU's float32 logits, or TF32,
+differed from a CPU's beyond the grid: CUDA-encoded files did not decode on the CPU.)
+
+Priors with learned positions code images of the size they were trained on (other sizes need the
+factorised model); priors with positions ``none`` code any size. Each position costs one pass of
+every layer at that position (``pixelsnail.IncrementalBackbone``): time grows linearly with the
+image's area.
 """
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Callable
 
@@ -29,6 +38,7 @@ from .pixelsnail import Pick, PixelSNAIL
 from .prior_train import load_prior
 
 _LOGIT_STEP = 2.0**-10
+CODING_DEVICE, CODING_DTYPE = torch.device("cpu"), torch.float64  # the one arithmetic of the probabilities
 _FAMILY = constriction.stream.model.Categorical(perfect=False)
 
 # next_symbol(probabilities, (map, y, x, slot), is_atom) -> the symbol at that step (known, or decoded)
@@ -42,11 +52,12 @@ class PriorEntropyModel:
     kind = "prior"
 
     def __init__(self, priors: list[PixelSNAIL], fingerprint: str) -> None:
-        self.priors = [prior.eval() for prior in priors]
+        self.priors = [prior.eval() for prior in priors]  # as given: for sampling and bits on their device
+        # The coding arithmetic (module docstring): copies on the CPU in float64.
+        self._coding_priors = [copy.deepcopy(prior).to(CODING_DEVICE, CODING_DTYPE).eval() for prior in priors]
         self.fingerprint = fingerprint
         config = priors[0].config
         self.num_atoms, self.coef_levels, self.slots = config.num_atoms, config.coef_levels, config.slots
-        self.map_sizes = [(prior.config.height, prior.config.width) for prior in priors]
 
     @classmethod
     def load(cls, paths: list[str | Path], device: torch.device | str = "cpu",
@@ -66,14 +77,20 @@ class PriorEntropyModel:
         return cls([checkpoint.prior for checkpoint in checkpoints], found)
 
     def check_sizes(self, map_sizes: list[tuple[int, int]]) -> None:
-        if [tuple(size) for size in map_sizes] != self.map_sizes:
-            raise ValueError(f"the priors code maps of sizes {self.map_sizes} (the training image size); these are "
-                             f"{[tuple(size) for size in map_sizes]}: use the factorised entropy model for other sizes")
+        """Maps these priors can code: one per prior, of the training size where positions are learned."""
+        if len(map_sizes) != len(self.priors):
+            raise ValueError(f"{len(map_sizes)} code maps for {len(self.priors)} priors")
+        try:
+            for prior, (height, width) in zip(self.priors, map_sizes):
+                prior.check_size(height, width)
+        except ValueError as error:
+            raise ValueError(f"{error}: use the factorised entropy model for other sizes") from error
 
     @torch.no_grad()
     def encode(self, maps: tuple[Codes, ...]) -> bytes:
         """One image's code maps ([H, W, K] each, canonical order) -> the ANS-coded bytes."""
-        self.check_sizes([tuple(codes.atoms.shape[:2]) for codes in maps])
+        sizes = [tuple(codes.atoms.shape[:2]) for codes in maps]
+        self.check_sizes(sizes)
         steps: list[tuple[int, np.ndarray]] = []
         end = self.num_atoms  # the END token's index (LASSO)
 
@@ -87,7 +104,7 @@ class PriorEntropyModel:
             steps.append((symbol, probabilities))
             return symbol
 
-        self._walk(known)
+        self._walk(known, sizes)
         coder = constriction.stream.stack.AnsCoder()
         for symbol, probabilities in reversed(steps):  # ANS is a stack: push in reverse
             coder.encode_reverse(np.array([symbol], dtype=np.int32), _FAMILY, probabilities[None])
@@ -104,15 +121,16 @@ class PriorEntropyModel:
         def decoded(probabilities: np.ndarray, where: tuple[int, int, int, int], is_atom: bool) -> int:
             return int(coder.decode(_FAMILY, probabilities[None])[0])
 
-        return self._walk(decoded)
+        return self._walk(decoded, map_sizes)
 
-    def _walk(self, next_symbol: NextSymbol) -> tuple[Codes, ...]:
+    def _walk(self, next_symbol: NextSymbol, map_sizes: list[tuple[int, int]]) -> tuple[Codes, ...]:
         """Every map in coding order, each symbol's distribution computed from the codes so far: the
         prior's own generation loop, with the symbols coded (or decoded) instead of drawn."""
         maps: list[Codes] = []
-        for index, prior in enumerate(self.priors):
+        for index, prior in enumerate(self._coding_priors):
             pick_atom, pick_level = _picks(next_symbol, index, prior.config.coef_levels)
-            maps.append(prior.generate(1, pick_atom, pick_level, condition=maps[0] if index else None))
+            maps.append(prior.generate(1, pick_atom, pick_level, condition=maps[0] if index else None,
+                                       size=tuple(map_sizes[index])))
         return tuple(codes[0].to("cpu") for codes in maps)
 
 

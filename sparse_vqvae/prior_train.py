@@ -75,7 +75,7 @@ def train_prior(prior: PixelSNAIL, maps: tuple[Codes, ...], level: int, steps: i
     with tqdm(total=steps, initial=step, desc=f"train prior (map {level})", disable=not progress) as bar:
         while step < steps:
             rows = torch.randint(count, (batch_size,), generator=torch.Generator().manual_seed(seed * 1_000_003 + step))
-            codes, condition = _inputs(maps, level, rows, prior.position.device)
+            codes, condition = _inputs(maps, level, rows, prior.conv_in.weight.device)
             prior.train()
             loss = bits(prior.log_prob(codes, condition)).mean()
             optimizer.zero_grad(set_to_none=True)
@@ -102,7 +102,7 @@ def bits_per_image(prior: PixelSNAIL | FactorizedPrior, maps: tuple[Codes, ...],
     for start in range(0, count, batch_size):
         rows = slice(start, start + batch_size)
         if isinstance(prior, PixelSNAIL):
-            codes, condition = _inputs(maps, level, rows, prior.position.device)
+            codes, condition = _inputs(maps, level, rows, prior.conv_in.weight.device)
             log_prob = prior.log_prob(codes, condition)
         else:
             log_prob = prior.log_prob(maps[level][rows])

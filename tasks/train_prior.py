@@ -45,7 +45,7 @@ def run(params: PipelineParams, tracker: StageTracker) -> dict[str, Any]:
     key = hashlib.sha256(json.dumps([asdict(config), fingerprint, source_fingerprint()], sort_keys=True)
                          .encode()).hexdigest()[:16]
     sizes = dict(channels=config.channels, blocks=config.blocks, res_per_block=config.res_per_block,
-                 dropout=config.dropout)
+                 dropout=config.dropout, positions=config.positions)
     curves: dict[int, dict[str, float]] = {}
     metrics: dict[str, Any] = {}
     for level, prior_config in enumerate(prior_configs(store.meta, **sizes)):

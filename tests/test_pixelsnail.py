@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from sparse_vqvae.codes import EMPTY, Codes, validate_codes
-from sparse_vqvae.pixelsnail import FactorizedPrior, PixelSNAIL, PriorConfig, bits
+from sparse_vqvae.pixelsnail import FactorizedPrior, IncrementalBackbone, PixelSNAIL, PriorConfig, bits
 from sparse_vqvae.prior_train import bits_per_image, load_prior, save_prior, train_prior
 
 VARIANTS = {
@@ -52,6 +52,30 @@ def test_backbone_is_causal(name):
         (grad,) = torch.autograd.grad(flat[:, i].sum(), embedded, retain_graph=True)
         later = grad.reshape(grad.shape[1], -1)[:, i:]
         assert torch.equal(later, torch.zeros_like(later)), f"position {i} sees positions >= {i}"
+
+
+@pytest.mark.parametrize("positions", ["learned", "none"])
+@pytest.mark.parametrize("conditioned", [False, True])
+@pytest.mark.parametrize("name", VARIANTS)
+def test_incremental_backbone_gives_the_full_pass_features(name, conditioned, positions):
+    """Position by position from the cached layer inputs, as generation and prior coding run it: the
+    features of the full pass, with two blocks, two residual blocks each and non-square maps (without
+    positions: maps of another size than the prior's)."""
+    height, width = (5, 6) if positions == "learned" else (7, 3)
+    prior = prior_for(name, conditioned, height=5, width=6, blocks=2, res_per_block=2,
+                      positions=positions).double().eval()
+    with torch.no_grad():
+        if prior.position is not None:
+            prior.position.normal_()  # trained priors' positions are not zero: make the test see them
+        codes = random_codes(name, batch=3, height=height, width=width, seed=4)
+        features = prior.condition_features(random_codes(name, batch=3, height=2, width=2, seed=5),
+                                            (height, width)) if conditioned else None
+        full = prior.backbone(codes, features)
+        incremental = IncrementalBackbone(prior, 3, features, (height, width))
+        for y in range(height):
+            for x in range(width):
+                torch.testing.assert_close(incremental.features_at(y, x), full[:, :, y, x], rtol=0, atol=1e-12)
+                incremental.write_codes(y, x, codes)
 
 
 @pytest.mark.parametrize("name", VARIANTS)

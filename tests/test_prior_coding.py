@@ -18,14 +18,15 @@ from .tiny import SELECTION_FNS, tiny_images
 pytestmark = pytest.mark.slow  # trains PixelSNAIL priors per quantizer; sequential prior coding
 
 
-def with_priors(codec: Codec) -> PriorEntropyModel:
-    """Priors over a tiny model's codes, trained a few steps so that they are not uniform."""
+def with_priors(codec: Codec, positions: str = "learned") -> PriorEntropyModel:
+    """Priors over a tiny model's codes (16x16 images), trained a few steps so that they are not uniform."""
     model = codec.model
     with torch.no_grad():
         maps = model.encode(tiny_images(32, 16, seed=1))[1]
     meta = StoreMetadata.for_model(model, [list(m.atoms.shape[1:3]) for m in maps])
     priors = []
-    for level, config in enumerate(prior_configs(meta, channels=8, blocks=1, res_per_block=1, dropout=0.0)):
+    for level, config in enumerate(prior_configs(meta, channels=8, blocks=1, res_per_block=1, dropout=0.0,
+                                                 positions=positions)):
         prior = PixelSNAIL(config)
         train_prior(prior, maps, level, steps=5, batch_size=8, progress=False)
         priors.append(prior.eval())
@@ -73,6 +74,25 @@ def test_other_image_sizes_are_refused_with_the_way_out(codecs):
     _, codec = codecs
     with pytest.raises(CodecError, match="factorised entropy model for other sizes"):
         codec.compress(tiny_images(1, 24, seed=6)[0])
+
+
+@pytest.mark.parametrize("size", [(24, 24), (40, 16), (8, 8)])
+def test_priors_without_positions_code_any_image_size(codecs, size):
+    factorised, _ = codecs
+    entropy = with_priors(factorised, positions="none")
+    codec = Codec(factorised.model, entropy)
+    image = tiny_images(1, 48, seed=8)[0, :, : size[0], : size[1]]
+    data = codec.compress(image)
+    (_, _), maps = read_codes(data, entropy)
+    with torch.no_grad():
+        expected = codec.model.encode(image[None])[1]
+    assert all(got.equal(want[0]) for got, want in zip(maps, expected))
+    with torch.no_grad():
+        model_bits = float(bits(entropy.priors[0].log_prob(expected[0]))) + sum(
+            float(bits(prior.log_prob(expected[level], expected[0])))
+            for level, prior in enumerate(entropy.priors) if level)
+    payload = entropy.encode(tuple(m[0] for m in expected))
+    assert -1 <= 8 * len(payload) - model_bits <= 0.002 * model_bits + 64  # the same model, coded incrementally
 
 
 def test_prior_coded_files_that_are_mutated_or_truncated_fail_cleanly(codecs):
