@@ -6,7 +6,8 @@
 2. One stage-1 training step per quantizer (32x32 images, batch 128), and the ratio to vanilla.
 3. PixelSNAIL sampling, and the codec (factorised and prior-coded files) against Pillow's JPEG.
    The model has params.yaml's shape, trained 300 steps on the embedded photographs' crops;
-   the priors are untrained (speed does not depend on their weights).
+   the priors are untrained (speed does not depend on their weights). Priors without position
+   embeddings (``prior.positions: none``) prior-code 128x128 crops: the coder's time per position.
 4. A few stage-1 steps through Ray Train, the workers asking for GPUs as ``ray.use_gpu: auto`` does
    (when Ray is installed).
 
@@ -36,7 +37,7 @@ from sparse_coding import run as sparse_coding_run
 from train_step import VARIANTS, step_time
 
 from sparse_vqvae.code_store import CodeStore, extract_codes
-from sparse_vqvae.codec import Codec
+from sparse_vqvae.codec import Codec, map_sizes
 from sparse_vqvae.config import DataConfig, ModelConfig, TrainConfig
 from sparse_vqvae.data import EMBEDDED_TEST, embedded_photo_dir, load_dataset, save_image_array
 from sparse_vqvae.data import ImageArray, to_model_range
@@ -71,7 +72,7 @@ def stage1_steps(device: torch.device, images: torch.Tensor, repeats: int) -> di
 
 
 def prior_and_codec(device: torch.device, train_set, workdir: Path, steps: int, images: int,
-                    prior_images: int, photo_size: tuple[int, int]) -> dict[str, Any]:
+                    prior_images: int, photo_size: tuple[int, int], prior_crop: int) -> dict[str, Any]:
     """A briefly trained model, its code store and entropy models; sampling and file throughput."""
     torch.manual_seed(0)
     model = VQVAE2(ModelConfig()).to(device)
@@ -104,10 +105,18 @@ def prior_and_codec(device: torch.device, train_set, workdir: Path, steps: int, 
               for name in EMBEDDED_TEST]  # the embedded test photographs, cut to one size
     codec = Codec(model, frequencies)
     prior_codec = Codec(model, PriorEntropyModel(priors, model.fingerprint()))
+    # Priors without position embeddings code any size: the prior coder's time per position on bigger crops.
+    any_size = [PixelSNAIL(config).eval() for config in prior_configs(meta, positions="none")]
+    any_size_codec = Codec(model, PriorEntropyModel(any_size, model.fingerprint()))
+    side = prior_crop
+    prior_crops = [photo[:, :side, :side] for photo in photos]
     return {"model_steps": steps, "sample_s_per_image": sample_seconds, "sample_batch": samples,
             "crops_32": measure("32x32", crops, codec),
             "crops_32_prior": measure("32x32 (prior)", crops[:prior_images], prior_codec),
-            "photos": measure(f"{height}x{width} photos", photos, codec)}
+            "photos": measure(f"{height}x{width} photos", photos, codec),
+            f"crops_{side}_prior_any_size": {
+                **measure(f"{side}x{side} (any-size priors)", prior_crops, any_size_codec),
+                "positions": sum(h * w for h, w in map_sizes(model, side, side))}}
 
 
 def ray_worker(loop: dict[str, Any]) -> None:
@@ -166,9 +175,9 @@ def main() -> None:
     device = torch.device(args.device)
     torch.set_num_threads(os.cpu_count() or 1)
     sizes = (dict(signals=4096, cpu_signals=2048, repeats=2, codec_steps=5, images=8, prior_images=2,
-                  photo=(64, 64), ray_steps=6) if args.quick else
+                  photo=(64, 64), prior_crop=32, ray_steps=6) if args.quick else
              dict(signals=131072, cpu_signals=16384, repeats=10, codec_steps=300, images=256, prior_images=16,
-                  photo=(288, 448), ray_steps=50))
+                  photo=(288, 448), prior_crop=128, ray_steps=50))
 
     data = DataConfig()
     train_set = load_dataset(data, "train")
@@ -196,7 +205,8 @@ def main() -> None:
     section("stage1_step", lambda: stage1_steps(device, batch, sizes["repeats"]), print_stage1)
     with tempfile.TemporaryDirectory() as workdir:
         section("prior_and_codec", lambda: prior_and_codec(device, train_set, Path(workdir), sizes["codec_steps"],
-                                                           sizes["images"], sizes["prior_images"], sizes["photo"]),
+                                                           sizes["images"], sizes["prior_images"], sizes["photo"],
+                                                           sizes["prior_crop"]),
                 lambda r: print(f"PixelSNAIL sampling: {r['sample_s_per_image']:.3f} s an image", flush=True))
         images_file = Path(workdir) / "train.npy"
         save_image_array(train_set, images_file)
