@@ -181,9 +181,11 @@ def doubling_check(short: dict[str, list[dict]], long: dict[str, list[dict]], st
     """The families' ranking at ``steps`` and at twice as many: is the budget enough?"""
     bd_short, bd_long = compare(short), compare(long)
     first, second = ranking(bd_short), ranking(bd_long)
-    return {"steps": [steps, 2 * steps], "ranking": [first, second], "unchanged": first == second,
-            "bd_rate_vs_vanilla": {name: [bd_short[name].get("vs_vanilla"), bd_long[name].get("vs_vanilla")]
-                                   for name in short if name != "vanilla"},
+    bd = {name: [bd_short[name].get("vs_vanilla"), bd_long[name].get("vs_vanilla")] for name in short if name != "vanilla"}
+    comparable = all(value is not None for pair in bd.values() for value in pair)
+    # Without a BD-rate for every family at both budgets the rankings say nothing: None, not "unchanged".
+    return {"steps": [steps, 2 * steps], "ranking": [first, second],
+            "unchanged": (first == second) if comparable else None, "bd_rate_vs_vanilla": bd,
             "points_at_double": long}
 
 
@@ -257,8 +259,10 @@ def main() -> None:
                              for overrides in FAMILIES[family][:DOUBLING_POINTS]] for family in families}
             short = {family: points[:DOUBLING_POINTS] for family, points in families.items()}
             check = summary["doubling_check"][set_name] = doubling_check(short, long, args.steps)
+            verdict = {True: "unchanged", False: "CHANGED", None: "undetermined (a family has no BD-rate against "
+                                                                   "vanilla: no common PSNR range)"}[check["unchanged"]]
             print(f"{set_name}: ranking at {args.steps} steps {check['ranking'][0]}, at {2 * args.steps} "
-                  f"{check['ranking'][1]}: {'unchanged' if check['unchanged'] else 'CHANGED'}", flush=True)
+                  f"{check['ranking'][1]}: {verdict}", flush=True)
     output = args.output
     write_json(output, {**results, "summary": summary})
     pictures = []
