@@ -156,7 +156,7 @@ def compare(families: dict[str, list[dict]]) -> dict[str, dict[str, float | None
             if anchor in families and anchor != name:
                 row[f"vs_{anchor}"] = bd_rate(families[anchor], points)
                 if all(p["bpp_prior"] is not None for p in families[anchor] + points):
-                    row[f"vs_{anchor}_prior"] = bd_rate(prior_coded(families[anchor]), prior_coded(points))
+                    row[f"vs_{anchor}_prior"] = bd_rate(prior_coded_points(families[anchor]), prior_coded_points(points))
         table[name] = row
     return table
 
@@ -165,7 +165,7 @@ def rate(bpp: float | None) -> str:
     return "-" if bpp is None else f"{bpp:.3f}"
 
 
-def prior_coded(points: list[dict]) -> list[dict]:
+def prior_coded_points(points: list[dict]) -> list[dict]:
     """The points' prior-coded rate and quality, as bd_rate reads them."""
     return [{"bpp": p["bpp_prior"], "psnr": p["psnr_prior_images"]} for p in points]
 
@@ -227,7 +227,8 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where models and their figures are kept")
     parser.add_argument("--no-mlflow", action="store_true")
     parser.add_argument("--doubling-check", action="store_true",
-                        help="also train every model with 2x --steps (no priors) and compare the rankings")
+                        help="also train the two lowest-rate models of each family with 2x --steps (no priors) "
+                             "and compare the rankings")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     budget = {"pretrain_steps": args.pretrain_steps, "steps": args.steps, "prior_steps": args.prior_steps, "images": args.images,
