@@ -10,7 +10,7 @@ PLOTS_TEMPLATE := $(VENV)/share/sparse-vqvae/dvc_plots.html
 # dvc.yaml's commands say `python`: make it the project's.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: install run test test-fast plots benchmark study flow sweep run-cifar10 mlflow-ui
+.PHONY: install run test test-fast plots benchmark study flow sweep run-cifar10 photo-model mlflow-ui
 
 install: $(INSTALLED) $(PLOTS_TEMPLATE)
 
@@ -40,6 +40,24 @@ sweep: install
 # The real CIFAR-10 photographs in ../shared (ImageFolder layout), 2% held out for testing, as a DVC experiment.
 run-cifar10: install
 	dvc exp run -S data.name=imagefolder -S data.root=../shared/data/cifar10-jpeg/train -S data.test_fraction=0.02
+
+# The photo codec's recipe (issue 12): residual VQ, one /8 map of 10 stages x 1024 entries trained with stage
+# dropout (quality q = the first q stages), on fresh 128x128 crops of ../shared/data/photos (last 9 held out).
+PHOTO_RECIPE := -S data.name=photos -S data.root=../shared/data/photos -S data.image_size=128 \
+	-S data.tile_size=256 -S data.test_photos=9 \
+	-S model.selection_fn=rvq -S model.levels=1 -S model.num_strides=2 -S model.channels=192 \
+	-S model.res_channels=64 -S model.embed_dim=64 -S model.num_atoms=1024 -S model.n_nonzero=10 \
+	-S model.stage_dropout=true \
+	-S pretrain.steps=500 -S pretrain.batch_size=16 \
+	-S train.steps=8000 -S train.batch_size=16 -S train.eval_every=1000 -S train.checkpoint_every=200 \
+	-S ray.num_workers=1 -S ray.cpus_per_worker=2 -S extract.batch_size=32 \
+	-S prior.steps=600 -S prior.batch_size=4 -S prior.positions=none \
+	-S evaluate.batch_size=16 -S evaluate.grid_images=16 -S evaluate.samples=4 \
+	-S evaluate.rate_distortion_images=124 -S evaluate.prior_coding_images=2
+
+# Train the photo codec (hours here; a rerun resumes) as a DVC experiment.
+photo-model: install
+	dvc exp run $(PHOTO_RECIPE)
 
 # Compare runs: http://127.0.0.1:5000
 mlflow-ui: install

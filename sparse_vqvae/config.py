@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 SELECTION_FNS = ("vanilla", "rvq", "omp", "fista")
 COEF_QUANTIZERS = ("uniform", "learned")
 ENCODER_GRADIENTS = ("straight_through", "task_driven")
-DATASETS = ("embedded", "cifar10", "cifar100", "imagefolder")
+DATASETS = ("embedded", "cifar10", "cifar100", "imagefolder", "photos")
 PRIOR_POSITIONS = ("learned", "none")
 
 
@@ -110,6 +110,7 @@ class ModelConfig:
     dictionary_loss_weight: float = 1.0  # omp/fista: weight of ||D c - sg(z)||^2
     ema_decay: float = 0.99  # vanilla codebook EMA; also the usage statistics' decay
     restart_dead: bool = True  # re-seed codes/atoms that fell out of use
+    stage_dropout: bool = False  # rvq: each training image keeps 1..K stages at random, so any prefix decodes
 
     def __post_init__(self) -> None:
         check_choice("model", "selection_fn", self.selection_fn, SELECTION_FNS)
@@ -127,6 +128,8 @@ class ModelConfig:
         _types("model", self)
         if self.channels % 2:
             raise ValueError(f"model.channels must be even (the encoder halves it); got {self.channels}")
+        if self.stage_dropout and self.selection_fn != "rvq":
+            raise ValueError(f"model.stage_dropout is for selection_fn rvq only; got selection_fn {self.selection_fn!r}")
         if self.selection_fn == "omp" and self.n_nonzero > self.num_atoms:
             raise ValueError(f"model.n_nonzero ({self.n_nonzero}) must not exceed model.num_atoms ({self.num_atoms})")
         if self.selection_fn == "fista" and self.max_nonzero > self.num_atoms:
@@ -145,24 +148,28 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    name: str = "embedded"  # embedded | cifar10 | cifar100 | imagefolder
-    root: str | None = None  # cifar10, cifar100, imagefolder: where the files are
-    image_size: int = 32
+    name: str = "embedded"  # embedded | cifar10 | cifar100 | imagefolder | photos
+    root: str | None = None  # cifar10, cifar100, imagefolder, photos: where the files are
+    image_size: int = 32  # training crops (photos: drawn afresh inside the tiles at every epoch)
     train_count: int = 8192  # embedded: crops drawn for the training split
     test_count: int = 1024  # embedded: crops drawn for the test split
     short_side: int = 256  # embedded: photographs are downscaled to this short side first
     test_fraction: float = 0.02  # imagefolder: share of images held out for the test split
+    tile_size: int = 256  # photos: each photograph is kept as tiles of this side
+    test_photos: int = 9  # photos: the last photographs by name are held out for the test split
     seed: int = 0
 
     def __post_init__(self) -> None:
         check_choice("data", "name", self.name, DATASETS)
-        for key in ("image_size", "train_count", "test_count", "short_side"):
+        for key in ("image_size", "train_count", "test_count", "short_side", "tile_size", "test_photos"):
             check_at_least("data", key, getattr(self, key), 1)
         check_at_least("data", "seed", self.seed, 0)
         _in_open_unit("data", "test_fraction", self.test_fraction)
         _types("data", self)
         if self.name == "embedded" and self.image_size > self.short_side:
             raise ValueError(f"data.image_size ({self.image_size}) must not exceed data.short_side ({self.short_side})")
+        if self.name == "photos" and self.image_size > self.tile_size:
+            raise ValueError(f"data.image_size ({self.image_size}) must not exceed data.tile_size ({self.tile_size})")
 
 
 @dataclass(frozen=True)

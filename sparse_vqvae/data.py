@@ -7,6 +7,10 @@
 - ``cifar10`` / ``cifar100``: torchvision's datasets from a local ``root`` (never downloaded here).
 - ``imagefolder``: any folder of images (class sub-folders as torchvision's ImageFolder), resized
   and centre-cropped to ``image_size``, with a seeded held-out test split.
+- ``photos``: a folder of large photographs (any depth), kept at full resolution as tiles of
+  ``tile_size``; the last ``test_photos`` by name are the test split, so no test tile shares a
+  photograph with training. Training reads them through ``training_images``, which draws a fresh
+  random ``image_size`` crop (and flip) inside a tile every epoch, instead of a fixed set of crops.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ def load_dataset(config: DataConfig, split: Split) -> Dataset:
         return EmbeddedCrops(config, split)
     if config.name in ("cifar10", "cifar100"):
         return _cifar(config, split)
+    if config.name == "photos":
+        return PhotoTiles(config, split)
     return _image_folder(config, split)
 
 
@@ -97,6 +103,87 @@ class ImageArray(Dataset):
 
     def __getitem__(self, index: int) -> torch.Tensor:
         return to_model_range(np.array(self.images[index]))  # a copy: the memory map is read-only
+
+
+class RandomCrops(Dataset):
+    """Random ``size`` crops of larger images, flipped left-right half of the time: a fresh crop of
+    each image every epoch, drawn from (seed, epoch, index), so a resumed run sees the same crops."""
+
+    def __init__(self, images: Dataset, size: int, seed: int) -> None:
+        self.images, self.size, self.seed, self.epoch = images, size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        image = self.images[index]
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        top = int(rng.integers(0, image.shape[1] - self.size + 1))
+        left = int(rng.integers(0, image.shape[2] - self.size + 1))
+        crop = image[:, top : top + self.size, left : left + self.size]
+        return crop.flip(2) if rng.random() < 0.5 else crop
+
+
+def set_epoch(dataset: Dataset, epoch: int) -> None:
+    """Tell a dataset that draws per epoch (``RandomCrops``) which epoch it is; others ignore it."""
+    if isinstance(dataset, RandomCrops):
+        dataset.set_epoch(epoch)
+
+
+def training_images(path: str | Path, config: DataConfig) -> Dataset:
+    """The prepared training split as training reads it: random ``image_size`` crops when its images
+    are larger (the tiles of ``photos``), else the images themselves."""
+    images = ImageArray(path)
+    if images.images.shape[1] > config.image_size or images.images.shape[2] > config.image_size:
+        return RandomCrops(images, config.image_size, config.seed)
+    return images
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
+
+
+def photo_files(root: Path) -> list[Path]:
+    """The photographs under ``root`` (any depth), sorted by their path inside it."""
+    return sorted((p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
+                  key=lambda p: p.relative_to(root).as_posix())
+
+
+class PhotoTiles(Dataset):
+    """The non-overlapping ``tile_size`` tiles of a split's photographs (train: all but the last
+    ``test_photos`` by name; test: those). Photographs smaller than a tile are left out."""
+
+    def __init__(self, config: DataConfig, split: Split) -> None:
+        root = _require_root(config, "a folder of photographs, e.g. ../shared/data/photos")
+        files = photo_files(root)
+        if len(files) <= config.test_photos:
+            raise DatasetNotFoundError(f"photos: {len(files)} photographs under {root}; data.test_photos "
+                                       f"({config.test_photos}) holds out that many and training needs at least one more")
+        self.files = files[-config.test_photos :] if split == "test" else files[: -config.test_photos]
+        size = config.tile_size
+        self.tiles: list[tuple[int, int, int]] = []  # (file, top, left)
+        for number, path in enumerate(self.files):
+            with Image.open(path) as image:
+                width, height = image.size
+            self.tiles += [(number, top, left) for top in range(0, height - size + 1, size)
+                           for left in range(0, width - size + 1, size)]
+        if not self.tiles:
+            raise DatasetNotFoundError(f"photos: no {split} photograph under {root} is at least "
+                                       f"{size}x{size} (data.tile_size)")
+        self.size = size
+        self._cached: tuple[int, np.ndarray] | None = None  # tiles come in file order: one decode a photograph
+
+    def __len__(self) -> int:
+        return len(self.tiles)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        number, top, left = self.tiles[index]
+        if self._cached is None or self._cached[0] != number:
+            with Image.open(self.files[number]) as image:
+                self._cached = (number, np.asarray(image.convert("RGB")))
+        return to_model_range(self._cached[1][top : top + self.size, left : left + self.size])
 
 
 def embedded_photo_dir() -> Path:

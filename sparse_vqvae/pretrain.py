@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .config import ModelConfig, PretrainConfig
+from .data import set_epoch
 from .vqvae import VQVAE2
 
 
@@ -37,6 +38,7 @@ def pretrain(model_config: ModelConfig, config: PretrainConfig, train_set: Datas
     step = 0
     with tqdm(total=config.steps, desc="pretrain autoencoder", disable=not progress) as bar:
         while step < config.steps:
+            set_epoch(train_set, step // max(len(loader), 1))
             for images in loader:
                 images = images.to(device)
                 reconstruction, _ = model.autoencode(images)

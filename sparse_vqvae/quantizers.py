@@ -158,14 +158,17 @@ class VectorQuantizerEMA(_Quantizer):
         codes = Codes(index.reshape(b, h, w, 1), torch.zeros(b, h, w, 1, dtype=torch.long, device=z.device))
         return QuantizerOutput(z_q, codes, loss, usage_stats(codes, self.num_atoms, 1))
 
-    def assign(self, flat: torch.Tensor) -> torch.Tensor:
+    def assign(self, flat: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
         """The nearest codebook entry of each vector [M, C]; in training, followed by the codebook's EMA
-        step (the returned entries index the updated codebook)."""
+        step on the ``active`` vectors (bool [M]; all when None); the entries index the updated codebook."""
         distance = (flat.square().sum(1, keepdim=True) - 2 * flat @ self.embed
                     + self.embed.square().sum(0, keepdim=True))
         error, index = distance.min(dim=1)
         if self.training:
-            self._ema_update(flat, index, error)
+            if active is None:
+                self._ema_update(flat, index, error)
+            else:
+                self._ema_update(flat[active], index[active], error[active])
         return index
 
     def codebook(self) -> torch.Tensor:
@@ -213,12 +216,17 @@ class ResidualVQ(nn.Module):
     A code is K pairs whose atoms index the stacked codebooks (stage k's entries are k*N .. k*N+N-1),
     so the canonical ascending order is the stage order, and every code map, store, prior and
     entropy coder handles it as K atoms out of K*N with one level.
+
+    With ``stage_dropout`` each training image keeps only its first 1..K stages (drawn uniformly;
+    SoundStream's quantizer dropout), so the decoder learns every prefix: a code cut to its first q
+    stages is a coarser code of the same image, which is the codec's rate control.
     """
 
     def __init__(self, dim: int, codebook_size: int, stages: int, decay: float = 0.99, commitment: float = 0.25,
-                 restart_dead: bool = True) -> None:
+                 restart_dead: bool = True, stage_dropout: bool = False) -> None:
         super().__init__()
         self.dim, self.codebook_size, self.commitment = dim, codebook_size, commitment
+        self.stage_dropout = stage_dropout
         self.num_atoms, self.slots, self.coef_levels = codebook_size * stages, stages, 1
         self.stages = nn.ModuleList(VectorQuantizerEMA(dim, codebook_size, decay=decay, commitment=0.0,
                                                        restart_dead=restart_dead) for _ in range(stages))
@@ -229,20 +237,30 @@ class ResidualVQ(nn.Module):
             flat = _flatten(z.float())
             if self.training and not bool(self.initialized):
                 self.initialize(flat.detach())
+            b, _, h, w = z.shape
+            kept = self._kept_stages(b, h * w, z.device)  # [M]: stages each vector keeps
             residual = flat.detach()
             picks = []
             for k, stage in enumerate(self.stages):
-                index = stage.assign(residual)
-                residual = residual - F.embedding(index, stage.embed.t())
-                picks.append(index + k * self.codebook_size)
+                active = kept > k
+                index = stage.assign(residual, active)
+                residual = residual - F.embedding(index, stage.embed.t()) * active.unsqueeze(1)
+                picks.append(torch.where(active, index + k * self.codebook_size, EMPTY))
             atoms = torch.stack(picks, dim=1)
-            quantized = compose(torch.ones_like(atoms, dtype=flat.dtype), atoms, self.codebook())
+            quantized = compose((atoms != EMPTY).to(flat.dtype), atoms.clamp_min(0), self.codebook())
             loss = self.commitment * F.mse_loss(flat, quantized.detach())
             z_q = _unflatten(straight_through(flat, quantized), z)
-        b, _, h, w = z.shape
         codes = Codes(atoms.reshape(b, h, w, self.slots), torch.zeros(b, h, w, self.slots, dtype=torch.long,
                                                                       device=z.device))
         return QuantizerOutput(z_q, codes, loss, usage_stats(codes, self.num_atoms, 1))
+
+    def _kept_stages(self, images: int, positions: int, device: torch.device) -> torch.Tensor:
+        """Stages kept by each of ``images * positions`` vectors: K, or in training with stage dropout a
+        count drawn per image from 1..K (from torch's seeded generator)."""
+        if not (self.training and self.stage_dropout):
+            return torch.full((images * positions,), self.slots, device=device)
+        per_image = torch.randint(1, self.slots + 1, (images,)).to(device)
+        return per_image.repeat_interleave(positions)
 
     def codebook(self) -> torch.Tensor:
         """The stages' codebooks side by side, [C, K*N]: the table the code's atoms index."""
@@ -457,7 +475,8 @@ def build_quantizer(config: ModelConfig) -> nn.Module:
                                   commitment=config.commitment, restart_dead=config.restart_dead)
     if config.selection_fn == "rvq":
         return ResidualVQ(config.embed_dim, config.num_atoms, config.n_nonzero, decay=config.ema_decay,
-                          commitment=config.commitment, restart_dead=config.restart_dead)
+                          commitment=config.commitment, restart_dead=config.restart_dead,
+                          stage_dropout=config.stage_dropout)
     return SparseQuantizer(
         config.embed_dim, config.num_atoms, method=config.selection_fn, n_nonzero=config.n_nonzero,
         alpha=config.alpha, max_nonzero=config.max_nonzero, coef_levels=config.coef_levels,

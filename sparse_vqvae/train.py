@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointError, load_payload, save_payload
 from .config import ModelConfig, TrainConfig
+from .data import set_epoch
 from .metrics import mean_colour_squared_error_255, psnr, squared_error_255, ssim
 from .vqvae import VQVAE2
 
@@ -144,6 +145,7 @@ def run_training(
         while step < config.steps:
             epoch, skip = divmod(step, len(loader))  # skip: batches of this epoch done before a resume
             sampler.set_epoch(epoch)
+            set_epoch(train_set, epoch)
             for images in itertools.islice(loader, skip, None):
                 metrics = train_step(model, images.to(device), optimizer)
                 step += 1

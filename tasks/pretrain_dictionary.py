@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sparse_vqvae.data import ImageArray
+from sparse_vqvae.data import ImageArray, training_images
 from sparse_vqvae.devices import default_device
 from sparse_vqvae.pretrain import pretrain
 from sparse_vqvae.train import evaluate, save_checkpoint
@@ -26,7 +26,7 @@ def run(params: PipelineParams, tracker: StageTracker) -> dict[str, Any]:
         if step % every == 0 or step == params.pretrain.steps:
             tracker.log_metrics(metrics, step)
 
-    model = pretrain(params.model, params.pretrain, ImageArray(TRAIN_IMAGES), default_device(), on_metrics=log)
+    model = pretrain(params.model, params.pretrain, training_images(TRAIN_IMAGES, params.data), default_device(), on_metrics=log)
     save_checkpoint(PRETRAINED, model, None, 0, 0, {"pretrain": params.for_outputs()})
     for path in dictionary_pictures(model, PRETRAINED_DIR, "dictionary"):
         tracker.log_artifact(path, "pictures")

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from sparse_vqvae.atomic import atomic_write, write_json
-from sparse_vqvae.data import ImageArray
+from sparse_vqvae.data import ImageArray, training_images
 from sparse_vqvae.pictures import line_plot
 from sparse_vqvae.provenance import source_fingerprint
 from sparse_vqvae.train import load_checkpoint, make_optimizer, run_training, save_checkpoint
@@ -125,7 +125,7 @@ def train_worker(loop: dict[str, Any]) -> None:
         ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(str(folder)))
         shutil.rmtree(folder, ignore_errors=True)
 
-    run_training(wrapped, optimizer, ImageArray(loop["train_images"]), params.train, step=checkpoint.step, rank=rank,
+    run_training(wrapped, optimizer, training_images(loop["train_images"], params.data), params.train, step=checkpoint.step, rank=rank,
                  world_size=world_size, test_set=ImageArray(loop["test_images"]) if rank == 0 else None,
                  progress=rank == 0, on_metrics=on_metrics, on_checkpoint=on_checkpoint)
     if checkpoint.step >= params.train.steps:  # resumed a finished run: report its checkpoint once more
