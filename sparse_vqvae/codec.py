@@ -3,7 +3,7 @@
 Layout (little-endian):
 
     magic "SVQC" | version u8 | entropy model u8 | model fingerprint (8 bytes) | image height u16
-    | width u16 | code maps u8 | per map: height u16, width u16 | payload length u32
+    | width u16 | code maps u8 | slots coded u8 | per map: height u16, width u16 | payload length u32
     | CRC-32 of the code maps u32 | payload | CRC-32 of everything before it, u32
 
 The payload is the ANS-coded code maps, coded by the entropy model the header names: 0, the
@@ -15,8 +15,13 @@ sizes, length, checksum - fails with a ``CodecError`` that says which. The codes
 checked after decoding: an entropy model that computed other probabilities than the encoder's
 desynchronises the decoder, and that must be an error, never a wrong image.
 
+Quality (rate control at encode time): a residual-VQ model's codes may be cut to their first q
+stages (``qualities``), q = 1 the smallest files; the header's "slots coded" tells the decoder q.
+Models of other quantizers code all their slots, their one quality.
+
 Versions: 3 added the codes' CRC; 4 codes with the priors in one fixed arithmetic (``prior_coding``:
-CPU, float64), so prior-coded files made on a GPU decode on a CPU and the other way round.
+CPU, float64), so prior-coded files made on a GPU decode on a CPU and the other way round; 5 adds
+the slots coded (the quality) and per-slot atom frequencies.
 """
 
 from __future__ import annotations
@@ -34,10 +39,10 @@ from .prior_coding import PriorEntropyModel
 from .vqvae import VQVAE2
 
 MAGIC = b"SVQC"
-VERSION = 4  # bump on any change of layout or coding (tests/golden pins the bytes)
+VERSION = 5  # bump on any change of layout or coding (tests/golden pins the bytes)
 ENTROPY_MODELS = ("factorised", "prior")  # the header's entropy-model byte indexes this
 EntropyModel = FrequencyModel | PriorEntropyModel
-_HEADER = struct.Struct("<4sBB8sHHB")
+_HEADER = struct.Struct("<4sBB8sHHBB")
 _MAP = struct.Struct("<HH")
 _LENGTH = struct.Struct("<II")  # payload length, CRC-32 of the codes
 _CRC = struct.Struct("<I")
@@ -81,7 +86,7 @@ def read_codes(data: bytes, entropy: EntropyModel, expected_sizes: Callable[[int
     if kind != entropy.kind:
         raise CodecError(f"the file was coded with the {kind} entropy model, and this codec holds the "
                          f"{entropy.kind} one")
-    _, _, _, fingerprint, height, width, count = _HEADER.unpack_from(data)
+    _, _, _, fingerprint, height, width, count, slots = _HEADER.unpack_from(data)
     if fingerprint.hex() != entropy.fingerprint:
         raise CodecError(f"the file was compressed with model {fingerprint.hex()}, not with this model "
                          f"({entropy.fingerprint}): decompress it with the model that made it")
@@ -98,7 +103,7 @@ def read_codes(data: bytes, entropy: EntropyModel, expected_sizes: Callable[[int
     if offset + length + _CRC.size != len(data):
         raise CodecError(f"the payload should be {length} bytes but the file holds {len(data) - offset - _CRC.size}")
     try:
-        maps = entropy.decode(data[offset : offset + length], sizes)
+        maps = entropy.decode(data[offset : offset + length], sizes, slots)
         for codes in maps:
             validate_codes(codes, entropy.num_atoms, entropy.coef_levels)
     except (ValueError, RuntimeError) as error:  # a payload whose checksum matched by chance
@@ -116,10 +121,16 @@ def write_codes(maps: tuple[Codes, ...], entropy: EntropyModel, height: int, wid
     except ValueError as error:  # e.g. an image size the priors do not code
         raise CodecError(f"cannot code a {height}x{width} image: {error}") from error
     body = _HEADER.pack(MAGIC, VERSION, ENTROPY_MODELS.index(entropy.kind), bytes.fromhex(entropy.fingerprint),
-                        height, width, len(maps))
+                        height, width, len(maps), maps[0].atoms.shape[-1])
     body += b"".join(_MAP.pack(*codes.atoms.shape[:2]) for codes in maps)
     body += _LENGTH.pack(len(payload), codes_checksum(maps)) + payload
     return body + _CRC.pack(zlib.crc32(body))
+
+
+def qualities(model: VQVAE2) -> range:
+    """The qualities ``Codec.compress`` takes: 1..K stages of a residual VQ, else only the model's K slots."""
+    slots = model.quantizers[0].slots
+    return range(1, slots + 1) if model.config.selection_fn == "rvq" else range(slots, slots + 1)
 
 
 def codes_checksum(maps: tuple[Codes, ...]) -> int:
@@ -142,16 +153,26 @@ class Codec:
         self.model, self.entropy = model.eval(), entropy
         self.device = next(model.parameters()).device
 
+    @property
+    def qualities(self) -> range:
+        return qualities(self.model)
+
     @torch.no_grad()
-    def compress(self, image: torch.Tensor) -> bytes:
-        """An image [3, H, W] in [-1, 1] -> the bytes of a compressed file."""
+    def compress(self, image: torch.Tensor, quality: int | None = None) -> bytes:
+        """An image [3, H, W] in [-1, 1] -> the bytes of a compressed file, at ``quality`` (one of
+        ``qualities``; default the highest)."""
         _, height, width = image.shape
         if not (0 < height < 65536 and 0 < width < 65536):
             raise CodecError(f"image size {height}x{width} is outside what the format holds (1..65535 per side)")
+        quality = self.qualities[-1] if quality is None else quality
+        if quality not in self.qualities:
+            raise CodecError(f"quality {quality} is not one this model codes: {self.qualities[0]} to "
+                             f"{self.qualities[-1]}")
         stride = self.model.config.stride
         padded = F.pad(image[None], (0, -width % stride, 0, -height % stride), mode="replicate")
         _, maps, _, _ = self.model.encode(padded.to(self.device))
-        return write_codes(tuple(codes[0].to("cpu") for codes in maps), self.entropy, height, width)
+        maps = tuple(Codes(codes.atoms[0, ..., :quality], codes.levels[0, ..., :quality]).to("cpu") for codes in maps)
+        return write_codes(maps, self.entropy, height, width)
 
     @torch.no_grad()
     def decompress(self, data: bytes) -> torch.Tensor:

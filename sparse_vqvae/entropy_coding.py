@@ -1,12 +1,17 @@
 """Lossless coding of code maps with an ANS entropy coder (``constriction``) driven by a factorised
-probability model: per code map, the frequencies of atoms, coefficient levels and (LASSO) pair
-counts, pooled over positions and fitted to the training codes.
+probability model: per code map, the frequencies of atoms (one table per slot), coefficient levels
+and (LASSO) pair counts, pooled over positions and fitted to the training codes.
 
 A position's pairs are coded as a set: the count (when it varies), then the atoms in ascending
 order - each drawn from the atom frequencies restricted to those above the previous atom and
 leaving room for the atoms still to come, which saves the log2(K!) bits of their order - then one
-level per pair. The decoder rebuilds every restriction from what it has decoded, so it reads the
-same distributions the encoder wrote with.
+level per pair. The atom frequencies are per slot: the k-th smallest atom of a position is not
+distributed as the first (and a residual VQ's slot k only ever holds stage k's entries, which a
+pooled table would price at log2(K) bits more). The decoder rebuilds every restriction from what it
+has decoded, so it reads the same distributions the encoder wrote with.
+
+A file may code fewer slots than the model holds (``slots`` of ``encode``/``decode``): a residual
+VQ's codes cut to their first q stages, the codec's quality q.
 """
 
 from __future__ import annotations
@@ -22,13 +27,13 @@ from .checkpoint import CheckpointError, load_payload, save_payload
 from .codes import EMPTY, Codes
 
 MODEL_FORMAT = "sparse-vqvae/frequency-model"
-MODEL_VERSION = 2
+MODEL_VERSION = 3  # 3: atom frequencies per slot
 _ROWS = 2048  # positions per coded chunk: bounds the [rows, num_atoms] probability tables
 
 
 @dataclass
 class FrequencyModel:
-    """Probabilities per code map (top first): atoms [N], levels [L], pair counts [K + 1]."""
+    """Probabilities per code map (top first): atoms [K, N] (per slot), levels [L], pair counts [K + 1]."""
 
     num_atoms: int
     coef_levels: int
@@ -48,7 +53,8 @@ class FrequencyModel:
         slots = maps[0].atoms.shape[-1]
         for codes in maps:
             present = codes.present
-            atoms.append(_normalised(torch.bincount(codes.atoms[present], minlength=num_atoms)))
+            atoms.append(np.stack([_normalised(torch.bincount(codes.atoms[..., slot][present[..., slot]],
+                                                              minlength=num_atoms)) for slot in range(slots)]))
             levels.append(_normalised(torch.bincount(codes.levels[present], minlength=coef_levels)))
             counts.append(_normalised(torch.bincount(present.sum(-1).reshape(-1), minlength=slots + 1)))
         return cls(num_atoms, coef_levels, slots, variable_count, fingerprint, atoms, levels, counts)
@@ -72,29 +78,39 @@ class FrequencyModel:
             raise CheckpointError(f"{path}: the frequency model in it cannot be rebuilt: {error}") from error
 
     def encode(self, maps: tuple[Codes, ...]) -> bytes:
-        """One image's code maps ([H, W, K] each, canonical order) -> the ANS-coded bytes."""
+        """One image's code maps ([H, W, q] each, canonical order, q <= K slots) -> the ANS-coded bytes."""
+        slots = self.check_slots(maps[0].atoms.shape[-1])
         coder = constriction.stream.stack.AnsCoder()
         # ANS is a stack: push everything in the reverse of the order the decoder pops it.
         for index in reversed(range(len(maps))):
-            atoms = maps[index].atoms.reshape(-1, self.slots).cpu().numpy().astype(np.int64)
-            levels = maps[index].levels.reshape(-1, self.slots).cpu().numpy().astype(np.int64)
+            atoms = maps[index].atoms.reshape(-1, slots).cpu().numpy().astype(np.int64)
+            levels = maps[index].levels.reshape(-1, slots).cpu().numpy().astype(np.int64)
             count = (atoms != EMPTY).sum(axis=1)
             present = atoms != EMPTY
             if self.coef_levels > 1:
                 _push(coder, levels[present], self.levels[index])
-            for slot in reversed(range(self.slots)):
+            for slot in reversed(range(slots)):
                 rows = np.nonzero(count > slot)[0]
                 previous = atoms[rows, slot - 1] if slot else np.full(len(rows), -1)
                 for start in reversed(range(0, len(rows), _ROWS)):
                     part = slice(start, start + _ROWS)
-                    probabilities = self._atom_table(index, previous[part], count[rows[part]], slot)
+                    probabilities = self._atom_table(index, previous[part], count[rows[part]], slot, slots)
                     coder.encode_reverse(atoms[rows[part], slot].astype(np.int32), _FAMILY, probabilities)
             if self.variable_count:
                 _push(coder, count, self.counts[index])
         return coder.get_compressed().astype("<u4").tobytes()
 
-    def decode(self, payload: bytes, map_sizes: list[tuple[int, int]]) -> tuple[Codes, ...]:
-        """The inverse of ``encode``, given the code maps' sizes."""
+    def check_slots(self, slots: int) -> int:
+        """``slots`` if a file may code that many pairs a position with this model (1..K), else ValueError."""
+        if not 1 <= slots <= self.slots:
+            raise ValueError(f"{slots} slots a position: this frequency model codes 1 to {self.slots}")
+        if self.variable_count and slots != self.slots:
+            raise ValueError(f"codes of a varying pair count are coded whole ({self.slots} slots), not {slots}")
+        return slots
+
+    def decode(self, payload: bytes, map_sizes: list[tuple[int, int]], slots: int | None = None) -> tuple[Codes, ...]:
+        """The inverse of ``encode``, given the code maps' sizes and the slots coded (default: all K)."""
+        slots = self.check_slots(self.slots if slots is None else slots)
         if len(payload) % 4:
             raise ValueError("the coded payload is not a whole number of 32-bit words")
         if len(map_sizes) != len(self.atoms):
@@ -106,13 +122,13 @@ class FrequencyModel:
             if self.variable_count:
                 count = _pop(coder, positions, self.counts[index]).astype(np.int64)
             else:
-                count = np.full(positions, self.slots)
-            atoms = self._atoms_by_slot(index, count, lambda table: _decode_atoms(coder, table))
+                count = np.full(positions, slots)
+            atoms = self._atoms_by_slot(index, count, slots, lambda table: _decode_atoms(coder, table))
             levels = np.zeros_like(atoms)
             present = atoms != EMPTY
             if self.coef_levels > 1:
                 levels[present] = _pop(coder, int(present.sum()), self.levels[index])
-            shape = (height, width, self.slots)
+            shape = (height, width, slots)
             maps.append(Codes(torch.from_numpy(atoms.reshape(shape)), torch.from_numpy(levels.reshape(shape))))
         return tuple(maps)
 
@@ -126,31 +142,33 @@ class FrequencyModel:
                 count = generator.choice(self.slots + 1, size=positions, p=self.counts[index])
             else:
                 count = np.full(positions, self.slots)
-            atoms = self._atoms_by_slot(index, count, lambda table: np.minimum(
+            atoms = self._atoms_by_slot(index, count, self.slots, lambda table: np.minimum(
                 (table.cumsum(axis=1) < generator.random(len(table))[:, None]).sum(axis=1), self.num_atoms - 1))
             levels = generator.choice(self.coef_levels, size=atoms.shape, p=self.levels[index]) * (atoms != EMPTY)
             shape = (n, height, width, self.slots)
             maps.append(Codes(torch.from_numpy(atoms.reshape(shape)), torch.from_numpy(levels.reshape(shape))))
         return tuple(maps)
 
-    def _atoms_by_slot(self, index: int, count: np.ndarray, draw) -> np.ndarray:
-        """Atoms [positions, K], slot by slot in the decoder's order: ``draw(table)`` picks one atom per
+    def _atoms_by_slot(self, index: int, count: np.ndarray, slots: int, draw) -> np.ndarray:
+        """Atoms [positions, slots], slot by slot in the decoder's order: ``draw(table)`` picks one atom per
         row of a [rows, N] probability table (decoding, or sampling)."""
-        atoms = np.full((len(count), self.slots), EMPTY, dtype=np.int64)
-        for slot in range(self.slots):
+        atoms = np.full((len(count), slots), EMPTY, dtype=np.int64)
+        for slot in range(slots):
             rows = np.nonzero(count > slot)[0]
             previous = atoms[rows, slot - 1] if slot else np.full(len(rows), -1)
             for start in range(0, len(rows), _ROWS):
                 part = slice(start, start + _ROWS)
-                atoms[rows[part], slot] = draw(self._atom_table(index, previous[part], count[rows[part]], slot))
+                atoms[rows[part], slot] = draw(self._atom_table(index, previous[part], count[rows[part]], slot,
+                                                                slots))
         return atoms
 
-    def _atom_table(self, index: int, previous: np.ndarray, count: np.ndarray, slot: int) -> np.ndarray:
-        """[rows, N] probabilities of the atom in ``slot``: above the previous atom, leaving room for the
-        ``count - slot - 1`` atoms still to come (all ascending)."""
+    def _atom_table(self, index: int, previous: np.ndarray, count: np.ndarray, slot: int, slots: int) -> np.ndarray:
+        """[rows, N] probabilities of the atom in ``slot`` (of ``slots`` coded): slot ``slot``'s frequencies,
+        above the previous atom and leaving room for the ``count - slot - 1`` atoms still to come (all
+        ascending)."""
         candidates = np.arange(self.num_atoms)
         allowed = (candidates > previous[:, None]) & (candidates < (self.num_atoms - count + slot + 1)[:, None])
-        table = self.atoms[index][None, :] * allowed
+        table = self.atoms[index][slot][None, :] * allowed
         return table / table.sum(axis=1, keepdims=True)
 
 

@@ -91,6 +91,7 @@ class PriorEntropyModel:
         """One image's code maps ([H, W, K] each, canonical order) -> the ANS-coded bytes."""
         sizes = [tuple(codes.atoms.shape[:2]) for codes in maps]
         self.check_sizes(sizes)
+        self.check_slots(maps[0].atoms.shape[-1])
         steps: list[tuple[int, np.ndarray]] = []
         end = self.num_atoms  # the END token's index (LASSO)
 
@@ -111,9 +112,17 @@ class PriorEntropyModel:
         return coder.get_compressed().astype("<u4").tobytes()
 
     @torch.no_grad()
-    def decode(self, payload: bytes, map_sizes: list[tuple[int, int]]) -> tuple[Codes, ...]:
+    def check_slots(self, slots: int) -> int:
+        """The priors model whole codes: ``slots`` must be all K of them (a residual VQ's top quality)."""
+        if slots != self.slots:
+            raise ValueError(f"the priors code all {self.slots} slots a position, not {slots}: use the factorised "
+                             "entropy model for lower qualities")
+        return slots
+
+    def decode(self, payload: bytes, map_sizes: list[tuple[int, int]], slots: int | None = None) -> tuple[Codes, ...]:
         """The inverse of ``encode``: sequential, one backbone pass per position."""
         self.check_sizes(map_sizes)
+        self.check_slots(self.slots if slots is None else slots)
         if len(payload) % 4:
             raise ValueError("the coded payload is not a whole number of 32-bit words")
         coder = constriction.stream.stack.AnsCoder(np.frombuffer(payload, dtype="<u4").astype(np.uint32))

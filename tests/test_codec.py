@@ -90,3 +90,42 @@ def test_mutated_truncated_and_random_files_fail_cleanly(codec):
             mutated = data[:4] + bytes(rng.randrange(256) for _ in range(rng.randint(0, 3 * len(data))))
         with pytest.raises(CodecError):
             codec.decompress(bytes(mutated))
+
+
+def test_quality_cuts_a_residual_vq_code_to_its_first_stages():
+    images = tiny_images(16, 16, seed=1)
+    model, _ = train(tiny_config("rvq", levels=1, n_nonzero=4, stage_dropout=True), TrainConfig(steps=3, batch_size=8),
+                     Images(images), progress=False)
+    model.eval()
+    with torch.no_grad():
+        maps = model.encode(images)[1]
+    codec = Codec(model, FrequencyModel.fit(maps, 4 * 32, 1, False, model.fingerprint()))
+    assert list(codec.qualities) == [1, 2, 3, 4]
+    image = tiny_images(1, 24, seed=7)[0]
+    with torch.no_grad():
+        full = model.encode(image[None])[1][0]
+    sizes = []
+    for quality in codec.qualities:
+        data = codec.compress(image, quality)
+        _, (codes,) = read_codes(data, codec.entropy)
+        assert codes.atoms.shape[-1] == quality and torch.equal(codes.atoms, full.atoms[0, ..., :quality])
+        expected = model.decode_codes((type(codes)(codes.atoms[None], codes.levels[None]),))[0].clamp(-1, 1)
+        assert torch.equal(codec.decompress(data), expected)
+        sizes.append(len(data))
+    assert sizes == sorted(sizes) and sizes[0] < sizes[-1]
+    assert codec.compress(image) == codec.compress(image, 4)  # the default is the highest quality
+    for quality in (0, 5):
+        with pytest.raises(CodecError, match=f"quality {quality} is not one this model codes: 1 to 4"):
+            codec.compress(image, quality)
+
+
+def test_other_quantizers_have_one_quality(codec):
+    if codec.model.config.selection_fn == "rvq":
+        pytest.skip("a residual VQ has a quality per stage")
+    slots = codec.model.quantizers[0].slots
+    assert list(codec.qualities) == [slots]
+    image = tiny_images(1, 16, seed=2)[0]
+    assert codec.compress(image, slots) == codec.compress(image)
+    if slots > 1:
+        with pytest.raises(CodecError, match="is not one this model codes"):
+            codec.compress(image, 1)

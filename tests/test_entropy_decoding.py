@@ -46,9 +46,9 @@ def with_rare_atoms(entropy: FrequencyModel) -> FrequencyModel:
     coded pairs: the coder's fast quantisation then leaves zero-probability atoms some range."""
     rng = np.random.default_rng(0)
     atoms = []
-    for table in entropy.atoms:
-        skewed = rng.random(len(table)) ** 8 + 1e-13
-        atoms.append(skewed / skewed.sum())
+    for table in entropy.atoms:  # [K, N]: the same skewed row for every slot
+        skewed = rng.random(table.shape[1]) ** 8 + 1e-13
+        atoms.append(np.tile(skewed / skewed.sum(), (table.shape[0], 1)))
     return dataclasses.replace(entropy, atoms=atoms)
 
 

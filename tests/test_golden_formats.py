@@ -32,7 +32,8 @@ def fixed_maps() -> tuple[Codes, ...]:
 
 def fixed_frequency_model() -> FrequencyModel:
     ramp = lambda n: np.arange(1, n + 1, dtype=np.float64) / (n * (n + 1) / 2)  # noqa: E731
-    return FrequencyModel(8, 4, 2, True, "0123456789abcdef", [ramp(8), ramp(8)[::-1].copy()],
+    per_slot = lambda table: np.stack([table, table[::-1]])  # noqa: E731
+    return FrequencyModel(8, 4, 2, True, "0123456789abcdef", [per_slot(ramp(8)), per_slot(ramp(8)[::-1].copy())],
                           [ramp(4), ramp(4)], [np.array([0.2, 0.3, 0.5])] * 2)
 
 

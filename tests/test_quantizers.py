@@ -242,3 +242,40 @@ def test_a_zero_latent_decodes_to_zero():
     z[0, :, 0, 0] = 0  # OMP gives it K atoms with coefficient 0
     out = quantizer.eval()(z)
     assert torch.equal(out.z_q[0, :, 0, 0], torch.zeros(8))
+
+
+def test_stage_dropout_trains_each_image_on_a_prefix_of_the_stages():
+    torch.manual_seed(0)
+    z = features(batch=32)
+    quantizer = build_quantizer(tiny_config("rvq", n_nonzero=4, stage_dropout=True)).train()
+    out = quantizer(z)
+    kept = out.codes.present.sum(-1)  # [B, H, W]
+    per_image = kept.flatten(1)
+    assert (per_image == per_image[:, :1]).all()  # one count an image, drawn from 1..K
+    assert set(per_image[:, 0].tolist()) == {1, 2, 3, 4}
+    assert (out.codes.present == (torch.arange(4) < kept.unsqueeze(-1))).all()  # a prefix: stages 1..q
+    flat_q = out.z_q.permute(0, 2, 3, 1).reshape(-1, 8)
+    assert torch.allclose(flat_q, quantizer.decode_codes(out.codes).permute(0, 2, 3, 1).reshape(-1, 8), atol=1e-6)
+    assert quantizer.eval()(z).codes.present.all()  # evaluation codes every stage
+
+
+def test_any_prefix_of_residual_stages_decodes_to_the_sum_of_its_entries():
+    torch.manual_seed(0)
+    z = features(batch=16)
+    quantizer = build_quantizer(tiny_config("rvq", n_nonzero=3, stage_dropout=True)).train()
+    quantizer(z)
+    codes = quantizer.eval()(z).codes
+    errors = []
+    for q in (1, 2, 3):
+        prefix = type(codes)(codes.atoms[..., :q], codes.levels[..., :q])
+        atoms = prefix.atoms.reshape(-1, q)
+        expected = sum(quantizer.stages[k].embed[:, atoms[:, k] - 32 * k].t() for k in range(q))
+        decoded = quantizer.decode_codes(prefix).permute(0, 2, 3, 1).reshape(-1, 8)
+        assert torch.allclose(decoded, expected, atol=1e-5)
+        errors.append(float((decoded - z.permute(0, 2, 3, 1).reshape(-1, 8)).square().mean()))
+    assert errors[0] > errors[1] > errors[2]
+
+
+def test_stage_dropout_is_for_residual_vq_only():
+    with pytest.raises(ValueError, match="model.stage_dropout is for selection_fn rvq only"):
+        tiny_config("omp", stage_dropout=True)
