@@ -1,10 +1,12 @@
 """The ``sparse-vqvae`` command: compress and decompress images, draw samples, evaluate the codec.
 
-By default it uses what ``make run`` (``dvc repro``) trained last, in the current folder:
-``models/vqvae/model.pt``, ``models/prior/codec.pt`` (the frequency model) and
-``models/prior/level*.pt`` (the PixelSNAIL priors).
+By default it uses the photo codec that ships inside the package (``sparse_vqvae/zoo/photo``: the
+model, its frequency model and priors, and a model card), so it works right after install.
 
-``--model`` takes a checkpoint path, or any reference that a model source installed in the entry-point
+``--model`` takes a zoo name (a folder of ``sparse_vqvae/zoo``), a checkpoint path - a checkpoint of
+``make run``'s pipeline, ``models/vqvae/model.pt``, goes with ``models/prior/codec.pt`` and
+``models/prior/level*.pt`` in the current folder unless ``--codec-model`` / ``--priors`` say
+otherwise - or any reference that a model source installed in the entry-point
 group ``sparse_vqvae.model_sources`` resolves: a callable ``(reference) -> dict | None`` that returns None
 for references not its own, else ``{"model": path}`` plus, optionally, ``"codec_model"`` and
 ``"priors"`` paths, used unless ``--codec-model`` / ``--priors`` are given. This project's ``tasks``
@@ -38,24 +40,33 @@ from .prior_coding import PriorEntropyModel
 from .rate_distortion import plot, reference_points, sparse_vqvae_point, write_table
 from .train import load_checkpoint
 
-DEFAULT_MODEL = Path("models/vqvae/model.pt")
+ZOO = Path(__file__).parent / "zoo"  # shipped models: one folder each, model.pt, codec.pt, level*.pt, MODEL_CARD.md
+DEFAULT_MODEL = "photo"
 DEFAULT_CODEC_MODEL = Path("models/prior/codec.pt")
 DEFAULT_PRIORS = Path("models/prior")
 SUFFIX = ".svq"
 MODEL_SOURCES = "sparse_vqvae.model_sources"  # entry-point group of the --model resolvers
 
 
+def zoo_names() -> list[str]:
+    return sorted(folder.name for folder in ZOO.iterdir() if (folder / "model.pt").is_file()) if ZOO.is_dir() else []
+
+
 def resolve_model(reference: str) -> dict[str, Path]:
-    """``--model`` -> ``{"model": checkpoint}``, plus ``"codec_model"`` and ``"priors"`` where a model source
-    knows them: an existing path is the checkpoint itself, anything else goes to the model sources."""
+    """``--model`` -> ``{"model": checkpoint}``, plus ``"codec_model"`` and ``"priors"`` where the zoo or a
+    model source knows them: an existing path is the checkpoint itself, then zoo names, then the model
+    sources."""
     if Path(reference).exists():
         return {"model": Path(reference)}
+    if reference in zoo_names():
+        return {"model": ZOO / reference / "model.pt", "codec_model": ZOO / reference / "codec.pt",
+                "priors": ZOO / reference}
     for source in entry_points(group=MODEL_SOURCES):
         found = source.load()(reference)
         if found is not None:
             return {key: Path(value) for key, value in found.items()}
-    raise FileNotFoundError(f"no such checkpoint: {reference} (nor an MLflow run id or other reference that an "
-                            f"installed model source knows)")
+    raise FileNotFoundError(f"no such checkpoint: {reference} (nor a zoo model - {', '.join(zoo_names()) or 'none'} "
+                            "- nor an MLflow run id or other reference that an installed model source knows)")
 
 
 def _resolve(args: argparse.Namespace) -> None:
@@ -99,7 +110,7 @@ def cmd_compress(args: argparse.Namespace) -> None:
     args.output.mkdir(parents=True, exist_ok=True)
     for path in tqdm(args.images, desc="compress", disable=len(args.images) < 2):
         image = _read_image(path)
-        data = codec.compress(image)
+        data = codec.compress(image, args.quality)
         target = args.output / (path.stem + SUFFIX)
         target.write_bytes(data)
         print(f"{path} -> {target}: {len(data)} bytes, {bits_per_pixel(data, *image.shape[1:]):.3f} bpp")
@@ -142,7 +153,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     codec = _codec(args, args.entropy)
     dataset = load_dataset(DataConfig(name=args.dataset, root=args.root, image_size=args.image_size), "test")
     images = [dataset[i] for i in range(min(len(dataset), args.limit) if args.limit else len(dataset))]
-    points = [sparse_vqvae_point(codec, images)] + (reference_points(images) if args.references else [])
+    points = [sparse_vqvae_point(codec, images, args.quality)] + (reference_points(images) if args.references else [])
     if args.output is not None:
         write_table(points, args.output.with_suffix(".csv"))
         plot(points, args.output.with_suffix(".png"), f"rate-distortion on {args.dataset} ({len(images)} images)")
@@ -159,12 +170,18 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     def with_model(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        sub.add_argument("--model", default=str(DEFAULT_MODEL),
-                         help="VQ-VAE checkpoint, or an MLflow run id (a pipeline run or one of its stages: "
-                              "its model, frequency model and priors) (default: %(default)s)")
+        sub.add_argument("--model", default=DEFAULT_MODEL,
+                         help=f"a zoo model ({', '.join(zoo_names()) or 'none installed'}), a VQ-VAE checkpoint "
+                              "(make run's: models/vqvae/model.pt), or an MLflow run id (a pipeline run or one of "
+                              "its stages: its model, frequency model and priors) (default: %(default)s)")
         sub.add_argument("--codec-model", type=Path, default=None,
                          help=f"frequency model of the codes (default: the --model run's, else {DEFAULT_CODEC_MODEL})")
         return sub
+
+    def with_quality(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--quality", type=int, default=None,
+                         help="1 (smallest files) to the model's highest: a residual-VQ model codes the first Q "
+                              "stages; other models have one quality (default: the highest)")
 
     def with_entropy(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--entropy", choices=ENTROPY_MODELS, default="factorised",
@@ -175,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = with_model(commands.add_parser("compress", help="images -> compressed .svq files"))
     sub.add_argument("images", nargs="+", type=Path)
+    with_quality(sub)
     with_entropy(sub)
     sub.add_argument("-o", "--output", type=Path, required=True, help="folder for the .svq files")
     sub.set_defaults(run=cmd_compress)
@@ -207,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--references", action="store_true", help="also JPEG and WebP (Pillow) on the same images")
     sub.add_argument("-o", "--output", type=Path, default=None,
                      help="write the points to OUTPUT.csv and the rate-distortion plot to OUTPUT.png")
+    with_quality(sub)
     with_entropy(sub)
     sub.set_defaults(run=cmd_evaluate)
     return parser

@@ -91,6 +91,8 @@ def read_codes(data: bytes, entropy: EntropyModel, expected_sizes: Callable[[int
         raise CodecError(f"the file was compressed with model {fingerprint.hex()}, not with this model "
                          f"({entropy.fingerprint}): decompress it with the model that made it")
     offset = _HEADER.size
+    if len(data) < offset + count * _MAP.size + _LENGTH.size + _CRC.size:
+        raise CodecError(f"the header names {count} code maps, and the file is too short for their sizes")
     sizes = []
     for _ in range(count):
         sizes.append(_MAP.unpack_from(data, offset))

@@ -25,7 +25,8 @@ WEBP_QUALITIES = (5, 10, 20, 30, 50, 75, 90)
 COLUMNS = ("codec", "entropy", "setting", "images", "bpp", "psnr", "ssim", "ms_ssim", "ms_ssim_scales")
 
 
-def _point(codec: str, setting: float | str, pairs: Iterable[tuple[torch.Tensor, torch.Tensor, int]]) -> dict:
+def measure_point(codec: str, setting: float | str, pairs: Iterable[tuple[torch.Tensor, torch.Tensor, int]]) -> dict:
+    """One rate-distortion point from (original, decoded, file bytes) triples of [3, H, W] images."""
     error = ssim_sum = ms_ssim_sum = 0.0
     bits = pixels = count = 0
     by_size: dict[tuple, list[tuple[torch.Tensor, torch.Tensor]]] = {}  # (MS-)SSIM in batches of one size
@@ -50,15 +51,18 @@ def codec_label(codec: Codec) -> str:
     return f"sparse-vqvae {codec.model.config.selection_fn} ({codec.entropy.kind})"
 
 
-def sparse_vqvae_point(codec: Codec, images: list[torch.Tensor], progress: bool = True) -> dict:
-    """Our codec on ``images`` ([3, H, W] each): every image compressed to a file's bytes and back."""
+def sparse_vqvae_point(codec: Codec, images: list[torch.Tensor], quality: int | None = None,
+                       progress: bool = True) -> dict:
+    """Our codec on ``images`` ([3, H, W] each) at ``quality`` (default the highest): every image compressed
+    to a file's bytes and back."""
+    quality = codec.qualities[-1] if quality is None else quality
 
     def pairs():
         for image in tqdm(images, desc=f"rate-distortion: {codec_label(codec)}", disable=not progress, leave=False):
-            data = codec.compress(image)
+            data = codec.compress(image, quality)
             yield image, codec.decompress(data), len(data)
 
-    return {**_point(codec_label(codec), "", pairs()), "entropy": codec.entropy.kind}
+    return {**measure_point(codec_label(codec), quality, pairs()), "entropy": codec.entropy.kind}
 
 
 def pillow_points(images: list[torch.Tensor], codec: str = "JPEG", qualities: Iterable[int] = JPEG_QUALITIES) -> list[dict]:
@@ -71,7 +75,7 @@ def pillow_points(images: list[torch.Tensor], codec: str = "JPEG", qualities: It
             with Image.open(io.BytesIO(buffer.getvalue())) as decoded:
                 yield image, to_model_range(np.array(decoded.convert("RGB"))), buffer.tell()
 
-    return [_point(codec, quality, pairs(quality)) for quality in qualities]
+    return [measure_point(codec, quality, pairs(quality)) for quality in qualities]
 
 
 def reference_points(images: list[torch.Tensor]) -> list[dict]:

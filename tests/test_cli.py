@@ -45,7 +45,37 @@ def trained_run(tmp_path_factory):
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """The console script on the pipeline layout's model (``--model models/vqvae/model.pt``) unless the test
+    names another: the default is the shipped photo codec."""
+    if "--model" not in args and "--help" not in args:
+        args = (args[0], "--model", "models/vqvae/model.pt", *args[1:])
     return subprocess.run([CLI, *args], cwd=cwd, capture_output=True, text=True)
+
+
+def shipped(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """The console script with no ``--model``: the photo codec in sparse_vqvae/zoo/photo."""
+    return subprocess.run([CLI, *args], cwd=cwd, capture_output=True, text=True)
+
+
+def test_the_shipped_photo_codec_works_with_no_model_argument(tmp_path):
+    import skimage.data
+
+    Image.fromarray(skimage.data.coffee()[100:196, 200:328]).save(tmp_path / "coffee.png")  # 128x96
+    sizes = {}
+    for quality in ("1", "10"):
+        done = shipped("compress", "coffee.png", "-o", f"q{quality}", "--quality", quality, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        sizes[quality] = (tmp_path / f"q{quality}/coffee.svq").stat().st_size
+        done = shipped("decompress", f"q{quality}/coffee.svq", "-o", f"back{quality}", cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+    assert sizes["1"] < sizes["10"]
+    original = np.asarray(Image.open(tmp_path / "coffee.png")).astype(float)
+    decoded = np.asarray(Image.open(tmp_path / "back10/coffee.png")).astype(float)
+    assert 10 * np.log10(255**2 / np.mean((original - decoded) ** 2)) > 24  # a real reconstruction, not noise
+    done = shipped("compress", "coffee.png", "-o", "q0", "--quality", "0", cwd=tmp_path)
+    assert done.returncode == 1 and "quality 0 is not one this model codes: 1 to 10" in done.stderr
+    done = shipped("compress", "coffee.png", "-o", "x", "--model", "no-such-model", cwd=tmp_path)
+    assert done.returncode == 1 and "nor a zoo model - photo -" in done.stderr
 
 
 def test_every_command_has_help(trained_run):

@@ -47,3 +47,11 @@ def test_map_sizes_that_do_not_fit_the_image_are_refused_before_decoding():
     forged[-4:] = zlib.crc32(bytes(forged[:-4])).to_bytes(4, "little")
     with pytest.raises(CodecError, match="do not fit a 16x32 image"):
         read_codes(bytes(forged), fixed_frequency_model(), expected)
+
+
+def test_a_header_that_names_more_code_maps_than_the_file_holds_is_refused():
+    data = bytearray(write_codes(fixed_maps(), fixed_frequency_model(), 16, 32))
+    data[4 + 1 + 1 + 8 + 2 + 2] = 200  # code maps: 200 sizes would run past the end of the file
+    data[-4:] = zlib.crc32(bytes(data[:-4])).to_bytes(4, "little")
+    with pytest.raises(CodecError, match="the header names 200 code maps, and the file is too short"):
+        read_codes(bytes(data), fixed_frequency_model())

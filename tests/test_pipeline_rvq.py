@@ -43,6 +43,17 @@ def test_residual_vq_through_the_pipeline_and_checkpoints_of_other_code_are_not_
     rows = (root / "eval/rate_distortion.csv").read_text()
     assert "(factorised)" in rows and "(prior)" in rows
 
+    # The run shipped as a zoo model: the files the CLI needs, a card, and files that decode.
+    run([sys.executable, "-m", "tasks.export_zoo", "tiny", "--output", str(tmp_path / "zoo")], root)
+    zoo = tmp_path / "zoo" / "tiny"
+    assert sorted(p.name for p in zoo.iterdir()) == ["MODEL_CARD.md", "codec.pt", "level0.pt", "level1.pt", "model.pt"]
+    card = (zoo / "MODEL_CARD.md").read_text()
+    assert '"selection_fn": "rvq"' in card and f"stage-1 steps: {TINY['train']['steps']}" in card
+    assert load_checkpoint(zoo / "model.pt").model.fingerprint() == model.fingerprint()
+    shipped = ["--model", str(zoo / "model.pt"), "--codec-model", str(zoo / "codec.pt")]
+    run(["sparse-vqvae", "compress", "data/prepared/examples.png", "-o", "out", "--quality", "2", *shipped], root)
+    run(["sparse-vqvae", "decompress", "out/examples.svq", "-o", "back", *shipped], root)
+
     steps, prior_steps = TINY["train"]["steps"], TINY["prior"]["steps"]
     assert (stage_metrics(root, "train_vqvae")["start_step"], stage_metrics(root, "train_vqvae")["steps_trained"]) \
         == (0, steps)

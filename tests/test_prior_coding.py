@@ -134,3 +134,16 @@ def test_random_payloads_behind_a_valid_checksum_never_crash(codecs):
         except CodecError:
             continue
         assert image.shape == (3, 16, 16) and bool(image.isfinite().all())
+
+
+def test_the_priors_code_whole_codes_only():
+    codec = trained("rvq")  # the tiny rvq model: 2 stages
+    priors = Codec(codec.model, with_priors(codec))
+    image = tiny_images(1, 16, seed=3)[0]
+    with pytest.raises(CodecError, match="the priors code all 2 slots a position, not 1: use the factorised"):
+        priors.compress(image, 1)
+    data = bytearray(priors.compress(image))
+    data[4 + 1 + 1 + 8 + 2 + 2 + 1] = 1  # the header says 1 slot
+    data[-4:] = zlib.crc32(bytes(data[:-4])).to_bytes(4, "little")
+    with pytest.raises(CodecError, match="the priors code all 2 slots"):
+        priors.decompress(bytes(data))

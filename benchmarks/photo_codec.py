@@ -1,0 +1,205 @@
+"""The photo codec against JPEG and WebP on full-size photographs it never saw.
+
+Our codec is a zoo model (default ``photo``, the one `sparse-vqvae` uses with no ``--model``) at every
+quality it has, with its factorised entropy model; JPEG and WebP (Pillow) at their quality settings,
+on the same images, in the same run. Rates are real file sizes (8 x bytes / pixels); PSNR is from
+the whole set's MSE, MS-SSIM the mean over images; BD-rate compares the curves (negative: ours needs
+fewer bits). Also: encode and decode speed (megapixels a second, ``--threads`` torch threads) beside
+JPEG's at quality 75, and the colour error - per photograph and channel, |mean of the original -
+mean of the decoded| in levels of 255.
+
+Image sets (held out from the model's training by construction):
+- ``photos``: the last 9 photographs by name of ../shared/data/photos (the recipe's test split);
+- ``embedded``: the 3 embedded test photographs (scikit-image's chelsea, coffee, rocket), full size.
+
+    python benchmarks/photo_codec.py [--model photo] [--threads 2] [--limit N]
+
+Writes benchmarks/results/photo_codec.json and photo_codec_<set>.png (PSNR and MS-SSIM against bpp).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from _results import RESULTS, write_json
+from PIL import Image
+
+from sparse_vqvae.cli import resolve_model
+from sparse_vqvae.codec import Codec
+from sparse_vqvae.config import DataConfig
+from sparse_vqvae.data import EMBEDDED_TEST, embedded_photo_dir, photo_files, to_model_range
+from sparse_vqvae.entropy_coding import FrequencyModel
+from sparse_vqvae.pictures import line_plot
+from sparse_vqvae.rate_distortion import (JPEG_QUALITIES, WEBP_QUALITIES, bd_rate, measure_point, pillow_points,
+                                          codec_label)
+from sparse_vqvae.train import load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+PHOTOS = ROOT.parent / "shared" / "data" / "photos"
+JPEG_QUALITIES_PHOTO = (2, 3, *JPEG_QUALITIES, 95)  # photographs need lower settings to reach 0.2 bpp
+WEBP_QUALITIES_PHOTO = (0, 2, *WEBP_QUALITIES, 95)
+
+
+def read(path: Path) -> torch.Tensor:
+    with Image.open(path) as image:
+        return to_model_range(np.array(image.convert("RGB")))
+
+
+def image_sets(limit: int) -> dict[str, list[tuple[str, torch.Tensor]]]:
+    held_out = photo_files(PHOTOS)[-DataConfig().test_photos :] if PHOTOS.is_dir() else []
+    sets = {"photos": [(p.name, read(p)) for p in held_out],
+            "embedded": [(name, read(embedded_photo_dir() / name)) for name in EMBEDDED_TEST]}
+    return {name: images[:limit] if limit else images for name, images in sets.items() if images}
+
+
+def colour_error(original: torch.Tensor, decoded: torch.Tensor) -> list[float]:
+    """|mean of each channel| difference in levels of 255."""
+    return ((original.mean(dim=(1, 2)) - decoded.mean(dim=(1, 2))).abs() * 127.5).tolist()
+
+
+def ours(codec: Codec, images: list[tuple[str, torch.Tensor]]) -> tuple[list[dict], dict]:
+    """Every quality on every image, through real files; the points, and speed and colour error at the
+    highest quality."""
+    points, speed, colour = [], {}, {}
+    megapixels = sum(image.shape[1] * image.shape[2] for _, image in images) / 1e6
+    for quality in codec.qualities:
+        encode_s = decode_s = 0.0
+        triples, errors = [], []
+        for _, image in images:
+            start = time.perf_counter()
+            data = codec.compress(image, quality)
+            middle = time.perf_counter()
+            decoded = codec.decompress(data)
+            encode_s, decode_s = encode_s + middle - start, decode_s + time.perf_counter() - middle
+            triples.append((image, decoded, len(data)))
+            errors.append(colour_error(image, decoded))
+        point = measure_point(codec_label(codec), quality, triples)
+        point.update(encode_mp_s=megapixels / encode_s, decode_mp_s=megapixels / decode_s,
+                     colour_error_mean=np.mean(errors, axis=0).tolist(), colour_error_max=float(np.max(errors)))
+        print(f"  quality {quality}: {point['bpp']:.3f} bpp, {point['psnr']:.2f} dB, MS-SSIM {point['ms_ssim']:.4f}, "
+              f"colour error (mean R, G, B) {', '.join(f'{e:.2f}' for e in point['colour_error_mean'])}", flush=True)
+        points.append(point)
+    top = points[-1]
+    speed = {"encode_mp_s": top["encode_mp_s"], "decode_mp_s": top["decode_mp_s"]}
+    colour = {"mean_per_channel": top["colour_error_mean"], "max": top["colour_error_max"]}
+    return points, {"speed": speed, "colour_error": colour}
+
+
+def jpeg_file(image: torch.Tensor, quality: int) -> tuple[int, torch.Tensor]:
+    """Pillow JPEG at ``quality``: (bytes, decoded image)."""
+    import io
+
+    from sparse_vqvae.data import to_uint8
+
+    buffer = io.BytesIO()
+    Image.fromarray(to_uint8(image[None])[0]).save(buffer, format="JPEG", quality=quality)
+    with Image.open(io.BytesIO(buffer.getvalue())) as decoded:
+        return buffer.tell(), to_model_range(np.array(decoded.convert("RGB")))
+
+
+def comparison(codec: Codec, name: str, image: torch.Tensor, path: Path, side: int = 192) -> Path:
+    """A labelled picture of a centre crop: the original, ours at the lowest, a middle and the highest
+    quality, and JPEG at the rate nearest each (whole-image bpp and PSNR in the titles)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sparse_vqvae.metrics import psnr, squared_error_255
+
+    pixels = image.shape[1] * image.shape[2]
+    top, left = (image.shape[1] - side) // 2, (image.shape[2] - side) // 2
+    crop = lambda x: ((x[:, top : top + side, left : left + side].clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy()  # noqa: E731
+    quality = lambda x: psnr(float(squared_error_255(image[None], x[None])) / (3 * pixels))  # noqa: E731
+    qualities = codec.qualities
+    panels = [("original", image)]
+    jpegs = [(q, *jpeg_file(image, q)) for q in range(2, 96)]
+    for q in (qualities[0], qualities[len(qualities) // 2], qualities[-1]):
+        data = codec.compress(image, q)
+        decoded, bpp = codec.decompress(data), 8 * len(data) / pixels
+        panels.append((f"ours q{q}: {bpp:.2f} bpp, {quality(decoded):.1f} dB", decoded))
+        jq, size, jpeg = min(jpegs, key=lambda j: abs(8 * j[1] / pixels - bpp))
+        panels.append((f"JPEG q{jq}: {8 * size / pixels:.2f} bpp, {quality(jpeg):.1f} dB", jpeg))
+    figure, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 3.0), dpi=100)
+    for axis, (label, picture) in zip(axes, panels):
+        axis.imshow(crop(picture), interpolation="nearest")
+        axis.set_title(label, fontsize=7)
+        axis.axis("off")
+    figure.suptitle(f"{name}: centre {side}x{side} crop", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+def jpeg_speed(images: list[tuple[str, torch.Tensor]]) -> dict:
+    """Pillow's JPEG at quality 75: megapixels a second to encode and to decode, the same images."""
+    import io
+
+    from sparse_vqvae.data import to_uint8
+
+    arrays = [to_uint8(image[None])[0] for _, image in images]
+    megapixels = sum(a.shape[0] * a.shape[1] for a in arrays) / 1e6
+    start, files = time.perf_counter(), []
+    for array in arrays:
+        buffer = io.BytesIO()
+        Image.fromarray(array).save(buffer, format="JPEG", quality=75)
+        files.append(buffer.getvalue())
+    encode_s = time.perf_counter() - start
+    start = time.perf_counter()
+    for data in files:
+        with Image.open(io.BytesIO(data)) as image:
+            image.convert("RGB").load()
+    return {"encode_mp_s": megapixels / encode_s, "decode_mp_s": megapixels / (time.perf_counter() - start)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="photo", help="a zoo name or checkpoint (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--limit", type=int, default=0, help="at most this many images a set (0: all)")
+    parser.add_argument("--output", type=Path, default=RESULTS / "photo_codec.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    found = resolve_model(args.model)
+    model = load_checkpoint(found["model"]).model.eval()
+    codec = Codec(model, FrequencyModel.load(found.get("codec_model", ROOT / "models/prior/codec.pt")))
+    result = {"model": args.model, "fingerprint": model.fingerprint(), "threads": args.threads,
+              "qualities": list(codec.qualities), "sets": {}}
+    for name, images in image_sets(args.limit).items():
+        pixels = [image.shape[1] * image.shape[2] for _, image in images]
+        print(f"{name}: {len(images)} images, {np.mean(pixels) / 1e6:.2f} MP on average", flush=True)
+        points, extra = ours(codec, images)
+        tensors = [image for _, image in images]
+        jpeg = pillow_points(tensors, "JPEG", JPEG_QUALITIES_PHOTO)
+        webp = pillow_points(tensors, "WEBP", WEBP_QUALITIES_PHOTO)
+        summary = {f"bd_rate_{metric}_vs_{ref}": bd_rate(points_ref, points, quality=metric)
+                   for ref, points_ref in (("jpeg", jpeg), ("webp", webp)) for metric in ("psnr", "ms_ssim")}
+        result["sets"][name] = {"images": [n for n, _ in images], "megapixels_mean": float(np.mean(pixels) / 1e6),
+                                "ours": points, "jpeg": jpeg, "webp": webp, **extra,
+                                "jpeg_speed": jpeg_speed(images), "summary": summary}
+        print(f"{'codec':<28} {'setting':>7} {'bpp':>7} {'PSNR':>7} {'MS-SSIM':>8}")
+        for point in points + jpeg + webp:
+            print(f"{point['codec']:<28} {point['setting']!s:>7} {point['bpp']:7.3f} {point['psnr']:7.2f} "
+                  f"{point['ms_ssim']:8.4f}")
+        print("  " + ", ".join(f"{k} {v:+.1f}%" if v is not None else f"{k} n/a" for k, v in summary.items()))
+        print(f"  speed (MP/s, {args.threads} threads): ours {extra['speed']['encode_mp_s']:.3f} encode, "
+              f"{extra['speed']['decode_mp_s']:.3f} decode; JPEG {result['sets'][name]['jpeg_speed']['encode_mp_s']:.1f}"
+              f" / {result['sets'][name]['jpeg_speed']['decode_mp_s']:.1f}")
+        for metric, label in (("psnr", "PSNR (dB)"), ("ms_ssim", "MS-SSIM")):
+            series = {label_of: ([p["bpp"] for p in pts], [p[metric] for p in pts])
+                      for label_of, pts in (("sparse-vqvae", points), ("JPEG", jpeg), ("WebP", webp))}
+            line_plot({k: tuple(zip(*sorted(zip(*v)))) for k, v in series.items()},
+                      args.output.with_name(f"photo_codec_{name}_{metric}.png"), "bits per pixel (real file sizes)",
+                      label, f"{name}: {len(images)} held-out photographs, {np.mean(pixels) / 1e6:.2f} MP")
+        first_name, first = images[0]
+        comparison(codec, first_name, first, args.output.with_name(f"photo_codec_{name}_crops.png"))
+    write_json(args.output, result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""Ship a pipeline run as a zoo model: ``python -m tasks.export_zoo NAME`` in a workspace that ran
+``dvc repro`` (e.g. ``make photo-model``) writes ``sparse_vqvae/zoo/NAME/``, which ``sparse-vqvae
+--model NAME`` uses (and ``photo`` is the default):
+
+- ``model.pt``: the trained VQ-VAE without its optimizer state;
+- ``codec.pt``: the frequency model, fitted anew to the run's training codes by this code (so a
+  model trained before a change of the entropy coder ships with the current one);
+- ``level*.pt``: the PixelSNAIL priors without their optimizer states;
+- ``MODEL_CARD.md``: the data, settings, steps, wall times and figures of the run.
+
+The files are checked to belong together (the model's fingerprint) and to fit ``--limit-mb``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from sparse_vqvae.atomic import atomic_write
+from sparse_vqvae.code_store import CodeStore
+from sparse_vqvae.config import ModelConfig, codes_vary
+from sparse_vqvae.entropy_coding import FrequencyModel
+from sparse_vqvae.prior_train import load_maps, load_prior, save_prior
+from sparse_vqvae.train import load_checkpoint, save_checkpoint
+
+from .layout import METRICS, TIMINGS, TRAIN_CODES, VQVAE, prior_path
+from .params import PipelineParams, load_params
+
+ZOO = Path(__file__).resolve().parents[1] / "sparse_vqvae" / "zoo"
+STAGES = ("prepare_data", "pretrain_dictionary", "train_vqvae", "extract_codes", "train_prior", "evaluate")
+
+
+def export(name: str, output: Path = ZOO, limit_mb: float = 25.0) -> Path:
+    """Write the zoo folder ``output/name`` from the current workspace's pipeline outputs."""
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", name):
+        raise ValueError(f"zoo names are lower-case letters, digits, - and _; got {name!r}")
+    params = load_params()
+    checkpoint = load_checkpoint(VQVAE)
+    model, fingerprint = checkpoint.model, checkpoint.model.fingerprint()
+    folder = output / name
+    folder.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(folder / "model.pt", model, None, checkpoint.step, checkpoint.epoch, checkpoint.config)
+    store = CodeStore(TRAIN_CODES, fingerprint)
+    FrequencyModel.fit(load_maps(store), store.meta.num_atoms, store.meta.coef_levels,
+                       codes_vary(store.meta.selection_fn), fingerprint).save(folder / "codec.pt")
+    level = 0
+    while prior_path(level).is_file():
+        prior = load_prior(prior_path(level))
+        if prior.fingerprint != fingerprint:
+            raise ValueError(f"{prior_path(level)} was trained on the codes of model {prior.fingerprint}, not of "
+                             f"{VQVAE} ({fingerprint}): rerun the pipeline (dvc repro)")
+        save_prior(folder / f"level{level}.pt", prior.prior, None, prior.step, fingerprint)
+        level += 1
+    sizes = {path.name: path.stat().st_size for path in sorted(folder.glob("*.pt"))}
+    total = sum(sizes.values()) / 2**20
+    if total > limit_mb:
+        raise ValueError(f"the zoo files of {name} hold {total:.1f} MB, over the {limit_mb} MB limit")
+    with atomic_write(folder / "MODEL_CARD.md", "w") as handle:
+        handle.write(model_card(name, params, checkpoint.step, sizes))
+    return folder
+
+
+def _json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def model_card(name: str, params: PipelineParams, steps: int, sizes: dict[str, int]) -> str:
+    """The card: what the model saw, how it was trained and how long it took, and what it measures."""
+    data, defaults = params.data, asdict(ModelConfig())
+    settings = {k: v for k, v in asdict(params.model).items() if v != defaults[k]}
+    prepared = _json(METRICS / "prepare_data.json")
+    train, evaluate = _json(METRICS / "train_vqvae.json"), _json(METRICS / "evaluate.json")
+    seconds = {stage: _json(TIMINGS / f"{stage}.json").get("seconds") for stage in STAGES}
+    lines = [
+        f"# Zoo model `{name}`",
+        "",
+        f"Made by `python -m tasks.export_zoo {name}` from a `dvc repro` of this project's pipeline.",
+        "",
+        "## Data",
+        f"- dataset `{data.name}`, root `{data.root}`; training reads random {data.image_size}x{data.image_size} "
+        "crops (and flips), drawn afresh each epoch" + (f" inside {data.tile_size}x{data.tile_size} tiles; the last "
+                                                        f"{data.test_photos} photographs by name are held out"
+                                                        if data.name == "photos" else ""),
+        f"- prepared: {prepared.get('train_images', '?')} training and {prepared.get('test_images', '?')} test images",
+        "",
+        "## Model",
+        f"- settings that differ from the defaults: `{json.dumps(settings)}`",
+        f"- stage-1 steps: {steps} (batch {params.train.batch_size}, lr {params.train.lr}), after "
+        f"{params.pretrain.steps} unquantised pretraining steps; priors: {params.prior.steps} steps each "
+        f"(positions `{params.prior.positions}`)",
+        "- files: " + ", ".join(f"`{file}` {size / 2**20:.2f} MB" for file, size in sizes.items()),
+        "",
+        "## Wall time (this machine, seconds a stage)",
+        "- " + ", ".join(f"{stage} {value:.0f}" for stage, value in seconds.items() if value is not None),
+        "",
+        "## Figures (the pipeline's test split: held-out images only)",
+        f"- test PSNR {train.get('test_psnr', float('nan')):.2f} dB at the highest quality (mean-colour baseline "
+        f"{train.get('baseline_psnr', float('nan')):.2f} dB)",
+        f"- factorised files: {evaluate.get('codec_bpp', float('nan')):.3f} bpp at "
+        f"{evaluate.get('codec_psnr', float('nan')):.2f} dB",
+        "- rate-distortion against JPEG and WebP on full-size held-out photographs: "
+        "`benchmarks/results/photo_codec.json` (`python benchmarks/photo_codec.py`)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("name", help="the zoo name (a folder of sparse_vqvae/zoo)")
+    parser.add_argument("--output", type=Path, default=ZOO, help="the zoo folder (default: %(default)s)")
+    parser.add_argument("--limit-mb", type=float, default=25.0, help="refuse to ship more (default: %(default)s)")
+    args = parser.parse_args(argv)
+    print(f"wrote {export(args.name, args.output, args.limit_mb)}")
+
+
+if __name__ == "__main__":
+    main()
