@@ -92,13 +92,19 @@ def train_prior(prior: PixelSNAIL, maps: tuple[Codes, ...], level: int, steps: i
     return {**metrics, "start_step": start, "steps_trained": max(step - start, 0)}
 
 
+LOGITS_PER_BATCH = 2**25  # bounds the memory of a batch's [B, H, W, K, N] atom logits (128 MiB in float32)
+
+
 @torch.no_grad()
 def bits_per_image(prior: PixelSNAIL | FactorizedPrior, maps: tuple[Codes, ...], level: int,
                    batch_size: int = 256) -> float:
-    """Mean bits per image of map ``level`` under ``prior``."""
+    """Mean bits per image of map ``level`` under ``prior``, in batches of at most ``batch_size`` images
+    and of ``LOGITS_PER_BATCH`` logits (10 slots of 10,240 atoms on a 32x32 map are 100M logits an image)."""
     total, count = 0.0, maps[0].atoms.shape[0]
     if isinstance(prior, PixelSNAIL):
         prior.eval()
+        logits = maps[level].atoms[0].numel() * prior.config.num_atoms
+        batch_size = max(1, min(batch_size, LOGITS_PER_BATCH // logits))
     for start in range(0, count, batch_size):
         rows = slice(start, start + batch_size)
         if isinstance(prior, PixelSNAIL):
