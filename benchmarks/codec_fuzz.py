@@ -39,7 +39,7 @@ from sparse_vqvae.prior_coding import PriorEntropyModel
 from sparse_vqvae.train import load_checkpoint
 
 DAMAGES = ("truncated", "bit_flip", "forged_bit_flip", "forged_payload")
-HEADER_END = 4 + 1 + 1 + 8 + 2 + 2 + 1 + 1  # then a map's sizes, the payload length, the codes' CRC
+HEADER_END = 4 + 1 + 1 + 8 + 2 + 2 + 1 + 1 + 3  # then a map's sizes, the payload length, the codes' CRC
 
 
 def crops(count: int, size: int, rng: random.Random) -> list[torch.Tensor]:

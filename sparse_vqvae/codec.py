@@ -3,7 +3,8 @@
 Layout (little-endian):
 
     magic "SVQC" | version u8 | entropy model u8 | model fingerprint (8 bytes) | image height u16
-    | width u16 | code maps u8 | slots coded u8 | per map: height u16, width u16 | payload length u32
+    | width u16 | code maps u8 | slots coded u8 | colour offsets 3 x i8 | per map: height u16, width u16
+    | payload length u32
     | CRC-32 of the code maps u32 | payload | CRC-32 of everything before it, u32
 
 The payload is the ANS-coded code maps, coded by the entropy model the header names: 0, the
@@ -19,9 +20,13 @@ Quality (rate control at encode time): a residual-VQ model's codes may be cut to
 stages (``qualities``), q = 1 the smallest files; the header's "slots coded" tells the decoder q.
 Models of other quantizers code all their slots, their one quality.
 
+Colour: the encoder decodes its own codes and stores, per channel, the difference between the mean
+of the image and of its reconstruction (quarter levels of 255, clipped to +-31.75); the decoder adds
+it back. Three bytes keep a photograph's mean colour where it was, whatever the model's bias.
+
 Versions: 3 added the codes' CRC; 4 codes with the priors in one fixed arithmetic (``prior_coding``:
 CPU, float64), so prior-coded files made on a GPU decode on a CPU and the other way round; 5 adds
-the slots coded (the quality) and per-slot atom frequencies.
+the slots coded (the quality) and per-slot atom frequencies; 6 the colour offsets.
 """
 
 from __future__ import annotations
@@ -39,10 +44,11 @@ from .prior_coding import PriorEntropyModel
 from .vqvae import VQVAE2
 
 MAGIC = b"SVQC"
-VERSION = 5  # bump on any change of layout or coding (tests/golden pins the bytes)
+VERSION = 6  # bump on any change of layout or coding (tests/golden pins the bytes)
 ENTROPY_MODELS = ("factorised", "prior")  # the header's entropy-model byte indexes this
 EntropyModel = FrequencyModel | PriorEntropyModel
-_HEADER = struct.Struct("<4sBB8sHHBB")
+_HEADER = struct.Struct("<4sBB8sHHBB3b")
+COLOUR_STEP = 1 / 4  # the colour offsets' unit, in levels of 255
 _MAP = struct.Struct("<HH")
 _LENGTH = struct.Struct("<II")  # payload length, CRC-32 of the codes
 _CRC = struct.Struct("<I")
@@ -86,7 +92,7 @@ def read_codes(data: bytes, entropy: EntropyModel, expected_sizes: Callable[[int
     if kind != entropy.kind:
         raise CodecError(f"the file was coded with the {kind} entropy model, and this codec holds the "
                          f"{entropy.kind} one")
-    _, _, _, fingerprint, height, width, count, slots = _HEADER.unpack_from(data)
+    _, _, _, fingerprint, height, width, count, slots, *_ = _HEADER.unpack_from(data)
     if fingerprint.hex() != entropy.fingerprint:
         raise CodecError(f"the file was compressed with model {fingerprint.hex()}, not with this model "
                          f"({entropy.fingerprint}): decompress it with the model that made it")
@@ -116,14 +122,22 @@ def read_codes(data: bytes, entropy: EntropyModel, expected_sizes: Callable[[int
     return (height, width), maps
 
 
-def write_codes(maps: tuple[Codes, ...], entropy: EntropyModel, height: int, width: int) -> bytes:
-    """The bytes of a file holding one image's code maps ([H, W, K] each): the inverse of ``read_codes``."""
+def colour_offsets(data: bytes) -> torch.Tensor:
+    """A file's colour offsets [3] in the model's range ([-1, 1] spans 255 levels); the file is checked first."""
+    entropy_model_of(data)
+    return torch.tensor(_HEADER.unpack_from(data)[-3:], dtype=torch.float32) * (COLOUR_STEP / 127.5)
+
+
+def write_codes(maps: tuple[Codes, ...], entropy: EntropyModel, height: int, width: int,
+                colour: tuple[int, int, int] = (0, 0, 0)) -> bytes:
+    """The bytes of a file holding one image's code maps ([H, W, K] each) and its colour offsets (in
+    ``COLOUR_STEP`` units): the inverse of ``read_codes`` and ``colour_offsets``."""
     try:
         payload = entropy.encode(maps)
     except ValueError as error:  # e.g. an image size the priors do not code
         raise CodecError(f"cannot code a {height}x{width} image: {error}") from error
     body = _HEADER.pack(MAGIC, VERSION, ENTROPY_MODELS.index(entropy.kind), bytes.fromhex(entropy.fingerprint),
-                        height, width, len(maps), maps[0].atoms.shape[-1])
+                        height, width, len(maps), maps[0].atoms.shape[-1], *colour)
     body += b"".join(_MAP.pack(*codes.atoms.shape[:2]) for codes in maps)
     body += _LENGTH.pack(len(payload), codes_checksum(maps)) + payload
     return body + _CRC.pack(zlib.crc32(body))
@@ -174,11 +188,18 @@ class Codec:
         padded = F.pad(image[None], (0, -width % stride, 0, -height % stride), mode="replicate")
         _, maps, _, _ = self.model.encode(padded.to(self.device))
         maps = tuple(Codes(codes.atoms[0, ..., :quality], codes.levels[0, ..., :quality]).to("cpu") for codes in maps)
-        return write_codes(maps, self.entropy, height, width)
+        decoded = self._decode(maps, height, width)
+        shift = (image.mean(dim=(1, 2)) - decoded.mean(dim=(1, 2))) * (127.5 / COLOUR_STEP)
+        colour = tuple(int(v) for v in shift.round().clamp(-127, 127).tolist())
+        return write_codes(maps, self.entropy, height, width, colour)
 
     @torch.no_grad()
     def decompress(self, data: bytes) -> torch.Tensor:
         """The bytes of a compressed file -> the image [3, H, W] in [-1, 1]."""
         (height, width), maps = read_codes(data, self.entropy, lambda h, w: map_sizes(self.model, h, w))
+        return (self._decode(maps, height, width) + colour_offsets(data)[:, None, None]).clamp(-1, 1)
+
+    def _decode(self, maps: tuple[Codes, ...], height: int, width: int) -> torch.Tensor:
+        """One image's code maps -> the model's reconstruction [3, height, width], clamped, on the CPU."""
         image = self.model.decode_codes(tuple(Codes(c.atoms[None], c.levels[None]).to(self.device) for c in maps))
         return image[0, :, :height, :width].clamp(-1, 1).cpu()

@@ -5,7 +5,8 @@
 - ``model.pt``: the trained VQ-VAE without its optimizer state;
 - ``codec.pt``: the frequency model, fitted anew to the run's training codes by this code (so a
   model trained before a change of the entropy coder ships with the current one);
-- ``level*.pt``: the PixelSNAIL priors without their optimizer states;
+- ``level*.pt``: the PixelSNAIL priors without their optimizer states, in half precision (they
+  are the larger part; coding computes with float64 copies of whatever weights ship, on both sides);
 - ``MODEL_CARD.md``: the data, settings, steps, wall times and figures of the run.
 
 The files are checked to belong together (the model's fingerprint) and to fit ``--limit-mb``.
@@ -31,6 +32,7 @@ from .layout import METRICS, TIMINGS, TRAIN_CODES, VQVAE, prior_path
 from .params import PipelineParams, load_params
 
 ZOO = Path(__file__).resolve().parents[1] / "sparse_vqvae" / "zoo"
+BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "photo_codec.json"
 STAGES = ("prepare_data", "pretrain_dictionary", "train_vqvae", "extract_codes", "train_prior", "evaluate")
 
 
@@ -53,14 +55,14 @@ def export(name: str, output: Path = ZOO, limit_mb: float = 25.0) -> Path:
         if prior.fingerprint != fingerprint:
             raise ValueError(f"{prior_path(level)} was trained on the codes of model {prior.fingerprint}, not of "
                              f"{VQVAE} ({fingerprint}): rerun the pipeline (dvc repro)")
-        save_prior(folder / f"level{level}.pt", prior.prior, None, prior.step, fingerprint)
+        save_prior(folder / f"level{level}.pt", prior.prior.half(), None, prior.step, fingerprint)
         level += 1
     sizes = {path.name: path.stat().st_size for path in sorted(folder.glob("*.pt"))}
     total = sum(sizes.values()) / 2**20
     if total > limit_mb:
         raise ValueError(f"the zoo files of {name} hold {total:.1f} MB, over the {limit_mb} MB limit")
     with atomic_write(folder / "MODEL_CARD.md", "w") as handle:
-        handle.write(model_card(name, params, checkpoint.step, sizes))
+        handle.write(model_card(name, params, checkpoint.step, sizes, fingerprint))
     return folder
 
 
@@ -68,12 +70,13 @@ def _json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def model_card(name: str, params: PipelineParams, steps: int, sizes: dict[str, int]) -> str:
-    """The card: what the model saw, how it was trained and how long it took, and what it measures."""
+def model_card(name: str, params: PipelineParams, steps: int, sizes: dict[str, int], fingerprint: str) -> str:
+    """The card: what the model saw, how it was trained and how long it took, and what it measures (the
+    stage-1 test figures of this run; the photo benchmark's, when it measured this model)."""
     data, defaults = params.data, asdict(ModelConfig())
     settings = {k: v for k, v in asdict(params.model).items() if v != defaults[k]}
     prepared = _json(METRICS / "prepare_data.json")
-    train, evaluate = _json(METRICS / "train_vqvae.json"), _json(METRICS / "evaluate.json")
+    train, benchmark = _json(METRICS / "train_vqvae.json"), _json(BENCHMARK)
     seconds = {stage: _json(TIMINGS / f"{stage}.json").get("seconds") for stage in STAGES}
     lines = [
         f"# Zoo model `{name}`",
@@ -97,16 +100,20 @@ def model_card(name: str, params: PipelineParams, steps: int, sizes: dict[str, i
         "## Wall time (this machine, seconds a stage)",
         "- " + ", ".join(f"{stage} {value:.0f}" for stage, value in seconds.items() if value is not None),
         "",
-        "## Figures (the pipeline's test split: held-out images only)",
-        f"- test PSNR {train.get('test_psnr', float('nan')):.2f} dB at the highest quality (mean-colour baseline "
-        f"{train.get('baseline_psnr', float('nan')):.2f} dB)",
-        f"- factorised files: {evaluate.get('codec_bpp', float('nan')):.3f} bpp at "
-        f"{evaluate.get('codec_psnr', float('nan')):.2f} dB",
-        "- rate-distortion against JPEG and WebP on full-size held-out photographs: "
-        "`benchmarks/results/photo_codec.json` (`python benchmarks/photo_codec.py`)",
-        "",
+        "## Figures (held-out images only)",
+        f"- stage 1's test split: PSNR {train.get('test_psnr', float('nan')):.2f} dB at the highest quality "
+        f"(mean-colour baseline {train.get('baseline_psnr', float('nan')):.2f} dB)",
     ]
-    return "\n".join(lines)
+    if benchmark.get("fingerprint") == fingerprint:
+        lines += ["- full-size photographs, real files (`python benchmarks/photo_codec.py` -> "
+                  "`benchmarks/results/photo_codec.json`):", ""]
+        for set_name, measured in benchmark["sets"].items():
+            lines.append(f"  - {set_name} ({len(measured['images'])} photographs, {measured['megapixels_mean']:.2f} MP): "
+                         + "; ".join(f"q{p['setting']} {p['bpp']:.3f} bpp {p['psnr']:.2f} dB" for p in measured["ours"]))
+            lines.append("    BD-rate " + ", ".join(f"{key.removeprefix('bd_rate_')} "
+                                                      + ("n/a" if value is None else f"{value:+.1f}%")
+                                                      for key, value in measured["summary"].items()))
+    return "\n".join(lines + [""])
 
 
 def main(argv: list[str] | None = None) -> None:

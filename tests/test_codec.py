@@ -3,7 +3,7 @@ import random
 import pytest
 import torch
 
-from sparse_vqvae.codec import Codec, CodecError, bits_per_pixel, read_codes
+from sparse_vqvae.codec import COLOUR_STEP, Codec, CodecError, bits_per_pixel, colour_offsets, read_codes
 from sparse_vqvae.config import TrainConfig, codes_vary
 from sparse_vqvae.entropy_coding import FrequencyModel
 from sparse_vqvae.train import train
@@ -42,7 +42,9 @@ def test_codes_survive_the_file_exactly_and_decode_to_the_reconstruction(codec, 
         _, expected, _, _ = model.encode(padded)
         reference = model(padded).reconstruction[0, :, : size[0], : size[1]].clamp(-1, 1)
     assert all(got.equal(want[0]) for got, want in zip(maps, expected))  # lossless over the codes
-    assert torch.equal(codec.decompress(data), reference)
+    assert torch.equal(codec.decompress(data), (reference + colour_offsets(data)[:, None, None]).clamp(-1, 1))
+    shift = (image.mean(dim=(1, 2)) - reference.mean(dim=(1, 2))) * 127.5  # levels of 255
+    assert torch.allclose(colour_offsets(data) * 127.5, (shift / COLOUR_STEP).round() * COLOUR_STEP, atol=1e-5)
     assert bits_per_pixel(data, *size) == 8 * len(data) / (size[0] * size[1])
 
 
@@ -110,7 +112,7 @@ def test_quality_cuts_a_residual_vq_code_to_its_first_stages():
         _, (codes,) = read_codes(data, codec.entropy)
         assert codes.atoms.shape[-1] == quality and torch.equal(codes.atoms, full.atoms[0, ..., :quality])
         expected = model.decode_codes((type(codes)(codes.atoms[None], codes.levels[None]),))[0].clamp(-1, 1)
-        assert torch.equal(codec.decompress(data), expected)
+        assert torch.equal(codec.decompress(data), (expected + colour_offsets(data)[:, None, None]).clamp(-1, 1))
         sizes.append(len(data))
     assert sizes == sorted(sizes) and sizes[0] < sizes[-1]
     assert codec.compress(image) == codec.compress(image, 4)  # the default is the highest quality

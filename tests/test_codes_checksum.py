@@ -31,7 +31,7 @@ def test_a_desynchronised_decoder_is_an_error_not_a_wrong_image():
 
 def test_the_codes_checksum_is_checked():
     data = bytearray(write_codes(fixed_maps(), fixed_frequency_model(), 16, 32))
-    offset = 4 + 1 + 1 + 8 + 2 + 2 + 1 + 1 + 2 * 4 + 4  # the codes' CRC, after the payload length
+    offset = 4 + 1 + 1 + 8 + 2 + 2 + 1 + 1 + 3 + 2 * 4 + 4  # the codes' CRC, after the payload length
     data[offset] ^= 1
     data[-4:] = zlib.crc32(bytes(data[:-4])).to_bytes(4, "little")  # a consistent file CRC
     with pytest.raises(CodecError, match="checksum"):
@@ -43,7 +43,7 @@ def test_map_sizes_that_do_not_fit_the_image_are_refused_before_decoding():
     data = write_codes(fixed_maps(), fixed_frequency_model(), 16, 32)
     assert read_codes(data, fixed_frequency_model(), expected)[0] == (16, 32)
     forged = bytearray(data)
-    forged[4 + 1 + 1 + 8 + 2 + 2 + 1 + 1: 4 + 1 + 1 + 8 + 2 + 2 + 1 + 1 + 4] = (65535).to_bytes(2, "little") * 2  # top map
+    forged[4 + 1 + 1 + 8 + 2 + 2 + 1 + 1 + 3: 4 + 1 + 1 + 8 + 2 + 2 + 1 + 1 + 3 + 4] = (65535).to_bytes(2, "little") * 2  # top map
     forged[-4:] = zlib.crc32(bytes(forged[:-4])).to_bytes(4, "little")
     with pytest.raises(CodecError, match="do not fit a 16x32 image"):
         read_codes(bytes(forged), fixed_frequency_model(), expected)
