@@ -72,7 +72,8 @@ def test_repro_produces_every_out_metric_and_plot(workspace):
 def test_rate_distortion_has_both_entropy_models_and_the_references(workspace):
     with open(workspace / "eval/rate_distortion.csv") as handle:
         rows = {(row["codec"], row["setting"]): row for row in csv.DictReader(handle)}
-    factorised, prior = rows[("sparse-vqvae omp (factorised)", "")], rows[("sparse-vqvae omp (prior)", "")]
+    quality = "2"  # our setting is the quality: all K=2 slots of the OMP model
+    factorised, prior = rows[("sparse-vqvae omp (factorised)", quality)], rows[("sparse-vqvae omp (prior)", quality)]
     assert int(factorised["images"]) == TINY["evaluate"]["rate_distortion_images"]
     assert int(prior["images"]) == TINY["evaluate"]["prior_coding_images"]
     assert ("JPEG", "50") in rows and 0 < float(rows[("JPEG", "50")]["ms_ssim"]) <= 1
