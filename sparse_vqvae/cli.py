@@ -1,9 +1,9 @@
 """The ``sparse-vqvae`` command: compress and decompress images, draw samples, evaluate the codec.
 
-By default it uses the photo codec that ships inside the package (``sparse_vqvae/zoo/photo``: the
+By default it uses the photo codec that ships with the project (``models/zoo/photo``: the
 model, its frequency model and priors, and a model card), so it works right after install.
 
-``--model`` takes a zoo name (a folder of ``sparse_vqvae/zoo``), a checkpoint path - a checkpoint of
+``--model`` takes a zoo name (a folder of ``models/zoo``), a checkpoint path - a checkpoint of
 ``make run``'s pipeline, ``models/vqvae/model.pt``, goes with ``models/prior/codec.pt`` and
 ``models/prior/level*.pt`` in the current folder unless ``--codec-model`` / ``--priors`` say
 otherwise - or any reference that a model source installed in the entry-point
@@ -40,7 +40,7 @@ from .prior_coding import PriorEntropyModel
 from .rate_distortion import plot, reference_points, sparse_vqvae_point, write_table
 from .train import load_checkpoint
 
-ZOO = Path(__file__).parent / "zoo"  # shipped models: one folder each, model.pt, codec.pt, level*.pt, MODEL_CARD.md
+ZOO = Path(__file__).resolve().parents[1] / "models" / "zoo"  # shipped models: one folder each, model.pt, codec.pt, level*.pt, MODEL_CARD.md
 DEFAULT_MODEL = "photo"
 DEFAULT_CODEC_MODEL = Path("models/prior/codec.pt")
 DEFAULT_PRIORS = Path("models/prior")

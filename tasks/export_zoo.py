@@ -1,5 +1,5 @@
 """Ship a pipeline run as a zoo model: ``python -m tasks.export_zoo NAME`` in a workspace that ran
-``dvc repro`` (e.g. ``make photo-model``) writes ``sparse_vqvae/zoo/NAME/``, which ``sparse-vqvae
+``dvc repro`` (e.g. ``make photo-model``) writes ``models/zoo/NAME/``, which ``sparse-vqvae
 --model NAME`` uses (and ``photo`` is the default):
 
 - ``model.pt``: the trained VQ-VAE without its optimizer state;
@@ -31,7 +31,7 @@ from sparse_vqvae.train import load_checkpoint, save_checkpoint
 from .layout import METRICS, TIMINGS, TRAIN_CODES, VQVAE, prior_path
 from .params import PipelineParams, load_params
 
-ZOO = Path(__file__).resolve().parents[1] / "sparse_vqvae" / "zoo"
+ZOO = Path(__file__).resolve().parents[1] / "models" / "zoo"
 BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "photo_codec.json"
 STAGES = ("prepare_data", "pretrain_dictionary", "train_vqvae", "extract_codes", "train_prior", "evaluate")
 
@@ -118,7 +118,7 @@ def model_card(name: str, params: PipelineParams, steps: int, sizes: dict[str, i
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("name", help="the zoo name (a folder of sparse_vqvae/zoo)")
+    parser.add_argument("name", help="the zoo name (a folder of models/zoo)")
     parser.add_argument("--output", type=Path, default=ZOO, help="the zoo folder (default: %(default)s)")
     parser.add_argument("--limit-mb", type=float, default=25.0, help="refuse to ship more (default: %(default)s)")
     args = parser.parse_args(argv)

@@ -53,7 +53,7 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def shipped(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """The console script with no ``--model``: the photo codec in sparse_vqvae/zoo/photo."""
+    """The console script with no ``--model``: the photo codec in models/zoo/photo."""
     return subprocess.run([CLI, *args], cwd=cwd, capture_output=True, text=True)
 
 
