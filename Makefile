@@ -51,7 +51,7 @@ PHOTO_RECIPE := -S data.name=photos -S data.root=../shared/data/photos -S data.i
 	-S pretrain.steps=500 -S pretrain.batch_size=16 \
 	-S train.steps=8000 -S train.batch_size=16 -S train.eval_every=1000 -S train.checkpoint_every=200 \
 	-S ray.num_workers=1 -S ray.cpus_per_worker=2 -S extract.batch_size=32 \
-	-S prior.steps=150 -S prior.batch_size=4 -S prior.positions=none -S prior.checkpoint_every=50 \
+	-S prior.steps=1000 -S prior.batch_size=8 -S prior.positions=none -S prior.checkpoint_every=200 \
 	-S evaluate.batch_size=16 -S evaluate.grid_images=16 -S evaluate.samples=4 \
 	-S evaluate.rate_distortion_images=124 -S evaluate.prior_coding_images=2
 

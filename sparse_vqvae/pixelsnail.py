@@ -5,7 +5,10 @@ p(codes) = prod_i p(pairs_i | pairs_<i): positions in raster order, modelled by 
 autoregressive head emits the pairs in canonical order - atoms ascending, each followed by its
 coefficient level - and, where the count varies (the LASSO), an END token. Ascending order makes
 the probabilities exact over sets: the head masks every atom not above the previous one (and, for
-a fixed count K, those that leave too little room). Vanilla VQ is K=1 with a single level.
+a fixed count K, those that leave too little room). Vanilla VQ is K=1 with a single level. A residual
+VQ's slot k only ever holds an entry of stage k (``stage_atoms`` M: atoms k*M .. k*M+M-1), so there
+the head's slot k is an M-way choice among its stage's entries, not a K*M-way one: the same
+probabilities, renormalised over the symbols that can occur, at a K-th of the cost.
 
 The bottom prior of a two-level model is conditioned on the top codes: their embedding is
 computed once, upsampled, and added in every residual block.
@@ -53,6 +56,7 @@ class PriorConfig:
     dropout: float = 0.1
     condition: dict | None = None  # the top map's PriorConfig fields (num_atoms, coef_levels, slots, height, width)
     positions: str = "learned"  # learned: an embedding per position (training size only) | none: any map size
+    stage_atoms: int = 0  # M > 0: slot k holds one of atoms k*M .. k*M+M-1 (a residual VQ's stages); 0: any atom
 
 
 def _raster_mask(kernel: int, include_center: bool) -> torch.Tensor:
@@ -332,7 +336,11 @@ class PairHead(nn.Module):
     def __init__(self, config: PriorConfig) -> None:
         super().__init__()
         c = config
-        self.num_atoms, self.slots, self.variable = c.num_atoms, c.slots, c.variable_count
+        self.num_atoms, self.slots, self.variable, self.stage_atoms = c.num_atoms, c.slots, c.variable_count, c.stage_atoms
+        self.coef_levels = c.coef_levels
+        if c.stage_atoms and (c.variable_count or c.stage_atoms * c.slots != c.num_atoms):
+            raise ValueError(f"stage_atoms {c.stage_atoms} needs a fixed count and num_atoms = slots x stage_atoms "
+                             f"({c.slots} x {c.stage_atoms}); got num_atoms {c.num_atoms}")
         self.end = c.num_atoms  # the END token's index in the atom logits, when counts vary
         self.atom_out = nn.Linear(c.channels, c.num_atoms + (1 if c.variable_count else 0))
         self.atom_in = nn.Embedding(c.num_atoms, c.channels)
@@ -341,8 +349,16 @@ class PairHead(nn.Module):
         self.pair_level = nn.Embedding(c.coef_levels, c.channels)
         self.update = nn.Sequential(nn.Linear(c.channels, c.channels), nn.ELU(), nn.Linear(c.channels, c.channels))
 
+    def atom_offset(self, slot: int) -> int:
+        """The first atom of slot ``slot``'s choices: its logits' index i stands for atom offset + i."""
+        return slot * self.stage_atoms
+
     def _atom_logits(self, state: torch.Tensor, previous: torch.Tensor, slot: int) -> torch.Tensor:
-        """Logits over atoms (+ END), with the atoms that break ascending order masked out."""
+        """Logits over atoms (+ END), with the atoms that break ascending order masked out; with stages,
+        over the M atoms of the slot's stage only (ascending by construction)."""
+        if self.stage_atoms:
+            rows = slice(self.atom_offset(slot), self.atom_offset(slot + 1))
+            return F.linear(state, self.atom_out.weight[rows], self.atom_out.bias[rows])
         logits = self.atom_out(state)
         index = torch.arange(self.num_atoms, device=state.device)
         allowed = index > previous.unsqueeze(-1)  # strictly ascending
@@ -366,7 +382,7 @@ class PairHead(nn.Module):
             atoms, levels = codes.atoms[..., k], codes.levels[..., k]
             present = atoms != EMPTY
             logp_atoms = F.log_softmax(self._atom_logits(state, previous, k), dim=-1)
-            target = torch.where(present, atoms, self.end if self.variable else 0)
+            target = torch.where(present, atoms - self.atom_offset(k), self.end if self.variable else 0)
             atom_term = logp_atoms.gather(-1, target.unsqueeze(-1)).squeeze(-1)
             total = total + torch.where(open_, atom_term, 0.0)
             safe_atoms = atoms.clamp_min(0)
@@ -380,7 +396,8 @@ class PairHead(nn.Module):
 
     def emit(self, h: torch.Tensor, pick_atom: Pick, pick_level: Pick, position: tuple[int, int]):
         """One position's pairs for each row of ``h`` [B, C]: atoms and levels [B, K], slot by slot, each
-        symbol chosen by ``pick_*`` from its logits (rows closed by END keep empty slots)."""
+        symbol chosen by ``pick_*`` from its logits (rows closed by END keep empty slots; a single level is
+        no choice and is not picked)."""
         b = h.shape[0]
         atoms = torch.full((b, self.slots), EMPTY, dtype=torch.long, device=h.device)
         levels = torch.zeros((b, self.slots), dtype=torch.long, device=h.device)
@@ -388,15 +405,18 @@ class PairHead(nn.Module):
         previous = torch.full((b,), -1, dtype=torch.long, device=h.device)
         open_ = torch.ones(b, dtype=torch.bool, device=h.device)
         for k in range(self.slots):
-            drawn = pick_atom(self._atom_logits(state, previous, k), (*position, k), open_)
+            drawn = pick_atom(self._atom_logits(state, previous, k), (*position, k), open_) + self.atom_offset(k)
             if self.variable:
                 open_ = open_ & (drawn != self.end)
             safe = drawn.clamp_max(self.num_atoms - 1)
-            level = pick_level(self.level_out(state + self.atom_in(safe)), (*position, k), open_)
-            atoms[:, k] = torch.where(open_, safe, EMPTY)
-            levels[:, k] = torch.where(open_, level, 0)
-            state = torch.where(open_.unsqueeze(-1), self._advance(state, safe, level), state)
-            previous = torch.where(open_, safe, previous)
+            level = (pick_level(self.level_out(state + self.atom_in(safe)), (*position, k), open_)
+                     if self.coef_levels > 1 else levels[:, k])
+            advanced = self._advance(state, safe, level) if k + 1 < self.slots else state  # the last needs none
+            if self.variable:  # the slot is emitted by open rows only
+                atoms[:, k], levels[:, k] = torch.where(open_, safe, EMPTY), torch.where(open_, level, 0)
+                state, previous = torch.where(open_.unsqueeze(-1), advanced, state), torch.where(open_, safe, previous)
+            else:
+                atoms[:, k], levels[:, k], state, previous = safe, level, advanced, safe
         return atoms, levels
 
 

@@ -99,7 +99,7 @@ class PriorEntropyModel:
             index, *position = where
             if is_atom:
                 atom = int(maps[index].atoms[tuple(position)])
-                symbol = end if atom == EMPTY else atom
+                symbol = end if atom == EMPTY else atom - self._coding_priors[index].head.atom_offset(position[-1])
             else:
                 symbol = int(maps[index].levels[tuple(position)])
             steps.append((symbol, probabilities))

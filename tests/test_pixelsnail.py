@@ -11,6 +11,7 @@ VARIANTS = {
     "vanilla": dict(num_atoms=16, coef_levels=1, slots=1, variable_count=False),
     "omp": dict(num_atoms=16, coef_levels=8, slots=2, variable_count=False),
     "fista": dict(num_atoms=16, coef_levels=8, slots=3, variable_count=True),
+    "rvq": dict(num_atoms=16, coef_levels=1, slots=2, variable_count=False, stage_atoms=8),
 }
 
 
@@ -25,11 +26,16 @@ def prior_for(name, conditioned=False, **overrides):
 
 
 def random_codes(name, batch=6, height=4, width=4, seed=0):
-    """Valid codes: ascending distinct atoms, K of them (OMP, vanilla) or 0..K (the LASSO)."""
+    """Valid codes: ascending distinct atoms, K of them (OMP, vanilla; a residual VQ's one per stage) or
+    0..K (the LASSO)."""
     v = VARIANTS[name]
     g = torch.Generator().manual_seed(seed)
-    order = torch.rand(batch, height, width, v["num_atoms"], generator=g).argsort(-1)[..., : v["slots"]]
-    atoms = order.sort(-1).values
+    if v.get("stage_atoms"):
+        m = v["stage_atoms"]
+        atoms = torch.randint(m, (batch, height, width, v["slots"]), generator=g) + m * torch.arange(v["slots"])
+    else:
+        order = torch.rand(batch, height, width, v["num_atoms"], generator=g).argsort(-1)[..., : v["slots"]]
+        atoms = order.sort(-1).values
     if v["variable_count"]:
         count = torch.randint(0, v["slots"] + 1, (batch, height, width, 1), generator=g)
         atoms = torch.where(torch.arange(v["slots"]) < count, atoms, EMPTY)
@@ -104,24 +110,51 @@ def test_log_prob_of_a_batch_is_the_sum_of_its_parts(name):
     assert (whole < 0).all() and torch.isfinite(whole).all()
 
 
-@pytest.mark.parametrize("name", ["omp", "vanilla", "fista"])
+@pytest.mark.parametrize("name", ["omp", "vanilla", "fista", "rvq"])
 def test_head_distribution_sums_to_one_over_all_valid_pair_lists(name):
     # One position, few atoms: enumerate every valid list and add up the probabilities.
     import itertools
 
-    v = dict(VARIANTS[name], num_atoms=5, coef_levels=2 if name != "vanilla" else 1)
+    v = dict(VARIANTS[name], num_atoms=6, coef_levels=2 if name not in ("vanilla", "rvq") else 1)
+    if name == "rvq":
+        v["stage_atoms"] = 3
     prior = PixelSNAIL(PriorConfig(**v, height=1, width=1, channels=8, blocks=1, res_per_block=1, heads=2)).eval()
     h = torch.randn(1, 1, 1, 8)
     counts = range(v["slots"] + 1) if v["variable_count"] else [v["slots"]]
     total = 0.0
     for count in counts:
-        for atoms in itertools.combinations(range(5), count):
+        lists = (itertools.product(range(3), range(3, 6)) if name == "rvq" else itertools.combinations(range(6), count))
+        for atoms in lists:
             for levels in itertools.product(range(v["coef_levels"]), repeat=count):
                 a = list(atoms) + [EMPTY] * (v["slots"] - count)
                 lv = list(levels) + [0] * (v["slots"] - count)
                 codes = Codes(torch.tensor(a).reshape(1, 1, 1, -1), torch.tensor(lv).reshape(1, 1, 1, -1))
                 total += prior.head.log_prob(h, codes).exp().item()
     assert total == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_residual_vqs_slot_chooses_among_its_stage_only():
+    """Slot k of a staged head: an M-way choice, which never gives the atoms of another stage any
+    probability, so the codes' own atoms get at least what the K*M-way head gives them."""
+    staged = prior_for("rvq").eval()
+    pooled = prior_for("rvq", stage_atoms=0).eval()
+    pooled.load_state_dict(staged.state_dict())
+    codes = random_codes("rvq")
+    head, h = staged.head, torch.randn(6, 4, 4, 16)
+    expected, state = 0.0, h
+    with torch.no_grad():
+        for k in range(2):  # the K*M-way logits of stage k's atoms, renormalised over them
+            atoms = codes.atoms[..., k]
+            logits = head.atom_out(state)[..., 8 * k : 8 * (k + 1)]
+            expected = expected + logits.log_softmax(-1).gather(-1, (atoms - 8 * k)[..., None])[..., 0]
+            state = state + head.update(head.pair_atom(atoms) + head.pair_level(codes.levels[..., k]))
+        torch.testing.assert_close(head.log_prob(h, codes), expected)
+        assert (staged.log_prob(codes) > pooled.log_prob(codes)).all()
+        sample = staged.sample(64, generator=torch.Generator().manual_seed(0))
+    stage = sample.atoms // 8
+    assert torch.equal(stage, torch.arange(2).expand_as(stage))
+    with pytest.raises(ValueError, match="stage_atoms 5"):
+        prior_for("rvq", stage_atoms=5)
 
 
 @pytest.mark.slow  # training steps and sampling
