@@ -81,8 +81,7 @@ def prior_and_codec(device: torch.device, train_set, workdir: Path, steps: int, 
     extract_codes(model, train_set, workdir / "codes", batch_size=256, progress=False)
     store = CodeStore(workdir / "codes", model.fingerprint())
     maps, meta = load_maps(store), store.meta
-    frequencies = FrequencyModel.fit(maps, meta.num_atoms, meta.coef_levels, model.config.codes_vary,
-                                     model.fingerprint())
+    frequencies = FrequencyModel.fit(maps, meta)
     priors = []
     for level, config in enumerate(prior_configs(meta)):
         torch.manual_seed(level)

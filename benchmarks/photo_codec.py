@@ -12,7 +12,11 @@ Image sets (held out from the model's training by construction):
 - ``photos``: the last 9 photographs by name of ../shared/data/photos (the recipe's test split);
 - ``embedded``: the 3 embedded test photographs (scikit-image's chelsea, coffee, rocket), full size.
 
-    python benchmarks/photo_codec.py [--model photo] [--threads 2] [--limit N]
+With ``--prior-images N`` (default: all), the highest quality is also coded with the model's PixelSNAIL
+prior as the entropy model (the same codes, so the same image, in fewer bits; sequential decoding): a
+point of its own, with its speed.
+
+    python benchmarks/photo_codec.py [--model photo] [--threads 2] [--limit N] [--prior-images N]
 
 Writes benchmarks/results/photo_codec.json and photo_codec_<set>.png (PSNR and MS-SSIM against bpp).
 """
@@ -34,8 +38,9 @@ from sparse_vqvae.config import DataConfig
 from sparse_vqvae.data import EMBEDDED_TEST, embedded_photo_dir, photo_files, to_model_range
 from sparse_vqvae.entropy_coding import FrequencyModel
 from sparse_vqvae.pictures import line_plot
-from sparse_vqvae.rate_distortion import (JPEG_QUALITIES, WEBP_QUALITIES, bd_rate, measure_point, pillow_points,
-                                          codec_label)
+from sparse_vqvae.prior_coding import PriorEntropyModel
+from sparse_vqvae.rate_distortion import (JPEG_QUALITIES, WEBP_QUALITIES, bd_rate, codec_label, measure_point,
+                                          pillow_decode, pillow_encode, pillow_points)
 from sparse_vqvae.train import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,16 +94,28 @@ def ours(codec: Codec, images: list[tuple[str, torch.Tensor]]) -> tuple[list[dic
     return points, {"speed": speed, "colour_error": colour}
 
 
-def jpeg_file(image: torch.Tensor, quality: int) -> tuple[int, torch.Tensor]:
-    """Pillow JPEG at ``quality``: (bytes, decoded image)."""
-    import io
-
-    from sparse_vqvae.data import to_uint8
-
-    buffer = io.BytesIO()
-    Image.fromarray(to_uint8(image[None])[0]).save(buffer, format="JPEG", quality=quality)
-    with Image.open(io.BytesIO(buffer.getvalue())) as decoded:
-        return buffer.tell(), to_model_range(np.array(decoded.convert("RGB")))
+def prior_coded(codec: Codec, images: list[tuple[str, torch.Tensor]], factorised: Codec) -> dict:
+    """The highest quality coded with the priors: real files, the same decoded images as the factorised
+    files' (checked), encode and decode speed."""
+    megapixels = sum(image.shape[1] * image.shape[2] for _, image in images) / 1e6
+    encode_s = decode_s = 0.0
+    triples = []
+    for name, image in images:
+        start = time.perf_counter()
+        data = codec.compress(image)
+        middle = time.perf_counter()
+        decoded = codec.decompress(data)
+        encode_s, decode_s = encode_s + middle - start, decode_s + time.perf_counter() - middle
+        if not torch.equal(decoded, factorised.decompress(factorised.compress(image))):
+            raise AssertionError(f"{name}: the prior-coded file decodes to another image than the factorised one")
+        triples.append((image, decoded, len(data)))
+        print(f"  priors, {name}: {8 * len(data) / (image.shape[1] * image.shape[2]):.3f} bpp "
+              f"({image.shape[2]}x{image.shape[1]}, {middle - start:.1f} s encode, {time.perf_counter() - middle:.1f} s "
+              "decode)", flush=True)
+    point = measure_point(codec_label(codec), max(factorised.qualities), triples)
+    point.update(encode_mp_s=megapixels / encode_s, decode_mp_s=megapixels / decode_s,
+                 encode_s_per_image=encode_s / len(images), decode_s_per_image=decode_s / len(images))
+    return point
 
 
 def comparison(codec: Codec, name: str, image: torch.Tensor, path: Path, side: int = 192) -> Path:
@@ -117,7 +134,7 @@ def comparison(codec: Codec, name: str, image: torch.Tensor, path: Path, side: i
     quality = lambda x: psnr(float(squared_error_255(image[None], x[None])) / (3 * pixels))  # noqa: E731
     qualities = codec.qualities
     panels = [("original", image)]
-    jpegs = [(q, *jpeg_file(image, q)) for q in range(2, 96)]
+    jpegs = [(q, len(data), pillow_decode(data)) for q in range(2, 96) for data in [pillow_encode(image, "JPEG", q)]]
     for q in (qualities[0], qualities[len(qualities) // 2], qualities[-1]):
         data = codec.compress(image, q)
         decoded, bpp = codec.decompress(data), 8 * len(data) / pixels
@@ -138,22 +155,13 @@ def comparison(codec: Codec, name: str, image: torch.Tensor, path: Path, side: i
 
 def jpeg_speed(images: list[tuple[str, torch.Tensor]]) -> dict:
     """Pillow's JPEG at quality 75: megapixels a second to encode and to decode, the same images."""
-    import io
-
-    from sparse_vqvae.data import to_uint8
-
-    arrays = [to_uint8(image[None])[0] for _, image in images]
-    megapixels = sum(a.shape[0] * a.shape[1] for a in arrays) / 1e6
-    start, files = time.perf_counter(), []
-    for array in arrays:
-        buffer = io.BytesIO()
-        Image.fromarray(array).save(buffer, format="JPEG", quality=75)
-        files.append(buffer.getvalue())
+    megapixels = sum(image.shape[1] * image.shape[2] for _, image in images) / 1e6
+    start = time.perf_counter()
+    files = [pillow_encode(image) for _, image in images]
     encode_s = time.perf_counter() - start
     start = time.perf_counter()
     for data in files:
-        with Image.open(io.BytesIO(data)) as image:
-            image.convert("RGB").load()
+        pillow_decode(data)
     return {"encode_mp_s": megapixels / encode_s, "decode_mp_s": megapixels / (time.perf_counter() - start)}
 
 
@@ -162,18 +170,24 @@ def main() -> None:
     parser.add_argument("--model", default="photo", help="a zoo name or checkpoint (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--limit", type=int, default=0, help="at most this many images a set (0: all)")
+    parser.add_argument("--prior-images", type=int, default=None,
+                        help="images a set also coded with the priors at the highest quality (default: all; 0: none)")
     parser.add_argument("--output", type=Path, default=RESULTS / "photo_codec.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     found = resolve_model(args.model)
     model = load_checkpoint(found["model"]).model.eval()
     codec = Codec(model, FrequencyModel.load(found.get("codec_model", ROOT / "models/prior/codec.pt")))
+    priors = sorted(Path(found.get("priors", ROOT / "models/prior")).glob("level*.pt"))
+    prior_codec = Codec(model, PriorEntropyModel.load(priors, fingerprint=model.fingerprint())) if priors else None
     result = {"model": args.model, "fingerprint": model.fingerprint(), "threads": args.threads,
               "qualities": list(codec.qualities), "sets": {}}
     for name, images in image_sets(args.limit).items():
         pixels = [image.shape[1] * image.shape[2] for _, image in images]
         print(f"{name}: {len(images)} images, {np.mean(pixels) / 1e6:.2f} MP on average", flush=True)
         points, extra = ours(codec, images)
+        if prior_codec is not None and args.prior_images != 0:
+            extra["prior"] = prior_coded(prior_codec, images[: args.prior_images], codec)
         tensors = [image for _, image in images]
         jpeg = pillow_points(tensors, "JPEG", JPEG_QUALITIES_PHOTO)
         webp = pillow_points(tensors, "WEBP", WEBP_QUALITIES_PHOTO)
@@ -183,16 +197,21 @@ def main() -> None:
                                 "ours": points, "jpeg": jpeg, "webp": webp, **extra,
                                 "jpeg_speed": jpeg_speed(images), "summary": summary}
         print(f"{'codec':<28} {'setting':>7} {'bpp':>7} {'PSNR':>7} {'MS-SSIM':>8}")
-        for point in points + jpeg + webp:
+        for point in points + [extra["prior"]] * ("prior" in extra) + jpeg + webp:
             print(f"{point['codec']:<28} {point['setting']!s:>7} {point['bpp']:7.3f} {point['psnr']:7.2f} "
                   f"{point['ms_ssim']:8.4f}")
         print("  " + ", ".join(f"{k} {v:+.1f}%" if v is not None else f"{k} n/a" for k, v in summary.items()))
         print(f"  speed (MP/s, {args.threads} threads): ours {extra['speed']['encode_mp_s']:.3f} encode, "
               f"{extra['speed']['decode_mp_s']:.3f} decode; JPEG {result['sets'][name]['jpeg_speed']['encode_mp_s']:.1f}"
               f" / {result['sets'][name]['jpeg_speed']['decode_mp_s']:.1f}")
+        if "prior" in extra:
+            print(f"  priors: {extra['prior']['encode_mp_s']:.4f} MP/s encode, {extra['prior']['decode_mp_s']:.4f} MP/s "
+                  f"decode ({extra['prior']['encode_s_per_image']:.1f} / {extra['prior']['decode_s_per_image']:.1f} s "
+                  "an image)")
         for metric, label in (("psnr", "PSNR (dB)"), ("ms_ssim", "MS-SSIM")):
             series = {label_of: ([p["bpp"] for p in pts], [p[metric] for p in pts])
-                      for label_of, pts in (("sparse-vqvae", points), ("JPEG", jpeg), ("WebP", webp))}
+                      for label_of, pts in (("sparse-vqvae", points), ("sparse-vqvae, priors", [extra.get("prior")]),
+                                            ("JPEG", jpeg), ("WebP", webp)) if pts != [None]}
             line_plot({k: tuple(zip(*sorted(zip(*v)))) for k, v in series.items()},
                       args.output.with_name(f"photo_codec_{name}_{metric}.png"), "bits per pixel (real file sizes)",
                       label, f"{name}: {len(images)} held-out photographs, {np.mean(pixels) / 1e6:.2f} MP")

@@ -111,7 +111,7 @@ def train_and_measure(cache: Path, set_name: str, data: DataConfig, config: Mode
     store = CodeStore(folder / "train_codes", fingerprint)
     maps = load_maps(store)
     meta = store.meta
-    frequencies = FrequencyModel.fit(maps, meta.num_atoms, meta.coef_levels, config.codes_vary, fingerprint)
+    frequencies = FrequencyModel.fit(maps, meta)
     images = [test_set[i] for i in range(min(budget["images"], len(test_set)))]
     factorised = sparse_vqvae_point(Codec(model, frequencies), images)
     prior_coded = {"bpp": None, "psnr": None, "images": 0}

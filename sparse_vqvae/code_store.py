@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from .atomic import check_replaceable
 from .codes import Codes, packed
+from .config import stage_atoms
 from .vqvae import VQVAE2
 
 FORMAT_VERSION = 2
@@ -61,6 +62,11 @@ class StoreMetadata:
                                  f"{quantizer.num_atoms} atoms and {quantizer.coef_levels} levels")
         return cls(FORMAT_VERSION, model.config.selection_fn, quantizer.slots, quantizer.num_atoms,
                    quantizer.coef_levels, map_sizes, model.fingerprint())
+
+    @property
+    def stage_atoms(self) -> int:
+        """Entries a stage where slot k holds stage k's atoms (a residual VQ), else 0: ``config.stage_atoms``."""
+        return stage_atoms(self.selection_fn, self.num_atoms, self.slots)
 
     @property
     def record_size(self) -> int:

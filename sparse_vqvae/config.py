@@ -21,6 +21,12 @@ def codes_vary(selection_fn: str) -> bool:
     return selection_fn in ("omp", "fista")
 
 
+def stage_atoms(selection_fn: str, num_atoms: int, slots: int) -> int:
+    """M where slot k only ever holds atoms k*M .. k*M+M-1 (a residual VQ's stage k), so the entropy models
+    code it among those M; 0 where a slot may hold any atom."""
+    return num_atoms // slots if selection_fn == "rvq" else 0
+
+
 def check_choice(section: str, key: str, value: object, allowed: tuple) -> None:
     if value not in allowed:
         raise ValueError(f"{section}.{key} must be one of {', '.join(map(str, allowed))}; got {value!r}")

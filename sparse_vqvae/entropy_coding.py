@@ -8,7 +8,9 @@ leaving room for the atoms still to come, which saves the log2(K!) bits of their
 level per pair. The atom frequencies are per slot: the k-th smallest atom of a position is not
 distributed as the first (and a residual VQ's slot k only ever holds stage k's entries, which a
 pooled table would price at log2(K) bits more). The decoder rebuilds every restriction from what it
-has decoded, so it reads the same distributions the encoder wrote with.
+has decoded, so it reads the same distributions the encoder wrote with. A residual VQ's slot k is
+coded among stage k's M entries only (``stage_atoms``): one table of M a slot, the same for every
+position, so no per-position tables are built.
 
 A file may code fewer slots than the model holds (``slots`` of ``encode``/``decode``): a residual
 VQ's codes cut to their first q stages, the codec's quality q.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import constriction
 import numpy as np
@@ -25,15 +28,20 @@ import torch
 
 from .checkpoint import CheckpointError, load_payload, save_payload
 from .codes import EMPTY, Codes
+from .config import codes_vary
+
+if TYPE_CHECKING:
+    from .code_store import StoreMetadata
 
 MODEL_FORMAT = "sparse-vqvae/frequency-model"
-MODEL_VERSION = 3  # 3: atom frequencies per slot
+MODEL_VERSION = 4  # 3: atom frequencies per slot; 4: a residual VQ's slot among its stage's entries
 _ROWS = 2048  # positions per coded chunk: bounds the [rows, num_atoms] probability tables
 
 
 @dataclass
 class FrequencyModel:
-    """Probabilities per code map (top first): atoms [K, N] (per slot), levels [L], pair counts [K + 1]."""
+    """Probabilities per code map (top first): atoms [K, N] (per slot; [K, M] with stages), levels [L], pair
+    counts [K + 1]."""
 
     num_atoms: int
     coef_levels: int
@@ -43,25 +51,28 @@ class FrequencyModel:
     atoms: list[np.ndarray]
     levels: list[np.ndarray]
     counts: list[np.ndarray]
+    stage_atoms: int = 0  # M > 0: slot k holds one of atoms k*M .. k*M+M-1 (``config.stage_atoms``)
     kind = "factorised"  # the compressed file's name for this entropy model
 
     @classmethod
-    def fit(cls, maps: tuple[Codes, ...], num_atoms: int, coef_levels: int, variable_count: bool,
-            fingerprint: str) -> FrequencyModel:
-        """Add-one-smoothed frequencies of batched code maps [B, H, W, K]."""
+    def fit(cls, maps: tuple[Codes, ...], meta: StoreMetadata) -> FrequencyModel:
+        """Add-one-smoothed frequencies of batched code maps [B, H, W, K] of the model ``meta`` describes."""
+        num_atoms, coef_levels, stage_atoms = meta.num_atoms, meta.coef_levels, meta.stage_atoms
         atoms, levels, counts = [], [], []
         slots = maps[0].atoms.shape[-1]
         for codes in maps:
             present = codes.present
-            atoms.append(np.stack([_normalised(torch.bincount(codes.atoms[..., slot][present[..., slot]],
-                                                              minlength=num_atoms)) for slot in range(slots)]))
+            atoms.append(np.stack([_normalised(torch.bincount(
+                codes.atoms[..., slot][present[..., slot]] - slot * stage_atoms, minlength=stage_atoms or num_atoms))
+                for slot in range(slots)]))
             levels.append(_normalised(torch.bincount(codes.levels[present], minlength=coef_levels)))
             counts.append(_normalised(torch.bincount(present.sum(-1).reshape(-1), minlength=slots + 1)))
-        return cls(num_atoms, coef_levels, slots, variable_count, fingerprint, atoms, levels, counts)
+        return cls(num_atoms, coef_levels, slots, codes_vary(meta.selection_fn), meta.model_fingerprint, atoms, levels,
+                   counts, stage_atoms)
 
     def save(self, path: str | Path) -> None:
         save_payload(path, {"format": MODEL_FORMAT, "version": MODEL_VERSION, "num_atoms": self.num_atoms,
-                            "coef_levels": self.coef_levels, "slots": self.slots,
+                            "coef_levels": self.coef_levels, "slots": self.slots, "stage_atoms": self.stage_atoms,
                             "variable_count": self.variable_count, "fingerprint": self.fingerprint,
                             "atoms": [torch.from_numpy(a) for a in self.atoms],
                             "levels": [torch.from_numpy(a) for a in self.levels],
@@ -73,7 +84,8 @@ class FrequencyModel:
         try:
             return cls(int(payload["num_atoms"]), int(payload["coef_levels"]), int(payload["slots"]),
                        bool(payload["variable_count"]), str(payload["fingerprint"]),
-                       *([t.numpy() for t in payload[key]] for key in ("atoms", "levels", "counts")))
+                       *([t.numpy() for t in payload[key]] for key in ("atoms", "levels", "counts")),
+                       int(payload["stage_atoms"]))
         except (KeyError, TypeError, AttributeError) as error:
             raise CheckpointError(f"{path}: the frequency model in it cannot be rebuilt: {error}") from error
 
@@ -90,6 +102,12 @@ class FrequencyModel:
             if self.coef_levels > 1:
                 _push(coder, levels[present], self.levels[index])
             for slot in reversed(range(slots)):
+                if self.stage_atoms:  # one table for every position
+                    entries = atoms[:, slot] - slot * self.stage_atoms
+                    if not ((entries >= 0) & (entries < self.stage_atoms)).all():
+                        raise ValueError(f"slot {slot} holds atoms outside stage {slot}'s entries")
+                    _push(coder, entries, self.atoms[index][slot])
+                    continue
                 rows = np.nonzero(count > slot)[0]
                 previous = atoms[rows, slot - 1] if slot else np.full(len(rows), -1)
                 for start in reversed(range(0, len(rows), _ROWS)):
@@ -123,7 +141,10 @@ class FrequencyModel:
                 count = _pop(coder, positions, self.counts[index]).astype(np.int64)
             else:
                 count = np.full(positions, slots)
-            atoms = self._atoms_by_slot(index, count, slots, lambda table: _decode_atoms(coder, table))
+            if self.stage_atoms:
+                atoms = self._stages(index, slots, lambda table: _pop(coder, positions, table))
+            else:
+                atoms = self._atoms_by_slot(index, count, slots, lambda table: _decode_atoms(coder, table))
             levels = np.zeros_like(atoms)
             present = atoms != EMPTY
             if self.coef_levels > 1:
@@ -142,12 +163,20 @@ class FrequencyModel:
                 count = generator.choice(self.slots + 1, size=positions, p=self.counts[index])
             else:
                 count = np.full(positions, self.slots)
-            atoms = self._atoms_by_slot(index, count, self.slots, lambda table: np.minimum(
-                (table.cumsum(axis=1) < generator.random(len(table))[:, None]).sum(axis=1), self.num_atoms - 1))
+            if self.stage_atoms:
+                atoms = self._stages(index, self.slots, lambda table: generator.choice(len(table), positions, p=table))
+            else:
+                atoms = self._atoms_by_slot(index, count, self.slots, lambda table: np.minimum(
+                    (table.cumsum(axis=1) < generator.random(len(table))[:, None]).sum(axis=1), self.num_atoms - 1))
             levels = generator.choice(self.coef_levels, size=atoms.shape, p=self.levels[index]) * (atoms != EMPTY)
             shape = (n, height, width, self.slots)
             maps.append(Codes(torch.from_numpy(atoms.reshape(shape)), torch.from_numpy(levels.reshape(shape))))
         return tuple(maps)
+
+    def _stages(self, index: int, slots: int, draw) -> np.ndarray:
+        """Atoms [positions, slots] of a residual VQ: ``draw(table)`` picks every position's entry of stage k
+        from slot k's table of M."""
+        return np.stack([draw(self.atoms[index][slot]) + slot * self.stage_atoms for slot in range(slots)], axis=1)
 
     def _atoms_by_slot(self, index: int, count: np.ndarray, slots: int, draw) -> np.ndarray:
         """Atoms [positions, slots], slot by slot in the decoder's order: ``draw(table)`` picks one atom per

@@ -39,7 +39,7 @@ def prior_configs(meta: StoreMetadata, **sizes) -> list[PriorConfig]:
     """One PriorConfig per code map; every map after the first is conditioned on the first (the top)."""
     common = dict(num_atoms=meta.num_atoms, coef_levels=meta.coef_levels, slots=meta.slots,
                   variable_count=codes_vary(meta.selection_fn),
-                  stage_atoms=meta.num_atoms // meta.slots if meta.selection_fn == "rvq" else 0)
+                  stage_atoms=meta.stage_atoms)
     top_h, top_w = meta.map_sizes[0]
     configs = [PriorConfig(**common, height=top_h, width=top_w, **sizes)]
     for h, w in meta.map_sizes[1:]:

@@ -65,15 +65,26 @@ def sparse_vqvae_point(codec: Codec, images: list[torch.Tensor], quality: int | 
     return {**measure_point(codec_label(codec), quality, pairs()), "entropy": codec.entropy.kind}
 
 
+def pillow_encode(image: torch.Tensor, codec: str = "JPEG", quality: int = 75) -> bytes:
+    """An image [3, H, W] in [-1, 1] as a Pillow ``codec`` (JPEG or WEBP) file: the references' one encoder."""
+    buffer = io.BytesIO()
+    Image.fromarray(to_uint8(image[None])[0]).save(buffer, format=codec, quality=quality)
+    return buffer.getvalue()
+
+
+def pillow_decode(data: bytes) -> torch.Tensor:
+    """A Pillow-readable file -> the image [3, H, W] in [-1, 1]."""
+    with Image.open(io.BytesIO(data)) as decoded:
+        return to_model_range(np.array(decoded.convert("RGB")))
+
+
 def pillow_points(images: list[torch.Tensor], codec: str = "JPEG", qualities: Iterable[int] = JPEG_QUALITIES) -> list[dict]:
     """``codec`` (JPEG or WEBP) at each quality on the same images."""
 
     def pairs(quality: int):
         for image in images:
-            buffer = io.BytesIO()
-            Image.fromarray(to_uint8(image[None])[0]).save(buffer, format=codec, quality=quality)
-            with Image.open(io.BytesIO(buffer.getvalue())) as decoded:
-                yield image, to_model_range(np.array(decoded.convert("RGB"))), buffer.tell()
+            data = pillow_encode(image, codec, quality)
+            yield image, pillow_decode(data), len(data)
 
     return [measure_point(codec, quality, pairs(quality)) for quality in qualities]
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from sparse_vqvae.atomic import atomic_write
 from sparse_vqvae.code_store import CodeStore
-from sparse_vqvae.config import ModelConfig, codes_vary
+from sparse_vqvae.config import ModelConfig
 from sparse_vqvae.entropy_coding import FrequencyModel
 from sparse_vqvae.prior_train import load_maps, load_prior, save_prior
 from sparse_vqvae.train import load_checkpoint, save_checkpoint
@@ -47,8 +47,7 @@ def export(name: str, output: Path = ZOO, limit_mb: float = 25.0) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     save_checkpoint(folder / "model.pt", model, None, checkpoint.step, checkpoint.epoch, checkpoint.config)
     store = CodeStore(TRAIN_CODES, fingerprint)
-    FrequencyModel.fit(load_maps(store), store.meta.num_atoms, store.meta.coef_levels,
-                       codes_vary(store.meta.selection_fn), fingerprint).save(folder / "codec.pt")
+    FrequencyModel.fit(load_maps(store), store.meta).save(folder / "codec.pt")
     level = 0
     while prior_path(level).is_file():
         prior = load_prior(prior_path(level))

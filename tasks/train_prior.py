@@ -17,7 +17,6 @@ import torch
 
 from sparse_vqvae.atomic import atomic_write
 from sparse_vqvae.code_store import CodeStore
-from sparse_vqvae.config import codes_vary
 from sparse_vqvae.devices import default_device
 from sparse_vqvae.entropy_coding import FrequencyModel
 from sparse_vqvae.pictures import line_plot
@@ -70,9 +69,7 @@ def run(params: PipelineParams, tracker: StageTracker) -> dict[str, Any]:
         metrics[f"{name}_train_bits_per_image"] = bits_per_image(prior, maps, level)  # also when resumed finished
     _publish(curves, tracker)
     # The codec's entropy model: atom / level / count frequencies of the training codes.
-    meta = store.meta
-    FrequencyModel.fit(maps, meta.num_atoms, meta.coef_levels, codes_vary(meta.selection_fn),
-                       fingerprint).save(FREQUENCY_MODEL)
+    FrequencyModel.fit(maps, store.meta).save(FREQUENCY_MODEL)
     for path in (*map(prior_path, range(len(maps))), FREQUENCY_MODEL):  # for `sparse-vqvae --model <run id>`
         tracker.log_artifact(path, PRIORS.as_posix())
     return metrics

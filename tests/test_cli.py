@@ -35,8 +35,7 @@ def trained_run(tmp_path_factory):
     extract_codes(model, images, root / "codes", progress=False)
     store = CodeStore(root / "codes", model.fingerprint())
     maps = load_maps(store)
-    FrequencyModel.fit(maps, store.meta.num_atoms, store.meta.coef_levels, False,
-                       model.fingerprint()).save(root / "models/prior/codec.pt")
+    FrequencyModel.fit(maps, store.meta).save(root / "models/prior/codec.pt")
     for level, config in enumerate(prior_configs(store.meta, channels=8, blocks=1, res_per_block=1)):
         save_prior(root / f"models/prior/level{level}.pt", PixelSNAIL(config), None, 0, model.fingerprint())
     picture = to_uint8(tiny_images(1, 48, seed=9)[:, :, :21, :35])[0]

@@ -1,10 +1,12 @@
 import random
 
+import numpy as np
 import pytest
 import torch
 
+from sparse_vqvae.code_store import StoreMetadata
 from sparse_vqvae.codec import COLOUR_STEP, Codec, CodecError, bits_per_pixel, colour_offsets, read_codes
-from sparse_vqvae.config import TrainConfig, codes_vary
+from sparse_vqvae.config import TrainConfig
 from sparse_vqvae.entropy_coding import FrequencyModel
 from sparse_vqvae.train import train
 
@@ -18,10 +20,12 @@ def trained(selection_fn: str, levels: int = 2):
     model.eval()
     with torch.no_grad():
         maps = model.encode(images)[1]
-    quantizer = model.quantizers[0]
-    entropy = FrequencyModel.fit(maps, quantizer.num_atoms, quantizer.coef_levels, codes_vary(selection_fn),
-                                 model.fingerprint())
-    return Codec(model, entropy)
+    return Codec(model, FrequencyModel.fit(maps, metadata(model, maps)))
+
+
+def metadata(model, maps) -> StoreMetadata:
+    """What a code store of these maps would record of the model."""
+    return StoreMetadata.for_model(model, [list(codes.atoms.shape[1:3]) for codes in maps])
 
 
 @pytest.fixture(scope="module", params=SELECTION_FNS)
@@ -101,7 +105,7 @@ def test_quality_cuts_a_residual_vq_code_to_its_first_stages():
     model.eval()
     with torch.no_grad():
         maps = model.encode(images)[1]
-    codec = Codec(model, FrequencyModel.fit(maps, 4 * 32, 1, False, model.fingerprint()))
+    codec = Codec(model, FrequencyModel.fit(maps, metadata(model, maps)))
     assert list(codec.qualities) == [1, 2, 3, 4]
     image = tiny_images(1, 24, seed=7)[0]
     with torch.no_grad():
@@ -119,6 +123,29 @@ def test_quality_cuts_a_residual_vq_code_to_its_first_stages():
     for quality in (0, 5):
         with pytest.raises(CodecError, match=f"quality {quality} is not one this model codes: 1 to 4"):
             codec.compress(image, quality)
+
+
+def test_a_residual_vqs_slot_is_coded_among_its_stage_only():
+    """One table of M entries a slot (not K*M, not a table a position), fitted to that stage's codes;
+    codes whose slot holds another stage's atom are refused, not coded."""
+    images = tiny_images(16, 16, seed=1)
+    model, _ = train(tiny_config("rvq", levels=1, n_nonzero=3), TrainConfig(steps=2, batch_size=8), Images(images),
+                     progress=False)
+    with torch.no_grad():
+        maps = model.eval().encode(images)[1]
+    entropy = FrequencyModel.fit(maps, metadata(model, maps))
+    m = model.quantizers[0].codebook_size
+    assert entropy.stage_atoms == m and entropy.atoms[0].shape == (3, m)
+    for slot in range(3):
+        counts = torch.bincount(maps[0].atoms[..., slot].reshape(-1) - slot * m, minlength=m).double() + 1
+        assert np.allclose(entropy.atoms[0][slot], (counts / counts.sum()).numpy())
+    one = tuple(type(codes)(codes.atoms[0], codes.levels[0]) for codes in maps)
+    decoded = entropy.decode(entropy.encode(one), [tuple(one[0].atoms.shape[:2])])
+    assert torch.equal(decoded[0].atoms, one[0].atoms)
+    swapped = one[0].atoms.clone()
+    swapped[..., 1] = swapped[..., 0]
+    with pytest.raises(ValueError, match="slot 1 holds atoms outside stage 1"):
+        entropy.encode((type(one[0])(swapped, one[0].levels),))
 
 
 def test_other_quantizers_have_one_quality(codec):

@@ -15,10 +15,11 @@ import torch
 
 from sparse_vqvae.codec import Codec, CodecError, read_codes
 from sparse_vqvae.codes import Codes, canonical_order, validate_codes
-from sparse_vqvae.config import TrainConfig, codes_vary
+from sparse_vqvae.config import TrainConfig
 from sparse_vqvae.entropy_coding import FrequencyModel
 from sparse_vqvae.train import train
 
+from .test_codec import metadata
 from .tiny import SELECTION_FNS, Images, tiny_config, tiny_images
 
 # What our decoder says about a bad payload (constriction's own "not normalizable" is not among them).
@@ -31,9 +32,7 @@ def trained_codec(selection_fn: str) -> Codec:
     model.eval()
     with torch.no_grad():
         maps = model.encode(images)[1]
-    quantizer = model.quantizers[0]
-    return Codec(model, FrequencyModel.fit(maps, quantizer.num_atoms, quantizer.coef_levels,
-                                           codes_vary(selection_fn), model.fingerprint()))
+    return Codec(model, FrequencyModel.fit(maps, metadata(model, maps)))
 
 
 @pytest.fixture(scope="module", params=SELECTION_FNS)
