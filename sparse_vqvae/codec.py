@@ -5,16 +5,19 @@ Layout (little-endian):
     magic "SVQC" | version u8 | entropy model u8 | model fingerprint (8 bytes) | image height u16
     | width u16 | code maps u8 | slots coded u8 | colour offsets 3 x i8 | per map: height u16, width u16
     | payload length u32
-    | CRC-32 of the code maps u32 | payload | CRC-32 of everything before it, u32
+    | CRC-32 of the header (up to the payload length) and the code maps u32 | payload
+    | CRC-32 of everything before it, u32
 
 The payload is the ANS-coded code maps, coded by the entropy model the header names: 0, the
 factorised frequencies (``entropy_coding.FrequencyModel``: fast, any image size) or 1, the
 PixelSNAIL priors (``prior_coding.PriorEntropyModel``: fewer bits, sequential decoding, the
 priors' training size only). Images of any size are padded (edge pixels repeated) to the model's
 stride and cropped back. Every check a decoder makes - magic, version, entropy model, model,
-sizes, length, checksum - fails with a ``CodecError`` that says which. The codes' own checksum is
-checked after decoding: an entropy model that computed other probabilities than the encoder's
-desynchronises the decoder, and that must be an error, never a wrong image.
+sizes, length, checksum - fails with a ``CodecError`` that says which. The content checksum (the
+header and the decoded codes) is checked after decoding: an entropy model that computed other
+probabilities than the encoder's desynchronises the decoder, and that must be an error, never a
+wrong image; and a file whose header was altered and its file CRC recomputed (the size, the
+quality, the colour offsets: fields the payload does not check) fails the same way.
 
 Quality (rate control at encode time): a residual-VQ model's codes may be cut to their first q
 stages (``qualities``), q = 1 the smallest files; the header's "slots coded" tells the decoder q.
@@ -26,7 +29,8 @@ it back. Three bytes keep a photograph's mean colour where it was, whatever the 
 
 Versions: 3 added the codes' CRC; 4 codes with the priors in one fixed arithmetic (``prior_coding``:
 CPU, float64), so prior-coded files made on a GPU decode on a CPU and the other way round; 5 adds
-the slots coded (the quality) and per-slot atom frequencies; 6 the colour offsets.
+the slots coded (the quality) and per-slot atom frequencies; 6 the colour offsets; 7 codes a
+residual VQ's slot among its stage's entries, and its content checksum covers the header too.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ EntropyModel = FrequencyModel | PriorEntropyModel
 _HEADER = struct.Struct("<4sBB8sHHBB3b")
 COLOUR_STEP = 1 / 4  # the colour offsets' unit, in levels of 255
 _MAP = struct.Struct("<HH")
-_LENGTH = struct.Struct("<II")  # payload length, CRC-32 of the codes
+_LENGTH = struct.Struct("<II")  # payload length, CRC-32 of the header and the codes
 _CRC = struct.Struct("<I")
 
 
@@ -106,7 +110,8 @@ def read_codes(data: bytes, entropy: EntropyModel, expected_sizes: Callable[[int
     if expected_sizes is not None and [tuple(size) for size in sizes] != [tuple(e) for e in expected_sizes(height, width)]:
         raise CodecError(f"the file's code maps {[list(size) for size in sizes]} do not fit a {height}x{width} image "
                          f"for this model (expected {[list(e) for e in expected_sizes(height, width)]})")
-    length, codes_crc = _LENGTH.unpack_from(data, offset)
+    length, content_crc = _LENGTH.unpack_from(data, offset)
+    header = data[:offset]
     offset += _LENGTH.size
     if offset + length + _CRC.size != len(data):
         raise CodecError(f"the payload should be {length} bytes but the file holds {len(data) - offset - _CRC.size}")
@@ -116,9 +121,10 @@ def read_codes(data: bytes, entropy: EntropyModel, expected_sizes: Callable[[int
             validate_codes(codes, entropy.num_atoms, entropy.coef_levels)
     except (ValueError, RuntimeError) as error:  # a payload whose checksum matched by chance
         raise CodecError(f"the coded payload cannot be decoded: {error}") from error
-    if codes_checksum(maps) != codes_crc:
-        raise CodecError(f"the decoded codes differ from the encoded ones (checksum mismatch): the {entropy.kind} "
-                         "entropy model computed other probabilities here than where the file was made")
+    if content_checksum(header, maps) != content_crc:
+        raise CodecError(f"the header or the decoded codes differ from the encoded ones (checksum mismatch): the "
+                         f"file was altered, or the {entropy.kind} entropy model computed other probabilities here "
+                         "than where the file was made")
     return (height, width), maps
 
 
@@ -139,7 +145,7 @@ def write_codes(maps: tuple[Codes, ...], entropy: EntropyModel, height: int, wid
     body = _HEADER.pack(MAGIC, VERSION, ENTROPY_MODELS.index(entropy.kind), bytes.fromhex(entropy.fingerprint),
                         height, width, len(maps), maps[0].atoms.shape[-1], *colour)
     body += b"".join(_MAP.pack(*codes.atoms.shape[:2]) for codes in maps)
-    body += _LENGTH.pack(len(payload), codes_checksum(maps)) + payload
+    body += _LENGTH.pack(len(payload), content_checksum(body, maps)) + payload
     return body + _CRC.pack(zlib.crc32(body))
 
 
@@ -149,9 +155,10 @@ def qualities(model: VQVAE2) -> range:
     return range(1, slots + 1) if model.config.selection_fn == "rvq" else range(slots, slots + 1)
 
 
-def codes_checksum(maps: tuple[Codes, ...]) -> int:
-    """CRC-32 of the code maps, map after map, in the code store's byte form."""
-    return zlib.crc32(b"".join(packed(codes) for codes in maps))
+def content_checksum(header: bytes, maps: tuple[Codes, ...]) -> int:
+    """CRC-32 of the header (up to the payload length) and the code maps, map after map, in the code
+    store's byte form: everything the decoded image depends on."""
+    return zlib.crc32(b"".join(packed(codes) for codes in maps), zlib.crc32(header))
 
 
 def bits_per_pixel(data: bytes, height: int, width: int) -> float:

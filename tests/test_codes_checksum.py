@@ -55,3 +55,14 @@ def test_a_header_that_names_more_code_maps_than_the_file_holds_is_refused():
     data[-4:] = zlib.crc32(bytes(data[:-4])).to_bytes(4, "little")
     with pytest.raises(CodecError, match="the header names 200 code maps, and the file is too short"):
         read_codes(bytes(data), fixed_frequency_model())
+
+
+@pytest.mark.parametrize("field, offset", [("height", 14), ("width", 16), ("slots coded", 19), ("colour offset", 21)])
+def test_a_forged_header_is_an_error_not_a_wrong_image(field, offset):
+    """Header fields the payload does not check - the image size, the quality, the colour offsets -
+    altered with the file CRC recomputed: the content checksum catches them."""
+    data = bytearray(write_codes(fixed_maps(), fixed_frequency_model(), 16, 32))
+    data[offset] ^= 1
+    data[-4:] = zlib.crc32(bytes(data[:-4])).to_bytes(4, "little")
+    with pytest.raises(CodecError):
+        read_codes(bytes(data), fixed_frequency_model())
