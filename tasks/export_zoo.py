@@ -112,6 +112,13 @@ def model_card(name: str, params: PipelineParams, steps: int, sizes: dict[str, i
             lines.append("    BD-rate " + ", ".join(f"{key.removeprefix('bd_rate_')} "
                                                       + ("n/a" if value is None else f"{value:+.1f}%")
                                                       for key, value in measured["summary"].items()))
+            speed = measured["speed"]
+            lines.append(f"    speed at the highest quality: {speed['encode_mp_s']:.2f} MP/s encode, "
+                         f"{speed['decode_mp_s']:.2f} MP/s decode ({benchmark['threads']} threads)")
+            if "prior" in measured:
+                prior = measured["prior"]
+                lines.append(f"    prior-coded at the highest quality: {prior['bpp']:.3f} bpp, "
+                             f"{prior['encode_s_per_image']:.0f} s encode and {prior['decode_s_per_image']:.0f} s decode an image")
     return "\n".join(lines + [""])
 
 
