@@ -148,9 +148,9 @@ def test_a_residual_vqs_slot_is_coded_among_its_stage_only():
         entropy.encode((type(one[0])(swapped, one[0].levels),))
 
 
+@pytest.mark.parametrize("codec", [name for name in SELECTION_FNS if name != "rvq"], indirect=True)
 def test_other_quantizers_have_one_quality(codec):
-    if codec.model.config.selection_fn == "rvq":
-        pytest.skip("a residual VQ has a quality per stage")
+    """Only a residual VQ has a quality per stage (tested above)."""
     slots = codec.model.quantizers[0].slots
     assert list(codec.qualities) == [slots]
     image = tiny_images(1, 16, seed=2)[0]
