@@ -36,6 +36,7 @@ from .sparse_coding import init_dictionary_from_data, kmeans, normalize_atoms, s
 USAGE_DECAY = 0.9  # usage statistics follow the last ~10 steps
 DEAD_BELOW = 1 / 16  # an atom used 16x less than uniform usage is dead
 COEF_QUANTILE = 0.999  # share of |c| inside the coefficient range
+ASSIGN_ROWS = 4096  # residual VQ outside training: vectors a nearest-entry search block holds
 
 
 class QuantizerOutput(NamedTuple):
@@ -243,7 +244,7 @@ class ResidualVQ(nn.Module):
             picks = []
             for k, stage in enumerate(self.stages):
                 active = kept > k
-                index = stage.assign(residual, active)
+                index = self._nearest(stage, residual, active)
                 residual = residual - F.embedding(index, stage.embed.t()) * active.unsqueeze(1)
                 picks.append(torch.where(active, index + k * self.codebook_size, EMPTY))
             atoms = torch.stack(picks, dim=1)
@@ -253,6 +254,14 @@ class ResidualVQ(nn.Module):
         codes = Codes(atoms.reshape(b, h, w, self.slots), torch.zeros(b, h, w, self.slots, dtype=torch.long,
                                                                       device=z.device))
         return QuantizerOutput(z_q, codes, loss, usage_stats(codes, self.num_atoms, 1))
+
+    @staticmethod
+    def _nearest(stage: VectorQuantizerEMA, residual: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+        """``stage.assign``; outside training in blocks of rows, so that each block's distances to the
+        codebook stay in cache (a photograph's [17k x 1024] matrix at once made encoding 2x slower)."""
+        if stage.training:
+            return stage.assign(residual, active)
+        return torch.cat([stage.assign(rows) for rows in residual.split(ASSIGN_ROWS)])
 
     def _kept_stages(self, images: int, positions: int, device: torch.device) -> torch.Tensor:
         """Stages kept by each of ``images * positions`` vectors: K, or in training with stage dropout a

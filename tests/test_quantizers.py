@@ -234,6 +234,21 @@ def test_residual_stages_code_what_the_earlier_ones_left():
     assert errors[0] > errors[1] > errors[2]
 
 
+def test_a_residual_vq_codes_a_large_map_in_blocks_as_in_one():
+    """Outside training the nearest-entry search runs in blocks of rows (speed): the codes are each
+    stage's nearest entries to the residual, as one search over all rows gives them."""
+    torch.manual_seed(0)
+    z = torch.randn(2, 8, 64, 48)  # 6,144 vectors: more than a block
+    quantizer = build_quantizer(tiny_config("rvq", n_nonzero=3)).train()
+    quantizer(z[:, :, :8])  # k-means start
+    out = quantizer.eval()(z)
+    residual = z.permute(0, 2, 3, 1).reshape(-1, 8)
+    for k, stage in enumerate(quantizer.stages):
+        nearest = stage.assign(residual)  # all rows at once
+        assert torch.equal(out.codes.atoms.reshape(-1, 3)[:, k], nearest + 32 * k)
+        residual = residual - stage.embed[:, nearest].t()
+
+
 def test_a_zero_latent_decodes_to_zero():
     torch.manual_seed(0)
     quantizer = build_quantizer(tiny_config("omp")).train()
