@@ -12,20 +12,23 @@ vanilla and rvq. Two held-out sets: the embedded photographs' test crops, and 1,
     python benchmarks/rate_distortion_study.py                       # both sets, every family
     python benchmarks/rate_distortion_study.py --sets embedded --doubling-check
 
-``--doubling-check`` also trains the two lowest-rate models of each family (where the families'
-rates overlap; all 14 would not fit a session's CPU) with twice the stage-1 steps and compares the
-families' ranking (factorised-file BD-rate against vanilla, over those points) at both budgets: the
-budget is enough when the ranking does not change. Those models skip the priors (``--prior-steps 0``
-does the same for a study): the priors' budget is not what doubles.
+``--doubling-check`` trains every model of the sets in ``--doubling-sets`` (the embedded set by
+default: all of both sets would not fit a day of this CPU) again with twice the stage-1 steps and no
+priors (``--prior-steps 0`` does the same for a study: the priors' budget is not what doubles), and asks
+of every family against vanilla and against rvq whether it is better or worse at both budgets - by
+BD-rate where the two curves share a PSNR range, else by BD-PSNR where they share a rate range. The
+budget is enough when no such verdict flips.
 
 Each trained model and its figures are cached (``--cache``, default ``benchmarks/.cache/study/``) by
 a key of its settings, budget, data and the library's source fingerprint: an interrupted study
-resumes, and a change to the library retrains everything.
+resumes, and a change to the library retrains everything. A model being trained is locked, so two
+processes (one thread each on a 2-core machine) can share a cache: each skips what the other trains.
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import os
@@ -47,7 +50,7 @@ from sparse_vqvae.pretrain import pretrain
 from sparse_vqvae.prior_coding import PriorEntropyModel
 from sparse_vqvae.prior_train import load_maps, prior_configs, train_prior
 from sparse_vqvae.provenance import source_fingerprint
-from sparse_vqvae.rate_distortion import bd_rate, plot, sparse_vqvae_point
+from sparse_vqvae.rate_distortion import bd_psnr, bd_rate, plot, sparse_vqvae_point
 from sparse_vqvae.train import evaluate, load_checkpoint, make_optimizer, run_training, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,7 +68,6 @@ FAMILIES: dict[str, list[dict[str, Any]]] = {
     "lasso": [dict(selection_fn="fista", alpha=a, max_nonzero=4, num_atoms=512, coef_levels=8,
                    coef_quantizer="learned", normalize_latents=True) for a in (0.5, 0.3, 0.15)],
 }
-DOUBLING_POINTS = 2  # the lowest-rate models of each family that --doubling-check trains again
 SETS = {
     "embedded": DataConfig(),
     "cifar10": DataConfig(name="imagefolder", root=str(CIFAR10), test_fraction=0.02),
@@ -89,13 +91,29 @@ def model_key(set_name: str, data: DataConfig, model: ModelConfig, budget: dict[
 
 
 def train_and_measure(cache: Path, set_name: str, data: DataConfig, config: ModelConfig, budget: dict[str, Any],
-                      train_set: ImageArray, test_set: ImageArray) -> dict[str, Any]:
-    """One model of the study, trained as the pipeline trains it, measured on held-out images (cached)."""
+                      train_set: ImageArray, test_set: ImageArray) -> dict[str, Any] | None:
+    """One model of the study, trained as the pipeline trains it, measured on held-out images (cached;
+    None while another process holds the model's lock)."""
     folder = cache / set_name / model_key(set_name, data, config, budget)
     result_file = folder / "result.json"
     if result_file.is_file():
         return json.loads(result_file.read_text())
     folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released by the kernel if this process dies
+        except BlockingIOError:
+            print(f"{set_name} {differing(asdict(config))}: being trained by another process, skipped", flush=True)
+            return None
+        if result_file.is_file():  # finished by the other process while this one waited for the lock
+            return json.loads(result_file.read_text())
+        return measured(folder, config, budget, train_set, test_set)
+
+
+def measured(folder: Path, config: ModelConfig, budget: dict[str, Any], train_set: ImageArray,
+             test_set: ImageArray) -> dict[str, Any]:
+    """Train one model and measure it; its figures go to ``folder/result.json``."""
+    result_file = folder / "result.json"
     start = time.perf_counter()
     train_config = TrainConfig(steps=budget["steps"])
     model = pretrain(config, PretrainConfig(steps=budget["pretrain_steps"]), train_set)
@@ -148,7 +166,8 @@ def differing(settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def compare(families: dict[str, list[dict]]) -> dict[str, dict[str, float | None]]:
-    """BD-rate (percent bits at equal PSNR) of every family against vanilla and rvq, for both entropy models."""
+    """BD-rate (percent bits at equal PSNR) of every family against vanilla and rvq, for both entropy models,
+    and BD-PSNR (dB at equal rate) of the factorised files, defined where BD-rate may not be."""
     table: dict[str, dict[str, float | None]] = {}
     for name, points in families.items():
         row: dict[str, float | None] = {}
@@ -157,6 +176,7 @@ def compare(families: dict[str, list[dict]]) -> dict[str, dict[str, float | None
                 row[f"vs_{anchor}"] = bd_rate(families[anchor], points)
                 if all(p["bpp_prior"] is not None for p in families[anchor] + points):
                     row[f"vs_{anchor}_prior"] = bd_rate(prior_coded_points(families[anchor]), prior_coded_points(points))
+                row[f"vs_{anchor}_bd_psnr"] = bd_psnr(families[anchor], points)
         table[name] = row
     return table
 
@@ -170,22 +190,31 @@ def prior_coded_points(points: list[dict]) -> list[dict]:
     return [{"bpp": p["bpp_prior"], "psnr": p["psnr_prior_images"]} for p in points]
 
 
-def ranking(bd: dict[str, dict[str, float | None]]) -> list[str]:
-    """Families from the fewest bits at equal PSNR to the most (factorised files, BD-rate against vanilla;
-    vanilla itself at 0, a family without a common PSNR range with vanilla last)."""
-    value = {name: 0.0 if name == "vanilla" else row.get("vs_vanilla") for name, row in bd.items()}
-    return sorted(value, key=lambda name: (value[name] is None, value[name] or 0.0))
+def better(row: dict[str, float | None], anchor: str) -> bool | None:
+    """Is the family better than ``anchor``: fewer bits at equal PSNR, or where the curves share no PSNR
+    range, more PSNR at equal rate (None when they share neither)."""
+    if row.get(f"vs_{anchor}") is not None:
+        return row[f"vs_{anchor}"] < 0
+    if row.get(f"vs_{anchor}_bd_psnr") is not None:
+        return row[f"vs_{anchor}_bd_psnr"] > 0
+    return None
 
 
 def doubling_check(short: dict[str, list[dict]], long: dict[str, list[dict]], steps: int) -> dict[str, Any]:
-    """The families' ranking at ``steps`` and at twice as many: is the budget enough?"""
+    """Every family against vanilla and rvq at ``steps`` and at twice as many: does any verdict flip?"""
     bd_short, bd_long = compare(short), compare(long)
-    first, second = ranking(bd_short), ranking(bd_long)
-    bd = {name: [bd_short[name].get("vs_vanilla"), bd_long[name].get("vs_vanilla")] for name in short if name != "vanilla"}
-    comparable = all(value is not None for pair in bd.values() for value in pair)
-    # Without a BD-rate for every family at both budgets the rankings say nothing: None, not "unchanged".
-    return {"steps": [steps, 2 * steps], "ranking": [first, second],
-            "unchanged": (first == second) if comparable else None, "bd_rate_vs_vanilla": bd,
+    comparisons = {}
+    for family in short:
+        for anchor in ("vanilla", "rvq"):
+            if anchor != family and anchor in short:
+                verdicts = [better(bd_short[family], anchor), better(bd_long[family], anchor)]
+                comparisons[f"{family} vs {anchor}"] = {"better": verdicts,
+                                                        "bd": [bd_short[family], bd_long[family]]}
+    determined = [c["better"] for c in comparisons.values() if None not in c["better"]]
+    # Without a verdict at both budgets a comparison says nothing: None, not "unchanged".
+    return {"steps": [steps, 2 * steps], "comparisons": comparisons,
+            "unchanged": all(a == b for a, b in determined) if determined else None,
+            "undetermined": [name for name, c in comparisons.items() if None in c["better"]],
             "points_at_double": long}
 
 
@@ -205,11 +234,35 @@ def log_to_mlflow(output: Path, pictures: list[Path], summary: dict[str, Any]) -
         for family, row in rows.items():
             for name, value in row.items():
                 if value is not None:
-                    client.log_metric(run.info.run_id, f"{set_name}.{family}.bd_rate_{name}", value)
+                    metric = f"bd_psnr_{name.removesuffix('_bd_psnr')}" if name.endswith("_bd_psnr") else f"bd_rate_{name}"
+                    client.log_metric(run.info.run_id, f"{set_name}.{family}.{metric}", value)
     for path in (output, *pictures):
         client.log_artifact(run.info.run_id, str(path))
     client.set_terminated(run.info.run_id)
     return run.info.run_id
+
+
+def trained(cache: Path, set_names: list[str], families: list[str], budget: dict[str, Any]
+            ) -> dict[str, dict[str, list[dict]]] | None:
+    """Every family's models on every set at ``budget``, trained or read from the cache (None while
+    another process still trains some of them)."""
+    results: dict[str, dict[str, list[dict]]] = {}
+    complete = True
+    for set_name in set_names:
+        data = SETS[set_name]
+        train_set, test_set = prepared(cache, set_name, data)
+        results[set_name] = {}
+        for family in families:
+            for overrides in FAMILIES[family]:
+                point = train_and_measure(cache, set_name, data, ModelConfig(**overrides), budget, train_set, test_set)
+                if point is None:
+                    complete = False
+                    continue
+                results[set_name].setdefault(family, []).append(point)
+                print(f"{set_name} {family} {differing(point['settings'])} ({budget['steps']} steps): "
+                      f"{point['bpp']:.3f} bpp ({rate(point['bpp_prior'])} with the priors), {point['psnr']:.2f} dB, "
+                      f"MS-SSIM {point['ms_ssim']:.3f}", flush=True)
+    return results if complete else None
 
 
 def main() -> None:
@@ -218,7 +271,8 @@ def main() -> None:
     parser.add_argument("--families", default=",".join(FAMILIES), help="comma-separated subset of the families")
     parser.add_argument("--pretrain-steps", type=int, default=PretrainConfig().steps,
                         help="autoencoder steps before the quantizers are fitted")
-    parser.add_argument("--steps", type=int, default=300, help="stage-1 steps per model (after pretraining)")
+    parser.add_argument("--steps", type=int, default=TrainConfig().steps,
+                        help="stage-1 steps per model (after pretraining; the pipeline's by default)")
     parser.add_argument("--prior-steps", type=int, default=PriorTrainConfig().steps)
     parser.add_argument("--images", type=int, default=256, help="held-out images compressed per model")
     parser.add_argument("--prior-images", type=int, default=32, help="of those, prior-coded (sequential: slow)")
@@ -227,43 +281,33 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where models and their figures are kept")
     parser.add_argument("--no-mlflow", action="store_true")
     parser.add_argument("--doubling-check", action="store_true",
-                        help="also train the two lowest-rate models of each family with 2x --steps (no priors) "
-                             "and compare the rankings")
+                        help="also train every model of --doubling-sets with 2x --steps (no priors) and compare "
+                             "each family with vanilla and rvq at both budgets")
+    parser.add_argument("--doubling-sets", default="embedded", help="comma-separated: the sets the check trains again")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     budget = {"pretrain_steps": args.pretrain_steps, "steps": args.steps, "prior_steps": args.prior_steps, "images": args.images,
               "prior_images": args.prior_images}
-    results: dict[str, dict[str, list[dict]]] = {}
-    for set_name in args.sets.split(","):
-        data = SETS[set_name]
-        train_set, test_set = prepared(args.cache, set_name, data)
-        results[set_name] = {}
-        for family in args.families.split(","):
-            for overrides in FAMILIES[family]:
-                point = train_and_measure(args.cache, set_name, data, ModelConfig(**overrides), budget, train_set,
-                                          test_set)
-                results[set_name].setdefault(family, []).append(point)
-                print(f"{set_name} {family} {differing(point['settings'])}: {point['bpp']:.3f} bpp "
-                      f"({rate(point['bpp_prior'])} with the priors), {point['psnr']:.2f} dB, "
-                      f"MS-SSIM {point['ms_ssim']:.3f}", flush=True)
+    families = args.families.split(",")
+    results = trained(args.cache, args.sets.split(","), families, budget)
+    double = {**budget, "steps": 2 * args.steps, "prior_steps": 0}
+    doubled = trained(args.cache, args.doubling_sets.split(","), families, double) if args.doubling_check else {}
+    if results is None or doubled is None:
+        print("Some models are being trained by another process: rerun when it finishes to write the results.")
+        return
 
     summary = {"budget": budget, "threads": args.threads, "source": source_fingerprint(),
                "bd_rate": {name: compare(families) for name, families in results.items()}}
     if args.doubling_check:
-        double = {**budget, "steps": 2 * args.steps, "prior_steps": 0}
         summary["doubling_check"] = {}
-        for set_name, families in results.items():
-            data = SETS[set_name]
-            train_set, test_set = prepared(args.cache, set_name, data)
-            long = {family: [train_and_measure(args.cache, set_name, data, ModelConfig(**overrides), double,
-                                               train_set, test_set)
-                             for overrides in FAMILIES[family][:DOUBLING_POINTS]] for family in families}
-            short = {family: points[:DOUBLING_POINTS] for family, points in families.items()}
-            check = summary["doubling_check"][set_name] = doubling_check(short, long, args.steps)
-            verdict = {True: "unchanged", False: "CHANGED", None: "undetermined (a family has no BD-rate against "
-                                                                   "vanilla: no common PSNR range)"}[check["unchanged"]]
-            print(f"{set_name}: ranking at {args.steps} steps {check['ranking'][0]}, at {2 * args.steps} "
-                  f"{check['ranking'][1]}: {verdict}", flush=True)
+        for set_name, long in doubled.items():
+            check = summary["doubling_check"][set_name] = doubling_check(results[set_name], long, args.steps)
+            verdict = {True: "unchanged", False: "CHANGED", None: "undetermined"}[check["unchanged"]]
+            print(f"\n{set_name}: each family against vanilla and rvq at {args.steps} and {2 * args.steps} steps: "
+                  f"{verdict}", flush=True)
+            for name, comparison in check["comparisons"].items():
+                shown = {True: "better", False: "worse", None: "no common range"}
+                print(f"  {name}: {' -> '.join(shown[v] for v in comparison['better'])}")
     output = args.output
     write_json(output, {**results, "summary": summary})
     pictures = []
@@ -280,8 +324,9 @@ def main() -> None:
                 print(f"{family:>8}  {settings:<60} {p['bpp']:6.3f} {rate(p['bpp_prior']):>9} {p['psnr']:6.2f} "
                       f"{p['ms_ssim']:7.3f}")
         for family, row in summary["bd_rate"][set_name].items():
-            shown = ", ".join(f"{k} {v:+.1f}%" for k, v in row.items() if v is not None)
-            print(f"BD-rate {family}: {shown or 'no common PSNR range'}")
+            shown = ", ".join(f"{k} {v:+.1f}{' dB' if k.endswith('bd_psnr') else '%'}" for k, v in row.items()
+                              if v is not None)
+            print(f"BD {family}: {shown or 'no common range'}")
     if not args.no_mlflow:
         print(f"MLflow run {log_to_mlflow(output, pictures, summary)}")
 

@@ -123,6 +123,23 @@ def bd_rate(anchor: list[dict], test: list[dict], rate: str = "bpp", quality: st
     cubics (PCHIP, as current BD-rate tools do in place of the original cubic fit) and integrated.
     None when the curves share no quality range or one has fewer than two points.
     """
+    delta = _bjontegaard(anchor, test, rate, quality, rate_axis=False)
+    return None if delta is None else float((np.exp(delta) - 1) * 100)
+
+
+def bd_psnr(anchor: list[dict], test: list[dict], rate: str = "bpp", quality: str = "psnr") -> float | None:
+    """Bjontegaard delta quality: the mean difference in ``quality`` (dB for PSNR) of ``test`` against
+    ``anchor`` at equal rate, over the log-rate range both curves cover (positive: ``test`` is better).
+
+    The companion of :func:`bd_rate` for curves that share a rate range but hardly a quality range (a
+    codebook whose PSNR barely moves with its size). None as for ``bd_rate``, with rates in place of qualities.
+    """
+    return _bjontegaard(anchor, test, rate, quality, rate_axis=True)
+
+
+def _bjontegaard(anchor: list[dict], test: list[dict], rate: str, quality: str, rate_axis: bool) -> float | None:
+    """The mean of test minus anchor over the common range of the integration axis: log-rate as a function
+    of quality (``rate_axis`` False) or quality as a function of log-rate (True), PCHIP through each frontier."""
     from scipy.interpolate import PchipInterpolator
 
     curves = []
@@ -130,13 +147,15 @@ def bd_rate(anchor: list[dict], test: list[dict], rate: str = "bpp", quality: st
         frontier = pareto(points, rate, quality)
         if len(frontier) < 2:
             return None
-        curves.append((np.array([p[quality] for p in frontier]), np.log(np.array([p[rate] for p in frontier]))))
+        qualities = np.array([p[quality] for p in frontier])
+        log_rates = np.log(np.array([p[rate] for p in frontier]))
+        curves.append((log_rates, qualities) if rate_axis else (qualities, log_rates))
     low = max(curve[0][0] for curve in curves)
     high = min(curve[0][-1] for curve in curves)
     if high <= low:
         return None
-    integrals = [PchipInterpolator(q, r).integrate(low, high) for q, r in curves]
-    return float((np.exp((integrals[1] - integrals[0]) / (high - low)) - 1) * 100)
+    integrals = [PchipInterpolator(x, y).integrate(low, high) for x, y in curves]
+    return float((integrals[1] - integrals[0]) / (high - low))
 
 
 def write_table(points: list[dict], path: str | Path) -> Path:

@@ -1,6 +1,6 @@
 import pytest
 
-from sparse_vqvae.rate_distortion import bd_rate, pareto
+from sparse_vqvae.rate_distortion import bd_psnr, bd_rate, pareto
 
 
 def curve(scale: float, psnrs=(24.0, 26.0, 28.0, 30.0)) -> list[dict]:
@@ -19,6 +19,19 @@ def test_bd_rate_is_the_mean_rate_change_at_equal_quality():
 def test_curves_that_share_no_quality_range_have_no_bd_rate():
     assert bd_rate(curve(1.0), curve(1.0, (40.0, 41.0, 42.0, 43.0))) is None
     assert bd_rate(curve(1.0), curve(1.0)[:1]) is None
+
+
+def test_bd_psnr_is_the_mean_quality_change_at_equal_rate():
+    anchor = curve(1.0)
+    assert bd_psnr(anchor, anchor) == pytest.approx(0.0, abs=1e-9)
+    assert bd_psnr(anchor, curve(1.0, (25.5, 27.5, 29.5, 31.5))) == pytest.approx(1.5, abs=1e-9)
+    # Half the bits for the same PSNRs: PSNR is linear in log-rate here (2 dB a 0.8 octave), so +2.5 dB.
+    assert bd_psnr(anchor, curve(0.5)) == pytest.approx(2.5, abs=1e-6)
+    # Flat curves share a rate range but no PSNR range: BD-PSNR is defined where BD-rate is not.
+    flat = curve(1.0, (23.0, 23.05, 23.1, 23.15))
+    assert bd_rate(anchor, flat) is None
+    assert bd_psnr(anchor, flat) < 0
+    assert bd_psnr(anchor, curve(100.0)) is None  # no common rate range
 
 
 def test_dominated_points_leave_the_curve():
