@@ -66,22 +66,38 @@ def colour_error(original: torch.Tensor, decoded: torch.Tensor) -> list[float]:
     return ((original.mean(dim=(1, 2)) - decoded.mean(dim=(1, 2))).abs() * 127.5).tolist()
 
 
+def round_trips(codec: Codec, images: list[tuple[str, torch.Tensor]], quality: int,
+                checked: Codec | None = None) -> tuple[list[tuple], float, float]:
+    """Every image through a real file at ``quality``: the (original, decoded, bytes) triples and the total
+    encode and decode seconds. With ``checked``, each decoded image must equal that codec's (raises if not),
+    and each image's rate and times are printed (the slow, prior-coded files)."""
+    encode_s = decode_s = 0.0
+    triples = []
+    for name, image in images:
+        start = time.perf_counter()
+        data = codec.compress(image, quality)
+        middle = time.perf_counter()
+        decoded = codec.decompress(data)
+        end = time.perf_counter()
+        encode_s, decode_s = encode_s + middle - start, decode_s + end - middle
+        triples.append((image, decoded, len(data)))
+        if checked is not None:
+            if not torch.equal(decoded, checked.decompress(checked.compress(image, quality))):
+                raise AssertionError(f"{name}: the prior-coded file decodes to another image than the factorised one")
+            print(f"  priors, {name}: {8 * len(data) / (image.shape[1] * image.shape[2]):.3f} bpp "
+                  f"({image.shape[2]}x{image.shape[1]}, {middle - start:.1f} s encode, {end - middle:.1f} s decode)",
+                  flush=True)
+    return triples, encode_s, decode_s
+
+
 def ours(codec: Codec, images: list[tuple[str, torch.Tensor]]) -> tuple[list[dict], dict]:
     """Every quality on every image, through real files; the points, and speed and colour error at the
     highest quality."""
-    points, speed, colour = [], {}, {}
+    points = []
     megapixels = sum(image.shape[1] * image.shape[2] for _, image in images) / 1e6
     for quality in codec.qualities:
-        encode_s = decode_s = 0.0
-        triples, errors = [], []
-        for _, image in images:
-            start = time.perf_counter()
-            data = codec.compress(image, quality)
-            middle = time.perf_counter()
-            decoded = codec.decompress(data)
-            encode_s, decode_s = encode_s + middle - start, decode_s + time.perf_counter() - middle
-            triples.append((image, decoded, len(data)))
-            errors.append(colour_error(image, decoded))
+        triples, encode_s, decode_s = round_trips(codec, images, quality)
+        errors = [colour_error(image, decoded) for image, decoded, _ in triples]
         point = measure_point(codec_label(codec), quality, triples)
         point.update(encode_mp_s=megapixels / encode_s, decode_mp_s=megapixels / decode_s,
                      colour_error_mean=np.mean(errors, axis=0).tolist(), colour_error_max=float(np.max(errors)))
@@ -98,21 +114,9 @@ def prior_coded(codec: Codec, images: list[tuple[str, torch.Tensor]], factorised
     """The highest quality coded with the priors: real files, the same decoded images as the factorised
     files' (checked), encode and decode speed."""
     megapixels = sum(image.shape[1] * image.shape[2] for _, image in images) / 1e6
-    encode_s = decode_s = 0.0
-    triples = []
-    for name, image in images:
-        start = time.perf_counter()
-        data = codec.compress(image)
-        middle = time.perf_counter()
-        decoded = codec.decompress(data)
-        encode_s, decode_s = encode_s + middle - start, decode_s + time.perf_counter() - middle
-        if not torch.equal(decoded, factorised.decompress(factorised.compress(image))):
-            raise AssertionError(f"{name}: the prior-coded file decodes to another image than the factorised one")
-        triples.append((image, decoded, len(data)))
-        print(f"  priors, {name}: {8 * len(data) / (image.shape[1] * image.shape[2]):.3f} bpp "
-              f"({image.shape[2]}x{image.shape[1]}, {middle - start:.1f} s encode, {time.perf_counter() - middle:.1f} s "
-              "decode)", flush=True)
-    point = measure_point(codec_label(codec), max(factorised.qualities), triples)
+    quality = max(factorised.qualities)
+    triples, encode_s, decode_s = round_trips(codec, images, quality, checked=factorised)
+    point = measure_point(codec_label(codec), quality, triples)
     point.update(encode_mp_s=megapixels / encode_s, decode_mp_s=megapixels / decode_s,
                  encode_s_per_image=encode_s / len(images), decode_s_per_image=decode_s / len(images))
     return point
