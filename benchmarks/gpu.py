@@ -153,7 +153,10 @@ def ray_train(images_file: Path, steps: int, workdir: Path) -> dict[str, Any]:
         return {"skipped": f"Ray is not installed here ({error})"}
     ray.init(address="local", include_dashboard=False, logging_config=ray.LoggingConfig(log_level="ERROR"))
     try:
-        use_gpu = ray.cluster_resources().get("GPU", 0) >= 1  # ray.use_gpu: auto, one worker
+        from tasks.params import RayConfig
+        from tasks.train_vqvae import wants_gpu
+
+        use_gpu = wants_gpu(RayConfig(num_workers=1))  # ray.use_gpu: auto, one worker
         start = time.perf_counter()
         result = TorchTrainer(ray_worker, train_loop_config={"model": asdict(ModelConfig()), "images": str(images_file),
                                                              "steps": steps},

@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from .codes import Codes, packed, validate_codes
+from .config import staged
 from .entropy_coding import FrequencyModel
 from .prior_coding import PriorEntropyModel
 from .vqvae import VQVAE2
@@ -152,7 +153,7 @@ def write_codes(maps: tuple[Codes, ...], entropy: EntropyModel, height: int, wid
 def qualities(model: VQVAE2) -> range:
     """The qualities ``Codec.compress`` takes: 1..K stages of a residual VQ, else only the model's K slots."""
     slots = model.quantizers[0].slots
-    return range(1, slots + 1) if model.config.selection_fn == "rvq" else range(slots, slots + 1)
+    return range(1, slots + 1) if staged(model.config.selection_fn) else range(slots, slots + 1)
 
 
 def content_checksum(header: bytes, maps: tuple[Codes, ...]) -> int:
@@ -180,6 +181,14 @@ class Codec:
     def qualities(self) -> range:
         return qualities(self.model)
 
+    def resolved_quality(self, quality: int | None) -> int:
+        """``quality``, the highest by default; a ``CodecError`` if this model does not code it."""
+        quality = self.qualities[-1] if quality is None else quality
+        if quality not in self.qualities:
+            raise CodecError(f"quality {quality} is not one this model codes: {self.qualities[0]} to "
+                             f"{self.qualities[-1]}")
+        return quality
+
     @torch.no_grad()
     def compress(self, image: torch.Tensor, quality: int | None = None) -> bytes:
         """An image [3, H, W] in [-1, 1] -> the bytes of a compressed file, at ``quality`` (one of
@@ -187,10 +196,7 @@ class Codec:
         _, height, width = image.shape
         if not (0 < height < 65536 and 0 < width < 65536):
             raise CodecError(f"image size {height}x{width} is outside what the format holds (1..65535 per side)")
-        quality = self.qualities[-1] if quality is None else quality
-        if quality not in self.qualities:
-            raise CodecError(f"quality {quality} is not one this model codes: {self.qualities[0]} to "
-                             f"{self.qualities[-1]}")
+        quality = self.resolved_quality(quality)
         stride = self.model.config.stride
         padded = F.pad(image[None], (0, -width % stride, 0, -height % stride), mode="replicate")
         _, maps, _, _ = self.model.encode(padded.to(self.device))

@@ -21,10 +21,16 @@ def codes_vary(selection_fn: str) -> bool:
     return selection_fn in ("omp", "fista")
 
 
+def staged(selection_fn: str) -> bool:
+    """Codes made of stages (a residual VQ's): slot k holds one of stage k's entries, and the first q
+    slots alone are a coarser code of the same latent - the codec's qualities."""
+    return selection_fn == "rvq"
+
+
 def stage_atoms(selection_fn: str, num_atoms: int, slots: int) -> int:
     """M where slot k only ever holds atoms k*M .. k*M+M-1 (a residual VQ's stage k), so the entropy models
     code it among those M; 0 where a slot may hold any atom."""
-    return num_atoms // slots if selection_fn == "rvq" else 0
+    return num_atoms // slots if staged(selection_fn) else 0
 
 
 def check_choice(section: str, key: str, value: object, allowed: tuple) -> None:

@@ -55,7 +55,7 @@ def sparse_vqvae_point(codec: Codec, images: list[torch.Tensor], quality: int | 
                        progress: bool = True) -> dict:
     """Our codec on ``images`` ([3, H, W] each) at ``quality`` (default the highest): every image compressed
     to a file's bytes and back."""
-    quality = codec.qualities[-1] if quality is None else quality
+    quality = codec.resolved_quality(quality)
 
     def pairs():
         for image in tqdm(images, desc=f"rate-distortion: {codec_label(codec)}", disable=not progress, leave=False):
