@@ -31,7 +31,7 @@ from torch import nn
 
 from .codes import EMPTY, Codes, canonical_order
 from .config import COEF_QUANTIZERS, ENCODER_GRADIENTS, ModelConfig
-from .sparse_coding import init_dictionary_from_data, kmeans, normalize_atoms, sparse_code
+from .sparse_coding import init_dictionary_from_data, kmeans, normalize_atoms, sparse_code, sparse_pairs
 
 USAGE_DECAY = 0.9  # usage statistics follow the last ~10 steps
 DEAD_BELOW = 1 / 16  # an atom used 16x less than uniform usage is dead
@@ -357,10 +357,8 @@ class SparseQuantizer(_Quantizer):
             dictionary = self.atoms
             straight = self.encoder_gradient == "straight_through"
             # The dictionary always gets the task-driven gradient; the encoder only when asked.
-            code = sparse_code(target.detach() if straight else target, dictionary, self.method, **self._solver)
-
-            atoms = code.detach().abs().topk(self.slots, dim=1).indices
-            values = code.gather(1, atoms)
+            atoms, values = sparse_pairs(target.detach() if straight else target, dictionary, self.method,
+                                         **self._solver)
             if self.training:
                 self._fit_levels(values.detach()[values.detach() != 0])
             levels = self.quantize_coefficients(values.detach())

@@ -4,7 +4,7 @@ from .dictionary import init_dictionary_from_data, kmeans, normalize_atoms, rand
 from .fista import fista
 from .lars import lasso
 from .omp import SparseCode, omp
-from .tddl import sparse_code
+from .tddl import sparse_code, sparse_pairs
 
 __all__ = [
     "SparseCode",
@@ -16,4 +16,5 @@ __all__ = [
     "omp",
     "random_dictionary",
     "sparse_code",
+    "sparse_pairs",
 ]

@@ -21,8 +21,13 @@ def support_system(atoms: torch.Tensor, code: torch.Tensor, ridge: float = 0.0) 
     if size == 0:
         return None
     support = active.view(torch.uint8).topk(size, dim=1).indices  # uint8: no float copy of [B, N]
-    valid = active.gather(1, support)
-    weight = valid.to(code.dtype)
+    return pairs_system(atoms, support, active.gather(1, support), ridge)
+
+
+def pairs_system(atoms: torch.Tensor, support: torch.Tensor, valid: torch.Tensor, ridge: float = 0.0) -> SupportSystem:
+    """The system of a code given as its pairs: atom indices ``support`` [B, s] (distinct in a row), of
+    which ``valid`` [B, s] are active; no dense [B, N] pass."""
+    weight = valid.to(atoms.dtype)
     sub_atoms = atoms[support] * weight.unsqueeze(2)
     gram = sub_atoms @ sub_atoms.transpose(1, 2)
     gram.diagonal(dim1=1, dim2=2).add_(ridge * weight + (1.0 - weight))

@@ -32,8 +32,15 @@ class SparseCode(NamedTuple):
     values: torch.Tensor  # [B, K]
 
     def to_dense(self, num_atoms: int) -> torch.Tensor:
-        dense = self.values.new_zeros(self.values.shape[0], num_atoms)
-        return dense.scatter_(1, self.indices, self.values)
+        """[B, N] with the values at their atoms (differentiable in ``values``)."""
+        return self.values.new_zeros(self.values.shape[0], num_atoms).scatter(1, self.indices, self.values)
+
+    @classmethod
+    def largest(cls, dense: torch.Tensor, k: int) -> SparseCode:
+        """The ``k`` largest-magnitude entries of each row of a dense code [B, N] as pairs (zeros where a
+        row has fewer non-zeros)."""
+        indices = dense.abs().topk(min(k, dense.shape[1]), dim=1).indices
+        return cls(indices, dense.gather(1, indices))
 
 
 @torch.no_grad()

@@ -20,10 +20,10 @@ from typing import Any, Literal
 
 import torch
 
-from ._support import support_system
-from .fista import fista, keep_largest
+from ._support import pairs_system
+from .fista import fista
 from .lars import lasso
-from .omp import omp
+from .omp import SparseCode, omp
 
 Method = Literal["omp", "fista"]
 _OMP_KEYS = {"n_nonzero", "correlations", "chunk_size"}
@@ -39,7 +39,23 @@ def sparse_code(
     ridge: float = 1e-6,
     **kwargs: Any,
 ) -> torch.Tensor:
-    """Dense [B, N] sparse codes, differentiable with respect to ``x`` and ``dictionary``.
+    """Dense [B, N] sparse codes, differentiable with respect to ``x`` and ``dictionary``: the pairs of
+    ``sparse_pairs`` at their atoms."""
+    return sparse_pairs(x, dictionary, method, ridge=ridge, **kwargs).to_dense(dictionary.shape[1])
+
+
+def sparse_pairs(
+    x: torch.Tensor,
+    dictionary: torch.Tensor,
+    method: Method = "omp",
+    *,
+    ridge: float = 1e-6,
+    **kwargs: Any,
+) -> SparseCode:
+    """Sparse codes as (atom, coefficient) pairs [B, s], the coefficients differentiable with respect to
+    ``x`` and ``dictionary``: s = ``n_nonzero`` for OMP, ``max_nonzero`` (else the largest support) for
+    the LASSO; a pair with coefficient 0 is not in the support. A quantizer keeping a few atoms of N
+    touches [B, s] only, never a dense [B, N] code.
 
     Keywords go to the solver: ``n_nonzero`` for OMP; ``alpha`` and optionally ``max_nonzero`` for
     the LASSO (``method="fista"``, the seed's name for the L1 selection function), solved by the
@@ -61,44 +77,47 @@ def sparse_code(
         raise ValueError("alpha is required for method='fista'")
     if not (isinstance(ridge, (int, float)) and ridge >= 0):
         raise ValueError(f"ridge must be a number >= 0, got {ridge!r}")
-    return _TaskDrivenCode.apply(x, dictionary, method, float(ridge), kwargs)
+    indices, values = _TaskDrivenPairs.apply(x, dictionary, method, float(ridge), kwargs)
+    return SparseCode(indices, values)
 
 
-def _solve(x: torch.Tensor, dictionary: torch.Tensor, method: str, kwargs: dict) -> torch.Tensor:
+def _solve(x: torch.Tensor, dictionary: torch.Tensor, method: str, kwargs: dict) -> SparseCode:
     if method == "omp":
-        return omp(x, dictionary, **kwargs).to_dense(dictionary.shape[1])
+        return omp(x, dictionary, **kwargs)
     kwargs = dict(kwargs)
-    if kwargs.pop("solver", "lars") == "lars":
-        return lasso(x, dictionary, **kwargs)
     max_nonzero = kwargs.pop("max_nonzero", None)
-    code = fista(x, dictionary, **kwargs)
-    return code if max_nonzero is None else keep_largest(code, max_nonzero)
+    if kwargs.pop("solver", "lars") == "lars":
+        code = lasso(x, dictionary, max_nonzero=max_nonzero, **kwargs)
+    else:
+        code = fista(x, dictionary, **kwargs)
+    width = max_nonzero if max_nonzero is not None else int((code != 0).sum(dim=1).max()) if code.numel() else 0
+    return SparseCode.largest(code, max(width, 1))
 
 
-class _TaskDrivenCode(torch.autograd.Function):
+class _TaskDrivenPairs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, dictionary, method, ridge, kwargs):
-        code = _solve(x.detach(), dictionary.detach(), method, kwargs)
-        ctx.save_for_backward(x, dictionary, code)
+        indices, values = _solve(x.detach(), dictionary.detach(), method, kwargs)
+        ctx.save_for_backward(x, dictionary, indices, values)
         ctx.ridge = ridge
-        return code
+        ctx.mark_non_differentiable(indices)
+        return indices, values
 
     @staticmethod
-    def backward(ctx, grad_code):
-        x, dictionary, code = ctx.saved_tensors
+    def backward(ctx, _grad_indices, grad_values):
+        x, dictionary, indices, values = ctx.saved_tensors
         grad_x = torch.zeros_like(x)
         grad_dictionary = torch.zeros_like(dictionary)
-        system = support_system(dictionary.t().contiguous(), code, ctx.ridge)
-        if system is not None:
+        if values.numel():
             # Everything on the supports ([B, s] and [B, s, d]): no dense [B, N] product.
-            valid = system.valid.to(code.dtype)
-            rhs = grad_code.gather(1, system.support) * valid
+            system = pairs_system(dictionary.t().contiguous(), indices, values != 0, ctx.ridge)
+            valid = system.valid.to(values.dtype)
+            rhs = grad_values * valid
             beta = torch.linalg.solve(system.gram, rhs.unsqueeze(2)).squeeze(2) * valid
-            values = code.gather(1, system.support)
             d_beta = torch.bmm(beta.unsqueeze(1), system.sub_atoms).squeeze(1)  # D beta, row-wise
             grad_x = d_beta
             if ctx.needs_input_grad[1]:
-                residual = x - torch.bmm(values.unsqueeze(1), system.sub_atoms).squeeze(1)
+                residual = x - torch.bmm((values * valid).unsqueeze(1), system.sub_atoms).squeeze(1)
                 # dL/dD = (x - D c) beta^T - D beta c^T, accumulated atom by atom.
                 per_atom = beta.unsqueeze(2) * residual.unsqueeze(1) - values.unsqueeze(2) * d_beta.unsqueeze(1)
                 index = system.support.reshape(-1, 1).expand(-1, x.shape[1])
