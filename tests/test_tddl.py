@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from sparse_vqvae.sparse_coding import fista, lasso, normalize_atoms, omp, random_dictionary, sparse_code
+from sparse_vqvae.sparse_coding import (fista, lasso, normalize_atoms, omp, random_dictionary, sparse_code,
+                                         sparse_pairs)
 
 from .synthetic import DEVICES, make_sparse_signals
 
@@ -46,6 +47,26 @@ def test_forward_equals_the_plain_solver(method):
     else:
         plain = fista(x.detach(), dictionary.detach(), 0.2, n_iter=5000, tol=1e-15)
     assert torch.equal(code, plain)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_the_pairs_are_the_codes_non_zeros_with_their_gradient(method):
+    """What a quantizer reads ([B, s] pairs, no dense code) holds the dense code's non-zeros, and the
+    same task-driven gradient reaches x and the dictionary through either."""
+    x, dictionary = small_problem(2)
+    kwargs = {**SOLVERS[method], **({"max_nonzero": 3} if method != "omp" else {})}
+    atoms, values = sparse_pairs(x, dictionary, method.split("-")[0], **kwargs)
+    dense = sparse_code(x, dictionary, method.split("-")[0], **kwargs)
+    assert atoms.shape == values.shape == (5, 3)
+    assert (atoms.sort(dim=1).values[:, 1:] != atoms.sort(dim=1).values[:, :-1]).all()  # distinct atoms
+    assert torch.equal(dense.gather(1, atoms), values)
+    assert torch.equal((dense != 0).sum(dim=1), (values != 0).sum(dim=1))
+    weights = torch.linspace(-1, 1, 12, dtype=torch.float64)
+    through_pairs = torch.autograd.grad((values * weights[atoms]).sum(), (x, dictionary))
+    through_dense = torch.autograd.grad((dense * weights).sum(), (x, dictionary))
+    for a, b in zip(through_pairs, through_dense):
+        assert torch.allclose(a, b, atol=1e-12)
+    assert through_pairs[0].abs().sum() > 0
 
 
 @pytest.mark.parametrize("solver", ["lars", "fista"])
