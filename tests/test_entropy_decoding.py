@@ -97,14 +97,19 @@ def test_forged_payloads_decode_to_canonical_codes_or_fail_cleanly(codec):
     assert outcomes["decoded"] > 0  # most random payloads are some valid code: only the checks above catch them
 
 
-# fista: with these seeds the forged payloads reach a disallowed atom for the LASSO model; the omp model
-# (0..K pairs since zero pairs are dropped) no longer does in 3 x 150 trials. The check is the same code.
+# fista: forged payloads reach a disallowed atom for the LASSO model within a few seeds; the omp model
+# (0..K pairs since zero pairs are dropped) rarely does. Seeds are tried until the case has occurred (a
+# retrained model moves which seed reaches it); every payload of every seed is checked the same way.
 @pytest.mark.parametrize("selection_fn", ["fista"])
 def test_a_forged_payload_cannot_pick_an_atom_its_position_may_not_hold(selection_fn):
     codec = trained_codec(selection_fn)
     codec.entropy = with_rare_atoms(codec.entropy)
-    outcomes = check_forged_payloads(codec, trials=150, seed=1)
-    assert outcomes.get("may not hold", 0) > 0, outcomes  # the case this test exists for did occur
+    seen: dict[int, dict[str, int]] = {}
+    for seed in range(1, 9):
+        seen[seed] = check_forged_payloads(codec, trials=150, seed=seed)
+        if seen[seed].get("may not hold", 0):
+            break
+    assert any(o.get("may not hold", 0) for o in seen.values()), seen  # the case this test exists for occurred
 
 
 def test_a_file_with_more_code_maps_than_the_model_is_refused(codec):
