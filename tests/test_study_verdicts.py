@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from .test_bd_rate import curve
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -13,13 +15,13 @@ def study(monkeypatch):
     return importlib.import_module("rate_distortion_study")
 
 
-def curve(scale: float, psnrs=(24.0, 26.0, 28.0)) -> list[dict]:
-    """Points at ``scale`` times a reference rate, PSNR 2 dB per 0.8 octave (no prior-coded sizes)."""
-    return [{"bpp": scale * 0.1 * 2 ** (i * 0.8), "psnr": p, "bpp_prior": None} for i, p in enumerate(psnrs)]
+def points(scale: float) -> list[dict]:
+    """test_bd_rate's curve at ``scale`` times its rate, as study points (no prior-coded sizes)."""
+    return [dict(p, bpp_prior=None) for p in curve(scale)]
 
 
 def families(omp_scale: float) -> dict[str, list[dict]]:
-    return {"vanilla": curve(1.0), "rvq": curve(0.9), "omp": curve(omp_scale)}
+    return {"vanilla": points(1.0), "rvq": points(0.9), "omp": points(omp_scale)}
 
 
 def test_better_reads_bd_rate_first_then_bd_psnr(study):
@@ -51,7 +53,7 @@ def test_a_verdict_that_flips_with_the_budget_is_reported_changed(study):
 
 
 def test_comparisons_without_a_common_range_are_listed_not_counted_as_agreement(study):
-    apart = {"vanilla": curve(1.0), "omp": [dict(p, bpp=p["bpp"] * 100, psnr=p["psnr"] + 30) for p in curve(1.0)]}
+    apart = {"vanilla": points(1.0), "omp": [dict(p, bpp=p["bpp"] * 100, psnr=p["psnr"] + 30) for p in points(1.0)]}
     check = study.doubling_check(apart, apart, 600)
     assert check["unchanged"] is None
     assert check["undetermined"] == ["omp vs vanilla"]
