@@ -31,7 +31,7 @@ from torch import nn
 
 from .codes import EMPTY, Codes, canonical_order
 from .config import COEF_QUANTIZERS, ENCODER_GRADIENTS, ModelConfig
-from .sparse_coding import init_dictionary_from_data, kmeans, normalize_atoms, sparse_code, sparse_pairs
+from .sparse_coding import init_dictionary_from_data, kmeans, normalize_atoms, sparse_pairs
 
 USAGE_DECAY = 0.9  # usage statistics follow the last ~10 steps
 DEAD_BELOW = 1 / 16  # an atom used 16x less than uniform usage is dead
@@ -413,8 +413,8 @@ class SparseQuantizer(_Quantizer):
         fitted = init_dictionary_from_data(target, self.num_atoms, self.slots, mod_iterations=iterations,
                                            generator=generator)
         self.dictionary.copy_(_from_rank0(fitted.contiguous()))
-        code = sparse_code(target, self.atoms, self.method, **self._solver)
-        values = code[code != 0]
+        _, pairs = sparse_pairs(target, self.atoms, self.method, **self._solver)
+        values = pairs[pairs != 0]
         start = self._percentile(values.abs()) if values.numel() else torch.ones_like(self.coef_range)
         self.coef_range.copy_(_from_rank0(start))  # every rank joins the broadcast
         table = uniform_levels(self.coef_levels, self.coef_range)

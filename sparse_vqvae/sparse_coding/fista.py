@@ -59,12 +59,6 @@ def fista(
     return out
 
 
-def keep_largest(code: torch.Tensor, k: int) -> torch.Tensor:
-    """Zero all but the ``k`` largest-magnitude entries of each row."""
-    if k >= code.shape[1]:
-        return code
-    keep = code.abs().topk(k, dim=1).indices
-    return torch.zeros_like(code).scatter_(1, keep, code.gather(1, keep))
 
 
 class _Lasso:

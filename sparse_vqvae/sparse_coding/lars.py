@@ -25,7 +25,8 @@ from __future__ import annotations
 import torch
 
 from ._checks import check_non_negative, check_positive_int, check_signals_and_dictionary, chunk_size_for
-from .fista import certify_lasso, fista, keep_largest
+from .fista import certify_lasso, fista
+from .omp import SparseCode
 
 
 @torch.no_grad()
@@ -56,7 +57,7 @@ def lasso(
                        + [torch.zeros(0, dtype=torch.long, device=x.device)])
     if failed.numel():
         fallback = fista(x[failed], dictionary, alpha, tol=0.0)  # no early stop: each row's result is its own
-        out[failed] = fallback if max_nonzero is None else keep_largest(fallback, max_nonzero)
+        out[failed] = fallback if max_nonzero is None else SparseCode.largest(fallback, max_nonzero).to_dense(num_atoms)
     return out
 
 

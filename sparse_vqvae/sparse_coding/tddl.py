@@ -90,8 +90,9 @@ def _solve(x: torch.Tensor, dictionary: torch.Tensor, method: str, kwargs: dict)
         code = lasso(x, dictionary, max_nonzero=max_nonzero, **kwargs)
     else:
         code = fista(x, dictionary, **kwargs)
-    width = max_nonzero if max_nonzero is not None else int((code != 0).sum(dim=1).max()) if code.numel() else 0
-    return SparseCode.largest(code, max(width, 1))
+    if max_nonzero is None:  # as wide as the largest support
+        max_nonzero = int((code != 0).sum(dim=1).max()) if code.numel() else 0
+    return SparseCode.largest(code, max(max_nonzero, 1))
 
 
 class _TaskDrivenPairs(torch.autograd.Function):
@@ -117,7 +118,7 @@ class _TaskDrivenPairs(torch.autograd.Function):
             d_beta = torch.bmm(beta.unsqueeze(1), system.sub_atoms).squeeze(1)  # D beta, row-wise
             grad_x = d_beta
             if ctx.needs_input_grad[1]:
-                residual = x - torch.bmm((values * valid).unsqueeze(1), system.sub_atoms).squeeze(1)
+                residual = x - torch.bmm(values.unsqueeze(1), system.sub_atoms).squeeze(1)  # padding's values are 0
                 # dL/dD = (x - D c) beta^T - D beta c^T, accumulated atom by atom.
                 per_atom = beta.unsqueeze(2) * residual.unsqueeze(1) - values.unsqueeze(2) * d_beta.unsqueeze(1)
                 index = system.support.reshape(-1, 1).expand(-1, x.shape[1])
