@@ -1,6 +1,7 @@
 """Codec throughput: encode and decode speed of our compressed files beside Pillow's JPEG and WebP
 (quality 75) on the same images, on this machine, in one run - with the factorised frequency model, and
-with the PixelSNAIL priors as the entropy model (sequential decoding).
+with the PixelSNAIL priors as the entropy model (sequential decoding): one image at a time, and the
+32x32 crops also all in one call (files coded together, as the CLI codes many files).
 
 Two models: what `make run` trained (models/vqvae/model.pt, models/prior/) on the embedded test crops
 (32x32, its priors' training size), and the shipped photo model (models/zoo/photo) on 768x512 centre
@@ -46,7 +47,9 @@ def timed(function, items) -> tuple[float, list]:
     return statistics.median(seconds), outputs
 
 
-def measure(name: str, images: list[torch.Tensor], codec: Codec) -> dict:
+def measure(name: str, images: list[torch.Tensor], codec: Codec, together: bool = False) -> dict:
+    """One image at a time (median); with ``together``, also all of them in one call (``compress_many``, as the
+    CLI codes many files), whose files must be the same bytes."""
     megapixels = images[0].shape[1] * images[0].shape[2] / 1e6
     ours_encode, files = timed(codec.compress, images)
     ours_decode, _ = timed(codec.decompress, files)
@@ -54,6 +57,13 @@ def measure(name: str, images: list[torch.Tensor], codec: Codec) -> dict:
            "encode_images_per_s": 1 / ours_encode, "decode_images_per_s": 1 / ours_decode,
            "encode_mp_per_s": megapixels / ours_encode, "decode_mp_per_s": megapixels / ours_decode,
            "bpp": 8 * statistics.mean(len(f) for f in files) / (images[0].shape[1] * images[0].shape[2])}
+    if together:
+        encode_s, batch_files = timed(codec.compress_many, [images])
+        decode_s, decoded = timed(codec.decompress_many, [batch_files[0]])
+        if batch_files[0] != files or not all(torch.equal(a, codec.decompress(f)) for a, f in zip(decoded[0], files)):
+            raise AssertionError(f"{name}: files coded together differ from the files coded alone")
+        row |= {"together_encode_images_per_s": len(images) / encode_s,
+                "together_decode_images_per_s": len(images) / decode_s, "together_same_bytes": True}
     for reference in ("JPEG", "WEBP"):
         encode_s, references = timed(lambda image: pillow_encode(image, reference), images)
         decode_s, _ = timed(pillow_decode, references)
@@ -66,6 +76,9 @@ def measure(name: str, images: list[torch.Tensor], codec: Codec) -> dict:
           f"({row['decode_mp_per_s']:.3f} MP/s); JPEG {row['jpeg_encode_images_per_s']:.0f} / "
           f"{row['jpeg_decode_images_per_s']:.0f} img/s, WebP {row['webp_encode_images_per_s']:.0f} / "
           f"{row['webp_decode_images_per_s']:.0f} img/s", flush=True)
+    if together:
+        print(f"{name:>22}: ours, {len(images)} in one call: encode {row['together_encode_images_per_s']:8.2f} img/s, "
+              f"decode {row['together_decode_images_per_s']:8.2f} img/s (same bytes as one at a time)", flush=True)
     return row
 
 
@@ -101,7 +114,8 @@ def main() -> None:
         result["pipeline_model"] = {"selection_fn": model.config.selection_fn, "fingerprint": model.fingerprint()}
         result["crops_32"] = measure("32x32", crops, Codec(model, FrequencyModel.load(ROOT / "models/prior/codec.pt")))
         result["crops_32_prior"] = measure("32x32 (priors)", crops[: args.prior_images],
-                                           Codec(model, PriorEntropyModel.load(priors, fingerprint=model.fingerprint())))
+                                           Codec(model, PriorEntropyModel.load(priors, fingerprint=model.fingerprint())),
+                                           together=True)
     else:
         print("models/vqvae/model.pt is missing (run `make run`): the 32x32 rows are left out")
     found = resolve_model("photo")

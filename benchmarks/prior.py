@@ -27,7 +27,8 @@ from sparse_vqvae.pixelsnail import PixelSNAIL
 from sparse_vqvae.prior_train import bits_per_image, fit_factorized, load_maps, prior_configs, train_prior
 from sparse_vqvae.train import train
 
-SELECTION_FNS = {"vanilla": dict(selection_fn="vanilla"), "omp": dict(selection_fn="omp", n_nonzero=2)}
+SELECTION_FNS = {"vanilla": dict(selection_fn="vanilla", num_atoms=512),  # the models its README table names
+                 "omp": dict(selection_fn="omp", n_nonzero=2, num_atoms=512, coef_levels=32, coef_quantizer="uniform")}
 CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg" / "train"
 
 

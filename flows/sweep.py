@@ -31,8 +31,8 @@ DEFAULT_GRID = [  # one model per family near vanilla's rate, and OMP K=1 (gain-
     {"model.selection_fn": "vanilla"},
     {"model.selection_fn": "rvq", "model.n_nonzero": 2},
     {"model.selection_fn": "omp", "model.n_nonzero": 1},
-    {"model.selection_fn": "omp", "model.n_nonzero": 2},
-    {"model.selection_fn": "fista", "model.alpha": 0.3, "model.normalize_latents": True},
+    {"model.selection_fn": "omp", "model.n_nonzero": 2, "model.coef_levels": 4},  # a level table for two slots
+    {"model.selection_fn": "fista", "model.alpha": 0.3, "model.normalize_latents": True, "model.coef_levels": 8},
 ]
 COLUMNS = ("test_psnr", "test_ssim", "baseline_psnr", "prior_bits_per_image", "factorized_bits_per_image")
 

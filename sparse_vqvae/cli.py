@@ -22,6 +22,7 @@ import math
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -33,10 +34,10 @@ from .codec import ENTROPY_MODELS, Codec, CodecError, bits_per_pixel, entropy_mo
 from .config import DATASETS, DataConfig
 from .data import DatasetNotFoundError, load_dataset, to_model_range, to_uint8
 from .devices import default_device
-from .entropy_coding import FrequencyModel
+from .entropy_coding import FrequencyModel, or_error
 from .pictures import save_grid
 from .pixelsnail import sample_maps
-from .prior_coding import PriorEntropyModel
+from .prior_coding import BATCH, PriorEntropyModel
 from .rate_distortion import plot, reference_points, sparse_vqvae_point, write_table
 from .train import load_checkpoint
 
@@ -108,28 +109,77 @@ def _read_image(path: Path) -> torch.Tensor:
 def cmd_compress(args: argparse.Namespace) -> None:
     codec = _codec(args, args.entropy)
     args.output.mkdir(parents=True, exist_ok=True)
-    for path in tqdm(args.images, desc="compress", disable=len(args.images) < 2):
-        image = _read_image(path)
-        data = codec.compress(image, args.quality)
+
+    def compressed(paths: list[Path]) -> list:
+        images = [or_error(_read_image, path, catch=(ValueError, FileNotFoundError)) for path in paths]
+        readable = [row for row, image in enumerate(images) if not isinstance(image, Exception)]
+        for row, data in zip(readable, codec.compress_many([images[row] for row in readable], args.quality)):
+            images[row] = data if isinstance(data, Exception) else (data, images[row].shape[1:])
+        return images
+
+    def save(path: Path, result: tuple[bytes, tuple[int, int]]) -> None:
+        data, size = result
         target = args.output / (path.stem + SUFFIX)
         target.write_bytes(data)
-        print(f"{path} -> {target}: {len(data)} bytes, {bits_per_pixel(data, *image.shape[1:]):.3f} bpp")
+        print(f"{path} -> {target}: {len(data)} bytes, {bits_per_pixel(data, *size):.3f} bpp")
+
+    _each_batch(args.images, compressed, save, "compress")
 
 
 def cmd_decompress(args: argparse.Namespace) -> None:
     codecs: dict[str, Codec] = {}  # loaded on first use: each file names its entropy model
     args.output.mkdir(parents=True, exist_ok=True)
-    for path in tqdm(args.files, desc="decompress", disable=len(args.files) < 2):
-        if not path.is_file():
-            raise FileNotFoundError(f"no such file: {path}")
-        data = path.read_bytes()
-        entropy = entropy_model_of(data)
-        if entropy not in codecs:
-            codecs[entropy] = _codec(args, entropy)
-        image = codecs[entropy].decompress(data)
+
+    def decompressed(paths: list[Path]) -> list:
+        results = [or_error(_read_file, path, catch=(CodecError, FileNotFoundError)) for path in paths]
+        by_entropy: dict[str, list[int]] = {}
+        for row, data in enumerate(results):
+            if not isinstance(data, Exception):
+                by_entropy.setdefault(entropy_model_of(data), []).append(row)
+        for entropy, rows in by_entropy.items():
+            if entropy not in codecs:
+                codecs[entropy] = _codec(args, entropy)
+            for row, image in zip(rows, codecs[entropy].decompress_many([results[row] for row in rows])):
+                results[row] = image
+        return results
+
+    def save(path: Path, image: torch.Tensor) -> None:
         target = args.output / (path.stem + ".png")
         Image.fromarray(to_uint8(image[None])[0]).save(target)
         print(f"{path} -> {target}")
+
+    _each_batch(args.files, decompressed, save, "decompress")
+
+
+def _read_file(path: Path) -> bytes:
+    """A compressed file's bytes, once its header is checked (it names the entropy model)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    data = path.read_bytes()
+    entropy_model_of(data)
+    return data
+
+
+def _each_batch(paths: list[Path], work: Callable[[list[Path]], list], save: Callable[[Path, object], None],
+                desc: str) -> None:
+    """``work`` on the paths, ``BATCH`` at a time (the priors code a batch together), each result saved;
+    a file that fails is reported and skipped, and the command fails at the end if any did."""
+    failures: list[Exception] = []
+    with tqdm(total=len(paths), desc=desc, disable=len(paths) < 2) as progress:
+        for start in range(0, len(paths), BATCH):
+            chunk = paths[start : start + BATCH]
+            for path, result in zip(chunk, work(chunk)):
+                if not isinstance(result, Exception):
+                    save(path, result)
+                    continue
+                failures.append(result)
+                if len(paths) > 1:
+                    print(f"sparse-vqvae {desc}: {path}: {result}", file=sys.stderr)
+            progress.update(len(chunk))
+    if len(paths) == 1 and failures:
+        raise failures[0]
+    if failures:
+        raise CodecError(f"{len(failures)} of {len(paths)} files failed (each named above); the others were written")
 
 
 @torch.no_grad()

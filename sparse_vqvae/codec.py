@@ -37,6 +37,8 @@ from __future__ import annotations
 
 import struct
 import zlib
+from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 import torch
@@ -44,7 +46,7 @@ import torch.nn.functional as F
 
 from .codes import Codes, packed, validate_codes
 from .config import staged
-from .entropy_coding import FrequencyModel
+from .entropy_coding import FrequencyModel, or_error, raised
 from .prior_coding import PriorEntropyModel
 from .vqvae import VQVAE2
 
@@ -88,11 +90,20 @@ def entropy_model_of(data: bytes) -> str:
     return ENTROPY_MODELS[kind]
 
 
-def read_codes(data: bytes, entropy: EntropyModel, expected_sizes: Callable[[int, int], list] | None = None,
-               ) -> tuple[tuple[int, int], tuple[Codes, ...]]:
-    """Check a file and decode its code maps; returns ((height, width), maps [H, W, K]). With
-    ``expected_sizes(height, width)`` the header's map sizes are checked before anything is decoded
-    (a forged header cannot make the decoder allocate for maps the image does not have)."""
+@dataclass(frozen=True)
+class _Parsed:
+    """A file's checked header: what decoding its payload needs and what the content checksum covers."""
+
+    header: bytes
+    height: int
+    width: int
+    sizes: list[tuple[int, int]]
+    slots: int
+    payload: bytes
+    content_crc: int
+
+
+def _parsed(data: bytes, entropy: EntropyModel, expected_sizes: Callable[[int, int], list] | None) -> _Parsed:
     kind = entropy_model_of(data)
     if kind != entropy.kind:
         raise CodecError(f"the file was coded with the {kind} entropy model, and this codec holds the "
@@ -116,17 +127,33 @@ def read_codes(data: bytes, entropy: EntropyModel, expected_sizes: Callable[[int
     offset += _LENGTH.size
     if offset + length + _CRC.size != len(data):
         raise CodecError(f"the payload should be {length} bytes but the file holds {len(data) - offset - _CRC.size}")
+    return _Parsed(header, height, width, [tuple(size) for size in sizes], slots, data[offset : offset + length],
+                   content_crc)
+
+
+def _checked(parsed: _Parsed, decoded: tuple[Codes, ...] | Exception, entropy: EntropyModel) -> tuple[Codes, ...]:
+    """The decoded code maps, once they are valid codes and match the file's content checksum."""
     try:
-        maps = entropy.decode(data[offset : offset + length], sizes, slots)
-        for codes in maps:
+        raised(decoded)
+        for codes in decoded:
             validate_codes(codes, entropy.num_atoms, entropy.coef_levels)
     except (ValueError, RuntimeError) as error:  # a payload whose checksum matched by chance
         raise CodecError(f"the coded payload cannot be decoded: {error}") from error
-    if content_checksum(header, maps) != content_crc:
+    if content_checksum(parsed.header, decoded) != parsed.content_crc:
         raise CodecError(f"the header or the decoded codes differ from the encoded ones (checksum mismatch): the "
                          f"file was altered, or the {entropy.kind} entropy model computed other probabilities here "
                          "than where the file was made")
-    return (height, width), maps
+    return decoded
+
+
+def read_codes(data: bytes, entropy: EntropyModel, expected_sizes: Callable[[int, int], list] | None = None,
+               ) -> tuple[tuple[int, int], tuple[Codes, ...]]:
+    """Check a file and decode its code maps; returns ((height, width), maps [H, W, K]). With
+    ``expected_sizes(height, width)`` the header's map sizes are checked before anything is decoded
+    (a forged header cannot make the decoder allocate for maps the image does not have)."""
+    parsed = _parsed(data, entropy, expected_sizes)
+    decoded = entropy.decode_many([parsed.payload], [parsed.sizes], [parsed.slots])[0]
+    return (parsed.height, parsed.width), _checked(parsed, decoded, entropy)
 
 
 def colour_offsets(data: bytes) -> torch.Tensor:
@@ -139,15 +166,24 @@ def write_codes(maps: tuple[Codes, ...], entropy: EntropyModel, height: int, wid
                 colour: tuple[int, int, int] = (0, 0, 0)) -> bytes:
     """The bytes of a file holding one image's code maps ([H, W, K] each) and its colour offsets (in
     ``COLOUR_STEP`` units): the inverse of ``read_codes`` and ``colour_offsets``."""
-    try:
-        payload = entropy.encode(maps)
-    except ValueError as error:  # e.g. an image size the priors do not code
-        raise CodecError(f"cannot code a {height}x{width} image: {error}") from error
-    body = _HEADER.pack(MAGIC, VERSION, ENTROPY_MODELS.index(entropy.kind), bytes.fromhex(entropy.fingerprint),
-                        height, width, len(maps), maps[0].atoms.shape[-1], *colour)
-    body += b"".join(_MAP.pack(*codes.atoms.shape[:2]) for codes in maps)
-    body += _LENGTH.pack(len(payload), content_checksum(body, maps)) + payload
-    return body + _CRC.pack(zlib.crc32(body))
+    return raised(write_many([(maps, height, width, colour)], entropy)[0])
+
+
+def write_many(images: list[tuple[tuple[Codes, ...], int, int, tuple[int, int, int]]],
+               entropy: EntropyModel) -> list[bytes | CodecError]:
+    """``write_codes`` of each (maps, height, width, colour), the entropy model coding them together; an
+    image it cannot code (a size the priors do not model) gets its ``CodecError``."""
+    files: list[bytes | CodecError] = []
+    for (maps, height, width, colour), payload in zip(images, entropy.encode_many([maps for maps, *_ in images])):
+        if isinstance(payload, Exception):
+            files.append(CodecError(f"cannot code a {height}x{width} image: {payload}"))
+            continue
+        body = _HEADER.pack(MAGIC, VERSION, ENTROPY_MODELS.index(entropy.kind), bytes.fromhex(entropy.fingerprint),
+                            height, width, len(maps), maps[0].atoms.shape[-1], *colour)
+        body += b"".join(_MAP.pack(*codes.atoms.shape[:2]) for codes in maps)
+        body += _LENGTH.pack(len(payload), content_checksum(body, maps)) + payload
+        files.append(body + _CRC.pack(zlib.crc32(body)))
+    return files
 
 
 def qualities(model: VQVAE2) -> range:
@@ -189,30 +225,60 @@ class Codec:
                              f"{self.qualities[-1]}")
         return quality
 
-    @torch.no_grad()
     def compress(self, image: torch.Tensor, quality: int | None = None) -> bytes:
         """An image [3, H, W] in [-1, 1] -> the bytes of a compressed file, at ``quality`` (one of
         ``qualities``; default the highest)."""
+        return raised(self.compress_many([image], quality)[0])
+
+    def decompress(self, data: bytes) -> torch.Tensor:
+        """The bytes of a compressed file -> the image [3, H, W] in [-1, 1]."""
+        return raised(self.decompress_many([data])[0])
+
+    @torch.no_grad()
+    def compress_many(self, images: list[torch.Tensor], quality: int | None = None) -> list[bytes | CodecError]:
+        """``compress`` of each image (or why it cannot be), the entropy model coding them together: the
+        priors run over a batch at once, and every file holds the bytes it would alone."""
+        quality = self.resolved_quality(quality)
+        coded = [or_error(self._codes, image, quality, catch=CodecError) for image in images]
+        valid = [row for row, item in enumerate(coded) if not isinstance(item, CodecError)]
+        results: list[bytes | CodecError] = list(coded)
+        for row, data in zip(valid, write_many([coded[row] for row in valid], self.entropy)):
+            results[row] = data
+        return results
+
+    @torch.no_grad()
+    def decompress_many(self, files: list[bytes]) -> list[torch.Tensor | CodecError]:
+        """``decompress`` of each file (or why it cannot be), the entropy model decoding them together."""
+        parsed = [or_error(_parsed, data, self.entropy, partial(map_sizes, self.model), catch=CodecError)
+                  for data in files]
+        valid = [row for row, item in enumerate(parsed) if not isinstance(item, CodecError)]
+        decoded = self.entropy.decode_many([parsed[row].payload for row in valid], [parsed[row].sizes for row in valid],
+                                           [parsed[row].slots for row in valid])
+        results: list[torch.Tensor | CodecError] = list(parsed)
+        for row, maps in zip(valid, decoded):
+            item = parsed[row]
+            try:
+                image = self._decode(_checked(item, maps, self.entropy), item.height, item.width)
+                results[row] = (image + colour_offsets(files[row])[:, None, None]).clamp(-1, 1)
+            except CodecError as error:
+                results[row] = error
+        return results
+
+    def _codes(self, image: torch.Tensor, quality: int) -> tuple[tuple[Codes, ...], int, int, tuple[int, int, int]]:
+        """An image's code maps at ``quality``, its size and its colour offsets: all of a file but the payload."""
         _, height, width = image.shape
         if not (0 < height < 65536 and 0 < width < 65536):
             raise CodecError(f"image size {height}x{width} is outside what the format holds (1..65535 per side)")
-        quality = self.resolved_quality(quality)
         stride = self.model.config.stride
         padded = F.pad(image[None], (0, -width % stride, 0, -height % stride), mode="replicate")
         _, maps, _, _ = self.model.encode(padded.to(self.device))
         maps = tuple(Codes(codes.atoms[0, ..., :quality], codes.levels[0, ..., :quality]).to("cpu") for codes in maps)
         decoded = self._decode(maps, height, width)
         shift = (image.mean(dim=(1, 2)) - decoded.mean(dim=(1, 2))) * (127.5 / COLOUR_STEP)
-        colour = tuple(int(v) for v in shift.round().clamp(-127, 127).tolist())
-        return write_codes(maps, self.entropy, height, width, colour)
-
-    @torch.no_grad()
-    def decompress(self, data: bytes) -> torch.Tensor:
-        """The bytes of a compressed file -> the image [3, H, W] in [-1, 1]."""
-        (height, width), maps = read_codes(data, self.entropy, lambda h, w: map_sizes(self.model, h, w))
-        return (self._decode(maps, height, width) + colour_offsets(data)[:, None, None]).clamp(-1, 1)
+        return maps, height, width, tuple(int(v) for v in shift.round().clamp(-127, 127).tolist())
 
     def _decode(self, maps: tuple[Codes, ...], height: int, width: int) -> torch.Tensor:
         """One image's code maps -> the model's reconstruction [3, height, width], clamped, on the CPU."""
         image = self.model.decode_codes(tuple(Codes(c.atoms[None], c.levels[None]).to(self.device) for c in maps))
         return image[0, :, :height, :width].clamp(-1, 1).cpu()
+

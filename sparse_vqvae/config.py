@@ -114,7 +114,7 @@ class ModelConfig:
     n_nonzero: int = 1  # omp: atoms per latent vector; rvq: codebook stages (num_atoms entries each)
     alpha: float = 0.3  # fista: L1 penalty
     max_nonzero: int = 4  # fista: keep at most this many (largest) coefficients
-    coef_levels: int = 2  # omp/fista: values a coefficient is quantised to
+    coef_levels: int = 8  # omp/fista: values a coefficient is quantised to
     coef_quantizer: str = "learned"  # omp/fista: uniform (evenly over [-m, m]) | learned (EMA of the coefficients)
     encoder_gradient: str = "straight_through"  # omp/fista: straight_through (z + sg(z_q - z)) | task_driven
     normalize_latents: bool = False  # code unit-norm latents: the LASSO wants it (alpha is relative); OMP keeps the gain

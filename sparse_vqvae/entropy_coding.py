@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import constriction
 import numpy as np
@@ -118,6 +118,16 @@ class FrequencyModel:
                 _push(coder, count, self.counts[index])
         return coder.get_compressed().astype("<u4").tobytes()
 
+    def encode_many(self, images: list[tuple[Codes, ...]]) -> list[bytes | Exception]:
+        """``encode`` of each image, or its error (the frequencies code an image alone as fast as in a batch)."""
+        return [or_error(self.encode, maps) for maps in images]
+
+    def decode_many(self, payloads: list[bytes], map_sizes: list[list[tuple[int, int]]],
+                    slots: list[int | None]) -> list[tuple[Codes, ...] | Exception]:
+        """``decode`` of each payload, or its error (the ANS decoder's RuntimeError on data no encoder wrote)."""
+        return [or_error(self.decode, *args, catch=(ValueError, RuntimeError))
+                for args in zip(payloads, map_sizes, slots)]
+
     def check_slots(self, slots: int) -> int:
         """``slots`` if a file may code that many pairs a position with this model (1..K), else ValueError."""
         if not 1 <= slots <= self.slots:
@@ -202,6 +212,22 @@ class FrequencyModel:
 
 
 _FAMILY = constriction.stream.model.Categorical(perfect=False)  # probabilities given per symbol
+
+
+def or_error(function: Callable, *args, catch: type[Exception] | tuple[type[Exception], ...] = ValueError):
+    """``function(*args)``, or the error it raised: the ``*_many`` methods give each item its own outcome,
+    so one bad image or file does not cost the others."""
+    try:
+        return function(*args)
+    except catch as error:
+        return error
+
+
+def raised(result):
+    """One item's ``*_many`` outcome: its value, or its error raised."""
+    if isinstance(result, Exception):
+        raise result
+    return result
 
 
 def _normalised(counts: torch.Tensor) -> np.ndarray:

@@ -16,6 +16,14 @@ a grid boundary; and should one ever happen, the file's CRC of the codes makes t
 with a ``CodecError`` instead of returning another image. (A GPU's float32 logits, or TF32,
 differed from a CPU's beyond the grid: CUDA-encoded files did not decode on the CPU.)
 
+Several images code together (``encode_many`` / ``decode_many``): the priors run over all of them at
+once, one backbone pass per position for the batch, which amortises the per-call cost that dominates
+one small image. A batch computes a row's logits in another summation order than one image alone
+(~1e-14 apart here), so the bytes of a file are defined by the one-image arithmetic: a symbol whose
+logits lie within ``_MARGIN`` of a rounding boundary of the grid makes its image fragile in the batch,
+and that image is coded (or decoded) again alone. Every other logit rounds the same either way, so a
+file coded in a batch decodes alone, and the other way round.
+
 Priors with learned positions code images of the size they were trained on (other sizes need the
 factorised model); priors with positions ``none`` code any size. Each position costs one pass of
 every layer at that position (``pixelsnail.IncrementalBackbone``): time grows linearly with the
@@ -34,15 +42,19 @@ import torch
 
 from .checkpoint import CheckpointError
 from .codes import EMPTY, Codes
+from .entropy_coding import or_error, raised
 from .pixelsnail import Pick, PixelSNAIL
 from .prior_train import load_prior
 
 _LOGIT_STEP = 2.0**-10
+_MARGIN = 1e-9  # a logit this close to a rounding boundary may round otherwise in another batch (see above)
+BATCH = 32  # images coded together: the sequential loop's per-call cost is shared, memory stays small
 CODING_DEVICE, CODING_DTYPE = torch.device("cpu"), torch.float64  # the one arithmetic of the probabilities
 _FAMILY = constriction.stream.model.Categorical(perfect=False)
 
-# next_symbol(probabilities, (map, y, x, slot), is_atom) -> the symbol at that step (known, or decoded)
-NextSymbol = Callable[[np.ndarray, tuple[int, int, int, int], bool], int]
+# next_symbol(row, probabilities, (map, y, x, slot), is_atom) -> row's symbol at that step (known, or decoded)
+NextSymbol = Callable[[int, np.ndarray, tuple[int, int, int, int], bool], int]
+Maps = tuple[Codes, ...]
 
 
 class PriorEntropyModel:
@@ -86,32 +98,14 @@ class PriorEntropyModel:
         except ValueError as error:
             raise ValueError(f"{error}: use the factorised entropy model for other sizes") from error
 
-    @torch.no_grad()
-    def encode(self, maps: tuple[Codes, ...]) -> bytes:
+    def encode(self, maps: Maps) -> bytes:
         """One image's code maps ([H, W, K] each, canonical order) -> the ANS-coded bytes."""
-        sizes = [tuple(codes.atoms.shape[:2]) for codes in maps]
-        self.check_sizes(sizes)
-        self.check_slots(maps[0].atoms.shape[-1])
-        steps: list[tuple[int, np.ndarray]] = []
-        end = self.num_atoms  # the END token's index (LASSO)
+        return raised(self.encode_many([maps])[0])
 
-        def known(probabilities: np.ndarray, where: tuple[int, int, int, int], is_atom: bool) -> int:
-            index, *position = where
-            if is_atom:
-                atom = int(maps[index].atoms[tuple(position)])
-                symbol = end if atom == EMPTY else atom - self._coding_priors[index].head.atom_offset(position[-1])
-            else:
-                symbol = int(maps[index].levels[tuple(position)])
-            steps.append((symbol, probabilities))
-            return symbol
+    def decode(self, payload: bytes, map_sizes: list[tuple[int, int]], slots: int | None = None) -> Maps:
+        """The inverse of ``encode``: sequential, one backbone pass per position."""
+        return raised(self.decode_many([payload], [map_sizes], [slots])[0])
 
-        self._walk(known, sizes)
-        coder = constriction.stream.stack.AnsCoder()
-        for symbol, probabilities in reversed(steps):  # ANS is a stack: push in reverse
-            coder.encode_reverse(np.array([symbol], dtype=np.int32), _FAMILY, probabilities[None])
-        return coder.get_compressed().astype("<u4").tobytes()
-
-    @torch.no_grad()
     def check_slots(self, slots: int) -> int:
         """The priors model whole codes: ``slots`` must be all K of them (a residual VQ's top quality)."""
         if slots != self.slots:
@@ -119,48 +113,141 @@ class PriorEntropyModel:
                              "entropy model for lower qualities")
         return slots
 
-    def decode(self, payload: bytes, map_sizes: list[tuple[int, int]], slots: int | None = None) -> tuple[Codes, ...]:
-        """The inverse of ``encode``: sequential, one backbone pass per position."""
-        self.check_sizes(map_sizes)
-        self.check_slots(self.slots if slots is None else slots)
-        if len(payload) % 4:
-            raise ValueError("the coded payload is not a whole number of 32-bit words")
-        coder = constriction.stream.stack.AnsCoder(np.frombuffer(payload, dtype="<u4").astype(np.uint32))
+    @torch.no_grad()
+    def encode_many(self, images: list[Maps]) -> list[bytes | ValueError]:
+        """Each image's code maps -> its ANS-coded bytes (or why it cannot be coded), in batches of images
+        of one size; each file's bytes are those ``encode`` gives it alone."""
+        def sizes(maps: Maps) -> tuple[tuple[int, int], ...]:
+            found = [tuple(codes.atoms.shape[:2]) for codes in maps]
+            self.check_sizes(found)
+            self.check_slots(maps[0].atoms.shape[-1])
+            return tuple(found)
 
-        def decoded(probabilities: np.ndarray, where: tuple[int, int, int, int], is_atom: bool) -> int:
-            return int(coder.decode(_FAMILY, probabilities[None])[0])
+        return _in_batches([or_error(sizes, maps) for maps in images],
+                           lambda rows, found: self._encoded([images[row] for row in rows], found))
 
-        return self._walk(decoded, map_sizes)
+    @torch.no_grad()
+    def decode_many(self, payloads: list[bytes], map_sizes: list[list[tuple[int, int]]],
+                    slots: list[int | None]) -> list[Maps | ValueError]:
+        """The inverse of ``encode_many``: each payload's code maps (or why they cannot be decoded), in batches
+        of one size; an image fragile in its batch is decoded again alone."""
+        def sizes(payload: bytes, found: list[tuple[int, int]], count: int | None) -> tuple[tuple[int, int], ...]:
+            self.check_sizes(found)
+            self.check_slots(self.slots if count is None else count)
+            if len(payload) % 4:
+                raise ValueError("the coded payload is not a whole number of 32-bit words")
+            return tuple(tuple(size) for size in found)
 
-    def _walk(self, next_symbol: NextSymbol, map_sizes: list[tuple[int, int]]) -> tuple[Codes, ...]:
-        """Every map in coding order, each symbol's distribution computed from the codes so far: the
-        prior's own generation loop, with the symbols coded (or decoded) instead of drawn."""
+        return _in_batches([or_error(sizes, *item) for item in zip(payloads, map_sizes, slots)],
+                           lambda rows, found: self._decoded([payloads[row] for row in rows], found))
+
+    def _encoded(self, images: list[Maps], sizes: list[tuple[int, int]]) -> tuple[list[bytes], np.ndarray]:
+        """Images of one size coded together: their payloads, and which were fragile in this batch."""
+        atoms = [np.stack([maps[index].atoms.cpu().numpy() for maps in images]) for index in range(len(sizes))]
+        levels = [np.stack([maps[index].levels.cpu().numpy() for maps in images]) for index in range(len(sizes))]
+        steps: list[list[tuple[int, np.ndarray]]] = [[] for _ in images]
+        end = self.num_atoms  # the END token's index (LASSO)
+
+        def known(row: int, probabilities: np.ndarray, where: tuple[int, int, int, int], is_atom: bool) -> int:
+            index, *position = where
+            if is_atom:
+                atom = int(atoms[index][(row, *position)])
+                symbol = end if atom == EMPTY else atom - self._coding_priors[index].head.atom_offset(position[-1])
+            else:
+                symbol = int(levels[index][(row, *position)])
+            steps[row].append((symbol, probabilities))
+            return symbol
+
+        _, fragile = self._walk(known, sizes, len(images))
+        payloads = []
+        for image_steps in steps:
+            coder = constriction.stream.stack.AnsCoder()
+            for symbol, probabilities in reversed(image_steps):  # ANS is a stack: push in reverse
+                coder.encode_reverse(np.array([symbol], dtype=np.int32), _FAMILY, probabilities[None])
+            payloads.append(coder.get_compressed().astype("<u4").tobytes())
+        return payloads, fragile
+
+    def _decoded(self, payloads: list[bytes], sizes: list[tuple[int, int]]) -> tuple[list[Maps | ValueError], np.ndarray]:
+        """Payloads of one size decoded together: their code maps (or the decoder's error), and which were
+        fragile in this batch."""
+        coders = [constriction.stream.stack.AnsCoder(np.frombuffer(p, dtype="<u4").astype(np.uint32)) for p in payloads]
+        errors: list[ValueError | None] = [None] * len(payloads)
+
+        def decoded(row: int, probabilities: np.ndarray, where: tuple[int, int, int, int], is_atom: bool) -> int:
+            if errors[row] is None:
+                try:
+                    return int(coders[row].decode(_FAMILY, probabilities[None])[0])
+                except (ValueError, RuntimeError) as error:  # data that no encoder wrote
+                    errors[row] = ValueError(f"the ANS decoder failed: {error}")
+            return 0
+
+        maps, fragile = self._walk(decoded, sizes, len(payloads))
+        return [error or tuple(codes[row] for codes in maps) for row, error in enumerate(errors)], fragile
+
+    def _walk(self, next_symbol: NextSymbol, map_sizes: list[tuple[int, int]], n: int) -> tuple[Maps, np.ndarray]:
+        """Every map of ``n`` images in coding order, each symbol's distribution computed from the codes so far:
+        the prior's own generation loop, with the symbols coded (or decoded) instead of drawn. Also which
+        images met a logit near a rounding boundary (never flagged for one image: its arithmetic is the file's)."""
         maps: list[Codes] = []
+        fragile = np.zeros(n, dtype=bool)
         for index, prior in enumerate(self._coding_priors):
-            pick_atom, pick_level = _picks(next_symbol, index, prior.config.coef_levels)
-            maps.append(prior.generate(1, pick_atom, pick_level, condition=maps[0] if index else None,
+            pick_atom, pick_level = _picks(next_symbol, index, prior.config.coef_levels, fragile)
+            maps.append(prior.generate(n, pick_atom, pick_level, condition=maps[0] if index else None,
                                        size=tuple(map_sizes[index])))
-        return tuple(codes[0].to("cpu") for codes in maps)
+        return tuple(codes.to("cpu") for codes in maps), fragile
 
 
-def _picks(next_symbol: NextSymbol, index: int, coef_levels: int) -> tuple[Pick, Pick]:
-    """``PixelSNAIL.generate``'s choosers for map ``index`` of one image: each symbol of an open position
-    goes through ``next_symbol`` with its probabilities; a closed position's slots, and the single level
-    of a one-level table, carry no information and are not coded."""
+def _in_batches(sizes: list[tuple | ValueError], run: Callable[[list[int], list], tuple[list, np.ndarray]]) -> list:
+    """``run(rows, map_sizes)`` over the items of each size, ``BATCH`` at a time, an item fragile in its batch
+    run again alone; an item whose sizes are an error keeps the error as its result."""
+    results: list = list(sizes)
+    groups: dict[tuple, list[int]] = {}
+    for row, found in enumerate(sizes):
+        if not isinstance(found, Exception):
+            groups.setdefault(found, []).append(row)
+    for found, rows in groups.items():
+        for start in range(0, len(rows), BATCH):
+            chunk = rows[start : start + BATCH]
+            outputs, fragile = run(chunk, list(found))
+            for row, output, alone in zip(chunk, outputs, fragile):
+                results[row] = run([row], list(found))[0][0] if alone else output
+    return results
+
+
+def _picks(next_symbol: NextSymbol, index: int, coef_levels: int, fragile: np.ndarray) -> tuple[Pick, Pick]:
+    """``PixelSNAIL.generate``'s choosers for map ``index`` of a batch: each symbol of an open position goes
+    through ``next_symbol`` with its row's probabilities; a closed position's slots, and the single level of a
+    one-level table, carry no information and are not coded. Rows with a logit near a rounding boundary are
+    marked in ``fragile`` (batches of more than one)."""
 
     def pick(is_atom: bool) -> Pick:
         def choose(logits: torch.Tensor, where: tuple[int, int, int], open_: torch.Tensor) -> torch.Tensor:
-            if not bool(open_[0]) or (not is_atom and coef_levels == 1):
-                return torch.zeros(1, dtype=torch.long, device=logits.device)
-            return torch.tensor([next_symbol(_probabilities(logits), (index, *where), is_atom)], device=logits.device)
+            symbols = torch.zeros(len(logits), dtype=torch.long, device=logits.device)
+            if not is_atom and coef_levels == 1:
+                return symbols
+            scaled = logits.double().cpu().numpy() / _LOGIT_STEP
+            if len(scaled) > 1:
+                np.logical_or(fragile, _near_boundary(scaled), out=fragile)
+            for row in np.flatnonzero(open_.cpu().numpy()):
+                symbols[row] = next_symbol(int(row), _probabilities(scaled[row]), (index, *where), is_atom)
+            return symbols
 
         return choose
 
     return pick(True), pick(False)
 
 
-def _probabilities(logits: torch.Tensor) -> np.ndarray:
-    """[1, N] logits -> N probabilities in float64, from logits rounded to a grid (masked ones stay 0)."""
-    rounded = np.round(logits[0].double().cpu().numpy() / _LOGIT_STEP) * _LOGIT_STEP
+def _probabilities(scaled: np.ndarray) -> np.ndarray:
+    """N logits in grid steps -> N probabilities in float64, from the logits rounded to the grid (masked ones
+    stay 0)."""
+    rounded = np.round(scaled) * _LOGIT_STEP
     weights = np.exp(rounded - rounded.max())
     return weights / weights.sum()
+
+
+def _near_boundary(scaled: np.ndarray) -> np.ndarray:
+    """[n, N] logits in grid steps -> [n]: whether a row has a finite logit within ``_MARGIN`` of a rounding
+    boundary (half a step), where another summation order could round it the other way."""
+    with np.errstate(invalid="ignore"):  # masked logits: -inf - -inf
+        distance = np.abs(scaled - np.floor(scaled) - 0.5)
+    return ((distance < _MARGIN / _LOGIT_STEP) & np.isfinite(scaled)).any(axis=1)

@@ -108,6 +108,20 @@ def test_prior_coded_files_decompress_with_the_model_their_header_names(trained_
     assert done.returncode == 1 and "factorised entropy model for other sizes" in done.stderr
 
 
+def test_a_bad_file_among_many_is_named_and_the_others_are_written(trained_run):
+    for seed in (11, 12):
+        Image.fromarray(to_uint8(tiny_images(1, 16, seed=seed))[0]).save(trained_run / f"many{seed}.png")
+    done = cli("compress", "many11.png", "missing.png", "many12.png", "-o", "many", "--entropy", "prior",
+               cwd=trained_run)
+    assert done.returncode == 1 and "missing.png: no such file" in done.stderr and "1 of 3 files failed" in done.stderr
+    assert sorted(path.name for path in (trained_run / "many").iterdir()) == ["many11.svq", "many12.svq"]
+    (trained_run / "many/broken.svq").write_bytes(b"SVQC" + bytes(40))
+    done = cli("decompress", "many/many11.svq", "many/broken.svq", "many/many12.svq", "-o", "many_back",
+               cwd=trained_run)
+    assert done.returncode == 1 and "broken.svq: " in done.stderr and "1 of 3 files failed" in done.stderr
+    assert sorted(path.name for path in (trained_run / "many_back").iterdir()) == ["many11.png", "many12.png"]
+
+
 def test_sample_from_the_priors_and_from_random_codes(trained_run):
     for extra in ([], ["--random-codes"]):
         done = cli("sample", "-n", "4", "--temperature", "0.8", "-o", "grid.png", *extra, cwd=trained_run)

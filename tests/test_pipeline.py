@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from flows.pipeline import dvc_stages, pipeline
 from flows.workspace import make_workspace
+from sparse_vqvae.config import ModelConfig
 from tasks import compare_variants
 from tasks.tracking import StageTracker
 
@@ -72,7 +73,7 @@ def test_repro_produces_every_out_metric_and_plot(workspace):
 def test_rate_distortion_has_both_entropy_models_and_the_references(workspace):
     with open(workspace / "eval/rate_distortion.csv") as handle:
         rows = {(row["codec"], row["setting"]): row for row in csv.DictReader(handle)}
-    quality = "2"  # our setting is the quality: all K=2 slots of the OMP model
+    quality = str(ModelConfig().n_nonzero)  # our setting is the quality: all K slots of the default OMP model
     factorised, prior = rows[("sparse-vqvae omp (factorised)", quality)], rows[("sparse-vqvae omp (prior)", quality)]
     assert int(factorised["images"]) == TINY["evaluate"]["rate_distortion_images"]
     assert int(prior["images"]) == TINY["evaluate"]["prior_coding_images"]

@@ -3,6 +3,7 @@
 import random
 import zlib
 
+import numpy as np
 import pytest
 import torch
 
@@ -147,3 +148,52 @@ def test_the_priors_code_whole_codes_only():
     data[-4:] = zlib.crc32(bytes(data[:-4])).to_bytes(4, "little")
     with pytest.raises(CodecError, match="the priors code all 2 slots"):
         priors.decompress(bytes(data))
+
+
+def test_files_coded_together_hold_the_bytes_each_has_alone(codecs):
+    _, codec = codecs
+    images = list(tiny_images(5, 16, seed=21))
+    alone = [codec.compress(image) for image in images]
+    together = codec.compress_many(images)
+    assert together == alone
+    decoded = codec.decompress_many(together)
+    for data, image in zip(alone, decoded):
+        assert torch.equal(image, codec.decompress(data))
+
+
+def test_one_bad_file_or_image_in_a_batch_costs_only_itself(codecs):
+    _, codec = codecs
+    images = list(tiny_images(3, 16, seed=22))
+    files = codec.compress_many([images[0], images[1][:, :8], images[2]])  # the priors code 16x16 only
+    assert isinstance(files[1], CodecError) and "cannot code a 8x16 image" in str(files[1])
+    good = [files[0], files[2]]
+    broken = bytearray(good[1])
+    broken[len(broken) // 2] ^= 0xFF
+    results = codec.decompress_many([good[0], bytes(broken), b"not a file"])
+    assert torch.equal(results[0], codec.decompress(good[0]))
+    assert isinstance(results[1], CodecError) and isinstance(results[2], CodecError)
+
+
+def test_an_image_fragile_in_its_batch_is_coded_again_alone(codecs, monkeypatch):
+    """A logit near a rounding boundary could round otherwise alone: that image's bytes come from a batch of one."""
+    from sparse_vqvae import prior_coding
+
+    _, codec = codecs
+    entropy = codec.entropy
+    batches = []
+    for name in ("_encoded", "_decoded"):
+        method = getattr(PriorEntropyModel, name)
+        monkeypatch.setattr(entropy, name, lambda items, sizes, method=method: batches.append(len(items))
+                            or method(entropy, items, sizes))
+    monkeypatch.setattr(prior_coding, "_near_boundary", lambda scaled: np.arange(len(scaled)) == 1)
+    images = list(tiny_images(3, 16, seed=23))
+    files = codec.compress_many(images)
+    assert batches == [3, 1]  # the batch, then image 1 alone
+    assert codec.decompress_many(files) and batches == [3, 1, 3, 1]
+
+
+def test_near_boundary_flags_logits_within_the_margin_of_half_a_step():
+    from sparse_vqvae.prior_coding import _near_boundary
+
+    scaled = np.array([[0.1, 2.5 + 1e-12, -np.inf], [0.1, 2.4, -np.inf], [-7.5, 0.0, 1.0]])
+    assert _near_boundary(scaled).tolist() == [True, False, True]
