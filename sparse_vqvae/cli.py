@@ -131,11 +131,14 @@ def cmd_decompress(args: argparse.Namespace) -> None:
     args.output.mkdir(parents=True, exist_ok=True)
 
     def decompressed(paths: list[Path]) -> list:
-        results = [or_error(_read_file, path, catch=(CodecError, FileNotFoundError)) for path in paths]
+        results = [or_error(_read_file, path, catch=FileNotFoundError) for path in paths]
         by_entropy: dict[str, list[int]] = {}
         for row, data in enumerate(results):
-            if not isinstance(data, Exception):
-                by_entropy.setdefault(entropy_model_of(data), []).append(row)
+            entropy = data if isinstance(data, Exception) else or_error(entropy_model_of, data, catch=CodecError)
+            if isinstance(entropy, Exception):
+                results[row] = entropy
+            else:
+                by_entropy.setdefault(entropy, []).append(row)
         for entropy, rows in by_entropy.items():
             if entropy not in codecs:
                 codecs[entropy] = _codec(args, entropy)
@@ -152,12 +155,9 @@ def cmd_decompress(args: argparse.Namespace) -> None:
 
 
 def _read_file(path: Path) -> bytes:
-    """A compressed file's bytes, once its header is checked (it names the entropy model)."""
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
-    data = path.read_bytes()
-    entropy_model_of(data)
-    return data
+    return path.read_bytes()
 
 
 def _each_batch(paths: list[Path], work: Callable[[list[Path]], list], save: Callable[[Path, object], None],
