@@ -1,9 +1,12 @@
 """Sparse-coding speed and accuracy against SPAMS and scikit-learn, measured in one run.
 
 Data: a random unit-norm dictionary (d=64, N=512) and K-sparse combinations of its atoms plus
-small noise (fixed seed). LASSO rows: the exact homotopy (``lasso``), FISTA with its exact
-active-set finish, and plain FISTA (100 iterations). Ours runs in float32 on the chosen device; SPAMS in float64 with all
-threads; scikit-learn with one job. Prints a table and writes JSON (see --output).
+small noise (fixed seed). OMP rows: ``omp`` in its per-row form (``rows``, the CPU's default) and its
+batched form with either way of getting the correlations (``gemm``, ``gram``: the GPU's). LASSO rows: the
+exact homotopy (``lasso``; on the CPU also its batched form), FISTA with its exact active-set finish, and
+plain FISTA (100 iterations). Ours takes and returns float32 on the chosen device (the per-row forms
+compute in float64 inside); SPAMS works in float64 with all threads; scikit-learn with one job. Prints a
+table and writes JSON (see --output).
 
     python benchmarks/sparse_coding.py            # full size: 65,536 signals
     python benchmarks/sparse_coding.py --quick    # 8,192 signals, for a smoke run
@@ -76,6 +79,9 @@ def run(count: int, device: torch.device, with_references: bool) -> dict:
     d64 = np.asfortranarray(dictionary.numpy().astype(np.float64))
     peak = matmul_peak_flops(device)
     rows = []
+    on_cpu = device.type == "cpu"
+    omp_variants = ([("rows", dict(form="rows"))] if on_cpu else []) + [
+        ("gemm", dict(form="batched", correlations="gemm")), ("gram", dict(form="batched", correlations="gram"))]
 
     for k in OMP_KS:
         x = sparse_signals(k, count, dictionary, SEED + k)
@@ -87,8 +93,8 @@ def run(count: int, device: torch.device, with_references: bool) -> dict:
             x_f = np.asfortranarray(x.numpy().T.astype(np.float64))
             spams_codes, spams_time = timed(spams.omp, x_f, d64, L=k, numThreads=-1)
             spams_codes = spams_codes.toarray().T
-        for mode in ("gemm", "gram"):
-            code, seconds = timed(omp, x_dev, d_dev, k, correlations=mode, repeat=3)
+        for mode, kwargs in omp_variants:
+            code, seconds = timed(omp, x_dev, d_dev, k, repeat=3, **kwargs)
             dense = code.to_dense(NUM_ATOMS).cpu().double().numpy()
             row = {
                 "method": "omp", "k": k, "variant": mode, "signals_per_s": count / seconds,
@@ -117,8 +123,8 @@ def run(count: int, device: torch.device, with_references: bool) -> dict:
         cd_count = min(count, 8192)  # lasso_cd at ~2.6k signals/s: time a slice, report the rate
         cd_codes, cd_time = timed(sparse_encode, x64[:cd_count], d64.T, algorithm="lasso_cd", alpha=ALPHA, n_jobs=1)
         cd_rate = cd_count / cd_time
-    solvers = (("homotopy", lasso, {}), ("fista+exact", fista, dict(exact=True)),
-               ("fista-100", fista, dict(exact=False, n_iter=100)))
+    solvers = (("homotopy", lasso, {}), *([("homotopy-batched", lasso, dict(form="batched"))] if on_cpu else []),
+               ("fista+exact", fista, dict(exact=True)), ("fista-100", fista, dict(exact=False, n_iter=100)))
     for variant, solver, kwargs in solvers:
         solver(x_dev[:1024], d_dev, ALPHA, **kwargs)
         code, seconds = timed(solver, x_dev, d_dev, ALPHA, **kwargs)

@@ -13,6 +13,10 @@ with s non-zeros takes about s steps. All rows advance together; finished rows l
 the code is then the exact LASSO solution at the larger penalty reached, the sparse code with at
 most ``max_nonzero`` atoms that the L1 path offers.
 
+Two forms of the same path: ``batched`` (below: all rows advance together in PyTorch kernels, the
+GPU's form) and ``rows`` (``rowwise``: each row's path compiled, in cache, with the Gram matrix -
+the CPU's form, where the batched kernels' dozen passes over [B, N] per step ran at a third of SPAMS).
+
 Every result is certified by the KKT conditions (``certify_lasso``); a row that is not (a
 degenerate path, near-duplicate atoms, more than ``max_steps`` events, or a path far longer than
 its active set) is solved by FISTA and, under a cap, truncated to its largest ``max_nonzero``
@@ -26,7 +30,10 @@ import torch
 
 from ._checks import check_non_negative, check_positive_int, check_signals_and_dictionary, chunk_size_for
 from .fista import certify_lasso, fista
+from .rowwise import ROWS_PER_CALL, lasso_rows
 from .omp import SparseCode
+
+FORMS = ("auto", "batched", "rows")
 
 
 @torch.no_grad()
@@ -38,10 +45,14 @@ def lasso(
     max_nonzero: int | None = None,
     max_steps: int | None = None,
     chunk_size: int | None = None,
+    form: str = "auto",
 ) -> torch.Tensor:
     """Dense exact LASSO codes [B, N] for ``x`` [B, d] over ``dictionary`` [d, N] (unit-norm atoms).
 
-    ``max_steps`` (default 4 d) bounds the events of one path before its row goes to FISTA.
+    ``max_steps`` (default 4 d) bounds the events of one path before its row goes to FISTA. ``form``, the path's:
+    ``batched`` (all rows together in PyTorch kernels: the GPU's form), ``rows`` (each row's path
+    compiled, in cache: ``rowwise``, CPU only; ``ROWS_PER_CALL`` rows a call, ``chunk_size`` is the
+    batched form's) or ``auto`` (rows on the CPU, batched elsewhere).
     """
     check_signals_and_dictionary(x, dictionary)
     alpha = check_non_negative("alpha", alpha)
@@ -49,16 +60,28 @@ def lasso(
     if max_nonzero is not None:
         check_positive_int("max_nonzero", max_nonzero, upper=num_atoms)
     max_steps = check_positive_int("max_steps", 4 * dim if max_steps is None else max_steps)
+    if form not in FORMS or (form == "rows" and x.device.type != "cpu"):
+        raise ValueError(f"form must be one of {', '.join(FORMS)} ('rows' on the CPU only); got {form!r} "
+                         f"for a {x.device.type} tensor")
     chunk = chunk_size_for(chunk_size, x.device, num_atoms)
     atoms = dictionary.t().contiguous()
     out = x.new_zeros(x.shape[0], num_atoms)
-    failed = torch.cat([_homotopy(x, dictionary, atoms, alpha, max_nonzero, max_steps, out, rows)
+    rows_form = (form == "auto" and x.device.type == "cpu") or form == "rows"
+    path, chunk = (_rows_path, ROWS_PER_CALL) if rows_form else (_homotopy, chunk)
+    failed = torch.cat([path(x, dictionary, atoms, alpha, max_nonzero, max_steps, out, rows)
                         for rows in torch.arange(x.shape[0], device=x.device).split(chunk)]
                        + [torch.zeros(0, dtype=torch.long, device=x.device)])
     if failed.numel():
         fallback = fista(x[failed], dictionary, alpha, tol=0.0)  # no early stop: each row's result is its own
         out[failed] = fallback if max_nonzero is None else SparseCode.largest(fallback, max_nonzero).to_dense(num_atoms)
     return out
+
+
+def _rows_path(x_all, dictionary, atoms, alpha, max_nonzero, max_steps, out, out_rows) -> torch.Tensor:
+    """``_homotopy``'s contract, each row's path walked and certified on its own (``rowwise``)."""
+    certified = lasso_rows(x_all[out_rows], dictionary, alpha, max_nonzero, max_steps,
+                           out.narrow(0, int(out_rows[0]), len(out_rows)))  # the rows are a range
+    return out_rows[~certified]  # left zero: FISTA fills them
 
 
 def _homotopy(x_all, dictionary, atoms, alpha, max_nonzero, max_steps, out, out_rows) -> torch.Tensor:

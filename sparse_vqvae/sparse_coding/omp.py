@@ -6,7 +6,10 @@ the Cholesky factor L of the selected atoms' Gram block grows by one row per ste
 its inverse, so each step costs a few [B, k, k] products and the coefficients are
 ``c = L^-T L^-1 D_I^T x``.
 
-Two ways to get the residual's correlations with every atom are offered:
+Two forms (``form``): ``rows`` on the CPU (``rowwise``: each row coded on its own, compiled, in cache
+with the Gram matrix, in float64 - as SPAMS does) and ``batched`` (below: all rows together in PyTorch
+kernels, the GPU's form); ``auto`` picks by device. The batched form gets the residual's correlations
+with every atom in one of two ways:
 - ``"gemm"`` (the default): one [B, d] x [d, N] matrix product per step on the updated residual.
 - ``"gram"``: Batch-OMP's update from the precomputed Gram matrix ``D^T D`` and ``D^T x``: the
   fewest FLOPs, but its row gathers cost more than the product they save. Measured slower on
@@ -21,8 +24,10 @@ from typing import Literal, NamedTuple
 import torch
 
 from ._checks import check_positive_int, check_signals_and_dictionary, chunk_size_for
+from .rowwise import ROWS_PER_CALL, omp_rows
 
 CorrelationMode = Literal["gemm", "gram"]
+FORMS = ("auto", "batched", "rows")
 
 
 class SparseCode(NamedTuple):
@@ -51,20 +56,32 @@ def omp(
     *,
     correlations: CorrelationMode = "gemm",
     chunk_size: int | None = None,
+    form: str = "auto",
 ) -> SparseCode:
     """Code each row of ``x`` [B, d] with exactly ``n_nonzero`` atoms of ``dictionary`` [d, N].
 
     Atoms must have unit norm. An atom that lies (numerically) in the span of those already
     selected - a duplicate atom, or any atom once ``n_nonzero`` exceeds ``d`` - is still listed,
-    with coefficient 0, so every row has exactly ``n_nonzero`` distinct indices.
+    with coefficient 0, so every row has exactly ``n_nonzero`` distinct indices. ``form``: ``rows``
+    (CPU only; ``ROWS_PER_CALL`` rows a call), ``batched`` (``correlations`` and ``chunk_size`` are its
+    options) or ``auto`` (rows on the CPU, batched elsewhere).
     """
     check_signals_and_dictionary(x, dictionary)
     num_atoms = dictionary.shape[1]
     check_positive_int("n_nonzero", n_nonzero, upper=num_atoms)
     if correlations not in ("gemm", "gram"):
         raise ValueError(f"correlations must be one of 'gemm', 'gram', got {correlations!r}")
-    use_gram = correlations == "gram"
+    if form not in FORMS or (form == "rows" and x.device.type != "cpu"):
+        raise ValueError(f"form must be one of {', '.join(FORMS)} ('rows' on the CPU only); got {form!r} "
+                         f"for a {x.device.type} tensor")
     chunk = chunk_size_for(chunk_size, x.device, num_atoms)
+    if form == "rows" or (form == "auto" and x.device.type == "cpu"):
+        pairs = [omp_rows(x[start : start + ROWS_PER_CALL], dictionary, n_nonzero)
+                 for start in range(0, x.shape[0], ROWS_PER_CALL)]
+        if not pairs:
+            return SparseCode(x.new_zeros(0, n_nonzero, dtype=torch.long), x.new_zeros(0, n_nonzero))
+        return SparseCode(*(torch.cat(parts) for parts in zip(*pairs)))
+    use_gram = correlations == "gram"
 
     atoms = dictionary.t().contiguous()  # [N, d]: row gathers of selected atoms are contiguous
     gram = atoms @ dictionary
