@@ -72,7 +72,8 @@ static int scratch_alloc(Scratch *s, Py_ssize_t n, Py_ssize_t limit) {
     size_t l = (size_t)(limit > 0 ? limit : 1), m = (size_t)n;
     s->limit = limit;
     s->active = malloc(l * sizeof(Py_ssize_t)); s->support = malloc(l * sizeof(Py_ssize_t));
-    s->steps = malloc(m * sizeof(double)); s->values = malloc(l * sizeof(double)); s->chol = malloc(l * l * sizeof(double));
+    s->steps = malloc(m * sizeof(double)); s->values = malloc(l * sizeof(double));
+    s->chol = malloc(l * l * sizeof(double));
     s->w = malloc(l * sizeof(double)); s->signs = malloc(l * sizeof(double)); s->along = malloc(m * sizeof(double));
     s->c = malloc(m * sizeof(double)); s->residual = malloc(m * sizeof(double)); s->sign = malloc(l * sizeof(double));
     s->rhs = malloc(l * sizeof(double)); s->exact = malloc(l * sizeof(double));
@@ -255,13 +256,23 @@ static int get_buffer(PyObject *obj, Py_buffer *view, const char *name, const ch
         return 0;
     const char *format = view->format ? view->format : "B";
     if (format[0] == '=' || format[0] == '<' || format[0] == '@') format++;
-    if (view->itemsize != itemsize || strlen(format) != 1 || !strchr(formats, format[0]) || view->len != count * itemsize) {
+    if (view->itemsize != itemsize || strlen(format) != 1 || !strchr(formats, format[0]) ||
+        view->len != count * itemsize) {
         PyErr_Format(PyExc_ValueError, "%s: expected %zd contiguous items of type '%s', got %zd bytes of '%s'", name,
                      count, formats, view->len, view->format ? view->format : "B");
         PyBuffer_Release(view);
         return 0;
     }
     return 1;
+}
+
+/* A C-contiguous buffer of ``count`` float32 or float64 items: their size (4 or 8), 0 with an error. */
+static Py_ssize_t get_real_buffer(PyObject *obj, Py_buffer *view, const char *name, Py_ssize_t count, int writable) {
+    if (PyObject_GetBuffer(obj, view, PyBUF_FORMAT) < 0) return 0;
+    Py_ssize_t size = view->itemsize;
+    PyBuffer_Release(view);
+    size = size == 4 ? 4 : 8;
+    return get_buffer(obj, view, name, size == 4 ? "f" : "d", size, count, writable) ? size : 0;
 }
 
 static PyObject *py_lasso_paths(PyObject *self, PyObject *args) {
@@ -274,10 +285,8 @@ static PyObject *py_lasso_paths(PyObject *self, PyObject *args) {
     Py_buffer corr, gram, codes, pen, done;
     if (!get_buffer(o_corr, &corr, "correlations", "d", 8, rows * n, 0)) return NULL;
     if (!get_buffer(o_gram, &gram, "gram", "d", 8, n * n, 0)) goto fail_gram;
-    if (PyObject_GetBuffer(o_codes, &codes, PyBUF_FORMAT) < 0) goto fail_codes; /* float32 or float64 codes */
-    Py_ssize_t code_size = codes.itemsize;
-    PyBuffer_Release(&codes);
-    if (!get_buffer(o_codes, &codes, "codes", code_size == 4 ? "f" : "d", code_size, rows * n, 1)) goto fail_codes;
+    Py_ssize_t code_size = get_real_buffer(o_codes, &codes, "codes", rows * n, 1);
+    if (!code_size) goto fail_codes;
     if (!get_buffer(o_pen, &pen, "penalties", "d", 8, rows, 1)) goto fail_pen;
     if (!get_buffer(o_done, &done, "done", "?bB", 1, rows, 1)) goto fail_done;
     Py_ssize_t limit = cap == 0 ? (n < dim ? n : dim) : cap; /* more than d active atoms: a singular Gram matrix */
@@ -286,8 +295,8 @@ static PyObject *py_lasso_paths(PyObject *self, PyObject *args) {
     if (ok) {
         Py_BEGIN_ALLOW_THREADS
         for (Py_ssize_t row = 0; row < rows; row++) {
-            int certain = lasso_path((const double *)corr.buf + row * n, (const double *)gram.buf, n, alpha, cap, max_steps,
-                               &s, (double *)pen.buf + row);
+            int certain = lasso_path((const double *)corr.buf + row * n, (const double *)gram.buf, n, alpha, cap,
+                                     max_steps, &s, (double *)pen.buf + row);
             ((char *)done.buf)[row] = (char)certain;
             for (Py_ssize_t p = 0; certain && p < s.size; p++) { /* codes: zeros in */
                 if (code_size == 4)
@@ -365,17 +374,12 @@ static PyObject *py_omp(PyObject *self, PyObject *args) {
         return NULL;
     if (count < 1 || count > n) return PyErr_Format(PyExc_ValueError, "count: %zd is not in 1..%zd", count, n);
     Py_buffer corr, gram, indices, values;
-    if (PyObject_GetBuffer(o_corr, &corr, PyBUF_FORMAT) < 0) return NULL; /* float32 or float64 correlations */
-    Py_ssize_t corr_size = corr.itemsize;
-    PyBuffer_Release(&corr);
-    if (!get_buffer(o_corr, &corr, "correlations", corr_size == 4 ? "f" : "d", corr_size, rows * n, 0)) return NULL;
+    Py_ssize_t corr_size = get_real_buffer(o_corr, &corr, "correlations", rows * n, 0);
+    if (!corr_size) return NULL;
     if (!get_buffer(o_gram, &gram, "gram", "d", 8, n * n, 0)) goto fail_gram;
     if (!get_buffer(o_indices, &indices, "indices", "lq", 8, rows * count, 1)) goto fail_indices;
-    if (PyObject_GetBuffer(o_values, &values, PyBUF_FORMAT) < 0) goto fail_values; /* float32 or float64 */
-    Py_ssize_t value_size = values.itemsize;
-    PyBuffer_Release(&values);
-    if (!get_buffer(o_values, &values, "values", value_size == 4 ? "f" : "d", value_size, rows * count, 1))
-        goto fail_values;
+    Py_ssize_t value_size = get_real_buffer(o_values, &values, "values", rows * count, 1);
+    if (!value_size) goto fail_values;
     size_t m = (size_t)n, l = (size_t)count;
     double *inverse = malloc(l * l * sizeof(double)), *c = malloc(m * sizeof(double)),
            *score = malloc(m * sizeof(double)), *w = malloc(l * sizeof(double)), *coords = malloc(l * sizeof(double)),
