@@ -37,6 +37,7 @@ USAGE_DECAY = 0.9  # usage statistics follow the last ~10 steps
 DEAD_BELOW = 1 / 16  # an atom used 16x less than uniform usage is dead
 COEF_QUANTILE = 0.999  # share of |c| inside the coefficient range
 ASSIGN_ROWS = 4096  # residual VQ outside training: vectors a nearest-entry search block holds
+_DEFAULT = ModelConfig()  # the one source of the quantizers' defaults (build_quantizer passes every field)
 
 
 class QuantizerOutput(NamedTuple):
@@ -137,8 +138,8 @@ class _Quantizer(nn.Module):
 class VectorQuantizerEMA(_Quantizer):
     """Nearest-neighbour VQ with an EMA codebook [C, N] (VQ-VAE-2)."""
 
-    def __init__(self, dim: int, num_atoms: int, decay: float = 0.99, eps: float = 1e-5,
-                 commitment: float = 0.25, restart_dead: bool = True) -> None:
+    def __init__(self, dim: int, num_atoms: int, decay: float = _DEFAULT.ema_decay, eps: float = 1e-5,
+                 commitment: float = _DEFAULT.commitment, restart_dead: bool = _DEFAULT.restart_dead) -> None:
         super().__init__(dim, num_atoms, 1, 1, commitment, restart_dead)
         self.decay, self.eps = decay, eps
         embed = torch.randn(dim, num_atoms)
@@ -223,8 +224,9 @@ class ResidualVQ(nn.Module):
     stages is a coarser code of the same image, which is the codec's rate control.
     """
 
-    def __init__(self, dim: int, codebook_size: int, stages: int, decay: float = 0.99, commitment: float = 0.25,
-                 restart_dead: bool = True, stage_dropout: bool = False) -> None:
+    def __init__(self, dim: int, codebook_size: int, stages: int, decay: float = _DEFAULT.ema_decay,
+                 commitment: float = _DEFAULT.commitment, restart_dead: bool = _DEFAULT.restart_dead,
+                 stage_dropout: bool = _DEFAULT.stage_dropout) -> None:
         super().__init__()
         self.dim, self.codebook_size, self.commitment = dim, codebook_size, commitment
         self.stage_dropout = stage_dropout
@@ -303,11 +305,13 @@ class ResidualVQ(nn.Module):
 class SparseQuantizer(_Quantizer):
     """Sparse coding over a learned unit-norm dictionary [C, N], by OMP or FISTA (see module docstring)."""
 
-    def __init__(self, dim: int, num_atoms: int, method: str = "omp", n_nonzero: int = 2, alpha: float = 0.3,
-                 max_nonzero: int = 4, coef_levels: int = 32, coef_quantizer: str = "uniform",
-                 normalize_latents: bool = False, encoder_gradient: str = "straight_through",
-                 commitment: float = 0.25, dictionary_loss_weight: float = 1.0, coef_decay: float = 0.99,
-                 restart_dead: bool = True) -> None:
+    def __init__(self, dim: int, num_atoms: int, method: str = "omp", n_nonzero: int = _DEFAULT.n_nonzero,
+                 alpha: float = _DEFAULT.alpha, max_nonzero: int = _DEFAULT.max_nonzero,
+                 coef_levels: int = _DEFAULT.coef_levels, coef_quantizer: str = _DEFAULT.coef_quantizer,
+                 normalize_latents: bool = _DEFAULT.normalize_latents,
+                 encoder_gradient: str = _DEFAULT.encoder_gradient, commitment: float = _DEFAULT.commitment,
+                 dictionary_loss_weight: float = _DEFAULT.dictionary_loss_weight,
+                 coef_decay: float = _DEFAULT.ema_decay, restart_dead: bool = _DEFAULT.restart_dead) -> None:
         super().__init__(dim, num_atoms, n_nonzero if method == "omp" else max_nonzero, coef_levels, commitment,
                          restart_dead)
         if method not in ("omp", "fista"):

@@ -164,7 +164,7 @@ def test_dead_entries_are_reseeded_from_encoder_outputs(selection_fn):
 
 
 def test_uniform_levels_cover_the_fitted_range():
-    quantizer = SparseQuantizer(8, 32, "omp", coef_levels=5)
+    quantizer = SparseQuantizer(8, 32, "omp", coef_levels=5, coef_quantizer="uniform")
     quantizer.coef_range.fill_(2.0)
     quantizer.level_table.copy_(uniform_levels(5, quantizer.coef_range))
     values = torch.tensor([-5.0, -2.0, -0.9, 0.0, 1.1, 2.0, 9.0])
