@@ -96,6 +96,8 @@ def test_the_forms_agree_and_a_row_does_not_depend_on_its_batch():
     assert single.values.dtype == torch.float32
     assert (single.indices == rows.indices).all(dim=1).float().mean() > 0.99
     torch.testing.assert_close(single.values, rows.values.float(), atol=1e-4, rtol=0)
+    one_atom = omp(x.float(), dictionary.float(), 1)  # auto on the CPU: one atom goes the batched way
+    assert torch.equal(one_atom.values, omp(x.float(), dictionary.float(), 1, form="batched").values)
 
 
 @pytest.mark.parametrize(
