@@ -45,6 +45,17 @@ def _describe(value: object) -> str:
     return f"{type(value).__name__}"
 
 
+FORMS = ("auto", "batched", "rows")  # a solver's forms: all rows in torch kernels, or per signal compiled (CPU)
+
+
+def check_form(form: object, device: torch.device) -> str:
+    """``form``, when it is one of ``FORMS`` and the device can run it."""
+    if form not in FORMS or (form == "rows" and device.type != "cpu"):
+        raise ValueError(f"form must be one of {', '.join(FORMS)} ('rows' on the CPU only); got {form!r} "
+                         f"for a {device.type} tensor")
+    return form
+
+
 def chunk_size_for(chunk_size: int | None, device: torch.device, num_atoms: int) -> int:
     """Rows coded at once. By default, on CPU few enough that the [rows, N] correlations stay in cache."""
     if chunk_size is not None:

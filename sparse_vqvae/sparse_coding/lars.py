@@ -28,12 +28,11 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import check_non_negative, check_positive_int, check_signals_and_dictionary, chunk_size_for
+from ._checks import (check_form, check_non_negative, check_positive_int, check_signals_and_dictionary,
+                      chunk_size_for)
 from .fista import certify_lasso, fista
-from .rowwise import ROWS_PER_CALL, lasso_rows
 from .omp import SparseCode
-
-FORMS = ("auto", "batched", "rows")
+from .rowwise import ROWS_PER_CALL, lasso_rows
 
 
 @torch.no_grad()
@@ -60,9 +59,7 @@ def lasso(
     if max_nonzero is not None:
         check_positive_int("max_nonzero", max_nonzero, upper=num_atoms)
     max_steps = check_positive_int("max_steps", 4 * dim if max_steps is None else max_steps)
-    if form not in FORMS or (form == "rows" and x.device.type != "cpu"):
-        raise ValueError(f"form must be one of {', '.join(FORMS)} ('rows' on the CPU only); got {form!r} "
-                         f"for a {x.device.type} tensor")
+    check_form(form, x.device)
     chunk = chunk_size_for(chunk_size, x.device, num_atoms)
     atoms = dictionary.t().contiguous()
     out = x.new_zeros(x.shape[0], num_atoms)

@@ -23,11 +23,10 @@ from typing import Literal, NamedTuple
 
 import torch
 
-from ._checks import check_positive_int, check_signals_and_dictionary, chunk_size_for
+from ._checks import check_form, check_positive_int, check_signals_and_dictionary, chunk_size_for
 from .rowwise import ROWS_PER_CALL, omp_rows
 
 CorrelationMode = Literal["gemm", "gram"]
-FORMS = ("auto", "batched", "rows")
 
 
 class SparseCode(NamedTuple):
@@ -72,9 +71,7 @@ def omp(
     check_positive_int("n_nonzero", n_nonzero, upper=num_atoms)
     if correlations not in ("gemm", "gram"):
         raise ValueError(f"correlations must be one of 'gemm', 'gram', got {correlations!r}")
-    if form not in FORMS or (form == "rows" and x.device.type != "cpu"):
-        raise ValueError(f"form must be one of {', '.join(FORMS)} ('rows' on the CPU only); got {form!r} "
-                         f"for a {x.device.type} tensor")
+    check_form(form, x.device)
     chunk = chunk_size_for(chunk_size, x.device, num_atoms)
     if form == "rows" or (form == "auto" and x.device.type == "cpu" and n_nonzero > 1):
         pairs = [omp_rows(x[start : start + ROWS_PER_CALL], dictionary, n_nonzero)
