@@ -78,11 +78,13 @@ def test_alpha_above_every_correlation_gives_zero(form):
     "kwargs, name",
     [(dict(alpha=-0.1), "alpha"), (dict(alpha=0.1, max_nonzero=0), "max_nonzero"),
      (dict(alpha=0.1, max_nonzero=17), "max_nonzero"), (dict(alpha=0.1, max_steps=0), "max_steps"),
-     (dict(alpha=0.1, form="fast"), "form")],
+     (dict(alpha=0.1, form="fast"), "form"), (dict(alpha=0.1, form="rows", dtype=torch.float16), "form")],
 )
 def test_bad_input_names_the_argument(kwargs, name):
+    dtype = kwargs.pop("dtype", torch.float32)
     with pytest.raises(ValueError, match=name):
-        lasso(torch.randn(4, 8), torch.randn(8, 16), **kwargs)
+        lasso(torch.randn(4, 8, dtype=dtype), torch.randn(8, 16, dtype=dtype), **kwargs)
+
 
 
 def test_the_per_row_path_certifies_nearly_every_row_and_refuses_a_wrong_support():

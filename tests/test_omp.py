@@ -100,6 +100,7 @@ def test_the_forms_agree_and_a_row_does_not_depend_on_its_batch():
     assert torch.equal(one_atom.values, omp(x.float(), dictionary.float(), 1, form="batched").values)
 
 
+
 @pytest.mark.parametrize(
     "kwargs, name",
     [
@@ -114,6 +115,7 @@ def test_the_forms_agree_and_a_row_does_not_depend_on_its_batch():
         (dict(n_nonzero=2, correlations="fast"), "correlations"),
         (dict(n_nonzero=2, chunk_size=0), "chunk_size"),
         (dict(n_nonzero=2, form="fast"), "form"),
+        (dict(x=torch.randn(4, 8).half(), dictionary=torch.randn(8, 16).half(), n_nonzero=2, form="rows"), "form"),
     ],
 )
 def test_bad_input_names_the_argument(kwargs, name):

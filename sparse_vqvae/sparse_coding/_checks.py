@@ -46,14 +46,17 @@ def _describe(value: object) -> str:
 
 
 FORMS = ("auto", "batched", "rows")  # a solver's forms: all rows in torch kernels, or per signal compiled (CPU)
+ROWS_DTYPES = (torch.float32, torch.float64)  # what the compiled per-signal kernels read
 
 
-def check_form(form: object, device: torch.device) -> str:
-    """``form``, when it is one of ``FORMS`` and the device can run it."""
-    if form not in FORMS or (form == "rows" and device.type != "cpu"):
-        raise ValueError(f"form must be one of {', '.join(FORMS)} ('rows' on the CPU only); got {form!r} "
-                         f"for a {device.type} tensor")
-    return form
+def per_signal(form: object, x: torch.Tensor) -> bool:
+    """Whether to code each signal on its own (``rowwise``): asked for with ``rows``, or ``auto`` where it can
+    run (float32 or float64 on the CPU); ``form`` must be one of ``FORMS``, and ``rows`` possible for ``x``."""
+    possible = x.device.type == "cpu" and x.dtype in ROWS_DTYPES
+    if form not in FORMS or (form == "rows" and not possible):
+        raise ValueError(f"form must be one of {', '.join(FORMS)} ('rows' for float32 or float64 on the CPU only); "
+                         f"got {form!r} for a {x.device.type} {x.dtype} tensor")
+    return form == "rows" or (form == "auto" and possible)
 
 
 def chunk_size_for(chunk_size: int | None, device: torch.device, num_atoms: int) -> int:

@@ -1,10 +1,12 @@
 /* Sparse coding one signal at a time, in C: the CPU's kernels behind ``rowwise`` (the LASSO homotopy path and
  * OMP).
  *
- * Both start from the correlations D^T x (one GEMM for all rows, done by the caller) and then work row by row
- * in cache with the Gram matrix G = D^T D, in float64, as SPAMS does; each row is coded on its own, so a code
- * never depends on the other rows. The kernels hold no state and release the GIL: Python threads code
- * disjoint blocks of rows in parallel.
+ * Both start from the correlations D^T x and then work row by row in cache with the Gram matrix G = D^T D, in
+ * float64, as SPAMS does; each row is coded on its own, so a code never depends on the other rows. The
+ * correlations are computed here too, a few rows at a time (``correlate``), each element summed in one fixed
+ * order: a BLAS GEMM's order depends on the batch (MKL on AMD sums a batch's edge rows otherwise), which would
+ * make a code depend on the rows coded beside it. The kernels hold no state and release the GIL: Python
+ * threads code disjoint blocks of rows in parallel.
  *
  * The LASSO: each row walks its path from lambda = max |d_j^T x| down to alpha; per event the direction's
  * correlations a = G[:, A] w (O(N k)), the join test over the N atoms, the leave test over the k active ones
@@ -25,6 +27,67 @@
 #include <string.h>
 
 #define KKT_SLACK 1e-9 /* relative slack of the KKT test, as ``fista.certify_lasso`` allows float64 */
+
+#define ROW_BLOCK 4 /* rows whose correlations are computed together: the dictionary is read once for them */
+#define TILE 12     /* atoms whose ROW_BLOCK x TILE sums a pass of ``correlate`` keeps in registers */
+
+typedef double vector4 __attribute__((vector_size(32), aligned(8))); /* 4 doubles (GCC/Clang vector extension) */
+
+/* Compiled twice where the compiler can: for AVX2 with FMA and for the baseline x86-64, the loader picking
+ * the one the CPU runs (a machine kind's codes are its own; on one machine they never vary). */
+#if defined(__x86_64__) && defined(__GNUC__)
+#define VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define VECTOR_CLONES
+#endif
+
+/* out [ROW_BLOCK, n] = x [ROW_BLOCK, dim] D [dim, n], each element summed over dim in order. A tile of
+ * 4 rows x 12 atoms of sums stays in registers (12 vectors, named: arrays of them went to the stack) while
+ * the dictionary's rows stream past. */
+VECTOR_CLONES
+static void correlate(const double *restrict x, Py_ssize_t dim, const double *restrict dictionary, Py_ssize_t n,
+                      double *restrict out) {
+    Py_ssize_t first = 0;
+    for (; first + TILE <= n; first += TILE) {
+        vector4 a0 = {0}, a1 = {0}, a2 = {0}, b0 = {0}, b1 = {0}, b2 = {0}, /* rows 0 (a) to 3 (d) */
+                c0 = {0}, c1 = {0}, c2 = {0}, d0 = {0}, d1 = {0}, d2 = {0};
+        for (Py_ssize_t i = 0; i < dim; i++) {
+            const double *atoms = dictionary + i * n + first;
+            vector4 t0, t1, t2;
+            memcpy(&t0, atoms, sizeof t0);
+            memcpy(&t1, atoms + 4, sizeof t1);
+            memcpy(&t2, atoms + 8, sizeof t2);
+            double xa = x[i], xb = x[dim + i], xc = x[2 * dim + i], xd = x[3 * dim + i];
+            a0 += xa * t0; a1 += xa * t1; a2 += xa * t2;
+            b0 += xb * t0; b1 += xb * t1; b2 += xb * t2;
+            c0 += xc * t0; c1 += xc * t1; c2 += xc * t2;
+            d0 += xd * t0; d1 += xd * t1; d2 += xd * t2;
+        }
+        vector4 sums[ROW_BLOCK][3] = {{a0, a1, a2}, {b0, b1, b2}, {c0, c1, c2}, {d0, d1, d2}};
+        for (int r = 0; r < ROW_BLOCK; r++) memcpy(out + r * n + first, sums[r], sizeof sums[r]);
+    }
+    for (; first < n; first++) { /* the atoms after the last whole tile */
+        for (int r = 0; r < ROW_BLOCK; r++) {
+            double sum = 0;
+            for (Py_ssize_t i = 0; i < dim; i++) sum += x[r * dim + i] * dictionary[i * n + first];
+            out[r * n + first] = sum;
+        }
+    }
+}
+
+/* The rows row0 .. row0 + ROW_BLOCK - 1 of ``signals`` (float32 or float64 by ``size``, [rows, dim]) in float64
+ * into ``block``, zeros past the last row; their correlations into ``starts`` [ROW_BLOCK, n]. Returns how many
+ * rows are real. */
+static Py_ssize_t block_correlations(const void *signals, Py_ssize_t size, Py_ssize_t rows, Py_ssize_t row0,
+                                     Py_ssize_t dim, const double *dictionary, Py_ssize_t n, double *block,
+                                     double *starts) {
+    Py_ssize_t real = rows - row0 < ROW_BLOCK ? rows - row0 : ROW_BLOCK;
+    memset(block, 0, (size_t)(ROW_BLOCK * dim) * sizeof(double));
+    for (Py_ssize_t i = 0; i < real * dim; i++)
+        block[i] = size == 4 ? ((const float *)signals)[row0 * dim + i] : ((const double *)signals)[row0 * dim + i];
+    correlate(block, dim, dictionary, n, starts);
+    return real;
+}
 
 /* out[:k] = the solution of G[atoms, atoms] out = rhs[:k] by Cholesky (into chol, k x k with stride ld);
  * 0 where that Gram matrix is not positive definite. */
@@ -276,14 +339,16 @@ static Py_ssize_t get_real_buffer(PyObject *obj, Py_buffer *view, const char *na
 }
 
 static PyObject *py_lasso_paths(PyObject *self, PyObject *args) {
-    PyObject *o_corr, *o_gram, *o_codes, *o_pen, *o_done;
+    PyObject *o_signals, *o_dict, *o_gram, *o_codes, *o_pen, *o_done;
     Py_ssize_t rows, n, dim, cap, max_steps;
     double alpha;
-    if (!PyArg_ParseTuple(args, "OOnnndnnOOO", &o_corr, &o_gram, &rows, &n, &dim, &alpha, &cap, &max_steps, &o_codes,
-                          &o_pen, &o_done))
+    if (!PyArg_ParseTuple(args, "OOOnnndnnOOO", &o_signals, &o_dict, &o_gram, &rows, &n, &dim, &alpha, &cap,
+                          &max_steps, &o_codes, &o_pen, &o_done))
         return NULL;
-    Py_buffer corr, gram, codes, pen, done;
-    if (!get_buffer(o_corr, &corr, "correlations", "d", 8, rows * n, 0)) return NULL;
+    Py_buffer signals, dict, gram, codes, pen, done;
+    Py_ssize_t signal_size = get_real_buffer(o_signals, &signals, "signals", rows * dim, 0);
+    if (!signal_size) return NULL;
+    if (!get_buffer(o_dict, &dict, "dictionary", "d", 8, dim * n, 0)) goto fail_dict;
     if (!get_buffer(o_gram, &gram, "gram", "d", 8, n * n, 0)) goto fail_gram;
     Py_ssize_t code_size = get_real_buffer(o_codes, &codes, "codes", rows * n, 1);
     if (!code_size) goto fail_codes;
@@ -291,18 +356,23 @@ static PyObject *py_lasso_paths(PyObject *self, PyObject *args) {
     if (!get_buffer(o_done, &done, "done", "?bB", 1, rows, 1)) goto fail_done;
     Py_ssize_t limit = cap == 0 ? (n < dim ? n : dim) : cap; /* more than d active atoms: a singular Gram matrix */
     Scratch s;
-    int ok = scratch_alloc(&s, n, limit);
-    if (ok) {
+    double *block = malloc((size_t)(ROW_BLOCK * dim) * sizeof(double)),
+           *starts = malloc((size_t)(ROW_BLOCK * n) * sizeof(double));
+    if (block && starts && scratch_alloc(&s, n, limit)) {
         Py_BEGIN_ALLOW_THREADS
-        for (Py_ssize_t row = 0; row < rows; row++) {
-            int certain = lasso_path((const double *)corr.buf + row * n, (const double *)gram.buf, n, alpha, cap,
-                                     max_steps, &s, (double *)pen.buf + row);
-            ((char *)done.buf)[row] = (char)certain;
-            for (Py_ssize_t p = 0; certain && p < s.size; p++) { /* codes: zeros in */
-                if (code_size == 4)
-                    ((float *)codes.buf)[row * n + s.support[p]] = (float)s.exact[p];
-                else
-                    ((double *)codes.buf)[row * n + s.support[p]] = s.exact[p];
+        for (Py_ssize_t row0 = 0; row0 < rows; row0 += ROW_BLOCK) {
+            Py_ssize_t real = block_correlations(signals.buf, signal_size, rows, row0, dim, (const double *)dict.buf,
+                                                 n, block, starts);
+            for (Py_ssize_t row = row0; row < row0 + real; row++) {
+                int certain = lasso_path(starts + (row - row0) * n, (const double *)gram.buf, n, alpha, cap,
+                                         max_steps, &s, (double *)pen.buf + row);
+                ((char *)done.buf)[row] = (char)certain;
+                for (Py_ssize_t p = 0; certain && p < s.size; p++) { /* codes: zeros in */
+                    if (code_size == 4)
+                        ((float *)codes.buf)[row * n + s.support[p]] = (float)s.exact[p];
+                    else
+                        ((double *)codes.buf)[row * n + s.support[p]] = s.exact[p];
+                }
             }
         }
         Py_END_ALLOW_THREADS
@@ -310,6 +380,7 @@ static PyObject *py_lasso_paths(PyObject *self, PyObject *args) {
     } else {
         PyErr_NoMemory();
     }
+    free(block); free(starts);
     PyBuffer_Release(&done);
 fail_done:
     PyBuffer_Release(&pen);
@@ -318,7 +389,9 @@ fail_pen:
 fail_codes:
     PyBuffer_Release(&gram);
 fail_gram:
-    PyBuffer_Release(&corr);
+    PyBuffer_Release(&dict);
+fail_dict:
+    PyBuffer_Release(&signals);
     if (PyErr_Occurred()) return NULL;
     Py_RETURN_NONE;
 }
@@ -367,15 +440,17 @@ fail_gram:
 }
 
 static PyObject *py_omp(PyObject *self, PyObject *args) {
-    PyObject *o_corr, *o_gram, *o_indices, *o_values;
-    Py_ssize_t rows, n, count;
+    PyObject *o_signals, *o_dict, *o_gram, *o_indices, *o_values;
+    Py_ssize_t rows, dim, n, count;
     double dependence;
-    if (!PyArg_ParseTuple(args, "OOnnndOO", &o_corr, &o_gram, &rows, &n, &count, &dependence, &o_indices, &o_values))
+    if (!PyArg_ParseTuple(args, "OOOnnnndOO", &o_signals, &o_dict, &o_gram, &rows, &dim, &n, &count, &dependence,
+                          &o_indices, &o_values))
         return NULL;
     if (count < 1 || count > n) return PyErr_Format(PyExc_ValueError, "count: %zd is not in 1..%zd", count, n);
-    Py_buffer corr, gram, indices, values;
-    Py_ssize_t corr_size = get_real_buffer(o_corr, &corr, "correlations", rows * n, 0);
-    if (!corr_size) return NULL;
+    Py_buffer signals, dict, gram, indices, values;
+    Py_ssize_t signal_size = get_real_buffer(o_signals, &signals, "signals", rows * dim, 0);
+    if (!signal_size) return NULL;
+    if (!get_buffer(o_dict, &dict, "dictionary", "d", 8, dim * n, 0)) goto fail_dict;
     if (!get_buffer(o_gram, &gram, "gram", "d", 8, n * n, 0)) goto fail_gram;
     if (!get_buffer(o_indices, &indices, "indices", "lq", 8, rows * count, 1)) goto fail_indices;
     Py_ssize_t value_size = get_real_buffer(o_values, &values, "values", rows * count, 1);
@@ -383,50 +458,53 @@ static PyObject *py_omp(PyObject *self, PyObject *args) {
     size_t m = (size_t)n, l = (size_t)count;
     double *inverse = malloc(l * l * sizeof(double)), *c = malloc(m * sizeof(double)),
            *score = malloc(m * sizeof(double)), *w = malloc(l * sizeof(double)), *coords = malloc(l * sizeof(double)),
-           *row_values = malloc(l * sizeof(double)), *start = malloc(m * sizeof(double));
-    if (inverse && c && score && w && coords && row_values && start) {
+           *row_values = malloc(l * sizeof(double)), *block = malloc((size_t)(ROW_BLOCK * dim) * sizeof(double)),
+           *starts = malloc(ROW_BLOCK * m * sizeof(double));
+    if (inverse && c && score && w && coords && row_values && block && starts) {
         Py_BEGIN_ALLOW_THREADS
-        for (Py_ssize_t row = 0; row < rows; row++) {
-            if (corr_size == 4)
-                for (Py_ssize_t j = 0; j < n; j++) start[j] = ((const float *)corr.buf)[row * n + j];
-            else
-                memcpy(start, (const double *)corr.buf + row * n, m * sizeof(double));
-            omp_row(start, (const double *)gram.buf, n, count, dependence, inverse, c, score, w, coords,
-                    (int64_t *)indices.buf + row * count, row_values);
-            for (Py_ssize_t p = 0; p < count; p++) {
-                if (value_size == 4)
-                    ((float *)values.buf)[row * count + p] = (float)row_values[p];
-                else
-                    ((double *)values.buf)[row * count + p] = row_values[p];
+        for (Py_ssize_t row0 = 0; row0 < rows; row0 += ROW_BLOCK) {
+            Py_ssize_t real = block_correlations(signals.buf, signal_size, rows, row0, dim, (const double *)dict.buf,
+                                                 n, block, starts);
+            for (Py_ssize_t row = row0; row < row0 + real; row++) {
+                omp_row(starts + (row - row0) * n, (const double *)gram.buf, n, count, dependence, inverse, c, score,
+                        w, coords, (int64_t *)indices.buf + row * count, row_values);
+                for (Py_ssize_t p = 0; p < count; p++) {
+                    if (value_size == 4)
+                        ((float *)values.buf)[row * count + p] = (float)row_values[p];
+                    else
+                        ((double *)values.buf)[row * count + p] = row_values[p];
+                }
             }
         }
         Py_END_ALLOW_THREADS
     } else {
         PyErr_NoMemory();
     }
-    free(inverse); free(c); free(score); free(w); free(coords); free(row_values); free(start);
+    free(inverse); free(c); free(score); free(w); free(coords); free(row_values); free(block); free(starts);
     PyBuffer_Release(&values);
 fail_values:
     PyBuffer_Release(&indices);
 fail_indices:
     PyBuffer_Release(&gram);
 fail_gram:
-    PyBuffer_Release(&corr);
+    PyBuffer_Release(&dict);
+fail_dict:
+    PyBuffer_Release(&signals);
     if (PyErr_Occurred()) return NULL;
     Py_RETURN_NONE;
 }
 
 static PyMethodDef methods[] = {
     {"lasso_paths", py_lasso_paths, METH_VARARGS,
-     "lasso_paths(correlations, gram, rows, n, dim, alpha, cap, max_steps, codes, penalties, done): each row's "
-     "certified LASSO code into codes (float32 or float64, zeros in), the penalty it ends at into penalties (alpha "
+     "lasso_paths(signals, dictionary, gram, rows, n, dim, alpha, cap, max_steps, codes, penalties, done): each "
+     "row's certified LASSO code (signals [rows, dim] float32 or float64, dictionary [dim, n] float64) into codes (float32 or float64, zeros in), the penalty it ends at into penalties (alpha "
      "in), whether it is certified into done. cap 0: no cap on the non-zeros."},
     {"lasso_certified", py_lasso_certified, METH_VARARGS,
      "lasso_certified(start, gram, n, atoms, values, k, penalty, code): one row's end certified (the exact solution "
      "on the support and signs of values, and KKT), written to code; False where it is not."},
     {"omp", py_omp, METH_VARARGS,
-     "omp(correlations, gram, rows, n, count, dependence, indices, values): each row's OMP code with count atoms "
-     "from its correlations D^T x (float32 or float64), their indices (int64) and coefficients (float32 or float64) "
+     "omp(signals, dictionary, gram, rows, dim, n, count, dependence, indices, values): each row's OMP code with "
+     "count atoms (signals [rows, dim] float32 or float64, dictionary [dim, n] float64), their indices (int64) and coefficients (float32 or float64) "
      "into indices and values [rows, count]."},
     {NULL, NULL, 0, NULL}};
 

@@ -28,11 +28,10 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import (check_form, check_non_negative, check_positive_int, check_signals_and_dictionary,
-                      chunk_size_for)
+from ._checks import check_non_negative, check_positive_int, check_signals_and_dictionary, chunk_size_for, per_signal
 from .fista import certify_lasso, fista
 from .omp import SparseCode
-from .rowwise import ROWS_PER_CALL, lasso_rows
+from .rowwise import lasso_rows
 
 
 @torch.no_grad()
@@ -49,9 +48,9 @@ def lasso(
     """Dense exact LASSO codes [B, N] for ``x`` [B, d] over ``dictionary`` [d, N] (unit-norm atoms).
 
     ``max_steps`` (default 4 d) bounds the events of one path before its row goes to FISTA. ``form``, the path's:
-    ``batched`` (all rows together in PyTorch kernels: the GPU's form), ``rows`` (each row's path
-    compiled, in cache: ``rowwise``, CPU only; ``ROWS_PER_CALL`` rows a call, ``chunk_size`` is the
-    batched form's) or ``auto`` (rows on the CPU, batched elsewhere).
+    ``batched`` (all rows together in PyTorch kernels: the GPU's form; ``chunk_size`` rows at a time), ``rows``
+    (each row's path compiled, in cache: ``rowwise``, float32 or float64 on the CPU) or ``auto`` (rows where
+    it can run, batched elsewhere).
     """
     check_signals_and_dictionary(x, dictionary)
     alpha = check_non_negative("alpha", alpha)
@@ -59,26 +58,19 @@ def lasso(
     if max_nonzero is not None:
         check_positive_int("max_nonzero", max_nonzero, upper=num_atoms)
     max_steps = check_positive_int("max_steps", 4 * dim if max_steps is None else max_steps)
-    check_form(form, x.device)
     chunk = chunk_size_for(chunk_size, x.device, num_atoms)
-    atoms = dictionary.t().contiguous()
     out = x.new_zeros(x.shape[0], num_atoms)
-    rows_form = (form == "auto" and x.device.type == "cpu") or form == "rows"
-    path, chunk = (_rows_path, ROWS_PER_CALL) if rows_form else (_homotopy, chunk)
-    failed = torch.cat([path(x, dictionary, atoms, alpha, max_nonzero, max_steps, out, rows)
-                        for rows in torch.arange(x.shape[0], device=x.device).split(chunk)]
-                       + [torch.zeros(0, dtype=torch.long, device=x.device)])
+    if per_signal(form, x):
+        failed = torch.nonzero(~lasso_rows(x, dictionary, alpha, max_nonzero, max_steps, out)).squeeze(1)
+    else:
+        atoms = dictionary.t().contiguous()
+        failed = torch.cat([_homotopy(x, dictionary, atoms, alpha, max_nonzero, max_steps, out, rows)
+                            for rows in torch.arange(x.shape[0], device=x.device).split(chunk)]
+                           + [torch.zeros(0, dtype=torch.long, device=x.device)])
     if failed.numel():
         fallback = fista(x[failed], dictionary, alpha, tol=0.0)  # no early stop: each row's result is its own
         out[failed] = fallback if max_nonzero is None else SparseCode.largest(fallback, max_nonzero).to_dense(num_atoms)
     return out
-
-
-def _rows_path(x_all, dictionary, atoms, alpha, max_nonzero, max_steps, out, out_rows) -> torch.Tensor:
-    """``_homotopy``'s contract, each row's path walked and certified on its own (``rowwise``)."""
-    certified = lasso_rows(x_all[out_rows], dictionary, alpha, max_nonzero, max_steps,
-                           out.narrow(0, int(out_rows[0]), len(out_rows)))  # the rows are a range
-    return out_rows[~certified]  # left zero: FISTA fills them
 
 
 def _homotopy(x_all, dictionary, atoms, alpha, max_nonzero, max_steps, out, out_rows) -> torch.Tensor:

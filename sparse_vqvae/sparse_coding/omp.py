@@ -23,8 +23,8 @@ from typing import Literal, NamedTuple
 
 import torch
 
-from ._checks import check_form, check_positive_int, check_signals_and_dictionary, chunk_size_for
-from .rowwise import ROWS_PER_CALL, omp_rows
+from ._checks import check_positive_int, check_signals_and_dictionary, chunk_size_for, per_signal
+from .rowwise import omp_rows
 
 CorrelationMode = Literal["gemm", "gram"]
 
@@ -62,7 +62,7 @@ def omp(
     Atoms must have unit norm. An atom that lies (numerically) in the span of those already
     selected - a duplicate atom, or any atom once ``n_nonzero`` exceeds ``d`` - is still listed,
     with coefficient 0, so every row has exactly ``n_nonzero`` distinct indices. ``form``: ``rows``
-    (CPU only; ``ROWS_PER_CALL`` rows a call), ``batched`` (``correlations`` and ``chunk_size`` are its
+    (float32 or float64 on the CPU), ``batched`` (``correlations`` and ``chunk_size`` are its
     options) or ``auto``: rows on the CPU from two atoms up, batched elsewhere and for one atom (an argmax
     and its correlation, which the batched form does in 0.5-0.7x the per-row form's time).
     """
@@ -71,14 +71,9 @@ def omp(
     check_positive_int("n_nonzero", n_nonzero, upper=num_atoms)
     if correlations not in ("gemm", "gram"):
         raise ValueError(f"correlations must be one of 'gemm', 'gram', got {correlations!r}")
-    check_form(form, x.device)
     chunk = chunk_size_for(chunk_size, x.device, num_atoms)
-    if form == "rows" or (form == "auto" and x.device.type == "cpu" and n_nonzero > 1):
-        pairs = [omp_rows(x[start : start + ROWS_PER_CALL], dictionary, n_nonzero)
-                 for start in range(0, x.shape[0], ROWS_PER_CALL)]
-        if not pairs:
-            return SparseCode(x.new_zeros(0, n_nonzero, dtype=torch.long), x.new_zeros(0, n_nonzero))
-        return SparseCode(*(torch.cat(parts) for parts in zip(*pairs)))
+    if per_signal(form, x) and (form == "rows" or n_nonzero > 1):
+        return SparseCode(*omp_rows(x, dictionary, n_nonzero))
     use_gram = correlations == "gram"
 
     atoms = dictionary.t().contiguous()  # [N, d]: row gathers of selected atoms are contiguous

@@ -2,8 +2,9 @@
 
 The batched forms in ``lars`` and ``omp`` advance all rows together in PyTorch kernels: on a GPU that is the
 fast form; on a CPU each step is several passes over [B, N] tensors in separate kernels (the LASSO ran at a
-third of SPAMS' LARS). Here, as SPAMS does, the correlations ``D^T x`` come from one GEMM for all rows and
-each row is then coded in cache with the Gram matrix ``D^T D``, in float64, its steps ``O(N k)``:
+third of SPAMS' LARS). Here, as SPAMS does, each row is coded in cache from its correlations ``D^T x`` with
+the Gram matrix ``D^T D``, in float64, its steps ``O(N k)``; the correlations too are computed in the kernel,
+a few rows at a time in one fixed order (a BLAS GEMM's rounding depends on the batch):
 
 - the LASSO walks each row's homotopy path with ``lars._homotopy``'s events, thresholds and failure rules,
   so a row fails (and goes to FISTA) for the same reasons, and certifies its end as ``fista.certify_lasso``
@@ -29,7 +30,6 @@ except ImportError as error:  # a source tree used without `pip install -e .`, w
     raise ImportError(f"sparse_vqvae's compiled sparse-coding kernels are not built ({error}); install the "
                       "package (`pip install -e .` or `make install`), which compiles _rowwise.c") from error
 
-ROWS_PER_CALL = 16384  # rows coded per call: the Gram matrix and the threads are set up once for them
 _ROWS_PER_BLOCK = 256  # a thread's unit of work: small enough to balance rows of unequal cost
 
 
@@ -38,11 +38,11 @@ def lasso_rows(x: torch.Tensor, dictionary: torch.Tensor, alpha: float, max_nonz
     """Write each row's certified LASSO code into ``codes`` [B, N] (CPU, contiguous, float32 or float64, zeros
     in; computed in float64: the exact solution at alpha, or at the larger penalty where ``max_nonzero``
     stopped the path; left zero where not certified) and return which rows are certified [B]."""
-    correlations, gram = _correlations_and_gram(x, dictionary)
-    rows, atoms = correlations.shape
+    signals, atoms, gram = _operands(x, dictionary)
+    (rows, dim), n = signals.shape, gram.shape[0]
     out, penalties, done = codes.numpy(), np.full(rows, float(alpha)), np.zeros(rows, dtype=np.bool_)
     _in_blocks(rows, lambda start, end: _rowwise.lasso_paths(
-        correlations[start:end], gram, end - start, atoms, x.shape[1], float(alpha), max_nonzero or 0, max_steps,
+        signals[start:end], atoms, gram, end - start, n, dim, float(alpha), max_nonzero or 0, max_steps,
         out[start:end], penalties[start:end], done[start:end]))
     return torch.from_numpy(done)
 
@@ -50,18 +50,16 @@ def lasso_rows(x: torch.Tensor, dictionary: torch.Tensor, alpha: float, max_nonz
 def omp_rows(x: torch.Tensor, dictionary: torch.Tensor, n_nonzero: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Each row's OMP code with ``n_nonzero`` atoms (CPU; computed in float64): the atoms' indices [B, K] in
     the order chosen, and their coefficients [B, K] in ``x``'s dtype. An atom dependent on those chosen
-    before it (relative residual norm under ``omp``'s threshold for ``x``'s dtype) gets coefficient 0.
-    The first correlations ``D^T x`` are computed in ``x``'s dtype, as the batched form's are: for float32,
-    a float64 GEMM's [B, N] output took longer than the coding itself at K <= 5."""
-    correlations, gram = _correlations_and_gram(x, dictionary, x.dtype)
-    rows = correlations.shape[0]
+    before it (relative residual norm under ``omp``'s threshold for ``x``'s dtype) gets coefficient 0."""
+    signals, atoms, gram = _operands(x, dictionary)
+    (rows, dim), n = signals.shape, gram.shape[0]
     indices = np.empty((rows, n_nonzero), dtype=np.int64)
-    values = np.empty((rows, n_nonzero), dtype=np.float32 if x.dtype == torch.float32 else np.float64)
+    values = np.empty((rows, n_nonzero), dtype=signals.dtype)
     dependence = torch.finfo(x.dtype).eps * 128  # as omp._omp_chunk's
     _in_blocks(rows, lambda start, end: _rowwise.omp(
-        correlations[start:end], gram, end - start, gram.shape[0], n_nonzero, dependence, indices[start:end],
+        signals[start:end], atoms, gram, end - start, dim, n, n_nonzero, dependence, indices[start:end],
         values[start:end]))
-    return torch.from_numpy(indices), torch.from_numpy(values).to(x.dtype)
+    return torch.from_numpy(indices), torch.from_numpy(values)
 
 
 def certified(start: np.ndarray, gram: np.ndarray, atoms: np.ndarray, values: np.ndarray, penalty: float,
@@ -73,11 +71,10 @@ def certified(start: np.ndarray, gram: np.ndarray, atoms: np.ndarray, values: np
                                     len(atoms), float(penalty), code)
 
 
-def _correlations_and_gram(x: torch.Tensor, dictionary: torch.Tensor,
-                           dtype: torch.dtype = torch.float64) -> tuple[np.ndarray, np.ndarray]:
-    """``D^T x`` for every row [B, N] (one GEMM, in ``dtype``) and ``D^T D`` [N, N] (float64), as arrays."""
-    d64 = dictionary.detach().cpu().double()
-    return (x.detach().cpu().to(dtype) @ d64.to(dtype)).numpy(), (d64.t() @ d64).numpy()
+def _operands(x: torch.Tensor, dictionary: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The kernels' inputs: the signals as they are [B, d], the dictionary [d, N] and ``D^T D`` [N, N] in float64."""
+    d64 = dictionary.detach().cpu().double().contiguous()
+    return x.detach().cpu().contiguous().numpy(), d64.numpy(), (d64.t() @ d64).numpy()
 
 
 def _in_blocks(rows: int, code: Callable[[int, int], None]) -> None:
