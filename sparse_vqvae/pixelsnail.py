@@ -204,14 +204,15 @@ class PixelSNAIL(nn.Module):
             self._check_condition(condition)
         was_training = self.training
         self.eval()  # no dropout while generating
-        features = self.condition_features(condition, (height, width)) if c.condition is not None else None
-        backbone = IncrementalBackbone(self, n, features, (height, width))
-        for y in range(height):
-            for x in range(width):
-                atoms, levels = self.head.emit(backbone.features_at(y, x), pick_atom, pick_level, (y, x))
-                codes.atoms[:, y, x] = atoms
-                codes.levels[:, y, x] = levels
-                backbone.write_codes(y, x, codes)
+        with torch.inference_mode():  # the loop's thousands of small calls, without autograd's bookkeeping
+            features = self.condition_features(condition, (height, width)) if c.condition is not None else None
+            backbone = IncrementalBackbone(self, n, features, (height, width))
+            for y in range(height):
+                for x in range(width):
+                    atoms, levels = self.head.emit(backbone.features_at(y, x), pick_atom, pick_level, (y, x))
+                    codes.atoms[:, y, x] = atoms  # codes stay ordinary tensors: made outside inference mode
+                    codes.levels[:, y, x] = levels
+                    backbone.write_codes(y, x, codes)
         self.train(was_training)
         return codes
 
@@ -254,6 +255,9 @@ class IncrementalBackbone:
     k x k window of a convolution's input, attention over the cached keys and values of positions <= i),
     not a pass over the map above it. Buffers are zero-padded by the kernel's half width, as the full
     convolutions pad; the masks hide what is not yet filled, as they hide the future in the full pass.
+    What does not depend on the codes - the top map's term in every residual block - is computed for the
+    whole map at once. A position's work is a few dozen calls on vectors, run in inference mode, each in the
+    cheapest form of its operation (a matrix-vector product for a convolution and for a 1x1 one).
     The sums run in another order than the full pass's: the features agree to rounding (tested).
     """
 
@@ -261,7 +265,7 @@ class IncrementalBackbone:
                  size: tuple[int, int]) -> None:
         c = prior.config
         height, self.width = size
-        self.prior, self.features = prior, condition_features
+        self.prior = prior
         like = prior.conv_in.weight
 
         def padded(kernel: int) -> torch.Tensor:
@@ -270,14 +274,16 @@ class IncrementalBackbone:
 
         self.conv_in = _WindowProduct(prior.conv_in)
         self.embedded = padded(self.conv_in.k)
-        # Per residual block: its two convolutions, and their inputs (elu(x), and the hidden activation).
+        # Per residual block: its two convolutions, their inputs (elu(x), and the hidden activation), and the
+        # top map's term at every position [B, 2C, H, W] (None without a condition).
         self.block_convs = [[(_WindowProduct(block.conv_in), _WindowProduct(block.conv_gate)) for block in blocks]
                             for blocks in prior.blocks]
         self.block_buffers = [[(padded(first.k), padded(second.k)) for first, second in convs]
                               for convs in self.block_convs]
-        positions, head_dim = height * self.width, c.channels // c.heads
-        self.keys = [like.new_zeros(n, c.heads, positions, head_dim) for _ in prior.attention]
-        self.values = [like.new_zeros(n, c.heads, positions, head_dim) for _ in prior.attention]
+        self.block_conditions = [[block.condition(condition_features) if block.condition is not None else None
+                                  for block in blocks] for blocks in prior.blocks]
+        positions = height * self.width
+        self.attention = [_AttentionStep(attention, n, positions, like) for attention in prior.attention]
 
     def write_codes(self, y: int, x: int, codes: Codes) -> None:
         """Embed the codes just chosen at (y, x): later positions' input."""
@@ -289,27 +295,38 @@ class IncrementalBackbone:
         h = self.conv_in(self.embedded, y, x)
         if prior.position is not None:
             h = h + prior.position[:, :, y, x]
-        for blocks, convs, buffers, attention, keys, values in zip(prior.blocks, self.block_convs, self.block_buffers,
-                                                                   prior.attention, self.keys, self.values):
-            for block, (first, second), (inputs, hidden) in zip(blocks, convs, buffers):
+        for convs, buffers, conditions, attention in zip(self.block_convs, self.block_buffers, self.block_conditions,
+                                                         self.attention):
+            for (first, second), (inputs, hidden), condition in zip(convs, buffers, conditions):
                 first.write(inputs, y, x, F.elu(h))
                 second.write(hidden, y, x, F.elu(first(inputs, y, x)))
                 gate = second(hidden, y, x)
-                if block.condition is not None:
-                    gate = gate + block.condition(self.features[:, :, y : y + 1, x : x + 1])[:, :, 0, 0]
+                if condition is not None:
+                    gate = gate + condition[:, :, y, x]
                 h = h + F.glu(gate, dim=1)
-            h = self._attend(attention, keys, values, y * self.width + x, h)
+            h = attention(h, y * self.width + x)
         return F.elu(h)
 
-    @staticmethod
-    def _attend(attention: CausalAttention, keys: torch.Tensor, values: torch.Tensor, index: int,
-                h: torch.Tensor) -> torch.Tensor:
+
+class _AttentionStep:
+    """``CausalAttention`` for one query position: its key and value are cached, and it attends to the cached
+    keys and values of the positions up to it."""
+
+    def __init__(self, attention: CausalAttention, n: int, positions: int, like: torch.Tensor) -> None:
+        channels = attention.out.out_channels
+        self.heads, head_dim = attention.heads, channels // attention.heads
+        self.qkv_weight, self.qkv_bias = attention.qkv.weight.reshape(3 * channels, channels), attention.qkv.bias
+        self.out_weight, self.out_bias = attention.out.weight.reshape(channels, channels), attention.out.bias
+        self.keys = like.new_zeros(n, self.heads, positions, head_dim)
+        self.values = like.new_zeros(n, self.heads, positions, head_dim)
+
+    def __call__(self, h: torch.Tensor, index: int) -> torch.Tensor:
+        """``h`` [B, C] at position ``index`` -> the block's output there (with its residual)."""
         b, c = h.shape
-        qkv = F.conv2d(h[:, :, None, None], attention.qkv.weight, attention.qkv.bias)
-        q, k, v = qkv.reshape(b, 3, attention.heads, c // attention.heads).unbind(1)
-        keys[:, :, index], values[:, :, index] = k, v
-        attended = F.scaled_dot_product_attention(q[:, :, None], keys[:, :, : index + 1], values[:, :, : index + 1])
-        return h + F.conv2d(attended.reshape(b, c, 1, 1), attention.out.weight, attention.out.bias)[:, :, 0, 0]
+        q, k, v = F.linear(h, self.qkv_weight, self.qkv_bias).reshape(b, 3, self.heads, 1, c // self.heads).unbind(1)
+        self.keys[:, :, index : index + 1], self.values[:, :, index : index + 1] = k, v
+        attended = F.scaled_dot_product_attention(q, self.keys[:, :, : index + 1], self.values[:, :, : index + 1])
+        return h + F.linear(attended.reshape(b, c), self.out_weight, self.out_bias)
 
 
 class _WindowProduct:
