@@ -30,6 +30,7 @@
 
 #define ROW_BLOCK 4 /* rows whose correlations are computed together: the dictionary is read once for them */
 #define TILE 12     /* atoms whose ROW_BLOCK x TILE sums a pass of ``correlate`` keeps in registers */
+_Static_assert(ROW_BLOCK == 4 && TILE == 12, "correlate's tile is written out as 4 rows of 3 vectors");
 
 typedef double vector4 __attribute__((vector_size(32), aligned(8))); /* 4 doubles (GCC/Clang vector extension) */
 
