@@ -207,9 +207,10 @@ class PixelSNAIL(nn.Module):
         with torch.inference_mode():  # the loop's thousands of small calls, without autograd's bookkeeping
             features = self.condition_features(condition, (height, width)) if c.condition is not None else None
             backbone = IncrementalBackbone(self, n, features, (height, width))
+            advances = self.head.advances()
             for y in range(height):
                 for x in range(width):
-                    atoms, levels = self.head.emit(backbone.features_at(y, x), pick_atom, pick_level, (y, x))
+                    atoms, levels = self.head.emit(backbone.features_at(y, x), pick_atom, pick_level, (y, x), advances)
                     codes.atoms[:, y, x] = atoms  # codes stay ordinary tensors: made outside inference mode
                     codes.levels[:, y, x] = levels
                     backbone.write_codes(y, x, codes)
@@ -389,6 +390,11 @@ class PairHead(nn.Module):
         """The state after emitting the pair (atom, level)."""
         return state + self.update(self.pair_atom(atoms) + self.pair_level(levels))
 
+    def advances(self) -> torch.Tensor:
+        """``_advance``'s increment for every pair [num_atoms, coef_levels, C]: it depends on the pair alone, so
+        generation looks it up (one MLP pass for all pairs instead of one per emitted slot)."""
+        return self.update(self.pair_atom.weight[:, None] + self.pair_level.weight[None])
+
     def log_prob(self, h: torch.Tensor, codes: Codes) -> torch.Tensor:
         """[B, H, W] log-probabilities of the given pairs under teacher forcing."""
         state = h
@@ -411,10 +417,11 @@ class PairHead(nn.Module):
             open_ = open_ & present
         return total
 
-    def emit(self, h: torch.Tensor, pick_atom: Pick, pick_level: Pick, position: tuple[int, int]):
+    def emit(self, h: torch.Tensor, pick_atom: Pick, pick_level: Pick, position: tuple[int, int],
+             advances: torch.Tensor):
         """One position's pairs for each row of ``h`` [B, C]: atoms and levels [B, K], slot by slot, each
         symbol chosen by ``pick_*`` from its logits (rows closed by END keep empty slots; a single level is
-        no choice and is not picked)."""
+        no choice and is not picked); ``advances`` is ``advances()``."""
         b = h.shape[0]
         atoms = torch.full((b, self.slots), EMPTY, dtype=torch.long, device=h.device)
         levels = torch.zeros((b, self.slots), dtype=torch.long, device=h.device)
@@ -428,7 +435,7 @@ class PairHead(nn.Module):
             safe = drawn.clamp_max(self.num_atoms - 1)
             level = (pick_level(self.level_out(state + self.atom_in(safe)), (*position, k), open_)
                      if self.coef_levels > 1 else levels[:, k])
-            advanced = self._advance(state, safe, level) if k + 1 < self.slots else state  # the last needs none
+            advanced = state + advances[safe, level] if k + 1 < self.slots else state  # the last needs none
             if self.variable:  # the slot is emitted by open rows only
                 atoms[:, k], levels[:, k] = torch.where(open_, safe, EMPTY), torch.where(open_, level, 0)
                 state, previous = torch.where(open_.unsqueeze(-1), advanced, state), torch.where(open_, safe, previous)

@@ -85,6 +85,17 @@ def test_incremental_backbone_gives_the_full_pass_features(name, conditioned, po
 
 
 @pytest.mark.parametrize("name", VARIANTS)
+def test_generation_advances_the_head_as_teacher_forcing_does(name):
+    head = prior_for(name).double().eval().head
+    state = torch.randn(6, head.update[0].in_features, dtype=torch.float64)
+    atoms = torch.randint(0, head.num_atoms, (6,))
+    levels = torch.randint(0, head.coef_levels, (6,))
+    with torch.no_grad():
+        looked_up = state + head.advances()[atoms, levels]
+        torch.testing.assert_close(looked_up, head._advance(state, atoms, levels), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
 def test_head_sees_only_earlier_pairs_of_its_position(name):
     prior = prior_for(name).eval()
     codes = random_codes(name, batch=2)
