@@ -163,9 +163,10 @@ class VectorQuantizerEMA(_Quantizer):
     def assign(self, flat: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
         """The nearest codebook entry of each vector [M, C]; in training, followed by the codebook's EMA
         step on the ``active`` vectors (bool [M]; all when None); the entries index the updated codebook."""
-        distance = (flat.square().sum(1, keepdim=True) - 2 * flat @ self.embed
-                    + self.embed.square().sum(0, keepdim=True))
-        error, index = distance.min(dim=1)
+        # |x|^2 - 2 x.e + |e|^2, in place (-(2 x.e - |x|^2) is the same float): [M, N] temporaries of a
+        # photograph's rows cost more than their arithmetic
+        distance = (2 * flat @ self.embed).sub_(flat.square().sum(1, keepdim=True)).neg_()
+        error, index = distance.add_(self.embed.square().sum(0, keepdim=True)).min(dim=1)
         if self.training:
             if active is None:
                 self._ema_update(flat, index, error)
