@@ -153,7 +153,7 @@ class VectorQuantizerEMA(_Quantizer):
             if self.training and not bool(self.initialized):
                 self.initialize(flat.detach())
             index = self.assign(flat.detach())
-            quantized = F.embedding(index, self.embed.t())
+            quantized = F.embedding(index, self.embed.t().contiguous())
             loss = self.commitment * F.mse_loss(flat, quantized.detach())
             z_q = _unflatten(straight_through(flat, quantized), z)
         b, _, h, w = z.shape
@@ -179,7 +179,7 @@ class VectorQuantizerEMA(_Quantizer):
         return self.embed
 
     def decode_codes(self, codes: Codes) -> torch.Tensor:
-        flat = F.embedding(codes.atoms[..., 0].reshape(-1), self.embed.t())
+        flat = F.embedding(codes.atoms[..., 0].reshape(-1), self.embed.t().contiguous())
         b, h, w, _ = codes.atoms.shape
         return flat.reshape(b, h, w, self.dim).permute(0, 3, 1, 2)
 
@@ -248,7 +248,7 @@ class ResidualVQ(nn.Module):
             for k, stage in enumerate(self.stages):
                 active = kept > k
                 index = self._nearest(stage, residual, active)
-                residual = residual - F.embedding(index, stage.embed.t()) * active.unsqueeze(1)
+                residual = residual - F.embedding(index, stage.embed.t().contiguous()) * active.unsqueeze(1)
                 picks.append(torch.where(active, index + k * self.codebook_size, EMPTY))
             atoms = torch.stack(picks, dim=1)
             quantized = compose((atoms != EMPTY).to(flat.dtype), atoms.clamp_min(0), self.codebook())
@@ -292,7 +292,7 @@ class ResidualVQ(nn.Module):
         for stage in self.stages:
             stage.initialize(residual, iterations=iterations)
             stage.eval()
-            residual = residual - F.embedding(stage.assign(residual), stage.embed.t())
+            residual = residual - F.embedding(stage.assign(residual), stage.embed.t().contiguous())
             stage.train(self.training)
         self.initialized.fill_(True)
 
@@ -477,8 +477,10 @@ def uniform_levels(count: int, coef_range: torch.Tensor) -> torch.Tensor:
 
 
 def compose(values: torch.Tensor, atoms: torch.Tensor, dictionary: torch.Tensor) -> torch.Tensor:
-    """sum_k values[:, k] * dictionary[:, atoms[:, k]] -> [M, C], in the codes' slot order (bit-stable)."""
-    return (values.unsqueeze(-1) * F.embedding(atoms, dictionary.t())).sum(dim=1)  # embedding: a fast backward
+    """sum_k values[:, k] * dictionary[:, atoms[:, k]] -> [M, C], in the codes' slot order (bit-stable). The
+    atoms are gathered as rows of a contiguous [N, C] copy (embedding: a fast backward; from the transposed view
+    each row was C strided reads, 9 ms for a photograph's 61k pairs)."""
+    return (values.unsqueeze(-1) * F.embedding(atoms, dictionary.t().contiguous())).sum(dim=1)
 
 
 def build_quantizer(config: ModelConfig) -> nn.Module:
