@@ -153,7 +153,7 @@ class VectorQuantizerEMA(_Quantizer):
             if self.training and not bool(self.initialized):
                 self.initialize(flat.detach())
             index = self.assign(flat.detach())
-            quantized = F.embedding(index, self.embed.t().contiguous())
+            quantized = F.embedding(index, self.entries())
             loss = self.commitment * F.mse_loss(flat, quantized.detach())
             z_q = _unflatten(straight_through(flat, quantized), z)
         b, _, h, w = z.shape
@@ -178,8 +178,13 @@ class VectorQuantizerEMA(_Quantizer):
         """The vectors the codes' atoms index, [C, N]."""
         return self.embed
 
+    def entries(self) -> torch.Tensor:
+        """The codebook as rows [N, C], contiguous: an entry gathered by index is one read of C floats (from the
+        transposed view, C strided reads)."""
+        return self.embed.t().contiguous()
+
     def decode_codes(self, codes: Codes) -> torch.Tensor:
-        flat = F.embedding(codes.atoms[..., 0].reshape(-1), self.embed.t().contiguous())
+        flat = F.embedding(codes.atoms[..., 0].reshape(-1), self.entries())
         b, h, w, _ = codes.atoms.shape
         return flat.reshape(b, h, w, self.dim).permute(0, 3, 1, 2)
 
@@ -248,7 +253,7 @@ class ResidualVQ(nn.Module):
             for k, stage in enumerate(self.stages):
                 active = kept > k
                 index = self._nearest(stage, residual, active)
-                residual = residual - F.embedding(index, stage.embed.t().contiguous()) * active.unsqueeze(1)
+                residual = residual - F.embedding(index, stage.entries()) * active.unsqueeze(1)
                 picks.append(torch.where(active, index + k * self.codebook_size, EMPTY))
             atoms = torch.stack(picks, dim=1)
             quantized = compose((atoms != EMPTY).to(flat.dtype), atoms.clamp_min(0), self.codebook())
@@ -292,7 +297,7 @@ class ResidualVQ(nn.Module):
         for stage in self.stages:
             stage.initialize(residual, iterations=iterations)
             stage.eval()
-            residual = residual - F.embedding(stage.assign(residual), stage.embed.t().contiguous())
+            residual = residual - F.embedding(stage.assign(residual), stage.entries())
             stage.train(self.training)
         self.initialized.fill_(True)
 
