@@ -207,7 +207,11 @@ class PixelSNAIL(nn.Module):
         with torch.inference_mode():  # the loop's thousands of small calls, without autograd's bookkeeping
             features = self.condition_features(condition, (height, width)) if c.condition is not None else None
             backbone = IncrementalBackbone(self, n, features, (height, width))
-            advances = self.head.advances()
+            # The head's advances: from one table of every pair's when the map emits more of them than the table
+            # has rows (a photograph's 10 slots), else one MLP call each (a small map: the table would cost more).
+            # The choice does not depend on n: an image codes with the same arithmetic alone or in a batch.
+            tabled = height * width * (c.slots - 1) >= c.num_atoms * c.coef_levels
+            advances = self.head.advances() if tabled else None
             for y in range(height):
                 for x in range(width):
                     atoms, levels = self.head.emit(backbone.features_at(y, x), pick_atom, pick_level, (y, x), advances)
@@ -418,10 +422,10 @@ class PairHead(nn.Module):
         return total
 
     def emit(self, h: torch.Tensor, pick_atom: Pick, pick_level: Pick, position: tuple[int, int],
-             advances: torch.Tensor):
+             advances: torch.Tensor | None):
         """One position's pairs for each row of ``h`` [B, C]: atoms and levels [B, K], slot by slot, each
         symbol chosen by ``pick_*`` from its logits (rows closed by END keep empty slots; a single level is
-        no choice and is not picked); ``advances`` is ``advances()``."""
+        no choice and is not picked); ``advances`` is ``advances()``, or None to run ``_advance`` per slot."""
         b = h.shape[0]
         atoms = torch.full((b, self.slots), EMPTY, dtype=torch.long, device=h.device)
         levels = torch.zeros((b, self.slots), dtype=torch.long, device=h.device)
@@ -435,7 +439,10 @@ class PairHead(nn.Module):
             safe = drawn.clamp_max(self.num_atoms - 1)
             level = (pick_level(self.level_out(state + self.atom_in(safe)), (*position, k), open_)
                      if self.coef_levels > 1 else levels[:, k])
-            advanced = state + advances[safe, level] if k + 1 < self.slots else state  # the last needs none
+            if k + 1 == self.slots:  # the last slot needs no advance
+                advanced = state
+            else:
+                advanced = self._advance(state, safe, level) if advances is None else state + advances[safe, level]
             if self.variable:  # the slot is emitted by open rows only
                 atoms[:, k], levels[:, k] = torch.where(open_, safe, EMPTY), torch.where(open_, level, 0)
                 state, previous = torch.where(open_.unsqueeze(-1), advanced, state), torch.where(open_, safe, previous)
