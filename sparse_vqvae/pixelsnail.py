@@ -34,6 +34,7 @@ from torch import nn
 
 from .codes import EMPTY, Codes
 from .config import PRIOR_POSITIONS
+from .incremental import incremental_backbone
 
 # Chooses one symbol per row from its logits [B, n] at (y, x, slot), given which rows are still open:
 # draws it (sampling) or reads it from a coded stream (prior coding).
@@ -206,7 +207,7 @@ class PixelSNAIL(nn.Module):
         self.eval()  # no dropout while generating
         with torch.inference_mode():  # the loop's thousands of small calls, without autograd's bookkeeping
             features = self.condition_features(condition, (height, width)) if c.condition is not None else None
-            backbone = IncrementalBackbone(self, n, features, (height, width))
+            backbone = incremental_backbone(self, n, features, (height, width))
             # The head's advances: from one table of every pair's when the map emits more of them than the table
             # has rows (a photograph's 10 slots), else one MLP call each (a small map: the table would cost more).
             # The choice does not depend on n: an image codes with the same arithmetic alone or in a batch.
@@ -217,7 +218,7 @@ class PixelSNAIL(nn.Module):
                     atoms, levels = self.head.emit(backbone.features_at(y, x), pick_atom, pick_level, (y, x), advances)
                     codes.atoms[:, y, x] = atoms  # codes stay ordinary tensors: made outside inference mode
                     codes.levels[:, y, x] = levels
-                    backbone.write_codes(y, x, codes)
+                    backbone.write_codes(y, x, atoms, levels)
         self.train(was_training)
         return codes
 
@@ -250,106 +251,6 @@ class PixelSNAIL(nn.Module):
     @property
     def arguments(self) -> dict:
         return asdict(self.config)
-
-
-class IncrementalBackbone:
-    """``PixelSNAIL.backbone`` one position at a time, in raster order (eval mode), for generation and coding.
-
-    Causality means a layer's output at position i never changes once computed, so every layer's input is
-    kept in a buffer filled as the positions are reached: position i costs one pass of each layer at i (a
-    k x k window of a convolution's input, attention over the cached keys and values of positions <= i),
-    not a pass over the map above it. Buffers are zero-padded by the kernel's half width, as the full
-    convolutions pad; the masks hide what is not yet filled, as they hide the future in the full pass.
-    What does not depend on the codes - the top map's term in every residual block - is computed for the
-    whole map at once. A position's work is a few dozen calls on vectors, run in inference mode, each in the
-    cheapest form of its operation (a matrix-vector product for a convolution and for a 1x1 one).
-    The sums run in another order than the full pass's: the features agree to rounding (tested).
-    """
-
-    def __init__(self, prior: PixelSNAIL, n: int, condition_features: torch.Tensor | None,
-                 size: tuple[int, int]) -> None:
-        c = prior.config
-        height, self.width = size
-        self.prior = prior
-        like = prior.conv_in.weight
-
-        def padded(kernel: int) -> torch.Tensor:
-            r = kernel // 2
-            return like.new_zeros(n, c.channels, height + 2 * r, self.width + 2 * r)
-
-        self.conv_in = _WindowProduct(prior.conv_in)
-        self.embedded = padded(self.conv_in.k)
-        # Per residual block: its two convolutions, their inputs (elu(x), and the hidden activation), and the
-        # top map's term at every position [B, 2C, H, W] (None without a condition).
-        self.block_convs = [[(_WindowProduct(block.conv_in), _WindowProduct(block.conv_gate)) for block in blocks]
-                            for blocks in prior.blocks]
-        self.block_buffers = [[(padded(first.k), padded(second.k)) for first, second in convs]
-                              for convs in self.block_convs]
-        self.block_conditions = [[block.condition(condition_features) if block.condition is not None else None
-                                  for block in blocks] for blocks in prior.blocks]
-        positions = height * self.width
-        self.attention = [_AttentionStep(attention, n, positions, like) for attention in prior.attention]
-
-    def write_codes(self, y: int, x: int, codes: Codes) -> None:
-        """Embed the codes just chosen at (y, x): later positions' input."""
-        self.conv_in.write(self.embedded, y, x, self.prior.embed(codes[:, y : y + 1, x : x + 1])[:, :, 0, 0])
-
-    def features_at(self, y: int, x: int) -> torch.Tensor:
-        """The backbone's features [B, C] at (y, x), from the codes written at the positions before it."""
-        prior = self.prior
-        h = self.conv_in(self.embedded, y, x)
-        if prior.position is not None:
-            h = h + prior.position[:, :, y, x]
-        for convs, buffers, conditions, attention in zip(self.block_convs, self.block_buffers, self.block_conditions,
-                                                         self.attention):
-            for (first, second), (inputs, hidden), condition in zip(convs, buffers, conditions):
-                first.write(inputs, y, x, F.elu(h))
-                second.write(hidden, y, x, F.elu(first(inputs, y, x)))
-                gate = second(hidden, y, x)
-                if condition is not None:
-                    gate = gate + condition[:, :, y, x]
-                h = h + F.glu(gate, dim=1)
-            h = attention(h, y * self.width + x)
-        return F.elu(h)
-
-
-class _AttentionStep:
-    """``CausalAttention`` for one query position: its key and value are cached, and it attends to the cached
-    keys and values of the positions up to it."""
-
-    def __init__(self, attention: CausalAttention, n: int, positions: int, like: torch.Tensor) -> None:
-        channels = attention.out.out_channels
-        self.heads, head_dim = attention.heads, channels // attention.heads
-        self.qkv_weight, self.qkv_bias = attention.qkv.weight.reshape(3 * channels, channels), attention.qkv.bias
-        self.out_weight, self.out_bias = attention.out.weight.reshape(channels, channels), attention.out.bias
-        self.keys = like.new_zeros(n, self.heads, positions, head_dim)
-        self.values = like.new_zeros(n, self.heads, positions, head_dim)
-
-    def __call__(self, h: torch.Tensor, index: int) -> torch.Tensor:
-        """``h`` [B, C] at position ``index`` -> the block's output there (with its residual)."""
-        b, c = h.shape
-        q, k, v = F.linear(h, self.qkv_weight, self.qkv_bias).reshape(b, 3, self.heads, 1, c // self.heads).unbind(1)
-        self.keys[:, :, index : index + 1], self.values[:, :, index : index + 1] = k, v
-        attended = F.scaled_dot_product_attention(q, self.keys[:, :, : index + 1], self.values[:, :, : index + 1])
-        return h + F.linear(attended.reshape(b, c), self.out_weight, self.out_bias)
-
-
-class _WindowProduct:
-    """A causal convolution at one position: its masked kernel as a matrix over the k x k window of a
-    zero-padded input buffer (one matrix-vector product: a convolution call on a k x k input costs more)."""
-
-    def __init__(self, conv: CausalConv2d) -> None:
-        self.k, self.pad = conv.kernel_size[0], conv.kernel_size[0] // 2
-        self.weight = (conv.weight * conv.mask).reshape(conv.out_channels, -1)
-        self.bias = conv.bias
-
-    def __call__(self, padded: torch.Tensor, y: int, x: int) -> torch.Tensor:
-        window = padded[:, :, y : y + self.k, x : x + self.k].reshape(padded.shape[0], -1)
-        return F.linear(window, self.weight, self.bias)
-
-    def write(self, padded: torch.Tensor, y: int, x: int, value: torch.Tensor) -> None:
-        """Put this convolution's input at (y, x) into its buffer."""
-        padded[:, :, y + self.pad, x + self.pad] = value
 
 
 class PairHead(nn.Module):

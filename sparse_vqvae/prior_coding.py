@@ -9,10 +9,11 @@ the codes decoded so far. The encoder walks the same loop with the known symbols
 same shapes, batch of one), so both sides compute the same probabilities.
 
 Files decode anywhere: the probabilities come from one fixed arithmetic, whatever device the
-priors were trained or loaded on - the priors run on the CPU in float64 for coding, and their
+priors were trained or loaded on - the priors run on the CPU in float64 for coding (the backbone in
+C, each sum in one fixed order: ``incremental.CompiledBackbone``; the head in PyTorch), and their
 logits are rounded to 2^-10 before the softmax. Between CPU kinds, SIMD paths and thread counts
-float64 results differ in the last bits (~1e-16), so a rounding flip needs a logit within that of
-a grid boundary; and should one ever happen, the file's CRC of the codes makes the decoder fail
+float64 results can differ in the last bits (~1e-16: the head's BLAS, libm), so a rounding flip needs
+a logit within that of a grid boundary; and should one ever happen, the file's CRC of the codes makes the decoder fail
 with a ``CodecError`` instead of returning another image. (A GPU's float32 logits, or TF32,
 differed from a CPU's beyond the grid: CUDA-encoded files did not decode on the CPU.)
 
@@ -26,8 +27,7 @@ file coded in a batch decodes alone, and the other way round.
 
 Priors with learned positions code images of the size they were trained on (other sizes need the
 factorised model); priors with positions ``none`` code any size. Each position costs one pass of
-every layer at that position (``pixelsnail.IncrementalBackbone``): time grows linearly with the
-image's area.
+every layer at that position (``incremental``): time grows linearly with the image's area.
 """
 
 from __future__ import annotations

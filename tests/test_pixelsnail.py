@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from sparse_vqvae.codes import EMPTY, Codes, validate_codes
-from sparse_vqvae.pixelsnail import FactorizedPrior, IncrementalBackbone, PixelSNAIL, PriorConfig, bits
+from sparse_vqvae.incremental import CompiledBackbone, IncrementalBackbone
+from sparse_vqvae.pixelsnail import FactorizedPrior, PixelSNAIL, PriorConfig, bits
 from sparse_vqvae.prior_train import bits_per_image, load_prior, save_prior, train_prior
 
 VARIANTS = {
@@ -60,13 +61,14 @@ def test_backbone_is_causal(name):
         assert torch.equal(later, torch.zeros_like(later)), f"position {i} sees positions >= {i}"
 
 
+@pytest.mark.parametrize("form", [IncrementalBackbone, CompiledBackbone])
 @pytest.mark.parametrize("positions", ["learned", "none"])
 @pytest.mark.parametrize("conditioned", [False, True])
 @pytest.mark.parametrize("name", VARIANTS)
-def test_incremental_backbone_gives_the_full_pass_features(name, conditioned, positions):
-    """Position by position from the cached layer inputs, as generation and prior coding run it: the
-    features of the full pass, with two blocks, two residual blocks each and non-square maps (without
-    positions: maps of another size than the prior's)."""
+def test_incremental_backbone_gives_the_full_pass_features(name, conditioned, positions, form):
+    """Position by position from the cached layer inputs, as generation and prior coding run it, in PyTorch
+    and in C: the features of the full pass, with two blocks, two residual blocks each and non-square maps
+    (without positions: maps of another size than the prior's)."""
     height, width = (5, 6) if positions == "learned" else (7, 3)
     prior = prior_for(name, conditioned, height=5, width=6, blocks=2, res_per_block=2,
                       positions=positions).double().eval()
@@ -77,11 +79,34 @@ def test_incremental_backbone_gives_the_full_pass_features(name, conditioned, po
         features = prior.condition_features(random_codes(name, batch=3, height=2, width=2, seed=5),
                                             (height, width)) if conditioned else None
         full = prior.backbone(codes, features)
-        incremental = IncrementalBackbone(prior, 3, features, (height, width))
+        incremental = form(prior, 3, features, (height, width))
         for y in range(height):
             for x in range(width):
                 torch.testing.assert_close(incremental.features_at(y, x), full[:, :, y, x], rtol=0, atol=1e-12)
-                incremental.write_codes(y, x, codes)
+                incremental.write_codes(y, x, codes.atoms[:, y, x], codes.levels[:, y, x])
+
+
+def test_compiled_backbone_follows_changes_to_the_prior():
+    """The compiled form keeps each prior's weights in its own layout: a training step (an in-place update)
+    or a dtype change must reach the next pass, not the layout made before it."""
+    prior = prior_for("omp", False, height=4, width=4).double().eval()
+    codes = random_codes("omp", batch=2, height=4, width=4, seed=6)
+
+    def features_match_the_full_pass() -> None:
+        full = prior.backbone(codes, None)
+        backbone = CompiledBackbone(prior, 2, None, (4, 4))
+        for y in range(4):
+            for x in range(4):
+                torch.testing.assert_close(backbone.features_at(y, x), full[:, :, y, x], rtol=1e-5, atol=1e-5)
+                backbone.write_codes(y, x, codes.atoms[:, y, x], codes.levels[:, y, x])
+
+    with torch.no_grad():
+        features_match_the_full_pass()
+        for parameter in prior.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+        features_match_the_full_pass()
+        prior.float()
+        features_match_the_full_pass()
 
 
 @pytest.mark.parametrize("name", VARIANTS)

@@ -1,0 +1,330 @@
+/* PixelSNAIL's backbone one position at a time, in C: the CPU's form of ``incremental.IncrementalBackbone``.
+ *
+ * Generating or decoding codes is sequential: a position's features need the codes of every position before
+ * it. For one small image the work of a position - a few dozen matrix-vector products on 64 channels - cost
+ * less in arithmetic than in PyTorch's per-call overhead (about a hundred calls a position). Here a position
+ * is one call (``step``), and writing its codes another (``write``).
+ *
+ * The arithmetic is fixed: float64, every sum in one written-out order (four-lane vectors, their lanes
+ * reduced in a fixed tree), the file compiled without FMA contraction, each row computed on its own. An
+ * image's features therefore do not depend on the rows beside it, on the SIMD width the loader picks, or on
+ * the thread count.
+ *
+ * Layout (``incremental.CompiledBackbone`` builds it): every buffer is channels-last and zero-padded by the
+ * kernel's half width q, so the causal window of a convolution at (y, x) is q whole rows of (2q + 1) C
+ * contiguous numbers above it and one partial row to its left (and the centre, unless strict); the weights
+ * keep only the taps the mask keeps, in that order. Attention keeps its keys and values [positions, C] per
+ * row, head h in channels h C/heads .. (h + 1) C/heads - 1.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef double vector4 __attribute__((vector_size(32), aligned(8))); /* 4 doubles (GCC/Clang vector extension) */
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define VECTOR_CLONES
+#endif
+
+/* w . x over count numbers: four vectors of partial sums over blocks of 16, reduced (a0 + a1) + (a2 + a3), then
+ * lanes (0 + 1) + (2 + 3), then the tail in order - the same order on every machine. */
+static inline double dot(const double *restrict w, const double *restrict x, Py_ssize_t count) {
+    vector4 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+    Py_ssize_t i = 0;
+    for (; i + 16 <= count; i += 16) {
+        vector4 w0, w1, w2, w3, x0, x1, x2, x3;
+        memcpy(&w0, w + i, sizeof w0); memcpy(&w1, w + i + 4, sizeof w1);
+        memcpy(&w2, w + i + 8, sizeof w2); memcpy(&w3, w + i + 12, sizeof w3);
+        memcpy(&x0, x + i, sizeof x0); memcpy(&x1, x + i + 4, sizeof x1);
+        memcpy(&x2, x + i + 8, sizeof x2); memcpy(&x3, x + i + 12, sizeof x3);
+        a0 += w0 * x0; a1 += w1 * x1; a2 += w2 * x2; a3 += w3 * x3;
+    }
+    vector4 s = (a0 + a1) + (a2 + a3);
+    double sum = (s[0] + s[1]) + (s[2] + s[3]);
+    for (; i < count; i++) sum += w[i] * x[i];
+    return sum;
+}
+
+/* out [rows] = weight [rows, count] x + bias. */
+VECTOR_CLONES
+static void affine(const double *restrict weight, const double *restrict bias, const double *restrict x,
+                   Py_ssize_t rows, Py_ssize_t count, double *restrict out) {
+    for (Py_ssize_t o = 0; o < rows; o++) out[o] = dot(weight + o * count, x, count) + bias[o];
+}
+
+static inline double elu(double v) { return v > 0 ? v : expm1(v); }
+
+typedef struct {
+    Py_ssize_t n, channels, height, width, in_radius, radius, layers, per_block, heads, num_atoms, coef_levels, slots;
+    int has_position, has_condition;
+    Py_buffer views[17];
+    int held;
+    /* the weights (read-only) */
+    const double *atom_table, *level_table, *in_weight, *in_bias, *position, *first_weight, *first_bias,
+        *second_weight, *second_bias, *conditions, *qkv_weight, *qkv_bias, *out_weight, *out_bias;
+    /* the state (written) */
+    double *embedded, *inputs, *hidden, *keys, *values;
+    /* scratch */
+    double *window, *h, *t, *gate, *qkv, *attended, *scores;
+} Plan;
+
+#define PLAN_NAME "sparse_vqvae._incremental.Plan"
+
+static void plan_free(PyObject *capsule) {
+    Plan *plan = PyCapsule_GetPointer(capsule, PLAN_NAME);
+    if (!plan) return;
+    for (int i = 0; i < plan->held; i++) PyBuffer_Release(&plan->views[i]);
+    free(plan->window);
+    free(plan);
+}
+
+/* The next array of ``arrays`` as float64 [count], C-contiguous (writable where asked), kept until the plan is freed. */
+static double *take(Plan *plan, PyObject *arrays, const char *name, Py_ssize_t count, int writable) {
+    PyObject *obj = PyTuple_GET_ITEM(arrays, plan->held);
+    Py_buffer *view = &plan->views[plan->held];
+    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0)) < 0)
+        return NULL;
+    plan->held++;
+    const char *format = view->format ? view->format : "B";
+    if (format[0] == '=' || format[0] == '<' || format[0] == '@') format++;
+    if (view->itemsize != 8 || strcmp(format, "d") != 0 || view->len != count * 8) {
+        PyErr_Format(PyExc_ValueError, "%s: expected %zd contiguous float64 numbers, got %zd bytes of '%s'", name, count,
+                     view->len, view->format ? view->format : "B");
+        return NULL;
+    }
+    return view->buf;
+}
+
+static PyObject *py_plan(PyObject *self, PyObject *args) {
+    PyObject *arrays;
+    Plan *plan = calloc(1, sizeof(Plan));
+    if (!plan) return PyErr_NoMemory();
+    if (!PyArg_ParseTuple(args, "O!(nnnnnnnnnnnnii)", &PyTuple_Type, &arrays, &plan->n, &plan->channels,
+                          &plan->height, &plan->width, &plan->in_radius, &plan->radius, &plan->layers,
+                          &plan->per_block, &plan->heads, &plan->num_atoms, &plan->coef_levels, &plan->slots,
+                          &plan->has_position, &plan->has_condition)) {
+        free(plan);
+        return NULL;
+    }
+    PyObject *capsule = PyCapsule_New(plan, PLAN_NAME, plan_free);
+    if (!capsule) {
+        free(plan);
+        return NULL;
+    }
+    Py_ssize_t n = plan->n, c = plan->channels, hw = plan->height * plan->width, layers = plan->layers;
+    Py_ssize_t attentions = plan->per_block > 0 ? layers / plan->per_block : 0;
+    Py_ssize_t qi = plan->in_radius, q = plan->radius;
+    Py_ssize_t in_taps = qi * (2 * qi + 1) + qi, taps = q * (2 * q + 1) + q + 1;
+    Py_ssize_t padded_in = (plan->height + 2 * qi) * (plan->width + 2 * qi), padded = (plan->height + 2 * q) * (plan->width + 2 * q);
+    if (n < 1 || c < 1 || hw < 1 || qi < 1 || q < 1 || layers < 1 || plan->per_block < 1 || layers % plan->per_block ||
+        plan->heads < 1 || c % plan->heads || plan->num_atoms < 1 || plan->coef_levels < 1 || plan->slots < 1) {
+        PyErr_SetString(PyExc_ValueError, "plan: inconsistent dimensions");
+        goto fail;
+    }
+    if (PyTuple_GET_SIZE(arrays) != 17) {
+        PyErr_Format(PyExc_ValueError, "plan: expected 17 arrays, got %zd", PyTuple_GET_SIZE(arrays));
+        goto fail;
+    }
+    if (!(plan->atom_table = take(plan, arrays, "atom_table", (plan->num_atoms + 1) * c, 0)) ||
+        !(plan->level_table = take(plan, arrays, "level_table", plan->coef_levels * c, 0)) ||
+        !(plan->in_weight = take(plan, arrays, "in_weight", c * in_taps * c, 0)) ||
+        !(plan->in_bias = take(plan, arrays, "in_bias", c, 0)) ||
+        !(plan->position = take(plan, arrays, "position", plan->has_position ? hw * c : 0, 0)) ||
+        !(plan->first_weight = take(plan, arrays, "first_weight", layers * c * taps * c, 0)) ||
+        !(plan->first_bias = take(plan, arrays, "first_bias", layers * c, 0)) ||
+        !(plan->second_weight = take(plan, arrays, "second_weight", layers * 2 * c * taps * c, 0)) ||
+        !(plan->second_bias = take(plan, arrays, "second_bias", layers * 2 * c, 0)) ||
+        !(plan->conditions = take(plan, arrays, "conditions", plan->has_condition ? layers * n * hw * 2 * c : 0, 0)) ||
+        !(plan->qkv_weight = take(plan, arrays, "qkv_weight", attentions * 3 * c * c, 0)) ||
+        !(plan->qkv_bias = take(plan, arrays, "qkv_bias", attentions * 3 * c, 0)) ||
+        !(plan->out_weight = take(plan, arrays, "out_weight", attentions * c * c, 0)) ||
+        !(plan->out_bias = take(plan, arrays, "out_bias", attentions * c, 0)) ||
+        !(plan->embedded = take(plan, arrays, "embedded", n * padded_in * c, 1)) ||
+        !(plan->inputs = take(plan, arrays, "inputs", layers * n * padded * c, 1)) ||
+        !(plan->hidden = take(plan, arrays, "hidden", layers * n * padded * c, 1)))
+        goto fail;
+    /* keys and values live after the scratch: one allocation */
+    size_t window = (size_t)((in_taps > taps ? in_taps : taps) * c), kv = (size_t)(attentions * n * hw * c);
+    size_t scratch = window + c + c + 2 * c + 3 * c + c + (size_t)(plan->heads * hw);
+    plan->window = calloc(scratch + 2 * kv, sizeof(double));
+    if (!plan->window) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    plan->h = plan->window + window;
+    plan->t = plan->h + c;
+    plan->gate = plan->t + c;
+    plan->qkv = plan->gate + 2 * c;
+    plan->attended = plan->qkv + 3 * c;
+    plan->scores = plan->attended + c;
+    plan->keys = plan->scores + plan->heads * hw;
+    plan->values = plan->keys + kv;
+    return capsule;
+fail:
+    Py_DECREF(capsule);
+    return NULL;
+}
+
+/* The causal window of a convolution of half width q at (y, x) from row ``b``'s padded buffer into ``window``:
+ * q whole rows above, then the row's taps left of the centre (and the centre unless ``strict``); returns its
+ * length. */
+static Py_ssize_t gather(const double *buffer, Py_ssize_t width, Py_ssize_t c, Py_ssize_t q, Py_ssize_t y, Py_ssize_t x,
+                         int strict, double *window) {
+    Py_ssize_t stride = (width + 2 * q) * c, row = (2 * q + 1) * c, length = 0;
+    for (Py_ssize_t dy = 0; dy < q; dy++, length += row)
+        memcpy(window + length, buffer + (y + dy) * stride + x * c, (size_t)row * sizeof(double));
+    Py_ssize_t left = (strict ? q : q + 1) * c;
+    memcpy(window + length, buffer + (y + q) * stride + x * c, (size_t)left * sizeof(double));
+    return length + left;
+}
+
+/* Causal attention of one row at position p: its query, key and value from h, softmax over positions <= p per
+ * head, h += out(attended). */
+static void attend(Plan *plan, Py_ssize_t a, Py_ssize_t b, Py_ssize_t p, double *h) {
+    Py_ssize_t c = plan->channels, hw = plan->height * plan->width, heads = plan->heads, dim = c / heads;
+    double *keys = plan->keys + (a * plan->n + b) * hw * c, *values = plan->values + (a * plan->n + b) * hw * c;
+    double *qkv = plan->qkv, *scores = plan->scores, *attended = plan->attended;
+    affine(plan->qkv_weight + a * 3 * c * c, plan->qkv_bias + a * 3 * c, h, 3 * c, c, qkv);
+    memcpy(keys + p * c, qkv + c, (size_t)c * sizeof(double));
+    memcpy(values + p * c, qkv + 2 * c, (size_t)c * sizeof(double));
+    double scale = 1.0 / sqrt((double)dim);
+    for (Py_ssize_t head = 0; head < heads; head++) {
+        const double *query = qkv + head * dim;
+        double *score = scores + head * hw, top = -INFINITY, total = 0;
+        for (Py_ssize_t j = 0; j <= p; j++) {
+            score[j] = dot(query, keys + j * c + head * dim, dim) * scale;
+            if (score[j] > top) top = score[j];
+        }
+        for (Py_ssize_t j = 0; j <= p; j++) total += (score[j] = exp(score[j] - top));
+        double *out = attended + head * dim;
+        for (Py_ssize_t i = 0; i < dim; i++) out[i] = 0;
+        for (Py_ssize_t j = 0; j <= p; j++) {
+            const double *value = values + j * c + head * dim;
+            double weight = score[j] / total;
+            for (Py_ssize_t i = 0; i < dim; i++) out[i] += weight * value[i];
+        }
+    }
+    double *change = plan->t;
+    affine(plan->out_weight + a * c * c, plan->out_bias + a * c, attended, c, c, change);
+    for (Py_ssize_t i = 0; i < c; i++) h[i] += change[i];
+}
+
+/* Row b's features at (y, x) into out [C]. */
+static void step_row(Plan *plan, Py_ssize_t b, Py_ssize_t y, Py_ssize_t x, double *out) {
+    Py_ssize_t c = plan->channels, qi = plan->in_radius, q = plan->radius, height = plan->height, width = plan->width;
+    Py_ssize_t padded_in = (height + 2 * qi) * (width + 2 * qi) * c, padded = (height + 2 * q) * (width + 2 * q) * c;
+    Py_ssize_t stride = (width + 2 * q) * c, p = y * width + x;
+    double *h = plan->h, *t = plan->t, *gate = plan->gate, *window = plan->window;
+    Py_ssize_t length = gather(plan->embedded + b * padded_in, width, c, qi, y, x, 1, window);
+    affine(plan->in_weight, plan->in_bias, window, c, length, h);
+    if (plan->has_position)
+        for (Py_ssize_t i = 0; i < c; i++) h[i] += plan->position[p * c + i];
+    for (Py_ssize_t l = 0; l < plan->layers; l++) {
+        double *inputs = plan->inputs + (l * plan->n + b) * padded, *hidden = plan->hidden + (l * plan->n + b) * padded;
+        double *here = inputs + (y + q) * stride + (x + q) * c;
+        for (Py_ssize_t i = 0; i < c; i++) here[i] = elu(h[i]);
+        length = gather(inputs, width, c, q, y, x, 0, window);
+        affine(plan->first_weight + l * c * length, plan->first_bias + l * c, window, c, length, t);
+        here = hidden + (y + q) * stride + (x + q) * c;
+        for (Py_ssize_t i = 0; i < c; i++) here[i] = elu(t[i]);
+        gather(hidden, width, c, q, y, x, 0, window);
+        affine(plan->second_weight + l * 2 * c * length, plan->second_bias + l * 2 * c, window, 2 * c, length, gate);
+        if (plan->has_condition) {
+            const double *term = plan->conditions + ((l * plan->n + b) * height * width + p) * 2 * c;
+            for (Py_ssize_t i = 0; i < 2 * c; i++) gate[i] += term[i];
+        }
+        for (Py_ssize_t i = 0; i < c; i++) h[i] += gate[i] * (1.0 / (1.0 + exp(-gate[c + i])));
+        if ((l + 1) % plan->per_block == 0) attend(plan, l / plan->per_block, b, p, h);
+    }
+    for (Py_ssize_t i = 0; i < c; i++) out[i] = elu(h[i]);
+}
+
+static Plan *get_plan(PyObject *capsule) { return PyCapsule_GetPointer(capsule, PLAN_NAME); }
+
+static int check_position(Plan *plan, Py_ssize_t y, Py_ssize_t x) {
+    if (y < 0 || y >= plan->height || x < 0 || x >= plan->width) {
+        PyErr_Format(PyExc_IndexError, "position (%zd, %zd) is outside the %zdx%zd map", y, x, plan->height,
+                     plan->width);
+        return 0;
+    }
+    return 1;
+}
+
+static PyObject *py_step(PyObject *self, PyObject *args) {
+    PyObject *capsule, *o_out;
+    Py_ssize_t y, x;
+    if (!PyArg_ParseTuple(args, "OnnO", &capsule, &y, &x, &o_out)) return NULL;
+    Plan *plan = get_plan(capsule);
+    if (!plan || !check_position(plan, y, x)) return NULL;
+    Py_buffer out;
+    if (PyObject_GetBuffer(o_out, &out, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0) return NULL;
+    if (out.len != plan->n * plan->channels * 8) {
+        PyBuffer_Release(&out);
+        return PyErr_Format(PyExc_ValueError, "out: expected %zd float64 numbers", plan->n * plan->channels);
+    }
+    for (Py_ssize_t b = 0; b < plan->n; b++) step_row(plan, b, y, x, (double *)out.buf + b * plan->channels);
+    PyBuffer_Release(&out);
+    Py_RETURN_NONE;
+}
+
+/* Embed the codes of (y, x) - atoms and levels [n, slots] int64, atom -1 for an empty slot - into the input
+ * buffer: the sum over present slots of the atom's and the level's embeddings. */
+static PyObject *py_write(PyObject *self, PyObject *args) {
+    PyObject *capsule, *o_atoms, *o_levels;
+    Py_ssize_t y, x;
+    if (!PyArg_ParseTuple(args, "OnnOO", &capsule, &y, &x, &o_atoms, &o_levels)) return NULL;
+    Plan *plan = get_plan(capsule);
+    if (!plan || !check_position(plan, y, x)) return NULL;
+    Py_buffer atoms, levels;
+    Py_ssize_t count = plan->n * plan->slots, c = plan->channels, qi = plan->in_radius;
+    if (PyObject_GetBuffer(o_atoms, &atoms, PyBUF_C_CONTIGUOUS) < 0) return NULL;
+    if (PyObject_GetBuffer(o_levels, &levels, PyBUF_C_CONTIGUOUS) < 0) {
+        PyBuffer_Release(&atoms);
+        return NULL;
+    }
+    const int64_t *a = atoms.buf, *l = levels.buf;
+    int ok = atoms.len == count * 8 && levels.len == count * 8;
+    if (!ok) PyErr_Format(PyExc_ValueError, "atoms and levels: expected %zd int64 each", count);
+    for (Py_ssize_t i = 0; ok && i < count; i++) {
+        if (a[i] < -1 || a[i] >= plan->num_atoms || l[i] < 0 || l[i] >= plan->coef_levels) {
+            PyErr_Format(PyExc_ValueError, "the pair (%lld, %lld) is outside the prior's %zd atoms and %zd levels",
+                         (long long)a[i], (long long)l[i], plan->num_atoms, plan->coef_levels);
+            ok = 0;
+        }
+    }
+    Py_ssize_t stride = (plan->width + 2 * qi) * c, padded = (plan->height + 2 * qi) * stride;
+    for (Py_ssize_t b = 0; ok && b < plan->n; b++) {
+        double *here = plan->embedded + b * padded + (y + qi) * stride + (x + qi) * c;
+        for (Py_ssize_t i = 0; i < c; i++) here[i] = 0;
+        for (Py_ssize_t k = 0; k < plan->slots; k++) {
+            int64_t atom = a[b * plan->slots + k];
+            const double *row = plan->atom_table + (atom < 0 ? plan->num_atoms : atom) * c;
+            const double *level = plan->level_table + l[b * plan->slots + k] * c;
+            for (Py_ssize_t i = 0; i < c; i++) here[i] += atom < 0 ? row[i] : row[i] + level[i];
+        }
+    }
+    PyBuffer_Release(&atoms);
+    PyBuffer_Release(&levels);
+    if (!ok) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"plan", py_plan, METH_VARARGS,
+     "plan(arrays, dims): the state of one incremental pass (see incremental.CompiledBackbone), as a capsule."},
+    {"step", py_step, METH_VARARGS, "step(plan, y, x, out): every row's features at (y, x) into out [n, C] float64."},
+    {"write", py_write, METH_VARARGS,
+     "write(plan, y, x, atoms, levels): the codes chosen at (y, x) ([n, slots] int64 each) into the input buffer."},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_incremental",
+                                    "PixelSNAIL's backbone one position at a time (incremental's compiled form).",
+                                    -1, methods, NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__incremental(void) { return PyModule_Create(&module); }

@@ -1,0 +1,216 @@
+"""PixelSNAIL's backbone one position at a time, in raster order: the loop of generation and prior coding.
+
+Causality means a layer's output at position i never changes once computed, so every layer's input is kept
+in a buffer filled as the positions are reached, and position i costs one pass of each layer at i - not a
+pass of the backbone over the map above it. Two forms of it, one interface (``features_at``, then
+``write_codes`` with the pairs chosen there):
+
+- ``CompiledBackbone`` (the CPU's): a position is one call into C (``_incremental.c``), float64, each sum in
+  one fixed order and each row on its own. One small image's position is a few dozen matrix-vector products
+  on 64 channels, which cost less than PyTorch's overhead for the ~100 calls they take there.
+- ``IncrementalBackbone`` (any device, PyTorch): the same passes as tensor calls.
+
+``incremental_backbone`` picks the form for the prior's device. Both sum in another order than the full
+pass: their features agree with it, and with each other, to rounding (tested).
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .codes import Codes
+
+if TYPE_CHECKING:
+    from .pixelsnail import CausalAttention, CausalConv2d, PixelSNAIL
+
+try:
+    from . import _incremental
+except ImportError as error:  # a source tree used without `pip install -e .`, which compiles the kernel
+    raise ImportError(f"sparse_vqvae's compiled prior step is not built ({error}); install the package "
+                      "(`pip install -e .` or `make install`), which compiles _incremental.c") from error
+
+
+def incremental_backbone(prior: PixelSNAIL, n: int, condition_features: torch.Tensor | None,
+                         size: tuple[int, int]) -> CompiledBackbone | IncrementalBackbone:
+    """The incremental pass of ``prior`` (eval mode) for ``n`` maps of ``size``: compiled on the CPU."""
+    form = CompiledBackbone if prior.conv_in.weight.device.type == "cpu" else IncrementalBackbone
+    return form(prior, n, condition_features, size)
+
+
+class CompiledBackbone:
+    """``PixelSNAIL.backbone`` one position at a time on the CPU, in C (float64 whatever the prior's dtype;
+    features returned in the prior's dtype). Every buffer is channels-last, and each convolution keeps only
+    the taps its mask keeps, in raster order: the layout ``_incremental.c`` reads."""
+
+    def __init__(self, prior: PixelSNAIL, n: int, condition_features: torch.Tensor | None,
+                 size: tuple[int, int]) -> None:
+        c = prior.config
+        height, width = size
+        blocks = [block for res_blocks in prior.blocks for block in res_blocks]
+        in_radius, radius = prior.conv_in.kernel_size[0] // 2, blocks[0].conv_in.kernel_size[0] // 2
+        self.n, self.channels, self.dtype = n, c.channels, prior.conv_in.weight.dtype
+
+        def padded(radius: int, count: int = 1) -> np.ndarray:
+            return np.zeros((count, n, height + 2 * radius, width + 2 * radius, c.channels))
+
+        conditions = (torch.stack([block.condition(condition_features).permute(0, 2, 3, 1) for block in blocks])
+                      if condition_features is not None else torch.zeros(0))
+        weights, attention = _kernel_weights(prior)
+        arrays = (*weights, _array(conditions), *attention,
+                  padded(in_radius), padded(radius, len(blocks)), padded(radius, len(blocks)))  # the state
+        dims = (n, c.channels, height, width, in_radius, radius, len(blocks), c.res_per_block, c.heads, c.num_atoms,
+                c.coef_levels, c.slots, prior.position is not None, condition_features is not None)
+        self._plan = _incremental.plan(arrays, dims)
+        self._arrays = arrays  # the plan reads and writes these: they live as long as it
+
+    def write_codes(self, y: int, x: int, atoms: torch.Tensor, levels: torch.Tensor) -> None:
+        """Embed the pairs just chosen at (y, x) (atoms and levels [B, K]): later positions' input."""
+        _incremental.write(self._plan, y, x, atoms.to(torch.int64).contiguous().numpy(),
+                           levels.to(torch.int64).contiguous().numpy())
+
+    def features_at(self, y: int, x: int) -> torch.Tensor:
+        """The backbone's features [B, C] at (y, x), from the codes written at the positions before it."""
+        out = np.empty((self.n, self.channels))
+        _incremental.step(self._plan, y, x, out)
+        return torch.from_numpy(out).to(self.dtype)
+
+
+# Each prior's weights in the kernel's layout, made once: 3 MB of copies, a few ms, per generated batch otherwise.
+_KERNEL_WEIGHTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _kernel_weights(prior: PixelSNAIL) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
+    """The prior's weights as ``_incremental.plan`` reads them (float64, channels-last), made again when a
+    parameter has changed since: another tensor, dtype, or in-place update (a training step, load_state_dict)."""
+    state = tuple((p.data_ptr(), p.dtype, p._version) for p in prior.parameters())
+    made = _KERNEL_WEIGHTS.get(prior)
+    if made is None or made[0] != state:
+        blocks = [block for res_blocks in prior.blocks for block in res_blocks]
+        position = prior.position[0].permute(1, 2, 0) if prior.position is not None else torch.zeros(0)
+        weights = tuple(_array(tensor) for tensor in (
+            prior.embed.atom.weight, prior.embed.level.weight, _kept_taps(prior.conv_in), prior.conv_in.bias, position,
+            torch.stack([_kept_taps(block.conv_in) for block in blocks]),
+            torch.stack([block.conv_in.bias for block in blocks]),
+            torch.stack([_kept_taps(block.conv_gate) for block in blocks]),
+            torch.stack([block.conv_gate.bias for block in blocks])))
+        attention = tuple(_array(tensor) for tensor in (
+            torch.stack([attention.qkv.weight.flatten(1) for attention in prior.attention]),
+            torch.stack([attention.qkv.bias for attention in prior.attention]),
+            torch.stack([attention.out.weight.flatten(1) for attention in prior.attention]),
+            torch.stack([attention.out.bias for attention in prior.attention])))
+        made = _KERNEL_WEIGHTS[prior] = (state, weights, attention)
+    return made[1], made[2]
+
+
+def _array(tensor: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(tensor.detach().to("cpu", torch.float64).numpy())
+
+
+def _kept_taps(conv: CausalConv2d) -> torch.Tensor:
+    """A masked convolution's weight [out, in, k, k] as [out, taps x in]: the taps its mask keeps, in raster
+    order, each with its input channels (a channels-last window's order)."""
+    rows, columns = conv.mask.nonzero(as_tuple=True)
+    return conv.weight[:, :, rows, columns].permute(0, 2, 1).flatten(1)
+
+
+class IncrementalBackbone:
+    """``PixelSNAIL.backbone`` one position at a time in PyTorch, on the prior's device: position i costs one
+    pass of each layer at i (a k x k window of a convolution's input, attention over the cached keys and values of positions <= i),
+    not a pass over the map above it. Buffers are zero-padded by the kernel's half width, as the full
+    convolutions pad; the masks hide what is not yet filled, as they hide the future in the full pass.
+    What does not depend on the codes - the top map's term in every residual block - is computed for the
+    whole map at once. A position's work is a few dozen calls on vectors, run in inference mode, each in the
+    cheapest form of its operation (a matrix-vector product for a convolution and for a 1x1 one).
+    The sums run in another order than the full pass's: the features agree to rounding (tested).
+    """
+
+    def __init__(self, prior: PixelSNAIL, n: int, condition_features: torch.Tensor | None,
+                 size: tuple[int, int]) -> None:
+        c = prior.config
+        height, self.width = size
+        self.prior = prior
+        like = prior.conv_in.weight
+
+        def padded(kernel: int) -> torch.Tensor:
+            r = kernel // 2
+            return like.new_zeros(n, c.channels, height + 2 * r, self.width + 2 * r)
+
+        self.conv_in = _WindowProduct(prior.conv_in)
+        self.embedded = padded(self.conv_in.k)
+        # Per residual block: its two convolutions, their inputs (elu(x), and the hidden activation), and the
+        # top map's term at every position [B, 2C, H, W] (None without a condition).
+        self.block_convs = [[(_WindowProduct(block.conv_in), _WindowProduct(block.conv_gate)) for block in blocks]
+                            for blocks in prior.blocks]
+        self.block_buffers = [[(padded(first.k), padded(second.k)) for first, second in convs]
+                              for convs in self.block_convs]
+        self.block_conditions = [[block.condition(condition_features) if block.condition is not None else None
+                                  for block in blocks] for blocks in prior.blocks]
+        positions = height * self.width
+        self.attention = [_AttentionStep(attention, n, positions, like) for attention in prior.attention]
+
+    def write_codes(self, y: int, x: int, atoms: torch.Tensor, levels: torch.Tensor) -> None:
+        """Embed the pairs just chosen at (y, x) (atoms and levels [B, K]): later positions' input."""
+        pairs = Codes(atoms[:, None, None], levels[:, None, None])
+        self.conv_in.write(self.embedded, y, x, self.prior.embed(pairs)[:, :, 0, 0])
+
+    def features_at(self, y: int, x: int) -> torch.Tensor:
+        """The backbone's features [B, C] at (y, x), from the codes written at the positions before it."""
+        prior = self.prior
+        h = self.conv_in(self.embedded, y, x)
+        if prior.position is not None:
+            h = h + prior.position[:, :, y, x]
+        for convs, buffers, conditions, attention in zip(self.block_convs, self.block_buffers, self.block_conditions,
+                                                         self.attention):
+            for (first, second), (inputs, hidden), condition in zip(convs, buffers, conditions):
+                first.write(inputs, y, x, F.elu(h))
+                second.write(hidden, y, x, F.elu(first(inputs, y, x)))
+                gate = second(hidden, y, x)
+                if condition is not None:
+                    gate = gate + condition[:, :, y, x]
+                h = h + F.glu(gate, dim=1)
+            h = attention(h, y * self.width + x)
+        return F.elu(h)
+
+
+class _AttentionStep:
+    """``CausalAttention`` for one query position: its key and value are cached, and it attends to the cached
+    keys and values of the positions up to it."""
+
+    def __init__(self, attention: CausalAttention, n: int, positions: int, like: torch.Tensor) -> None:
+        channels = attention.out.out_channels
+        self.heads, head_dim = attention.heads, channels // attention.heads
+        self.qkv_weight, self.qkv_bias = attention.qkv.weight.reshape(3 * channels, channels), attention.qkv.bias
+        self.out_weight, self.out_bias = attention.out.weight.reshape(channels, channels), attention.out.bias
+        self.keys = like.new_zeros(n, self.heads, positions, head_dim)
+        self.values = like.new_zeros(n, self.heads, positions, head_dim)
+
+    def __call__(self, h: torch.Tensor, index: int) -> torch.Tensor:
+        """``h`` [B, C] at position ``index`` -> the block's output there (with its residual)."""
+        b, c = h.shape
+        q, k, v = F.linear(h, self.qkv_weight, self.qkv_bias).reshape(b, 3, self.heads, 1, c // self.heads).unbind(1)
+        self.keys[:, :, index : index + 1], self.values[:, :, index : index + 1] = k, v
+        attended = F.scaled_dot_product_attention(q, self.keys[:, :, : index + 1], self.values[:, :, : index + 1])
+        return h + F.linear(attended.reshape(b, c), self.out_weight, self.out_bias)
+
+
+class _WindowProduct:
+    """A causal convolution at one position: its masked kernel as a matrix over the k x k window of a
+    zero-padded input buffer (one matrix-vector product: a convolution call on a k x k input costs more)."""
+
+    def __init__(self, conv: CausalConv2d) -> None:
+        self.k, self.pad = conv.kernel_size[0], conv.kernel_size[0] // 2
+        self.weight = (conv.weight * conv.mask).reshape(conv.out_channels, -1)
+        self.bias = conv.bias
+
+    def __call__(self, padded: torch.Tensor, y: int, x: int) -> torch.Tensor:
+        window = padded[:, :, y : y + self.k, x : x + self.k].reshape(padded.shape[0], -1)
+        return F.linear(window, self.weight, self.bias)
+
+    def write(self, padded: torch.Tensor, y: int, x: int, value: torch.Tensor) -> None:
+        """Put this convolution's input at (y, x) into its buffer."""
+        padded[:, :, y + self.pad, x + self.pad] = value
