@@ -204,7 +204,8 @@ class PixelSNAIL(nn.Module):
                 raise ValueError(f"this prior is conditioned on the top codes: pass {n} of them as condition")
             self._check_condition(condition)
         was_training = self.training
-        self.eval()  # no dropout while generating
+        if was_training:
+            self.eval()  # no dropout while generating
         with torch.inference_mode():  # the loop's thousands of small calls, without autograd's bookkeeping
             features = self.condition_features(condition, (height, width)) if c.condition is not None else None
             backbone = incremental_backbone(self, n, features, (height, width))
@@ -219,7 +220,8 @@ class PixelSNAIL(nn.Module):
                     codes.atoms[:, y, x] = atoms  # codes stay ordinary tensors: made outside inference mode
                     codes.levels[:, y, x] = levels
                     backbone.write_codes(y, x, atoms, levels)
-        self.train(was_training)
+        if was_training:
+            self.train()
         return codes
 
     def check_size(self, height: int, width: int) -> None:
@@ -283,6 +285,8 @@ class PairHead(nn.Module):
             rows = slice(self.atom_offset(slot), self.atom_offset(slot + 1))
             return F.linear(state, self.atom_out.weight[rows], self.atom_out.bias[rows])
         logits = self.atom_out(state)
+        if slot == 0 and (self.variable or self.slots == 1):  # nothing before it, nothing after it to leave room for
+            return logits
         index = torch.arange(self.num_atoms, device=state.device)
         allowed = index > previous.unsqueeze(-1)  # strictly ascending
         if not self.variable:  # room for the remaining slots
@@ -340,15 +344,17 @@ class PairHead(nn.Module):
             safe = drawn.clamp_max(self.num_atoms - 1)
             level = (pick_level(self.level_out(state + self.atom_in(safe)), (*position, k), open_)
                      if self.coef_levels > 1 else levels[:, k])
-            if k + 1 == self.slots:  # the last slot needs no advance
-                advanced = state
-            else:
-                advanced = self._advance(state, safe, level) if advances is None else state + advances[safe, level]
             if self.variable:  # the slot is emitted by open rows only
                 atoms[:, k], levels[:, k] = torch.where(open_, safe, EMPTY), torch.where(open_, level, 0)
+            else:
+                atoms[:, k], levels[:, k] = safe, level
+            if k + 1 == self.slots:  # the last slot needs no advance
+                break
+            advanced = self._advance(state, safe, level) if advances is None else state + advances[safe, level]
+            if self.variable:
                 state, previous = torch.where(open_.unsqueeze(-1), advanced, state), torch.where(open_, safe, previous)
             else:
-                atoms[:, k], levels[:, k], state, previous = safe, level, advanced, safe
+                state, previous = advanced, safe
         return atoms, levels
 
 

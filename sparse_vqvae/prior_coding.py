@@ -222,15 +222,14 @@ def _picks(next_symbol: NextSymbol, index: int, coef_levels: int, fragile: np.nd
 
     def pick(is_atom: bool) -> Pick:
         def choose(logits: torch.Tensor, where: tuple[int, int, int], open_: torch.Tensor) -> torch.Tensor:
-            symbols = torch.zeros(len(logits), dtype=torch.long, device=logits.device)
-            if not is_atom and coef_levels == 1:
-                return symbols
-            scaled = logits.double().cpu().numpy() / _LOGIT_STEP
-            if len(scaled) > 1:
-                np.logical_or(fragile, _near_boundary(scaled), out=fragile)
-            for row in np.flatnonzero(open_.cpu().numpy()):
-                symbols[row] = next_symbol(int(row), _probabilities(scaled[row]), (index, *where), is_atom)
-            return symbols
+            symbols = np.zeros(len(logits), dtype=np.int64)
+            if is_atom or coef_levels > 1:
+                scaled = logits.double().cpu().numpy() / _LOGIT_STEP
+                if len(scaled) > 1:
+                    np.logical_or(fragile, _near_boundary(scaled), out=fragile)
+                for row in np.flatnonzero(open_.cpu().numpy()):
+                    symbols[row] = next_symbol(int(row), _probabilities(scaled[row]), (index, *where), is_atom)
+            return torch.from_numpy(symbols).to(logits.device)
 
         return choose
 
