@@ -284,7 +284,7 @@ class PairHead(nn.Module):
         if self.stage_atoms:
             rows = slice(self.atom_offset(slot), self.atom_offset(slot + 1))
             return F.linear(state, self.atom_out.weight[rows], self.atom_out.bias[rows])
-        logits = self.atom_out(state)
+        logits = F.linear(state, self.atom_out.weight, self.atom_out.bias)
         if slot == 0 and (self.variable or self.slots == 1):  # nothing before it, nothing after it to leave room for
             return logits
         index = torch.arange(self.num_atoms, device=state.device)
@@ -294,6 +294,10 @@ class PairHead(nn.Module):
         if self.variable:
             allowed = torch.cat([allowed, torch.ones_like(allowed[..., :1])], dim=-1)  # END always allowed
         return logits.masked_fill(~allowed, float("-inf"))
+
+    def _level_logits(self, state: torch.Tensor, atoms: torch.Tensor) -> torch.Tensor:
+        """Logits over the coefficient levels given the atoms just emitted."""
+        return F.linear(state + F.embedding(atoms, self.atom_in.weight), self.level_out.weight, self.level_out.bias)
 
     def _advance(self, state: torch.Tensor, atoms: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
         """The state after emitting the pair (atom, level)."""
@@ -318,7 +322,7 @@ class PairHead(nn.Module):
             atom_term = logp_atoms.gather(-1, target.unsqueeze(-1)).squeeze(-1)
             total = total + torch.where(open_, atom_term, 0.0)
             safe_atoms = atoms.clamp_min(0)
-            logp_levels = F.log_softmax(self.level_out(state + self.atom_in(safe_atoms)), dim=-1)
+            logp_levels = F.log_softmax(self._level_logits(state, safe_atoms), dim=-1)
             level_term = logp_levels.gather(-1, levels.unsqueeze(-1)).squeeze(-1)
             total = total + torch.where(present & open_, level_term, 0.0)
             state = torch.where(present.unsqueeze(-1), self._advance(state, safe_atoms, levels), state)
@@ -338,11 +342,13 @@ class PairHead(nn.Module):
         previous = torch.full((b,), -1, dtype=torch.long, device=h.device)
         open_ = torch.ones(b, dtype=torch.bool, device=h.device)
         for k in range(self.slots):
-            drawn = pick_atom(self._atom_logits(state, previous, k), (*position, k), open_) + self.atom_offset(k)
+            drawn = pick_atom(self._atom_logits(state, previous, k), (*position, k), open_)
+            if self.stage_atoms:
+                drawn = drawn + self.atom_offset(k)
             if self.variable:
                 open_ = open_ & (drawn != self.end)
             safe = drawn.clamp_max(self.num_atoms - 1)
-            level = (pick_level(self.level_out(state + self.atom_in(safe)), (*position, k), open_)
+            level = (pick_level(self._level_logits(state, safe), (*position, k), open_)
                      if self.coef_levels > 1 else levels[:, k])
             if self.variable:  # the slot is emitted by open rows only
                 atoms[:, k], levels[:, k] = torch.where(open_, safe, EMPTY), torch.where(open_, level, 0)
