@@ -84,7 +84,10 @@ static void plan_free(PyObject *capsule) {
     free(plan);
 }
 
-/* The next array of ``arrays`` as float64 [count], C-contiguous (writable where asked), kept until the plan is freed. */
+static double no_numbers[1]; /* what an empty array's data points to: an exporter may give NULL for it */
+
+/* The next array of ``arrays`` as float64 [count], C-contiguous (writable where asked), kept until the plan is
+ * freed; NULL with an error. */
 static double *take(Plan *plan, PyObject *arrays, const char *name, Py_ssize_t count, int writable) {
     PyObject *obj = PyTuple_GET_ITEM(arrays, plan->held);
     Py_buffer *view = &plan->views[plan->held];
@@ -98,7 +101,7 @@ static double *take(Plan *plan, PyObject *arrays, const char *name, Py_ssize_t c
                      view->len, view->format ? view->format : "B");
         return NULL;
     }
-    return view->buf;
+    return view->buf ? view->buf : no_numbers;
 }
 
 static PyObject *py_plan(PyObject *self, PyObject *args) {
@@ -263,14 +266,22 @@ static PyObject *py_step(PyObject *self, PyObject *args) {
     Plan *plan = get_plan(capsule);
     if (!plan || !check_position(plan, y, x)) return NULL;
     Py_buffer out;
-    if (PyObject_GetBuffer(o_out, &out, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0) return NULL;
-    if (out.len != plan->n * plan->channels * 8) {
+    if (PyObject_GetBuffer(o_out, &out, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE | PyBUF_FORMAT) < 0) return NULL;
+    const char *format = out.format ? out.format : "B";
+    if (format[0] == '=' || format[0] == '<' || format[0] == '@') format++;
+    if (out.len != plan->n * plan->channels * 8 || strcmp(format, "d") != 0) {
         PyBuffer_Release(&out);
         return PyErr_Format(PyExc_ValueError, "out: expected %zd float64 numbers", plan->n * plan->channels);
     }
     for (Py_ssize_t b = 0; b < plan->n; b++) step_row(plan, b, y, x, (double *)out.buf + b * plan->channels);
     PyBuffer_Release(&out);
     Py_RETURN_NONE;
+}
+
+static int is_int64(const Py_buffer *view) {
+    const char *format = view->format ? view->format : "B";
+    if (format[0] == '=' || format[0] == '<' || format[0] == '@') format++;
+    return view->itemsize == 8 && (strcmp(format, "l") == 0 || strcmp(format, "q") == 0);
 }
 
 /* Embed the codes of (y, x) - atoms and levels [n, slots] int64, atom -1 for an empty slot - into the input
@@ -283,13 +294,13 @@ static PyObject *py_write(PyObject *self, PyObject *args) {
     if (!plan || !check_position(plan, y, x)) return NULL;
     Py_buffer atoms, levels;
     Py_ssize_t count = plan->n * plan->slots, c = plan->channels, qi = plan->in_radius;
-    if (PyObject_GetBuffer(o_atoms, &atoms, PyBUF_C_CONTIGUOUS) < 0) return NULL;
-    if (PyObject_GetBuffer(o_levels, &levels, PyBUF_C_CONTIGUOUS) < 0) {
+    if (PyObject_GetBuffer(o_atoms, &atoms, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return NULL;
+    if (PyObject_GetBuffer(o_levels, &levels, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
         PyBuffer_Release(&atoms);
         return NULL;
     }
     const int64_t *a = atoms.buf, *l = levels.buf;
-    int ok = atoms.len == count * 8 && levels.len == count * 8;
+    int ok = atoms.len == count * 8 && levels.len == count * 8 && is_int64(&atoms) && is_int64(&levels);
     if (!ok) PyErr_Format(PyExc_ValueError, "atoms and levels: expected %zd int64 each", count);
     for (Py_ssize_t i = 0; ok && i < count; i++) {
         if (a[i] < -1 || a[i] >= plan->num_atoms || l[i] < 0 || l[i] >= plan->coef_levels) {

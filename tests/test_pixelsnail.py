@@ -109,6 +109,21 @@ def test_compiled_backbone_follows_changes_to_the_prior():
         features_match_the_full_pass()
 
 
+def test_compiled_backbone_refuses_pairs_and_positions_outside_the_prior():
+    """The C pass indexes its tables and buffers by what it is given: a pair outside the prior's atoms or
+    levels, or a position outside the map, is refused with what is wrong instead of read out of bounds."""
+    prior = prior_for("omp", False, height=4, width=4).double().eval()
+    slots = prior.config.slots
+    backbone = CompiledBackbone(prior, 1, None, (4, 4))
+    with torch.no_grad():
+        with pytest.raises(ValueError, match=f"outside the prior's {prior.config.num_atoms} atoms"):
+            backbone.write_codes(0, 0, torch.full((1, slots), prior.config.num_atoms), torch.zeros(1, slots, dtype=torch.long))
+        with pytest.raises(ValueError, match="levels"):
+            backbone.write_codes(0, 0, torch.zeros(1, slots, dtype=torch.long), torch.full((1, slots), -1))
+        with pytest.raises(IndexError, match="outside the 4x4 map"):
+            backbone.features_at(4, 0)
+
+
 @pytest.mark.parametrize("name", VARIANTS)
 def test_generation_advances_the_head_as_teacher_forcing_does(name):
     head = prior_for(name).double().eval().head
