@@ -86,14 +86,14 @@ static void plan_free(PyObject *capsule) {
 
 static double no_numbers[1]; /* what an empty array's data points to: an exporter may give NULL for it */
 
-/* The next array of ``arrays`` as float64 [count], C-contiguous (writable where asked), kept until the plan is
- * freed; NULL with an error. */
-static double *take(Plan *plan, PyObject *arrays, const char *name, Py_ssize_t count, int writable) {
-    PyObject *obj = PyTuple_GET_ITEM(arrays, plan->held);
-    Py_buffer *view = &plan->views[plan->held];
+/* The next array of ``arrays`` (the views[*held]-th) as float64 [count], C-contiguous (writable where asked), its
+ * view kept in ``views`` until the plan is freed; NULL with an error. */
+static double *take(Py_buffer *views, int *held, PyObject *arrays, const char *name, Py_ssize_t count, int writable) {
+    PyObject *obj = PyTuple_GET_ITEM(arrays, *held);
+    Py_buffer *view = &views[*held];
     if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0)) < 0)
         return NULL;
-    plan->held++;
+    (*held)++;
     const char *format = view->format ? view->format : "B";
     if (format[0] == '=' || format[0] == '<' || format[0] == '@') format++;
     if (view->itemsize != 8 || strcmp(format, "d") != 0 || view->len != count * 8) {
@@ -134,23 +134,23 @@ static PyObject *py_plan(PyObject *self, PyObject *args) {
         PyErr_Format(PyExc_ValueError, "plan: expected 17 arrays, got %zd", PyTuple_GET_SIZE(arrays));
         goto fail;
     }
-    if (!(plan->atom_table = take(plan, arrays, "atom_table", (plan->num_atoms + 1) * c, 0)) ||
-        !(plan->level_table = take(plan, arrays, "level_table", plan->coef_levels * c, 0)) ||
-        !(plan->in_weight = take(plan, arrays, "in_weight", c * in_taps * c, 0)) ||
-        !(plan->in_bias = take(plan, arrays, "in_bias", c, 0)) ||
-        !(plan->position = take(plan, arrays, "position", plan->has_position ? hw * c : 0, 0)) ||
-        !(plan->first_weight = take(plan, arrays, "first_weight", layers * c * taps * c, 0)) ||
-        !(plan->first_bias = take(plan, arrays, "first_bias", layers * c, 0)) ||
-        !(plan->second_weight = take(plan, arrays, "second_weight", layers * 2 * c * taps * c, 0)) ||
-        !(plan->second_bias = take(plan, arrays, "second_bias", layers * 2 * c, 0)) ||
-        !(plan->conditions = take(plan, arrays, "conditions", plan->has_condition ? layers * n * hw * 2 * c : 0, 0)) ||
-        !(plan->qkv_weight = take(plan, arrays, "qkv_weight", attentions * 3 * c * c, 0)) ||
-        !(plan->qkv_bias = take(plan, arrays, "qkv_bias", attentions * 3 * c, 0)) ||
-        !(plan->out_weight = take(plan, arrays, "out_weight", attentions * c * c, 0)) ||
-        !(plan->out_bias = take(plan, arrays, "out_bias", attentions * c, 0)) ||
-        !(plan->embedded = take(plan, arrays, "embedded", n * padded_in * c, 1)) ||
-        !(plan->inputs = take(plan, arrays, "inputs", layers * n * padded * c, 1)) ||
-        !(plan->hidden = take(plan, arrays, "hidden", layers * n * padded * c, 1)))
+    if (!(plan->atom_table = take(plan->views, &plan->held, arrays, "atom_table", (plan->num_atoms + 1) * c, 0)) ||
+        !(plan->level_table = take(plan->views, &plan->held, arrays, "level_table", plan->coef_levels * c, 0)) ||
+        !(plan->in_weight = take(plan->views, &plan->held, arrays, "in_weight", c * in_taps * c, 0)) ||
+        !(plan->in_bias = take(plan->views, &plan->held, arrays, "in_bias", c, 0)) ||
+        !(plan->position = take(plan->views, &plan->held, arrays, "position", plan->has_position ? hw * c : 0, 0)) ||
+        !(plan->first_weight = take(plan->views, &plan->held, arrays, "first_weight", layers * c * taps * c, 0)) ||
+        !(plan->first_bias = take(plan->views, &plan->held, arrays, "first_bias", layers * c, 0)) ||
+        !(plan->second_weight = take(plan->views, &plan->held, arrays, "second_weight", layers * 2 * c * taps * c, 0)) ||
+        !(plan->second_bias = take(plan->views, &plan->held, arrays, "second_bias", layers * 2 * c, 0)) ||
+        !(plan->conditions = take(plan->views, &plan->held, arrays, "conditions", plan->has_condition ? layers * n * hw * 2 * c : 0, 0)) ||
+        !(plan->qkv_weight = take(plan->views, &plan->held, arrays, "qkv_weight", attentions * 3 * c * c, 0)) ||
+        !(plan->qkv_bias = take(plan->views, &plan->held, arrays, "qkv_bias", attentions * 3 * c, 0)) ||
+        !(plan->out_weight = take(plan->views, &plan->held, arrays, "out_weight", attentions * c * c, 0)) ||
+        !(plan->out_bias = take(plan->views, &plan->held, arrays, "out_bias", attentions * c, 0)) ||
+        !(plan->embedded = take(plan->views, &plan->held, arrays, "embedded", n * padded_in * c, 1)) ||
+        !(plan->inputs = take(plan->views, &plan->held, arrays, "inputs", layers * n * padded * c, 1)) ||
+        !(plan->hidden = take(plan->views, &plan->held, arrays, "hidden", layers * n * padded * c, 1)))
         goto fail;
     /* keys and values live after the scratch: one allocation */
     size_t window = (size_t)((in_taps > taps ? in_taps : taps) * c), kv = (size_t)(attentions * n * hw * c);
@@ -326,12 +326,213 @@ static PyObject *py_write(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* The pair head (``PairHead``): per slot, the atom logits (masked as ``PairHead._atom_logits`` masks them), the
+ * level logits given the atom, and the state's advance past the pair - for each row on its own. */
+typedef struct {
+    Py_ssize_t channels, num_atoms, coef_levels, slots, stage_atoms;
+    int variable;
+    Py_buffer views[11];
+    int held;
+    const double *atom_weight, *atom_bias, *atom_in, *level_weight, *level_bias, *pair_atom, *pair_level,
+        *update_weight, *update_bias, *update_out_weight, *update_out_bias;
+} Head;
+
+#define HEAD_NAME "sparse_vqvae._incremental.Head"
+
+static void head_free(PyObject *capsule) {
+    Head *head = PyCapsule_GetPointer(capsule, HEAD_NAME);
+    if (!head) return;
+    for (int i = 0; i < head->held; i++) PyBuffer_Release(&head->views[i]);
+    free(head);
+}
+
+static PyObject *py_head(PyObject *self, PyObject *args) {
+    PyObject *arrays;
+    Head *head = calloc(1, sizeof(Head));
+    if (!head) return PyErr_NoMemory();
+    if (!PyArg_ParseTuple(args, "O!(nnnnni)", &PyTuple_Type, &arrays, &head->channels, &head->num_atoms,
+                          &head->coef_levels, &head->slots, &head->stage_atoms, &head->variable)) {
+        free(head);
+        return NULL;
+    }
+    PyObject *capsule = PyCapsule_New(head, HEAD_NAME, head_free);
+    if (!capsule) {
+        free(head);
+        return NULL;
+    }
+    Py_ssize_t c = head->channels, n = head->num_atoms, levels = head->coef_levels;
+    if (c < 1 || n < 1 || levels < 1 || head->slots < 1 || head->stage_atoms < 0 || PyTuple_GET_SIZE(arrays) != 11) {
+        PyErr_SetString(PyExc_ValueError, "head: inconsistent dimensions or not 11 arrays");
+        goto fail;
+    }
+    Py_buffer *v = head->views;
+    int *held = &head->held;
+    if (!(head->atom_weight = take(v, held, arrays, "atom_weight", (n + head->variable) * c, 0)) ||
+        !(head->atom_bias = take(v, held, arrays, "atom_bias", n + head->variable, 0)) ||
+        !(head->atom_in = take(v, held, arrays, "atom_in", n * c, 0)) ||
+        !(head->level_weight = take(v, held, arrays, "level_weight", levels * c, 0)) ||
+        !(head->level_bias = take(v, held, arrays, "level_bias", levels, 0)) ||
+        !(head->pair_atom = take(v, held, arrays, "pair_atom", n * c, 0)) ||
+        !(head->pair_level = take(v, held, arrays, "pair_level", levels * c, 0)) ||
+        !(head->update_weight = take(v, held, arrays, "update_weight", c * c, 0)) ||
+        !(head->update_bias = take(v, held, arrays, "update_bias", c, 0)) ||
+        !(head->update_out_weight = take(v, held, arrays, "update_out_weight", c * c, 0)) ||
+        !(head->update_out_bias = take(v, held, arrays, "update_out_bias", c, 0)))
+        goto fail;
+    return capsule;
+fail:
+    Py_DECREF(capsule);
+    return NULL;
+}
+
+/* A C-contiguous buffer of ``count`` items of the given kind (float64 'd' or int64), writable where asked; 0 with an
+ * error. */
+static int get_typed(PyObject *obj, Py_buffer *view, const char *name, int int64, Py_ssize_t count, int writable) {
+    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0)) < 0) return 0;
+    const char *format = view->format ? view->format : "B";
+    if (format[0] == '=' || format[0] == '<' || format[0] == '@') format++;
+    int kind = int64 ? (strcmp(format, "l") == 0 || strcmp(format, "q") == 0) : strcmp(format, "d") == 0;
+    if (!kind || view->itemsize != 8 || view->len != count * 8) {
+        PyErr_Format(PyExc_ValueError, "%s: expected %zd contiguous %s", name, count, int64 ? "int64" : "float64");
+        PyBuffer_Release(view);
+        return 0;
+    }
+    return 1;
+}
+
+static int check_indices(const int64_t *values, Py_ssize_t count, Py_ssize_t limit, const char *what) {
+    for (Py_ssize_t i = 0; i < count; i++)
+        if (values[i] < 0 || values[i] >= limit) {
+            PyErr_Format(PyExc_ValueError, "%s %lld is outside the head's %zd", what, (long long)values[i], limit);
+            return 0;
+        }
+    return 1;
+}
+
+/* atom_logits(head, state [rows, C], previous [rows] int64, slot, out [rows, width]): the logits over the slot's
+ * atoms (+ END where counts vary), or over its stage's M atoms; an atom not above the previous one, or leaving too
+ * little room for the remaining slots of a fixed count, gets -inf. */
+static PyObject *py_atom_logits(PyObject *self, PyObject *args) {
+    PyObject *capsule, *o_state, *o_previous, *o_out;
+    Py_ssize_t rows, slot;
+    if (!PyArg_ParseTuple(args, "OOOnnO", &capsule, &o_state, &o_previous, &rows, &slot, &o_out)) return NULL;
+    Head *head = PyCapsule_GetPointer(capsule, HEAD_NAME);
+    if (!head) return NULL;
+    if (slot < 0 || slot >= head->slots) return PyErr_Format(PyExc_IndexError, "slot %zd of %zd", slot, head->slots);
+    Py_ssize_t c = head->channels, n = head->num_atoms, first = head->stage_atoms ? slot * head->stage_atoms : 0;
+    Py_ssize_t width = head->stage_atoms ? head->stage_atoms : n + head->variable;
+    Py_buffer state, previous, out;
+    if (!get_typed(o_state, &state, "state", 0, rows * c, 0)) return NULL;
+    if (!get_typed(o_previous, &previous, "previous", 1, rows, 0)) goto fail_previous;
+    if (!get_typed(o_out, &out, "out", 0, rows * width, 1)) goto fail_out;
+    int masked = !head->stage_atoms && !(slot == 0 && (head->variable || head->slots == 1));
+    Py_ssize_t last = head->variable ? n - 1 : n - (head->slots - slot); /* the highest atom with room after it */
+    for (Py_ssize_t row = 0; row < rows; row++) {
+        double *logits = (double *)out.buf + row * width;
+        affine(head->atom_weight + first * c, head->atom_bias + first, (const double *)state.buf + row * c, width, c,
+               logits);
+        if (!masked) continue;
+        int64_t above = ((const int64_t *)previous.buf)[row];
+        for (Py_ssize_t i = 0; i < n; i++)
+            if (i <= above || i > last) logits[i] = -INFINITY;
+    }
+    PyBuffer_Release(&out);
+fail_out:
+    PyBuffer_Release(&previous);
+fail_previous:
+    PyBuffer_Release(&state);
+    if (PyErr_Occurred()) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* level_logits(head, state [rows, C], atoms [rows] int64, out [rows, levels]): level_out(state + atom_in[atom]). */
+static PyObject *py_level_logits(PyObject *self, PyObject *args) {
+    PyObject *capsule, *o_state, *o_atoms, *o_out;
+    Py_ssize_t rows;
+    if (!PyArg_ParseTuple(args, "OOOnO", &capsule, &o_state, &o_atoms, &rows, &o_out)) return NULL;
+    Head *head = PyCapsule_GetPointer(capsule, HEAD_NAME);
+    if (!head) return NULL;
+    Py_ssize_t c = head->channels, levels = head->coef_levels;
+    Py_buffer state, atoms, out;
+    if (!get_typed(o_state, &state, "state", 0, rows * c, 0)) return NULL;
+    if (!get_typed(o_atoms, &atoms, "atoms", 1, rows, 0)) goto fail_atoms;
+    if (!get_typed(o_out, &out, "out", 0, rows * levels, 1)) goto fail_out;
+    const int64_t *atom = atoms.buf;
+    double *x = malloc((size_t)c * sizeof(double));
+    if (!x) {
+        PyErr_NoMemory();
+    } else if (check_indices(atom, rows, head->num_atoms, "atom")) {
+        for (Py_ssize_t row = 0; row < rows; row++) {
+            const double *h = (const double *)state.buf + row * c, *embedded = head->atom_in + atom[row] * c;
+            for (Py_ssize_t i = 0; i < c; i++) x[i] = h[i] + embedded[i];
+            affine(head->level_weight, head->level_bias, x, levels, c, (double *)out.buf + row * levels);
+        }
+    }
+    free(x);
+    PyBuffer_Release(&out);
+fail_out:
+    PyBuffer_Release(&atoms);
+fail_atoms:
+    PyBuffer_Release(&state);
+    if (PyErr_Occurred()) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* advance(head, state [rows, C], atoms [rows], levels [rows] int64, out [rows, C]): the state after emitting the pair,
+ * state + update(pair_atom[atom] + pair_level[level]), update = linear, ELU, linear. */
+static PyObject *py_advance(PyObject *self, PyObject *args) {
+    PyObject *capsule, *o_state, *o_atoms, *o_levels, *o_out;
+    Py_ssize_t rows;
+    if (!PyArg_ParseTuple(args, "OOOOnO", &capsule, &o_state, &o_atoms, &o_levels, &rows, &o_out)) return NULL;
+    Head *head = PyCapsule_GetPointer(capsule, HEAD_NAME);
+    if (!head) return NULL;
+    Py_ssize_t c = head->channels;
+    Py_buffer state, atoms, levels, out;
+    if (!get_typed(o_state, &state, "state", 0, rows * c, 0)) return NULL;
+    if (!get_typed(o_atoms, &atoms, "atoms", 1, rows, 0)) goto fail_atoms;
+    if (!get_typed(o_levels, &levels, "levels", 1, rows, 0)) goto fail_levels;
+    if (!get_typed(o_out, &out, "out", 0, rows * c, 1)) goto fail_out;
+    const int64_t *atom = atoms.buf, *level = levels.buf;
+    double *pair = malloc(3 * (size_t)c * sizeof(double)), *hidden = pair + c, *change = pair + 2 * c;
+    if (!pair) {
+        PyErr_NoMemory();
+    } else if (check_indices(atom, rows, head->num_atoms, "atom") &&
+               check_indices(level, rows, head->coef_levels, "level")) {
+        for (Py_ssize_t row = 0; row < rows; row++) {
+            const double *a = head->pair_atom + atom[row] * c, *l = head->pair_level + level[row] * c;
+            for (Py_ssize_t i = 0; i < c; i++) pair[i] = a[i] + l[i];
+            affine(head->update_weight, head->update_bias, pair, c, c, hidden);
+            for (Py_ssize_t i = 0; i < c; i++) hidden[i] = elu(hidden[i]);
+            affine(head->update_out_weight, head->update_out_bias, hidden, c, c, change);
+            const double *h = (const double *)state.buf + row * c;
+            double *next = (double *)out.buf + row * c;
+            for (Py_ssize_t i = 0; i < c; i++) next[i] = h[i] + change[i];
+        }
+    }
+    free(pair);
+    PyBuffer_Release(&out);
+fail_out:
+    PyBuffer_Release(&levels);
+fail_levels:
+    PyBuffer_Release(&atoms);
+fail_atoms:
+    PyBuffer_Release(&state);
+    if (PyErr_Occurred()) return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"plan", py_plan, METH_VARARGS,
      "plan(arrays, dims): the state of one incremental pass (see incremental.CompiledBackbone), as a capsule."},
     {"step", py_step, METH_VARARGS, "step(plan, y, x, out): every row's features at (y, x) into out [n, C] float64."},
     {"write", py_write, METH_VARARGS,
      "write(plan, y, x, atoms, levels): the codes chosen at (y, x) ([n, slots] int64 each) into the input buffer."},
+    {"head", py_head, METH_VARARGS, "head(arrays, dims): the pair head's weights (see incremental.CompiledHead), as a capsule."},
+    {"atom_logits", py_atom_logits, METH_VARARGS,
+     "atom_logits(head, state, previous, rows, slot, out): each row's masked atom logits at slot into out."},
+    {"level_logits", py_level_logits, METH_VARARGS,
+     "level_logits(head, state, atoms, rows, out): each row's level logits given its atom into out."},
+    {"advance", py_advance, METH_VARARGS, "advance(head, state, atoms, levels, rows, out): each row's next state."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_incremental",

@@ -1,32 +1,40 @@
-"""PixelSNAIL's backbone one position at a time, in raster order: the loop of generation and prior coding.
+"""PixelSNAIL one position at a time, in raster order: the loop of generation and prior coding.
 
 Causality means a layer's output at position i never changes once computed, so every layer's input is kept
 in a buffer filled as the positions are reached, and position i costs one pass of each layer at i - not a
-pass of the backbone over the map above it. Two forms of it, one interface (``features_at``, then
-``write_codes`` with the pairs chosen there):
+pass of the backbone over the map above it. Then the pair head emits the position's pairs slot by slot,
+each symbol picked (drawn, or read from a coded stream) from the logits it gives. Two forms of both, one
+interface (``features_at``, ``emit``, then ``write_codes`` with the pairs chosen there):
 
-- ``CompiledBackbone`` (the CPU's): a position is one call into C (``_incremental.c``), float64, each sum in
-  one fixed order and each row on its own. One small image's position is a few dozen matrix-vector products
-  on 64 channels, which cost less than PyTorch's overhead for the ~100 calls they take there.
-- ``IncrementalBackbone`` (any device, PyTorch): the same passes as tensor calls.
+- compiled (the CPU's: ``CompiledBackbone``, ``CompiledHead``): a position's backbone pass is one call into
+  C (``_incremental.c``), and so is each of a slot's atom logits, level logits and state update; float64,
+  each sum in one fixed order, each row on its own. One small image's position is a few dozen
+  matrix-vector products on 64 channels, which cost less than PyTorch's overhead for the ~100 calls they
+  take there.
+- PyTorch (any device): ``IncrementalBackbone`` and ``PairHead.emit``, the same passes as tensor calls.
 
-``incremental_backbone`` picks the form for the prior's device. Both sum in another order than the full
-pass: their features agree with it, and with each other, to rounding (tested).
+``incremental_backbone`` and ``incremental_emit`` pick the form for the prior's device. The forms sum in
+other orders than the full pass and teacher forcing: features and logits agree with them, and with each
+other, to rounding (tested).
 """
 
 from __future__ import annotations
 
 import weakref
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from functools import partial
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .codes import Codes
+from .codes import EMPTY, Codes
 
 if TYPE_CHECKING:
-    from .pixelsnail import CausalAttention, CausalConv2d, PixelSNAIL
+    from .pixelsnail import CausalAttention, CausalConv2d, PairHead, Pick, PixelSNAIL
+
+Emit = Callable[[torch.Tensor, "Pick", "Pick", tuple[int, int]], tuple[torch.Tensor, torch.Tensor]]
 
 try:
     from . import _incremental
@@ -40,6 +48,18 @@ def incremental_backbone(prior: PixelSNAIL, n: int, condition_features: torch.Te
     """The incremental pass of ``prior`` (eval mode) for ``n`` maps of ``size``: compiled on the CPU."""
     form = CompiledBackbone if prior.conv_in.weight.device.type == "cpu" else IncrementalBackbone
     return form(prior, n, condition_features, size)
+
+
+def incremental_emit(prior: PixelSNAIL, positions: int) -> Emit:
+    """The head's ``emit(features, pick_atom, pick_level, (y, x)) -> (atoms, levels)`` for a map of ``positions``:
+    compiled on the CPU. PyTorch's advances the head from one table of every pair's advance when the map emits
+    more pairs than the table has rows (a photograph's 10 slots), else by one MLP call a slot (a small map: the
+    table would cost more); the choice does not depend on the batch, so an image codes alike alone or in one."""
+    head = prior.head
+    if prior.conv_in.weight.device.type == "cpu":
+        return CompiledHead(prior).emit
+    tabled = positions * (head.slots - 1) >= head.num_atoms * head.coef_levels
+    return partial(head.emit, advances=head.advances() if tabled else None)
 
 
 class CompiledBackbone:
@@ -60,8 +80,8 @@ class CompiledBackbone:
 
         conditions = (torch.stack([block.condition(condition_features).permute(0, 2, 3, 1) for block in blocks])
                       if condition_features is not None else torch.zeros(0))
-        weights, attention = _kernel_weights(prior)
-        arrays = (*weights, _array(conditions), *attention,
+        weights = _kernel_weights(prior)
+        arrays = (*weights.backbone, _array(conditions), *weights.attention,
                   padded(in_radius), padded(radius, len(blocks)), padded(radius, len(blocks)))  # the state
         dims = (n, c.channels, height, width, in_radius, radius, len(blocks), c.res_per_block, c.heads, c.num_atoms,
                 c.coef_levels, c.slots, prior.position is not None, condition_features is not None)
@@ -80,31 +100,91 @@ class CompiledBackbone:
         return torch.from_numpy(out).to(self.dtype)
 
 
-# Each prior's weights in the kernel's layout, made once: 3 MB of copies, a few ms, per generated batch otherwise.
+class CompiledHead:
+    """``PairHead.emit`` on the CPU: each slot's atom logits, level logits and state update one call into C each
+    (float64 whatever the prior's dtype; logits handed to the picks in float64), the slot loop's bookkeeping
+    in numpy - the same loop as ``PairHead.emit``."""
+
+    def __init__(self, prior: PixelSNAIL) -> None:
+        head = prior.head
+        self.slots, self.num_atoms, self.coef_levels, self.variable = head.slots, head.num_atoms, head.coef_levels, head.variable
+        self.stage_atoms, self.end = head.stage_atoms, head.end
+        self._head = _incremental.head(_kernel_weights(prior).head, (
+            prior.config.channels, head.num_atoms, head.coef_levels, head.slots, head.stage_atoms, head.variable))
+        self._atom_width = head.stage_atoms or head.num_atoms + head.variable
+
+    def emit(self, h: torch.Tensor, pick_atom: Pick, pick_level: Pick,
+             position: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One position's pairs for each row of ``h`` [B, C]: atoms and levels [B, K] (as ``PairHead.emit``)."""
+        state = np.ascontiguousarray(h.numpy(), dtype=np.float64)
+        rows = len(state)
+        atoms, levels = np.full((rows, self.slots), EMPTY), np.zeros((rows, self.slots), dtype=np.int64)
+        previous, open_ = np.full(rows, -1), np.ones(rows, dtype=np.bool_)
+        for k in range(self.slots):
+            logits = np.empty((rows, self._atom_width))
+            _incremental.atom_logits(self._head, state, previous, rows, k, logits)
+            drawn = pick_atom(torch.from_numpy(logits), (*position, k), torch.from_numpy(open_)).numpy()
+            if self.stage_atoms:
+                drawn = drawn + k * self.stage_atoms
+            if self.variable:
+                open_ = open_ & (drawn != self.end)
+            safe = np.minimum(drawn, self.num_atoms - 1)
+            level = levels[:, k]
+            if self.coef_levels > 1:
+                logits = np.empty((rows, self.coef_levels))
+                _incremental.level_logits(self._head, state, safe, rows, logits)
+                level = pick_level(torch.from_numpy(logits), (*position, k), torch.from_numpy(open_)).numpy()
+            atoms[:, k], levels[:, k] = (np.where(open_, safe, EMPTY), np.where(open_, level, 0)) if self.variable else (
+                safe, level)
+            if k + 1 == self.slots:  # the last slot needs no advance
+                break
+            advanced = np.empty_like(state)
+            _incremental.advance(self._head, state, safe, np.ascontiguousarray(level), rows, advanced)
+            if self.variable:  # the slot is emitted by open rows only
+                state, previous = np.where(open_[:, None], advanced, state), np.where(open_, safe, previous)
+            else:
+                state, previous = advanced, safe
+        return torch.from_numpy(atoms), torch.from_numpy(levels)
+
+
+class _Weights(NamedTuple):
+    """A prior's weights as ``_incremental`` reads them (float64, channels-last), in the order it takes them."""
+
+    backbone: tuple[np.ndarray, ...]  # embeddings, conv_in, position, residual blocks' convolutions
+    attention: tuple[np.ndarray, ...]
+    head: tuple[np.ndarray, ...]
+
+
+# Each prior's weights in the kernels' layout, made once: 3 MB of copies, a few ms, per generated batch otherwise.
 _KERNEL_WEIGHTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _kernel_weights(prior: PixelSNAIL) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
-    """The prior's weights as ``_incremental.plan`` reads them (float64, channels-last), made again when a
-    parameter has changed since: another tensor, dtype, or in-place update (a training step, load_state_dict)."""
+def _kernel_weights(prior: PixelSNAIL) -> _Weights:
+    """The prior's ``_Weights``, made again when a parameter has changed since: another tensor, dtype, or
+    in-place update (a training step, load_state_dict)."""
     state = tuple((p.data_ptr(), p.dtype, p._version) for p in prior.parameters())
     made = _KERNEL_WEIGHTS.get(prior)
     if made is None or made[0] != state:
         blocks = [block for res_blocks in prior.blocks for block in res_blocks]
         position = prior.position[0].permute(1, 2, 0) if prior.position is not None else torch.zeros(0)
-        weights = tuple(_array(tensor) for tensor in (
-            prior.embed.atom.weight, prior.embed.level.weight, _kept_taps(prior.conv_in), prior.conv_in.bias, position,
-            torch.stack([_kept_taps(block.conv_in) for block in blocks]),
-            torch.stack([block.conv_in.bias for block in blocks]),
-            torch.stack([_kept_taps(block.conv_gate) for block in blocks]),
-            torch.stack([block.conv_gate.bias for block in blocks])))
-        attention = tuple(_array(tensor) for tensor in (
-            torch.stack([attention.qkv.weight.flatten(1) for attention in prior.attention]),
-            torch.stack([attention.qkv.bias for attention in prior.attention]),
-            torch.stack([attention.out.weight.flatten(1) for attention in prior.attention]),
-            torch.stack([attention.out.bias for attention in prior.attention])))
-        made = _KERNEL_WEIGHTS[prior] = (state, weights, attention)
-    return made[1], made[2]
+        head = prior.head
+        made = _KERNEL_WEIGHTS[prior] = (state, _Weights(
+            backbone=tuple(_array(tensor) for tensor in (
+                prior.embed.atom.weight, prior.embed.level.weight, _kept_taps(prior.conv_in), prior.conv_in.bias,
+                position, torch.stack([_kept_taps(block.conv_in) for block in blocks]),
+                torch.stack([block.conv_in.bias for block in blocks]),
+                torch.stack([_kept_taps(block.conv_gate) for block in blocks]),
+                torch.stack([block.conv_gate.bias for block in blocks]))),
+            attention=tuple(_array(tensor) for tensor in (
+                torch.stack([attention.qkv.weight.flatten(1) for attention in prior.attention]),
+                torch.stack([attention.qkv.bias for attention in prior.attention]),
+                torch.stack([attention.out.weight.flatten(1) for attention in prior.attention]),
+                torch.stack([attention.out.bias for attention in prior.attention]))),
+            head=tuple(_array(tensor) for tensor in (
+                head.atom_out.weight, head.atom_out.bias, head.atom_in.weight, head.level_out.weight,
+                head.level_out.bias, head.pair_atom.weight, head.pair_level.weight, head.update[0].weight,
+                head.update[0].bias, head.update[2].weight, head.update[2].bias))))
+    return made[1]
 
 
 def _array(tensor: torch.Tensor) -> np.ndarray:

@@ -34,7 +34,7 @@ from torch import nn
 
 from .codes import EMPTY, Codes
 from .config import PRIOR_POSITIONS
-from .incremental import incremental_backbone
+from .incremental import incremental_backbone, incremental_emit
 
 # Chooses one symbol per row from its logits [B, n] at (y, x, slot), given which rows are still open:
 # draws it (sampling) or reads it from a coded stream (prior coding).
@@ -209,14 +209,10 @@ class PixelSNAIL(nn.Module):
         with torch.inference_mode():  # the loop's thousands of small calls, without autograd's bookkeeping
             features = self.condition_features(condition, (height, width)) if c.condition is not None else None
             backbone = incremental_backbone(self, n, features, (height, width))
-            # The head's advances: from one table of every pair's when the map emits more of them than the table
-            # has rows (a photograph's 10 slots), else one MLP call each (a small map: the table would cost more).
-            # The choice does not depend on n: an image codes with the same arithmetic alone or in a batch.
-            tabled = height * width * (c.slots - 1) >= c.num_atoms * c.coef_levels
-            advances = self.head.advances() if tabled else None
+            emit = incremental_emit(self, height * width)
             for y in range(height):
                 for x in range(width):
-                    atoms, levels = self.head.emit(backbone.features_at(y, x), pick_atom, pick_level, (y, x), advances)
+                    atoms, levels = emit(backbone.features_at(y, x), pick_atom, pick_level, (y, x))
                     codes.atoms[:, y, x] = atoms  # codes stay ordinary tensors: made outside inference mode
                     codes.levels[:, y, x] = levels
                     backbone.write_codes(y, x, atoms, levels)

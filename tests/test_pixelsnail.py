@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from sparse_vqvae.codes import EMPTY, Codes, validate_codes
-from sparse_vqvae.incremental import CompiledBackbone, IncrementalBackbone
+from sparse_vqvae.incremental import CompiledBackbone, CompiledHead, IncrementalBackbone
 from sparse_vqvae.pixelsnail import FactorizedPrior, PixelSNAIL, PriorConfig, bits
 from sparse_vqvae.prior_train import bits_per_image, load_prior, save_prior, train_prior
 
@@ -122,6 +122,65 @@ def test_compiled_backbone_refuses_pairs_and_positions_outside_the_prior():
             backbone.write_codes(0, 0, torch.zeros(1, slots, dtype=torch.long), torch.full((1, slots), -1))
         with pytest.raises(IndexError, match="outside the 4x4 map"):
             backbone.features_at(4, 0)
+
+
+def recording_pick(record: list):
+    """A pick that draws by the Gumbel-max trick with noise fixed by where it is called, recording the logits:
+    two heads with equal logits pick alike, and their picks cover atoms, levels and END."""
+    def pick(logits, where, open_):
+        g = torch.Generator().manual_seed(1000 * where[0] + 100 * where[1] + 10 * where[2] + logits.shape[-1])
+        record.append((where, logits.clone()))
+        return (logits + -torch.log(-torch.log(torch.rand(logits.shape, generator=g, dtype=torch.float64)))).argmax(-1)
+    return pick
+
+
+@pytest.mark.parametrize("tabled", [False, True])
+@pytest.mark.parametrize("name", VARIANTS)
+def test_compiled_head_emits_as_the_pytorch_head(name, tabled):
+    """The CPU's head (C per slot, numpy bookkeeping) against ``PairHead.emit``, its advances per slot or from
+    the table: the same logits to rounding at every pick, masks included, and the same pairs."""
+    prior = prior_for(name).double().eval()
+    h = torch.randn(7, prior.config.channels, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    ours, theirs = [], []
+    with torch.no_grad():
+        advances = prior.head.advances() if tabled else None
+        expected = prior.head.emit(h, recording_pick(theirs), recording_pick(theirs), (1, 2), advances)
+        found = CompiledHead(prior).emit(h, recording_pick(ours), recording_pick(ours), (1, 2))
+    assert [where for where, _ in ours] == [where for where, _ in theirs]
+    for (_, a), (_, b) in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    assert torch.equal(found[0], expected[0]) and torch.equal(found[1], expected[1])
+    assert (found[0] == EMPTY).any() == VARIANTS[name]["variable_count"]  # the LASSO's rows close with END
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_compiled_generation_gives_an_image_the_same_logits_in_a_batch_as_alone(name):
+    """Prior coding codes images in batches and a file must hold the bytes it has alone: the compiled forms
+    compute each row on its own, so every logit an image's symbols are drawn from is the same bits in a batch
+    of three as alone (each image picking by its own noise)."""
+    prior = prior_for(name, conditioned=True).double().eval()
+    condition = random_codes(name, batch=3, height=2, width=2, seed=8)
+
+    def logits_seen(images: list[int]) -> dict[int, list]:
+        seen: dict[int, list] = {image: [] for image in images}
+
+        def pick(logits, where, open_):
+            choices = []
+            for row, image in enumerate(images):
+                seen[image].append((where, logits[row].clone()))
+                g = torch.Generator().manual_seed(hash((image, where)) % 2**31)
+                noise = -torch.log(-torch.log(torch.rand(logits.shape[-1], generator=g, dtype=torch.float64)))
+                choices.append(int((logits[row] + noise).argmax()))
+            return torch.tensor(choices)
+
+        prior.generate(len(images), pick, pick, condition=condition[images])
+        return seen
+
+    together = logits_seen([0, 1, 2])
+    for image in range(3):
+        alone = logits_seen([image])[image]
+        assert [where for where, _ in alone] == [where for where, _ in together[image]]
+        assert all(torch.equal(a, b) for (_, a), (_, b) in zip(alone, together[image])), f"image {image}"
 
 
 @pytest.mark.parametrize("name", VARIANTS)
