@@ -9,21 +9,18 @@ the codes decoded so far. The encoder walks the same loop with the known symbols
 same shapes, batch of one), so both sides compute the same probabilities.
 
 Files decode anywhere: the probabilities come from one fixed arithmetic, whatever device the
-priors were trained or loaded on - the priors run on the CPU in float64 for coding (the backbone in
-C, each sum in one fixed order: ``incremental.CompiledBackbone``; the head in PyTorch), and their
-logits are rounded to 2^-10 before the softmax. Between CPU kinds, SIMD paths and thread counts
-float64 results can differ in the last bits (~1e-16: the head's BLAS, libm), so a rounding flip needs
-a logit within that of a grid boundary; and should one ever happen, the file's CRC of the codes makes the decoder fail
-with a ``CodecError`` instead of returning another image. (A GPU's float32 logits, or TF32,
-differed from a CPU's beyond the grid: CUDA-encoded files did not decode on the CPU.)
+priors were trained or loaded on - the priors run on the CPU for coding, in their compiled form
+(``incremental``: float64, each sum in one written-out order, compiled without FMA contraction), and
+their logits are rounded to 2^-10 before the softmax. What can still differ between machines is libm's
+exp and expm1 in the last bit (~1e-16), so a rounding flip needs a logit within that of a grid
+boundary; and should one ever happen, the file's CRC of the codes makes the decoder fail with a
+``CodecError`` instead of returning another image. (A GPU's float32 logits, or TF32, differed from a
+CPU's beyond the grid: CUDA-encoded files did not decode on the CPU.)
 
 Several images code together (``encode_many`` / ``decode_many``): the priors run over all of them at
-once, one backbone pass per position for the batch, which amortises the per-call cost that dominates
-one small image. A batch computes a row's logits in another summation order than one image alone
-(~1e-14 apart here), so the bytes of a file are defined by the one-image arithmetic: a symbol whose
-logits lie within ``_MARGIN`` of a rounding boundary of the grid makes its image fragile in the batch,
-and that image is coded (or decoded) again alone. Every other logit rounds the same either way, so a
-file coded in a batch decodes alone, and the other way round.
+once, one call per position (and per slot) for the batch, which amortises the per-call cost that
+dominates one small image. The compiled forms compute each row on its own, so a row's logits are the
+same bits in a batch as alone (tested): a file coded in a batch decodes alone, and the other way round.
 
 Priors with learned positions code images of the size they were trained on (other sizes need the
 factorised model); priors with positions ``none`` code any size. Each position costs one pass of
@@ -47,7 +44,6 @@ from .pixelsnail import Pick, PixelSNAIL
 from .prior_train import load_prior
 
 _LOGIT_STEP = 2.0**-10
-_MARGIN = 1e-9  # a logit this close to a rounding boundary may round otherwise in another batch (see above)
 BATCH = 32  # images coded together: the sequential loop's per-call cost is shared, memory stays small
 CODING_DEVICE, CODING_DTYPE = torch.device("cpu"), torch.float64  # the one arithmetic of the probabilities
 _FAMILY = constriction.stream.model.Categorical(perfect=False)
@@ -130,7 +126,7 @@ class PriorEntropyModel:
     def decode_many(self, payloads: list[bytes], map_sizes: list[list[tuple[int, int]]],
                     slots: list[int | None]) -> list[Maps | ValueError]:
         """The inverse of ``encode_many``: each payload's code maps (or why they cannot be decoded), in batches
-        of one size; an image fragile in its batch is decoded again alone."""
+        of one size."""
         def sizes(payload: bytes, found: list[tuple[int, int]], count: int | None) -> tuple[tuple[int, int], ...]:
             self.check_sizes(found)
             self.check_slots(self.slots if count is None else count)
@@ -141,8 +137,8 @@ class PriorEntropyModel:
         return _in_batches([or_error(sizes, *item) for item in zip(payloads, map_sizes, slots)],
                            lambda rows, found: self._decoded([payloads[row] for row in rows], found))
 
-    def _encoded(self, images: list[Maps], sizes: list[tuple[int, int]]) -> tuple[list[bytes], np.ndarray]:
-        """Images of one size coded together: their payloads, and which were fragile in this batch."""
+    def _encoded(self, images: list[Maps], sizes: list[tuple[int, int]]) -> list[bytes]:
+        """Images of one size coded together: their payloads."""
         atoms = [np.stack([maps[index].atoms.cpu().numpy() for maps in images]) for index in range(len(sizes))]
         levels = [np.stack([maps[index].levels.cpu().numpy() for maps in images]) for index in range(len(sizes))]
         steps: list[list[tuple[int, np.ndarray]]] = [[] for _ in images]
@@ -158,18 +154,17 @@ class PriorEntropyModel:
             steps[row].append((symbol, probabilities))
             return symbol
 
-        _, fragile = self._walk(known, sizes, len(images))
+        self._walk(known, sizes, len(images))
         payloads = []
         for image_steps in steps:
             coder = constriction.stream.stack.AnsCoder()
             for symbol, probabilities in reversed(image_steps):  # ANS is a stack: push in reverse
                 coder.encode_reverse(np.array([symbol], dtype=np.int32), _FAMILY, probabilities[None])
             payloads.append(coder.get_compressed().astype("<u4").tobytes())
-        return payloads, fragile
+        return payloads
 
-    def _decoded(self, payloads: list[bytes], sizes: list[tuple[int, int]]) -> tuple[list[Maps | ValueError], np.ndarray]:
-        """Payloads of one size decoded together: their code maps (or the decoder's error), and which were
-        fragile in this batch."""
+    def _decoded(self, payloads: list[bytes], sizes: list[tuple[int, int]]) -> list[Maps | ValueError]:
+        """Payloads of one size decoded together: their code maps (or the decoder's error)."""
         coders = [constriction.stream.stack.AnsCoder(np.frombuffer(p, dtype="<u4").astype(np.uint32)) for p in payloads]
         errors: list[ValueError | None] = [None] * len(payloads)
 
@@ -181,25 +176,23 @@ class PriorEntropyModel:
                     errors[row] = ValueError(f"the ANS decoder failed: {error}")
             return 0
 
-        maps, fragile = self._walk(decoded, sizes, len(payloads))
-        return [error or tuple(codes[row] for codes in maps) for row, error in enumerate(errors)], fragile
+        maps = self._walk(decoded, sizes, len(payloads))
+        return [error or tuple(codes[row] for codes in maps) for row, error in enumerate(errors)]
 
-    def _walk(self, next_symbol: NextSymbol, map_sizes: list[tuple[int, int]], n: int) -> tuple[Maps, np.ndarray]:
+    def _walk(self, next_symbol: NextSymbol, map_sizes: list[tuple[int, int]], n: int) -> Maps:
         """Every map of ``n`` images in coding order, each symbol's distribution computed from the codes so far:
-        the prior's own generation loop, with the symbols coded (or decoded) instead of drawn. Also which
-        images met a logit near a rounding boundary (never flagged for one image: its arithmetic is the file's)."""
+        the prior's own generation loop, with the symbols coded (or decoded) instead of drawn."""
         maps: list[Codes] = []
-        fragile = np.zeros(n, dtype=bool)
         for index, prior in enumerate(self._coding_priors):
-            pick_atom, pick_level = _picks(next_symbol, index, prior.config.coef_levels, fragile)
+            pick_atom, pick_level = _picks(next_symbol, index, prior.config.coef_levels)
             maps.append(prior.generate(n, pick_atom, pick_level, condition=maps[0] if index else None,
                                        size=tuple(map_sizes[index])))
-        return tuple(codes.to("cpu") for codes in maps), fragile
+        return tuple(codes.to("cpu") for codes in maps)
 
 
-def _in_batches(sizes: list[tuple | ValueError], run: Callable[[list[int], list], tuple[list, np.ndarray]]) -> list:
-    """``run(rows, map_sizes)`` over the items of each size, ``BATCH`` at a time, an item fragile in its batch
-    run again alone; an item whose sizes are an error keeps the error as its result."""
+def _in_batches(sizes: list[tuple | ValueError], run: Callable[[list[int], list], list]) -> list:
+    """``run(rows, map_sizes)`` over the items of each size, ``BATCH`` at a time; an item whose sizes are an
+    error keeps the error as its result."""
     results: list = list(sizes)
     groups: dict[tuple, list[int]] = {}
     for row, found in enumerate(sizes):
@@ -208,25 +201,21 @@ def _in_batches(sizes: list[tuple | ValueError], run: Callable[[list[int], list]
     for found, rows in groups.items():
         for start in range(0, len(rows), BATCH):
             chunk = rows[start : start + BATCH]
-            outputs, fragile = run(chunk, list(found))
-            for row, output, alone in zip(chunk, outputs, fragile):
-                results[row] = run([row], list(found))[0][0] if alone else output
+            for row, output in zip(chunk, run(chunk, list(found))):
+                results[row] = output
     return results
 
 
-def _picks(next_symbol: NextSymbol, index: int, coef_levels: int, fragile: np.ndarray) -> tuple[Pick, Pick]:
+def _picks(next_symbol: NextSymbol, index: int, coef_levels: int) -> tuple[Pick, Pick]:
     """``PixelSNAIL.generate``'s choosers for map ``index`` of a batch: each symbol of an open position goes
     through ``next_symbol`` with its row's probabilities; a closed position's slots, and the single level of a
-    one-level table, carry no information and are not coded. Rows with a logit near a rounding boundary are
-    marked in ``fragile`` (batches of more than one)."""
+    one-level table, carry no information and are not coded."""
 
     def pick(is_atom: bool) -> Pick:
         def choose(logits: torch.Tensor, where: tuple[int, int, int], open_: torch.Tensor) -> torch.Tensor:
             symbols = np.zeros(len(logits), dtype=np.int64)
             if is_atom or coef_levels > 1:
                 scaled = logits.double().cpu().numpy() / _LOGIT_STEP
-                if len(scaled) > 1:
-                    np.logical_or(fragile, _near_boundary(scaled), out=fragile)
                 for row in np.flatnonzero(open_.cpu().numpy()):
                     symbols[row] = next_symbol(int(row), _probabilities(scaled[row]), (index, *where), is_atom)
             return torch.from_numpy(symbols).to(logits.device)
@@ -243,10 +232,3 @@ def _probabilities(scaled: np.ndarray) -> np.ndarray:
     weights = np.exp(rounded - rounded.max())
     return weights / weights.sum()
 
-
-def _near_boundary(scaled: np.ndarray) -> np.ndarray:
-    """[n, N] logits in grid steps -> [n]: whether a row has a finite logit within ``_MARGIN`` of a rounding
-    boundary (half a step), where another summation order could round it the other way."""
-    with np.errstate(invalid="ignore"):  # masked logits: -inf - -inf
-        distance = np.abs(scaled - np.floor(scaled) - 0.5)
-    return ((distance < _MARGIN / _LOGIT_STEP) & np.isfinite(scaled)).any(axis=1)

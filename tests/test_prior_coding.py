@@ -172,28 +172,3 @@ def test_one_bad_file_or_image_in_a_batch_costs_only_itself(codecs):
     results = codec.decompress_many([good[0], bytes(broken), b"not a file"])
     assert torch.equal(results[0], codec.decompress(good[0]))
     assert isinstance(results[1], CodecError) and isinstance(results[2], CodecError)
-
-
-def test_an_image_fragile_in_its_batch_is_coded_again_alone(codecs, monkeypatch):
-    """A logit near a rounding boundary could round otherwise alone: that image's bytes come from a batch of one."""
-    from sparse_vqvae import prior_coding
-
-    _, codec = codecs
-    entropy = codec.entropy
-    batches = []
-    for name in ("_encoded", "_decoded"):
-        method = getattr(PriorEntropyModel, name)
-        monkeypatch.setattr(entropy, name, lambda items, sizes, method=method: batches.append(len(items))
-                            or method(entropy, items, sizes))
-    monkeypatch.setattr(prior_coding, "_near_boundary", lambda scaled: np.arange(len(scaled)) == 1)
-    images = list(tiny_images(3, 16, seed=23))
-    files = codec.compress_many(images)
-    assert batches == [3, 1]  # the batch, then image 1 alone
-    assert codec.decompress_many(files) and batches == [3, 1, 3, 1]
-
-
-def test_near_boundary_flags_logits_within_the_margin_of_half_a_step():
-    from sparse_vqvae.prior_coding import _near_boundary
-
-    scaled = np.array([[0.1, 2.5 + 1e-12, -np.inf], [0.1, 2.4, -np.inf], [-7.5, 0.0, 1.0]])
-    assert _near_boundary(scaled).tolist() == [True, False, True]
