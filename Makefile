@@ -12,12 +12,21 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: install run test test-fast plots benchmark study flow sweep run-cifar10 photo-model mlflow-ui
 
-install: $(INSTALLED) $(PLOTS_TEMPLATE)
+# The C extensions pip compiles; an edited source is built again (`dvc repro` must not run the old binary
+# while dvc.lock records the new source).
+KERNELS := sparse_vqvae/_incremental.c sparse_vqvae/sparse_coding/_rowwise.c
+BUILT := $(VENV)/.kernels-built
+
+install: $(INSTALLED) $(BUILT) $(PLOTS_TEMPLATE)
 
 $(INSTALLED): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --constraint constraints.txt --editable '.[test,bench]'
 	$(PYTHON) -m tasks.offline_plots $(PLOTS_TEMPLATE)
+	touch $(BUILT) $@
+
+$(BUILT): $(KERNELS) | $(INSTALLED)
+	$(PYTHON) -m pip install --quiet --no-deps --no-build-isolation --editable .
 	touch $@
 
 $(PLOTS_TEMPLATE): | $(INSTALLED)
