@@ -1,14 +1,16 @@
-/* PixelSNAIL's backbone one position at a time, in C: the CPU's form of ``incremental.IncrementalBackbone``.
+/* PixelSNAIL one position at a time, in C: the CPU's form of ``incremental.IncrementalBackbone`` and of
+ * ``PairHead.emit``'s per-slot work.
  *
  * Generating or decoding codes is sequential: a position's features need the codes of every position before
  * it. For one small image the work of a position - a few dozen matrix-vector products on 64 channels - cost
- * less in arithmetic than in PyTorch's per-call overhead (about a hundred calls a position). Here a position
- * is one call (``step``), and writing its codes another (``write``).
+ * less in arithmetic than in PyTorch's per-call overhead (about a hundred calls a position). Here the
+ * backbone's pass at a position is one call (``step``), writing its codes another (``write``), and each of a
+ * slot's atom logits, level logits and state update one more (``atom_logits``, ``level_logits``, ``advance``).
  *
  * The arithmetic is fixed: float64, every sum in one written-out order (four-lane vectors, their lanes
  * reduced in a fixed tree), the file compiled without FMA contraction, each row computed on its own. An
- * image's features therefore do not depend on the rows beside it, on the SIMD width the loader picks, or on
- * the thread count.
+ * image's features and logits therefore do not depend on the rows beside it, on the SIMD width the loader
+ * picks, or on the thread count.
  *
  * Layout (``incremental.CompiledBackbone`` builds it): every buffer is channels-last and zero-padded by the
  * kernel's half width q, so the causal window of a convolution at (y, x) is q whole rows of (2q + 1) C
@@ -125,7 +127,7 @@ static PyObject *py_plan(PyObject *self, PyObject *args) {
     Py_ssize_t qi = plan->in_radius, q = plan->radius;
     Py_ssize_t in_taps = qi * (2 * qi + 1) + qi, taps = q * (2 * q + 1) + q + 1;
     Py_ssize_t padded_in = (plan->height + 2 * qi) * (plan->width + 2 * qi), padded = (plan->height + 2 * q) * (plan->width + 2 * q);
-    if (n < 1 || c < 1 || hw < 1 || qi < 1 || q < 1 || layers < 1 || plan->per_block < 1 || layers % plan->per_block ||
+    if (n < 1 || c < 1 || plan->height < 1 || plan->width < 1 || qi < 1 || q < 1 || layers < 1 || plan->per_block < 1 || layers % plan->per_block ||
         plan->heads < 1 || c % plan->heads || plan->num_atoms < 1 || plan->coef_levels < 1 || plan->slots < 1) {
         PyErr_SetString(PyExc_ValueError, "plan: inconsistent dimensions");
         goto fail;
@@ -361,7 +363,9 @@ static PyObject *py_head(PyObject *self, PyObject *args) {
         return NULL;
     }
     Py_ssize_t c = head->channels, n = head->num_atoms, levels = head->coef_levels;
-    if (c < 1 || n < 1 || levels < 1 || head->slots < 1 || head->stage_atoms < 0 || PyTuple_GET_SIZE(arrays) != 11) {
+    int staged_right = !head->stage_atoms || (!head->variable && head->stage_atoms * head->slots == n);
+    if (c < 1 || n < 1 || levels < 1 || head->slots < 1 || head->stage_atoms < 0 || !staged_right ||
+        PyTuple_GET_SIZE(arrays) != 11) {
         PyErr_SetString(PyExc_ValueError, "head: inconsistent dimensions or not 11 arrays");
         goto fail;
     }
@@ -493,11 +497,12 @@ static PyObject *py_advance(PyObject *self, PyObject *args) {
     if (!get_typed(o_levels, &levels, "levels", 1, rows, 0)) goto fail_levels;
     if (!get_typed(o_out, &out, "out", 0, rows * c, 1)) goto fail_out;
     const int64_t *atom = atoms.buf, *level = levels.buf;
-    double *pair = malloc(3 * (size_t)c * sizeof(double)), *hidden = pair + c, *change = pair + 2 * c;
+    double *pair = malloc(3 * (size_t)c * sizeof(double));
     if (!pair) {
         PyErr_NoMemory();
     } else if (check_indices(atom, rows, head->num_atoms, "atom") &&
                check_indices(level, rows, head->coef_levels, "level")) {
+        double *hidden = pair + c, *change = pair + 2 * c;
         for (Py_ssize_t row = 0; row < rows; row++) {
             const double *a = head->pair_atom + atom[row] * c, *l = head->pair_level + level[row] * c;
             for (Py_ssize_t i = 0; i < c; i++) pair[i] = a[i] + l[i];

@@ -54,7 +54,7 @@ def incremental_emit(prior: PixelSNAIL, positions: int) -> Emit:
     """The head's ``emit(features, pick_atom, pick_level, (y, x)) -> (atoms, levels)`` for a map of ``positions``:
     compiled on the CPU. PyTorch's advances the head from one table of every pair's advance when the map emits
     more pairs than the table has rows (a photograph's 10 slots), else by one MLP call a slot (a small map: the
-    table would cost more); the choice does not depend on the batch, so an image codes alike alone or in one."""
+    table would cost more); which of the two does not depend on the batch."""
     head = prior.head
     if prior.conv_in.weight.device.type == "cpu":
         return CompiledHead(prior).emit
@@ -78,7 +78,9 @@ class CompiledBackbone:
         def padded(radius: int, count: int = 1) -> np.ndarray:
             return np.zeros((count, n, height + 2 * radius, width + 2 * radius, c.channels))
 
-        conditions = (torch.stack([block.condition(condition_features).permute(0, 2, 3, 1) for block in blocks])
+        # The top map's term of every residual block, one image at a time: the same bits in any batch.
+        conditions = (torch.stack([torch.cat([block.condition(condition_features[i : i + 1]) for i in range(n)])
+                                   .permute(0, 2, 3, 1) for block in blocks])
                       if condition_features is not None else torch.zeros(0))
         weights = _kernel_weights(prior)
         arrays = (*weights.backbone, _array(conditions), *weights.attention,
@@ -161,30 +163,40 @@ _KERNEL_WEIGHTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def _kernel_weights(prior: PixelSNAIL) -> _Weights:
     """The prior's ``_Weights``, made again when a parameter has changed since: another tensor, dtype, or
-    in-place update (a training step, load_state_dict)."""
-    state = tuple((p.data_ptr(), p.dtype, p._version) for p in prior.parameters())
+    in-place update (a training step, load_state_dict). Changes PyTorch does not count are not seen - writes
+    through ``.data``, or to inference tensors (made under ``torch.inference_mode``, never cached here)."""
+    parameters = list(prior.parameters())
+    if any(p.is_inference() for p in parameters):
+        return _made_weights(prior)
+    # The parameters themselves are kept with the key: their addresses cannot be reused while it lives.
+    state = tuple((p.data_ptr(), p.dtype, p._version) for p in parameters)
     made = _KERNEL_WEIGHTS.get(prior)
     if made is None or made[0] != state:
-        blocks = [block for res_blocks in prior.blocks for block in res_blocks]
-        position = prior.position[0].permute(1, 2, 0) if prior.position is not None else torch.zeros(0)
-        head = prior.head
-        made = _KERNEL_WEIGHTS[prior] = (state, _Weights(
-            backbone=tuple(_array(tensor) for tensor in (
-                prior.embed.atom.weight, prior.embed.level.weight, _kept_taps(prior.conv_in), prior.conv_in.bias,
-                position, torch.stack([_kept_taps(block.conv_in) for block in blocks]),
-                torch.stack([block.conv_in.bias for block in blocks]),
-                torch.stack([_kept_taps(block.conv_gate) for block in blocks]),
-                torch.stack([block.conv_gate.bias for block in blocks]))),
-            attention=tuple(_array(tensor) for tensor in (
-                torch.stack([attention.qkv.weight.flatten(1) for attention in prior.attention]),
-                torch.stack([attention.qkv.bias for attention in prior.attention]),
-                torch.stack([attention.out.weight.flatten(1) for attention in prior.attention]),
-                torch.stack([attention.out.bias for attention in prior.attention]))),
-            head=tuple(_array(tensor) for tensor in (
-                head.atom_out.weight, head.atom_out.bias, head.atom_in.weight, head.level_out.weight,
-                head.level_out.bias, head.pair_atom.weight, head.pair_level.weight, head.update[0].weight,
-                head.update[0].bias, head.update[2].weight, head.update[2].bias))))
+        made = _KERNEL_WEIGHTS[prior] = (state, _made_weights(prior), [p.detach() for p in parameters])
     return made[1]
+
+
+def _made_weights(prior: PixelSNAIL) -> _Weights:
+    """``_Weights`` from the prior's parameters as they are now."""
+    blocks = [block for res_blocks in prior.blocks for block in res_blocks]
+    position = prior.position[0].permute(1, 2, 0) if prior.position is not None else torch.zeros(0)
+    head = prior.head
+    return _Weights(
+        backbone=tuple(_array(tensor) for tensor in (
+            prior.embed.atom.weight, prior.embed.level.weight, _kept_taps(prior.conv_in), prior.conv_in.bias,
+            position, torch.stack([_kept_taps(block.conv_in) for block in blocks]),
+            torch.stack([block.conv_in.bias for block in blocks]),
+            torch.stack([_kept_taps(block.conv_gate) for block in blocks]),
+            torch.stack([block.conv_gate.bias for block in blocks]))),
+        attention=tuple(_array(tensor) for tensor in (
+            torch.stack([attention.qkv.weight.flatten(1) for attention in prior.attention]),
+            torch.stack([attention.qkv.bias for attention in prior.attention]),
+            torch.stack([attention.out.weight.flatten(1) for attention in prior.attention]),
+            torch.stack([attention.out.bias for attention in prior.attention]))),
+        head=tuple(_array(tensor) for tensor in (
+            head.atom_out.weight, head.atom_out.bias, head.atom_in.weight, head.level_out.weight,
+            head.level_out.bias, head.pair_atom.weight, head.pair_level.weight, head.update[0].weight,
+            head.update[0].bias, head.update[2].weight, head.update[2].bias)))
 
 
 def _array(tensor: torch.Tensor) -> np.ndarray:

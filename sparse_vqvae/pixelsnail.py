@@ -207,7 +207,9 @@ class PixelSNAIL(nn.Module):
         if was_training:
             self.eval()  # no dropout while generating
         with torch.inference_mode():  # the loop's thousands of small calls, without autograd's bookkeeping
-            features = self.condition_features(condition, (height, width)) if c.condition is not None else None
+            # The top codes' embedding one image at a time: an image's conditioning is the same bits in any batch.
+            features = (torch.cat([self.condition_features(condition[i : i + 1], (height, width)) for i in range(n)])
+                        if c.condition is not None else None)
             backbone = incremental_backbone(self, n, features, (height, width))
             emit = incremental_emit(self, height * width)
             for y in range(height):

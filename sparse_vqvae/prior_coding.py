@@ -11,16 +11,18 @@ same shapes, batch of one), so both sides compute the same probabilities.
 Files decode anywhere: the probabilities come from one fixed arithmetic, whatever device the
 priors were trained or loaded on - the priors run on the CPU for coding, in their compiled form
 (``incremental``: float64, each sum in one written-out order, compiled without FMA contraction), and
-their logits are rounded to 2^-10 before the softmax. What can still differ between machines is libm's
-exp and expm1 in the last bit (~1e-16), so a rounding flip needs a logit within that of a grid
-boundary; and should one ever happen, the file's CRC of the codes makes the decoder fail with a
+their logits are rounded to 2^-10 before the softmax. What can still differ between machines, in the
+last bits (~1e-16): libm's exp and expm1, numpy's exp in the probability tables, and the top codes'
+embedding for the bottom prior (PyTorch convolutions, computed once per image); so a rounding flip
+needs a logit within that of a grid boundary; and should one ever happen, the file's CRC of the codes makes the decoder fail with a
 ``CodecError`` instead of returning another image. (A GPU's float32 logits, or TF32, differed from a
 CPU's beyond the grid: CUDA-encoded files did not decode on the CPU.)
 
 Several images code together (``encode_many`` / ``decode_many``): the priors run over all of them at
 once, one call per position (and per slot) for the batch, which amortises the per-call cost that
-dominates one small image. The compiled forms compute each row on its own, so a row's logits are the
-same bits in a batch as alone (tested): a file coded in a batch decodes alone, and the other way round.
+dominates one small image. The compiled forms compute each row on its own, and the top codes'
+embedding is computed one image at a time, so an image's logits are the same bits in a batch as alone
+(tested): a file coded in a batch decodes alone, and the other way round.
 
 Priors with learned positions code images of the size they were trained on (other sizes need the
 factorised model); priors with positions ``none`` code any size. Each position costs one pass of

@@ -1,3 +1,4 @@
+import copy
 import math
 
 import pytest
@@ -107,6 +108,17 @@ def test_compiled_backbone_follows_changes_to_the_prior():
         features_match_the_full_pass()
         prior.float()
         features_match_the_full_pass()
+
+
+def test_a_prior_made_under_inference_mode_generates():
+    """Parameters made inside ``torch.inference_mode`` (a codec built there) carry no version counter: the
+    compiled forms lay their weights out afresh instead of caching them under one."""
+    prior = prior_for("fista", conditioned=True)
+    with torch.inference_mode():
+        made_there = copy.deepcopy(prior).double().eval()  # as PriorEntropyModel makes its coding copies
+        maps = made_there.sample(2, condition=random_codes("fista", batch=2, height=2, width=2, seed=9),
+                                 generator=torch.Generator().manual_seed(0))
+    assert maps.atoms.shape == (2, 4, 4, VARIANTS["fista"]["slots"])
 
 
 def test_compiled_backbone_refuses_pairs_and_positions_outside_the_prior():
