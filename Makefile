@@ -12,9 +12,9 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: install run test test-fast plots benchmark study flow sweep run-cifar10 photo-model mlflow-ui
 
-# The C extensions pip compiles; an edited source is built again (`dvc repro` must not run the old binary
+# The C extensions pip compiles (and their shared header); an edited source is built again (`dvc repro` must not run the old binary
 # while dvc.lock records the new source).
-KERNELS := sparse_vqvae/_incremental.c sparse_vqvae/sparse_coding/_rowwise.c
+KERNELS := sparse_vqvae/_incremental.c sparse_vqvae/sparse_coding/_rowwise.c sparse_vqvae/_buffers.h
 BUILT := $(VENV)/.kernels-built
 
 install: $(INSTALLED) $(BUILT) $(PLOTS_TEMPLATE)

@@ -26,6 +26,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "_buffers.h"
+
 typedef double vector4 __attribute__((vector_size(32), aligned(8))); /* 4 doubles (GCC/Clang vector extension) */
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -91,18 +93,9 @@ static double no_numbers[1]; /* what an empty array's data points to: an exporte
 /* The next array of ``arrays`` (the views[*held]-th) as float64 [count], C-contiguous (writable where asked), its
  * view kept in ``views`` until the plan is freed; NULL with an error. */
 static double *take(Py_buffer *views, int *held, PyObject *arrays, const char *name, Py_ssize_t count, int writable) {
-    PyObject *obj = PyTuple_GET_ITEM(arrays, *held);
     Py_buffer *view = &views[*held];
-    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0)) < 0)
-        return NULL;
+    if (!get_buffer(PyTuple_GET_ITEM(arrays, *held), view, name, "d", 8, count, writable)) return NULL;
     (*held)++;
-    const char *format = view->format ? view->format : "B";
-    if (format[0] == '=' || format[0] == '<' || format[0] == '@') format++;
-    if (view->itemsize != 8 || strcmp(format, "d") != 0 || view->len != count * 8) {
-        PyErr_Format(PyExc_ValueError, "%s: expected %zd contiguous float64 numbers, got %zd bytes of '%s'", name, count,
-                     view->len, view->format ? view->format : "B");
-        return NULL;
-    }
     return view->buf ? view->buf : no_numbers;
 }
 
@@ -268,22 +261,10 @@ static PyObject *py_step(PyObject *self, PyObject *args) {
     Plan *plan = get_plan(capsule);
     if (!plan || !check_position(plan, y, x)) return NULL;
     Py_buffer out;
-    if (PyObject_GetBuffer(o_out, &out, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE | PyBUF_FORMAT) < 0) return NULL;
-    const char *format = out.format ? out.format : "B";
-    if (format[0] == '=' || format[0] == '<' || format[0] == '@') format++;
-    if (out.len != plan->n * plan->channels * 8 || strcmp(format, "d") != 0) {
-        PyBuffer_Release(&out);
-        return PyErr_Format(PyExc_ValueError, "out: expected %zd float64 numbers", plan->n * plan->channels);
-    }
+    if (!get_buffer(o_out, &out, "out", "d", 8, plan->n * plan->channels, 1)) return NULL;
     for (Py_ssize_t b = 0; b < plan->n; b++) step_row(plan, b, y, x, (double *)out.buf + b * plan->channels);
     PyBuffer_Release(&out);
     Py_RETURN_NONE;
-}
-
-static int is_int64(const Py_buffer *view) {
-    const char *format = view->format ? view->format : "B";
-    if (format[0] == '=' || format[0] == '<' || format[0] == '@') format++;
-    return view->itemsize == 8 && (strcmp(format, "l") == 0 || strcmp(format, "q") == 0);
 }
 
 /* Embed the codes of (y, x) - atoms and levels [n, slots] int64, atom -1 for an empty slot - into the input
@@ -296,14 +277,13 @@ static PyObject *py_write(PyObject *self, PyObject *args) {
     if (!plan || !check_position(plan, y, x)) return NULL;
     Py_buffer atoms, levels;
     Py_ssize_t count = plan->n * plan->slots, c = plan->channels, qi = plan->in_radius;
-    if (PyObject_GetBuffer(o_atoms, &atoms, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return NULL;
-    if (PyObject_GetBuffer(o_levels, &levels, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
+    if (!get_buffer(o_atoms, &atoms, "atoms", "lq", 8, count, 0)) return NULL;
+    if (!get_buffer(o_levels, &levels, "levels", "lq", 8, count, 0)) {
         PyBuffer_Release(&atoms);
         return NULL;
     }
     const int64_t *a = atoms.buf, *l = levels.buf;
-    int ok = atoms.len == count * 8 && levels.len == count * 8 && is_int64(&atoms) && is_int64(&levels);
-    if (!ok) PyErr_Format(PyExc_ValueError, "atoms and levels: expected %zd int64 each", count);
+    int ok = 1;
     for (Py_ssize_t i = 0; ok && i < count; i++) {
         if (a[i] < -1 || a[i] >= plan->num_atoms || l[i] < 0 || l[i] >= plan->coef_levels) {
             PyErr_Format(PyExc_ValueError, "the pair (%lld, %lld) is outside the prior's %zd atoms and %zd levels",
@@ -389,21 +369,6 @@ fail:
     return NULL;
 }
 
-/* A C-contiguous buffer of ``count`` items of the given kind (float64 'd' or int64), writable where asked; 0 with an
- * error. */
-static int get_typed(PyObject *obj, Py_buffer *view, const char *name, int int64, Py_ssize_t count, int writable) {
-    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0)) < 0) return 0;
-    const char *format = view->format ? view->format : "B";
-    if (format[0] == '=' || format[0] == '<' || format[0] == '@') format++;
-    int kind = int64 ? (strcmp(format, "l") == 0 || strcmp(format, "q") == 0) : strcmp(format, "d") == 0;
-    if (!kind || view->itemsize != 8 || view->len != count * 8) {
-        PyErr_Format(PyExc_ValueError, "%s: expected %zd contiguous %s", name, count, int64 ? "int64" : "float64");
-        PyBuffer_Release(view);
-        return 0;
-    }
-    return 1;
-}
-
 static int check_indices(const int64_t *values, Py_ssize_t count, Py_ssize_t limit, const char *what) {
     for (Py_ssize_t i = 0; i < count; i++)
         if (values[i] < 0 || values[i] >= limit) {
@@ -426,9 +391,9 @@ static PyObject *py_atom_logits(PyObject *self, PyObject *args) {
     Py_ssize_t c = head->channels, n = head->num_atoms, first = head->stage_atoms ? slot * head->stage_atoms : 0;
     Py_ssize_t width = head->stage_atoms ? head->stage_atoms : n + head->variable;
     Py_buffer state, previous, out;
-    if (!get_typed(o_state, &state, "state", 0, rows * c, 0)) return NULL;
-    if (!get_typed(o_previous, &previous, "previous", 1, rows, 0)) goto fail_previous;
-    if (!get_typed(o_out, &out, "out", 0, rows * width, 1)) goto fail_out;
+    if (!get_buffer(o_state, &state, "state", "d", 8, rows * c, 0)) return NULL;
+    if (!get_buffer(o_previous, &previous, "previous", "lq", 8, rows, 0)) goto fail_previous;
+    if (!get_buffer(o_out, &out, "out", "d", 8, rows * width, 1)) goto fail_out;
     int masked = !head->stage_atoms && !(slot == 0 && (head->variable || head->slots == 1));
     Py_ssize_t last = head->variable ? n - 1 : n - (head->slots - slot); /* the highest atom with room after it */
     for (Py_ssize_t row = 0; row < rows; row++) {
@@ -458,9 +423,9 @@ static PyObject *py_level_logits(PyObject *self, PyObject *args) {
     if (!head) return NULL;
     Py_ssize_t c = head->channels, levels = head->coef_levels;
     Py_buffer state, atoms, out;
-    if (!get_typed(o_state, &state, "state", 0, rows * c, 0)) return NULL;
-    if (!get_typed(o_atoms, &atoms, "atoms", 1, rows, 0)) goto fail_atoms;
-    if (!get_typed(o_out, &out, "out", 0, rows * levels, 1)) goto fail_out;
+    if (!get_buffer(o_state, &state, "state", "d", 8, rows * c, 0)) return NULL;
+    if (!get_buffer(o_atoms, &atoms, "atoms", "lq", 8, rows, 0)) goto fail_atoms;
+    if (!get_buffer(o_out, &out, "out", "d", 8, rows * levels, 1)) goto fail_out;
     const int64_t *atom = atoms.buf;
     double *x = malloc((size_t)c * sizeof(double));
     if (!x) {
@@ -492,10 +457,10 @@ static PyObject *py_advance(PyObject *self, PyObject *args) {
     if (!head) return NULL;
     Py_ssize_t c = head->channels;
     Py_buffer state, atoms, levels, out;
-    if (!get_typed(o_state, &state, "state", 0, rows * c, 0)) return NULL;
-    if (!get_typed(o_atoms, &atoms, "atoms", 1, rows, 0)) goto fail_atoms;
-    if (!get_typed(o_levels, &levels, "levels", 1, rows, 0)) goto fail_levels;
-    if (!get_typed(o_out, &out, "out", 0, rows * c, 1)) goto fail_out;
+    if (!get_buffer(o_state, &state, "state", "d", 8, rows * c, 0)) return NULL;
+    if (!get_buffer(o_atoms, &atoms, "atoms", "lq", 8, rows, 0)) goto fail_atoms;
+    if (!get_buffer(o_levels, &levels, "levels", "lq", 8, rows, 0)) goto fail_levels;
+    if (!get_buffer(o_out, &out, "out", "d", 8, rows * c, 1)) goto fail_out;
     const int64_t *atom = atoms.buf, *level = levels.buf;
     double *pair = malloc(3 * (size_t)c * sizeof(double));
     if (!pair) {

@@ -14,10 +14,10 @@ PACKAGE = Path(__file__).resolve().parent
 
 
 def source_fingerprint(package: Path = PACKAGE) -> str:
-    """A short hash of every source file of the package (Python, and the C of its compiled kernel): their paths
-    and bytes."""
+    """A short hash of every source file of the package (Python, and the C of its compiled kernels, headers
+    included): their paths and bytes."""
     digest = hashlib.sha256()
-    for path in sorted([*package.rglob("*.py"), *package.rglob("*.c")]):
+    for path in sorted([*package.rglob("*.py"), *package.rglob("*.c"), *package.rglob("*.h")]):
         digest.update(path.relative_to(package).as_posix().encode() + b"\0")
         digest.update(path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]

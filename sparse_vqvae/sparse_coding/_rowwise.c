@@ -26,6 +26,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../_buffers.h"
+
 #define KKT_SLACK 1e-9 /* relative slack of the KKT test, as ``fista.certify_lasso`` allows float64 */
 
 #define ROW_BLOCK 4 /* rows whose correlations are computed together: the dictionary is read once for them */
@@ -311,23 +313,6 @@ static void omp_row(const double *start, const double *gram, Py_ssize_t n, Py_ss
             for (Py_ssize_t j = 0; j < n; j++) c[j] -= weight * column[j];
         }
     }
-}
-
-/* A C-contiguous buffer of ``count`` items of one of ``formats`` (size ``itemsize``), or NULL with an error. */
-static int get_buffer(PyObject *obj, Py_buffer *view, const char *name, const char *formats, Py_ssize_t itemsize,
-                      Py_ssize_t count, int writable) {
-    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0)) < 0)
-        return 0;
-    const char *format = view->format ? view->format : "B";
-    if (format[0] == '=' || format[0] == '<' || format[0] == '@') format++;
-    if (view->itemsize != itemsize || strlen(format) != 1 || !strchr(formats, format[0]) ||
-        view->len != count * itemsize) {
-        PyErr_Format(PyExc_ValueError, "%s: expected %zd contiguous items of type '%s', got %zd bytes of '%s'", name,
-                     count, formats, view->len, view->format ? view->format : "B");
-        PyBuffer_Release(view);
-        return 0;
-    }
-    return 1;
 }
 
 /* A C-contiguous buffer of ``count`` float32 or float64 items: their size (4 or 8), 0 with an error. */
