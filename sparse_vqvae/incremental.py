@@ -46,7 +46,7 @@ except ImportError as error:  # a source tree used without `pip install -e .`, w
 def incremental_backbone(prior: PixelSNAIL, n: int, condition_features: torch.Tensor | None,
                          size: tuple[int, int]) -> CompiledBackbone | IncrementalBackbone:
     """The incremental pass of ``prior`` (eval mode) for ``n`` maps of ``size``: compiled on the CPU."""
-    form = CompiledBackbone if prior.conv_in.weight.device.type == "cpu" else IncrementalBackbone
+    form = CompiledBackbone if _compiled(prior) else IncrementalBackbone
     return form(prior, n, condition_features, size)
 
 
@@ -55,11 +55,16 @@ def incremental_emit(prior: PixelSNAIL, positions: int) -> Emit:
     compiled on the CPU. PyTorch's advances the head from one table of every pair's advance when the map emits
     more pairs than the table has rows (a photograph's 10 slots), else by one MLP call a slot (a small map: the
     table would cost more); which of the two does not depend on the batch."""
-    head = prior.head
-    if prior.conv_in.weight.device.type == "cpu":
+    if _compiled(prior):
         return CompiledHead(prior).emit
+    head = prior.head
     tabled = positions * (head.slots - 1) >= head.num_atoms * head.coef_levels
     return partial(head.emit, advances=head.advances() if tabled else None)
+
+
+def _compiled(prior: PixelSNAIL) -> bool:
+    """Whether the prior runs in the compiled forms: it is on the CPU."""
+    return prior.conv_in.weight.device.type == "cpu"
 
 
 class CompiledBackbone:
@@ -108,10 +113,8 @@ class CompiledHead:
     in numpy - the same loop as ``PairHead.emit``."""
 
     def __init__(self, prior: PixelSNAIL) -> None:
-        head = prior.head
-        self.slots, self.num_atoms, self.coef_levels, self.variable = head.slots, head.num_atoms, head.coef_levels, head.variable
-        self.stage_atoms, self.end = head.stage_atoms, head.end
-        self._head = _incremental.head(_kernel_weights(prior).head, (
+        self.head = head = prior.head
+        self._kernel = _incremental.head(_kernel_weights(prior).head, (
             prior.config.channels, head.num_atoms, head.coef_levels, head.slots, head.stage_atoms, head.variable))
         self._atom_width = head.stage_atoms or head.num_atoms + head.variable
 
@@ -119,30 +122,30 @@ class CompiledHead:
              position: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """One position's pairs for each row of ``h`` [B, C]: atoms and levels [B, K] (as ``PairHead.emit``)."""
         state = np.ascontiguousarray(h.numpy(), dtype=np.float64)
-        rows = len(state)
-        atoms, levels = np.full((rows, self.slots), EMPTY), np.zeros((rows, self.slots), dtype=np.int64)
+        rows, head = len(state), self.head
+        atoms, levels = np.full((rows, head.slots), EMPTY), np.zeros((rows, head.slots), dtype=np.int64)
         previous, open_ = np.full(rows, -1), np.ones(rows, dtype=np.bool_)
-        for k in range(self.slots):
+        for k in range(head.slots):
             logits = np.empty((rows, self._atom_width))
-            _incremental.atom_logits(self._head, state, previous, rows, k, logits)
+            _incremental.atom_logits(self._kernel, state, previous, rows, k, logits)
             drawn = pick_atom(torch.from_numpy(logits), (*position, k), torch.from_numpy(open_)).numpy()
-            if self.stage_atoms:
-                drawn = drawn + k * self.stage_atoms
-            if self.variable:
-                open_ = open_ & (drawn != self.end)
-            safe = np.minimum(drawn, self.num_atoms - 1)
+            if head.stage_atoms:
+                drawn = drawn + head.atom_offset(k)
+            if head.variable:
+                open_ = open_ & (drawn != head.end)
+            safe = np.minimum(drawn, head.num_atoms - 1)
             level = levels[:, k]
-            if self.coef_levels > 1:
-                logits = np.empty((rows, self.coef_levels))
-                _incremental.level_logits(self._head, state, safe, rows, logits)
+            if head.coef_levels > 1:
+                logits = np.empty((rows, head.coef_levels))
+                _incremental.level_logits(self._kernel, state, safe, rows, logits)
                 level = pick_level(torch.from_numpy(logits), (*position, k), torch.from_numpy(open_)).numpy()
-            atoms[:, k], levels[:, k] = (np.where(open_, safe, EMPTY), np.where(open_, level, 0)) if self.variable else (
+            atoms[:, k], levels[:, k] = (np.where(open_, safe, EMPTY), np.where(open_, level, 0)) if head.variable else (
                 safe, level)
-            if k + 1 == self.slots:  # the last slot needs no advance
+            if k + 1 == head.slots:  # the last slot needs no advance
                 break
             advanced = np.empty_like(state)
-            _incremental.advance(self._head, state, safe, np.ascontiguousarray(level), rows, advanced)
-            if self.variable:  # the slot is emitted by open rows only
+            _incremental.advance(self._kernel, state, safe, np.ascontiguousarray(level), rows, advanced)
+            if head.variable:  # the slot is emitted by open rows only
                 state, previous = np.where(open_[:, None], advanced, state), np.where(open_, safe, previous)
             else:
                 state, previous = advanced, safe
