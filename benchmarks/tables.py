@@ -1,0 +1,512 @@
+"""The documentation's result tables, generated from benchmarks/results/*.json so that the prose cannot drift
+from the measurements.
+
+A Markdown file holds a table between two markers, and this script owns the text between them:
+
+    <!-- table:prior -->
+    | ... |
+    <!-- /table:prior -->
+
+A single figure inside a sentence is marked the same way on one line: ``<!-- fig:NAME -->-34.2%<!-- /fig:NAME -->``.
+
+    python benchmarks/tables.py            # rewrite the marked tables of README.md, docs/*.md, benchmarks/README.md
+    python benchmarks/tables.py --check    # exit 1 naming every table that differs from its JSON
+
+A benchmark rewrites its JSON; running this script then rewrites the tables (tests/test_docs_tables.py fails
+until it has). Standard library only: it reads JSON and writes text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from functools import cache
+from pathlib import Path
+from typing import Any, Callable
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+
+MARKER = re.compile(r"<!-- (?P<kind>table|fig):(?P<name>[a-z0-9_]+) -->(?P<body>.*?)<!-- /(?P=kind):(?P=name) -->",
+                    re.S)
+OPENING = re.compile(r"<!-- (?P<kind>table|fig):(?P<name>[a-z0-9_]+) -->")
+
+
+class TablesError(ValueError):
+    """A marker this script cannot honour: unknown name, unclosed, or a figure that is not one line."""
+
+
+def documents(repo: Path = REPO) -> list[Path]:
+    """The Markdown files whose marked tables this script owns."""
+    return [repo / "README.md", *sorted((repo / "docs").glob("*.md")), repo / "benchmarks" / "README.md"]
+
+
+def marked(text: str) -> list[str]:
+    """The names of the tables and figures ``text`` marks, in order."""
+    return [m["name"] for m in MARKER.finditer(text)]
+
+
+def rewrite(text: str, render: Callable[[str], str]) -> str:
+    """``text`` with the body of every marked table or figure replaced by ``render(name)``; everything outside
+    the markers is left as it is."""
+    openings = [m["name"] for m in OPENING.finditer(text)]
+    closed = marked(text)
+    if openings != closed:
+        unclosed = [name for name in openings if name not in closed] or openings
+        raise TablesError(f"marker without its closing <!-- /...:NAME -->: {', '.join(unclosed)}")
+
+    def replace(match: re.Match) -> str:
+        kind, name = match["kind"], match["name"]
+        content = render(name).strip("\n")
+        if kind == "fig" and "\n" in content:
+            raise TablesError(f"fig:{name} must render on one line")
+        body = f"\n{content}\n" if kind == "table" else content
+        return f"<!-- {kind}:{name} -->{body}<!-- /{kind}:{name} -->"
+
+    return MARKER.sub(replace, text)
+
+
+# ---------------------------------------------------------------------------------------------------- the JSON
+
+@cache
+def result(name: str) -> dict[str, Any]:
+    """benchmarks/results/<name>.json."""
+    return json.loads((RESULTS / f"{name}.json").read_text())
+
+
+def number(x: float, digits: int = 0) -> str:
+    """1234.5 -> '1,234' (digits=0), '1,234.50' (digits=2)."""
+    return f"{x:,.{digits}f}"
+
+
+def signed(percent: float | None, digits: int = 1, unit: str = "%") -> str:
+    return "-" if percent is None else f"{percent:+.{digits}f}{unit}"
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+RENDERERS: dict[str, Callable[[], str]] = {}
+
+
+def renders(name: str) -> Callable[[Callable[[], str]], Callable[[], str]]:
+    def register(function: Callable[[], str]) -> Callable[[], str]:
+        RENDERERS[name] = function
+        return function
+    return register
+
+
+def render(name: str) -> str:
+    if name not in RENDERERS:
+        raise TablesError(f"no table or figure named {name!r}; known: {', '.join(sorted(RENDERERS))}")
+    return RENDERERS[name]()
+
+
+# --------------------------------------------------------------------------------- sparse coding (vs SPAMS)
+
+def _rows(method: str, k: int | None = None) -> dict[str, dict]:
+    return {r["variant"]: r for r in result("sparse_coding")["rows"]
+            if r["method"] == method and (k is None or r["k"] == k)}
+
+
+def _setup(r: dict) -> str:
+    return (f"{number(r['signals'])} signals, d={r['dim']}, N={r['num_atoms']}, {r['dtype']}, "
+            f"{r['torch_threads']} torch threads, {r['cpu_count']} CPUs ({r['machine']}), torch {r['torch']}")
+
+
+@renders("sparse_coding_omp")
+def _sparse_coding_omp() -> str:
+    r = result("sparse_coding")
+    rows = []
+    for k in sorted({row["k"] for row in r["rows"] if row["method"] == "omp"}):
+        v = _rows("omp", k)
+        rows.append([str(k), number(v["rows"]["signals_per_s"]), number(v["gemm"]["signals_per_s"]),
+                     number(v["gram"]["signals_per_s"]), number(v["spams"]["signals_per_s"]),
+                     number(v["sklearn"]["signals_per_s"]), f"**{v['rows']['speed_ratio_vs_spams']:.2f}x**",
+                     f"{v['rows']['support_agreement_sklearn']:.1%} / {v['spams']['support_agreement_sklearn']:.1%}"])
+    return (f"OMP, signals per second ({_setup(r)}):\n\n"
+            + table(["K", "ours, per signal (CPU default)", "ours, batched GEMM", "ours, batched Gram", "SPAMS",
+                     "scikit-learn", "per signal / SPAMS", "supports = scikit-learn's: ours / SPAMS"], rows))
+
+
+@renders("sparse_coding_lasso")
+def _sparse_coding_lasso() -> str:
+    r = result("sparse_coding")
+    v = _rows("lasso")
+    forms = [("homotopy", "ours, homotopy per signal (CPU default)"), ("homotopy-batched", "ours, homotopy batched"),
+             ("fista+exact", "ours, FISTA + exact finish"), ("fista-100", "ours, FISTA 100 iterations"),
+             ("spams-lars", "SPAMS LARS"), ("sklearn-lasso_cd", "scikit-learn lasso_cd")]
+    spams = v["spams-lars"]["signals_per_s"]
+    rows = []
+    for key, label in forms:
+        row = v[key]
+        gap = row.get("objective_gap_vs_spams_median")
+        rows.append([label, number(row["signals_per_s"]), f"{row['signals_per_s'] / spams:.2f}x",
+                     "-" if gap is None or key.startswith("spams") else (f"{gap:.1e}" if gap else "0")])
+    return (f"LASSO, alpha={r['alpha']}, signals per second ({_setup(r)}):\n\n"
+            + table(["form", "signals/s", "/ SPAMS", "objective gap to SPAMS (median)"], rows))
+
+
+# ------------------------------------------------------------------------------------------ VQ-VAE-2 step
+
+TRAIN_VARIANTS = [("vanilla", "vanilla"), ("rvq_k2", "rvq, 2 stages"), ("omp_k1", "omp K=1"), ("omp_k2", "omp K=2"),
+                  ("omp_k4", "omp K=4"), ("lasso", "lasso")]
+
+
+def _variant(r: dict, key: str) -> dict | None:
+    # Results written before the LASSO's selection_fn was renamed keep it under its old name.
+    return r.get(key) or (r.get("fista") if key == "lasso" else None)
+
+
+@renders("train_step")
+def _train_step() -> str:
+    r = result("train_step")
+    rows = []
+    for key, label in TRAIN_VARIANTS:
+        v = _variant(r, key)
+        if v is not None:
+            rows.append([label, number(v["ms_per_step"]), f"{v['ratio_to_vanilla']:.2f}", f"{v['test_psnr']:.2f}"])
+    k2 = r["omp_k2"]
+    rows.append(["omp K=2, dictionary frozen after its initialisation", "", "", f"{k2['frozen_dictionary_test_psnr']:.2f}"])
+    rows.append(["each test crop's mean colour (baseline)", "", "", f"{r['vanilla']['baseline_psnr']:.2f}"])
+    return (f"{r['image_size']}x{r['image_size']} crops, batch {r['batch_size']}, {r['threads']} threads; "
+            f"test PSNR after {r['steps']} steps:\n\n"
+            + table(["variant", "ms/step", "x vanilla", "test PSNR (dB)"], rows))
+
+
+@renders("omp_k1_vs_vanilla")
+def _omp_k1_vs_vanilla() -> str:
+    r = result("omp_k1_vs_vanilla")
+    rows = [[label, f"{r[key]['test_psnr']:.2f}", number(r[key]["ms_per_step"])]
+            for key, label in (("vanilla", "vanilla"), ("omp_k1", "omp K=1"))]
+    return (f"Test crops after {r['steps']} steps (batch {r['batch_size']}, {r['threads']} threads):\n\n"
+            + table(["variant", "test PSNR (dB)", "ms/step"], rows))
+
+
+# ------------------------------------------------------------------------------------------------- prior
+
+@renders("prior")
+def _prior() -> str:
+    r = result("prior")
+    labels = {"vanilla": "vanilla, 512 entries", "omp": "omp K=2, 512 atoms, 32 uniform levels"}  # benchmarks/prior.py's
+    rows = []
+    for key, v in sorted(r.items(), key=lambda kv: (kv[1]["dataset"] != "embedded", not kv[0].startswith("vanilla"))):
+        quantizer = key.split("_")[0]
+        rows.append([v["dataset"], labels.get(quantizer, quantizer), f"{v['prior_bits_per_image']:.1f}",
+                     f"{v['factorized_bits_per_image']:.1f}", f"{v['ratio_to_factorized']:.2f}",
+                     number(v["train_ms_per_step"]), f"{v['sample_s_per_image']:.3f}",
+                     f"{number(v['train_images'])} / {number(v['test_images'])}"])
+    any_ = next(iter(r.values()))
+    return (f"VQ-VAE-2 trained {any_['vqvae_steps']} steps, each PixelSNAIL prior {any_['prior_steps']} steps; "
+            "test bits per image, top + bottom:\n\n"
+            + table(["data", "quantizer", "PixelSNAIL", "factorised", "ratio", "prior ms/step", "sampling s/image",
+                     "train / test images"], rows))
+
+
+# ------------------------------------------------------------------------------------------------- codec
+
+def _speed(v: dict, what: str) -> str:
+    if v["encode_images_per_s"] < 1:
+        return f"{1 / v[f'{what}_images_per_s']:.1f} s an image"
+    return f"{number(v[f'{what}_images_per_s'], 1)} img/s ({v[f'{what}_mp_per_s']:.2f} MP/s)"
+
+
+@renders("codec")
+def _codec() -> str:
+    r = result("codec")
+    entries = [("crops_32", ""), ("crops_32_prior", "one at a time"), ("photos_768x512", ""),
+               ("photos_768x512_prior", "")]
+    rows = []
+    for key, how in entries:
+        v = r[key]
+        h, w = v["size"]
+        what = f"{v['images']} {'crops' if 'crops' in key else 'photos'} {w}x{h}" + (f", {how}" if how else "")
+        entropy = "PixelSNAIL priors" if v["entropy"] == "prior" else "factorised"
+        rows.append([what, entropy, f"{v['bpp']:.2f}", _speed(v, "encode"), _speed(v, "decode"),
+                     f"{number(v['jpeg_encode_images_per_s'])} / {number(v['jpeg_decode_images_per_s'])}",
+                     f"{number(v['webp_encode_images_per_s'])} / {number(v['webp_decode_images_per_s'])}"])
+        if "together_encode_images_per_s" in v:
+            same = "the same bytes" if v["together_same_bytes"] else "OTHER BYTES"
+            rows.append([f"{v['images']} crops {w}x{h}, in one call ({same})", entropy, f"{v['bpp']:.2f}",
+                         f"{number(v['together_encode_images_per_s'], 1)} img/s",
+                         f"{number(v['together_decode_images_per_s'], 1)} img/s", "", ""])
+    return (f"{r['threads']} threads; crops: the pipeline's model ({r['pipeline_model']['selection_fn']}), "
+            f"photographs: the zoo model at quality {r['photo_model']['quality']}:\n\n"
+            + table(["images", "entropy model", "bpp", "ours encode", "ours decode", "JPEG q75 encode / decode img/s",
+                     "WebP q75 encode / decode img/s"], rows))
+
+
+@renders("codec_fuzz")
+def _codec_fuzz() -> str:
+    r = result("codec_fuzz")
+    outcomes = sorted({o for counts in r["outcomes"].values() for o in counts})
+    rows = [[case.replace("/", ", ").replace("_", " "), *(number(counts.get(o, 0)) for o in outcomes)]
+            for case, counts in sorted(r["outcomes"].items())]
+    return (f"{number(r['files'])} damaged files of zoo model `{r['model']}` (seed {r['seed']}): "
+            f"**{r['crashes']} crashes, {r['silent_wrong_images']} silent wrong images**.\n\n"
+            + table(["entropy model, damage", *outcomes], rows))
+
+
+# ------------------------------------------------------------------------------------------------ the GPU
+
+@renders("gpu_sparse_coding")
+def _gpu_sparse_coding() -> str:
+    r = result("gpu")
+    s = r["sparse_coding"]
+    rows = [[row["method"].upper() if row["method"] == "omp" else "LASSO", str(row["k"]), row["variant"],
+             f"{row['ms']:.2f}", number(row["signals_per_s"]), number(row["cpu_signals_per_s"]),
+             f"{row['speed_ratio_vs_cpu']:.0f}x"] for row in s["rows"]]
+    return (f"{number(s['signals'])} signals on one {r['gpu']} (torch {r['torch']}); the CPU column: the same "
+            f"batched solvers on that machine's {r['cpu_count']} cores, {number(s['cpu_signals'])} signals:\n\n"
+            + table(["method", "K", "form", "GPU ms", "GPU signals/s", "CPU signals/s", "GPU / CPU"], rows))
+
+
+@renders("gpu_stage1")
+def _gpu_stage1() -> str:
+    r = result("gpu")["stage1_step"]
+    rows = []
+    for key, label in TRAIN_VARIANTS:
+        v = _variant(r, key)
+        if v is not None:
+            rows.append([label, f"{v['ms_per_step']:.1f}", f"{v['ratio_to_vanilla']:.2f}"])
+    ray = result("gpu")["ray_train"]
+    return (table(["stage-1 step, 32x32, batch 128", "GPU ms", "x vanilla"], rows)
+            + f"\n\nRay Train, one GPU worker (`use_gpu` resolved to {ray['use_gpu']}): {ray['ms_per_step']:.1f} ms a "
+            f"step, {ray['fit_seconds']:.0f} s for the whole `fit()` of {ray['steps']} steps (Ray's start-up included).")
+
+
+@renders("gpu_codec")
+def _gpu_codec() -> str:
+    p = result("gpu")["prior_and_codec"]
+    entries = [("crops_32", "factorised"), ("crops_32_prior", "PixelSNAIL priors"), ("photos", "factorised"),
+               ("crops_128_prior_any_size", "any-size priors")]
+    rows = []
+    for key, entropy in entries:
+        v = p[key]
+        h, w = v["size"]
+        rows.append([f"{v['images']} x {w}x{h}", entropy, f"{v['bpp']:.2f}", _speed(v, "encode"), _speed(v, "decode")])
+    return (f"A model of {p['model_steps']} steps on the GPU (prior coding runs on the CPU by design); PixelSNAIL "
+            f"sampling {p['sample_s_per_image'] * 1000:.0f} ms an image (batch {p['sample_batch']}):\n\n"
+            + table(["images", "entropy model", "bpp", "encode", "decode"], rows))
+
+
+# ------------------------------------------------------------------------------------------ photo codec
+
+def _photo_set(name: str) -> dict:
+    return result("photo_codec")["sets"][name]
+
+
+@renders("photo_codec")
+def _photo_codec() -> str:
+    s = _photo_set("photos")
+    rows = [[str(p["setting"]), f"{p['bpp']:.3f}", f"{p['psnr']:.2f}", f"{p['ms_ssim']:.3f}",
+             " / ".join(f"{c:.2f}" for c in p["colour_error_mean"])] for p in s["ours"]]
+    prior = s["prior"]
+    rows.append([f"{prior['setting']}, prior-coded", f"{prior['bpp']:.3f}", f"{prior['psnr']:.2f}",
+                 f"{prior['ms_ssim']:.3f}", "(the same image)"])
+    return (f"{len(s['images'])} held-out photographs at full size ({s['megapixels_mean']:.2f} MP on average), "
+            "real file sizes:\n\n"
+            + table(["quality", "bpp", "PSNR (dB)", "MS-SSIM", "colour error (levels, R / G / B)"], rows))
+
+
+@renders("photo_codec_references")
+def _photo_codec_references() -> str:
+    s = _photo_set("photos")
+    rows = [[codec, str(p["setting"]), f"{p['bpp']:.3f}", f"{p['psnr']:.2f}", f"{p['ms_ssim']:.3f}"]
+            for codec in ("jpeg", "webp") for p in s[codec]]
+    return table(["codec", "quality", "bpp", "PSNR (dB)", "MS-SSIM"], [[c.upper() if c == "jpeg" else "WebP", *rest]
+                                                                      for c, *rest in rows])
+
+
+@renders("photo_codec_summary")
+def _photo_codec_summary() -> str:
+    rows = []
+    for name, v in result("photo_codec")["sets"].items():
+        b = v["summary"]
+        rows.append([f"{name} ({len(v['images'])}, {v['megapixels_mean']:.2f} MP)", signed(b["bd_rate_psnr_vs_jpeg"]),
+                     signed(b["bd_rate_ms_ssim_vs_jpeg"]), signed(b["bd_rate_psnr_vs_webp"]),
+                     signed(b["bd_rate_ms_ssim_vs_webp"]),
+                     f"{v['speed']['encode_mp_s']:.2f} / {v['speed']['decode_mp_s']:.2f}",
+                     f"{v['jpeg_speed']['encode_mp_s']:.0f} / {v['jpeg_speed']['decode_mp_s']:.0f}",
+                     f"{v['prior']['encode_s_per_image']:.0f} / {v['prior']['decode_s_per_image']:.0f}"])
+    return table(["held-out set (photographs, MP)", "BD-rate vs JPEG, PSNR", "vs JPEG, MS-SSIM", "vs WebP, PSNR",
+                  "vs WebP, MS-SSIM", "encode / decode MP/s", "JPEG MP/s", "prior-coded s an image"], rows)
+
+
+@renders("zoo")
+def _zoo() -> str:
+    r = result("photo_codec")
+    s = _photo_set("photos")
+    low, high = s["ours"][0], s["ours"][-1]
+    b = s["summary"]
+    return table(
+        ["name", "trained on", "quantizer", "qualities", "bpp", "PSNR (dB)", "BD-rate vs JPEG (PSNR / MS-SSIM)"],
+        [[f"`{r['model']}` (default)", "photographs (`make photo-model`)", "rvq, one map, stage dropout",
+          f"{r['qualities'][0]}-{r['qualities'][-1]}", f"{low['bpp']:.2f}-{high['bpp']:.2f}",
+          f"{low['psnr']:.1f}-{high['psnr']:.1f}",
+          f"{signed(b['bd_rate_psnr_vs_jpeg'])} / {signed(b['bd_rate_ms_ssim_vs_jpeg'])}"]])
+
+
+def _fig(path: Callable[[], float], fmt: Callable[[float], str]) -> Callable[[], str]:
+    return lambda: fmt(path())
+
+
+for _name, _path, _fmt in [
+    ("photo_bd_ms_ssim_vs_jpeg", lambda: _photo_set("photos")["summary"]["bd_rate_ms_ssim_vs_jpeg"], signed),
+    ("photo_bd_psnr_vs_jpeg", lambda: _photo_set("photos")["summary"]["bd_rate_psnr_vs_jpeg"], signed),
+    ("photo_bd_ms_ssim_vs_webp", lambda: _photo_set("photos")["summary"]["bd_rate_ms_ssim_vs_webp"], signed),
+    ("photo_bd_psnr_vs_webp", lambda: _photo_set("photos")["summary"]["bd_rate_psnr_vs_webp"], signed),
+    ("photo_images", lambda: len(_photo_set("photos")["images"]), str),
+    ("photo_saturation_db", lambda: _photo_set("photos")["ours"][-1]["psnr"], lambda x: f"{x:.1f} dB"),
+    ("study_omp_vs_vanilla_embedded", lambda: _bd("embedded", "omp")["vs_vanilla"], signed),
+    ("study_omp_vs_rvq_embedded", lambda: _bd("embedded", "omp")["vs_rvq"], signed),
+    ("study_omp_vs_rvq_cifar10", lambda: _bd("cifar10", "omp")["vs_rvq"], signed),
+]:
+    RENDERERS[_name] = _fig(_path, _fmt)
+
+
+# ---------------------------------------------------------------------------------------- the study
+
+FAMILIES = ("vanilla", "rvq", "omp", "lasso")
+
+
+def _bd(set_name: str, family: str) -> dict:
+    return result("rate_distortion_study")["summary"]["bd_rate"][set_name][family]
+
+
+def model_label(family: str, s: dict) -> str:
+    """A study point's settings in words. Results written before the renames spell rvq's stage count
+    ``n_nonzero`` and the LASSO ``fista``."""
+    if family == "vanilla":
+        return f"{s['num_atoms']} entries"
+    if family == "rvq":
+        stages = s.get("stages", s["n_nonzero"])
+        return f"{stages} stage{'s' if stages > 1 else ''} x {s['num_atoms']}"
+    levels = f"{s['coef_levels']} {s['coef_quantizer']} levels"
+    if family == "omp":
+        return f"K={s['n_nonzero']}, N={s['num_atoms']}, {levels}"
+    return f"alpha {s['alpha']}, <= {s['max_nonzero']} atoms, N={s['num_atoms']}, {levels}"
+
+
+def _points(set_name: str) -> str:
+    study = result("rate_distortion_study")
+    rows = [[family, model_label(family, p["settings"]), f"{p['bpp']:.3f}",
+             "-" if p["bpp_prior"] is None else f"{p['bpp_prior']:.3f}", f"{p['psnr']:.2f}", f"{p['ms_ssim']:.3f}"]
+            for family in FAMILIES for p in study[set_name].get(family, [])]
+    return table(["family", "model", "bpp, factorised", "bpp, priors", "PSNR (dB)", "MS-SSIM"], rows)
+
+
+def _bd_table(set_name: str) -> str:
+    rows = []
+    for family in FAMILIES:
+        b = _bd(set_name, family)
+        rows.append([family, *(signed(b.get(f"vs_{anchor}{suffix}"), **kw)
+                               for anchor in ("vanilla", "rvq")
+                               for suffix, kw in (("", {}), ("_prior", {}), ("_bd_psnr", {"digits": 2, "unit": " dB"}))
+                               )])
+    return table(["family", "vs vanilla, BD-rate", "with priors", "BD-PSNR", "vs rvq, BD-rate", "with priors",
+                  "BD-PSNR"], rows)
+
+
+for _set in ("embedded", "cifar10"):
+    RENDERERS[f"study_points_{_set}"] = (lambda s: lambda: _points(s))(_set)
+    RENDERERS[f"study_bd_{_set}"] = (lambda s: lambda: _bd_table(s))(_set)
+
+
+@renders("study_budget")
+def _study_budget() -> str:
+    b = result("rate_distortion_study")["summary"]["budget"]
+    return (f"{b['pretrain_steps']} pretraining steps, {number(b['steps'])} stage-1 steps, {b['prior_steps']} steps "
+            f"a prior; {b['images']} held-out images a set coded with the factorised model, {b['prior_images']} of "
+            f"them with the priors")
+
+
+@renders("study_doubling")
+def _study_doubling() -> str:
+    study = result("rate_distortion_study")
+    check = study["summary"]["doubling_check"]["embedded"]
+    steps = study["summary"]["budget"]["steps"]
+    rows = []
+    for name, c in sorted(check["comparisons"].items()):
+        anchor = name.split(" vs ")[1]
+        verdicts = " / ".join({True: "better", False: "worse", None: "-"}[v] for v in c["better"])
+        rates = " / ".join(signed(bd.get(f"vs_{anchor}")) for bd in c["bd"])
+        psnrs = " / ".join(signed(bd.get(f"vs_{anchor}_bd_psnr"), 2, " dB") for bd in c["bd"])
+        rows.append([name, verdicts, rates, psnrs])
+    return table(["comparison (embedded)", f"verdict at {number(steps)} / {number(2 * steps)} steps",
+                  "BD-rate, factorised", "BD-PSNR"], rows)
+
+
+@renders("study_steps")
+def _study_steps() -> str:
+    """Every embedded model's rate and PSNR at the three budgets measured: the earlier 300-step study (another
+    code: rate_distortion_doubling.json), this study, and its doubling check."""
+    study = result("rate_distortion_study")
+    earlier = result("rate_distortion_doubling")
+    steps = [earlier["summary"]["budget"]["steps"], study["summary"]["budget"]["steps"]]
+    steps.append(2 * steps[1])
+
+    def by_label(points: dict[str, list[dict]]) -> dict[tuple[str, str], dict]:
+        return {(f, model_label(f, p["settings"])): p for f, ps in points.items() for p in ps}
+
+    columns = [by_label(earlier["embedded"]), by_label(study["embedded"]),
+               by_label(study["summary"]["doubling_check"]["embedded"]["points_at_double"])]
+    rows = []
+    for family in FAMILIES:
+        for p in study["embedded"].get(family, []):
+            key = (family, model_label(family, p["settings"]))
+            cells = [f"{c[key]['bpp']:.3f}, {c[key]['psnr']:.2f}" if key in c else "-" for c in columns]
+            rows.append([family, key[1], *cells])
+    return table(["family", "model", f"{steps[0]} steps (earlier code)", f"{number(steps[1])} steps",
+                  f"{number(steps[2])} steps"], rows)
+
+
+# --------------------------------------------------------------------------------------------- main
+
+def stale(paths: list[Path]) -> list[str]:
+    """``path: name`` of every marked table whose text differs from what its JSON renders."""
+    found = []
+    for path in paths:
+        text = path.read_text()
+        for match in MARKER.finditer(text):
+            if rewrite(match.group(0), render) != match.group(0):
+                found.append(f"{path.relative_to(REPO)}: {match['kind']}:{match['name']}")
+    return found
+
+
+def unplaced(paths: list[Path]) -> list[str]:
+    """Generated tables that no document shows."""
+    shown = {name for path in paths for name in marked(path.read_text())}
+    return sorted(set(RENDERERS) - shown)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="change nothing; exit 1 naming the stale tables")
+    args = parser.parse_args()
+    paths = [p for p in documents() if p.exists()]
+    if args.check:
+        problems = stale(paths) + [f"not shown in any document: {name}" for name in unplaced(paths)]
+        for problem in problems:
+            print(f"stale: {problem}" if not problem.startswith("not shown") else problem, file=sys.stderr)
+        if problems:
+            print("run `python benchmarks/tables.py` to rewrite them from benchmarks/results/", file=sys.stderr)
+        return 1 if problems else 0
+    for path in paths:
+        text = path.read_text()
+        new = rewrite(text, render)
+        if new != text:
+            path.write_text(new)
+            print(f"rewrote {path.relative_to(REPO)}")
+    for name in unplaced(paths):
+        print(f"not shown in any document: {name}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
