@@ -42,7 +42,7 @@ run: install
 flow: install
 	$(PYTHON) -m flows.pipeline
 
-# vanilla vs omp (K=2, 4) vs fista, each in sweeps/<variant>/, results in sweeps/summary.csv.
+# vanilla vs rvq vs omp (K=1, 2) vs lasso, each in sweeps/<variant>/, results in sweeps/summary.csv.
 sweep: install
 	$(PYTHON) -m flows.sweep
 
@@ -54,8 +54,8 @@ run-cifar10: install
 # dropout (quality q = the first q stages), on fresh 128x128 crops of ../shared/data/photos (last 9 held out).
 PHOTO_RECIPE := -S data.name=photos -S data.root=../shared/data/photos -S data.image_size=128 \
 	-S data.tile_size=256 -S data.test_photos=9 \
-	-S model.selection_fn=rvq -S model.levels=1 -S model.num_strides=2 -S model.channels=192 \
-	-S model.res_channels=64 -S model.embed_dim=64 -S model.num_atoms=1024 -S model.n_nonzero=10 \
+	-S model.selection_fn=rvq -S model.maps=1 -S model.num_strides=2 -S model.channels=192 \
+	-S model.res_channels=64 -S model.embed_dim=64 -S model.num_atoms=1024 -S model.stages=10 \
 	-S model.stage_dropout=true \
 	-S pretrain.steps=500 -S pretrain.batch_size=16 \
 	-S train.steps=8000 -S train.batch_size=16 -S train.eval_every=1000 -S train.checkpoint_every=200 \

@@ -28,6 +28,7 @@ from sparse_vqvae.codec import Codec, qualities
 from sparse_vqvae.config import DataConfig
 from sparse_vqvae.data import EMBEDDED_TEST, embedded_photo_dir, load_dataset, photo_files, to_model_range
 from sparse_vqvae.entropy_coding import FrequencyModel
+from sparse_vqvae.maps import prior_files
 from sparse_vqvae.prior_coding import PriorEntropyModel
 from sparse_vqvae.rate_distortion import pillow_decode, pillow_encode
 from sparse_vqvae.train import load_checkpoint
@@ -110,7 +111,7 @@ def main() -> None:
         model = load_checkpoint(ROOT / "models/vqvae/model.pt").model.eval()
         crops = load_dataset(DataConfig(test_count=args.images), "test")
         crops = [crops[i] for i in range(len(crops))]
-        priors = [ROOT / f"models/prior/level{level}.pt" for level in range(model.config.levels)]
+        priors = prior_files(ROOT / "models/prior")
         result["pipeline_model"] = {"selection_fn": model.config.selection_fn, "fingerprint": model.fingerprint()}
         result["crops_32"] = measure("32x32", crops, Codec(model, FrequencyModel.load(ROOT / "models/prior/codec.pt")))
         result["crops_32_prior"] = measure("32x32 (priors)", crops[: args.prior_images],
@@ -123,7 +124,7 @@ def main() -> None:
     photos = held_out_photos(args.photos)
     result["photo_model"] = {"fingerprint": photo.fingerprint(), "quality": max(qualities(photo))}
     result["photos_768x512"] = measure("768x512", photos, Codec(photo, FrequencyModel.load(found["codec_model"])))
-    prior = PriorEntropyModel.load(sorted(found["priors"].glob("level*.pt")), fingerprint=photo.fingerprint())
+    prior = PriorEntropyModel.load(prior_files(found["priors"]), fingerprint=photo.fingerprint())
     result["photos_768x512_prior"] = measure("768x512 (priors)", photos[: args.prior_photos], Codec(photo, prior))
     write_json(RESULTS / "codec.json", result)
 

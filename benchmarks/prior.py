@@ -24,7 +24,7 @@ from sparse_vqvae.code_store import CodeStore, extract_codes
 from sparse_vqvae.config import DataConfig, ModelConfig, TrainConfig
 from sparse_vqvae.data import load_dataset
 from sparse_vqvae.pixelsnail import PixelSNAIL
-from sparse_vqvae.prior_train import bits_per_image, fit_factorized, load_maps, prior_configs, train_prior
+from sparse_vqvae.prior_train import bits_per_image, load_maps, prior_configs, train_prior
 from sparse_vqvae.train import train
 
 SELECTION_FNS = {"vanilla": dict(selection_fn="vanilla", num_atoms=512),  # the models its README table names
@@ -44,8 +44,9 @@ def run_one(name: str, data: DataConfig, vqvae_steps: int, prior_steps: int, wor
     train_maps, test_maps = load_maps(train_store), load_maps(test_store)
     meta = train_store.meta
 
-    factorized = sum(bits_per_image(fit_factorized(train_maps, level, meta), test_maps, level)
-                     for level in range(len(meta.map_sizes)))
+    frequencies = FrequencyModel.fit(train_maps, meta)
+    factorized = float(np.mean([frequencies.bits(tuple(m[i] for m in test_maps))
+                                for i in range(test_maps[0].atoms.shape[0])]))
     priors, step_times, prior_bits = [], [], 0.0
     for level, config in enumerate(prior_configs(meta)):
         torch.manual_seed(0)

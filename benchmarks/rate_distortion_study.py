@@ -2,7 +2,7 @@
 for bits than picking codebook vectors?
 
 Each family - ``vanilla`` (one EMA codebook), ``rvq`` (residual EMA codebooks), ``omp`` and ``lasso``
-(selection_fn ``fista``) - is trained at several rates with the same budget (the pipeline's
+(selection_fn ``lasso``) - is trained at several rates with the same budget (the pipeline's
 pretraining, then ``--steps`` stage-1 steps, then the PixelSNAIL priors), and measured on held-out
 images: real ``.svq`` files with the factorised entropy model (``bpp``) and with the priors
 (``bpp_prior``), PSNR from the whole-set MSE and MS-SSIM. Every curve is compared by BD-rate against
@@ -60,12 +60,12 @@ CIFAR10 = REPO.parent / "shared" / "data" / "cifar10-jpeg" / "train"
 # Rates per family: bits a position before entropy coding ~ log2(N) per atom (+ log2(levels) per coefficient).
 FAMILIES: dict[str, list[dict[str, Any]]] = {
     "vanilla": [dict(selection_fn="vanilla", num_atoms=n) for n in (64, 256, 1024)],
-    "rvq": [dict(selection_fn="rvq", num_atoms=256, n_nonzero=k) for k in (1, 2, 3, 4)],
+    "rvq": [dict(selection_fn="rvq", num_atoms=256, stages=k) for k in (1, 2, 3, 4)],
     "omp": [dict(selection_fn="omp", n_nonzero=1, num_atoms=256, coef_levels=2, coef_quantizer="learned"),
             dict(selection_fn="omp", n_nonzero=1, num_atoms=512, coef_levels=4, coef_quantizer="learned"),
             dict(selection_fn="omp", n_nonzero=2, num_atoms=512, coef_levels=4, coef_quantizer="learned"),
             dict(selection_fn="omp", n_nonzero=3, num_atoms=512, coef_levels=8, coef_quantizer="learned")],
-    "lasso": [dict(selection_fn="fista", alpha=a, max_nonzero=4, num_atoms=512, coef_levels=8,
+    "lasso": [dict(selection_fn="lasso", alpha=a, max_nonzero=4, num_atoms=512, coef_levels=8,
                    coef_quantizer="learned", normalize_latents=True) for a in (0.5, 0.3, 0.15)],
 }
 SETS = {

@@ -426,6 +426,29 @@ def _study_budget() -> str:
             f"them with the priors")
 
 
+@renders("study_cost")
+def _study_cost() -> str:
+    study = result("rate_distortion_study")
+    check = study["summary"]["doubling_check"]["embedded"]
+
+    def hours(points: dict[str, list[dict]]) -> str:
+        return f"{sum(p['seconds'] for ps in points.values() for p in ps) / 3600:.1f}"
+
+    sets = ", ".join(f"{hours(study[name])} for the {sum(map(len, study[name].values()))} models of {name}"
+                     for name in ("embedded", "cifar10"))
+    return (f"CPU-hours (one thread a model, the models' own training and measuring times): {sets}, "
+            f"{hours(check['points_at_double'])} for the doubling check; library source "
+            f"`{study['summary']['source']}`")
+
+
+@renders("study_verdicts_unchanged")
+def _study_verdicts_unchanged() -> str:
+    check = result("rate_distortion_study")["summary"]["doubling_check"]["embedded"]
+    if check["unchanged"] and not check["undetermined"]:
+        return "no verdict flips"
+    return f"verdicts flip or are undetermined ({', '.join(check['undetermined']) or 'see the table'})"
+
+
 @renders("study_doubling")
 def _study_doubling() -> str:
     study = result("rate_distortion_study")

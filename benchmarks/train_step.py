@@ -1,7 +1,7 @@
 """VQ-VAE-2 training cost and quality per quantizer, measured in one run.
 
 1. Step time: forward + backward + optimizer step on 32x32 images, batch 128, for vanilla,
-   residual VQ (K=2), OMP (K=1, K=2, K=4) and the LASSO ("fista", default alpha), the same model otherwise; median of
+   residual VQ (K=2), OMP (K=1, K=2, K=4) and the LASSO ("lasso", default alpha), the same model otherwise; median of
    several steps after warm-up, and the ratio to vanilla.
 2. Quality: each variant trained for the same short budget on the embedded photographs, test
    PSNR (from the whole-set MSE) beside the mean-colour baseline; and OMP K=2 with its dictionary
@@ -31,11 +31,11 @@ from sparse_vqvae.vqvae import VQVAE2
 _COMMON = dict(num_atoms=512, coef_levels=32, coef_quantizer="uniform")
 VARIANTS = {
     "vanilla": dict(_COMMON, selection_fn="vanilla"),
-    "rvq_k2": dict(_COMMON, selection_fn="rvq", n_nonzero=2),
+    "rvq_k2": dict(_COMMON, selection_fn="rvq", stages=2),
     "omp_k1": dict(_COMMON, selection_fn="omp", n_nonzero=1),
     "omp_k2": dict(_COMMON, selection_fn="omp", n_nonzero=2),
     "omp_k4": dict(_COMMON, selection_fn="omp", n_nonzero=4),
-    "fista": dict(_COMMON, selection_fn="fista"),
+    "lasso": dict(_COMMON, selection_fn="lasso"),
 }
 
 

@@ -4,7 +4,7 @@ all recorded in one MLflow experiment, results side by side in ``sweeps/summary.
 the models compared (tasks/compare_variants.py) in ``sweeps/comparison/``: rate-distortion over
 every model and JPEG/WebP, reconstruction and sample grids - also a "sweep comparison" MLflow run.
 
-    python -m flows.sweep                                   # vanilla, rvq K=2, omp K=1, omp K=2, fista alpha=0.3
+    python -m flows.sweep                                   # vanilla, rvq K=2, omp K=1, omp K=2, lasso alpha=0.3
     python -m flows.sweep --variant model.selection_fn=omp,model.n_nonzero=8 --set train.steps=300
 """
 
@@ -29,10 +29,10 @@ from .workspace import REPO, dotted, make_workspace, merge
 
 DEFAULT_GRID = [  # one model per family near vanilla's rate, and OMP K=1 (gain-shape VQ)
     {"model.selection_fn": "vanilla"},
-    {"model.selection_fn": "rvq", "model.n_nonzero": 2},
+    {"model.selection_fn": "rvq", "model.stages": 2},
     {"model.selection_fn": "omp", "model.n_nonzero": 1},
     {"model.selection_fn": "omp", "model.n_nonzero": 2, "model.coef_levels": 4},  # a level table for two slots
-    {"model.selection_fn": "fista", "model.alpha": 0.3, "model.normalize_latents": True, "model.coef_levels": 8},
+    {"model.selection_fn": "lasso", "model.alpha": 0.3, "model.normalize_latents": True, "model.coef_levels": 8},
 ]
 COLUMNS = ("test_psnr", "test_ssim", "baseline_psnr", "prior_bits_per_image", "factorized_bits_per_image")
 

@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Iterator
 
+from .errors import NotOurFolderError
+
 
 def current_umask() -> int:
     """The process's umask. Linux reports it in /proc; elsewhere it can only be read by setting it."""
@@ -56,10 +58,6 @@ def write_json(path: str | Path, data: Any) -> Path:
         json.dump(data, handle, indent=2, sort_keys=True)
         handle.write("\n")
     return Path(path)
-
-
-class NotOurFolderError(FileExistsError):
-    """A writer was asked to delete or replace a folder that is not its own output."""
 
 
 def check_replaceable(path: str | Path, what: str, *, files: tuple[str, ...] = (), marker: str | None = None) -> None:

@@ -14,10 +14,7 @@ from pathlib import Path
 import torch
 
 from .atomic import atomic_write
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, truncated, corrupt, or of another kind."""
+from .errors import CheckpointError
 
 
 def save_payload(path: str | Path, payload: dict) -> None:

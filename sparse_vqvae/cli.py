@@ -5,7 +5,7 @@ model, its frequency model and priors, and a model card), so it works right afte
 
 ``--model`` takes a zoo name (a folder of ``models/zoo``), a checkpoint path - a checkpoint of
 ``make run``'s pipeline, ``models/vqvae/model.pt``, goes with ``models/prior/codec.pt`` and
-``models/prior/level*.pt`` in the current folder unless ``--codec-model`` / ``--priors`` say
+``models/prior/{top,bottom}.pt`` in the current folder unless ``--codec-model`` / ``--priors`` say
 otherwise - or any reference that a model source installed in the entry-point
 group ``sparse_vqvae.model_sources`` resolves: a callable ``(reference) -> dict | None`` that returns None
 for references not its own, else ``{"model": path}`` plus, optionally, ``"codec_model"`` and
@@ -36,12 +36,13 @@ from .data import DatasetNotFoundError, load_dataset, to_model_range, to_uint8
 from .devices import default_device
 from .entropy_coding import FrequencyModel, or_error
 from .pictures import save_grid
+from .maps import prior_files
 from .pixelsnail import sample_maps
 from .prior_coding import BATCH, PriorEntropyModel
 from .rate_distortion import plot, reference_points, sparse_vqvae_point, write_table
 from .train import load_checkpoint
 
-ZOO = Path(__file__).resolve().parents[1] / "models" / "zoo"  # shipped models: one folder each, model.pt, codec.pt, level*.pt, MODEL_CARD.md
+ZOO = Path(__file__).resolve().parents[1] / "models" / "zoo"  # shipped models: one folder each, model.pt, codec.pt, top.pt [bottom.pt], MODEL_CARD.md
 DEFAULT_MODEL = "photo"
 DEFAULT_CODEC_MODEL = Path("models/prior/codec.pt")
 DEFAULT_PRIORS = Path("models/prior")
@@ -85,15 +86,8 @@ def _codec(args: argparse.Namespace, entropy: str) -> Codec:
     (the PixelSNAIL priors in ``--priors``)."""
     model = load_checkpoint(args.model, default_device()).model.eval()
     if entropy == "prior":
-        return Codec(model, PriorEntropyModel.load(_prior_paths(args.priors), default_device()))
+        return Codec(model, PriorEntropyModel.load(prior_files(args.priors), default_device()))
     return Codec(model, FrequencyModel.load(args.codec_model))
-
-
-def _prior_paths(folder: Path) -> list[Path]:
-    paths = sorted(folder.glob("level*.pt"))
-    if not paths:
-        raise FileNotFoundError(f"no priors (level*.pt) in {folder}: run the train_prior stage first")
-    return paths
 
 
 def _read_image(path: Path) -> torch.Tensor:
@@ -191,7 +185,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
         size = args.size
         maps = entropy.sample(args.n, map_sizes(model, size, size), np.random.default_rng(args.seed))
     else:
-        priors = PriorEntropyModel.load(_prior_paths(args.priors), device, model.fingerprint()).priors
+        priors = PriorEntropyModel.load(prior_files(args.priors), device, model.fingerprint()).priors
         maps = sample_maps(priors, args.n, args.temperature, torch.Generator(device=device).manual_seed(args.seed))
     images = model.decode_codes(tuple(m.to(device) for m in maps))
     save_grid(images, args.output, columns=math.ceil(math.sqrt(args.n)), scale=2)
@@ -238,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="entropy model: the factorised frequencies (fast, any size) or the PixelSNAIL priors "
                               "(fewer bits, sequential: slow; the training image size only) (default: %(default)s)")
         sub.add_argument("--priors", type=Path, default=None,
-                         help=f"folder of level*.pt priors (default: the --model run's, else {DEFAULT_PRIORS})")
+                         help=f"folder of the priors (top.pt, bottom.pt) (default: the --model run's, else {DEFAULT_PRIORS})")
 
     sub = with_model(commands.add_parser("compress", help="images -> compressed .svq files"))
     sub.add_argument("images", nargs="+", type=Path)
@@ -250,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = with_model(commands.add_parser("decompress", help=".svq files -> PNG images (each with its entropy model)"))
     sub.add_argument("files", nargs="+", type=Path)
     sub.add_argument("--priors", type=Path, default=None,
-                     help=f"folder of level*.pt priors, for prior-coded files (default: the --model run's, else "
+                     help=f"folder of the priors (top.pt, bottom.pt), for prior-coded files (default: the --model run's, else "
                           f"{DEFAULT_PRIORS})")
     sub.add_argument("-o", "--output", type=Path, required=True, help="folder for the PNG images")
     sub.set_defaults(run=cmd_decompress)
@@ -260,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--temperature", type=float, default=1.0)
     sub.add_argument("--seed", type=int, default=0)
     sub.add_argument("--priors", type=Path, default=None,
-                     help=f"folder of level*.pt priors (default: the --model run's, else {DEFAULT_PRIORS})")
+                     help=f"folder of the priors (top.pt, bottom.pt) (default: the --model run's, else {DEFAULT_PRIORS})")
     sub.add_argument("--random-codes", action="store_true",
                      help="draw codes from the atom/level frequencies instead of the priors (decoder only)")
     sub.add_argument("--size", type=int, default=32, help="image side for --random-codes (default: %(default)s)")

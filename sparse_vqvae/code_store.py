@@ -19,6 +19,7 @@ import struct
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import lmdb
 import numpy as np
@@ -29,7 +30,10 @@ from tqdm.auto import tqdm
 from .atomic import check_replaceable
 from .codes import Codes, packed
 from .config import stage_atoms
-from .vqvae import VQVAE2
+from .errors import CodeStoreError
+
+if TYPE_CHECKING:
+    from .vqvae import VQVAE2
 
 FORMAT_VERSION = 2
 STORE_FILES = ("data.mdb", "lock.mdb", "manifest.json")  # what a store folder holds (lock.mdb: older writers)
@@ -39,16 +43,12 @@ _INITIAL_MAP_SIZE = 16 << 20
 _MANIFEST = "manifest.json"
 
 
-class CodeStoreError(ValueError):
-    """A code store is missing, truncated, of another format version, or of another model."""
-
-
 @dataclass(frozen=True)
 class StoreMetadata:
     format_version: int
     selection_fn: str
     slots: int  # K: pairs per position
-    num_atoms: int
+    num_atoms: int  # the atom ids a code may hold (a residual VQ's stages stacked: quantizer.code_atoms)
     coef_levels: int
     map_sizes: list  # [[H, W], ...] per code map, top first
     model_fingerprint: str
@@ -57,10 +57,10 @@ class StoreMetadata:
     @classmethod
     def for_model(cls, model: VQVAE2, map_sizes: list) -> StoreMetadata:
         quantizer = model.quantizers[0]
-        if quantizer.num_atoms > 32767 or quantizer.coef_levels > 256:  # stored as int16 atoms and uint8 levels
+        if quantizer.code_atoms > 32767 or quantizer.coef_levels > 256:  # stored as int16 atoms and uint8 levels
             raise CodeStoreError(f"this store format holds at most 32767 atoms and 256 levels; the model has "
-                                 f"{quantizer.num_atoms} atoms and {quantizer.coef_levels} levels")
-        return cls(FORMAT_VERSION, model.config.selection_fn, quantizer.slots, quantizer.num_atoms,
+                                 f"{quantizer.code_atoms} atoms and {quantizer.coef_levels} levels")
+        return cls(FORMAT_VERSION, model.config.selection_fn, quantizer.slots, quantizer.code_atoms,
                    quantizer.coef_levels, map_sizes, model.fingerprint())
 
     @property

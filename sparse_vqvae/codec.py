@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from .codes import Codes, packed, validate_codes
 from .config import staged
 from .entropy_coding import FrequencyModel, or_error, raised
+from .errors import CodecError
 from .prior_coding import PriorEntropyModel
 from .vqvae import VQVAE2
 
@@ -61,15 +62,11 @@ _LENGTH = struct.Struct("<II")  # payload length, CRC-32 of the header and the c
 _CRC = struct.Struct("<I")
 
 
-class CodecError(ValueError):
-    """A compressed file is not one, is of another version or model, or is truncated or corrupt."""
-
-
 def map_sizes(model: VQVAE2, height: int, width: int) -> list[tuple[int, int]]:
     """The code maps' sizes for an image of ``height`` x ``width`` padded to the model's stride."""
     stride = model.config.stride
     padded_h, padded_w = -(-height // stride) * stride, -(-width // stride) * stride
-    if model.config.levels == 2:
+    if model.config.maps == 2:
         return [(padded_h // 8, padded_w // 8), (padded_h // 4, padded_w // 4)]
     return [(padded_h // stride, padded_w // stride)]
 

@@ -7,9 +7,11 @@ rather than an hour into training.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+import warnings
 from typing import Any, TypeVar
 
-SELECTION_FNS = ("vanilla", "rvq", "omp", "fista")
+SELECTION_FNS = ("vanilla", "rvq", "omp", "lasso")
+LASSO_SOLVERS = ("homotopy", "fista")
 COEF_QUANTIZERS = ("uniform", "learned")
 ENCODER_GRADIENTS = ("straight_through", "task_driven")
 DATASETS = ("embedded", "cifar10", "cifar100", "imagefolder", "photos")
@@ -18,7 +20,7 @@ PRIOR_POSITIONS = ("learned", "none")
 
 def codes_vary(selection_fn: str) -> bool:
     """Sparse codes hold 0..K pairs a position (a pair quantised to zero is not coded); codebooks exactly K."""
-    return selection_fn in ("omp", "fista")
+    return selection_fn in ("omp", "lasso")
 
 
 def staged(selection_fn: str) -> bool:
@@ -27,10 +29,11 @@ def staged(selection_fn: str) -> bool:
     return selection_fn == "rvq"
 
 
-def stage_atoms(selection_fn: str, num_atoms: int, slots: int) -> int:
+def stage_atoms(selection_fn: str, code_atoms: int, slots: int) -> int:
     """M where slot k only ever holds atoms k*M .. k*M+M-1 (a residual VQ's stage k), so the entropy models
-    code it among those M; 0 where a slot may hold any atom."""
-    return num_atoms // slots if staged(selection_fn) else 0
+    code it among those M; 0 where a slot may hold any atom. ``code_atoms``: the atom ids a code may hold
+    (a residual VQ's stages stacked, K x M)."""
+    return code_atoms // slots if staged(selection_fn) else 0
 
 
 def check_choice(section: str, key: str, value: object, allowed: tuple) -> None:
@@ -84,9 +87,12 @@ Section = TypeVar("Section")
 
 
 def section_from_mapping(cls: type[Section], section: str, mapping: Any) -> Section:
-    """Build one config section from its params.yaml mapping: unknown keys and wrong types name the key."""
+    """Build one config section from its params.yaml mapping (or a checkpoint's record of it): unknown keys and wrong
+    types name the key; a section's old spellings are accepted with a warning (its ``renamed``)."""
     if mapping is None:
         mapping = {}
+    if hasattr(cls, "renamed"):
+        mapping = cls.renamed(mapping)
     if not isinstance(mapping, dict):
         raise ValueError(f"{section} must be a mapping of keys to values; got {mapping!r}")
     known = [field.name for field in fields(cls)]
@@ -103,33 +109,36 @@ def section_from_mapping(cls: type[Section], section: str, mapping: Any) -> Sect
 class ModelConfig:
     """The VQ-VAE-2 and its quantizer. Defaults follow VQ-VAE-2 (rosinality) and the sparse-VQ-VAE seed."""
 
-    selection_fn: str = "omp"  # vanilla (EMA codebook) | rvq (residual EMA codebooks) | omp | fista (the LASSO)
-    levels: int = 2  # 2: top/bottom hierarchy of VQ-VAE-2; 1: one quantised map
-    num_strides: int = 2  # levels=1 only: the map is 2**(num_strides + 1) times smaller (2 -> /8)
+    selection_fn: str = "omp"  # vanilla (EMA codebook) | rvq (residual EMA codebooks) | omp | lasso
+    maps: int = 2  # 2: top/bottom code maps of VQ-VAE-2's hierarchy; 1: one quantised map
+    num_strides: int = 2  # maps=1 only: the map is 2**(num_strides + 1) times smaller (2 -> /8)
     channels: int = 128
     res_blocks: int = 2
     res_channels: int = 32
     embed_dim: int = 64
-    num_atoms: int = 256  # dictionary atoms, or codebook entries for vanilla
-    n_nonzero: int = 1  # omp: atoms per latent vector; rvq: codebook stages (num_atoms entries each)
-    alpha: float = 0.3  # fista: L1 penalty
-    max_nonzero: int = 4  # fista: keep at most this many (largest) coefficients
-    coef_levels: int = 8  # omp/fista: values a coefficient is quantised to
-    coef_quantizer: str = "learned"  # omp/fista: uniform (evenly over [-m, m]) | learned (EMA of the coefficients)
-    encoder_gradient: str = "straight_through"  # omp/fista: straight_through (z + sg(z_q - z)) | task_driven
+    num_atoms: int = 256  # dictionary atoms; codebook entries (vanilla), entries per stage (rvq)
+    n_nonzero: int = 1  # omp: atoms per latent vector
+    stages: int = 1  # rvq: codebooks, each coding what the stages before it left
+    alpha: float = 0.3  # lasso: L1 penalty
+    max_nonzero: int = 4  # lasso: keep at most this many (largest) coefficients
+    lasso_solver: str = "homotopy"  # lasso: homotopy (exact LARS path) | fista (iterative, exact finish)
+    coef_levels: int = 8  # omp/lasso: values a coefficient is quantised to
+    coef_quantizer: str = "learned"  # omp/lasso: uniform (evenly over [-m, m]) | learned (EMA of the coefficients)
+    encoder_gradient: str = "straight_through"  # omp/lasso: straight_through (z + sg(z_q - z)) | task_driven
     normalize_latents: bool = False  # code unit-norm latents: the LASSO wants it (alpha is relative); OMP keeps the gain
     commitment: float = 0.25  # weight of ||z - sg(z_q)||^2
-    dictionary_loss_weight: float = 1.0  # omp/fista: weight of ||D c - sg(z)||^2
-    ema_decay: float = 0.99  # vanilla codebook EMA; also the usage statistics' decay
+    dictionary_loss_weight: float = 1.0  # omp/lasso: weight of ||D c - sg(z)||^2
+    ema_decay: float = 0.99  # codebook EMA (vanilla, rvq), coefficient levels' EMA, usage statistics
     restart_dead: bool = True  # re-seed codes/atoms that fell out of use
     stage_dropout: bool = False  # rvq: each training image keeps 1..K stages at random, so any prefix decodes
 
     def __post_init__(self) -> None:
         check_choice("model", "selection_fn", self.selection_fn, SELECTION_FNS)
-        check_choice("model", "levels", self.levels, (1, 2))
+        check_choice("model", "maps", self.maps, (1, 2))
+        check_choice("model", "lasso_solver", self.lasso_solver, LASSO_SOLVERS)
         check_choice("model", "coef_quantizer", self.coef_quantizer, COEF_QUANTIZERS)
         check_choice("model", "encoder_gradient", self.encoder_gradient, ENCODER_GRADIENTS)
-        for key in ("num_strides", "channels", "res_channels", "embed_dim", "num_atoms", "n_nonzero",
+        for key in ("num_strides", "channels", "res_channels", "embed_dim", "num_atoms", "n_nonzero", "stages",
                     "max_nonzero"):
             check_at_least("model", key, getattr(self, key), 1)
         check_at_least("model", "res_blocks", self.res_blocks, 0)
@@ -144,7 +153,13 @@ class ModelConfig:
             raise ValueError(f"model.stage_dropout is for selection_fn rvq only; got selection_fn {self.selection_fn!r}")
         if self.selection_fn == "omp" and self.n_nonzero > self.num_atoms:
             raise ValueError(f"model.n_nonzero ({self.n_nonzero}) must not exceed model.num_atoms ({self.num_atoms})")
-        if self.selection_fn == "fista" and self.max_nonzero > self.num_atoms:
+        if self.selection_fn != "rvq" and self.stages != 1:
+            raise ValueError(f"model.stages is for selection_fn rvq only (OMP's pairs are model.n_nonzero); got "
+                             f"stages {self.stages} with selection_fn {self.selection_fn!r}")
+        if self.selection_fn == "rvq" and self.n_nonzero != 1:
+            raise ValueError(f"model.n_nonzero is OMP's atoms per position; a residual VQ's stage count is model.stages "
+                             f"(got n_nonzero {self.n_nonzero} with selection_fn 'rvq')")
+        if self.selection_fn == "lasso" and self.max_nonzero > self.num_atoms:
             raise ValueError(f"model.max_nonzero ({self.max_nonzero}) must not exceed model.num_atoms ({self.num_atoms})")
 
     @property
@@ -154,8 +169,42 @@ class ModelConfig:
 
     @property
     def stride(self) -> int:
-        """What image sides must be multiples of: the coarsest map's downsampling (8 = the top map, for levels=2)."""
-        return 2 ** (self.num_strides + 1) if self.levels == 1 else 8
+        """What image sides must be multiples of: the coarsest map's downsampling (8 = the top map, for maps=2)."""
+        return 2 ** (self.num_strides + 1) if self.maps == 1 else 8
+
+    @staticmethod
+    def renamed(mapping: Any) -> Any:
+        """The section with its old spellings replaced (``section_from_mapping`` asks every section)."""
+        return upgrade_model_mapping(mapping)
+
+
+# Spellings of the model section that users' params files and older checkpoints still hold.
+_RENAMED_MODEL_KEYS = {"levels": "maps"}
+_RENAMED_SELECTION_FNS = {"fista": "lasso"}  # it ran the LASSO's homotopy (LARS), not FISTA
+
+
+def upgrade_model_mapping(mapping: Any) -> Any:
+    """Map the old spellings of the model section onto today's, warning once for each (FutureWarning: shown to
+    users by default); anything else is returned unchanged for ``section_from_mapping`` to check."""
+    if not isinstance(mapping, dict):
+        return mapping
+    mapping = dict(mapping)
+    for old, new in _RENAMED_MODEL_KEYS.items():
+        if old in mapping and new not in mapping:
+            _deprecated(f"model.{old} is now model.{new}")
+            mapping[new] = mapping.pop(old)
+    name = mapping.get("selection_fn")
+    if isinstance(name, str) and name in _RENAMED_SELECTION_FNS:
+        _deprecated(f"model.selection_fn {name} is now {_RENAMED_SELECTION_FNS[name]} (solver: model.lasso_solver)")
+        mapping["selection_fn"] = _RENAMED_SELECTION_FNS[name]
+    if mapping.get("selection_fn") == "rvq" and "n_nonzero" in mapping and "stages" not in mapping:
+        _deprecated("a residual VQ's stage count is now model.stages, not model.n_nonzero")
+        mapping["stages"] = mapping.pop("n_nonzero")
+    return mapping
+
+
+def _deprecated(message: str) -> None:
+    warnings.warn(f"{message}; the old spelling still works but will go", FutureWarning, stacklevel=3)
 
 
 @dataclass(frozen=True)
@@ -214,7 +263,7 @@ class PretrainConfig:
     batch_size: int = 128
     lr: float = 3e-4
     latents: int = 65536  # latent vectors (per map) the dictionary / codebook is fitted to
-    iterations: int = 10  # MOD (omp, fista) or k-means (vanilla) iterations
+    iterations: int = 10  # MOD (omp, lasso) or k-means (vanilla, rvq) iterations
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from .atomic import atomic_write
 from .config import DataConfig
+from .errors import DatasetNotFoundError
 
 Split = Literal["train", "test"]
 
@@ -34,10 +35,6 @@ Split = Literal["train", "test"]
 EMBEDDED_TRAIN = ("astronaut.png", "motorcycle_left.png", "motorcycle_right.png", "hubble_deep_field.jpg",
                   "retina.jpg", "ihc.png")
 EMBEDDED_TEST = ("chelsea.png", "coffee.png", "rocket.jpg")
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """The dataset's files are not where the configuration points."""
 
 
 def load_dataset(config: DataConfig, split: Split) -> Dataset:

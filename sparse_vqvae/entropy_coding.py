@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import constriction
 import numpy as np
@@ -91,32 +91,50 @@ class FrequencyModel:
 
     def encode(self, maps: tuple[Codes, ...]) -> bytes:
         """One image's code maps ([H, W, q] each, canonical order, q <= K slots) -> the ANS-coded bytes."""
-        slots = self.check_slots(maps[0].atoms.shape[-1])
         coder = constriction.stream.stack.AnsCoder()
-        # ANS is a stack: push everything in the reverse of the order the decoder pops it.
+        for symbols, probabilities in self._pushes(maps):
+            if probabilities.ndim == 2:  # a table per symbol
+                coder.encode_reverse(symbols.astype(np.int32), _FAMILY, probabilities)
+            elif len(symbols):
+                coder.encode_reverse(symbols.astype(np.int32), constriction.stream.model.Categorical(
+                    probabilities, perfect=False))
+        return coder.get_compressed().astype("<u4").tobytes()
+
+    def bits(self, maps: tuple[Codes, ...]) -> float:
+        """The information content of one image's code maps under this model, -sum log2 p, in bits: what
+        ``encode`` spends less the ANS coder's few bytes of rounding (the factorised baseline of the priors)."""
+        total = 0.0
+        for symbols, probabilities in self._pushes(maps):
+            picked = probabilities[np.arange(len(symbols)), symbols] if probabilities.ndim == 2 else probabilities[symbols]
+            total -= float(np.log2(picked).sum())
+        return total
+
+    def _pushes(self, maps: tuple[Codes, ...]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(symbols, probabilities) in the order the ANS stack takes them, the reverse of the decoder's:
+        probabilities [n] for one table, [n, N] for a table per symbol."""
+        slots = self.check_slots(maps[0].atoms.shape[-1])
         for index in reversed(range(len(maps))):
             atoms = maps[index].atoms.reshape(-1, slots).cpu().numpy().astype(np.int64)
             levels = maps[index].levels.reshape(-1, slots).cpu().numpy().astype(np.int64)
             count = (atoms != EMPTY).sum(axis=1)
             present = atoms != EMPTY
             if self.coef_levels > 1:
-                _push(coder, levels[present], self.levels[index])
+                yield levels[present], self.levels[index]
             for slot in reversed(range(slots)):
                 if self.stage_atoms:  # one table for every position
                     entries = atoms[:, slot] - slot * self.stage_atoms
                     if not ((entries >= 0) & (entries < self.stage_atoms)).all():
                         raise ValueError(f"slot {slot} holds atoms outside stage {slot}'s entries")
-                    _push(coder, entries, self.atoms[index][slot])
+                    yield entries, self.atoms[index][slot]
                     continue
                 rows = np.nonzero(count > slot)[0]
                 previous = atoms[rows, slot - 1] if slot else np.full(len(rows), -1)
                 for start in reversed(range(0, len(rows), _ROWS)):
                     part = slice(start, start + _ROWS)
-                    probabilities = self._atom_table(index, previous[part], count[rows[part]], slot, slots)
-                    coder.encode_reverse(atoms[rows[part], slot].astype(np.int32), _FAMILY, probabilities)
+                    yield atoms[rows[part], slot], self._atom_table(index, previous[part], count[rows[part]], slot,
+                                                                    slots)
             if self.variable_count:
-                _push(coder, count, self.counts[index])
-        return coder.get_compressed().astype("<u4").tobytes()
+                yield count, self.counts[index]
 
     def encode_many(self, images: list[tuple[Codes, ...]]) -> list[bytes | Exception]:
         """``encode`` of each image, or its error (the frequencies code an image alone as fast as in a batch)."""
@@ -233,12 +251,6 @@ def raised(result):
 def _normalised(counts: torch.Tensor) -> np.ndarray:
     smoothed = counts.double().numpy() + 1.0
     return smoothed / smoothed.sum()
-
-
-def _push(coder, symbols: np.ndarray, probabilities: np.ndarray) -> None:
-    if len(symbols):
-        coder.encode_reverse(symbols.astype(np.int32), constriction.stream.model.Categorical(probabilities,
-                                                                                            perfect=False))
 
 
 def _decode_atoms(coder, table: np.ndarray) -> np.ndarray:

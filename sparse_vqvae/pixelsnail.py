@@ -18,8 +18,8 @@ models maps of its training size only; ``none`` adds nothing - the causal convol
 padding still tells the borders - and the prior codes maps of any size (a photograph's, with a
 prior trained on crops).
 
-``FactorizedPrior`` is the baseline to beat: independent per-position frequencies of atoms,
-levels and pair counts, with add-one smoothing.
+The baseline to beat is the codec's factorised model (``entropy_coding.FrequencyModel``): the same atom,
+level and count frequencies at every position.
 """
 
 from __future__ import annotations
@@ -360,43 +360,6 @@ class PairHead(nn.Module):
             else:
                 state, previous = advanced, safe
         return atoms, levels
-
-
-class FactorizedPrior:
-    """Independent per-position frequencies of atoms, levels and (for the LASSO) pair counts."""
-
-    def __init__(self, num_atoms: int, coef_levels: int, slots: int, height: int, width: int) -> None:
-        self.atom_counts = torch.ones(height, width, num_atoms, dtype=torch.float64)  # add-one smoothing
-        self.level_counts = torch.ones(height, width, coef_levels, dtype=torch.float64)
-        self.count_counts = torch.ones(height, width, slots + 1, dtype=torch.float64)
-
-    def fit(self, codes: Codes) -> FactorizedPrior:
-        codes = codes.to("cpu")  # counting tables live on the CPU
-        present = codes.present
-        for y in range(self.atom_counts.shape[0]):
-            for x in range(self.atom_counts.shape[1]):
-                p = present[:, y, x]
-                self.atom_counts[y, x] += torch.bincount(codes.atoms[:, y, x][p], minlength=self.atom_counts.shape[2])
-                self.level_counts[y, x] += torch.bincount(codes.levels[:, y, x][p], minlength=self.level_counts.shape[2])
-                self.count_counts[y, x] += torch.bincount(p.sum(-1), minlength=self.count_counts.shape[2])
-        return self
-
-    def log_prob(self, codes: Codes) -> torch.Tensor:
-        """Natural-log probability per image [B]: the pairs as an unordered set of independent draws."""
-        codes = codes.to("cpu")
-        log_atoms = (self.atom_counts / self.atom_counts.sum(-1, keepdim=True)).log()
-        log_levels = (self.level_counts / self.level_counts.sum(-1, keepdim=True)).log()
-        log_counts = (self.count_counts / self.count_counts.sum(-1, keepdim=True)).log()
-        present = codes.present
-        b, h, w, k = codes.atoms.shape
-        pos = torch.arange(h * w).reshape(1, h, w, 1).expand(b, h, w, k)
-        atom_term = log_atoms.reshape(h * w, -1)[pos, codes.atoms.clamp_min(0)]
-        level_term = log_levels.reshape(h * w, -1)[pos, codes.levels]
-        pairs = ((atom_term + level_term) * present).sum(dim=(1, 2, 3))
-        count = present.sum(-1)
-        count_term = log_counts.reshape(h * w, -1)[pos[..., 0], count].sum(dim=(1, 2))
-        order = torch.lgamma(count.double() + 1).sum(dim=(1, 2))  # a set of n distinct draws: n! orders
-        return pairs + count_term + order
 
 
 def sample_maps(priors: list[PixelSNAIL], n: int, temperature: float = 1.0,

@@ -17,7 +17,7 @@ from .checkpoint import CheckpointError, load_payload, save_payload
 from .code_store import CodeStore, StoreMetadata, collate_codes
 from .config import codes_vary
 from .codes import Codes
-from .pixelsnail import FactorizedPrior, PixelSNAIL, PriorConfig, bits
+from .pixelsnail import PixelSNAIL, PriorConfig, bits
 
 PRIOR_FORMAT = "sparse-vqvae/pixelsnail"
 PRIOR_VERSION = 2
@@ -97,29 +97,19 @@ LOGITS_PER_BATCH = 2**25  # bounds the memory of a batch's [B, H, W, K, N] atom 
 
 
 @torch.no_grad()
-def bits_per_image(prior: PixelSNAIL | FactorizedPrior, maps: tuple[Codes, ...], level: int,
+def bits_per_image(prior: PixelSNAIL, maps: tuple[Codes, ...], level: int,
                    batch_size: int = 256) -> float:
     """Mean bits per image of map ``level`` under ``prior``, in batches of at most ``batch_size`` images
     and of ``LOGITS_PER_BATCH`` logits (10 slots of 10,240 atoms on a 32x32 map are 100M logits an image)."""
     total, count = 0.0, maps[0].atoms.shape[0]
-    if isinstance(prior, PixelSNAIL):
-        prior.eval()
-        logits = maps[level].atoms[0].numel() * prior.config.num_atoms
-        batch_size = max(1, min(batch_size, LOGITS_PER_BATCH // logits))
+    prior.eval()
+    logits = maps[level].atoms[0].numel() * prior.config.num_atoms
+    batch_size = max(1, min(batch_size, LOGITS_PER_BATCH // logits))
     for start in range(0, count, batch_size):
         rows = slice(start, start + batch_size)
-        if isinstance(prior, PixelSNAIL):
-            codes, condition = _inputs(maps, level, rows, prior.conv_in.weight.device)
-            log_prob = prior.log_prob(codes, condition)
-        else:
-            log_prob = prior.log_prob(maps[level][rows])
-        total += float(bits(log_prob).sum())
+        codes, condition = _inputs(maps, level, rows, prior.conv_in.weight.device)
+        total += float(bits(prior.log_prob(codes, condition)).sum())
     return total / count
-
-
-def fit_factorized(maps: tuple[Codes, ...], level: int, meta: StoreMetadata) -> FactorizedPrior:
-    h, w = meta.map_sizes[level]
-    return FactorizedPrior(meta.num_atoms, meta.coef_levels, meta.slots, h, w).fit(maps[level])
 
 
 def save_prior(path: str | Path, prior: PixelSNAIL, optimizer: torch.optim.Optimizer | None, step: int,

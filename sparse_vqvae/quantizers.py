@@ -4,7 +4,7 @@
   exponential moving averages of the assigned encoder outputs (van den Oord et al. 2017, App. A.1).
 - ``ResidualVQ`` (``rvq``): K stages of such codebooks, stage k coding what stages 1..k-1 left
   (SoundStream, Zeghidour et al. 2021): the hard-selection rival of K atoms.
-- ``SparseQuantizer`` (``omp`` / ``fista``): each latent vector is coded by a few atoms of a
+- ``SparseQuantizer`` (``omp`` / ``lasso``): each latent vector is coded by a few atoms of a
   unit-norm dictionary. The dictionary is an ``nn.Parameter`` and learns twice over: from the
   reconstruction loss through the task-driven gradient of the sparse code (Mairal et al. 2010)
   and from the dictionary loss ``||D c - sg(z)||^2``. The encoder learns by the straight-through
@@ -121,6 +121,11 @@ class _Quantizer(nn.Module):
         self.usage.mul_(USAGE_DECAY).add_(counts / counts.sum().clamp_min(1), alpha=1 - USAGE_DECAY)
         return self.usage < DEAD_BELOW / self.num_atoms
 
+    @property
+    def code_atoms(self) -> int:
+        """The atom ids a code may hold: the dictionary's or codebook's size (a residual VQ stacks its stages')."""
+        return self.num_atoms
+
     def after_step(self) -> None:
         """Called by the training loop after each optimizer step."""
 
@@ -230,14 +235,14 @@ class ResidualVQ(nn.Module):
     stages is a coarser code of the same image, which is the codec's rate control.
     """
 
-    def __init__(self, dim: int, codebook_size: int, stages: int, decay: float = _DEFAULT.ema_decay,
+    def __init__(self, dim: int, num_atoms: int, stages: int, decay: float = _DEFAULT.ema_decay,
                  commitment: float = _DEFAULT.commitment, restart_dead: bool = _DEFAULT.restart_dead,
                  stage_dropout: bool = _DEFAULT.stage_dropout) -> None:
         super().__init__()
-        self.dim, self.codebook_size, self.commitment = dim, codebook_size, commitment
+        self.dim, self.num_atoms, self.commitment = dim, num_atoms, commitment  # num_atoms: entries a stage
         self.stage_dropout = stage_dropout
-        self.num_atoms, self.slots, self.coef_levels = codebook_size * stages, stages, 1
-        self.stages = nn.ModuleList(VectorQuantizerEMA(dim, codebook_size, decay=decay, commitment=0.0,
+        self.code_atoms, self.slots, self.coef_levels = num_atoms * stages, stages, 1
+        self.stages = nn.ModuleList(VectorQuantizerEMA(dim, num_atoms, decay=decay, commitment=0.0,
                                                        restart_dead=restart_dead) for _ in range(stages))
         self.register_buffer("initialized", torch.tensor(False))
 
@@ -254,14 +259,14 @@ class ResidualVQ(nn.Module):
                 active = kept > k
                 index = self._nearest(stage, residual, active)
                 residual = residual - F.embedding(index, stage.entries()) * active.unsqueeze(1)
-                picks.append(torch.where(active, index + k * self.codebook_size, EMPTY))
+                picks.append(torch.where(active, index + k * self.num_atoms, EMPTY))
             atoms = torch.stack(picks, dim=1)
             quantized = compose((atoms != EMPTY).to(flat.dtype), atoms.clamp_min(0), self.codebook())
             loss = self.commitment * F.mse_loss(flat, quantized.detach())
             z_q = _unflatten(straight_through(flat, quantized), z)
         codes = Codes(atoms.reshape(b, h, w, self.slots), torch.zeros(b, h, w, self.slots, dtype=torch.long,
                                                                       device=z.device))
-        return QuantizerOutput(z_q, codes, loss, usage_stats(codes, self.num_atoms, 1))
+        return QuantizerOutput(z_q, codes, loss, usage_stats(codes, self.code_atoms, 1))
 
     @staticmethod
     def _nearest(stage: VectorQuantizerEMA, residual: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
@@ -309,10 +314,11 @@ class ResidualVQ(nn.Module):
 
 
 class SparseQuantizer(_Quantizer):
-    """Sparse coding over a learned unit-norm dictionary [C, N], by OMP or FISTA (see module docstring)."""
+    """Sparse coding over a learned unit-norm dictionary [C, N], by OMP or the LASSO (see module docstring)."""
 
     def __init__(self, dim: int, num_atoms: int, method: str = "omp", n_nonzero: int = _DEFAULT.n_nonzero,
                  alpha: float = _DEFAULT.alpha, max_nonzero: int = _DEFAULT.max_nonzero,
+                 lasso_solver: str = _DEFAULT.lasso_solver,
                  coef_levels: int = _DEFAULT.coef_levels, coef_quantizer: str = _DEFAULT.coef_quantizer,
                  normalize_latents: bool = _DEFAULT.normalize_latents,
                  encoder_gradient: str = _DEFAULT.encoder_gradient, commitment: float = _DEFAULT.commitment,
@@ -320,14 +326,15 @@ class SparseQuantizer(_Quantizer):
                  coef_decay: float = _DEFAULT.ema_decay, restart_dead: bool = _DEFAULT.restart_dead) -> None:
         super().__init__(dim, num_atoms, n_nonzero if method == "omp" else max_nonzero, coef_levels, commitment,
                          restart_dead)
-        if method not in ("omp", "fista"):
-            raise ValueError(f"method must be 'omp' or 'fista', got {method!r}")
+        if method not in ("omp", "lasso"):
+            raise ValueError(f"method must be 'omp' or 'lasso', got {method!r}")
         if coef_quantizer not in COEF_QUANTIZERS:
             raise ValueError(f"coef_quantizer must be one of {', '.join(COEF_QUANTIZERS)}, got {coef_quantizer!r}")
         if encoder_gradient not in ENCODER_GRADIENTS:
             raise ValueError(f"encoder_gradient must be one of {', '.join(ENCODER_GRADIENTS)}, "
                              f"got {encoder_gradient!r}")
         self.method, self.n_nonzero, self.alpha, self.max_nonzero = method, n_nonzero, alpha, max_nonzero
+        self.lasso_solver = lasso_solver
         self.normalize_latents, self.dictionary_loss_weight = normalize_latents, dictionary_loss_weight
         self.coef_quantizer, self.encoder_gradient, self.coef_decay = coef_quantizer, encoder_gradient, coef_decay
         self.dictionary = nn.Parameter(normalize_atoms(torch.randn(dim, num_atoms)))
@@ -342,16 +349,12 @@ class SparseQuantizer(_Quantizer):
     def _solver(self) -> dict:
         if self.method == "omp":
             return dict(n_nonzero=self.n_nonzero)
-        return dict(alpha=self.alpha, max_nonzero=self.max_nonzero)  # the LASSO path, capped
-
-    @property
-    def atoms(self) -> torch.Tensor:
-        """The dictionary with unit-norm columns, as every code is computed and decoded."""
-        return normalize_atoms(self.dictionary)
+        return dict(alpha=self.alpha, max_nonzero=self.max_nonzero, solver=self.lasso_solver)  # capped
 
     def codebook(self) -> torch.Tensor:
-        """The vectors the codes' atoms index, [C, N]: the unit-norm atoms."""
-        return self.atoms
+        """The vectors the codes' atoms index, [C, N]: the dictionary with unit-norm columns, as every code is
+        computed and decoded."""
+        return normalize_atoms(self.dictionary)
 
     def quantize_coefficients(self, values: torch.Tensor) -> torch.Tensor:
         """The level of the nearest value to each coefficient."""
@@ -364,7 +367,7 @@ class SparseQuantizer(_Quantizer):
             target = self.coding_target(flat)
             if self.training and not bool(self.initialized):
                 self.initialize(target.detach())
-            dictionary = self.atoms
+            dictionary = self.codebook()
             straight = self.encoder_gradient == "straight_through"
             # The dictionary always gets the task-driven gradient; the encoder only when asked.
             atoms, values = sparse_pairs(target.detach() if straight else target, dictionary, self.method,
@@ -398,7 +401,7 @@ class SparseQuantizer(_Quantizer):
         b, h, w, k = codes.atoms.shape
         atoms, levels = codes.atoms.reshape(-1, k), codes.levels.reshape(-1, k)
         present = atoms != EMPTY
-        flat = compose(self.level_table[levels] * present, atoms.clamp_min(0), self.atoms)
+        flat = compose(self.level_table[levels] * present, atoms.clamp_min(0), self.codebook())
         return flat.reshape(b, h, w, self.dim).permute(0, 3, 1, 2)
 
     @torch.no_grad()
@@ -423,7 +426,7 @@ class SparseQuantizer(_Quantizer):
         fitted = init_dictionary_from_data(target, self.num_atoms, self.slots, mod_iterations=iterations,
                                            generator=generator)
         self.dictionary.copy_(_from_rank0(fitted.contiguous()))
-        _, pairs = sparse_pairs(target, self.atoms, self.method, **self._solver)
+        _, pairs = sparse_pairs(target, self.codebook(), self.method, **self._solver)
         values = pairs[pairs != 0]
         start = self._percentile(values.abs()) if values.numel() else torch.ones_like(self.coef_range)
         self.coef_range.copy_(_from_rank0(start))  # every rank joins the broadcast
@@ -493,12 +496,13 @@ def build_quantizer(config: ModelConfig) -> nn.Module:
         return VectorQuantizerEMA(config.embed_dim, config.num_atoms, decay=config.ema_decay,
                                   commitment=config.commitment, restart_dead=config.restart_dead)
     if config.selection_fn == "rvq":
-        return ResidualVQ(config.embed_dim, config.num_atoms, config.n_nonzero, decay=config.ema_decay,
+        return ResidualVQ(config.embed_dim, config.num_atoms, config.stages, decay=config.ema_decay,
                           commitment=config.commitment, restart_dead=config.restart_dead,
                           stage_dropout=config.stage_dropout)
     return SparseQuantizer(
         config.embed_dim, config.num_atoms, method=config.selection_fn, n_nonzero=config.n_nonzero,
-        alpha=config.alpha, max_nonzero=config.max_nonzero, coef_levels=config.coef_levels,
+        alpha=config.alpha, max_nonzero=config.max_nonzero, lasso_solver=config.lasso_solver,
+        coef_levels=config.coef_levels,
         coef_quantizer=config.coef_quantizer, normalize_latents=config.normalize_latents,
         encoder_gradient=config.encoder_gradient, commitment=config.commitment,
         dictionary_loss_weight=config.dictionary_loss_weight, coef_decay=config.ema_decay,

@@ -7,6 +7,7 @@ checkpoint functions from each worker.
 from __future__ import annotations
 
 import itertools
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
@@ -16,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointError, load_payload, save_payload
-from .config import ModelConfig, TrainConfig
+from .config import ModelConfig, TrainConfig, section_from_mapping
 from .data import set_epoch
 from .metrics import mean_colour_squared_error_255, psnr, squared_error_255, ssim
 from .vqvae import VQVAE2
@@ -99,7 +100,10 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Che
     """Rebuild the model a checkpoint describes."""
     payload = load_payload(path, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, device)
     try:
-        model = VQVAE2(ModelConfig(**payload["model_arguments"])).to(device)
+        with warnings.catch_warnings():  # a checkpoint's old spellings are the file's business, not the user's
+            warnings.simplefilter("ignore", FutureWarning)
+            config = section_from_mapping(ModelConfig, "model", payload["model_arguments"])
+        model = VQVAE2(config).to(device)
         model.load_state_dict(payload["model_state"])
         return Checkpoint(model, payload["optimizer_state"], int(payload["step"]), int(payload["epoch"]),
                           payload["config"])

@@ -1,12 +1,12 @@
 """VQ-VAE-2 (Razavi, van den Oord, Vinyals 2019) with a pluggable quantizer.
 
-levels=2, the paper's hierarchy:
+maps=2, the paper's hierarchy of a top and a bottom code map:
 
     x -> enc_b -> h_b (/4) -> enc_t -> h_t (/8) -> quantize_t -> z_t
     z_t -> dec_t -> joined with h_b -> quantize_b -> z_b
     [upsample(z_t), z_b] -> dec -> x_hat
 
-levels=1: the sparse-VQ-VAE seed's single quantised map, x -> enc -> quantize -> dec.
+maps=1: the sparse-VQ-VAE seed's single quantised map, x -> enc -> quantize -> dec.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from torch import nn
 
 from .codes import Codes
 from .config import ModelConfig
+from .maps import MAP_NAMES
 from .quantizers import QuantizerOutput, build_quantizer
 
 
@@ -86,7 +87,7 @@ class Decoder(nn.Module):
 class VQVAEOutput(NamedTuple):
     reconstruction: torch.Tensor  # [B, 3, H, W]
     latent_loss: torch.Tensor  # the quantizers' losses, summed
-    codes: tuple[Codes, ...]  # (top, bottom) for levels=2, (codes,) for levels=1
+    codes: tuple[Codes, ...]  # (top, bottom) for maps=2, (codes,) for maps=1
     stats: dict[str, torch.Tensor]
 
 
@@ -95,7 +96,7 @@ class VQVAE2(nn.Module):
         super().__init__()
         self.config = config
         c = config
-        if c.levels == 2:
+        if c.maps == 2:
             self.enc_b = Encoder(3, c.channels, c.res_blocks, c.res_channels, stride=4)
             self.enc_t = Encoder(c.channels, c.channels, c.res_blocks, c.res_channels, stride=2)
             self.quantize_conv_t = nn.Conv2d(c.channels, c.embed_dim, 1)
@@ -106,18 +107,18 @@ class VQVAE2(nn.Module):
             self.upsample_t = nn.ConvTranspose2d(c.embed_dim, c.embed_dim, 4, stride=2, padding=1)
             self.dec = Decoder(2 * c.embed_dim, 3, c.channels, c.res_blocks, c.res_channels, stride=4)
             self.quantizers = nn.ModuleList([self.quantize_t, self.quantize_b])
-            self.level_names = ("top", "bottom")
+            self.map_names = MAP_NAMES
         else:
             self.enc = Encoder(3, c.channels, c.res_blocks, c.res_channels, stride=c.stride)
             self.quantize_conv = nn.Conv2d(c.channels, c.embed_dim, 1)
             self.quantize = build_quantizer(c)
             self.dec = Decoder(c.embed_dim, 3, c.channels, c.res_blocks, c.res_channels, stride=c.stride)
             self.quantizers = nn.ModuleList([self.quantize])
-            self.level_names = ("",)
+            self.map_names = ("",)  # one map: its statistics go unprefixed
 
     @property
     def arguments(self) -> dict:
-        """What rebuilds this model: ``VQVAE2(ModelConfig(**model.arguments))``."""
+        """What rebuilds this model: ``VQVAE2(ModelConfig(**model.arguments))``; checkpoints record it."""
         return asdict(self.config)
 
     def fingerprint(self) -> str:
@@ -135,7 +136,7 @@ class VQVAE2(nn.Module):
         if x.shape[2] % stride or x.shape[3] % stride:
             raise ValueError(
                 f"image size {x.shape[2]}x{x.shape[3]} is not divisible by the model's total stride {stride} "
-                f"(levels={self.config.levels}); pad or crop to a multiple of {stride}"
+                f"(maps={self.config.maps}); pad or crop to a multiple of {stride}"
             )
 
     def forward(self, x: torch.Tensor) -> VQVAEOutput:
@@ -145,7 +146,7 @@ class VQVAE2(nn.Module):
     def encode(self, x: torch.Tensor) -> tuple[list[torch.Tensor], tuple[Codes, ...], torch.Tensor, dict]:
         outputs = self._hierarchy(x, lambda quantizer, z: quantizer(z))
         stats = {}
-        for name, out in zip(self.level_names, outputs):
+        for name, out in zip(self.map_names, outputs):
             stats.update({(f"{name}_{key}" if name else key): value for key, value in out.stats.items()})
         latent_loss = sum(out.loss for out in outputs)
         return [out.z_q for out in outputs], tuple(out.codes for out in outputs), latent_loss, stats
@@ -163,7 +164,7 @@ class VQVAE2(nn.Module):
 
     def _hierarchy(self, x: torch.Tensor, quantize) -> tuple[QuantizerOutput, ...]:
         self.check_size(x)
-        if self.config.levels == 2:
+        if self.config.maps == 2:
             h_b = self.enc_b(x)
             h_t = self.enc_t(h_b)
             top = quantize(self.quantize_t, self.quantize_conv_t(h_t))
@@ -173,7 +174,7 @@ class VQVAE2(nn.Module):
         return (quantize(self.quantize, self.quantize_conv(self.enc(x))),)
 
     def decode(self, quants: list[torch.Tensor]) -> torch.Tensor:
-        if self.config.levels == 2:
+        if self.config.maps == 2:
             z_t, z_b = quants
             return self.dec(torch.cat([self.upsample_t(z_t), z_b], dim=1))
         return self.dec(quants[0])

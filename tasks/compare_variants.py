@@ -72,7 +72,7 @@ def grids(workspaces: dict[str, Path], out: Path, samples: int = GRID_IMAGES, se
     for workspace in workspaces.values():
         model = load_checkpoint(workspace / VQVAE, device).model.eval()
         reconstructions.append(model(originals).reconstruction)
-        priors = PriorEntropyModel.load([workspace / prior_path(level) for level in range(model.config.levels)],
+        priors = PriorEntropyModel.load([workspace / prior_path(level) for level in range(model.config.maps)],
                                         device, model.fingerprint()).priors
         generator = torch.Generator(device=device).manual_seed(seed)
         drawn.append(model.decode_codes(sample_maps(priors, samples, generator=generator)))

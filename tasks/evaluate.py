@@ -14,6 +14,7 @@ import csv
 import json
 from typing import Any
 
+import numpy as np
 import torch
 
 from sparse_vqvae.atomic import atomic_write, write_json
@@ -26,11 +27,11 @@ from sparse_vqvae.metrics import atom_usage
 from sparse_vqvae.pictures import save_grid
 from sparse_vqvae.prior_coding import PriorEntropyModel
 from sparse_vqvae.pixelsnail import sample_maps
-from sparse_vqvae.prior_train import bits_per_image, fit_factorized, load_maps
+from sparse_vqvae.prior_train import bits_per_image, load_maps
 from sparse_vqvae.rate_distortion import plot, psnr_at_rate, reference_points, sparse_vqvae_point, write_table
 from sparse_vqvae.train import evaluate, load_checkpoint
 
-from .layout import (EVAL, FREQUENCY_MODEL, MAP_NAMES, TEST_CODES, TEST_IMAGES, TRAIN_CODES, VQVAE, prior_path,
+from .layout import (EVAL, FREQUENCY_MODEL, MAP_NAMES, TEST_CODES, TEST_IMAGES, VQVAE, prior_path,
                      stage_timings)
 from .params import PipelineParams
 from .stage import run_stage
@@ -52,24 +53,25 @@ def run(params: PipelineParams, tracker: StageTracker) -> dict[str, Any]:
                                **evaluate(model, test_set, params.evaluate.batch_size, progress=True)}
 
     fingerprint = model.fingerprint()
-    train_store = CodeStore(TRAIN_CODES, fingerprint)
-    train_maps, test_maps = load_maps(train_store), load_maps(CodeStore(TEST_CODES, fingerprint))
-    prior_model = PriorEntropyModel.load([prior_path(level) for level in range(len(train_store.meta.map_sizes))],
+    test_store = CodeStore(TEST_CODES, fingerprint)
+    test_maps = load_maps(test_store)
+    prior_model = PriorEntropyModel.load([prior_path(level) for level in range(len(test_store.meta.map_sizes))],
                                          device, fingerprint)
     priors = prior_model.priors
     pixels = test_set[0].shape[1] * test_set[0].shape[2]
     prior_bits = sum(bits_per_image(prior, test_maps, level) for level, prior in enumerate(priors))
-    factorized_bits = sum(bits_per_image(fit_factorized(train_maps, level, train_store.meta), test_maps, level)
-                          for level in range(len(priors)))
+    frequencies = FrequencyModel.load(FREQUENCY_MODEL)  # fitted to the training codes by train_prior
+    factorized_bits = float(np.mean([frequencies.bits(tuple(m[i] for m in test_maps))
+                                     for i in range(test_maps[0].atoms.shape[0])]))
     metrics |= {"prior_bits_per_image": prior_bits, "factorized_bits_per_image": factorized_bits,
                 "prior_bits_per_pixel": prior_bits / pixels, "factorized_bits_per_pixel": factorized_bits / pixels}
     counts = []
     for level, codes in enumerate(test_maps):
         name = MAP_NAMES[level]
-        usage = atom_usage(codes.atoms, train_store.meta.num_atoms)
+        usage = atom_usage(codes.atoms, test_store.meta.num_atoms)
         metrics |= {f"{name}_atoms_used_share": usage["used_share"], f"{name}_atom_perplexity": usage["perplexity"]}
         present = codes.atoms[codes.atoms >= 0]
-        counts.append(torch.bincount(present, minlength=train_store.meta.num_atoms).sort(descending=True).values)
+        counts.append(torch.bincount(present, minlength=test_store.meta.num_atoms).sort(descending=True).values)
     _write_usage(counts)
 
     pictures = _pictures(model, test_set, priors, params, device)

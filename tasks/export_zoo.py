@@ -25,6 +25,7 @@ from sparse_vqvae.atomic import atomic_write
 from sparse_vqvae.code_store import CodeStore
 from sparse_vqvae.config import ModelConfig
 from sparse_vqvae.entropy_coding import FrequencyModel
+from sparse_vqvae.maps import prior_file
 from sparse_vqvae.prior_train import load_maps, load_prior, save_prior
 from sparse_vqvae.train import load_checkpoint, save_checkpoint
 
@@ -54,7 +55,7 @@ def export(name: str, output: Path = ZOO, limit_mb: float = 25.0) -> Path:
         if prior.fingerprint != fingerprint:
             raise ValueError(f"{prior_path(level)} was trained on the codes of model {prior.fingerprint}, not of "
                              f"{VQVAE} ({fingerprint}): rerun the pipeline (dvc repro)")
-        save_prior(folder / f"level{level}.pt", prior.prior.half(), None, prior.step, fingerprint)
+        save_prior(prior_file(folder, level), prior.prior.half(), None, prior.step, fingerprint)
         level += 1
     sizes = {path.name: path.stat().st_size for path in sorted(folder.glob("*.pt"))}
     total = sum(sizes.values()) / 2**20

@@ -5,6 +5,8 @@ dvc.yaml names the same paths; a test checks that every stage's outputs listed h
 
 from pathlib import Path
 
+from sparse_vqvae.maps import MAP_NAMES, prior_file  # noqa: F401 (MAP_NAMES: the stages name their metrics after it)
+
 PREPARED = Path("data/prepared")
 TRAIN_IMAGES = PREPARED / "train.npy"
 TEST_IMAGES = PREPARED / "test.npy"
@@ -16,7 +18,7 @@ VQVAE = VQVAE_DIR / "model.pt"
 CHECKPOINTS = Path("checkpoints")  # Ray Train's storage: not a DVC out, so it survives a rerun (resume)
 TRAIN_CODES = Path("codes/train")
 TEST_CODES = Path("codes/test")
-PRIORS = Path("models/prior")  # level0.pt (top), level1.pt (bottom, conditioned on the top), codec.pt
+PRIORS = Path("models/prior")  # top.pt, bottom.pt (conditioned on the top), codec.pt
 FREQUENCY_MODEL = PRIORS / "codec.pt"  # the compressed-file format's factorised entropy model
 EVAL = Path("eval")
 METRICS = Path("metrics")  # one <stage>.json per stage: its figures (DVC metrics, committed)
@@ -24,11 +26,8 @@ TIMINGS = METRICS / "timings"  # one <stage>.json per stage: its wall time (not 
 PLOTS = Path("plots")  # CSV curves for `dvc plots show`
 
 
-MAP_NAMES = ("top", "bottom")  # the code maps, in the order the model and its stores list them
-
-
-def prior_path(level: int) -> Path:
-    return PRIORS / f"level{level}.pt"
+def prior_path(index: int) -> Path:
+    return prior_file(PRIORS, index)
 
 
 def stage_metrics(stage: str) -> Path:

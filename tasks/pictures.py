@@ -11,6 +11,6 @@ from sparse_vqvae.vqvae import VQVAE2
 def dictionary_pictures(model: VQVAE2, folder: Path, prefix: str) -> list[Path]:
     """``<prefix>_<map>.png`` per code map: the atoms (or codebook vectors) as tiles."""
     paths = []
-    for name, quantizer in zip(model.level_names, model.quantizers):
+    for name, quantizer in zip(model.map_names, model.quantizers):
         paths.append(dictionary_image(quantizer.codebook().detach(), folder / f"{prefix}_{name or 'map'}.png"))
     return paths

@@ -1,5 +1,5 @@
 """Stage 2: warm up the autoencoder without quantisation, then fit each map's dictionary (omp,
-fista: MOD) or codebook (vanilla: k-means) to its latents. Stage 1 starts from this model."""
+lasso: MOD) or codebook (vanilla: k-means) to its latents. Stage 1 starts from this model."""
 
 from __future__ import annotations
 

@@ -10,10 +10,8 @@ import sys
 import time
 from typing import Any, Callable
 
-from sparse_vqvae.atomic import NotOurFolderError, write_json
-from sparse_vqvae.checkpoint import CheckpointError
-from sparse_vqvae.code_store import CodeStoreError
-from sparse_vqvae.data import DatasetNotFoundError
+from sparse_vqvae.atomic import write_json
+from sparse_vqvae.errors import CheckpointError, CodeStoreError, DatasetNotFoundError, NotOurFolderError
 
 from .layout import stage_metrics, stage_timings
 from .params import PipelineParams, load_params

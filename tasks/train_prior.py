@@ -25,6 +25,8 @@ from sparse_vqvae.provenance import source_fingerprint
 from sparse_vqvae.prior_train import bits_per_image, load_maps, prior_configs, train_prior
 from sparse_vqvae.train import load_checkpoint
 
+from sparse_vqvae.maps import prior_file
+
 from .layout import CHECKPOINTS, FREQUENCY_MODEL, MAP_NAMES, PLOTS, PRIORS, TRAIN_CODES, VQVAE, prior_path
 from .params import PipelineParams
 from .stage import run_stage
@@ -57,7 +59,7 @@ def run(params: PipelineParams, tracker: StageTracker) -> dict[str, Any]:
                 curves.setdefault(step, {})[f"{name}_bits"] = values["bits_per_image"]
                 tracker.log_metrics({f"{name}_bits_per_image": values["bits_per_image"]}, step)
 
-        resume = CHECKPOINTS / "prior" / key / f"level{level}.pt"
+        resume = prior_file(CHECKPOINTS / "prior" / key, level)
         trained = train_prior(prior, maps, level, config.steps, batch_size=config.batch_size, lr=config.lr,
                               seed=config.seed + level, checkpoint_path=resume, fingerprint=fingerprint,
                               checkpoint_every=config.checkpoint_every, on_metrics=log)

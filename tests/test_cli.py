@@ -14,6 +14,7 @@ from sparse_vqvae.code_store import CodeStore, extract_codes
 from sparse_vqvae.config import TrainConfig
 from sparse_vqvae.data import to_uint8
 from sparse_vqvae.entropy_coding import FrequencyModel
+from sparse_vqvae.maps import prior_file
 from sparse_vqvae.pixelsnail import PixelSNAIL
 from sparse_vqvae.prior_train import load_maps, prior_configs, save_prior
 from sparse_vqvae.train import train
@@ -27,7 +28,7 @@ CLI = str(Path(sys.executable).parent / "sparse-vqvae")
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
-    """A folder laid out as `make run` leaves it: models/vqvae/model.pt, models/prior/{codec,level0,level1}.pt."""
+    """A folder laid out as `make run` leaves it: models/vqvae/model.pt, models/prior/{codec,top,bottom}.pt."""
     root = tmp_path_factory.mktemp("run")
     images = Images(tiny_images(16, 16, seed=1))
     model, _ = train(tiny_config("omp"), TrainConfig(steps=3, batch_size=8), images,
@@ -37,7 +38,7 @@ def trained_run(tmp_path_factory):
     maps = load_maps(store)
     FrequencyModel.fit(maps, store.meta).save(root / "models/prior/codec.pt")
     for level, config in enumerate(prior_configs(store.meta, channels=8, blocks=1, res_per_block=1)):
-        save_prior(root / f"models/prior/level{level}.pt", PixelSNAIL(config), None, 0, model.fingerprint())
+        save_prior(prior_file(root / "models/prior", level), PixelSNAIL(config), None, 0, model.fingerprint())
     picture = to_uint8(tiny_images(1, 48, seed=9)[:, :, :21, :35])[0]
     Image.fromarray(picture).save(root / "photo.png")
     return root

@@ -13,7 +13,7 @@ from .tiny import SELECTION_FNS, Images, tiny_config, tiny_images
 
 def trained_tiny(selection_fn, levels=2):
     torch.manual_seed(0)
-    model = VQVAE2(tiny_config(selection_fn, levels=levels))
+    model = VQVAE2(tiny_config(selection_fn, maps=levels))
     model.train()(tiny_images(8, 16))  # initialise the quantizers from data
     return model.eval()
 

@@ -15,7 +15,7 @@ from .tiny import SELECTION_FNS, Images, tiny_config, tiny_images
 
 def trained(selection_fn: str, levels: int = 2):
     images = tiny_images(16, 16, seed=1)
-    model, _ = train(tiny_config(selection_fn, levels=levels), TrainConfig(steps=3, batch_size=8), Images(images),
+    model, _ = train(tiny_config(selection_fn, maps=levels), TrainConfig(steps=3, batch_size=8), Images(images),
                      progress=False)
     model.eval()
     with torch.no_grad():
@@ -100,7 +100,7 @@ def test_mutated_truncated_and_random_files_fail_cleanly(codec):
 
 def test_quality_cuts_a_residual_vq_code_to_its_first_stages():
     images = tiny_images(16, 16, seed=1)
-    model, _ = train(tiny_config("rvq", levels=1, n_nonzero=4, stage_dropout=True), TrainConfig(steps=3, batch_size=8),
+    model, _ = train(tiny_config("rvq", maps=1, stages=4, stage_dropout=True), TrainConfig(steps=3, batch_size=8),
                      Images(images), progress=False)
     model.eval()
     with torch.no_grad():
@@ -129,12 +129,12 @@ def test_a_residual_vqs_slot_is_coded_among_its_stage_only():
     """One table of M entries a slot (not K*M, not a table a position), fitted to that stage's codes;
     codes whose slot holds another stage's atom are refused, not coded."""
     images = tiny_images(16, 16, seed=1)
-    model, _ = train(tiny_config("rvq", levels=1, n_nonzero=3), TrainConfig(steps=2, batch_size=8), Images(images),
+    model, _ = train(tiny_config("rvq", maps=1, stages=3), TrainConfig(steps=2, batch_size=8), Images(images),
                      progress=False)
     with torch.no_grad():
         maps = model.eval().encode(images)[1]
     entropy = FrequencyModel.fit(maps, metadata(model, maps))
-    m = model.quantizers[0].codebook_size
+    m = model.quantizers[0].num_atoms
     assert entropy.stage_atoms == m and entropy.atoms[0].shape == (3, m)
     for slot in range(3):
         counts = torch.bincount(maps[0].atoms[..., slot].reshape(-1) - slot * m, minlength=m).double() + 1

@@ -30,7 +30,7 @@ def _worker(rank: int, init_file: str, selection_fn: str, results) -> None:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("selection_fn", ["vanilla", "rvq", "omp", "fista"])
+@pytest.mark.parametrize("selection_fn", ["vanilla", "rvq", "omp", "lasso"])
 def test_ranks_keep_identical_codebooks_and_statistics(selection_fn, tmp_path):
     with mp.Manager() as manager:
         results = manager.dict()

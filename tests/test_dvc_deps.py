@@ -36,7 +36,7 @@ def imports_of(path: Path) -> set[str]:
     name = module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in ast.walk(_without_type_checking(ast.parse(path.read_text(), str(path)))):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -49,6 +49,20 @@ def imports_of(path: Path) -> set[str]:
             found.update(f"{base}.{alias.name}" for alias in node.names)  # `from package import module`
     with_parents = {".".join(name.split(".")[:i]) for name in found for i in range(1, name.count(".") + 2)}
     return {name for name in with_parents if module_file(name) is not None}
+
+
+def _without_type_checking(tree: ast.Module) -> ast.Module:
+    """The module less its ``if TYPE_CHECKING:`` blocks: imports for annotations only never run."""
+    for node in ast.walk(tree):
+        for field in ("body", "orelse"):
+            block = getattr(node, field, None)
+            if isinstance(block, list):
+                setattr(node, field, [child for child in block if not _is_type_checking(child)])
+    return tree
+
+
+def _is_type_checking(node: ast.AST) -> bool:
+    return isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
 
 
 def runs_code(path: Path) -> bool:
@@ -85,6 +99,27 @@ def test_every_repo_module_a_stage_imports_is_one_of_its_deps(stage):
     assert script is not None, f"{stage}: cmd {spec['cmd']!r} is not `python -m <repo module>`"
     missing = sorted(str(path.relative_to(REPO)) for path in modules_run_by(script) if not covered(path, spec["deps"]))
     assert not missing, f"dvc.yaml: stage {stage} imports these but does not list them in its deps: {missing}"
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_a_stage_lists_no_module_it_does_not_run(stage):
+    """Deps follow what a stage really runs: a listed module it never imports would rerun it for nothing."""
+    spec = STAGES[stage]
+    run = modules_run_by(module_file(spec["cmd"].removeprefix("python -m ")))
+    listed = [dep for dep in spec["deps"] if dep.endswith(".py")]
+    extra = sorted(dep for dep in listed if REPO / dep not in run)
+    assert not extra, f"dvc.yaml: stage {stage} lists modules it does not import: {extra}"
+
+
+def test_preparing_data_does_not_depend_on_the_model_code():
+    """An edit to the quantizers, the sparse coders or the priors must not rerun prepare_data."""
+    run = modules_run_by(REPO / "tasks/prepare_data.py")
+    model_code = {"quantizers.py", "vqvae.py", "pixelsnail.py", "code_store.py", "sparse_coding"}
+    assert not {path for path in run if path.name in model_code or path.parent.name in model_code}
+
+
+def test_the_walk_skips_imports_for_annotations_only():
+    assert REPO / "sparse_vqvae/vqvae.py" not in modules_run_by(REPO / "sparse_vqvae/code_store.py")
 
 
 def test_the_walk_follows_relative_function_level_and_package_imports():

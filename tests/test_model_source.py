@@ -9,6 +9,7 @@ import pytest
 
 from sparse_vqvae import cli
 from sparse_vqvae.entropy_coding import FrequencyModel
+from sparse_vqvae.maps import prior_files
 from sparse_vqvae.prior_train import load_prior
 from sparse_vqvae.train import load_checkpoint
 from tasks.layout import PRIORS
@@ -43,7 +44,7 @@ def store(trained_run, tmp_path_factory):  # noqa: F811
         with pytest.raises(RuntimeError), stage_run("train_vqvae", params):
             raise RuntimeError("a later try that failed")
         with stage_run("train_prior", params) as tracker:  # the artifacts tasks/train_prior.py logs
-            for name in ("level0.pt", "level1.pt", "codec.pt"):
+            for name in ("top.pt", "bottom.pt", "codec.pt"):
                 tracker.log_artifact(trained_run / "models/prior" / name, PRIORS.as_posix())
             ids["train_prior"] = tracker.run_id
         with stage_run("evaluate", params) as tracker:
@@ -52,7 +53,7 @@ def store(trained_run, tmp_path_factory):  # noqa: F811
         ids["prior_only"] = start_parent_run(prior_only)
         patch.setenv(PARENT_ENV, ids["prior_only"])
         with stage_run("train_prior", prior_only) as tracker:
-            for name in ("level0.pt", "level1.pt", "codec.pt"):
+            for name in ("top.pt", "bottom.pt", "codec.pt"):
                 tracker.log_artifact(trained_run / "models/prior" / name, PRIORS.as_posix())
             ids["prior_only_prior"] = tracker.run_id
     return folder, ids
@@ -78,8 +79,8 @@ def test_a_pipeline_run_or_any_of_its_stage_runs_gives_its_model_files(tracked, 
     assert paths["priors"] == tmp_path / "cache/sparse-vqvae/mlflow" / prior_run / "models/prior"
     model = load_checkpoint(paths["model"]).model
     assert FrequencyModel.load(paths["codec_model"]).fingerprint == model.fingerprint()
-    priors = sorted(paths["priors"].glob("level*.pt"))
-    assert [p.name for p in priors] == ["level0.pt", "level1.pt"]
+    priors = prior_files(paths["priors"])
+    assert [p.name for p in priors] == ["top.pt", "bottom.pt"]
     assert all(load_prior(p).fingerprint == model.fingerprint() for p in priors)
     assert from_mlflow_run(tracked[run]) == paths  # the second time from the cache
 

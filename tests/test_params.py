@@ -16,17 +16,17 @@ def committed() -> dict:
 
 def test_committed_params_are_valid_and_typed():
     params = load_params(REPO / "params.yaml")
-    assert params.model.selection_fn in ("vanilla", "rvq", "omp", "fista")
+    assert params.model.selection_fn in ("vanilla", "rvq", "omp", "lasso")
     assert params.data.name == "embedded"  # the default runs anywhere, with no download
     flat = params.flat()
     assert flat["model.n_nonzero"] == params.model.n_nonzero and "ray.num_workers" in flat
 
 
 @pytest.mark.parametrize("section, key, value, message", [
-    ("model", "selection_fn", "omq", "model.selection_fn must be one of vanilla, rvq, omp, fista; got 'omq'"),
+    ("model", "selection_fn", "omq", "model.selection_fn must be one of vanilla, rvq, omp, lasso; got 'omq'"),
     ("model", "n_nonzero", "two", "model.n_nonzero must be an integer; got 'two'"),
     ("model", "normalize_latents", "yes", "model.normalize_latents must be true or false"),
-    ("model", "n_nonzro", 2, "model.n_nonzro is not a known key; allowed keys: selection_fn, levels"),
+    ("model", "n_nonzro", 2, "model.n_nonzro is not a known key; allowed keys: selection_fn, maps"),
     ("train", "lr", 0, "train.lr must be a number > 0"),
     ("data", "name", "imagenet", "data.name must be one of embedded, cifar10, cifar100, imagefolder"),
     ("ray", "use_gpu", "maybe", "ray.use_gpu must be one of auto, true, false"),
@@ -64,5 +64,36 @@ def test_params_command_reports_the_file_and_key(tmp_path):
     path.write_text(yaml.safe_dump(raw))
     done = subprocess.run([sys.executable, "-m", "tasks.params", str(path)], capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 2
-    assert "params.yaml: model.selection_fn must be one of vanilla, rvq, omp, fista; got 'omq'" in done.stderr
+    assert "params.yaml: model.selection_fn must be one of vanilla, rvq, omp, lasso; got 'omq'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("old, new, said", [
+    (dict(levels=1), dict(maps=1), "model.levels is now model.maps"),
+    (dict(selection_fn="fista"), dict(selection_fn="lasso", lasso_solver="homotopy"), "fista is now lasso"),
+    (dict(selection_fn="rvq", n_nonzero=3), dict(selection_fn="rvq", stages=3, n_nonzero=1), "model.stages"),
+])
+def test_old_spellings_still_load_with_a_deprecation_message(old, new, said):
+    """Users' params files and older checkpoints keep working, and say what to write instead."""
+    with pytest.warns(FutureWarning, match=said):
+        upgraded = section_from_mapping(ModelConfig, "model", old)
+    assert upgraded == ModelConfig(**new)
+
+
+def test_old_spellings_in_a_params_file_load_with_a_deprecation_message():
+    raw = committed()
+    raw["model"] = {key: value for key, value in raw["model"].items() if key not in ("maps", "stages")}
+    raw["model"] |= {"levels": 1, "selection_fn": "rvq", "n_nonzero": 4}
+    with pytest.warns(FutureWarning, match="model.levels is now model.maps"):
+        params = parse_params(raw)
+    assert (params.model.maps, params.model.stages, params.model.n_nonzero) == (1, 4, 1)
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(selection_fn="omp", stages=2), "model.stages is for selection_fn rvq only"),
+    (dict(selection_fn="rvq", n_nonzero=2, stages=2), "a residual VQ's stage count is model.stages"),
+    (dict(selection_fn="lasso", lasso_solver="lars"), "model.lasso_solver must be one of homotopy, fista"),
+])
+def test_a_key_of_another_family_is_refused_with_the_right_one(settings, message):
+    with pytest.raises(ValueError, match=message):
+        ModelConfig(**settings)

@@ -28,7 +28,7 @@ def rerun(root, *stages: str) -> None:
 
 @pytest.mark.slow
 def test_residual_vq_through_the_pipeline_and_checkpoints_of_other_code_are_not_resumed(tmp_path):
-    overrides = {**TINY, "model": {**TINY["model"], "selection_fn": "rvq", "n_nonzero": 3}}
+    overrides = {**TINY, "model": {**TINY["model"], "selection_fn": "rvq", "stages": 3}}
     root = make_workspace(tmp_path / "ws", overrides)
     dvc("repro", cwd=root)
     model = load_checkpoint(root / "models/vqvae/model.pt").model
@@ -46,7 +46,7 @@ def test_residual_vq_through_the_pipeline_and_checkpoints_of_other_code_are_not_
     # The run shipped as a zoo model: the files the CLI needs, a card, and files that decode.
     run([sys.executable, "-m", "tasks.export_zoo", "tiny", "--output", str(tmp_path / "zoo")], root)
     zoo = tmp_path / "zoo" / "tiny"
-    assert sorted(p.name for p in zoo.iterdir()) == ["MODEL_CARD.md", "codec.pt", "level0.pt", "level1.pt", "model.pt"]
+    assert sorted(p.name for p in zoo.iterdir()) == ["MODEL_CARD.md", "bottom.pt", "codec.pt", "model.pt", "top.pt"]
     card = (zoo / "MODEL_CARD.md").read_text()
     assert '"selection_fn": "rvq"' in card and f"stage-1 steps: {TINY['train']['steps']}" in card
     assert load_checkpoint(zoo / "model.pt").model.fingerprint() == model.fingerprint()

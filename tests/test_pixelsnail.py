@@ -6,13 +6,13 @@ import torch
 
 from sparse_vqvae.codes import EMPTY, Codes, validate_codes
 from sparse_vqvae.incremental import CompiledBackbone, CompiledHead, IncrementalBackbone
-from sparse_vqvae.pixelsnail import FactorizedPrior, PixelSNAIL, PriorConfig, bits
+from sparse_vqvae.pixelsnail import PixelSNAIL, PriorConfig, bits
 from sparse_vqvae.prior_train import bits_per_image, load_prior, save_prior, train_prior
 
 VARIANTS = {
     "vanilla": dict(num_atoms=16, coef_levels=1, slots=1, variable_count=False),
     "omp": dict(num_atoms=16, coef_levels=8, slots=2, variable_count=False),
-    "fista": dict(num_atoms=16, coef_levels=8, slots=3, variable_count=True),
+    "lasso": dict(num_atoms=16, coef_levels=8, slots=3, variable_count=True),
     "rvq": dict(num_atoms=16, coef_levels=1, slots=2, variable_count=False, stage_atoms=8),
 }
 
@@ -113,12 +113,12 @@ def test_compiled_backbone_follows_changes_to_the_prior():
 def test_a_prior_made_under_inference_mode_generates():
     """Parameters made inside ``torch.inference_mode`` (a codec built there) carry no version counter: the
     compiled forms lay their weights out afresh instead of caching them under one."""
-    prior = prior_for("fista", conditioned=True)
+    prior = prior_for("lasso", conditioned=True)
     with torch.inference_mode():
         made_there = copy.deepcopy(prior).double().eval()  # as PriorEntropyModel makes its coding copies
-        maps = made_there.sample(2, condition=random_codes("fista", batch=2, height=2, width=2, seed=9),
+        maps = made_there.sample(2, condition=random_codes("lasso", batch=2, height=2, width=2, seed=9),
                                  generator=torch.Generator().manual_seed(0))
-    assert maps.atoms.shape == (2, 4, 4, VARIANTS["fista"]["slots"])
+    assert maps.atoms.shape == (2, 4, 4, VARIANTS["lasso"]["slots"])
 
 
 def test_compiled_backbone_refuses_pairs_and_positions_outside_the_prior():
@@ -232,7 +232,7 @@ def test_log_prob_of_a_batch_is_the_sum_of_its_parts(name):
     assert (whole < 0).all() and torch.isfinite(whole).all()
 
 
-@pytest.mark.parametrize("name", ["omp", "vanilla", "fista", "rvq"])
+@pytest.mark.parametrize("name", ["omp", "vanilla", "lasso", "rvq"])
 def test_head_distribution_sums_to_one_over_all_valid_pair_lists(name):
     # One position, few atoms: enumerate every valid list and add up the probabilities.
     import itertools
@@ -308,21 +308,12 @@ def test_conditional_prior_uses_the_top_codes():
         prior.log_prob(bottom)
 
 
-def test_factorized_baseline_counts_sets_and_frequencies():
-    codes = random_codes("omp", batch=50)
-    baseline = FactorizedPrior(16, 8, 2, 4, 4).fit(codes)
-    per_image = bits(baseline.log_prob(codes))
-    # Uniform choice would be log2(C(16, 2)) + 2 * log2(8) = 12.9 bits per position.
-    uniform = 16 * (math.log2(math.comb(16, 2)) + 2 * 3)
-    assert per_image.mean() < uniform + 1 and per_image.mean() > 0.5 * uniform
-
-
 def test_prior_checkpoint_round_trip(tmp_path):
-    prior = prior_for("fista")
+    prior = prior_for("lasso")
     save_prior(tmp_path / "prior.pt", prior, None, 7, "abc")
     restored = load_prior(tmp_path / "prior.pt")
     assert restored.step == 7 and restored.fingerprint == "abc"
-    codes = random_codes("fista")
+    codes = random_codes("lasso")
     with torch.no_grad():
         assert torch.equal(prior.eval().log_prob(codes), restored.prior.eval().log_prob(codes))
 

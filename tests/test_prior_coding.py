@@ -8,6 +8,7 @@ import torch
 
 from sparse_vqvae.code_store import StoreMetadata
 from sparse_vqvae.codec import Codec, CodecError, colour_offsets, entropy_model_of, read_codes
+from sparse_vqvae.maps import prior_file
 from sparse_vqvae.pixelsnail import PixelSNAIL, bits
 from sparse_vqvae.prior_coding import PriorEntropyModel
 from sparse_vqvae.prior_train import prior_configs, save_prior, train_prior
@@ -113,7 +114,7 @@ def test_the_priors_load_from_their_checkpoints(codecs, tmp_path):
     _, codec = codecs
     paths = []
     for level, prior in enumerate(codec.entropy.priors):
-        paths.append(tmp_path / f"level{level}.pt")
+        paths.append(prior_file(tmp_path, level))
         save_prior(paths[-1], prior, None, 5, codec.entropy.fingerprint)
     loaded = Codec(codec.model, PriorEntropyModel.load(paths))
     image = tiny_images(1, 16, seed=3)[0]

@@ -23,20 +23,20 @@ def test_output_shapes_codes_and_exact_decoding(selection_fn):
     quantizer.eval()
     out = quantizer(z)
     assert out.z_q.shape == z.shape and out.loss.dim() == 0
-    slots = {"vanilla": 1, "rvq": 2, "omp": 2, "fista": 3}[selection_fn]
+    slots = {"vanilla": 1, "rvq": 2, "omp": 2, "lasso": 3}[selection_fn]
     assert out.codes.atoms.shape == (4, 4, 4, slots)
     validate_codes(out.codes, 64 if selection_fn == "rvq" else 32, 1 if selection_fn in ("vanilla", "rvq") else 16)
     if selection_fn in ("vanilla", "rvq"):
         assert out.codes.present.all()
     assert torch.equal(quantizer.decode_codes(out.codes), out.z_q)
-    assert quantizer.codebook().shape == (8, quantizer.num_atoms)  # what the atoms index (pictures of it)
+    assert quantizer.codebook().shape == (8, quantizer.code_atoms)  # what the atoms index (pictures of it)
     for key in ("perplexity", "dead_share", "nonzeros_per_position", "level_histogram"):
         assert key in out.stats
 
 
-def test_fista_codes_hold_at_most_max_nonzero_pairs_in_canonical_order():
+def test_lasso_codes_hold_at_most_max_nonzero_pairs_in_canonical_order():
     torch.manual_seed(0)
-    quantizer = build_quantizer(tiny_config("fista", alpha=0.5))
+    quantizer = build_quantizer(tiny_config("lasso", alpha=0.5))
     out = quantizer.train()(features())
     atoms = out.codes.atoms
     assert (out.codes.present.sum(-1) <= 3).all() and (~out.codes.present).any()
@@ -55,7 +55,7 @@ def _reconstruction_gradient(quantizer, z: torch.Tensor, upstream: torch.Tensor)
 @pytest.mark.parametrize("selection_fn, overrides", [
     ("omp", dict(n_nonzero=1, normalize_latents=True)),
     ("omp", dict(n_nonzero=1, normalize_latents=False)),
-    ("fista", dict(normalize_latents=True)),
+    ("lasso", dict(normalize_latents=True)),
 ])
 def test_the_reconstruction_loss_alone_trains_the_encoder_as_vanillas_does(selection_fn, overrides):
     # Vanilla's encoder gets the upstream gradient of its coding target (the latent itself); a sparse
@@ -101,7 +101,7 @@ def test_task_driven_encoder_gradient_stays_inside_the_chosen_atoms_span():
     quantizer(features(dim=16))
     z, upstream = features(dim=16, seed=1), features(dim=16, seed=2)
     got = _reconstruction_gradient(quantizer, z, upstream).permute(0, 2, 3, 1).reshape(-1, 16)
-    chosen = quantizer.atoms.detach()[:, quantizer.eval()(z).codes.atoms.reshape(-1).clamp_min(0)].t()
+    chosen = quantizer.codebook().detach()[:, quantizer.eval()(z).codes.atoms.reshape(-1).clamp_min(0)].t()
     assert torch.allclose(got, (got * chosen).sum(1, keepdim=True) * chosen, atol=1e-5)  # parallel to the atom
 
 
@@ -136,7 +136,7 @@ def test_ema_codebook_moves_towards_its_assigned_vectors():
     assert (quantizer.embed[:, used] - mean).norm() < (before[:, used] - mean).norm()
 
 
-@pytest.mark.parametrize("selection_fn", ["vanilla", "omp", "fista"])  # rvq: each stage is a vanilla codebook
+@pytest.mark.parametrize("selection_fn", ["vanilla", "omp", "lasso"])  # rvq: each stage is a vanilla codebook
 def test_dead_entries_are_reseeded_from_encoder_outputs(selection_fn):
     torch.manual_seed(0)
     quantizer = build_quantizer(tiny_config(selection_fn)).train()
@@ -148,7 +148,7 @@ def test_dead_entries_are_reseeded_from_encoder_outputs(selection_fn):
     starved = torch.arange(32) % 2 == 0
     quantizer.usage[starved] = 0.0  # as if unused for a long while
     # A batch made of odd entries only: the starved even ones stay unused, so they are dead.
-    odd = before[:, 1::2] if vanilla else quantizer.atoms.detach()[:, 1::2]
+    odd = before[:, 1::2] if vanilla else quantizer.codebook().detach()[:, 1::2]
     z = odd[:, torch.arange(64) % 16].t().reshape(4, 4, 4, 8).permute(0, 3, 1, 2).contiguous()
     quantizer(z)
     quantizer.after_step()
@@ -222,7 +222,7 @@ def test_residual_stages_code_what_the_earlier_ones_left():
     errors = []
     for stages in (1, 2, 4):
         torch.manual_seed(0)
-        quantizer = build_quantizer(tiny_config("rvq", n_nonzero=stages)).train()
+        quantizer = build_quantizer(tiny_config("rvq", stages=stages)).train()
         quantizer(z)  # k-means start, stage by stage on the residuals
         out = quantizer.eval()(z)
         atoms = out.codes.atoms.reshape(-1, stages)
@@ -239,7 +239,7 @@ def test_a_residual_vq_codes_a_large_map_in_blocks_as_in_one():
     stage's nearest entries to the residual, as one search over all rows gives them."""
     torch.manual_seed(0)
     z = torch.randn(2, 8, 64, 48)  # 6,144 vectors: more than a block
-    quantizer = build_quantizer(tiny_config("rvq", n_nonzero=3)).train()
+    quantizer = build_quantizer(tiny_config("rvq", stages=3)).train()
     quantizer(z[:, :, :8])  # k-means start
     out = quantizer.eval()(z)
     residual = z.permute(0, 2, 3, 1).reshape(-1, 8)
@@ -262,7 +262,7 @@ def test_a_zero_latent_decodes_to_zero():
 def test_stage_dropout_trains_each_image_on_a_prefix_of_the_stages():
     torch.manual_seed(0)
     z = features(batch=32)
-    quantizer = build_quantizer(tiny_config("rvq", n_nonzero=4, stage_dropout=True)).train()
+    quantizer = build_quantizer(tiny_config("rvq", stages=4, stage_dropout=True)).train()
     out = quantizer(z)
     kept = out.codes.present.sum(-1)  # [B, H, W]
     per_image = kept.flatten(1)
@@ -277,7 +277,7 @@ def test_stage_dropout_trains_each_image_on_a_prefix_of_the_stages():
 def test_any_prefix_of_residual_stages_decodes_to_the_sum_of_its_entries():
     torch.manual_seed(0)
     z = features(batch=16)
-    quantizer = build_quantizer(tiny_config("rvq", n_nonzero=3, stage_dropout=True)).train()
+    quantizer = build_quantizer(tiny_config("rvq", stages=3, stage_dropout=True)).train()
     quantizer(z)
     codes = quantizer.eval()(z).codes
     errors = []

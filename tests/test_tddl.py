@@ -8,10 +8,10 @@ from .synthetic import DEVICES, make_sparse_signals
 
 SOLVERS = {
     "omp": dict(n_nonzero=3),
-    "fista": dict(alpha=0.2),  # the exact homotopy solver
-    "fista-solver": dict(alpha=0.2, solver="fista", n_iter=5000, tol=1e-15),
+    "lasso": dict(alpha=0.2),  # the exact homotopy solver
+    "lasso-fista": dict(alpha=0.2, solver="fista", n_iter=5000, tol=1e-15),
 }
-METHODS = ["omp", "fista", "fista-solver"]
+METHODS = ["omp", "lasso", "lasso-fista"]
 # The LASSO paths solve hundreds of problems in gradcheck and in training: minutes on 2 cores.
 SLOW_LASSO = ["omp", *(pytest.param(method, marks=pytest.mark.slow) for method in METHODS[1:])]
 
@@ -42,7 +42,7 @@ def test_forward_equals_the_plain_solver(method):
     code = call(x, dictionary, method)
     if method == "omp":
         plain = omp(x.detach(), dictionary.detach(), 3).to_dense(12)
-    elif method == "fista":
+    elif method == "lasso":
         plain = lasso(x.detach(), dictionary.detach(), 0.2)
     else:
         plain = fista(x.detach(), dictionary.detach(), 0.2, n_iter=5000, tol=1e-15)
@@ -69,10 +69,10 @@ def test_the_pairs_are_the_codes_non_zeros_with_their_gradient(method):
     assert through_pairs[0].abs().sum() > 0
 
 
-@pytest.mark.parametrize("solver", ["lars", "fista"])
+@pytest.mark.parametrize("solver", ["homotopy", "fista"])
 def test_max_nonzero_caps_the_lasso_support(solver):
     x, dictionary = small_problem(3)
-    code = sparse_code(x, dictionary, "fista", alpha=0.01, max_nonzero=2, solver=solver)
+    code = sparse_code(x, dictionary, "lasso", alpha=0.01, max_nonzero=2, solver=solver)
     assert ((code != 0).sum(dim=1) <= 2).all()
     assert ((code != 0).sum(dim=1) == 2).any()
     loss = code.square().sum()
@@ -103,8 +103,8 @@ def test_gradients_finite_for_degenerate_inputs(method, dtype, device):
     x[0] = 0  # a zero signal
     x[1] = base[:, 0]  # a signal that is exactly one atom (and its twin)
     x = x.to(device).requires_grad_()
-    kwargs = {"omp": dict(n_nonzero=8), "fista": dict(alpha=0.05),  # 8 > d = 6
-              "fista-solver": dict(alpha=0.05, solver="fista", n_iter=300)}[method]
+    kwargs = {"omp": dict(n_nonzero=8), "lasso": dict(alpha=0.05),  # 8 > d = 6
+              "lasso-fista": dict(alpha=0.05, solver="fista", n_iter=300)}[method]
     loss = sparse_code(x, dictionary, method.split("-")[0], **kwargs).square().sum()
     grad_x, grad_d = torch.autograd.grad(loss, (x, dictionary))
     assert torch.isfinite(grad_x).all() and torch.isfinite(grad_d).all()
@@ -118,8 +118,8 @@ def test_task_driven_gradient_learns_a_dictionary(method):
     dictionary = normalize_atoms(true_dictionary + 0.3 * torch.randn(16, 32, generator=g, dtype=torch.float64))
     dictionary.requires_grad_()
     optimizer = torch.optim.Adam([dictionary], lr=1e-2)
-    kwargs = {"omp": dict(n_nonzero=2), "fista": dict(alpha=0.05),
-              "fista-solver": dict(alpha=0.05, solver="fista", n_iter=200)}[method]
+    kwargs = {"omp": dict(n_nonzero=2), "lasso": dict(alpha=0.05),
+              "lasso-fista": dict(alpha=0.05, solver="fista", n_iter=200)}[method]
 
     def reconstruction_error():
         code = sparse_code(x, dictionary, method.split("-")[0], **kwargs)
@@ -138,13 +138,14 @@ def test_task_driven_gradient_learns_a_dictionary(method):
 @pytest.mark.parametrize(
     "method, kwargs, name",
     [
-        ("lars", dict(n_nonzero=2), "method"),
+        ("fista", dict(n_nonzero=2), "method"),
         ("omp", dict(), "n_nonzero"),
-        ("fista", dict(), "alpha"),
+        ("lasso", dict(), "alpha"),
         ("omp", dict(n_nonzero=2, alpha=0.1), "alpha"),
         ("omp", dict(n_nonzero=2, ridge=-1.0), "ridge"),
-        ("fista", dict(alpha=0.1, solver="cd"), "solver"),
-        ("fista", dict(alpha=0.1, n_iter=10), "n_iter"),
+        ("lasso", dict(alpha=0.1, solver="cd"), "solver"),
+        ("lasso", dict(alpha=0.1, solver="lars"), "solver"),
+        ("lasso", dict(alpha=0.1, n_iter=10), "n_iter"),
     ],
 )
 def test_bad_input_names_the_argument(method, kwargs, name):

@@ -12,7 +12,7 @@ from .tiny import SELECTION_FNS, tiny_config, tiny_images
 @pytest.mark.parametrize("selection_fn", SELECTION_FNS)
 def test_shapes_and_stored_codes_decode_to_the_same_image(selection_fn, levels, size, maps):
     torch.manual_seed(0)
-    model = VQVAE2(tiny_config(selection_fn, levels=levels))
+    model = VQVAE2(tiny_config(selection_fn, maps=levels))
     images = tiny_images(4, size)
     model.train()(images)  # initialise the quantizers from data
     model.eval()
@@ -37,7 +37,7 @@ def test_a_few_steps_lower_the_loss(selection_fn):
 
 
 @pytest.mark.slow  # training steps
-@pytest.mark.parametrize("selection_fn", ["omp", "fista"])
+@pytest.mark.parametrize("selection_fn", ["omp", "lasso"])
 def test_the_dictionary_learns(selection_fn):
     torch.manual_seed(0)
     model = VQVAE2(tiny_config(selection_fn, restart_dead=False))
@@ -63,8 +63,8 @@ def test_image_size_not_divisible_by_the_stride_is_rejected():
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (dict(selection_fn="omq"), "model.selection_fn must be one of vanilla, rvq, omp, fista"),
-        (dict(levels=3), "model.levels must be one of 1, 2"),
+        (dict(selection_fn="omq"), "model.selection_fn must be one of vanilla, rvq, omp, lasso"),
+        (dict(maps=3), "model.maps must be one of 1, 2"),
         (dict(n_nonzero=0), "model.n_nonzero must be an integer >= 1"),
         (dict(num_atoms=2.5), "model.num_atoms must be an integer"),
         (dict(alpha=-1.0), "model.alpha must be a number >= 0"),

@@ -25,9 +25,9 @@ from .fista import fista
 from .lars import lasso
 from .omp import SparseCode, omp
 
-Method = Literal["omp", "fista"]
+Method = Literal["omp", "lasso"]
 _OMP_KEYS = {"n_nonzero", "correlations", "chunk_size"}
-_LARS_KEYS = {"alpha", "max_nonzero", "max_steps", "chunk_size"}
+_HOMOTOPY_KEYS = {"alpha", "max_nonzero", "max_steps", "chunk_size"}
 _FISTA_KEYS = {"alpha", "max_nonzero", "n_iter", "tol", "exact", "check_every", "chunk_size"}
 
 
@@ -58,23 +58,23 @@ def sparse_pairs(
     touches [B, s] only, never a dense [B, N] code.
 
     Keywords go to the solver: ``n_nonzero`` for OMP; ``alpha`` and optionally ``max_nonzero`` for
-    the LASSO (``method="fista"``, the seed's name for the L1 selection function), solved by the
-    exact homotopy ``lasso`` (``solver="lars"``, default) or by ``fista`` (``solver="fista"``,
+    the LASSO (``method="lasso"``; the seed called this selection function "fista"), solved by the
+    exact homotopy ``lasso`` (``solver="homotopy"``, default) or by ``fista`` (``solver="fista"``,
     with ``n_iter``, ``tol``; ``max_nonzero`` then keeps the largest coefficients).
     """
-    if method not in ("omp", "fista"):
-        raise ValueError(f"method must be one of 'omp', 'fista', got {method!r}")
-    solver = kwargs.get("solver", "lars")
-    if method == "fista" and solver not in ("lars", "fista"):
-        raise ValueError(f"solver must be 'lars' or 'fista', got {solver!r}")
-    allowed = _OMP_KEYS if method == "omp" else {"solver"} | (_LARS_KEYS if solver == "lars" else _FISTA_KEYS)
+    if method not in ("omp", "lasso"):
+        raise ValueError(f"method must be one of 'omp', 'lasso', got {method!r}")
+    solver = kwargs.get("solver", "homotopy")
+    if method == "lasso" and solver not in ("homotopy", "fista"):
+        raise ValueError(f"solver must be 'homotopy' or 'fista', got {solver!r}")
+    allowed = _OMP_KEYS if method == "omp" else {"solver"} | (_HOMOTOPY_KEYS if solver == "homotopy" else _FISTA_KEYS)
     unknown = set(kwargs) - allowed
     if unknown:
         raise ValueError(f"unknown keyword(s) {sorted(unknown)} for method={method!r}; allowed: {sorted(allowed)}")
     if method == "omp" and "n_nonzero" not in kwargs:
         raise ValueError("n_nonzero is required for method='omp'")
-    if method == "fista" and "alpha" not in kwargs:
-        raise ValueError("alpha is required for method='fista'")
+    if method == "lasso" and "alpha" not in kwargs:
+        raise ValueError("alpha is required for method='lasso'")
     if not (isinstance(ridge, (int, float)) and ridge >= 0):
         raise ValueError(f"ridge must be a number >= 0, got {ridge!r}")
     indices, values = _TaskDrivenPairs.apply(x, dictionary, method, float(ridge), kwargs)
@@ -86,7 +86,7 @@ def _solve(x: torch.Tensor, dictionary: torch.Tensor, method: str, kwargs: dict)
         return omp(x, dictionary, **kwargs)
     kwargs = dict(kwargs)
     max_nonzero = kwargs.pop("max_nonzero", None)
-    if kwargs.pop("solver", "lars") == "lars":
+    if kwargs.pop("solver", "homotopy") == "homotopy":
         code = lasso(x, dictionary, max_nonzero=max_nonzero, **kwargs)
     else:
         code = fista(x, dictionary, **kwargs)
