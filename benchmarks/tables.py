@@ -491,15 +491,14 @@ def _study_steps() -> str:
 
 # --------------------------------------------------------------------------------------------- main
 
+def stale_in(text: str) -> list[str]:
+    """``kind:name`` of every marked table or figure in ``text`` that differs from what its JSON renders."""
+    return [f"{m['kind']}:{m['name']}" for m in MARKER.finditer(text) if rewrite(m.group(0), render) != m.group(0)]
+
+
 def stale(paths: list[Path]) -> list[str]:
-    """``path: name`` of every marked table whose text differs from what its JSON renders."""
-    found = []
-    for path in paths:
-        text = path.read_text()
-        for match in MARKER.finditer(text):
-            if rewrite(match.group(0), render) != match.group(0):
-                found.append(f"{path.relative_to(REPO)}: {match['kind']}:{match['name']}")
-    return found
+    """``path: kind:name`` of every stale table in the documents ``paths``."""
+    return [f"{path.relative_to(REPO)}: {name}" for path in paths for name in stale_in(path.read_text())]
 
 
 def unplaced(paths: list[Path]) -> list[str]:

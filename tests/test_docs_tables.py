@@ -1,0 +1,70 @@
+"""The documentation's result tables equal what benchmarks/tables.py renders from benchmarks/results/*.json: a
+number edited by hand, or a benchmark rerun without `python benchmarks/tables.py`, fails here."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+
+import pytest
+
+from .pipeline_workspace import REPO
+
+
+@pytest.fixture(scope="module")
+def tables(request):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    request.addfinalizer(lambda: sys.path.remove(str(REPO / "benchmarks")))
+    return importlib.import_module("tables")
+
+
+def fake(name: str) -> str:
+    return {"t": "| a |\n|---|\n| 1 |", "f": "42"}[name]
+
+
+def test_rewrite_replaces_only_the_text_between_the_markers(tables):
+    text = ("intro 7\n<!-- table:t -->\nstale | 9 |\n<!-- /table:t -->\nmiddle 8\n"
+            "a figure: <!-- fig:f -->0<!-- /fig:f --> dB, end\n")
+    expected = ("intro 7\n<!-- table:t -->\n| a |\n|---|\n| 1 |\n<!-- /table:t -->\nmiddle 8\n"
+                "a figure: <!-- fig:f -->42<!-- /fig:f --> dB, end\n")
+    assert tables.rewrite(text, fake) == expected
+    assert tables.rewrite(expected, fake) == expected  # idempotent: a current document is left as it is
+    assert tables.marked(text) == ["t", "f"]
+    # Empty markers (a new table) are filled.
+    assert tables.rewrite("<!-- table:t -->\n<!-- /table:t -->", fake) == "<!-- table:t -->\n| a |\n|---|\n| 1 |\n<!-- /table:t -->"
+
+
+def test_bad_markers_are_errors_that_name_them(tables):
+    with pytest.raises(tables.TablesError, match="closing.*t"):
+        tables.rewrite("<!-- table:t -->\n| old |\n", fake)
+    with pytest.raises(tables.TablesError, match="no table or figure named 'nope'"):
+        tables.rewrite("<!-- table:nope -->\n<!-- /table:nope -->", tables.render)
+    with pytest.raises(tables.TablesError, match="fig:t must render on one line"):
+        tables.rewrite("<!-- fig:t -->x<!-- /fig:t -->", fake)
+
+
+def test_every_table_renders_from_its_json(tables):
+    for name in tables.RENDERERS:
+        assert tables.render(name).strip(), name
+
+
+def test_the_docs_tables_are_current(tables):
+    paths = [path for path in tables.documents() if path.exists()]
+    assert tables.stale(paths) == [], "run `python benchmarks/tables.py` to rewrite them from benchmarks/results/"
+    assert tables.unplaced(paths) == [], "a generated table no document shows"
+
+
+def test_a_number_edited_by_hand_is_found(tables):
+    readme = (REPO / "README.md").read_text()
+    row = readme.index("| `photo`", readme.index("<!-- table:zoo -->"))
+    assert tables.stale_in(readme) == []
+    assert tables.stale_in(readme[:row] + readme[row:].replace("0.14", "0.15", 1)) == ["table:zoo"]
+    figure = readme.index("<!-- fig:photo_images -->") + len("<!-- fig:photo_images -->")
+    assert tables.stale_in(readme[:figure] + "8" + readme[figure + 1:]) == ["fig:photo_images"]
+
+
+def test_the_check_command_passes():
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "tables.py"), "--check"], capture_output=True,
+                          text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr
