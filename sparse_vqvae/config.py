@@ -10,7 +10,9 @@ from dataclasses import dataclass, fields
 import warnings
 from typing import Any, TypeVar
 
-SELECTION_FNS = ("vanilla", "rvq", "omp", "lasso")
+SELECTION_FNS = ("vanilla", "rvq", "fsq", "omp", "lasso")
+# fsq: the levels per dimension that Mentzer et al. (2023, Table 1) recommend for each codebook size (num_atoms).
+FSQ_LEVELS = {256: (8, 6, 5), 1024: (8, 5, 5, 5), 4096: (7, 5, 5, 5, 5), 16384: (8, 8, 8, 6, 5)}
 LASSO_SOLVERS = ("homotopy", "fista")
 COEF_QUANTIZERS = ("uniform", "learned")
 ENCODER_GRADIENTS = ("straight_through", "task_driven")
@@ -109,14 +111,14 @@ def section_from_mapping(cls: type[Section], section: str, mapping: Any) -> Sect
 class ModelConfig:
     """The VQ-VAE-2 and its quantizer. Defaults follow VQ-VAE-2 (rosinality) and the sparse-VQ-VAE seed."""
 
-    selection_fn: str = "omp"  # vanilla (EMA codebook) | rvq (residual EMA codebooks) | omp | lasso
+    selection_fn: str = "omp"  # vanilla (EMA codebook) | rvq (residual EMA codebooks) | fsq (finite scalar) | omp | lasso
     maps: int = 2  # 2: top/bottom code maps of VQ-VAE-2's hierarchy; 1: one quantised map
     num_strides: int = 2  # maps=1 only: the map is 2**(num_strides + 1) times smaller (2 -> /8)
     channels: int = 128
     res_blocks: int = 2
     res_channels: int = 32
     embed_dim: int = 64
-    num_atoms: int = 256  # dictionary atoms; codebook entries (vanilla), entries per stage (rvq)
+    num_atoms: int = 256  # dictionary atoms; codebook entries (vanilla), per stage (rvq); fsq: about (256 ... 16384)
     n_nonzero: int = 1  # omp: atoms per latent vector
     stages: int = 1  # rvq: codebooks, each coding what the stages before it left
     alpha: float = 0.3  # lasso: L1 penalty
@@ -153,6 +155,8 @@ class ModelConfig:
             raise ValueError(f"model.stage_dropout is for selection_fn rvq only; got selection_fn {self.selection_fn!r}")
         if self.selection_fn == "omp" and self.n_nonzero > self.num_atoms:
             raise ValueError(f"model.n_nonzero ({self.n_nonzero}) must not exceed model.num_atoms ({self.num_atoms})")
+        if self.selection_fn == "fsq":
+            check_choice("model", "num_atoms", self.num_atoms, tuple(FSQ_LEVELS))
         if self.selection_fn != "rvq" and self.stages != 1:
             raise ValueError(f"model.stages is for selection_fn rvq only (OMP's pairs are model.n_nonzero); got "
                              f"stages {self.stages} with selection_fn {self.selection_fn!r}")

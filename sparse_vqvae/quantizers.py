@@ -4,6 +4,8 @@
   exponential moving averages of the assigned encoder outputs (van den Oord et al. 2017, App. A.1).
 - ``ResidualVQ`` (``rvq``): K stages of such codebooks, stage k coding what stages 1..k-1 left
   (SoundStream, Zeghidour et al. 2021): the hard-selection rival of K atoms.
+- ``FiniteScalarQuantizer`` (``fsq``): a few projected dimensions rounded to fixed grids (Mentzer et al.
+  2023), no codebook to learn: the anchor of the comparisons.
 - ``SparseQuantizer`` (``omp`` / ``lasso``): each latent vector is coded by a few atoms of a
   unit-norm dictionary. The dictionary is an ``nn.Parameter`` and learns twice over: from the
   reconstruction loss through the task-driven gradient of the sparse code (Mairal et al. 2010)
@@ -30,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .codes import EMPTY, Codes, canonical_order
-from .config import COEF_QUANTIZERS, ENCODER_GRADIENTS, ModelConfig
+from .config import COEF_QUANTIZERS, ENCODER_GRADIENTS, FSQ_LEVELS, ModelConfig
 from .sparse_coding import init_dictionary_from_data, kmeans, normalize_atoms, sparse_pairs
 
 USAGE_DECAY = 0.9  # usage statistics follow the last ~10 steps
@@ -477,6 +479,90 @@ class SparseQuantizer(_Quantizer):
         self._pending_restart = (slots, seeds)
 
 
+class FiniteScalarQuantizer(nn.Module):
+    """FSQ (Mentzer, Minnen, Agustsson, Tschannen 2023): the latent is projected to a few dimensions, each
+    bounded and rounded to a fixed grid of L_i values, and projected back. The implicit codebook is the grid's
+    prod L_i points, none learned, none dead: the anchor many would pick instead of any codebook. A code is one
+    pair a position, its atom the grid point's index (mixed radix)."""
+
+    def __init__(self, dim: int, num_atoms: int) -> None:
+        """``num_atoms``: the nominal codebook size that picks the grid (``config.FSQ_LEVELS``)."""
+        super().__init__()
+        if num_atoms not in FSQ_LEVELS:
+            raise ValueError(f"fsq codes num_atoms = {', '.join(map(str, FSQ_LEVELS))}; got {num_atoms}")
+        levels = torch.tensor(FSQ_LEVELS[num_atoms])
+        # The grid holds about the nominal size: 240, 1000, 4375, 15360 points.
+        self.dim, self.num_atoms, self.slots, self.coef_levels = dim, int(levels.prod()), 1, 1
+        self.register_buffer("levels", levels)
+        self.register_buffer("radix", torch.cumprod(torch.cat([torch.ones(1, dtype=levels.dtype), levels[:-1]]), 0))
+        self.project_in = nn.Linear(dim, len(levels))
+        self.project_out = nn.Linear(len(levels), dim)
+        self.register_buffer("initialized", torch.tensor(False))
+
+    @property
+    def code_atoms(self) -> int:
+        return self.num_atoms
+
+    def _grid(self, h: torch.Tensor) -> torch.Tensor:
+        """Each dimension bounded to L_i values and rounded (straight through), in integer units centred on 0:
+        -L/2 .. L/2 - 1 for even L (the tanh is shifted so that both ends are reached), -(L-1)/2 .. (L-1)/2 for odd."""
+        levels = self.levels.to(h.dtype)
+        half = (levels - 1) * (1 - 1e-3) / 2
+        offset = (1 - levels % 2) * 0.5
+        bounded = torch.tanh(h + torch.atanh(offset / half)) * half - offset
+        return straight_through(bounded, bounded.round())
+
+    def _latent(self, grid: torch.Tensor) -> torch.Tensor:
+        return self.project_out(grid / (self.levels // 2).to(grid.dtype))
+
+    def forward(self, z: torch.Tensor) -> QuantizerOutput:
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            flat = _flatten(z.float())
+            if self.training and not bool(self.initialized):
+                self.initialize(flat.detach())
+            grid = self._grid(self.project_in(flat))
+            z_q = _unflatten(self._latent(grid), z)
+            index = ((grid.detach().round().long() + self.levels // 2) * self.radix).sum(1)
+        b, _, h, w = z.shape
+        codes = Codes(index.reshape(b, h, w, 1), torch.zeros(b, h, w, 1, dtype=torch.long, device=z.device))
+        return QuantizerOutput(z_q, codes, z.new_zeros(()), usage_stats(codes, self.num_atoms, 1))
+
+    def decode_codes(self, codes: Codes) -> torch.Tensor:
+        b, h, w, _ = codes.atoms.shape
+        digits = codes.atoms.reshape(-1, 1) // self.radix % self.levels
+        flat = self._latent((digits - self.levels // 2).to(self.project_out.weight.dtype))
+        return flat.reshape(b, h, w, self.dim).permute(0, 3, 1, 2)
+
+    def codebook(self) -> torch.Tensor:
+        """Every grid point's latent, [C, N] (pictures of the codebook)."""
+        with torch.no_grad():
+            atoms = torch.arange(self.num_atoms, device=self.levels.device).reshape(1, 1, -1, 1)
+            return self.decode_codes(Codes(atoms, torch.zeros_like(atoms)))[0, :, 0]
+
+    def coding_target(self, z: torch.Tensor) -> torch.Tensor:
+        return z
+
+    @torch.no_grad()
+    def initialize(self, targets: torch.Tensor, iterations: int = 0) -> None:
+        """Start the projections from the latents' principal directions (rank 0's, under DDP): project_in maps
+        two standard deviations of each onto the grid's range, project_out maps the grid back - as k-means
+        starts a codebook, so the decoder gets the latents it was pretrained on, coarsely rounded."""
+        targets = targets.float()
+        mean = targets.mean(0)
+        _, spread, directions = torch.linalg.svd(targets - mean, full_matrices=False)
+        k = len(self.levels)
+        scale = (2 * spread[:k] / max(targets.shape[0] - 1, 1) ** 0.5).clamp_min(1e-6)  # two standard deviations
+        self.project_in.weight.copy_(_from_rank0((directions[:k] / scale[:, None]).contiguous()))
+        self.project_in.bias.copy_(_from_rank0((-(directions[:k] @ mean) / scale).contiguous()))
+        # tanh(h) ~ h near 0: a grid value g / (L // 2) stands for about h, i.e. h * scale along its direction
+        self.project_out.weight.copy_(_from_rank0((directions[:k].t() * scale).contiguous()))
+        self.project_out.bias.copy_(_from_rank0(mean.contiguous()))
+        self.initialized.fill_(True)
+
+    def after_step(self) -> None:
+        """Nothing to do: the projections are ordinary parameters."""
+
+
 def uniform_levels(count: int, coef_range: torch.Tensor) -> torch.Tensor:
     """``count`` evenly spaced values from -m to m: zero is a level when ``count`` is odd, and 2 levels
     are the signs (gain-shape coding at K=1)."""
@@ -495,6 +581,8 @@ def build_quantizer(config: ModelConfig) -> nn.Module:
     if config.selection_fn == "vanilla":
         return VectorQuantizerEMA(config.embed_dim, config.num_atoms, decay=config.ema_decay,
                                   commitment=config.commitment, restart_dead=config.restart_dead)
+    if config.selection_fn == "fsq":
+        return FiniteScalarQuantizer(config.embed_dim, config.num_atoms)
     if config.selection_fn == "rvq":
         return ResidualVQ(config.embed_dim, config.num_atoms, config.stages, decay=config.ema_decay,
                           commitment=config.commitment, restart_dead=config.restart_dead,

@@ -7,7 +7,7 @@ import torch.multiprocessing as mp
 
 from sparse_vqvae.quantizers import build_quantizer
 
-from .tiny import tiny_config
+from .tiny import SELECTION_FNS, tiny_config
 
 pytestmark = pytest.mark.slow  # two real processes per case (torch.distributed, gloo)
 
@@ -30,7 +30,7 @@ def _worker(rank: int, init_file: str, selection_fn: str, results) -> None:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("selection_fn", ["vanilla", "rvq", "omp", "lasso"])
+@pytest.mark.parametrize("selection_fn", SELECTION_FNS)
 def test_ranks_keep_identical_codebooks_and_statistics(selection_fn, tmp_path):
     with mp.Manager() as manager:
         results = manager.dict()
