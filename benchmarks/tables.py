@@ -406,7 +406,7 @@ for _name, _path, _fmt in [
 
 # ---------------------------------------------------------------------------------------- the study
 
-FAMILIES = ("vanilla", "rvq", "omp", "lasso")
+FAMILIES = ("vanilla", "rvq", "fsq", "omp", "lasso")  # the order of the rows; a study may hold fewer
 
 
 def _bd(set_name: str, family: str) -> dict:
@@ -418,6 +418,8 @@ def model_label(family: str, s: dict) -> str:
     ``n_nonzero`` and the LASSO ``fista``."""
     if family == "vanilla":
         return f"{s['num_atoms']} entries"
+    if family == "fsq":
+        return f"grid of nominal size {s['num_atoms']}"
     if family == "rvq":
         stages = s.get("stages", s["n_nonzero"])
         return f"{stages} stage{'s' if stages > 1 else ''} x {s['num_atoms']}"
@@ -437,8 +439,9 @@ def _points(set_name: str) -> str:
 
 def _bd_table(set_name: str) -> str:
     rows = []
-    for family in FAMILIES:
-        b = _bd(set_name, family)
+    summary = result("rate_distortion_study")["summary"]["bd_rate"][set_name]
+    for family in (f for f in FAMILIES if f in summary):
+        b = summary[family]
         rows.append([family, *(signed(b.get(f"vs_{anchor}{suffix}"), **kw)
                                for anchor in ("vanilla", "rvq")
                                for suffix, kw in (("", {}), ("_prior", {}), ("_bd_psnr", {"digits": 2, "unit": " dB"}))
