@@ -1,6 +1,6 @@
 """An HTML template for `dvc plots show` that renders offline: DVC's own page loads Vega, Vega-Lite and
 Vega-Embed from a CDN (a blank page without the internet); this one inlines them, bundled by the installed
-``vl-convert-python``. `make install` writes it to the path ``plots.html_template`` in .dvc/config names.
+``vl-convert-python``, and draws the plots as SVG. `make install` writes it to the path ``plots.html_template`` in .dvc/config names.
 
     python -m tasks.offline_plots PATH
 """
@@ -23,6 +23,12 @@ PAGE = """<!DOCTYPE html>
     <script type="text/javascript">
     (function () {{  // Vega {vega}, Vega-Lite {vega_lite}, Vega-Embed {vega_embed}: window.vegaEmbed for DVC's plot divs
 {bundle}
+    }})();
+    (function () {{  // SVG, not canvas: titles, axes and legends are text in the page (searchable, and a test reads them)
+        var embed = window.vegaEmbed;
+        window.vegaEmbed = Object.assign(function (element, spec, options) {{
+            return embed(element, spec, Object.assign({{renderer: "svg"}}, options));
+        }}, embed);
     }})();
     </script>
     <style>
