@@ -72,9 +72,10 @@ photo-model: install
 mlflow-ui: install
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath mlflow.db) --host 127.0.0.1 --port 5000
 
-# Everything (CI): the unit tests and the end-to-end runs of DVC, Prefect, Ray, the sweep and the CLI.
+# Everything (CI): the unit tests and the end-to-end runs of DVC, Prefect, Ray, the sweep and the CLI; the 25 slowest
+# tests' times at the end.
 test: install
-	$(PYTHON) -m pytest
+	$(PYTHON) -m pytest --durations=25
 
 # The unit tests only (under 2 minutes here): the tests marked slow are left out.
 test-fast: install
