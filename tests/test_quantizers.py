@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -31,8 +32,17 @@ def test_output_shapes_codes_and_exact_decoding(selection_fn):
         assert out.codes.present.all()
     assert torch.equal(quantizer.decode_codes(out.codes), out.z_q)
     assert quantizer.codebook().shape == (8, quantizer.code_atoms)  # what the atoms index (pictures of it)
-    for key in ("perplexity", "dead_share", "nonzeros_per_position", "level_histogram"):
-        assert key in out.stats
+    # The usage figures, recomputed from the codes: atom counts over the pairs present, their perplexity, the
+    # share of atoms unused, pairs per position, and the level histogram.
+    present = out.codes.present.numpy()
+    counts = np.bincount(out.codes.atoms.numpy()[present], minlength=quantizer.code_atoms)
+    p = counts[counts > 0] / counts.sum()
+    assert out.stats["perplexity"].item() == pytest.approx(np.exp(-(p * np.log(p)).sum()), rel=1e-5)
+    assert 1 <= out.stats["perplexity"].item() <= (counts > 0).sum() + 1e-4
+    assert out.stats["dead_share"].item() == pytest.approx((counts == 0).mean(), rel=1e-6)
+    assert out.stats["nonzeros_per_position"].item() == pytest.approx(present.sum(-1).mean(), rel=1e-6)
+    assert np.array_equal(out.stats["level_histogram"].numpy(),
+                          np.bincount(out.codes.levels.numpy()[present], minlength=quantizer.coef_levels))
 
 
 def test_lasso_codes_hold_at_most_max_nonzero_pairs_in_canonical_order():
