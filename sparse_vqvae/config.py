@@ -10,7 +10,7 @@ from dataclasses import dataclass, fields
 import warnings
 from typing import Any, TypeVar
 
-SELECTION_FNS = ("vanilla", "rvq", "fsq", "omp", "lasso")
+SELECTION_FNS = ("vanilla", "rvq", "fsq", "omp", "qmp", "lasso")
 # fsq: the levels per dimension that Mentzer et al. (2023, Table 1) recommend for each codebook size (num_atoms).
 FSQ_LEVELS = {256: (8, 6, 5), 1024: (8, 5, 5, 5), 4096: (7, 5, 5, 5, 5), 16384: (8, 8, 8, 6, 5)}
 LASSO_SOLVERS = ("homotopy", "fista")
@@ -22,7 +22,7 @@ PRIOR_POSITIONS = ("learned", "none")
 
 def codes_vary(selection_fn: str) -> bool:
     """Sparse codes hold 0..K pairs a position (a pair quantised to zero is not coded); codebooks exactly K."""
-    return selection_fn in ("omp", "lasso")
+    return selection_fn in ("omp", "qmp", "lasso")
 
 
 def staged(selection_fn: str) -> bool:
@@ -111,7 +111,7 @@ def section_from_mapping(cls: type[Section], section: str, mapping: Any) -> Sect
 class ModelConfig:
     """The VQ-VAE-2 and its quantizer. Defaults follow VQ-VAE-2 (rosinality) and the sparse-VQ-VAE seed."""
 
-    selection_fn: str = "omp"  # vanilla (EMA codebook) | rvq (residual EMA codebooks) | fsq (finite scalar) | omp | lasso
+    selection_fn: str = "omp"  # vanilla | rvq (residual) | fsq (finite scalar) | omp | qmp (quantised pursuit) | lasso
     maps: int = 2  # 2: top/bottom code maps of VQ-VAE-2's hierarchy; 1: one quantised map
     num_strides: int = 2  # maps=1 only: the map is 2**(num_strides + 1) times smaller (2 -> /8)
     channels: int = 128
@@ -119,17 +119,20 @@ class ModelConfig:
     res_channels: int = 32
     embed_dim: int = 64
     num_atoms: int = 256  # dictionary atoms; codebook entries (vanilla), per stage (rvq); fsq: about (256 ... 16384)
-    n_nonzero: int = 1  # omp: atoms per latent vector
+    n_nonzero: int = 1  # omp: atoms per latent vector; qmp: at most this many
     stages: int = 1  # rvq: codebooks, each coding what the stages before it left
     alpha: float = 0.3  # lasso: L1 penalty
     max_nonzero: int = 4  # lasso: keep at most this many (largest) coefficients
     lasso_solver: str = "homotopy"  # lasso: homotopy (exact LARS path) | fista (iterative, exact finish)
-    coef_levels: int = 8  # omp/lasso: values a coefficient is quantised to
+    coef_levels: int = 8  # omp/lasso: values a coefficient is quantised to; qmp: each rank's values (even: +-)
     coef_quantizer: str = "learned"  # omp/lasso: uniform (evenly over [-m, m]) | learned (EMA of the coefficients)
     encoder_gradient: str = "straight_through"  # omp/lasso: straight_through (z + sg(z_q - z)) | task_driven
     normalize_latents: bool = False  # code unit-norm latents: the LASSO wants it (alpha is relative); OMP keeps the gain
+    rate_lambda: float = 0.0  # qmp: the encoder's rate-distortion multiplier (units of the latents' energy)
+    train_lambda_min: float = 0.0  # qmp: training draws lambda per image, log-uniform in [min, max] (max 0: none)
+    train_lambda_max: float = 0.0
     commitment: float = 0.25  # weight of ||z - sg(z_q)||^2
-    dictionary_loss_weight: float = 1.0  # omp/lasso: weight of ||D c - sg(z)||^2
+    dictionary_loss_weight: float = 1.0  # omp/qmp/lasso: weight of ||D c - sg(z)||^2
     ema_decay: float = 0.99  # codebook EMA (vanilla, rvq), coefficient levels' EMA, usage statistics
     restart_dead: bool = True  # re-seed codes/atoms that fell out of use
     stage_dropout: bool = False  # rvq: each training image keeps 1..K stages at random, so any prefix decodes
@@ -145,7 +148,8 @@ class ModelConfig:
             check_at_least("model", key, getattr(self, key), 1)
         check_at_least("model", "res_blocks", self.res_blocks, 0)
         check_at_least("model", "coef_levels", self.coef_levels, 2)
-        for key in ("alpha", "commitment", "dictionary_loss_weight"):
+        for key in ("alpha", "commitment", "dictionary_loss_weight", "rate_lambda", "train_lambda_min",
+                    "train_lambda_max"):
             check_at_least("model", key, getattr(self, key), 0, float)
         _in_open_unit("model", "ema_decay", self.ema_decay)
         _types("model", self)
@@ -153,8 +157,14 @@ class ModelConfig:
             raise ValueError(f"model.channels must be even (the encoder halves it); got {self.channels}")
         if self.stage_dropout and self.selection_fn != "rvq":
             raise ValueError(f"model.stage_dropout is for selection_fn rvq only; got selection_fn {self.selection_fn!r}")
-        if self.selection_fn == "omp" and self.n_nonzero > self.num_atoms:
+        if self.selection_fn in ("omp", "qmp") and self.n_nonzero > self.num_atoms:
             raise ValueError(f"model.n_nonzero ({self.n_nonzero}) must not exceed model.num_atoms ({self.num_atoms})")
+        if self.selection_fn == "qmp" and self.coef_levels % 2:
+            raise ValueError(f"model.coef_levels must be even for qmp (each value with both signs); got "
+                             f"{self.coef_levels}")
+        if self.train_lambda_max and not 0 < self.train_lambda_min <= self.train_lambda_max:
+            raise ValueError(f"model.train_lambda_min must be in (0, train_lambda_max] when train_lambda_max is set; "
+                             f"got {self.train_lambda_min} and {self.train_lambda_max}")
         if self.selection_fn == "fsq":
             check_choice("model", "num_atoms", self.num_atoms, tuple(FSQ_LEVELS))
         if self.selection_fn != "rvq" and self.stages != 1:

@@ -6,6 +6,8 @@
   (SoundStream, Zeghidour et al. 2021): the hard-selection rival of K atoms.
 - ``FiniteScalarQuantizer`` (``fsq``): a few projected dimensions rounded to fixed grids (Mentzer et al.
   2023), no codebook to learn: the anchor of the comparisons.
+- ``QuantisedPursuit`` (``qmp``): matching pursuit that picks each (atom, quantised value) pair on the residual
+  of the pairs already quantised, per-rank symmetric value tables, rate-distortion-optimised pair counts.
 - ``SparseQuantizer`` (``omp`` / ``lasso``): each latent vector is coded by a few atoms of a
   unit-norm dictionary. The dictionary is an ``nn.Parameter`` and learns twice over: from the
   reconstruction loss through the task-driven gradient of the sparse code (Mairal et al. 2010)
@@ -24,6 +26,7 @@ statistics are summed and the re-seeds broadcast from rank 0, so every worker ke
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -479,6 +482,239 @@ class SparseQuantizer(_Quantizer):
         self._pending_restart = (slots, seeds)
 
 
+class QuantisedPursuit(_Quantizer):
+    """Quantised matching pursuit (``qmp``): a multistage gain-shape quantiser over a learned unit-norm dictionary
+    (Goyal, Vetterli, Thao 1998), the sparse code quantised where it is chosen.
+
+    At rank k it picks the (atom a, signed level v) pair that minimises ||r - v d_a||^2 on the residual r of the
+    pairs already QUANTISED - it maximises 2 v c_a - v^2, c_a = d_a . r - subtracts it and moves on, as a residual
+    VQ's stage k codes what stages 1..k-1 left. Each rank has its own table of ``magnitudes`` positive values with a
+    sign (symmetric: a negative correlation is never rounded to a positive value), each the EMA mean of |c| over
+    the picks that chose it (Lloyd-Max's centroid condition). A level symbol names the rank and the signed value,
+    ``rank * 2L + index`` in ``level_values()``, so a pair's value does not depend on its slot: the code is a set,
+    stored, modelled and coded in canonical order like every other.
+
+    A position stops when no pair lowers the error - or, with a rate-distortion multiplier lambda > 0, when no pair
+    pays for its bits: a pair is chosen by ``gain - lambda * bits`` (bits from EMA frequencies of each rank's
+    atoms and values and of the pair counts), lambda in units of the mean squared norm of the latents, so one value
+    keeps its meaning as the encoder grows. Training draws lambda per image (log-uniform over ``train_lambdas``, a
+    quarter of the images at 0), so one decoder learns every pair count; ``rate_lambda`` is the encoder's choice
+    outside training - the codec's quality knob.
+
+    The dictionary learns from the reconstruction loss through the quantised code and from the dictionary loss
+    ``||sum_k v_k d_{a_k} - sg(z)||^2`` on the quantised code (what the decoder is sent); the encoder by the
+    straight-through estimator ``z + sg(z_q - z)``."""
+
+    SYMBOL_FLOOR = 0.5  # pseudo-count under every EMA symbol frequency: no symbol costs infinite bits
+    FULL_RATE_SHARE = 0.25  # training images coded at lambda 0 when lambda is drawn
+
+    def __init__(self, dim: int, num_atoms: int, slots: int = _DEFAULT.n_nonzero,
+                 values: int = _DEFAULT.coef_levels, commitment: float = _DEFAULT.commitment,
+                 dictionary_loss_weight: float = _DEFAULT.dictionary_loss_weight, decay: float = _DEFAULT.ema_decay,
+                 restart_dead: bool = _DEFAULT.restart_dead, rate_lambda: float = _DEFAULT.rate_lambda,
+                 train_lambdas: tuple[float, float] | None = None) -> None:
+        if values < 2 or values % 2:
+            raise ValueError(f"values (a rank's signed levels) must be even and >= 2, got {values}")
+        if train_lambdas is not None and not 0 < train_lambdas[0] <= train_lambdas[1]:
+            raise ValueError(f"train_lambdas must be 0 < low <= high, got {train_lambdas}")
+        super().__init__(dim, num_atoms, slots, slots * values, commitment, restart_dead)
+        self.magnitudes, self.decay, self.dictionary_loss_weight = values // 2, decay, dictionary_loss_weight
+        self.rate_lambda, self.train_lambdas = rate_lambda, train_lambdas
+        self.dictionary = nn.Parameter(normalize_atoms(torch.randn(dim, num_atoms)))
+        # Rank k's magnitudes, ascending and positive, and the EMA counts and |c| sums that make them.
+        self.register_buffer("magnitude_table", torch.linspace(0.5, 2.0, self.magnitudes).repeat(slots, 1))
+        self.register_buffer("magnitude_count", torch.ones(slots, self.magnitudes))
+        self.register_buffer("magnitude_sum", self.magnitude_table.clone())
+        # EMA symbol frequencies for the encoder's bit estimates: per rank its atoms and magnitudes, and how many
+        # pairs a position holds (0..K: each rank's continue / stop symbol).
+        self.register_buffer("atom_freq", torch.ones(slots, num_atoms))
+        self.register_buffer("magnitude_freq", torch.ones(slots, self.magnitudes))
+        self.register_buffer("count_freq", torch.ones(slots + 1))
+        self.register_buffer("energy", torch.tensor(1.0))  # EMA of ||z||^2 a position: lambda's unit
+        self._pending_restart: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def codebook(self) -> torch.Tensor:
+        """The unit-norm atoms [C, N] the codes index (the gains live in the levels)."""
+        return normalize_atoms(self.dictionary)
+
+    def level_values(self) -> torch.Tensor:
+        """The value of each level symbol [K * 2L]: rank by rank, the negated magnitudes reversed, then them."""
+        return torch.cat([-self.magnitude_table.flip(1), self.magnitude_table], dim=1).reshape(-1)
+
+    def symbol_bits(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The encoder's cost estimates in bits: atom [K, N], magnitude with its sign bit [K, L], and for each rank
+        k, going on to a k+1-th pair and stopping at k pairs [K] each."""
+        floor = self.SYMBOL_FLOOR
+        atom = -torch.log2((self.atom_freq + floor) / (self.atom_freq + floor).sum(1, keepdim=True))
+        magnitude = 1 - torch.log2((self.magnitude_freq + floor) / (self.magnitude_freq + floor).sum(1, keepdim=True))
+        counts = self.count_freq + floor
+        reached = counts.flip(0).cumsum(0).flip(0)  # reached[k]: positions with >= k pairs
+        return atom, magnitude, -torch.log2(reached[1:] / reached[:-1]), -torch.log2(counts[:-1] / reached[:-1])
+
+    def forward(self, z: torch.Tensor) -> QuantizerOutput:
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            flat = _flatten(z.float())
+            if self.training and not bool(self.initialized):
+                self.initialize(flat.detach())
+            dictionary = self.codebook()
+            b, _, h, w = z.shape
+            lam = self._lambdas(b, h * w, flat.device) * self.energy
+            atoms, levels, picked = self.pursue(flat.detach(), dictionary.detach(), lam)
+            if self.training:
+                self._learn(flat.detach(), atoms, levels, picked, dictionary.detach())
+            order = canonical_order(atoms)  # a set: each level symbol carries its rank
+            atoms, levels = atoms.gather(1, order), levels.gather(1, order)
+            z_q_flat = compose(self._values(atoms, levels), atoms.clamp_min(0), dictionary)  # gradient into D
+            loss = self.commitment * F.mse_loss(flat, z_q_flat.detach())
+            if self.dictionary_loss_weight:  # on the quantised code
+                loss = loss + self.dictionary_loss_weight * F.mse_loss(z_q_flat, flat.detach())
+            z_q = _unflatten(z_q_flat + (flat - flat.detach()), z)  # straight through to the encoder
+        codes = Codes(atoms.reshape(b, h, w, self.slots), levels.reshape(b, h, w, self.slots))
+        return QuantizerOutput(z_q, codes, loss, usage_stats(codes, self.num_atoms, self.coef_levels))
+
+    def _values(self, atoms: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+        """The level values of codes [M, K], zero in empty slots."""
+        return self.level_values()[levels] * (atoms != EMPTY)
+
+    def _lambdas(self, images: int, positions: int, device: torch.device) -> torch.Tensor:
+        """Per-position lambda in units of the latents' energy [M]: ``rate_lambda``, or in training one draw an image."""
+        if not (self.training and self.train_lambdas is not None):
+            return torch.full((images * positions,), float(self.rate_lambda), device=device)
+        low, high = self.train_lambdas
+        draw = torch.exp(math.log(low) + torch.rand(images) * math.log(high / low))
+        draw = torch.where(torch.rand(images) < self.FULL_RATE_SHARE, torch.zeros_like(draw), draw)
+        return draw.to(device).repeat_interleave(positions)
+
+    @torch.no_grad()
+    def pursue(self, target: torch.Tensor, dictionary: torch.Tensor, lam: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Code rows [M, C] greedily, rank by rank: one [M, N] correlation, the best level of each atom, the best
+        atom. Returns atoms [M, K] in rank order (EMPTY after a position stops), level symbols [M, K] and the |c|
+        of each pick [M, K] (what the magnitudes are centroids of)."""
+        m, n, magnitudes = target.shape[0], self.num_atoms, self.magnitudes
+        atoms = torch.full((m, self.slots), EMPTY, dtype=torch.long, device=target.device)
+        levels = torch.zeros((m, self.slots), dtype=torch.long, device=target.device)
+        picked = torch.zeros((m, self.slots), device=target.device)
+        residual = target.clone()
+        active = torch.ones(m, dtype=torch.bool, device=target.device)
+        taken = torch.zeros((m, n), dtype=torch.bool, device=target.device)
+        rows = torch.arange(m, device=target.device)
+        rate = bool((lam > 0).any())
+        if rate:
+            atom_bits, magnitude_bits, go_bits, stop_bits = self.symbol_bits()
+        for k in range(self.slots):
+            correlation = residual @ dictionary  # [M, N]
+            size = correlation.abs()
+            table = self.magnitude_table[k]
+            if rate:  # each magnitude's bits differ, so the nearest one need not win
+                score = torch.full_like(size, -float("inf"))
+                choice = torch.zeros(size.shape, dtype=torch.long, device=size.device)
+                for index in range(magnitudes):
+                    value = size * (2 * table[index]) - table[index] ** 2 - lam[:, None] * magnitude_bits[k, index]
+                    better = value > score
+                    score, choice = torch.where(better, value, score), torch.where(better, index, choice)
+                score = score - lam[:, None] * atom_bits[k]
+                threshold = lam * (go_bits[k] - stop_bits[k])
+            else:  # 2 v |c| - v^2 peaks at the magnitude nearest |c|
+                choice = torch.bucketize(size, (table[1:] + table[:-1]) / 2)
+                value = table[choice]
+                score = size * (2 * value) - value.square()
+                threshold = torch.zeros(m, device=target.device)
+            gain, atom = score.masked_fill_(taken, -float("inf")).max(dim=1)
+            add = active & (gain > threshold)
+            magnitude, c = choice[rows, atom], correlation[rows, atom]
+            negative = c < 0
+            signed = torch.where(negative, magnitudes - 1 - magnitude, magnitudes + magnitude)
+            residual -= (torch.where(negative, -table[magnitude], table[magnitude]) * add)[:, None] * dictionary.T[atom]
+            atoms[:, k] = torch.where(add, atom, EMPTY)
+            levels[:, k] = torch.where(add, k * 2 * magnitudes + signed, 0)
+            picked[:, k] = c.abs() * add
+            taken[rows, atom] |= add
+            active = add
+        return atoms, levels, picked
+
+    @torch.no_grad()
+    def _learn(self, target: torch.Tensor, atoms: torch.Tensor, levels: torch.Tensor, picked: torch.Tensor,
+               dictionary: torch.Tensor) -> None:
+        """EMA steps of the magnitudes (centroids of the |c| that chose them) and of the symbol frequencies, from
+        codes in rank order; plan the restart of atoms fallen out of use (every rank joins the all-reduces)."""
+        d, magnitudes, slots = self.decay, self.magnitudes, self.slots
+        present = atoms != EMPTY
+        signed = levels % (2 * magnitudes)
+        magnitude = torch.where(signed >= magnitudes, signed - magnitudes, magnitudes - 1 - signed)
+        rank = torch.arange(slots, device=atoms.device).expand_as(atoms)
+        cells = (rank * magnitudes + magnitude)[present]
+        counts = _all_sum(torch.bincount(cells, minlength=slots * magnitudes).float()).view(slots, -1)
+        sums = _all_sum(torch.zeros(slots * magnitudes, device=atoms.device).index_add_(0, cells, picked[present]))
+        self.magnitude_count.mul_(d).add_(counts, alpha=1 - d)
+        self.magnitude_sum.mul_(d).add_(sums.view(slots, -1), alpha=1 - d)
+        table, order = (self.magnitude_sum / self.magnitude_count.clamp_min(1e-12)).clamp_min(1e-6).sort(dim=1)
+        self.magnitude_table.copy_(table)
+        for name in ("magnitude_sum", "magnitude_count", "magnitude_freq"):  # the symbols follow their values
+            buffer = getattr(self, name)
+            buffer.copy_(buffer.gather(1, order))
+        rows = _all_sum(torch.tensor(float(atoms.shape[0]), device=atoms.device)).clamp_min(1)
+        atom_counts = _all_sum(torch.bincount((rank * self.num_atoms + atoms.clamp_min(0))[present],
+                                              minlength=slots * self.num_atoms).float())
+        self.atom_freq.mul_(d).add_(atom_counts.view(slots, -1) / rows * self.num_atoms, alpha=1 - d)
+        self.magnitude_freq.mul_(d).add_(counts / rows * magnitudes, alpha=1 - d)
+        pair_counts = _all_sum(torch.bincount(present.sum(1), minlength=slots + 1).float())
+        self.count_freq.mul_(d).add_(pair_counts / rows * (slots + 1), alpha=1 - d)
+        self.energy.mul_(d).add_(_all_sum(target.square().sum()) / rows, alpha=1 - d)
+        dead = self._track_usage(atoms)
+        if self.restart_dead and bool(dead.any()):
+            # a re-seeded atom points where the worst-coded vectors are left off
+            residual = target - compose(self._values(atoms, levels), atoms.clamp_min(0), dictionary)
+            seeds = self._reseed_candidates(residual, residual.square().sum(1), int(dead.sum()))
+            slots_ = dead.nonzero().squeeze(1)[: seeds.shape[0]]
+            self.usage[slots_] = 1.0 / self.num_atoms
+            self._pending_restart = (slots_, seeds)
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        """Re-seed the atoms found dead in the last forward pass and put every atom back on the unit sphere (not in
+        the forward pass: the graph still needs the old dictionary)."""
+        if self._pending_restart is not None:
+            slots, seeds = self._pending_restart
+            self.dictionary[:, slots] = seeds.t()
+            self._pending_restart = None
+        self.dictionary.copy_(normalize_atoms(self.dictionary))
+
+    @torch.no_grad()
+    def initialize(self, target: torch.Tensor, iterations: int = 3) -> None:
+        """Start from data: the dictionary a MOD fit to the targets [M, C] (rank 0's, under DDP); rank k's
+        magnitudes the quantiles of |c| of matching pursuit's k-th picks, each rank quantised with its new table
+        before the next is fitted."""
+        target = target.float()
+        generator = torch.Generator(device=target.device).manual_seed(0)
+        fitted = init_dictionary_from_data(target, self.num_atoms, self.slots, mod_iterations=iterations,
+                                           generator=generator)
+        self.dictionary.copy_(_from_rank0(fitted.contiguous()))
+        dictionary = self.codebook()
+        residual = target[:: max(1, target.shape[0] // 100_000)].clone()
+        middles = (torch.arange(self.magnitudes, device=target.device, dtype=target.dtype) + 0.5) / self.magnitudes
+        taken = torch.zeros((residual.shape[0], self.num_atoms), dtype=torch.bool, device=target.device)
+        rows = torch.arange(residual.shape[0], device=target.device)
+        for k in range(self.slots):
+            correlation = residual @ dictionary
+            best, atom = correlation.abs().masked_fill(taken, -1.0).max(dim=1)
+            table = _from_rank0(torch.quantile(best, middles).clamp_min(1e-6).contiguous())
+            self.magnitude_table[k] = table
+            value = table[torch.bucketize(best, (table[1:] + table[:-1]) / 2)]
+            residual -= (value * correlation[rows, atom].sign())[:, None] * dictionary.T[atom]
+            taken[rows, atom] = True
+        self.magnitude_sum.copy_(self.magnitude_table)
+        self.magnitude_count.fill_(1.0)
+        self.energy.copy_(_from_rank0(target.square().sum(1).mean()))
+        self.initialized.fill_(True)
+
+    def decode_codes(self, codes: Codes) -> torch.Tensor:
+        b, h, w, k = codes.atoms.shape
+        atoms, levels = codes.atoms.reshape(-1, k), codes.levels.reshape(-1, k)
+        flat = compose(self._values(atoms, levels), atoms.clamp_min(0), self.codebook())
+        return flat.reshape(b, h, w, self.dim).permute(0, 3, 1, 2)
+
+
 class FiniteScalarQuantizer(nn.Module):
     """FSQ (Mentzer, Minnen, Agustsson, Tschannen 2023): the latent is projected to a few dimensions, each
     bounded and rounded to a fixed grid of L_i values, and projected back. The implicit codebook is the grid's
@@ -581,6 +817,12 @@ def build_quantizer(config: ModelConfig) -> nn.Module:
     if config.selection_fn == "vanilla":
         return VectorQuantizerEMA(config.embed_dim, config.num_atoms, decay=config.ema_decay,
                                   commitment=config.commitment, restart_dead=config.restart_dead)
+    if config.selection_fn == "qmp":
+        lambdas = (config.train_lambda_min, config.train_lambda_max) if config.train_lambda_max else None
+        return QuantisedPursuit(config.embed_dim, config.num_atoms, config.n_nonzero, config.coef_levels,
+                                commitment=config.commitment, dictionary_loss_weight=config.dictionary_loss_weight,
+                                decay=config.ema_decay, restart_dead=config.restart_dead,
+                                rate_lambda=config.rate_lambda, train_lambdas=lambdas)
     if config.selection_fn == "fsq":
         return FiniteScalarQuantizer(config.embed_dim, config.num_atoms)
     if config.selection_fn == "rvq":

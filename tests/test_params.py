@@ -16,14 +16,14 @@ def committed() -> dict:
 
 def test_committed_params_are_valid_and_typed():
     params = load_params(REPO / "params.yaml")
-    assert params.model.selection_fn in ("vanilla", "rvq", "fsq", "omp", "lasso")
+    assert params.model.selection_fn in ("vanilla", "rvq", "fsq", "omp", "qmp", "lasso")
     assert params.data.name == "embedded"  # the default runs anywhere, with no download
     flat = params.flat()
     assert flat["model.n_nonzero"] == params.model.n_nonzero and "ray.num_workers" in flat
 
 
 @pytest.mark.parametrize("section, key, value, message", [
-    ("model", "selection_fn", "omq", "model.selection_fn must be one of vanilla, rvq, fsq, omp, lasso; got 'omq'"),
+    ("model", "selection_fn", "omq", "model.selection_fn must be one of vanilla, rvq, fsq, omp, qmp, lasso; got 'omq'"),
     ("model", "n_nonzero", "two", "model.n_nonzero must be an integer; got 'two'"),
     ("model", "normalize_latents", "yes", "model.normalize_latents must be true or false"),
     ("model", "n_nonzro", 2, "model.n_nonzro is not a known key; allowed keys: selection_fn, maps"),
@@ -64,7 +64,7 @@ def test_params_command_reports_the_file_and_key(tmp_path):
     path.write_text(yaml.safe_dump(raw))
     done = subprocess.run([sys.executable, "-m", "tasks.params", str(path)], capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 2
-    assert "params.yaml: model.selection_fn must be one of vanilla, rvq, fsq, omp, lasso; got 'omq'" in done.stderr
+    assert "params.yaml: model.selection_fn must be one of vanilla, rvq, fsq, omp, qmp, lasso; got 'omq'" in done.stderr
     assert "Traceback" not in done.stderr
 
 

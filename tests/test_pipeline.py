@@ -174,7 +174,7 @@ def test_invalid_params_fail_before_any_stage_works(tmp_path):
     root = make_workspace(tmp_path / "ws", {**TINY, "model": {**TINY["model"], "selection_fn": "omq"}})
     done = dvc("repro", cwd=root, check=False)
     assert done.returncode != 0
-    assert "model.selection_fn must be one of vanilla, rvq, fsq, omp, lasso; got 'omq'" in done.stderr + done.stdout
+    assert "model.selection_fn must be one of vanilla, rvq, fsq, omp, qmp, lasso; got 'omq'" in done.stderr + done.stdout
     assert not (root / "data/prepared").exists()
     with pytest.raises(ValueError, match="model.selection_fn must be one of"):
         pipeline(workspace=str(root))

@@ -24,10 +24,10 @@ def test_output_shapes_codes_and_exact_decoding(selection_fn):
     quantizer.eval()
     out = quantizer(z)
     assert out.z_q.shape == z.shape and out.loss.dim() == 0
-    slots = {"vanilla": 1, "rvq": 2, "fsq": 1, "omp": 2, "lasso": 3}[selection_fn]
+    slots = {"vanilla": 1, "rvq": 2, "fsq": 1, "omp": 2, "qmp": 2, "lasso": 3}[selection_fn]
     assert out.codes.atoms.shape == (4, 4, 4, slots)
     validate_codes(out.codes, {"rvq": 64, "fsq": 240}.get(selection_fn, 32),
-                   1 if selection_fn in ("vanilla", "rvq", "fsq") else 16)
+                   {"vanilla": 1, "rvq": 1, "fsq": 1, "qmp": 32}.get(selection_fn, 16))
     if selection_fn in ("vanilla", "rvq", "fsq"):
         assert out.codes.present.all()
     assert torch.equal(quantizer.decode_codes(out.codes), out.z_q)

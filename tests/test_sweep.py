@@ -29,6 +29,6 @@ def test_a_workspace_is_a_dvc_repository_with_the_pipeline_and_its_params(tmp_pa
 @pytest.mark.slow  # starts a Prefect server
 def test_a_sweep_refuses_an_invalid_variant_before_running_any(tmp_path):
     grid = [{"model.selection_fn": "omp"}, {"model.selection_fn": "omq"}]
-    with pytest.raises(ValueError, match="model.selection_fn must be one of vanilla, rvq, fsq, omp, lasso; got 'omq'"):
+    with pytest.raises(ValueError, match="model.selection_fn must be one of vanilla, rvq, fsq, omp, qmp, lasso; got 'omq'"):
         sweep(grid=grid, root=str(tmp_path / "sweeps"))
     assert not (tmp_path / "sweeps").exists()

@@ -63,7 +63,7 @@ def test_image_size_not_divisible_by_the_stride_is_rejected():
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (dict(selection_fn="omq"), "model.selection_fn must be one of vanilla, rvq, fsq, omp, lasso"),
+        (dict(selection_fn="omq"), "model.selection_fn must be one of vanilla, rvq, fsq, omp, qmp, lasso"),
         (dict(maps=3), "model.maps must be one of 1, 2"),
         (dict(n_nonzero=0), "model.n_nonzero must be an integer >= 1"),
         (dict(num_atoms=2.5), "model.num_atoms must be an integer"),

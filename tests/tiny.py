@@ -4,12 +4,12 @@ import torch
 
 from sparse_vqvae.config import ModelConfig
 
-SELECTION_FNS = ["vanilla", "rvq", "fsq", "omp", "lasso"]
+SELECTION_FNS = ["vanilla", "rvq", "fsq", "omp", "qmp", "lasso"]
 
 
 def tiny_config(selection_fn: str = "omp", **overrides) -> ModelConfig:
     args = dict(selection_fn=selection_fn, channels=16, res_blocks=1, res_channels=8, embed_dim=8, num_atoms=256 if selection_fn == "fsq" else 32,
-                n_nonzero=2 if selection_fn == "omp" else 1, stages=2 if selection_fn == "rvq" else 1, max_nonzero=3, alpha=0.05, coef_levels=16,
+                n_nonzero=2 if selection_fn in ("omp", "qmp") else 1, stages=2 if selection_fn == "rvq" else 1, max_nonzero=3, alpha=0.05, coef_levels=16,
                 normalize_latents=selection_fn == "lasso")  # the LASSO's alpha is relative to unit-norm latents
     args.update(overrides)
     return ModelConfig(**args)

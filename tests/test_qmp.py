@@ -1,0 +1,135 @@
+"""Quantised matching pursuit (qmp): each pick is the exact best (atom, value) pair on the quantised residual,
+codes decode to what the decoder was given, signs are symmetric, lambda trades pairs for error, and training
+keeps the tables sane and reaches the dictionary and the encoder."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sparse_vqvae.codes import EMPTY, canonical_order, validate_codes
+from sparse_vqvae.config import ModelConfig
+from sparse_vqvae.quantizers import QuantisedPursuit, build_quantizer
+
+
+def trained(slots: int = 2, values: int = 8, **kwargs) -> tuple[QuantisedPursuit, torch.Tensor]:
+    torch.manual_seed(0)
+    quantizer = QuantisedPursuit(8, 16, slots, values, **kwargs)
+    z = torch.randn(4, 8, 5, 5) * 3
+    quantizer.train()
+    for _ in range(3):
+        quantizer(z)
+        quantizer.after_step()
+    return quantizer.eval(), z
+
+
+def rows(z: torch.Tensor) -> torch.Tensor:
+    return z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+
+
+def test_the_first_pick_is_the_exact_optimum_over_atoms_and_signed_values():
+    quantizer, z = trained(slots=1)
+    flat = rows(z)
+    atoms, levels, _ = quantizer.pursue(flat, quantizer.codebook(), torch.zeros(flat.shape[0]))
+    values = quantizer.level_values()  # rank 0's 2L values
+    candidates = values[None, :, None, None] * quantizer.codebook().T[None, None]  # [1, 2L, N, C]
+    best = (flat[:, None, None] - candidates).square().sum(-1).flatten(1).min(1).values
+    chosen = (flat - values[levels[:, 0]][:, None] * quantizer.codebook().T[atoms[:, 0]]).square().sum(1)
+    coded = atoms[:, 0] != EMPTY
+    assert coded.any()
+    torch.testing.assert_close(chosen[coded], best[coded], rtol=0, atol=1e-4)
+    assert bool((best[~coded] >= flat[~coded].square().sum(1) - 1e-4).all())  # stopped: no pair helps
+
+
+def test_each_rank_codes_the_residual_of_the_quantised_ranks_before_it():
+    quantizer, z = trained(slots=3)
+    flat = rows(z)
+    atoms, levels, _ = quantizer.pursue(flat, quantizer.codebook(), torch.zeros(flat.shape[0]))
+    values, dictionary = quantizer.level_values(), quantizer.codebook()
+    residual = flat - values[levels[:, 0]][:, None] * dictionary.T[atoms[:, 0]] * (atoms[:, :1] != EMPTY)
+    second = values[levels[:, 1]][:, None] * dictionary.T[atoms[:, 1].clamp_min(0)]
+    rank1 = values[2 * quantizer.magnitudes:4 * quantizer.magnitudes]  # rank 1's table
+    candidates = rank1[None, :, None, None] * dictionary.T[None, None]
+    best = (residual[:, None, None] - candidates).square().sum(-1)
+    best[torch.arange(len(flat)), :, atoms[:, 0].clamp_min(0)] = float("inf")  # an atom is used once a position
+    coded = atoms[:, 1] != EMPTY
+    got = (residual - second).square().sum(1)
+    assert coded.sum() > 20
+    torch.testing.assert_close(got[coded], best.flatten(1).min(1).values[coded], rtol=0, atol=1e-4)
+
+
+def test_codes_are_canonical_sets_that_decode_to_z_q():
+    quantizer, z = trained(slots=3)
+    out = quantizer(z)
+    validate_codes(out.codes, quantizer.num_atoms, quantizer.coef_levels)
+    flat_atoms = out.codes.atoms.reshape(-1, 3)
+    assert torch.equal(canonical_order(flat_atoms), torch.arange(3).expand_as(flat_atoms))
+    torch.testing.assert_close(quantizer.decode_codes(out.codes), out.z_q, rtol=0, atol=1e-5)
+
+
+def test_negating_the_input_mirrors_the_values():
+    quantizer, z = trained(slots=2)
+    a, b = quantizer(z), quantizer(-z)
+    assert torch.equal(a.codes.atoms, b.codes.atoms)
+    torch.testing.assert_close(a.z_q, -b.z_q, rtol=0, atol=1e-5)
+    values = quantizer.level_values()
+    present = a.codes.present
+    assert torch.equal(values[a.codes.levels[present]], -values[b.codes.levels[present]])
+
+
+def test_a_larger_lambda_codes_fewer_pairs_at_more_error():
+    quantizer, z = trained(slots=4)
+    pairs, errors = [], []
+    for lam in (0.0, 0.01, 0.1, 10.0):
+        quantizer.rate_lambda = lam
+        out = quantizer(z)
+        pairs.append(int(out.codes.present.sum()))
+        errors.append(float((out.z_q.detach() - z).square().sum()))
+    assert pairs == sorted(pairs, reverse=True) and errors == sorted(errors)
+    assert pairs[-1] == 0 and pairs[0] > pairs[1]
+
+
+def test_training_keeps_positive_ascending_magnitudes_and_unit_atoms():
+    quantizer, _ = trained(slots=2, values=6, train_lambdas=(1e-3, 1e-1))
+    table = quantizer.magnitude_table
+    assert bool((table > 0).all()) and bool((table[:, 1:] >= table[:, :-1]).all())
+    torch.testing.assert_close(quantizer.dictionary.norm(dim=0), torch.ones(16))
+
+
+def test_the_magnitudes_move_to_the_mean_correlation_of_their_picks():
+    torch.manual_seed(1)
+    quantizer = QuantisedPursuit(8, 16, 1, 2, decay=0.0, restart_dead=False).train()  # one magnitude: the mean
+    z = torch.randn(2, 8, 4, 4)
+    quantizer(z)
+    flat = rows(z)
+    atoms, _, picked = quantizer.pursue(flat, quantizer.codebook(), torch.zeros(flat.shape[0]))
+    quantizer(z)
+    torch.testing.assert_close(quantizer.magnitude_table[0, 0], picked[atoms[:, 0] != EMPTY, 0].mean(),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_gradients_reach_the_dictionary_and_pass_straight_to_the_encoder():
+    quantizer, z = trained(slots=2)
+    z = z.clone().requires_grad_(True)
+    out = quantizer(z)
+    out.z_q.sum().backward()
+    torch.testing.assert_close(z.grad, torch.ones_like(z))  # straight through: z + sg(z_q - z)
+    assert quantizer.dictionary.grad is not None and bool(quantizer.dictionary.grad.abs().sum() > 0)
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(coef_levels=7), "model.coef_levels must be even for qmp"),
+    (dict(train_lambda_max=0.1), r"model.train_lambda_min must be in \(0, train_lambda_max\]"),
+    (dict(rate_lambda=-1.0), "model.rate_lambda must be a number >= 0"),
+])
+def test_bad_settings_name_the_key(settings, message):
+    with pytest.raises(ValueError, match=message):
+        ModelConfig(selection_fn="qmp", **settings)
+
+
+def test_the_config_builds_it_with_its_lambdas():
+    quantizer = build_quantizer(ModelConfig(selection_fn="qmp", n_nonzero=3, coef_levels=4, rate_lambda=0.05,
+                                            train_lambda_min=0.01, train_lambda_max=0.2))
+    assert isinstance(quantizer, QuantisedPursuit)
+    assert (quantizer.slots, quantizer.magnitudes, quantizer.coef_levels) == (3, 2, 12)
+    assert quantizer.rate_lambda == 0.05 and quantizer.train_lambdas == (0.01, 0.2)
