@@ -55,14 +55,69 @@ def test_image_array_says_what_is_wrong(tmp_path):
         ImageArray(tmp_path / "floats.npy")
 
 
-def test_pictures_are_pngs_of_the_expected_size(tmp_path):
-    path = save_grid(tiny_images(10, 16), tmp_path / "grid.png", columns=4, scale=2)
+def png_pixels(path) -> np.ndarray:
     with Image.open(path) as picture:
-        assert picture.size == (2 * (4 * 18 + 2), 2 * (3 * 18 + 2))
-    with Image.open(dictionary_image(torch.randn(8, 32), tmp_path / "atoms.png", scale=1)) as picture:
-        assert picture.size == (6 * 4 + 1, 6 * 4 + 1)  # 32 atoms of 3x3 tiles, 6 per row
-    curve = line_plot({"a": ([1, 2, 3], [3.0, 2.0, 1.0])}, tmp_path / "curve.png", "step", "loss")
-    assert curve.read_bytes()[:4] == b"\x89PNG"
+        assert picture.format == "PNG"
+        return np.asarray(picture.convert("RGB"))
+
+
+def test_a_grid_holds_each_image_in_its_cell_on_white(tmp_path):
+    images = tiny_images(10, 16)
+    pixels = png_pixels(save_grid(images, tmp_path / "grid.png", columns=4, scale=2))
+    assert pixels.shape == (2 * (3 * 18 + 2), 2 * (4 * 18 + 2), 3)  # 3 rows of 4 cells, 2-pixel padding, twice
+    grid = pixels[::2, ::2]
+    assert np.array_equal(pixels, grid.repeat(2, axis=0).repeat(2, axis=1))  # nearest-neighbour upscaling
+    expected, padding = to_uint8(images), np.ones(grid.shape[:2], dtype=bool)
+    for i in range(12):  # row-major; the last two cells empty
+        top, left = 2 + (i // 4) * 18, 2 + (i % 4) * 18
+        cell = grid[top : top + 16, left : left + 16]
+        assert np.array_equal(cell, expected[i]) if i < 10 else (cell == 255).all(), i
+        padding[top : top + 16, left : left + 16] = False
+    assert (grid[padding] == 255).all()
+
+
+def test_the_dictionary_picture_shows_each_atom_red_positive_blue_negative_scaled_to_its_range(tmp_path):
+    atoms = torch.zeros(8, 4)  # 8 values an atom: 3x3 tiles, the ninth pixel padding
+    atoms[:, 0], atoms[:, 1], atoms[:, 2] = 2.0, -0.5, torch.arange(8.0) - 4  # atom 3 all zero
+    pixels = png_pixels(dictionary_image(atoms, tmp_path / "atoms.png", scale=1))
+    assert pixels.shape == (2 * 4 + 1, 2 * 4 + 1, 3)  # 2 tiles a row, 1-pixel padding
+    values = (atoms / atoms.abs().amax(dim=0).clamp_min(1e-12)).t().numpy()  # each atom in [-1, 1]
+    for atom in range(4):
+        top, left = 1 + (atom // 2) * 4, 1 + (atom % 2) * 4
+        tile = pixels[top : top + 3, left : left + 3].reshape(9, 3).astype(int)
+        red, blue = np.round(np.clip(values[atom], 0, None) * 255), np.round(np.clip(-values[atom], 0, None) * 255)
+        assert np.array_equal(tile[:8], np.stack([red, np.zeros(8), blue], axis=1)), atom
+        assert (tile[8] == 0).all()  # the zero padding of a 3x3 tile
+
+
+def _curves(tmp_path, **changes) -> np.ndarray:
+    """A two-curve plot's pixels: one rising, one falling."""
+    args = dict(series={"rising": ([1, 2, 3, 4], [1.0, 2, 3, 4]), "falling": ([1, 2, 3, 4], [4.0, 3, 2, 1])},
+                xlabel="step", ylabel="loss", title="curves") | changes
+    return png_pixels(line_plot(path=tmp_path / "curve.png", **args)).astype(int)
+
+
+def test_a_line_plot_draws_each_curve_in_its_colour_and_direction(tmp_path):
+    pixels = _curves(tmp_path)
+    assert pixels.shape == (400, 600, 3)  # 6 x 4 inches at 100 dpi
+    for colour, rising in (((31, 119, 180), True), ((255, 127, 14), False)):  # matplotlib's first two colours
+        rows, columns = np.nonzero(np.abs(pixels - colour).sum(-1) < 40)
+        assert len(rows) > 500, colour
+        correlation = np.corrcoef(columns, rows)[0, 1]  # rows count downwards: a rising curve climbs to the right
+        assert correlation < -0.9 if rising else correlation > 0.9, (colour, correlation)
+
+
+@pytest.mark.parametrize("change, region", [(dict(xlabel="stop"), "bottom"), (dict(ylabel="lass"), "left"),
+                                            (dict(title="carves"), "top")])
+def test_a_line_plot_draws_its_labels_where_they_belong(tmp_path, change, region):
+    """Another word of the same extent as the x label, y label or title: only that text's pixels change."""
+    base, changed = _curves(tmp_path), _curves(tmp_path, **change)
+    rows, columns = np.nonzero(np.abs(changed - base).sum(-1))
+    assert len(rows) > 20  # the text is drawn
+    height, width = base.shape[:2]
+    inside = {"bottom": rows.min() > 0.9 * height, "left": columns.max() < 0.08 * width,
+              "top": rows.max() < 0.1 * height}[region]
+    assert inside, (rows.min(), rows.max(), columns.min(), columns.max())
 
 
 def test_atomic_write_leaves_the_old_file_when_interrupted(tmp_path):
