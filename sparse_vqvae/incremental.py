@@ -13,9 +13,9 @@ interface (``features_at``, ``emit``, then ``write_codes`` with the pairs chosen
   take there.
 - PyTorch (any device): ``IncrementalBackbone`` and ``PairHead.emit``, the same passes as tensor calls.
 
-``incremental_backbone`` and ``incremental_emit`` pick the form for the prior's device. The forms sum in
-other orders than the full pass and teacher forcing: features and logits agree with them, and with each
-other, to rounding (tested).
+``incremental_backbone`` and ``incremental_emit`` pick the form for the prior's device (PyTorch's wherever the C
+extension is missing: ``_native``). The forms sum in other orders than the full pass and teacher forcing: features
+and logits agree with them, and with each other, to rounding (tested).
 """
 
 from __future__ import annotations
@@ -36,16 +36,13 @@ if TYPE_CHECKING:
 
 Emit = Callable[[torch.Tensor, "Pick", "Pick", tuple[int, int]], tuple[torch.Tensor, torch.Tensor]]
 
-try:
-    from . import _incremental
-except ImportError as error:  # a source tree used without `pip install -e .`, which compiles the kernel
-    raise ImportError(f"sparse_vqvae's compiled prior step is not built ({error}); install the package "
-                      "(`pip install -e .` or `make install`), which compiles _incremental.c") from error
+from . import _native
+from ._native import incremental as _incremental  # None where the C extension is missing: the PyTorch forms run
 
 
 def incremental_backbone(prior: PixelSNAIL, n: int, condition_features: torch.Tensor | None,
                          size: tuple[int, int]) -> CompiledBackbone | IncrementalBackbone:
-    """The incremental pass of ``prior`` (eval mode) for ``n`` maps of ``size``: compiled on the CPU."""
+    """The incremental pass of ``prior`` (eval mode) for ``n`` maps of ``size``: compiled on the CPU (if built)."""
     form = CompiledBackbone if _compiled(prior) else IncrementalBackbone
     return form(prior, n, condition_features, size)
 
@@ -63,8 +60,8 @@ def incremental_emit(prior: PixelSNAIL, positions: int) -> Emit:
 
 
 def _compiled(prior: PixelSNAIL) -> bool:
-    """Whether the prior runs in the compiled forms: it is on the CPU."""
-    return prior.conv_in.weight.device.type == "cpu"
+    """Whether the prior runs in the compiled forms: it is on the CPU, and the C extension is built."""
+    return _incremental is not None and prior.conv_in.weight.device.type == "cpu"
 
 
 class CompiledBackbone:
@@ -74,6 +71,8 @@ class CompiledBackbone:
 
     def __init__(self, prior: PixelSNAIL, n: int, condition_features: torch.Tensor | None,
                  size: tuple[int, int]) -> None:
+        if _incremental is None:
+            raise _native.missing("incremental", "CompiledBackbone")
         c = prior.config
         height, width = size
         blocks = [block for res_blocks in prior.blocks for block in res_blocks]
@@ -113,6 +112,8 @@ class CompiledHead:
     in numpy - the same loop as ``PairHead.emit``."""
 
     def __init__(self, prior: PixelSNAIL) -> None:
+        if _incremental is None:
+            raise _native.missing("incremental", "CompiledHead")
         self.head = head = prior.head
         self._kernel = _incremental.head(_kernel_weights(prior).head, (
             prior.config.channels, head.num_atoms, head.coef_levels, head.slots, head.stage_atoms, head.variable))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from .. import _native
+
 
 def check_signals_and_dictionary(x: torch.Tensor, dictionary: torch.Tensor) -> None:
     if not isinstance(x, torch.Tensor) or x.dim() != 2:
@@ -51,12 +53,15 @@ ROWS_DTYPES = (torch.float32, torch.float64)  # what the compiled per-signal ker
 
 def per_signal(form: object, x: torch.Tensor) -> bool:
     """Whether to code each signal on its own (``rowwise``): asked for with ``rows``, or ``auto`` where it can
-    run (float32 or float64 on the CPU); ``form`` must be one of ``FORMS``, and ``rows`` possible for ``x``."""
+    run (float32 or float64 on the CPU, the C extension built); ``form`` must be one of ``FORMS``, and ``rows``
+    possible for ``x`` (an ``ImportError`` where the extension is missing)."""
     possible = x.device.type == "cpu" and x.dtype in ROWS_DTYPES
     if form not in FORMS or (form == "rows" and not possible):
         raise ValueError(f"form must be one of {', '.join(FORMS)} ('rows' for float32 or float64 on the CPU only); "
                          f"got {form!r} for a {x.device.type} {x.dtype} tensor")
-    return form == "rows" or (form == "auto" and possible)
+    if form == "rows" and _native.rowwise is None:
+        raise _native.missing("rowwise", "form='rows'")
+    return form == "rows" or (form == "auto" and possible and _native.rowwise is not None)
 
 
 def chunk_size_for(chunk_size: int | None, device: torch.device, num_atoms: int) -> int:

@@ -13,7 +13,8 @@ a few rows at a time in one fixed order (a BLAS GEMM's rounding depends on the b
   step, a dependent atom listed with coefficient 0), the residual's correlations from the Gram matrix.
 
 Blocks of rows run in parallel threads (``torch.get_num_threads()`` of them; the kernels release the GIL),
-each row on its own: a code never depends on the other signals.
+each row on its own: a code never depends on the other signals. Where the C extension did not build
+(``_native``), these functions raise an ``ImportError`` that names it, and ``form="auto"`` codes batched.
 """
 
 from __future__ import annotations
@@ -24,11 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-try:
-    from . import _rowwise
-except ImportError as error:  # a source tree used without `pip install -e .`, which compiles the kernels
-    raise ImportError(f"sparse_vqvae's compiled sparse-coding kernels are not built ({error}); install the "
-                      "package (`pip install -e .` or `make install`), which compiles _rowwise.c") from error
+from .. import _native  # _native.rowwise: the C extension, None where it is missing (read at call time: _native
+# imports the extension, whose package imports this module)
 
 _ROWS_PER_BLOCK = 256  # a thread's unit of work: small enough to balance rows of unequal cost
 
@@ -38,10 +36,11 @@ def lasso_rows(x: torch.Tensor, dictionary: torch.Tensor, alpha: float, max_nonz
     """Write each row's certified LASSO code into ``codes`` [B, N] (CPU, contiguous, float32 or float64, zeros
     in; computed in float64: the exact solution at alpha, or at the larger penalty where ``max_nonzero``
     stopped the path; left zero where not certified) and return which rows are certified [B]."""
+    _require("lasso form='rows'")
     signals, atoms, gram = _operands(x, dictionary)
     (rows, dim), n = signals.shape, gram.shape[0]
     out, penalties, done = codes.numpy(), np.full(rows, float(alpha)), np.zeros(rows, dtype=np.bool_)
-    _in_blocks(rows, lambda start, end: _rowwise.lasso_paths(
+    _in_blocks(rows, lambda start, end: _native.rowwise.lasso_paths(
         signals[start:end], atoms, gram, end - start, n, dim, float(alpha), max_nonzero or 0, max_steps,
         out[start:end], penalties[start:end], done[start:end]))
     return torch.from_numpy(done)
@@ -51,12 +50,13 @@ def omp_rows(x: torch.Tensor, dictionary: torch.Tensor, n_nonzero: int) -> tuple
     """Each row's OMP code with ``n_nonzero`` atoms (CPU; computed in float64): the atoms' indices [B, K] in
     the order chosen, and their coefficients [B, K] in ``x``'s dtype. An atom dependent on those chosen
     before it (relative residual norm under ``omp``'s threshold for ``x``'s dtype) gets coefficient 0."""
+    _require("omp form='rows'")
     signals, atoms, gram = _operands(x, dictionary)
     (rows, dim), n = signals.shape, gram.shape[0]
     indices = np.empty((rows, n_nonzero), dtype=np.int64)
     values = np.empty((rows, n_nonzero), dtype=signals.dtype)
     dependence = torch.finfo(x.dtype).eps * 128  # as omp._omp_chunk's
-    _in_blocks(rows, lambda start, end: _rowwise.omp(
+    _in_blocks(rows, lambda start, end: _native.rowwise.omp(
         signals[start:end], atoms, gram, end - start, dim, n, n_nonzero, dependence, indices[start:end],
         values[start:end]))
     return torch.from_numpy(indices), torch.from_numpy(values)
@@ -67,8 +67,14 @@ def certified(start: np.ndarray, gram: np.ndarray, atoms: np.ndarray, values: np
     """One LASSO row's end certified (float64): the exact solution on the support ``atoms`` and the signs of
     ``values`` at ``penalty``, written into ``code`` when its signs agree and it meets the KKT conditions
     (``start``: the row's correlations ``D^T x``)."""
-    return _rowwise.lasso_certified(start, gram, len(start), atoms.astype(np.int64), values.astype(np.float64),
-                                    len(atoms), float(penalty), code)
+    _require("rowwise.certified")
+    return _native.rowwise.lasso_certified(start, gram, len(start), atoms.astype(np.int64),
+                                           values.astype(np.float64), len(atoms), float(penalty), code)
+
+
+def _require(wanted: str) -> None:
+    if _native.rowwise is None:
+        raise _native.missing("rowwise", wanted)
 
 
 def _operands(x: torch.Tensor, dictionary: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
