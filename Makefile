@@ -19,9 +19,13 @@ BUILT := $(VENV)/.kernels-built
 
 install: $(INSTALLED) $(BUILT) $(PLOTS_TEMPLATE)
 
+# The library (editable) with the pipeline's, the tests' and the benchmarks' extras, every version pinned. The
+# pipeline's packages, tasks/ and flows/, are not installed (a wheel leaves them out): a .pth puts this folder on
+# the venv's path, so they import from anywhere in it (the CLI's MLflow model source, benchmarks/, Ray's workers).
 $(INSTALLED): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
-	$(PYTHON) -m pip install --quiet --constraint constraints.txt --editable '.[test,bench]'
+	$(PYTHON) -m pip install --quiet --constraint constraints.txt --editable '.[pipeline,test,bench]'
+	$(PYTHON) -c 'import sys, sysconfig, pathlib; pathlib.Path(sysconfig.get_path("purelib"), "sparse_vqvae_pipeline.pth").write_text(sys.argv[1] + "\n")' "$(CURDIR)"
 	$(PYTHON) -m tasks.offline_plots $(PLOTS_TEMPLATE)
 	touch $(BUILT) $@
 

@@ -1,17 +1,19 @@
 """The ``sparse-vqvae`` command: compress and decompress images, draw samples, evaluate the codec.
 
-By default it uses the photo codec that ships with the project (``models/zoo/photo``: the
-model, its frequency model and priors, and a model card), so it works right after install.
+By default it uses the photo codec that ships with the package (the package ``sparse_vqvae.zoo``, the
+repository's ``models/zoo``: folder ``photo``, the model, its frequency model and priors, and a model card), so
+it works right after install.
 
-``--model`` takes a zoo name (a folder of ``models/zoo``), a checkpoint path - a checkpoint of
+``--model`` takes a zoo name (a folder of the zoo), a checkpoint path - a checkpoint of
 ``make run``'s pipeline, ``models/vqvae/model.pt``, goes with ``models/prior/codec.pt`` and
 ``models/prior/{top,bottom}.pt`` in the current folder unless ``--codec-model`` / ``--priors`` say
 otherwise - or any reference that a model source installed in the entry-point
 group ``sparse_vqvae.model_sources`` resolves: a callable ``(reference) -> dict | None`` that returns None
 for references not its own, else ``{"model": path}`` plus, optionally, ``"codec_model"`` and
-``"priors"`` paths, used unless ``--codec-model`` / ``--priors`` are given. This project's ``tasks``
-package registers one for MLflow run ids (a pipeline run or one of its stages): the model, frequency
-model and priors that run logged, downloaded once to a cache folder.
+``"priors"`` paths, used unless ``--codec-model`` / ``--priors`` are given. The repository's pipeline
+(``tasks``) registers one for MLflow run ids (a pipeline run or one of its stages): the model, frequency
+model and priors that run logged, downloaded once to a cache folder. A source that cannot be loaded (the
+pipeline outside its repository) is skipped with a note.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import json
 import math
 import sys
 from importlib.metadata import entry_points
+from importlib.resources import files
 from pathlib import Path
 from typing import Callable
 
@@ -42,7 +45,6 @@ from .prior_coding import BATCH, PriorEntropyModel
 from .rate_distortion import plot, reference_points, sparse_vqvae_point, write_table
 from .train import load_checkpoint
 
-ZOO = Path(__file__).resolve().parents[1] / "models" / "zoo"  # shipped models: one folder each, model.pt, codec.pt, top.pt [bottom.pt], MODEL_CARD.md
 DEFAULT_MODEL = "photo"
 DEFAULT_CODEC_MODEL = Path("models/prior/codec.pt")
 DEFAULT_PRIORS = Path("models/prior")
@@ -50,8 +52,21 @@ SUFFIX = ".svq"
 MODEL_SOURCES = "sparse_vqvae.model_sources"  # entry-point group of the --model resolvers
 
 
+def _zoo_folder() -> Path | None:
+    """The shipped models (the package ``sparse_vqvae.zoo``): one folder each, model.pt, codec.pt, top.pt
+    [bottom.pt], MODEL_CARD.md; None where it is not installed (a source tree on PYTHONPATH) or not a folder."""
+    try:
+        folder = files("sparse_vqvae.zoo")
+    except ModuleNotFoundError:
+        return None
+    return folder if isinstance(folder, Path) else None
+
+
+ZOO = _zoo_folder()
+
+
 def zoo_names() -> list[str]:
-    return sorted(folder.name for folder in ZOO.iterdir() if (folder / "model.pt").is_file()) if ZOO.is_dir() else []
+    return sorted(folder.name for folder in ZOO.iterdir() if (folder / "model.pt").is_file()) if ZOO else []
 
 
 def resolve_model(reference: str) -> dict[str, Path]:
@@ -64,7 +79,13 @@ def resolve_model(reference: str) -> dict[str, Path]:
         return {"model": ZOO / reference / "model.pt", "codec_model": ZOO / reference / "codec.pt",
                 "priors": ZOO / reference}
     for source in entry_points(group=MODEL_SOURCES):
-        found = source.load()(reference)
+        try:
+            resolver = source.load()
+        except (ImportError, SystemExit) as error:  # SystemExit: the pipeline's check of its interpreter
+            print(f"sparse-vqvae: note: model source {source.name} ({source.value}) skipped: it cannot be loaded "
+                  f"here ({error})", file=sys.stderr)
+            continue
+        found = resolver(reference)
         if found is not None:
             return {key: Path(value) for key, value in found.items()}
     raise FileNotFoundError(f"no such checkpoint: {reference} (nor a zoo model - {', '.join(zoo_names()) or 'none'} "

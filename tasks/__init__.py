@@ -2,14 +2,16 @@
 
 dvc.yaml runs each stage as ``python -m tasks.<stage>``: whichever ``python`` comes first on PATH. One
 without the project's packages would die in a traceback about torch; this check says in one line
-which interpreter to use instead. (find_spec only looks the packages up: it imports none of them.)
+which interpreter to use instead, or, for one that has the library but not the pipeline's stack, which
+extra to install. (find_spec only looks the packages up: it imports none of them.)
 """
 
 import sys as _sys
 from importlib.util import find_spec as _find_spec
 from pathlib import Path as _Path
 
-_NEEDED = ("torch", "yaml", "lmdb", "mlflow", "ray")  # what the stages import; pyproject.toml pins them
+_NEEDED = ("torch", "yaml", "lmdb", "mlflow", "ray")  # what the stages import; pyproject.toml names them
+_LIBRARY = ("torch", "lmdb")  # of those, the library's own dependencies; the others come with its `pipeline` extra
 
 
 def _check_interpreter() -> None:
@@ -17,8 +19,13 @@ def _check_interpreter() -> None:
     if not missing:
         return
     venv = _Path(__file__).resolve().parents[1] / ".venv" / "bin" / "python"
-    how = (f"run the stages with {venv}: activate it with 'source .venv/bin/activate'" if venv.is_file() else
-           "create the project's environment with 'make install', then activate it with 'source .venv/bin/activate'")
+    if not set(missing) & set(_LIBRARY):
+        how = ("install the library's pipeline extra into it: pip install -e '.[pipeline]' in the repository"
+               + (f", or run the stages with {venv}" if venv.is_file() else " ('make install' makes .venv with it)"))
+    elif venv.is_file():
+        how = f"run the stages with {venv}: activate it with 'source .venv/bin/activate'"
+    else:
+        how = "create the project's environment with 'make install', then activate it with 'source .venv/bin/activate'"
     raise SystemExit(f"error: {_sys.executable} lacks {', '.join(missing)}, which the pipeline needs; {how} "
                      f"(or run 'make run')")
 

@@ -1,11 +1,12 @@
 """Ship a pipeline run as a zoo model: ``python -m tasks.export_zoo NAME`` in a workspace that ran
 ``dvc repro`` (e.g. ``make photo-model``) writes ``models/zoo/NAME/``, which ``sparse-vqvae
---model NAME`` uses (and ``photo`` is the default):
+--model NAME`` uses (and ``photo`` is the default). The folder models/zoo is the package
+``sparse_vqvae.zoo`` (pyproject.toml), so a wheel carries what is written there:
 
 - ``model.pt``: the trained VQ-VAE without its optimizer state;
 - ``codec.pt``: the frequency model, fitted anew to the run's training codes by this code (so a
   model trained before a change of the entropy coder ships with the current one);
-- ``level*.pt``: the PixelSNAIL priors without their optimizer states, in half precision (they
+- ``top.pt`` [``bottom.pt``]: the PixelSNAIL priors without their optimizer states, in half precision (they
   are the larger part; coding computes with float64 copies of whatever weights ship, on both sides);
 - ``MODEL_CARD.md``: the data, settings, steps, wall times and figures of the run.
 

@@ -4,6 +4,7 @@ are made by tasks.tracking, as the pipeline makes them, with the tiny trained mo
 from __future__ import annotations
 
 import shutil
+import subprocess
 
 import pytest
 
@@ -17,7 +18,7 @@ from tasks.model_source import from_mlflow_run
 from tasks.params import parse_params
 from tasks.tracking import PARENT_ENV, start_parent_run, stage_run
 
-from .test_cli import trained_run  # noqa: F401 - the fixture: models/vqvae/model.pt, models/prior/*.pt, photo.png
+from .test_cli import CLI, trained_run  # noqa: F401 - the fixture: models/vqvae/model.pt, models/prior/*.pt, photo.png
 
 pytestmark = pytest.mark.slow  # MLflow stores and the console script end to end
 
@@ -126,3 +127,13 @@ def test_the_cli_compresses_and_decompresses_with_a_run_id(tracked, trained_run,
     with pytest.raises(SystemExit):
         cli.main(["compress", "photo.png", "-o", "out", "--model", "missing.pt"])
     assert "no such checkpoint: missing.pt" in capsys.readouterr().err
+
+
+def test_the_console_script_resolves_a_run_id_outside_the_repository(tracked, trained_run, tmp_path):  # noqa: F811
+    """The installed console script, started in a folder that is not the repository's root, loads the pipeline's
+    resolver: tasks/ is not installed, `make install` puts the repository on its venv's path."""
+    shutil.copy(trained_run / "photo.png", tmp_path)
+    done = subprocess.run([CLI, "compress", "photo.png", "-o", "out", "--model", tracked["parent"]], cwd=tmp_path,
+                          capture_output=True, text=True)  # MLFLOW_TRACKING_URI and XDG_CACHE_HOME: tracked's
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out/photo.svq").is_file() and "note:" not in done.stderr
