@@ -90,10 +90,27 @@ static void plan_free(PyObject *capsule) {
 
 static double no_numbers[1]; /* what an empty array's data points to: an exporter may give NULL for it */
 
+/* The most a plan's or a head's dimension may be: no model comes near it, and every size computed from them (a
+ * product of a few, ``items``) is then checked for overflow instead of wrapping to a size an empty array has. */
+#define MAX_DIMENSION ((Py_ssize_t)1 << 24)
+
+/* a x b x c x d float64 items (each factor >= 0); -1 where their bytes overflow a Py_ssize_t. */
+static Py_ssize_t items(Py_ssize_t a, Py_ssize_t b, Py_ssize_t c, Py_ssize_t d) {
+    Py_ssize_t r;
+    if (__builtin_mul_overflow(a, b, &r) || __builtin_mul_overflow(r, c, &r) || __builtin_mul_overflow(r, d, &r) ||
+        r > PY_SSIZE_T_MAX / (Py_ssize_t)sizeof(double))
+        return -1;
+    return r;
+}
+
 /* The next array of ``arrays`` (the views[*held]-th) as float64 [count], C-contiguous (writable where asked), its
  * view kept in ``views`` until the plan is freed; NULL with an error. */
 static double *take(Py_buffer *views, int *held, PyObject *arrays, const char *name, Py_ssize_t count, int writable) {
     Py_buffer *view = &views[*held];
+    if (count < 0) {
+        PyErr_Format(PyExc_ValueError, "%s: the dimensions make more items than memory can address", name);
+        return NULL;
+    }
     if (!get_buffer(PyTuple_GET_ITEM(arrays, *held), view, name, "d", 8, count, writable)) return NULL;
     (*held)++;
     return view->buf ? view->buf : no_numbers;
@@ -120,34 +137,45 @@ static PyObject *py_plan(PyObject *self, PyObject *args) {
     Py_ssize_t qi = plan->in_radius, q = plan->radius;
     Py_ssize_t in_taps = qi * (2 * qi + 1) + qi, taps = q * (2 * q + 1) + q + 1;
     Py_ssize_t padded_in = (plan->height + 2 * qi) * (plan->width + 2 * qi), padded = (plan->height + 2 * q) * (plan->width + 2 * q);
-    if (n < 1 || c < 1 || plan->height < 1 || plan->width < 1 || qi < 1 || q < 1 || layers < 1 || plan->per_block < 1 || layers % plan->per_block ||
-        plan->heads < 1 || c % plan->heads || plan->num_atoms < 1 || plan->coef_levels < 1 || plan->slots < 1) {
-        PyErr_SetString(PyExc_ValueError, "plan: inconsistent dimensions");
+    Py_ssize_t dims[] = {n, c, plan->height, plan->width, qi, q, layers, plan->per_block, plan->heads,
+                         plan->num_atoms, plan->coef_levels, plan->slots};
+    for (size_t i = 0; i < sizeof dims / sizeof dims[0]; i++)
+        if (dims[i] < 1 || dims[i] > MAX_DIMENSION) {
+            PyErr_Format(PyExc_ValueError, "plan: dimension %zd (n, channels, height, width, in_radius, radius, "
+                         "layers, per_block, heads, num_atoms, coef_levels, slots) is %zd, not in 1..%zd",
+                         (Py_ssize_t)i, dims[i], MAX_DIMENSION);
+            goto fail;
+        }
+    if (layers % plan->per_block || c % plan->heads) {
+        PyErr_SetString(PyExc_ValueError, "plan: inconsistent dimensions (per_block must divide layers, heads channels)");
         goto fail;
     }
     if (PyTuple_GET_SIZE(arrays) != 17) {
         PyErr_Format(PyExc_ValueError, "plan: expected 17 arrays, got %zd", PyTuple_GET_SIZE(arrays));
         goto fail;
     }
+    /* Each dimension below 2^24: hw, the taps and the padded areas below 2^51, no sum overflows; the products of
+     * more than two go through ``items``. */
     if (!(plan->atom_table = take(plan->views, &plan->held, arrays, "atom_table", (plan->num_atoms + 1) * c, 0)) ||
         !(plan->level_table = take(plan->views, &plan->held, arrays, "level_table", plan->coef_levels * c, 0)) ||
-        !(plan->in_weight = take(plan->views, &plan->held, arrays, "in_weight", c * in_taps * c, 0)) ||
+        !(plan->in_weight = take(plan->views, &plan->held, arrays, "in_weight", items(c, in_taps, c, 1), 0)) ||
         !(plan->in_bias = take(plan->views, &plan->held, arrays, "in_bias", c, 0)) ||
-        !(plan->position = take(plan->views, &plan->held, arrays, "position", plan->has_position ? hw * c : 0, 0)) ||
-        !(plan->first_weight = take(plan->views, &plan->held, arrays, "first_weight", layers * c * taps * c, 0)) ||
+        !(plan->position = take(plan->views, &plan->held, arrays, "position", plan->has_position ? items(hw, c, 1, 1) : 0, 0)) ||
+        !(plan->first_weight = take(plan->views, &plan->held, arrays, "first_weight", items(layers, c, taps, c), 0)) ||
         !(plan->first_bias = take(plan->views, &plan->held, arrays, "first_bias", layers * c, 0)) ||
-        !(plan->second_weight = take(plan->views, &plan->held, arrays, "second_weight", layers * 2 * c * taps * c, 0)) ||
+        !(plan->second_weight = take(plan->views, &plan->held, arrays, "second_weight", items(layers, 2 * c, taps, c), 0)) ||
         !(plan->second_bias = take(plan->views, &plan->held, arrays, "second_bias", layers * 2 * c, 0)) ||
-        !(plan->conditions = take(plan->views, &plan->held, arrays, "conditions", plan->has_condition ? layers * n * hw * 2 * c : 0, 0)) ||
-        !(plan->qkv_weight = take(plan->views, &plan->held, arrays, "qkv_weight", attentions * 3 * c * c, 0)) ||
+        !(plan->conditions = take(plan->views, &plan->held, arrays, "conditions", plan->has_condition ? items(layers, n, hw, 2 * c) : 0, 0)) ||
+        !(plan->qkv_weight = take(plan->views, &plan->held, arrays, "qkv_weight", items(attentions, 3 * c, c, 1), 0)) ||
         !(plan->qkv_bias = take(plan->views, &plan->held, arrays, "qkv_bias", attentions * 3 * c, 0)) ||
-        !(plan->out_weight = take(plan->views, &plan->held, arrays, "out_weight", attentions * c * c, 0)) ||
+        !(plan->out_weight = take(plan->views, &plan->held, arrays, "out_weight", items(attentions, c, c, 1), 0)) ||
         !(plan->out_bias = take(plan->views, &plan->held, arrays, "out_bias", attentions * c, 0)) ||
-        !(plan->embedded = take(plan->views, &plan->held, arrays, "embedded", n * padded_in * c, 1)) ||
-        !(plan->inputs = take(plan->views, &plan->held, arrays, "inputs", layers * n * padded * c, 1)) ||
-        !(plan->hidden = take(plan->views, &plan->held, arrays, "hidden", layers * n * padded * c, 1)))
+        !(plan->embedded = take(plan->views, &plan->held, arrays, "embedded", items(n, padded_in, c, 1), 1)) ||
+        !(plan->inputs = take(plan->views, &plan->held, arrays, "inputs", items(layers, n, padded, c), 1)) ||
+        !(plan->hidden = take(plan->views, &plan->held, arrays, "hidden", items(layers, n, padded, c), 1)))
         goto fail;
-    /* keys and values live after the scratch: one allocation */
+    /* keys and values live after the scratch: one allocation (every term below 2^60 items: hidden's size bounds kv,
+     * second_weight's the window) */
     size_t window = (size_t)((in_taps > taps ? in_taps : taps) * c), kv = (size_t)(attentions * n * hw * c);
     size_t scratch = window + c + c + 2 * c + 3 * c + c + (size_t)(plan->heads * hw);
     plan->window = calloc(scratch + 2 * kv, sizeof(double));
@@ -343,9 +371,13 @@ static PyObject *py_head(PyObject *self, PyObject *args) {
         return NULL;
     }
     Py_ssize_t c = head->channels, n = head->num_atoms, levels = head->coef_levels;
+    /* Each dimension below 2^24 (``MAX_DIMENSION``): every size below is then a product of two, below 2^49. */
+    int in_range = c >= 1 && c <= MAX_DIMENSION && n >= 1 && n <= MAX_DIMENSION && levels >= 1 &&
+                   levels <= MAX_DIMENSION && head->slots >= 1 && head->slots <= MAX_DIMENSION &&
+                   head->stage_atoms >= 0 && head->stage_atoms <= MAX_DIMENSION &&
+                   (head->variable == 0 || head->variable == 1);
     int staged_right = !head->stage_atoms || (!head->variable && head->stage_atoms * head->slots == n);
-    if (c < 1 || n < 1 || levels < 1 || head->slots < 1 || head->stage_atoms < 0 || !staged_right ||
-        PyTuple_GET_SIZE(arrays) != 11) {
+    if (!in_range || !staged_right || PyTuple_GET_SIZE(arrays) != 11) {
         PyErr_SetString(PyExc_ValueError, "head: inconsistent dimensions or not 11 arrays");
         goto fail;
     }
@@ -369,6 +401,19 @@ fail:
     return NULL;
 }
 
+/* ``rows`` rows of ``width`` float64 numbers: 0 with a ValueError where rows is negative or their bytes overflow. */
+static int check_rows(Py_ssize_t rows, Py_ssize_t width) {
+    if (rows < 0) {
+        PyErr_Format(PyExc_ValueError, "rows must be at least 0, got %zd", rows);
+        return 0;
+    }
+    if (items(rows, width, 1, 1) < 0) {
+        PyErr_Format(PyExc_ValueError, "rows: %zd rows of %zd numbers are more than memory can address", rows, width);
+        return 0;
+    }
+    return 1;
+}
+
 static int check_indices(const int64_t *values, Py_ssize_t count, Py_ssize_t limit, const char *what) {
     for (Py_ssize_t i = 0; i < count; i++)
         if (values[i] < 0 || values[i] >= limit) {
@@ -390,6 +435,7 @@ static PyObject *py_atom_logits(PyObject *self, PyObject *args) {
     if (slot < 0 || slot >= head->slots) return PyErr_Format(PyExc_IndexError, "slot %zd of %zd", slot, head->slots);
     Py_ssize_t c = head->channels, n = head->num_atoms, first = head->stage_atoms ? slot * head->stage_atoms : 0;
     Py_ssize_t width = head->stage_atoms ? head->stage_atoms : n + head->variable;
+    if (!check_rows(rows, c > width ? c : width)) return NULL;
     Py_buffer state, previous, out;
     if (!get_buffer(o_state, &state, "state", "d", 8, rows * c, 0)) return NULL;
     if (!get_buffer(o_previous, &previous, "previous", "lq", 8, rows, 0)) goto fail_previous;
@@ -422,6 +468,7 @@ static PyObject *py_level_logits(PyObject *self, PyObject *args) {
     Head *head = PyCapsule_GetPointer(capsule, HEAD_NAME);
     if (!head) return NULL;
     Py_ssize_t c = head->channels, levels = head->coef_levels;
+    if (!check_rows(rows, c > levels ? c : levels)) return NULL;
     Py_buffer state, atoms, out;
     if (!get_buffer(o_state, &state, "state", "d", 8, rows * c, 0)) return NULL;
     if (!get_buffer(o_atoms, &atoms, "atoms", "lq", 8, rows, 0)) goto fail_atoms;
@@ -456,6 +503,7 @@ static PyObject *py_advance(PyObject *self, PyObject *args) {
     Head *head = PyCapsule_GetPointer(capsule, HEAD_NAME);
     if (!head) return NULL;
     Py_ssize_t c = head->channels;
+    if (!check_rows(rows, c)) return NULL;
     Py_buffer state, atoms, levels, out;
     if (!get_buffer(o_state, &state, "state", "d", 8, rows * c, 0)) return NULL;
     if (!get_buffer(o_atoms, &atoms, "atoms", "lq", 8, rows, 0)) goto fail_atoms;

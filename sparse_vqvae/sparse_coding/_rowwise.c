@@ -208,6 +208,7 @@ static int lasso_path(const double *start, const double *gram, Py_ssize_t n, dou
     for (Py_ssize_t j = 0; j < n; j++) steps[j] = -fabs(c[j]);
     double level;
     Py_ssize_t first = first_min(steps, n, &level);
+    if (first < 0) return 0; /* every correlation NaN (finite inputs whose products overflowed): not certified */
     level = -level;
     s->size = 0;
     if (level <= alpha) return 1; /* the zero code */
@@ -258,7 +259,7 @@ static int lasso_path(const double *start, const double *gram, Py_ssize_t n, dou
         }
         if (stopped) return certified(start, gram, n, active, values, k, *penalty, s);
         if (joins) {
-            if (k == s->limit) return 0;
+            if (k == s->limit || join_atom < 0) return 0;
             active[k] = join_atom, values[k] = 0.0;
             k++;
         } else { /* the coefficient reached zero: its atom leaves, the later slots move up */
@@ -272,16 +273,17 @@ static int lasso_path(const double *start, const double *gram, Py_ssize_t n, dou
 /* One row's OMP with ``count`` atoms: their indices and coefficients into ``indices`` and ``values`` (float64
  * scratch of the caller). An atom whose part orthogonal to the selected ones is below ``dependence`` (relative)
  * is listed with coefficient 0, as in ``omp._omp_chunk``. ``start`` holds d_j^T x; ``inverse`` is count x count,
- * ``c``, ``score`` n long, ``w``, ``coords`` count long. */
-static void omp_row(const double *start, const double *gram, Py_ssize_t n, Py_ssize_t count, double dependence,
-                    double *restrict inverse, double *restrict c, double *restrict score, double *restrict w,
-                    double *restrict coords, int64_t *indices, double *restrict values) {
+ * ``c``, ``score`` n long, ``w``, ``coords`` count long. 0 where no atom can be chosen (all correlations NaN). */
+static int omp_row(const double *start, const double *gram, Py_ssize_t n, Py_ssize_t count, double dependence,
+                   double *restrict inverse, double *restrict c, double *restrict score, double *restrict w,
+                   double *restrict coords, int64_t *indices, double *restrict values) {
     memcpy(c, start, (size_t)n * sizeof(double));
     for (Py_ssize_t k = 0; k < count; k++) {
         for (Py_ssize_t j = 0; j < n; j++) score[j] = -fabs(c[j]); /* the most correlated atom: the smallest */
         for (Py_ssize_t p = 0; p < k; p++) score[indices[p]] = INFINITY; /* never picked twice */
         double smallest;
         Py_ssize_t chosen = first_min(score, n, &smallest);
+        if (chosen < 0) return 0; /* every correlation NaN: finite inputs whose products overflowed */
         indices[k] = chosen;
         /* The new row of L: w = L^-1 D_I^T d_j, its diagonal sqrt(||d_j||^2 - ||w||^2). */
         double norm2 = gram[chosen * n + chosen], schur = norm2, fitted = 0;
@@ -305,7 +307,7 @@ static void omp_row(const double *start, const double *gram, Py_ssize_t n, Py_ss
             for (Py_ssize_t p = q; p <= k; p++) sum += coords[p] * inverse[p * count + q];
             values[q] = sum;
         }
-        if (k + 1 == count) return;
+        if (k + 1 == count) return 1;
         memcpy(c, start, (size_t)n * sizeof(double)); /* D^T r = D^T x - G[:, I] c */
         for (Py_ssize_t p = 0; p <= k; p++) {
             double weight = values[p];
@@ -313,15 +315,76 @@ static void omp_row(const double *start, const double *gram, Py_ssize_t n, Py_ss
             for (Py_ssize_t j = 0; j < n; j++) c[j] -= weight * column[j];
         }
     }
+    return 1;
 }
 
 /* A C-contiguous buffer of ``count`` float32 or float64 items: their size (4 or 8), 0 with an error. */
 static Py_ssize_t get_real_buffer(PyObject *obj, Py_buffer *view, const char *name, Py_ssize_t count, int writable) {
-    if (PyObject_GetBuffer(obj, view, PyBUF_FORMAT) < 0) return 0;
-    Py_ssize_t size = view->itemsize;
-    PyBuffer_Release(view);
-    size = size == 4 ? 4 : 8;
+    Py_ssize_t size = 8; /* what ``get_buffer`` asks of an object that is no buffer: float64, in its error */
+    if (PyObject_CheckBuffer(obj) && PyObject_GetBuffer(obj, view, PyBUF_RECORDS_RO) == 0) { /* any layout */
+        size = view->itemsize == 4 ? 4 : 8;
+        PyBuffer_Release(view);
+    }
+    PyErr_Clear();
     return get_buffer(obj, view, name, size == 4 ? "f" : "d", size, count, writable) ? size : 0;
+}
+
+/* The entry points' arguments, checked before a buffer is read or anything allocated: each check 0 with a
+ * ValueError that names the argument. Counts first (a negative one would size a memset or a malloc), then that
+ * no product of them overflows, then the values the kernels cannot take: a NaN or an infinity makes ``first_min``
+ * find no atom (an index of -1). */
+static int check_count(const char *name, Py_ssize_t value, Py_ssize_t low) {
+    if (value >= low) return 1;
+    PyErr_Format(PyExc_ValueError, "%s must be at least %zd, got %zd", name, low, value);
+    return 0;
+}
+
+/* 1 where ``a`` x ``b`` float64 items (a, b >= 0) fit in memory's addresses. */
+static int check_product(const char *name, Py_ssize_t a, Py_ssize_t b) {
+    if (b == 0 || a <= PY_SSIZE_T_MAX / (Py_ssize_t)sizeof(double) / b) return 1;
+    PyErr_Format(PyExc_ValueError, "%s: %zd x %zd items are more than memory can address", name, a, b);
+    return 0;
+}
+
+static int check_real(const char *name, double value) {
+    if (isfinite(value) && value >= 0) return 1;
+    char *text = PyOS_double_to_string(value, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
+    PyErr_Format(PyExc_ValueError, "%s must be a finite number >= 0, got %s", name, text ? text : "?");
+    PyMem_Free(text);
+    return 0;
+}
+
+/* Whether ``count`` float64 (``size`` 8) or float32 (4) values are all finite: an OR of whether each one's exponent
+ * bits are all ones (NaN or infinity), which the compiler vectorises, not a branch per value. */
+static int all_finite(const void *values, Py_ssize_t size, Py_ssize_t count) {
+    if (size == 4) {
+        const uint32_t *bits = values;
+        uint32_t bad = 0;
+        for (Py_ssize_t i = 0; i < count; i++) bad |= (bits[i] & 0x7f800000u) == 0x7f800000u;
+        return !bad;
+    }
+    const uint64_t *bits = values;
+    uint64_t bad = 0;
+    for (Py_ssize_t i = 0; i < count; i++) bad |= (bits[i] & 0x7ff0000000000000u) == 0x7ff0000000000000u;
+    return !bad;
+}
+
+/* The first of ``rows`` rows of ``dim`` values (float32 or float64 by ``size``) holding a NaN or an infinity; -1
+ * where none does. */
+static Py_ssize_t first_non_finite_row(const void *values, Py_ssize_t size, Py_ssize_t rows, Py_ssize_t dim) {
+    for (Py_ssize_t row = 0; row < rows; row++)
+        if (!all_finite((const char *)values + row * dim * size, size, dim)) return row;
+    return -1;
+}
+
+/* The signals and the dictionary of ``omp`` and ``lasso_paths``, and all of ``lasso_certified``'s arrays. Not
+ * those two's Gram matrix (D^T D of the dictionary checked): reading all of it costs as much as coding a block of
+ * rows with K = 2, which reads a few of its columns. A NaN there codes garbage but reads no memory out of bounds:
+ * ``first_min`` skips NaN scores, an all-NaN row is an error (``omp``) or uncertified (``lasso_paths``). */
+static int check_finite(const char *name, const Py_buffer *view, Py_ssize_t size, Py_ssize_t count) {
+    if (all_finite(view->buf, size, count)) return 1;
+    PyErr_Format(PyExc_ValueError, "%s holds NaN or infinity", name);
+    return 0;
 }
 
 static PyObject *py_lasso_paths(PyObject *self, PyObject *args) {
@@ -330,6 +393,11 @@ static PyObject *py_lasso_paths(PyObject *self, PyObject *args) {
     double alpha;
     if (!PyArg_ParseTuple(args, "OOOnnndnnOOO", &o_signals, &o_dict, &o_gram, &rows, &n, &dim, &alpha, &cap,
                           &max_steps, &o_codes, &o_pen, &o_done))
+        return NULL;
+    if (!check_count("rows", rows, 0) || !check_count("n", n, 1) || !check_count("dim", dim, 1) ||
+        !check_count("cap", cap, 0) || !check_count("max_steps", max_steps, 0) || !check_real("alpha", alpha) ||
+        !check_product("signals", rows, dim) || !check_product("dictionary", dim, n) ||
+        !check_product("gram", n, n) || !check_product("codes", rows, n))
         return NULL;
     Py_buffer signals, dict, gram, codes, pen, done;
     Py_ssize_t signal_size = get_real_buffer(o_signals, &signals, "signals", rows * dim, 0);
@@ -340,13 +408,17 @@ static PyObject *py_lasso_paths(PyObject *self, PyObject *args) {
     if (!code_size) goto fail_codes;
     if (!get_buffer(o_pen, &pen, "penalties", "d", 8, rows, 1)) goto fail_pen;
     if (!get_buffer(o_done, &done, "done", "?bB", 1, rows, 1)) goto fail_done;
-    Py_ssize_t limit = cap == 0 ? (n < dim ? n : dim) : cap; /* more than d active atoms: a singular Gram matrix */
+    if (!check_finite("dictionary", &dict, 8, dim * n)) goto fail_all; /* gram: see check_finite */
+    /* More than min(n, d) active atoms: a singular Gram matrix. A cap above n is no cap (and sizes no scratch). */
+    Py_ssize_t limit = cap == 0 || cap > n ? (n < dim ? n : dim) : cap;
+    Py_ssize_t bad_row = -1;
     Scratch s;
     double *block = malloc((size_t)(ROW_BLOCK * dim) * sizeof(double)),
            *starts = malloc((size_t)(ROW_BLOCK * n) * sizeof(double));
     if (block && starts && scratch_alloc(&s, n, limit)) {
         Py_BEGIN_ALLOW_THREADS
-        for (Py_ssize_t row0 = 0; row0 < rows; row0 += ROW_BLOCK) {
+        bad_row = first_non_finite_row(signals.buf, signal_size, rows, dim);
+        for (Py_ssize_t row0 = 0; bad_row < 0 && row0 < rows; row0 += ROW_BLOCK) {
             Py_ssize_t real = block_correlations(signals.buf, signal_size, rows, row0, dim, (const double *)dict.buf,
                                                  n, block, starts);
             for (Py_ssize_t row = row0; row < row0 + real; row++) {
@@ -363,10 +435,12 @@ static PyObject *py_lasso_paths(PyObject *self, PyObject *args) {
         }
         Py_END_ALLOW_THREADS
         scratch_free(&s);
+        if (bad_row >= 0) PyErr_Format(PyExc_ValueError, "signals: row %zd holds NaN or infinity", bad_row);
     } else {
         PyErr_NoMemory();
     }
     free(block); free(starts);
+fail_all:
     PyBuffer_Release(&done);
 fail_done:
     PyBuffer_Release(&pen);
@@ -388,6 +462,10 @@ static PyObject *py_lasso_certified(PyObject *self, PyObject *args) {
     double penalty;
     if (!PyArg_ParseTuple(args, "OOnOOndO", &o_start, &o_gram, &n, &o_atoms, &o_values, &k, &penalty, &o_code))
         return NULL;
+    if (!check_count("n", n, 1) || !check_count("k", k, 0) || !check_product("gram", n, n) ||
+        !check_real("penalty", penalty))
+        return NULL;
+    if (k > n) return PyErr_Format(PyExc_ValueError, "k: %zd atoms are more than the %zd there are", k, n);
     Py_buffer start, gram, atoms, values, code;
     int result = -1;
     if (!get_buffer(o_start, &start, "start", "d", 8, n, 0)) return NULL;
@@ -395,6 +473,9 @@ static PyObject *py_lasso_certified(PyObject *self, PyObject *args) {
     if (!get_buffer(o_atoms, &atoms, "atoms", "lq", 8, k, 0)) goto fail_atoms;
     if (!get_buffer(o_values, &values, "values", "d", 8, k, 0)) goto fail_values;
     if (!get_buffer(o_code, &code, "code", "d", 8, n, 1)) goto fail_code;
+    if (!check_finite("start", &start, 8, n) || !check_finite("gram", &gram, 8, n * n) ||
+        !check_finite("values", &values, 8, k))
+        goto done;
     for (Py_ssize_t p = 0; p < k; p++) {
         Py_ssize_t atom = ((const Py_ssize_t *)atoms.buf)[p];
         if (atom < 0 || atom >= n) {
@@ -432,7 +513,12 @@ static PyObject *py_omp(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OOOnnnndOO", &o_signals, &o_dict, &o_gram, &rows, &dim, &n, &count, &dependence,
                           &o_indices, &o_values))
         return NULL;
+    if (!check_count("rows", rows, 0) || !check_count("dim", dim, 1) || !check_count("n", n, 1) ||
+        !check_real("dependence", dependence) || !check_product("signals", rows, dim) ||
+        !check_product("dictionary", dim, n) || !check_product("gram", n, n))
+        return NULL;
     if (count < 1 || count > n) return PyErr_Format(PyExc_ValueError, "count: %zd is not in 1..%zd", count, n);
+    if (!check_product("indices", rows, count)) return NULL;
     Py_buffer signals, dict, gram, indices, values;
     Py_ssize_t signal_size = get_real_buffer(o_signals, &signals, "signals", rows * dim, 0);
     if (!signal_size) return NULL;
@@ -441,6 +527,8 @@ static PyObject *py_omp(PyObject *self, PyObject *args) {
     if (!get_buffer(o_indices, &indices, "indices", "lq", 8, rows * count, 1)) goto fail_indices;
     Py_ssize_t value_size = get_real_buffer(o_values, &values, "values", rows * count, 1);
     if (!value_size) goto fail_values;
+    if (!check_finite("dictionary", &dict, 8, dim * n)) goto fail_all; /* gram: see check_finite */
+    Py_ssize_t bad_row = -1, lost_row = -1; /* lost: no atom to choose */
     size_t m = (size_t)n, l = (size_t)count;
     double *inverse = malloc(l * l * sizeof(double)), *c = malloc(m * sizeof(double)),
            *score = malloc(m * sizeof(double)), *w = malloc(l * sizeof(double)), *coords = malloc(l * sizeof(double)),
@@ -448,12 +536,16 @@ static PyObject *py_omp(PyObject *self, PyObject *args) {
            *starts = malloc(ROW_BLOCK * m * sizeof(double));
     if (inverse && c && score && w && coords && row_values && block && starts) {
         Py_BEGIN_ALLOW_THREADS
-        for (Py_ssize_t row0 = 0; row0 < rows; row0 += ROW_BLOCK) {
+        bad_row = first_non_finite_row(signals.buf, signal_size, rows, dim);
+        for (Py_ssize_t row0 = 0; bad_row < 0 && lost_row < 0 && row0 < rows; row0 += ROW_BLOCK) {
             Py_ssize_t real = block_correlations(signals.buf, signal_size, rows, row0, dim, (const double *)dict.buf,
                                                  n, block, starts);
             for (Py_ssize_t row = row0; row < row0 + real; row++) {
-                omp_row(starts + (row - row0) * n, (const double *)gram.buf, n, count, dependence, inverse, c, score,
-                        w, coords, (int64_t *)indices.buf + row * count, row_values);
+                if (!omp_row(starts + (row - row0) * n, (const double *)gram.buf, n, count, dependence, inverse, c,
+                             score, w, coords, (int64_t *)indices.buf + row * count, row_values)) {
+                    lost_row = row;
+                    break;
+                }
                 for (Py_ssize_t p = 0; p < count; p++) {
                     if (value_size == 4)
                         ((float *)values.buf)[row * count + p] = (float)row_values[p];
@@ -463,10 +555,16 @@ static PyObject *py_omp(PyObject *self, PyObject *args) {
             }
         }
         Py_END_ALLOW_THREADS
+        if (bad_row >= 0)
+            PyErr_Format(PyExc_ValueError, "signals: row %zd holds NaN or infinity", bad_row);
+        else if (lost_row >= 0)
+            PyErr_Format(PyExc_ValueError, "signals: row %zd has no atom to choose: its correlations with the "
+                         "dictionary overflow to NaN", lost_row);
     } else {
         PyErr_NoMemory();
     }
     free(inverse); free(c); free(score); free(w); free(coords); free(row_values); free(block); free(starts);
+fail_all:
     PyBuffer_Release(&values);
 fail_values:
     PyBuffer_Release(&indices);
