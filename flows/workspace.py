@@ -73,4 +73,6 @@ def make_workspace(destination: str | Path, overrides: dict | None = None, sourc
         scm = [] if git else ["--no-scm"]
         subprocess.run([sys.executable, "-m", "dvc", "init", "--quiet", *scm], cwd=destination, check=True)
         subprocess.run([sys.executable, "-m", "dvc", "config", "core.analytics", "false"], cwd=destination, check=True)
+    # the plots' templates (dvc.yaml names them): DVC looks for them in .dvc/plots only
+    shutil.copytree(source / ".dvc" / "plots", destination / ".dvc" / "plots", dirs_exist_ok=True)
     return destination

@@ -3,7 +3,7 @@
 Layout (little-endian):
 
     magic "SVQC" | version u8 | entropy model u8 | model fingerprint (8 bytes) | image height u16
-    | width u16 | code maps u8 | slots coded u8 | colour offsets 3 x i8 | per map: height u16, width u16
+    | width u16 | code maps u8 | quality u8 | colour offsets 3 x i8 | per map: height u16, width u16
     | payload length u32
     | CRC-32 of the header (up to the payload length) and the code maps u32 | payload
     | CRC-32 of everything before it, u32
@@ -20,8 +20,9 @@ wrong image; and a file whose header was altered and its file CRC recomputed (th
 quality, the colour offsets: fields the payload does not check) fails the same way.
 
 Quality (rate control at encode time): a residual-VQ model's codes may be cut to their first q
-stages (``qualities``), q = 1 the smallest files; the header's "slots coded" tells the decoder q.
-Models of other quantizers code all their slots, their one quality.
+stages (``codes.quality_range``), in map order - the top map's stages first, then the bottom's - q = 1 the
+smallest files; the header's quality tells the decoder q, and so each map's slots
+(``codes.quality_slots``). Models of other quantizers code all their slots, their one quality (K).
 
 Colour: the encoder decodes its own codes and stores, per channel, the difference between the mean
 of the image and of its reconstruction (quarter levels of 255, clipped to +-31.75); the decoder adds
@@ -30,7 +31,8 @@ it back. Three bytes keep a photograph's mean colour where it was, whatever the 
 Versions: 3 added the codes' CRC; 4 codes with the priors in one fixed arithmetic (``prior_coding``:
 CPU, float64), so prior-coded files made on a GPU decode on a CPU and the other way round; 5 adds
 the slots coded (the quality) and per-slot atom frequencies; 6 the colour offsets; 7 codes a
-residual VQ's slot among its stage's entries, and its content checksum covers the header too.
+residual VQ's slot among its stage's entries, and its content checksum covers the header too; 8 reads the
+header's slot byte as the quality, which for a two-map residual VQ spans both maps' stages.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .codes import Codes, packed, validate_codes
+from .codes import Codes, packed, quality_range, quality_slots, validate_codes
 from .config import staged
 from .entropy_coding import FrequencyModel, or_error, raised
 from .errors import CodecError
@@ -52,7 +54,7 @@ from .prior_coding import PriorEntropyModel
 from .vqvae import VQVAE2
 
 MAGIC = b"SVQC"
-VERSION = 7  # bump on any change of layout or coding (tests/golden pins the bytes)
+VERSION = 8  # bump on any change of layout or coding (tests/golden pins the bytes)
 ENTROPY_MODELS = ("factorised", "prior")  # the header's entropy-model byte indexes this
 EntropyModel = FrequencyModel | PriorEntropyModel
 _HEADER = struct.Struct("<4sBB8sHHBB3b")
@@ -95,7 +97,7 @@ class _Parsed:
     height: int
     width: int
     sizes: list[tuple[int, int]]
-    slots: int
+    quality: int
     payload: bytes
     content_crc: int
 
@@ -105,7 +107,7 @@ def _parsed(data: bytes, entropy: EntropyModel, expected_sizes: Callable[[int, i
     if kind != entropy.kind:
         raise CodecError(f"the file was coded with the {kind} entropy model, and this codec holds the "
                          f"{entropy.kind} one")
-    _, _, _, fingerprint, height, width, count, slots, *_ = _HEADER.unpack_from(data)
+    _, _, _, fingerprint, height, width, count, quality, *_ = _HEADER.unpack_from(data)
     if fingerprint.hex() != entropy.fingerprint:
         raise CodecError(f"the file was compressed with model {fingerprint.hex()}, not with this model "
                          f"({entropy.fingerprint}): decompress it with the model that made it")
@@ -124,7 +126,7 @@ def _parsed(data: bytes, entropy: EntropyModel, expected_sizes: Callable[[int, i
     offset += _LENGTH.size
     if offset + length + _CRC.size != len(data):
         raise CodecError(f"the payload should be {length} bytes but the file holds {len(data) - offset - _CRC.size}")
-    return _Parsed(header, height, width, [tuple(size) for size in sizes], slots, data[offset : offset + length],
+    return _Parsed(header, height, width, [tuple(size) for size in sizes], quality, data[offset : offset + length],
                    content_crc)
 
 
@@ -149,7 +151,7 @@ def read_codes(data: bytes, entropy: EntropyModel, expected_sizes: Callable[[int
     ``expected_sizes(height, width)`` the header's map sizes are checked before anything is decoded
     (a forged header cannot make the decoder allocate for maps the image does not have)."""
     parsed = _parsed(data, entropy, expected_sizes)
-    decoded = entropy.decode_many([parsed.payload], [parsed.sizes], [parsed.slots])[0]
+    decoded = entropy.decode_many([parsed.payload], [parsed.sizes], [parsed.quality])[0]
     return (parsed.height, parsed.width), _checked(parsed, decoded, entropy)
 
 
@@ -176,7 +178,7 @@ def write_many(images: list[tuple[tuple[Codes, ...], int, int, tuple[int, int, i
             files.append(CodecError(f"cannot code a {height}x{width} image: {payload}"))
             continue
         body = _HEADER.pack(MAGIC, VERSION, ENTROPY_MODELS.index(entropy.kind), bytes.fromhex(entropy.fingerprint),
-                            height, width, len(maps), maps[0].atoms.shape[-1], *colour)
+                            height, width, len(maps), entropy.quality_of(maps), *colour)
         body += b"".join(_MAP.pack(*codes.atoms.shape[:2]) for codes in maps)
         body += _LENGTH.pack(len(payload), content_checksum(body, maps)) + payload
         files.append(body + _CRC.pack(zlib.crc32(body)))
@@ -184,9 +186,8 @@ def write_many(images: list[tuple[tuple[Codes, ...], int, int, tuple[int, int, i
 
 
 def qualities(model: VQVAE2) -> range:
-    """The qualities ``Codec.compress`` takes: 1..K stages of a residual VQ, else only the model's K slots."""
-    slots = model.quantizers[0].slots
-    return range(1, slots + 1) if staged(model.config.selection_fn) else range(slots, slots + 1)
+    """The qualities ``Codec.compress`` takes: 1 .. maps x K stages of a residual VQ, else only the model's K."""
+    return quality_range(model.quantizers[0].slots, len(model.quantizers), staged(model.config.selection_fn))
 
 
 def content_checksum(header: bytes, maps: tuple[Codes, ...]) -> int:
@@ -250,7 +251,7 @@ class Codec:
                   for data in files]
         valid = [row for row, item in enumerate(parsed) if not isinstance(item, CodecError)]
         decoded = self.entropy.decode_many([parsed[row].payload for row in valid], [parsed[row].sizes for row in valid],
-                                           [parsed[row].slots for row in valid])
+                                           [parsed[row].quality for row in valid])
         results: list[torch.Tensor | CodecError] = list(parsed)
         for row, maps in zip(valid, decoded):
             item = parsed[row]
@@ -269,7 +270,8 @@ class Codec:
         stride = self.model.config.stride
         padded = F.pad(image[None], (0, -width % stride, 0, -height % stride), mode="replicate")
         _, maps, _, _ = self.model.encode(padded.to(self.device))
-        maps = tuple(Codes(codes.atoms[0, ..., :quality], codes.levels[0, ..., :quality]).to("cpu") for codes in maps)
+        cut = quality_slots(quality, maps[0].atoms.shape[-1], len(maps), staged(self.model.config.selection_fn))
+        maps = tuple(Codes(codes.atoms[0, ..., :k], codes.levels[0, ..., :k]).to("cpu") for codes, k in zip(maps, cut))
         decoded = self._decode(maps, height, width)
         shift = (image.mean(dim=(1, 2)) - decoded.mean(dim=(1, 2))) * (127.5 / COLOUR_STEP)
         return maps, height, width, tuple(int(v) for v in shift.round().clamp(-127, 127).tolist())

@@ -52,6 +52,23 @@ def packed(codes: Codes) -> bytes:
     return (codes.atoms.cpu().numpy().astype("<i2").tobytes() + codes.levels.cpu().numpy().astype("u1").tobytes())
 
 
+def quality_range(slots: int, maps: int, staged: bool) -> range:
+    """The qualities a code has: a staged code (a residual VQ's) 1 .. maps x K, a prefix of its stages each; any
+    other code one, K (all its slots)."""
+    return range(1, maps * slots + 1) if staged else range(slots, slots + 1)
+
+
+def quality_slots(quality: int, slots: int, maps: int, staged: bool) -> tuple[int, ...]:
+    """The slots each code map holds at ``quality``: a staged code is cut to a prefix of its stages in map order
+    - the top map's K first, then the bottom's (VQ-VAE-2's finer map for the higher qualities); any other code
+    holds all K slots in every map. ValueError for a quality the code does not have."""
+    if quality not in quality_range(slots, maps, staged):
+        raise ValueError(f"quality {quality} is not one these codes have ({slots} slots, {maps} maps"
+                         f"{', staged' if staged else ''}: {quality_range(slots, maps, staged)[0]} to "
+                         f"{quality_range(slots, maps, staged)[-1]})")
+    return tuple(min(max(quality - index * slots, 0), slots) if staged else slots for index in range(maps))
+
+
 def canonical_order(atoms: torch.Tensor) -> torch.Tensor:
     """Permutation [..., K] that sorts each position's atoms ascending, EMPTY slots last."""
     key = torch.where(atoms == EMPTY, torch.iinfo(atoms.dtype).max, atoms)

@@ -135,7 +135,7 @@ class ModelConfig:
     dictionary_loss_weight: float = 1.0  # omp/qmp/lasso: weight of ||D c - sg(z)||^2
     ema_decay: float = 0.99  # codebook EMA (vanilla, rvq), coefficient levels' EMA, usage statistics
     restart_dead: bool = True  # re-seed codes/atoms that fell out of use
-    stage_dropout: bool = False  # rvq: each training image keeps 1..K stages at random, so any prefix decodes
+    stage_dropout: bool = False  # rvq: each training image keeps a random prefix of the stages (top map first)
 
     def __post_init__(self) -> None:
         check_choice("model", "selection_fn", self.selection_fn, SELECTION_FNS)

@@ -12,8 +12,8 @@ has decoded, so it reads the same distributions the encoder wrote with. A residu
 coded among stage k's M entries only (``stage_atoms``): one table of M a slot, the same for every
 position, so no per-position tables are built.
 
-A file may code fewer slots than the model holds (``slots`` of ``encode``/``decode``): a residual
-VQ's codes cut to their first q stages, the codec's quality q.
+A file may code fewer slots than the model holds: a residual VQ's codes cut to their first q stages, in map
+order (``codes.quality_slots``), the codec's quality q - a map may then hold none.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .checkpoint import CheckpointError, load_payload, save_payload
-from .codes import EMPTY, Codes
+from .codes import EMPTY, Codes, quality_range, quality_slots
 from .config import codes_vary
 
 if TYPE_CHECKING:
@@ -112,10 +112,11 @@ class FrequencyModel:
     def _pushes(self, maps: tuple[Codes, ...]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(symbols, probabilities) in the order the ANS stack takes them, the reverse of the decoder's:
         probabilities [n] for one table, [n, N] for a table per symbol."""
-        slots = self.check_slots(maps[0].atoms.shape[-1])
+        cut = self.map_slots(self.quality_of(maps))
         for index in reversed(range(len(maps))):
-            atoms = maps[index].atoms.reshape(-1, slots).cpu().numpy().astype(np.int64)
-            levels = maps[index].levels.reshape(-1, slots).cpu().numpy().astype(np.int64)
+            slots, positions = cut[index], maps[index].atoms.shape[0] * maps[index].atoms.shape[1]
+            atoms = maps[index].atoms.reshape(positions, slots).cpu().numpy().astype(np.int64)
+            levels = maps[index].levels.reshape(positions, slots).cpu().numpy().astype(np.int64)
             count = (atoms != EMPTY).sum(axis=1)
             present = atoms != EMPTY
             if self.coef_levels > 1:
@@ -141,36 +142,46 @@ class FrequencyModel:
         return [or_error(self.encode, maps) for maps in images]
 
     def decode_many(self, payloads: list[bytes], map_sizes: list[list[tuple[int, int]]],
-                    slots: list[int | None]) -> list[tuple[Codes, ...] | Exception]:
+                    qualities: list[int | None]) -> list[tuple[Codes, ...] | Exception]:
         """``decode`` of each payload, or its error (the ANS decoder's RuntimeError on data no encoder wrote)."""
         return [or_error(self.decode, *args, catch=(ValueError, RuntimeError))
-                for args in zip(payloads, map_sizes, slots)]
+                for args in zip(payloads, map_sizes, qualities)]
 
-    def check_slots(self, slots: int) -> int:
-        """``slots`` if a file may code that many pairs a position with this model (1..K), else ValueError."""
-        if not 1 <= slots <= self.slots:
-            raise ValueError(f"{slots} slots a position: this frequency model codes 1 to {self.slots}")
-        if self.variable_count and slots != self.slots:
-            raise ValueError(f"codes of a varying pair count are coded whole ({self.slots} slots), not {slots}")
-        return slots
+    @property
+    def top_quality(self) -> int:
+        return quality_range(self.slots, len(self.atoms), staged=bool(self.stage_atoms))[-1]
 
-    def decode(self, payload: bytes, map_sizes: list[tuple[int, int]], slots: int | None = None) -> tuple[Codes, ...]:
-        """The inverse of ``encode``, given the code maps' sizes and the slots coded (default: all K)."""
-        slots = self.check_slots(self.slots if slots is None else slots)
-        if len(payload) % 4:
-            raise ValueError("the coded payload is not a whole number of 32-bit words")
+    def map_slots(self, quality: int) -> tuple[int, ...]:
+        """The slots each map holds at ``quality`` (``codes.quality_slots``); ValueError for one it does not code."""
+        return quality_slots(quality, self.slots, len(self.atoms), staged=bool(self.stage_atoms))
+
+    def quality_of(self, maps: tuple[Codes, ...]) -> int:
+        """The quality whose cut these code maps are (a staged code's stages in all maps; else K), or ValueError."""
+        held = tuple(codes.atoms.shape[-1] for codes in maps)
+        quality = sum(held) if self.stage_atoms else held[0]
+        if len(held) != len(self.atoms) or self.map_slots(quality) != held:
+            raise ValueError(f"code maps of {list(held)} slots are no quality this frequency model codes "
+                             f"({len(self.atoms)} maps of up to {self.slots} slots)")
+        return quality
+
+    def decode(self, payload: bytes, map_sizes: list[tuple[int, int]], quality: int | None = None
+               ) -> tuple[Codes, ...]:
+        """The inverse of ``encode``, given the code maps' sizes and the quality coded (default: the highest)."""
         if len(map_sizes) != len(self.atoms):
             raise ValueError(f"{len(map_sizes)} code maps to decode; the frequency model codes {len(self.atoms)}")
+        cut = self.map_slots(self.top_quality if quality is None else quality)
+        if len(payload) % 4:
+            raise ValueError("the coded payload is not a whole number of 32-bit words")
         coder = constriction.stream.stack.AnsCoder(np.frombuffer(payload, dtype="<u4").astype(np.uint32))
         maps = []
         for index, (height, width) in enumerate(map_sizes):
-            positions = height * width
+            positions, slots = height * width, cut[index]
             if self.variable_count:
                 count = _pop(coder, positions, self.counts[index]).astype(np.int64)
             else:
                 count = np.full(positions, slots)
             if self.stage_atoms:
-                atoms = self._stages(index, slots, lambda table: _pop(coder, positions, table))
+                atoms = self._stages(index, positions, slots, lambda table: _pop(coder, positions, table))
             else:
                 atoms = self._atoms_by_slot(index, count, slots, lambda table: _decode_atoms(coder, table))
             levels = np.zeros_like(atoms)
@@ -192,7 +203,8 @@ class FrequencyModel:
             else:
                 count = np.full(positions, self.slots)
             if self.stage_atoms:
-                atoms = self._stages(index, self.slots, lambda table: generator.choice(len(table), positions, p=table))
+                atoms = self._stages(index, positions, self.slots,
+                                     lambda table: generator.choice(len(table), positions, p=table))
             else:
                 atoms = self._atoms_by_slot(index, count, self.slots, lambda table: np.minimum(
                     (table.cumsum(axis=1) < generator.random(len(table))[:, None]).sum(axis=1), self.num_atoms - 1))
@@ -201,10 +213,11 @@ class FrequencyModel:
             maps.append(Codes(torch.from_numpy(atoms.reshape(shape)), torch.from_numpy(levels.reshape(shape))))
         return tuple(maps)
 
-    def _stages(self, index: int, slots: int, draw) -> np.ndarray:
+    def _stages(self, index: int, positions: int, slots: int, draw) -> np.ndarray:
         """Atoms [positions, slots] of a residual VQ: ``draw(table)`` picks every position's entry of stage k
-        from slot k's table of M."""
-        return np.stack([draw(self.atoms[index][slot]) + slot * self.stage_atoms for slot in range(slots)], axis=1)
+        from slot k's table of M (none: a map cut away)."""
+        drawn = [draw(self.atoms[index][slot]) + slot * self.stage_atoms for slot in range(slots)]
+        return np.stack(drawn, axis=1) if drawn else np.zeros((positions, 0), dtype=np.int64)
 
     def _atoms_by_slot(self, index: int, count: np.ndarray, slots: int, draw) -> np.ndarray:
         """Atoms [positions, slots], slot by slot in the decoder's order: ``draw(table)`` picks one atom per

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from .checkpoint import CheckpointError
-from .codes import EMPTY, Codes
+from .codes import EMPTY, Codes, quality_range
 from .entropy_coding import or_error, raised
 from .pixelsnail import Pick, PixelSNAIL
 from .prior_train import load_prior
@@ -100,16 +100,21 @@ class PriorEntropyModel:
         """One image's code maps ([H, W, K] each, canonical order) -> the ANS-coded bytes."""
         return raised(self.encode_many([maps])[0])
 
-    def decode(self, payload: bytes, map_sizes: list[tuple[int, int]], slots: int | None = None) -> Maps:
+    def decode(self, payload: bytes, map_sizes: list[tuple[int, int]], quality: int | None = None) -> Maps:
         """The inverse of ``encode``: sequential, one backbone pass per position."""
-        return raised(self.decode_many([payload], [map_sizes], [slots])[0])
+        return raised(self.decode_many([payload], [map_sizes], [quality])[0])
 
-    def check_slots(self, slots: int) -> int:
-        """The priors model whole codes: ``slots`` must be all K of them (a residual VQ's top quality)."""
-        if slots != self.slots:
-            raise ValueError(f"the priors code all {self.slots} slots a position, not {slots}: use the factorised "
+    @property
+    def top_quality(self) -> int:
+        return quality_range(self.slots, len(self.priors), staged=bool(self.priors[0].config.stage_atoms))[-1]
+
+    def quality_of(self, maps: Maps) -> int:
+        """The priors model whole codes: every map must hold all K slots (a residual VQ's top quality)."""
+        held = [codes.atoms.shape[-1] for codes in maps]
+        if held != [self.slots] * len(self.priors):
+            raise ValueError(f"the priors code all {self.slots} slots of every map, not {held}: use the factorised "
                              "entropy model for lower qualities")
-        return slots
+        return self.top_quality
 
     @torch.no_grad()
     def encode_many(self, images: list[Maps]) -> list[bytes | ValueError]:
@@ -118,7 +123,7 @@ class PriorEntropyModel:
         def sizes(maps: Maps) -> tuple[tuple[int, int], ...]:
             found = [tuple(codes.atoms.shape[:2]) for codes in maps]
             self.check_sizes(found)
-            self.check_slots(maps[0].atoms.shape[-1])
+            self.quality_of(maps)
             return tuple(found)
 
         return _in_batches([or_error(sizes, maps) for maps in images],
@@ -126,17 +131,19 @@ class PriorEntropyModel:
 
     @torch.no_grad()
     def decode_many(self, payloads: list[bytes], map_sizes: list[list[tuple[int, int]]],
-                    slots: list[int | None]) -> list[Maps | ValueError]:
+                    qualities: list[int | None]) -> list[Maps | ValueError]:
         """The inverse of ``encode_many``: each payload's code maps (or why they cannot be decoded), in batches
         of one size."""
-        def sizes(payload: bytes, found: list[tuple[int, int]], count: int | None) -> tuple[tuple[int, int], ...]:
+        def sizes(payload: bytes, found: list[tuple[int, int]], quality: int | None) -> tuple[tuple[int, int], ...]:
             self.check_sizes(found)
-            self.check_slots(self.slots if count is None else count)
+            if quality not in (None, self.top_quality):
+                raise ValueError(f"the priors code the top quality ({self.top_quality}) only, not {quality}: use the "
+                                 "factorised entropy model for lower qualities")
             if len(payload) % 4:
                 raise ValueError("the coded payload is not a whole number of 32-bit words")
             return tuple(tuple(size) for size in found)
 
-        return _in_batches([or_error(sizes, *item) for item in zip(payloads, map_sizes, slots)],
+        return _in_batches([or_error(sizes, *item) for item in zip(payloads, map_sizes, qualities)],
                            lambda rows, found: self._decoded([payloads[row] for row in rows], found))
 
     def _encoded(self, images: list[Maps], sizes: list[tuple[int, int]]) -> list[bytes]:

@@ -123,7 +123,9 @@ class _Quantizer(nn.Module):
     def _track_usage(self, atoms: torch.Tensor) -> torch.Tensor:
         """Update the usage EMA from this batch's atoms; return the dead ones (bool [N])."""
         counts = _all_sum(torch.bincount(atoms[atoms != EMPTY], minlength=self.num_atoms).float())
-        self.usage.mul_(USAGE_DECAY).add_(counts / counts.sum().clamp_min(1), alpha=1 - USAGE_DECAY)
+        if counts.sum() == 0:  # no vector coded (a dropped stage): nothing to learn about usage
+            return torch.zeros_like(self.usage, dtype=torch.bool)
+        self.usage.mul_(USAGE_DECAY).add_(counts / counts.sum(), alpha=1 - USAGE_DECAY)
         return self.usage < DEAD_BELOW / self.num_atoms
 
     @property
@@ -235,29 +237,29 @@ class ResidualVQ(nn.Module):
     so the canonical ascending order is the stage order, and every code map, store, prior and
     entropy coder handles it as K atoms out of K*N with one level.
 
-    With ``stage_dropout`` each training image keeps only its first 1..K stages (drawn uniformly;
-    SoundStream's quantizer dropout), so the decoder learns every prefix: a code cut to its first q
-    stages is a coarser code of the same image, which is the codec's rate control.
+    ``kept`` (per image, from ``VQVAE2``'s stage dropout) keeps only an image's first stages (SoundStream's
+    quantizer dropout), so the decoder learns every prefix: a code cut to its first q stages is a coarser code
+    of the same image, which is the codec's rate control.
     """
 
     def __init__(self, dim: int, num_atoms: int, stages: int, decay: float = _DEFAULT.ema_decay,
-                 commitment: float = _DEFAULT.commitment, restart_dead: bool = _DEFAULT.restart_dead,
-                 stage_dropout: bool = _DEFAULT.stage_dropout) -> None:
+                 commitment: float = _DEFAULT.commitment, restart_dead: bool = _DEFAULT.restart_dead) -> None:
         super().__init__()
         self.dim, self.num_atoms, self.commitment = dim, num_atoms, commitment  # num_atoms: entries a stage
-        self.stage_dropout = stage_dropout
         self.code_atoms, self.slots, self.coef_levels = num_atoms * stages, stages, 1
         self.stages = nn.ModuleList(VectorQuantizerEMA(dim, num_atoms, decay=decay, commitment=0.0,
                                                        restart_dead=restart_dead) for _ in range(stages))
         self.register_buffer("initialized", torch.tensor(False))
 
-    def forward(self, z: torch.Tensor) -> QuantizerOutput:
+    def forward(self, z: torch.Tensor, kept: torch.Tensor | None = None) -> QuantizerOutput:
+        """``kept``: stages each image keeps [B] (0..K; default all K)."""
         with torch.autocast(device_type=z.device.type, enabled=False):
             flat = _flatten(z.float())
             if self.training and not bool(self.initialized):
                 self.initialize(flat.detach())
             b, _, h, w = z.shape
-            kept = self._kept_stages(b, h * w, z.device)  # [M]: stages each vector keeps
+            kept = (torch.full((b * h * w,), self.slots, device=z.device) if kept is None
+                    else kept.to(z.device).repeat_interleave(h * w))  # [M]: stages each vector keeps
             residual = flat.detach()
             picks = []
             for k, stage in enumerate(self.stages):
@@ -267,8 +269,12 @@ class ResidualVQ(nn.Module):
                 picks.append(torch.where(active, index + k * self.num_atoms, EMPTY))
             atoms = torch.stack(picks, dim=1)
             quantized = compose((atoms != EMPTY).to(flat.dtype), atoms.clamp_min(0), self.codebook())
-            loss = self.commitment * F.mse_loss(flat, quantized.detach())
-            z_q = _unflatten(straight_through(flat, quantized), z)
+            # A vector that keeps no stage is not sent: the decoder gets zero, and neither loss nor gradient
+            # reaches its encoder output through it.
+            sent = (kept > 0).to(flat.dtype)
+            error = (flat - quantized.detach()).square().mean(dim=1)
+            loss = self.commitment * (error * sent).sum() / sent.sum().clamp_min(1)
+            z_q = _unflatten(straight_through(flat, quantized) * sent.unsqueeze(1), z)
         codes = Codes(atoms.reshape(b, h, w, self.slots), torch.zeros(b, h, w, self.slots, dtype=torch.long,
                                                                       device=z.device))
         return QuantizerOutput(z_q, codes, loss, usage_stats(codes, self.code_atoms, 1))
@@ -281,21 +287,13 @@ class ResidualVQ(nn.Module):
             return stage.assign(residual, active)
         return torch.cat([stage.assign(rows) for rows in residual.split(ASSIGN_ROWS)])
 
-    def _kept_stages(self, images: int, positions: int, device: torch.device) -> torch.Tensor:
-        """Stages kept by each of ``images * positions`` vectors: K, or in training with stage dropout a
-        count drawn per image from 1..K (from torch's seeded generator)."""
-        if not (self.training and self.stage_dropout):
-            return torch.full((images * positions,), self.slots, device=device)
-        per_image = torch.randint(1, self.slots + 1, (images,)).to(device)
-        return per_image.repeat_interleave(positions)
-
     def codebook(self) -> torch.Tensor:
         """The stages' codebooks side by side, [C, K*N]: the table the code's atoms index."""
         return torch.cat([stage.embed for stage in self.stages], dim=1)
 
     def decode_codes(self, codes: Codes) -> torch.Tensor:
         b, h, w, k = codes.atoms.shape
-        atoms = codes.atoms.reshape(-1, k)
+        atoms = codes.atoms.reshape(b * h * w, k)  # k may be 0: a map cut away
         present = atoms != EMPTY
         flat = compose(present.to(self.stages[0].embed.dtype), atoms.clamp_min(0), self.codebook())
         return flat.reshape(b, h, w, self.dim).permute(0, 3, 1, 2)
@@ -404,7 +402,7 @@ class SparseQuantizer(_Quantizer):
 
     def decode_codes(self, codes: Codes) -> torch.Tensor:
         b, h, w, k = codes.atoms.shape
-        atoms, levels = codes.atoms.reshape(-1, k), codes.levels.reshape(-1, k)
+        atoms, levels = codes.atoms.reshape(b * h * w, k), codes.levels.reshape(b * h * w, k)
         present = atoms != EMPTY
         flat = compose(self.level_table[levels] * present, atoms.clamp_min(0), self.codebook())
         return flat.reshape(b, h, w, self.dim).permute(0, 3, 1, 2)
@@ -710,7 +708,7 @@ class QuantisedPursuit(_Quantizer):
 
     def decode_codes(self, codes: Codes) -> torch.Tensor:
         b, h, w, k = codes.atoms.shape
-        atoms, levels = codes.atoms.reshape(-1, k), codes.levels.reshape(-1, k)
+        atoms, levels = codes.atoms.reshape(b * h * w, k), codes.levels.reshape(b * h * w, k)
         flat = compose(self._values(atoms, levels), atoms.clamp_min(0), self.codebook())
         return flat.reshape(b, h, w, self.dim).permute(0, 3, 1, 2)
 
@@ -827,8 +825,7 @@ def build_quantizer(config: ModelConfig) -> nn.Module:
         return FiniteScalarQuantizer(config.embed_dim, config.num_atoms)
     if config.selection_fn == "rvq":
         return ResidualVQ(config.embed_dim, config.num_atoms, config.stages, decay=config.ema_decay,
-                          commitment=config.commitment, restart_dead=config.restart_dead,
-                          stage_dropout=config.stage_dropout)
+                          commitment=config.commitment, restart_dead=config.restart_dead)
     return SparseQuantizer(
         config.embed_dim, config.num_atoms, method=config.selection_fn, n_nonzero=config.n_nonzero,
         alpha=config.alpha, max_nonzero=config.max_nonzero, lasso_solver=config.lasso_solver,

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .codes import Codes
+from .codes import Codes, quality_slots
 from .config import ModelConfig
 from .maps import MAP_NAMES
 from .quantizers import QuantizerOutput, build_quantizer
@@ -122,8 +122,12 @@ class VQVAE2(nn.Module):
         return asdict(self.config)
 
     def fingerprint(self) -> str:
-        """A short hash of the model's arguments and weights: stored codes name the model that made them."""
-        digest = hashlib.sha256(json.dumps(self.arguments, sort_keys=True).encode())
+        """A short hash of the model's arguments and weights: stored codes name the model that made them. Arguments
+        at their default are left out, so a setting added later (at a default that keeps the old behaviour) does
+        not change the identity of every model already made, nor orphan its files and entropy models."""
+        defaults = asdict(ModelConfig())
+        chosen = {key: value for key, value in self.arguments.items() if value != defaults[key]}
+        digest = hashlib.sha256(json.dumps(chosen, sort_keys=True).encode())
         for name, tensor in sorted(self.state_dict().items()):
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
@@ -144,7 +148,9 @@ class VQVAE2(nn.Module):
         return VQVAEOutput(self.decode(quants), latent_loss, codes, stats)
 
     def encode(self, x: torch.Tensor) -> tuple[list[torch.Tensor], tuple[Codes, ...], torch.Tensor, dict]:
-        outputs = self._hierarchy(x, lambda quantizer, z: quantizer(z))
+        kept = self._kept_stages(x.shape[0])
+        outputs = self._hierarchy(x, lambda index, quantizer, z: quantizer(z) if kept is None else
+                                  quantizer(z, kept[index]))
         stats = {}
         for name, out in zip(self.map_names, outputs):
             stats.update({(f"{name}_{key}" if name else key): value for key, value in out.stats.items()})
@@ -156,7 +162,7 @@ class VQVAE2(nn.Module):
         the latents [B, C, h, w] each quantizer would code. Pretraining warms up on this, before any
         dictionary exists, and fits the dictionaries to these latents."""
 
-        def bypass(quantizer: nn.Module, z: torch.Tensor) -> QuantizerOutput:
+        def bypass(index: int, quantizer: nn.Module, z: torch.Tensor) -> QuantizerOutput:
             return QuantizerOutput(quantizer.coding_target(z), None, z.new_zeros(()), {})
 
         latents = [out.z_q for out in self._hierarchy(x, bypass)]
@@ -167,11 +173,23 @@ class VQVAE2(nn.Module):
         if self.config.maps == 2:
             h_b = self.enc_b(x)
             h_t = self.enc_t(h_b)
-            top = quantize(self.quantize_t, self.quantize_conv_t(h_t))
+            top = quantize(0, self.quantize_t, self.quantize_conv_t(h_t))
             joined = torch.cat([self.dec_t(top.z_q), h_b], dim=1)
-            bottom = quantize(self.quantize_b, self.quantize_conv_b(joined))
+            bottom = quantize(1, self.quantize_b, self.quantize_conv_b(joined))
             return top, bottom
-        return (quantize(self.quantize, self.quantize_conv(self.enc(x))),)
+        return (quantize(0, self.quantize, self.quantize_conv(self.enc(x))),)
+
+    def _kept_stages(self, images: int) -> list[torch.Tensor] | None:
+        """Stage dropout (training a residual VQ with ``stage_dropout``): each image draws a quality q from the
+        codec's qualities, uniformly (torch's seeded generator), and each map keeps the stages that quality holds
+        - the top map's first, then the bottom's - so the decoder learns every prefix the codec sends.
+        None: every map keeps all its stages."""
+        if not (self.training and self.config.stage_dropout):
+            return None
+        slots, maps = self.quantizers[0].slots, len(self.quantizers)
+        drawn = torch.randint(1, maps * slots + 1, (images,))
+        kept = [quality_slots(int(q), slots, maps, staged=True) for q in drawn]
+        return [torch.tensor([row[index] for row in kept]) for index in range(maps)]
 
     def decode(self, quants: list[torch.Tensor]) -> torch.Tensor:
         if self.config.maps == 2:

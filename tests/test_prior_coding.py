@@ -138,15 +138,15 @@ def test_random_payloads_behind_a_valid_checksum_never_crash(codecs):
 
 
 def test_the_priors_code_whole_codes_only():
-    codec = trained("rvq")  # the tiny rvq model: 2 stages
+    codec = trained("rvq")  # the tiny rvq model: 2 maps of 2 stages, qualities 1..4
     priors = Codec(codec.model, with_priors(codec))
     image = tiny_images(1, 16, seed=3)[0]
-    with pytest.raises(CodecError, match="the priors code all 2 slots a position, not 1: use the factorised"):
+    with pytest.raises(CodecError, match=r"the priors code all 2 slots of every map, not \[1, 0\]: use the factorised"):
         priors.compress(image, 1)
     data = bytearray(priors.compress(image))
-    data[4 + 1 + 1 + 8 + 2 + 2 + 1] = 1  # the header says 1 slot
+    data[4 + 1 + 1 + 8 + 2 + 2 + 1] = 1  # the header says quality 1
     data[-4:] = zlib.crc32(bytes(data[:-4])).to_bytes(4, "little")
-    with pytest.raises(CodecError, match="the priors code all 2 slots"):
+    with pytest.raises(CodecError, match=r"the priors code the top quality \(4\) only, not 1"):
         priors.decompress(bytes(data))
 
 

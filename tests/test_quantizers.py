@@ -270,25 +270,27 @@ def test_a_zero_latent_decodes_to_zero():
     assert torch.equal(out.z_q[0, :, 0, 0], torch.zeros(8))
 
 
-def test_stage_dropout_trains_each_image_on_a_prefix_of_the_stages():
+def test_a_residual_vq_codes_the_stages_each_image_keeps():
+    """``kept`` (the model's stage dropout) cuts each image's code to its first stages; an image that keeps none is
+    not sent: zero to the decoder, and no gradient to its encoder output."""
     torch.manual_seed(0)
-    z = features(batch=32)
-    quantizer = build_quantizer(tiny_config("rvq", stages=4, stage_dropout=True)).train()
-    out = quantizer(z)
-    kept = out.codes.present.sum(-1)  # [B, H, W]
-    per_image = kept.flatten(1)
-    assert (per_image == per_image[:, :1]).all()  # one count an image, drawn from 1..K
-    assert set(per_image[:, 0].tolist()) == {1, 2, 3, 4}
-    assert (out.codes.present == (torch.arange(4) < kept.unsqueeze(-1))).all()  # a prefix: stages 1..q
-    flat_q = out.z_q.permute(0, 2, 3, 1).reshape(-1, 8)
-    assert torch.allclose(flat_q, quantizer.decode_codes(out.codes).permute(0, 2, 3, 1).reshape(-1, 8), atol=1e-6)
-    assert quantizer.eval()(z).codes.present.all()  # evaluation codes every stage
+    z = features(batch=4).requires_grad_(True)
+    quantizer = build_quantizer(tiny_config("rvq", stages=4)).train()
+    out = quantizer(z, torch.tensor([0, 1, 3, 4]))
+    kept = out.codes.present.sum(-1).flatten(1)  # [B, positions]
+    assert (kept == torch.tensor([0, 1, 3, 4])[:, None]).all()
+    assert (out.codes.present == (torch.arange(4) < out.codes.present.sum(-1, keepdim=True))).all()  # prefixes
+    assert torch.allclose(out.z_q, quantizer.decode_codes(out.codes), atol=1e-6)
+    assert torch.equal(out.z_q[0], torch.zeros_like(out.z_q[0]))
+    out.z_q.sum().backward()
+    assert torch.equal(z.grad[0], torch.zeros_like(z.grad[0])) and (z.grad[1:] == 1).all()
+    assert quantizer.eval()(z).codes.present.all()  # by default every stage
 
 
 def test_any_prefix_of_residual_stages_decodes_to_the_sum_of_its_entries():
     torch.manual_seed(0)
     z = features(batch=16)
-    quantizer = build_quantizer(tiny_config("rvq", stages=3, stage_dropout=True)).train()
+    quantizer = build_quantizer(tiny_config("rvq", stages=3)).train()
     quantizer(z)
     codes = quantizer.eval()(z).codes
     errors = []
