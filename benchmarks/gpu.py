@@ -42,7 +42,8 @@ from sparse_vqvae.config import DataConfig, ModelConfig, TrainConfig
 from sparse_vqvae.data import EMBEDDED_TEST, embedded_photo_dir, load_dataset, save_image_array
 from sparse_vqvae.data import ImageArray, to_model_range
 from sparse_vqvae.entropy_coding import FrequencyModel
-from sparse_vqvae.pixelsnail import PixelSNAIL, sample_maps
+from sparse_vqvae.generation import sample_maps
+from sparse_vqvae.pixelsnail import PixelSNAIL
 from sparse_vqvae.prior_coding import PriorEntropyModel
 from sparse_vqvae.prior_train import load_maps, prior_configs
 from sparse_vqvae.train import make_optimizer, run_training

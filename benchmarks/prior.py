@@ -23,6 +23,7 @@ from _results import RESULTS, write_json
 from sparse_vqvae.code_store import CodeStore, extract_codes
 from sparse_vqvae.config import DataConfig, ModelConfig, TrainConfig
 from sparse_vqvae.data import load_dataset
+from sparse_vqvae.generation import sample
 from sparse_vqvae.pixelsnail import PixelSNAIL
 from sparse_vqvae.prior_train import bits_per_image, load_maps, prior_configs, train_prior
 from sparse_vqvae.train import train
@@ -60,8 +61,8 @@ def run_one(name: str, data: DataConfig, vqvae_steps: int, prior_steps: int, wor
 
     samples = 8
     start = time.perf_counter()
-    top = priors[0].sample(samples, temperature=1.0, generator=torch.Generator().manual_seed(0))
-    maps = [top] + [prior.sample(samples, condition=top, generator=torch.Generator().manual_seed(1))
+    top = sample(priors[0], samples, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    maps = [top] + [sample(prior, samples, condition=top, generator=torch.Generator().manual_seed(1))
                     for prior in priors[1:]]
     with torch.no_grad():
         images = model.decode_codes(tuple(maps))

@@ -423,13 +423,13 @@ static int check_indices(const int64_t *values, Py_ssize_t count, Py_ssize_t lim
     return 1;
 }
 
-/* atom_logits(head, state [rows, C], previous [rows] int64, slot, out [rows, width]): the logits over the slot's
- * atoms (+ END where counts vary), or over its stage's M atoms; an atom not above the previous one, or leaving too
- * little room for the remaining slots of a fixed count, gets -inf. */
+/* atom_logits(head, state [rows, C], previous [rows] int64, slot, last, out [rows, width]): the logits over the
+ * slot's atoms (+ END where counts vary), or over its stage's M atoms; an atom not above the previous one, or above
+ * last (PairHead.last_atom: the room the remaining slots of a fixed count need), gets -inf - codes.atom_window. */
 static PyObject *py_atom_logits(PyObject *self, PyObject *args) {
     PyObject *capsule, *o_state, *o_previous, *o_out;
-    Py_ssize_t rows, slot;
-    if (!PyArg_ParseTuple(args, "OOOnnO", &capsule, &o_state, &o_previous, &rows, &slot, &o_out)) return NULL;
+    Py_ssize_t rows, slot, last;
+    if (!PyArg_ParseTuple(args, "OOOnnnO", &capsule, &o_state, &o_previous, &rows, &slot, &last, &o_out)) return NULL;
     Head *head = PyCapsule_GetPointer(capsule, HEAD_NAME);
     if (!head) return NULL;
     if (slot < 0 || slot >= head->slots) return PyErr_Format(PyExc_IndexError, "slot %zd of %zd", slot, head->slots);
@@ -440,8 +440,8 @@ static PyObject *py_atom_logits(PyObject *self, PyObject *args) {
     if (!get_buffer(o_state, &state, "state", "d", 8, rows * c, 0)) return NULL;
     if (!get_buffer(o_previous, &previous, "previous", "lq", 8, rows, 0)) goto fail_previous;
     if (!get_buffer(o_out, &out, "out", "d", 8, rows * width, 1)) goto fail_out;
+    if (last < 0 || last >= n) return PyErr_Format(PyExc_ValueError, "last atom %zd is outside the head's %zd", last, n);
     int masked = !head->stage_atoms && !(slot == 0 && (head->variable || head->slots == 1));
-    Py_ssize_t last = head->variable ? n - 1 : n - (head->slots - slot); /* the highest atom with room after it */
     for (Py_ssize_t row = 0; row < rows; row++) {
         double *logits = (double *)out.buf + row * width;
         affine(head->atom_weight + first * c, head->atom_bias + first, (const double *)state.buf + row * c, width, c,
@@ -547,7 +547,7 @@ static PyMethodDef methods[] = {
      "write(plan, y, x, atoms, levels): the codes chosen at (y, x) ([n, slots] int64 each) into the input buffer."},
     {"head", py_head, METH_VARARGS, "head(arrays, dims): the pair head's weights (see incremental.CompiledHead), as a capsule."},
     {"atom_logits", py_atom_logits, METH_VARARGS,
-     "atom_logits(head, state, previous, rows, slot, out): each row's masked atom logits at slot into out."},
+     "atom_logits(head, state, previous, rows, slot, last, out): each row's masked atom logits at slot into out."},
     {"level_logits", py_level_logits, METH_VARARGS,
      "level_logits(head, state, atoms, rows, out): each row's level logits given its atom into out."},
     {"advance", py_advance, METH_VARARGS, "advance(head, state, atoms, levels, rows, out): each row's next state."},

@@ -1,13 +1,13 @@
 """The C extensions, optional: the one place that loads them.
 
-``_incremental`` (the prior one position at a time: ``incremental.CompiledBackbone``, ``CompiledHead``) and
+``_incremental`` (the prior one position at a time: ``generation.CompiledBackbone``, ``CompiledHead``) and
 ``sparse_coding._rowwise`` (the per-row sparse coders: ``sparse_coding.rowwise``) compile at install where a C
 compiler takes them (GCC >= 11 or Clang; MSVC rejects their GCC vector extension and ``restrict``, GCC < 11 the
 ``x86-64-v3`` clone, musl has no ifunc for ``target_clones``); a failed compile leaves them out and the install goes
 on. Without one, the library runs the PyTorch forms of the same computations, and says so once, in one
 ``RuntimeWarning`` at import:
 
-- ``incremental_backbone`` and ``incremental_emit`` give ``IncrementalBackbone`` and ``PairHead.emit``: features
+- ``incremental_backbone`` and ``head_steps`` give ``IncrementalBackbone`` and ``TorchHead``: features
   and logits within 1e-12 of the compiled forms' (float64, as prior coding computes), so the same probabilities
   after prior coding's 2^-10 grid and the same files, but for a logit within that of a grid boundary;
 - the sparse coders' ``form="auto"`` is ``batched``: in float64 the same atoms, coefficients within 1e-10 (OMP) and
@@ -24,7 +24,7 @@ import warnings
 from types import ModuleType
 
 EXTENSIONS = {"incremental": "sparse_vqvae._incremental", "rowwise": "sparse_vqvae.sparse_coding._rowwise"}
-_USED_INSTEAD = {"incremental": "IncrementalBackbone and PairHead.emit",
+_USED_INSTEAD = {"incremental": "IncrementalBackbone and TorchHead",
                  "rowwise": "the batched sparse coders, form='batched'"}
 
 

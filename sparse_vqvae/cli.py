@@ -40,7 +40,7 @@ from .devices import default_device
 from .entropy_coding import FrequencyModel, or_error
 from .pictures import save_grid
 from .maps import prior_files
-from .pixelsnail import sample_maps
+from .generation import sample_maps
 from .prior_coding import BATCH, PriorEntropyModel
 from .rate_distortion import plot, reference_points, sparse_vqvae_point, write_table
 from .train import load_checkpoint

@@ -69,6 +69,19 @@ def quality_slots(quality: int, slots: int, maps: int, staged: bool) -> tuple[in
     return tuple(min(max(quality - index * slots, 0), slots) if staged else slots for index in range(maps))
 
 
+def last_atom(num_atoms: int, still_to_come):
+    """The highest atom a slot of a canonical code may hold when ``still_to_come`` distinct, larger atoms follow it
+    (a number, or an array of them)."""
+    return num_atoms - 1 - still_to_come
+
+
+def atom_window(index, previous, last):
+    """Which of the atoms ``index`` a slot of a canonical code may hold: above the previous slot's atom (``previous``
+    [...]) and at most ``last`` (``last_atom``, a number or [..., 1]). The one rule of the priors' heads (PyTorch's;
+    the C head is given ``last``) and of the factorised coder, on torch tensors or numpy arrays alike."""
+    return (index > previous[..., None]) & (index <= last)
+
+
 def canonical_order(atoms: torch.Tensor) -> torch.Tensor:
     """Permutation [..., K] that sorts each position's atoms ascending, EMPTY slots last."""
     key = torch.where(atoms == EMPTY, torch.iinfo(atoms.dtype).max, atoms)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .checkpoint import CheckpointError, load_payload, save_payload
-from .codes import EMPTY, Codes, quality_range, quality_slots
+from .codes import EMPTY, Codes, atom_window, last_atom, quality_range, quality_slots
 from .config import codes_vary
 
 if TYPE_CHECKING:
@@ -236,8 +236,7 @@ class FrequencyModel:
         """[rows, N] probabilities of the atom in ``slot`` (of ``slots`` coded): slot ``slot``'s frequencies,
         above the previous atom and leaving room for the ``count - slot - 1`` atoms still to come (all
         ascending)."""
-        candidates = np.arange(self.num_atoms)
-        allowed = (candidates > previous[:, None]) & (candidates < (self.num_atoms - count + slot + 1)[:, None])
+        allowed = atom_window(np.arange(self.num_atoms), previous, last_atom(self.num_atoms, count - slot - 1)[:, None])
         table = self.atoms[index][slot][None, :] * allowed
         return table / table.sum(axis=1, keepdims=True)
 

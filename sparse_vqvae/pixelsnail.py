@@ -26,20 +26,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .codes import EMPTY, Codes
+from .codes import EMPTY, Codes, atom_window, last_atom
 from .config import PRIOR_POSITIONS
-from .incremental import incremental_backbone, incremental_emit
-
-# Chooses one symbol per row from its logits [B, n] at (y, x, slot), given which rows are still open:
-# draws it (sampling) or reads it from a coded stream (prior coding).
-Pick = Callable[[torch.Tensor, tuple[int, int, int], torch.Tensor], torch.Tensor]
-
 
 @dataclass(frozen=True)
 class PriorConfig:
@@ -176,52 +169,6 @@ class PixelSNAIL(nn.Module):
         h = self.backbone(codes, features).permute(0, 2, 3, 1)  # [B, H, W, C]
         return self.head.log_prob(h, codes).sum(dim=(1, 2))
 
-    @torch.no_grad()
-    def sample(self, n: int, temperature: float = 1.0, condition: Codes | None = None,
-               generator: torch.Generator | None = None) -> Codes:
-        """Draw ``n`` code maps position by position (the conditioning is embedded once)."""
-
-        def draw(logits: torch.Tensor, where: tuple[int, int, int], open_: torch.Tensor) -> torch.Tensor:
-            return torch.multinomial(F.softmax(logits / temperature, dim=-1), 1, generator=generator).squeeze(-1)
-
-        return self.generate(n, draw, draw, condition)
-
-    @torch.no_grad()
-    def generate(self, n: int, pick_atom: Pick, pick_level: Pick, condition: Codes | None = None,
-                 size: tuple[int, int] | None = None) -> Codes:
-        """``n`` code maps of ``size`` (the training size by default) built position by position in raster
-        order, every symbol chosen by ``pick_atom`` / ``pick_level`` from the logits the prior gives it there:
-        drawn (``sample``) or read from a coded stream (``prior_coding``)."""
-        c = self.config
-        height, width = size or (c.height, c.width)
-        self.check_size(height, width)
-        device = self.conv_in.weight.device
-        shape = (n, height, width, c.slots)
-        codes = Codes(torch.full(shape, EMPTY, dtype=torch.long, device=device),
-                      torch.zeros(shape, dtype=torch.long, device=device))
-        if c.condition is not None:
-            if condition is None or condition.atoms.shape[0] != n:
-                raise ValueError(f"this prior is conditioned on the top codes: pass {n} of them as condition")
-            self._check_condition(condition)
-        was_training = self.training
-        if was_training:
-            self.eval()  # no dropout while generating
-        with torch.inference_mode():  # the loop's thousands of small calls, without autograd's bookkeeping
-            # The top codes' embedding one image at a time: an image's conditioning is the same bits in any batch.
-            features = (torch.cat([self.condition_features(condition[i : i + 1], (height, width)) for i in range(n)])
-                        if c.condition is not None else None)
-            backbone = incremental_backbone(self, n, features, (height, width))
-            emit = incremental_emit(self, height * width)
-            for y in range(height):
-                for x in range(width):
-                    atoms, levels = emit(backbone.features_at(y, x), pick_atom, pick_level, (y, x))
-                    codes.atoms[:, y, x] = atoms  # codes stay ordinary tensors: made outside inference mode
-                    codes.levels[:, y, x] = levels
-                    backbone.write_codes(y, x, atoms, levels)
-        if was_training:
-            self.train()
-        return codes
-
     def check_size(self, height: int, width: int) -> None:
         """A prior with learned positions models maps of its training size only."""
         c = self.config
@@ -237,9 +184,9 @@ class PixelSNAIL(nn.Module):
         if (c.condition is not None) != (condition is not None):
             raise ValueError("pass the top codes as condition exactly when the prior is conditioned on them")
         if condition is not None:
-            self._check_condition(condition)
+            self.check_condition(condition)
 
-    def _check_condition(self, condition: Codes) -> None:
+    def check_condition(self, condition: Codes) -> None:
         top = self.config.condition
         if condition.atoms.dim() != 4 or condition.atoms.shape[3] != top["slots"]:
             raise ValueError(f"the condition (top codes) must be [B, H, W, {top['slots']}]; "
@@ -276,33 +223,34 @@ class PairHead(nn.Module):
         """The first atom of slot ``slot``'s choices: its logits' index i stands for atom offset + i."""
         return slot * self.stage_atoms
 
-    def _atom_logits(self, state: torch.Tensor, previous: torch.Tensor, slot: int) -> torch.Tensor:
-        """Logits over atoms (+ END), with the atoms that break ascending order masked out; with stages,
-        over the M atoms of the slot's stage only (ascending by construction)."""
+    def last_atom(self, slot: int) -> int:
+        """The highest atom ``slot`` may hold: a fixed count leaves room for the slots after it."""
+        return last_atom(self.num_atoms, 0 if self.variable else self.slots - slot - 1)
+
+    def atom_logits(self, state: torch.Tensor, previous: torch.Tensor, slot: int) -> torch.Tensor:
+        """Logits over atoms (+ END), with the atoms a canonical code cannot hold there masked out
+        (``codes.atom_window``); with stages, over the M atoms of the slot's stage only (ascending by construction)."""
         if self.stage_atoms:
             rows = slice(self.atom_offset(slot), self.atom_offset(slot + 1))
             return F.linear(state, self.atom_out.weight[rows], self.atom_out.bias[rows])
         logits = F.linear(state, self.atom_out.weight, self.atom_out.bias)
         if slot == 0 and (self.variable or self.slots == 1):  # nothing before it, nothing after it to leave room for
             return logits
-        index = torch.arange(self.num_atoms, device=state.device)
-        allowed = index > previous.unsqueeze(-1)  # strictly ascending
-        if not self.variable:  # room for the remaining slots
-            allowed &= index <= self.num_atoms - (self.slots - slot)
+        allowed = atom_window(torch.arange(self.num_atoms, device=state.device), previous, self.last_atom(slot))
         if self.variable:
             allowed = torch.cat([allowed, torch.ones_like(allowed[..., :1])], dim=-1)  # END always allowed
         return logits.masked_fill(~allowed, float("-inf"))
 
-    def _level_logits(self, state: torch.Tensor, atoms: torch.Tensor) -> torch.Tensor:
+    def level_logits(self, state: torch.Tensor, atoms: torch.Tensor) -> torch.Tensor:
         """Logits over the coefficient levels given the atoms just emitted."""
         return F.linear(state + F.embedding(atoms, self.atom_in.weight), self.level_out.weight, self.level_out.bias)
 
-    def _advance(self, state: torch.Tensor, atoms: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    def advance(self, state: torch.Tensor, atoms: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
         """The state after emitting the pair (atom, level)."""
         return state + self.update(self.pair_atom(atoms) + self.pair_level(levels))
 
     def advances(self) -> torch.Tensor:
-        """``_advance``'s increment for every pair [num_atoms, coef_levels, C]: it depends on the pair alone, so
+        """``advance``'s increment for every pair [num_atoms, coef_levels, C]: it depends on the pair alone, so
         generation looks it up (one MLP pass for all pairs instead of one per emitted slot)."""
         return self.update(self.pair_atom.weight[:, None] + self.pair_level.weight[None])
 
@@ -315,58 +263,18 @@ class PairHead(nn.Module):
         for k in range(self.slots):
             atoms, levels = codes.atoms[..., k], codes.levels[..., k]
             present = atoms != EMPTY
-            logp_atoms = F.log_softmax(self._atom_logits(state, previous, k), dim=-1)
+            logp_atoms = F.log_softmax(self.atom_logits(state, previous, k), dim=-1)
             target = torch.where(present, atoms - self.atom_offset(k), self.end if self.variable else 0)
             atom_term = logp_atoms.gather(-1, target.unsqueeze(-1)).squeeze(-1)
             total = total + torch.where(open_, atom_term, 0.0)
             safe_atoms = atoms.clamp_min(0)
-            logp_levels = F.log_softmax(self._level_logits(state, safe_atoms), dim=-1)
+            logp_levels = F.log_softmax(self.level_logits(state, safe_atoms), dim=-1)
             level_term = logp_levels.gather(-1, levels.unsqueeze(-1)).squeeze(-1)
             total = total + torch.where(present & open_, level_term, 0.0)
-            state = torch.where(present.unsqueeze(-1), self._advance(state, safe_atoms, levels), state)
+            state = torch.where(present.unsqueeze(-1), self.advance(state, safe_atoms, levels), state)
             previous = torch.where(present, atoms, previous)
             open_ = open_ & present
         return total
-
-    def emit(self, h: torch.Tensor, pick_atom: Pick, pick_level: Pick, position: tuple[int, int],
-             advances: torch.Tensor | None):
-        """One position's pairs for each row of ``h`` [B, C]: atoms and levels [B, K], slot by slot, each
-        symbol chosen by ``pick_*`` from its logits (rows closed by END keep empty slots; a single level is
-        no choice and is not picked); ``advances`` is ``advances()``, or None to run ``_advance`` per slot."""
-        b = h.shape[0]
-        atoms = torch.full((b, self.slots), EMPTY, dtype=torch.long, device=h.device)
-        levels = torch.zeros((b, self.slots), dtype=torch.long, device=h.device)
-        state = h
-        previous = torch.full((b,), -1, dtype=torch.long, device=h.device)
-        open_ = torch.ones(b, dtype=torch.bool, device=h.device)
-        for k in range(self.slots):
-            drawn = pick_atom(self._atom_logits(state, previous, k), (*position, k), open_)
-            if self.stage_atoms:
-                drawn = drawn + self.atom_offset(k)
-            if self.variable:
-                open_ = open_ & (drawn != self.end)
-            safe = drawn.clamp_max(self.num_atoms - 1)
-            level = (pick_level(self._level_logits(state, safe), (*position, k), open_)
-                     if self.coef_levels > 1 else levels[:, k])
-            if self.variable:  # the slot is emitted by open rows only
-                atoms[:, k], levels[:, k] = torch.where(open_, safe, EMPTY), torch.where(open_, level, 0)
-            else:
-                atoms[:, k], levels[:, k] = safe, level
-            if k + 1 == self.slots:  # the last slot needs no advance
-                break
-            advanced = self._advance(state, safe, level) if advances is None else state + advances[safe, level]
-            if self.variable:
-                state, previous = torch.where(open_.unsqueeze(-1), advanced, state), torch.where(open_, safe, previous)
-            else:
-                state, previous = advanced, safe
-        return atoms, levels
-
-
-def sample_maps(priors: list[PixelSNAIL], n: int, temperature: float = 1.0,
-                generator: torch.Generator | None = None) -> tuple[Codes, ...]:
-    """``n`` images' code maps: the top map from the first prior, every later map from its prior given the top."""
-    top = priors[0].sample(n, temperature, generator=generator)
-    return (top, *(prior.sample(n, temperature, condition=top, generator=generator) for prior in priors[1:]))
 
 
 def bits(log_prob: torch.Tensor) -> torch.Tensor:

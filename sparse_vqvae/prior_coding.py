@@ -10,7 +10,7 @@ same shapes, batch of one), so both sides compute the same probabilities.
 
 Files decode anywhere: the probabilities come from one fixed arithmetic, whatever device the
 priors were trained or loaded on - the priors run on the CPU for coding, in their compiled form
-(``incremental``: float64, each sum in one written-out order, compiled without FMA contraction), and
+(``generation``: float64, each sum in one written-out order, compiled without FMA contraction), and
 their logits are rounded to 2^-10 before the softmax. What can still differ between machines, in the
 last bits (~1e-16): libm's exp and expm1, numpy's exp in the probability tables, and the top codes'
 embedding for the bottom prior (PyTorch convolutions, computed once per image); so a rounding flip
@@ -26,7 +26,7 @@ embedding is computed one image at a time, so an image's logits are the same bit
 
 Priors with learned positions code images of the size they were trained on (other sizes need the
 factorised model); priors with positions ``none`` code any size. Each position costs one pass of
-every layer at that position (``incremental``): time grows linearly with the image's area.
+every layer at that position (``generation``): time grows linearly with the image's area.
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ import torch
 from .checkpoint import CheckpointError
 from .codes import EMPTY, Codes, quality_range
 from .entropy_coding import or_error, raised
-from .pixelsnail import Pick, PixelSNAIL
+from .generation import Pick, generate
+from .pixelsnail import PixelSNAIL
 from .prior_train import load_prior
 
 _LOGIT_STEP = 2.0**-10
@@ -194,7 +195,7 @@ class PriorEntropyModel:
         maps: list[Codes] = []
         for index, prior in enumerate(self._coding_priors):
             pick_atom, pick_level = _picks(next_symbol, index, prior.config.coef_levels)
-            maps.append(prior.generate(n, pick_atom, pick_level, condition=maps[0] if index else None,
+            maps.append(generate(prior, n, pick_atom, pick_level, condition=maps[0] if index else None,
                                        size=tuple(map_sizes[index])))
         return tuple(codes.to("cpu") for codes in maps)
 

@@ -21,7 +21,7 @@ from sparse_vqvae.atomic import write_json
 from sparse_vqvae.data import ImageArray
 from sparse_vqvae.devices import default_device
 from sparse_vqvae.pictures import save_grid
-from sparse_vqvae.pixelsnail import sample_maps
+from sparse_vqvae.generation import sample_maps
 from sparse_vqvae.prior_coding import PriorEntropyModel
 from sparse_vqvae.rate_distortion import plot, psnr_at_rate, write_table
 from sparse_vqvae.train import load_checkpoint

@@ -26,7 +26,7 @@ from sparse_vqvae.entropy_coding import FrequencyModel
 from sparse_vqvae.metrics import atom_usage
 from sparse_vqvae.pictures import save_grid
 from sparse_vqvae.prior_coding import PriorEntropyModel
-from sparse_vqvae.pixelsnail import sample_maps
+from sparse_vqvae.generation import sample_maps
 from sparse_vqvae.prior_train import bits_per_image, load_maps
 from sparse_vqvae.rate_distortion import plot, psnr_at_rate, reference_points, sparse_vqvae_point, write_table
 from sparse_vqvae.train import evaluate, load_checkpoint

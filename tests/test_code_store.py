@@ -95,7 +95,8 @@ def test_other_format_version_is_refused(tmp_path):
 @pytest.mark.parametrize("selection_fn", SELECTION_FNS)
 def test_priors_sampled_from_a_store_decode_to_images(selection_fn, levels, tmp_path):
     from sparse_vqvae.codes import validate_codes
-    from sparse_vqvae.pixelsnail import PixelSNAIL, sample_maps
+    from sparse_vqvae.generation import sample_maps
+    from sparse_vqvae.pixelsnail import PixelSNAIL
     from sparse_vqvae.prior_train import prior_configs
 
     model = trained_tiny(selection_fn, levels)

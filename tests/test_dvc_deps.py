@@ -31,12 +31,14 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def imports_of(path: Path) -> set[str]:
-    """The repo modules ``path`` imports, each with its parent packages (Python runs their __init__ too)."""
+def imports_of(path: Path, annotations: bool = False) -> set[str]:
+    """The repo modules ``path`` imports, each with its parent packages (Python runs their __init__ too); with
+    ``annotations``, those imported for annotations only (``if TYPE_CHECKING:``) too."""
     name = module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
-    for node in ast.walk(_without_type_checking(ast.parse(path.read_text(), str(path)))):
+    tree = ast.parse(path.read_text(), str(path))
+    for node in ast.walk(tree if annotations else _without_type_checking(tree)):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -116,6 +118,26 @@ def test_preparing_data_does_not_depend_on_the_model_code():
     run = modules_run_by(REPO / "tasks/prepare_data.py")
     model_code = {"quantizers.py", "vqvae.py", "pixelsnail.py", "code_store.py", "sparse_coding"}
     assert not {path for path in run if path.name in model_code or path.parent.name in model_code}
+
+
+def test_the_library_has_no_import_circle():
+    """Modules import down a hierarchy, annotations included: a circle (pixelsnail and the generation loop had one)
+    means two modules that cannot be understood, or changed, apart."""
+    modules = {module_name(path): path for path in (REPO / "sparse_vqvae").rglob("*.py")}
+    edges = {name: {other for other in imports_of(path, annotations=True) if other in modules and other != name
+                    and not name.startswith(f"{other}.")}  # a module's own package __init__ is no circle
+             for name, path in modules.items()}
+    done: set[str] = set()
+
+    def visit(name: str, trail: tuple[str, ...]) -> None:
+        assert name not in trail, f"import circle: {' -> '.join(trail[trail.index(name):] + (name,))}"
+        if name not in done:
+            for other in sorted(edges[name]):
+                visit(other, trail + (name,))
+            done.add(name)
+
+    for name in sorted(modules):
+        visit(name, ())
 
 
 def test_the_walk_skips_imports_for_annotations_only():

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from sparse_vqvae.codes import EMPTY, Codes, validate_codes
-from sparse_vqvae.incremental import CompiledBackbone, CompiledHead, IncrementalBackbone
+from sparse_vqvae.generation import CompiledBackbone, CompiledHead, IncrementalBackbone, TorchHead, emit, generate, sample
 from sparse_vqvae.pixelsnail import PixelSNAIL, PriorConfig, bits
 from sparse_vqvae.prior_train import bits_per_image, load_prior, save_prior, train_prior
 
@@ -116,8 +116,8 @@ def test_a_prior_made_under_inference_mode_generates():
     prior = prior_for("lasso", conditioned=True)
     with torch.inference_mode():
         made_there = copy.deepcopy(prior).double().eval()  # as PriorEntropyModel makes its coding copies
-        maps = made_there.sample(2, condition=random_codes("lasso", batch=2, height=2, width=2, seed=9),
-                                 generator=torch.Generator().manual_seed(0))
+        maps = sample(made_there, 2, condition=random_codes("lasso", batch=2, height=2, width=2, seed=9),
+                      generator=torch.Generator().manual_seed(0))
     assert maps.atoms.shape == (2, 4, 4, VARIANTS["lasso"]["slots"])
 
 
@@ -149,15 +149,16 @@ def recording_pick(record: list):
 @pytest.mark.parametrize("tabled", [False, True])
 @pytest.mark.parametrize("name", VARIANTS)
 def test_compiled_head_emits_as_the_pytorch_head(name, tabled):
-    """The CPU's head (C per slot, numpy bookkeeping) against ``PairHead.emit``, its advances per slot or from
-    the table: the same logits to rounding at every pick, masks included, and the same pairs."""
+    """The CPU's head steps (C per slot) against PyTorch's, its advances per slot or from the table, through the one
+    slot loop: the same logits to rounding at every pick, masks included, and the same pairs."""
     prior = prior_for(name).double().eval()
     h = torch.randn(7, prior.config.channels, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     ours, theirs = [], []
     with torch.no_grad():
         advances = prior.head.advances() if tabled else None
-        expected = prior.head.emit(h, recording_pick(theirs), recording_pick(theirs), (1, 2), advances)
-        found = CompiledHead(prior).emit(h, recording_pick(ours), recording_pick(ours), (1, 2))
+        expected = emit(TorchHead(prior.head, advances), prior.head, h, recording_pick(theirs), recording_pick(theirs),
+                        (1, 2))
+        found = emit(CompiledHead(prior), prior.head, h, recording_pick(ours), recording_pick(ours), (1, 2))
     assert [where for where, _ in ours] == [where for where, _ in theirs]
     for (_, a), (_, b) in zip(ours, theirs):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
@@ -185,7 +186,7 @@ def test_compiled_generation_gives_an_image_the_same_logits_in_a_batch_as_alone(
                 choices.append(int((logits[row] + noise).argmax()))
             return torch.tensor(choices)
 
-        prior.generate(len(images), pick, pick, condition=condition[images])
+        generate(prior, len(images), pick, pick, condition=condition[images])
         return seen
 
     together = logits_seen([0, 1, 2])
@@ -203,7 +204,7 @@ def test_generation_advances_the_head_as_teacher_forcing_does(name):
     levels = torch.randint(0, head.coef_levels, (6,))
     with torch.no_grad():
         looked_up = state + head.advances()[atoms, levels]
-        torch.testing.assert_close(looked_up, head._advance(state, atoms, levels), rtol=0, atol=1e-12)
+        torch.testing.assert_close(looked_up, head.advance(state, atoms, levels), rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("name", VARIANTS)
@@ -272,8 +273,8 @@ def test_a_residual_vqs_slot_chooses_among_its_stage_only():
             state = state + head.update(head.pair_atom(atoms) + head.pair_level(codes.levels[..., k]))
         torch.testing.assert_close(head.log_prob(h, codes), expected)
         assert (staged.log_prob(codes) > pooled.log_prob(codes)).all()
-        sample = staged.sample(64, generator=torch.Generator().manual_seed(0))
-    stage = sample.atoms // 8
+        drawn = sample(staged, 64, generator=torch.Generator().manual_seed(0))
+    stage = drawn.atoms // 8
     assert torch.equal(stage, torch.arange(2).expand_as(stage))
     with pytest.raises(ValueError, match="stage_atoms 5"):
         prior_for("rvq", stage_atoms=5)
@@ -288,12 +289,12 @@ def test_a_few_steps_lower_the_loss_and_samples_are_valid(name):
     before = bits_per_image(prior, maps, 0)
     train_prior(prior, maps, 0, steps=30, batch_size=8, lr=3e-3, progress=False)
     assert bits_per_image(prior, maps, 0) < before
-    sample = prior.eval().sample(5, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    drawn = sample(prior.eval(), 5, temperature=1.0, generator=torch.Generator().manual_seed(0))
     v = VARIANTS[name]
-    validate_codes(sample, v["num_atoms"], v["coef_levels"])
+    validate_codes(drawn, v["num_atoms"], v["coef_levels"])
     if not v["variable_count"]:
-        assert sample.present.all()
-    assert sample.atoms.shape == (5, 4, 4, v["slots"])
+        assert drawn.present.all()
+    assert drawn.atoms.shape == (5, 4, 4, v["slots"])
 
 
 def test_conditional_prior_uses_the_top_codes():
@@ -302,8 +303,8 @@ def test_conditional_prior_uses_the_top_codes():
     top_a, top_b = random_codes("omp", batch=2, height=2, width=2, seed=1), random_codes("omp", 2, 2, 2, seed=2)
     with torch.no_grad():
         assert not torch.allclose(prior.log_prob(bottom, top_a), prior.log_prob(bottom, top_b))
-        sample = prior.sample(2, condition=top_a, generator=torch.Generator().manual_seed(0))
-    validate_codes(sample, 16, 8)
+        drawn = sample(prior, 2, condition=top_a, generator=torch.Generator().manual_seed(0))
+    validate_codes(drawn, 16, 8)
     with pytest.raises(ValueError, match="condition"):
         prior.log_prob(bottom)
 

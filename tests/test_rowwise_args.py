@@ -241,8 +241,12 @@ def test_good_arguments_run_the_incremental_pass_and_head():
     _incremental.step(capsule, 1, 1, out)
     assert np.isfinite(out).all() and out.any()
     pair, state, logits = head(), np.full((3, 2), 0.5), np.zeros((3, 6))
-    _incremental.atom_logits(pair, state, np.array([-1, 1, 2]), 3, 1, logits)
+    _incremental.atom_logits(pair, state, np.array([-1, 1, 2]), 3, 1, 5, logits)
     assert np.isneginf(logits[1, :2]).all() and np.isfinite(logits[0]).all()  # slot 1: atoms above the previous
+    _incremental.atom_logits(pair, state, np.array([-1, 1, 2]), 3, 1, 4, logits)
+    assert np.isneginf(logits[:, 5]).all() and np.isfinite(logits[0, :5]).all()  # and at most the last
+    with pytest.raises(ValueError, match="^last atom 6 is outside the head's 6$"):
+        _incremental.atom_logits(pair, state, np.array([-1, 1, 2]), 3, 1, 6, logits)
     _incremental.level_logits(pair, state, np.array([0, 5, 2]), 3, np.zeros((3, 3)))
     _incremental.advance(pair, state, np.array([0, 5, 2]), np.array([0, 2, 1]), 3, np.zeros((3, 2)))
 
@@ -269,7 +273,7 @@ def test_a_head_dimension_out_of_range_is_refused(dims):
                                            (2**61, "rows: 2305843009213693952 rows of .* than memory can address")])
 def test_a_head_call_with_a_bad_row_count_is_refused(call, rows, message):
     pair, empty, indices = head(), np.zeros(0), np.zeros(0, np.int64)
-    arguments = {"atom_logits": (pair, empty, indices, rows, 0, empty),
+    arguments = {"atom_logits": (pair, empty, indices, rows, 0, 5, empty),
                  "level_logits": (pair, empty, indices, rows, empty),
                  "advance": (pair, empty, indices, indices, rows, empty)}[call]
     with pytest.raises(ValueError, match=f"^{message}$"):
@@ -279,11 +283,11 @@ def test_a_head_call_with_a_bad_row_count_is_refused(call, rows, message):
 def test_incremental_arrays_of_the_wrong_dtype_layout_or_writability_are_refused_by_name():
     pair, state = head(), np.full((3, 2), 0.5)
     with pytest.raises(ValueError, match="^state: expected"):
-        _incremental.atom_logits(pair, state.astype(np.float32), np.zeros(3, np.int64), 3, 0, np.zeros((3, 6)))
+        _incremental.atom_logits(pair, state.astype(np.float32), np.zeros(3, np.int64), 3, 0, 5, np.zeros((3, 6)))
     with pytest.raises(ValueError, match="^previous: expected"):
-        _incremental.atom_logits(pair, state, np.zeros(3, np.int32), 3, 0, np.zeros((3, 6)))
+        _incremental.atom_logits(pair, state, np.zeros(3, np.int32), 3, 0, 5, np.zeros((3, 6)))
     with pytest.raises(ValueError, match="^out: expected a C-contiguous, writable.*not C-contiguous"):
-        _incremental.atom_logits(pair, state, np.zeros(3, np.int64), 3, 0, np.zeros((3, 12))[:, ::2])
+        _incremental.atom_logits(pair, state, np.zeros(3, np.int64), 3, 0, 5, np.zeros((3, 12))[:, ::2])
     frozen = np.zeros((1, 2))
     frozen.flags.writeable = False
     with pytest.raises(ValueError, match="^out: expected a C-contiguous, writable.*read-only"):

@@ -1,19 +1,20 @@
-"""PixelSNAIL one position at a time, in raster order: the loop of generation and prior coding.
+"""Generation: code maps built one position at a time in raster order - drawn from the priors (sampling), or read
+from a coded stream (prior coding picks each symbol from the ANS decoder).
 
 Causality means a layer's output at position i never changes once computed, so every layer's input is kept
 in a buffer filled as the positions are reached, and position i costs one pass of each layer at i - not a
-pass of the backbone over the map above it. Then the pair head emits the position's pairs slot by slot,
-each symbol picked (drawn, or read from a coded stream) from the logits it gives. Two forms of both, one
-interface (``features_at``, ``emit``, then ``write_codes`` with the pairs chosen there):
+pass of the backbone over the map above it. Then the pair head emits the position's pairs slot by slot
+(``emit``, the one slot loop), each symbol picked from the logits it gives. Two forms of the backbone and of the
+head's three steps (atom logits, level logits, the state's advance), one interface:
 
 - compiled (the CPU's: ``CompiledBackbone``, ``CompiledHead``): a position's backbone pass is one call into
   C (``_incremental.c``), and so is each of a slot's atom logits, level logits and state update; float64,
   each sum in one fixed order, each row on its own. One small image's position is a few dozen
   matrix-vector products on 64 channels, which cost less than PyTorch's overhead for the ~100 calls they
   take there.
-- PyTorch (any device): ``IncrementalBackbone`` and ``PairHead.emit``, the same passes as tensor calls.
+- PyTorch (any device): ``IncrementalBackbone`` and ``TorchHead`` (``PairHead``'s own steps), tensor calls.
 
-``incremental_backbone`` and ``incremental_emit`` pick the form for the prior's device (PyTorch's wherever the C
+``incremental_backbone`` and ``head_steps`` pick the form for the prior's device (PyTorch's wherever the C
 extension is missing: ``_native``). The forms sum in other orders than the full pass and teacher forcing: features
 and logits agree with them, and with each other, to rounding (tested).
 """
@@ -22,22 +23,75 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable
-from functools import partial
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .codes import EMPTY, Codes
-
-if TYPE_CHECKING:
-    from .pixelsnail import CausalAttention, CausalConv2d, PairHead, Pick, PixelSNAIL
-
-Emit = Callable[[torch.Tensor, "Pick", "Pick", tuple[int, int]], tuple[torch.Tensor, torch.Tensor]]
-
 from . import _native
 from ._native import incremental as _incremental  # None where the C extension is missing: the PyTorch forms run
+from .codes import EMPTY, Codes
+from .pixelsnail import CausalAttention, CausalConv2d, PairHead, PixelSNAIL
+
+# Chooses one symbol per row from its logits [B, n] at (y, x, slot), given which rows are still open:
+# draws it (sampling) or reads it from a coded stream (prior coding).
+Pick = Callable[[torch.Tensor, tuple[int, int, int], torch.Tensor], torch.Tensor]
+
+
+@torch.no_grad()
+def sample(prior: PixelSNAIL, n: int, temperature: float = 1.0, condition: Codes | None = None,
+           generator: torch.Generator | None = None) -> Codes:
+    """Draw ``n`` code maps from ``prior`` position by position (the conditioning is embedded once)."""
+
+    def draw(logits: torch.Tensor, where: tuple[int, int, int], open_: torch.Tensor) -> torch.Tensor:
+        return torch.multinomial(F.softmax(logits / temperature, dim=-1), 1, generator=generator).squeeze(-1)
+
+    return generate(prior, n, draw, draw, condition)
+
+
+def sample_maps(priors: list[PixelSNAIL], n: int, temperature: float = 1.0,
+                generator: torch.Generator | None = None) -> tuple[Codes, ...]:
+    """``n`` images' code maps: the top map from the first prior, every later map from its prior given the top."""
+    top = sample(priors[0], n, temperature, generator=generator)
+    return (top, *(sample(prior, n, temperature, condition=top, generator=generator) for prior in priors[1:]))
+
+
+@torch.no_grad()
+def generate(prior: PixelSNAIL, n: int, pick_atom: Pick, pick_level: Pick, condition: Codes | None = None,
+             size: tuple[int, int] | None = None) -> Codes:
+    """``n`` code maps of ``size`` (the prior's training size by default) built position by position in raster
+    order, every symbol chosen by ``pick_atom`` / ``pick_level`` from the logits the prior gives it there:
+    drawn (``sample``) or read from a coded stream (``prior_coding``)."""
+    c = prior.config
+    height, width = size or (c.height, c.width)
+    prior.check_size(height, width)
+    device = prior.conv_in.weight.device
+    shape = (n, height, width, c.slots)
+    codes = Codes(torch.full(shape, EMPTY, dtype=torch.long, device=device),
+                  torch.zeros(shape, dtype=torch.long, device=device))
+    if c.condition is not None:
+        if condition is None or condition.atoms.shape[0] != n:
+            raise ValueError(f"this prior is conditioned on the top codes: pass {n} of them as condition")
+        prior.check_condition(condition)
+    was_training = prior.training
+    if was_training:
+        prior.eval()  # no dropout while generating
+    with torch.inference_mode():  # the loop's thousands of small calls, without autograd's bookkeeping
+        # The top codes' embedding one image at a time: an image's conditioning is the same bits in any batch.
+        features = (torch.cat([prior.condition_features(condition[i : i + 1], (height, width)) for i in range(n)])
+                    if c.condition is not None else None)
+        backbone = incremental_backbone(prior, n, features, (height, width))
+        steps = head_steps(prior, height * width)
+        for y in range(height):
+            for x in range(width):
+                atoms, levels = emit(steps, prior.head, backbone.features_at(y, x), pick_atom, pick_level, (y, x))
+                codes.atoms[:, y, x] = atoms  # codes stay ordinary tensors: made outside inference mode
+                codes.levels[:, y, x] = levels
+                backbone.write_codes(y, x, atoms, levels)
+    if was_training:
+        prior.train()
+    return codes
 
 
 def incremental_backbone(prior: PixelSNAIL, n: int, condition_features: torch.Tensor | None,
@@ -47,16 +101,69 @@ def incremental_backbone(prior: PixelSNAIL, n: int, condition_features: torch.Te
     return form(prior, n, condition_features, size)
 
 
-def incremental_emit(prior: PixelSNAIL, positions: int) -> Emit:
-    """The head's ``emit(features, pick_atom, pick_level, (y, x)) -> (atoms, levels)`` for a map of ``positions``:
-    compiled on the CPU. PyTorch's advances the head from one table of every pair's advance when the map emits
-    more pairs than the table has rows (a photograph's 10 slots), else by one MLP call a slot (a small map: the
-    table would cost more); which of the two does not depend on the batch."""
+def head_steps(prior: PixelSNAIL, positions: int) -> CompiledHead | TorchHead:
+    """The head's steps for a map of ``positions``: compiled on the CPU. PyTorch's advances the state from one table
+    of every pair's advance when the map emits more pairs than the table has rows (a photograph's 10 slots), else by
+    one MLP call a slot (a small map: the table would cost more); which of the two does not depend on the batch."""
     if _compiled(prior):
-        return CompiledHead(prior).emit
+        return CompiledHead(prior)
     head = prior.head
     tabled = positions * (head.slots - 1) >= head.num_atoms * head.coef_levels
-    return partial(head.emit, advances=head.advances() if tabled else None)
+    return TorchHead(head, head.advances() if tabled else None)
+
+
+def emit(steps: CompiledHead | TorchHead, head: PairHead, h: torch.Tensor, pick_atom: Pick, pick_level: Pick,
+         position: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One position's pairs for each row of ``h`` [B, C]: atoms and levels [B, K], slot by slot, each symbol chosen
+    by ``pick_*`` from the logits ``steps`` give (rows closed by END keep empty slots; a single level is no choice
+    and is not picked) - the one slot loop of generation and prior coding, whichever form computes the steps."""
+    b = h.shape[0]
+    atoms = torch.full((b, head.slots), EMPTY, dtype=torch.long, device=h.device)
+    levels = torch.zeros((b, head.slots), dtype=torch.long, device=h.device)
+    state = steps.start(h)
+    previous = torch.full((b,), -1, dtype=torch.long, device=h.device)
+    open_ = torch.ones(b, dtype=torch.bool, device=h.device)
+    for k in range(head.slots):
+        drawn = pick_atom(steps.atom_logits(state, previous, k), (*position, k), open_) + head.atom_offset(k)
+        if head.variable:
+            open_ = open_ & (drawn != head.end)
+        safe = drawn.clamp_max(head.num_atoms - 1)
+        level = (pick_level(steps.level_logits(state, safe), (*position, k), open_)
+                 if head.coef_levels > 1 else levels[:, k])
+        if head.variable:  # the slot is emitted by open rows only
+            atoms[:, k], levels[:, k] = torch.where(open_, safe, EMPTY), torch.where(open_, level, 0)
+        else:
+            atoms[:, k], levels[:, k] = safe, level
+        if k + 1 == head.slots:  # the last slot needs no advance
+            break
+        advanced = steps.advance(state, safe, level)
+        if head.variable:
+            state, previous = torch.where(open_.unsqueeze(-1), advanced, state), torch.where(open_, safe, previous)
+        else:
+            state, previous = advanced, safe
+    return atoms, levels
+
+
+class TorchHead:
+    """The head's steps in PyTorch, on the prior's device: ``PairHead``'s own, the state's advance looked up from
+    ``advances`` (``PairHead.advances()``) when given."""
+
+    def __init__(self, head: PairHead, advances: torch.Tensor | None) -> None:
+        self.head, self.advances = head, advances
+
+    def start(self, h: torch.Tensor) -> torch.Tensor:
+        return h
+
+    def atom_logits(self, state: torch.Tensor, previous: torch.Tensor, slot: int) -> torch.Tensor:
+        return self.head.atom_logits(state, previous, slot)
+
+    def level_logits(self, state: torch.Tensor, atoms: torch.Tensor) -> torch.Tensor:
+        return self.head.level_logits(state, atoms)
+
+    def advance(self, state: torch.Tensor, atoms: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+        if self.advances is None:
+            return self.head.advance(state, atoms, levels)
+        return state + self.advances[atoms, levels]
 
 
 def _compiled(prior: PixelSNAIL) -> bool:
@@ -107,9 +214,8 @@ class CompiledBackbone:
 
 
 class CompiledHead:
-    """``PairHead.emit`` on the CPU: each slot's atom logits, level logits and state update one call into C each
-    (float64 whatever the prior's dtype; logits handed to the picks in float64), the slot loop's bookkeeping
-    in numpy - the same loop as ``PairHead.emit``."""
+    """The head's steps on the CPU: each slot's atom logits, level logits and state update one call into C each
+    (float64 whatever the prior's dtype: the state, and the logits handed to the picks)."""
 
     def __init__(self, prior: PixelSNAIL) -> None:
         if _incremental is None:
@@ -119,38 +225,25 @@ class CompiledHead:
             prior.config.channels, head.num_atoms, head.coef_levels, head.slots, head.stage_atoms, head.variable))
         self._atom_width = head.stage_atoms or head.num_atoms + head.variable
 
-    def emit(self, h: torch.Tensor, pick_atom: Pick, pick_level: Pick,
-             position: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """One position's pairs for each row of ``h`` [B, C]: atoms and levels [B, K] (as ``PairHead.emit``)."""
-        state = np.ascontiguousarray(h.numpy(), dtype=np.float64)
-        rows, head = len(state), self.head
-        atoms, levels = np.full((rows, head.slots), EMPTY), np.zeros((rows, head.slots), dtype=np.int64)
-        previous, open_ = np.full(rows, -1), np.ones(rows, dtype=np.bool_)
-        for k in range(head.slots):
-            logits = np.empty((rows, self._atom_width))
-            _incremental.atom_logits(self._kernel, state, previous, rows, k, logits)
-            drawn = pick_atom(torch.from_numpy(logits), (*position, k), torch.from_numpy(open_)).numpy()
-            if head.stage_atoms:
-                drawn = drawn + head.atom_offset(k)
-            if head.variable:
-                open_ = open_ & (drawn != head.end)
-            safe = np.minimum(drawn, head.num_atoms - 1)
-            level = levels[:, k]
-            if head.coef_levels > 1:
-                logits = np.empty((rows, head.coef_levels))
-                _incremental.level_logits(self._kernel, state, safe, rows, logits)
-                level = pick_level(torch.from_numpy(logits), (*position, k), torch.from_numpy(open_)).numpy()
-            atoms[:, k], levels[:, k] = (np.where(open_, safe, EMPTY), np.where(open_, level, 0)) if head.variable else (
-                safe, level)
-            if k + 1 == head.slots:  # the last slot needs no advance
-                break
-            advanced = np.empty_like(state)
-            _incremental.advance(self._kernel, state, safe, np.ascontiguousarray(level), rows, advanced)
-            if head.variable:  # the slot is emitted by open rows only
-                state, previous = np.where(open_[:, None], advanced, state), np.where(open_, safe, previous)
-            else:
-                state, previous = advanced, safe
-        return torch.from_numpy(atoms), torch.from_numpy(levels)
+    def start(self, h: torch.Tensor) -> torch.Tensor:
+        return h.to(torch.float64).contiguous()
+
+    def atom_logits(self, state: torch.Tensor, previous: torch.Tensor, slot: int) -> torch.Tensor:
+        logits = np.empty((len(state), self._atom_width))
+        _incremental.atom_logits(self._kernel, state.numpy(), previous.contiguous().numpy(), len(state), slot,
+                                 self.head.last_atom(slot), logits)
+        return torch.from_numpy(logits)
+
+    def level_logits(self, state: torch.Tensor, atoms: torch.Tensor) -> torch.Tensor:
+        logits = np.empty((len(state), self.head.coef_levels))
+        _incremental.level_logits(self._kernel, state.numpy(), atoms.contiguous().numpy(), len(state), logits)
+        return torch.from_numpy(logits)
+
+    def advance(self, state: torch.Tensor, atoms: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+        advanced = np.empty((len(state), state.shape[1]))
+        _incremental.advance(self._kernel, state.numpy(), atoms.contiguous().numpy(), levels.contiguous().numpy(),
+                             len(state), advanced)
+        return torch.from_numpy(advanced)
 
 
 class _Weights(NamedTuple):
