@@ -661,9 +661,10 @@ class QuantisedPursuit(_Quantizer):
         self.energy.mul_(d).add_(_all_sum(target.square().sum()) / rows, alpha=1 - d)
         dead = self._track_usage(atoms)
         if self.restart_dead and bool(dead.any()):
-            # a re-seeded atom points where the worst-coded vectors are left off
+            # a re-seeded atom points at one of the worst-coded vectors (their residuals' directions left a helper's
+            # top map with 16 live atoms of 256, the vectors' own with 176)
             residual = target - compose(self._values(atoms, levels), atoms.clamp_min(0), dictionary)
-            seeds = self._reseed_candidates(residual, residual.square().sum(1), int(dead.sum()))
+            seeds = self._reseed_candidates(target, residual.square().sum(1), int(dead.sum()))
             slots_ = dead.nonzero().squeeze(1)[: seeds.shape[0]]
             self.usage[slots_] = 1.0 / self.num_atoms
             self._pending_restart = (slots_, seeds)
