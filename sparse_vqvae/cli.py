@@ -246,7 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     def with_quality(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--quality", type=int, default=None,
                          help="1 (smallest files) to the model's highest: a residual-VQ model codes the first Q "
-                              "stages; other models have one quality (default: the highest)")
+                              "stages, a quantised-pursuit model trained over multipliers takes 1..10 as its rate "
+                              "knob; other models have one quality (default: the highest)")
 
     def with_entropy(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--entropy", choices=ENTROPY_MODELS, default="factorised",

@@ -22,7 +22,10 @@ quality, the colour offsets: fields the payload does not check) fails the same w
 Quality (rate control at encode time): a residual-VQ model's codes may be cut to their first q
 stages (``codes.quality_range``), in map order - the top map's stages first, then the bottom's - q = 1 the
 smallest files; the header's quality tells the decoder q, and so each map's slots
-(``codes.quality_slots``). Models of other quantizers code all their slots, their one quality (K).
+(``codes.quality_slots``). A quantised-pursuit model trained over a range of rate-distortion multipliers takes
+qualities 1..10 as multipliers (``quality_lambda``): its encoder stops each position's pairs where they no longer
+pay for their bits, and the file codes the pairs it chose (its header says K). Models of other quantizers code
+all their slots, their one quality (K).
 
 Colour: the encoder decodes its own codes and stores, per channel, the difference between the mean
 of the image and of its reconstruction (quarter levels of 255, clipped to +-31.75); the decoder adds
@@ -39,9 +42,10 @@ from __future__ import annotations
 
 import struct
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -185,9 +189,44 @@ def write_many(images: list[tuple[tuple[Codes, ...], int, int, tuple[int, int, i
     return files
 
 
+LAMBDA_QUALITIES = 10  # a rate-controlled model's qualities (quantised pursuit trained over a range of lambdas)
+
+
+def rate_controlled(model: VQVAE2) -> bool:
+    """Whether the model's encoder trades pairs for bits by a multiplier it was trained over (``qmp`` with
+    ``train_lambda_max``): its qualities are multipliers, and every file holds all K slots a position may use."""
+    return model.config.selection_fn == "qmp" and model.config.train_lambda_max > 0
+
+
 def qualities(model: VQVAE2) -> range:
-    """The qualities ``Codec.compress`` takes: 1 .. maps x K stages of a residual VQ, else only the model's K."""
+    """The qualities ``Codec.compress`` takes: 1 .. maps x K stages of a residual VQ; 1 .. 10 multipliers of a
+    rate-controlled model; else only the model's K."""
+    if rate_controlled(model):
+        return range(1, LAMBDA_QUALITIES + 1)
     return quality_range(model.quantizers[0].slots, len(model.quantizers), staged(model.config.selection_fn))
+
+
+def quality_lambda(model: VQVAE2, quality: int) -> float:
+    """A rate-controlled model's multiplier at ``quality``: the top of its training range at 1, log-spaced down to the
+    bottom at 9, and 0 (every pair that lowers the error) at 10 - the training range's ends and the quarter of
+    training images coded at 0."""
+    low, high = model.config.train_lambda_min, model.config.train_lambda_max
+    if quality == LAMBDA_QUALITIES:
+        return 0.0
+    return high * (low / high) ** ((quality - 1) / (LAMBDA_QUALITIES - 2))
+
+
+@contextmanager
+def rate_lambda(model: VQVAE2, value: float) -> Iterator[None]:
+    """The model's quantizers encode with multiplier ``value`` inside the block, their own outside it."""
+    kept = [quantizer.rate_lambda for quantizer in model.quantizers]
+    for quantizer in model.quantizers:
+        quantizer.rate_lambda = value
+    try:
+        yield
+    finally:
+        for quantizer, value in zip(model.quantizers, kept):
+            quantizer.rate_lambda = value
 
 
 def content_checksum(header: bytes, maps: tuple[Codes, ...]) -> int:
@@ -269,7 +308,12 @@ class Codec:
             raise CodecError(f"image size {height}x{width} is outside what the format holds (1..65535 per side)")
         stride = self.model.config.stride
         padded = F.pad(image[None], (0, -width % stride, 0, -height % stride), mode="replicate")
-        _, maps, _, _ = self.model.encode(padded.to(self.device))
+        if rate_controlled(self.model):
+            with rate_lambda(self.model, quality_lambda(self.model, quality)):
+                _, maps, _, _ = self.model.encode(padded.to(self.device))
+            quality = maps[0].atoms.shape[-1]  # the codes decide their pair counts: every slot is coded
+        else:
+            _, maps, _, _ = self.model.encode(padded.to(self.device))
         cut = quality_slots(quality, maps[0].atoms.shape[-1], len(maps), staged(self.model.config.selection_fn))
         maps = tuple(Codes(codes.atoms[0, ..., :k], codes.levels[0, ..., :k]).to("cpu") for codes, k in zip(maps, cut))
         decoded = self._decode(maps, height, width)

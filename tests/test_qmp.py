@@ -133,3 +133,31 @@ def test_the_config_builds_it_with_its_lambdas():
     assert isinstance(quantizer, QuantisedPursuit)
     assert (quantizer.slots, quantizer.magnitudes, quantizer.coef_levels) == (3, 2, 12)
     assert quantizer.rate_lambda == 0.05 and quantizer.train_lambdas == (0.01, 0.2)
+
+
+def test_a_rate_controlled_model_takes_ten_qualities_and_its_files_shrink_with_them():
+    """qmp trained over multipliers: the codec's quality is the encoder's multiplier (quality 10: none), every file
+    codes the pairs its encoder chose and decodes to the model's decoding of them."""
+    from sparse_vqvae.codec import Codec, qualities, quality_lambda
+    from sparse_vqvae.config import TrainConfig
+    from sparse_vqvae.entropy_coding import FrequencyModel
+    from sparse_vqvae.train import train
+
+    from .test_codec import metadata
+    from .tiny import Images, tiny_config, tiny_images
+
+    images = tiny_images(16, 16)
+    model, _ = train(tiny_config("qmp", n_nonzero=4, train_lambda_min=1e-3, train_lambda_max=1e-1),
+                     TrainConfig(steps=3, batch_size=8), Images(images), progress=False)
+    model.eval()
+    with torch.no_grad():
+        maps = model.encode(images)[1]
+    codec = Codec(model, FrequencyModel.fit(maps, metadata(model, maps)))
+    assert list(qualities(model)) == list(range(1, 11))
+    assert quality_lambda(model, 1) == pytest.approx(0.1) and quality_lambda(model, 9) == pytest.approx(1e-3)
+    assert quality_lambda(model, 10) == 0
+    sizes = [len(codec.compress(images[0], quality)) for quality in (1, 5, 10)]
+    assert sizes[0] < sizes[-1] and sizes == sorted(sizes)
+    assert all(q.rate_lambda == 0 for q in model.quantizers)  # the encoder's own multiplier is back
+    decoded = codec.decompress(codec.compress(images[0], 3))
+    assert decoded.shape == (3, 16, 16) and decoded.isfinite().all()
