@@ -1,12 +1,16 @@
-"""The equal-rate study: does coding latents with a few dictionary atoms buy a better trade of quality
+"""The equal-rate study (v2): does coding latents with a few dictionary atoms buy a better trade of quality
 for bits than picking codebook vectors?
 
-Each family - ``vanilla`` (one EMA codebook), ``rvq`` (residual EMA codebooks), ``omp`` and ``lasso``
-(selection_fn ``lasso``) - is trained at several rates with the same budget (the pipeline's
-pretraining, then ``--steps`` stage-1 steps, then the PixelSNAIL priors), and measured on held-out
-images: real ``.svq`` files with the factorised entropy model (``bpp``) and with the priors
-(``bpp_prior``), PSNR from the whole-set MSE and MS-SSIM. Every curve is compared by BD-rate against
-vanilla and rvq. Two held-out sets: the embedded photographs' test crops, and 1,000 CIFAR-10 images
+Each family - the anchors ``vanilla`` (one EMA codebook), ``rvq`` (residual EMA codebooks) and ``fsq`` (finite
+scalar quantisation), and the sparse ``omp`` (quantised after the pursuit), ``qmp`` (quantised matching pursuit,
+a fixed K per model) and ``lasso`` - is trained at >= 3 rates with the same budget (the pipeline's pretraining,
+then ``--steps`` stage-1 steps, then the PixelSNAIL priors); ``qmp_lambda`` is ONE quantised-pursuit model trained
+over a range of rate-distortion multipliers and measured at each of its 10 qualities (the one-model curve). Each
+point is measured on held-out images: real ``.svq`` files with the factorised entropy model (``bpp``; ``payload_bpp``
+without the 43-byte header) and with the priors (``bpp_prior``), PSNR from the whole-set MSE and MS-SSIM. The
+anchors and the sparse families ``qmp`` and ``qmp_lambda`` are trained with two seeds (``--seeds``; each point's
+``settings`` has its ``seed``), and every curve is compared by BD-rate and BD-PSNR against vanilla, rvq and fsq,
+per seed. Two held-out sets: the embedded photographs' test crops, and 1,000 CIFAR-10 images
 (``../shared/data/cifar10-jpeg/train``, trained on the other 49,000).
 
     python benchmarks/rate_distortion_study.py                       # both sets, every family
@@ -41,7 +45,7 @@ import torch
 from _results import RESULTS, write_json
 
 from sparse_vqvae.code_store import CodeStore, extract_codes
-from sparse_vqvae.codec import Codec
+from sparse_vqvae.codec import Codec, rate_controlled
 from sparse_vqvae.config import DataConfig, ModelConfig, PretrainConfig, PriorTrainConfig, TrainConfig
 from sparse_vqvae.data import ImageArray, load_dataset, save_image_array
 from sparse_vqvae.entropy_coding import FrequencyModel
@@ -59,8 +63,13 @@ CIFAR10 = REPO.parent / "shared" / "data" / "cifar10-jpeg" / "train"
 
 # Rates per family: bits a position before entropy coding ~ log2(N) per atom (+ log2(levels) per coefficient).
 FAMILIES: dict[str, list[dict[str, Any]]] = {
-    "vanilla": [dict(selection_fn="vanilla", num_atoms=n) for n in (64, 256, 1024)],
+    "vanilla": [dict(selection_fn="vanilla", num_atoms=n) for n in (64, 256, 1024, 4096)],
     "rvq": [dict(selection_fn="rvq", num_atoms=256, stages=k) for k in (1, 2, 3, 4)],
+    "fsq": [dict(selection_fn="fsq", num_atoms=n) for n in (256, 1024, 4096, 16384)],
+    "qmp": [dict(selection_fn="qmp", n_nonzero=k, num_atoms=256, coef_levels=8) for k in (1, 2, 3, 4)],
+    # one model, its 10 qualities: lambda from 0.1 (quality 1) to 0.001 (9) and 0 (10)
+    "qmp_lambda": [dict(selection_fn="qmp", n_nonzero=4, num_atoms=256, coef_levels=8, train_lambda_min=1e-3,
+                        train_lambda_max=1e-1)],
     "omp": [dict(selection_fn="omp", n_nonzero=1, num_atoms=256, coef_levels=2, coef_quantizer="learned"),
             dict(selection_fn="omp", n_nonzero=1, num_atoms=512, coef_levels=4, coef_quantizer="learned"),
             dict(selection_fn="omp", n_nonzero=2, num_atoms=512, coef_levels=4, coef_quantizer="learned"),
@@ -68,6 +77,8 @@ FAMILIES: dict[str, list[dict[str, Any]]] = {
     "lasso": [dict(selection_fn="lasso", alpha=a, max_nonzero=4, num_atoms=512, coef_levels=8,
                    coef_quantizer="learned", normalize_latents=True) for a in (0.5, 0.3, 0.15)],
 }
+ANCHORS = ("vanilla", "rvq", "fsq")
+SEEDED = (*ANCHORS, "qmp", "qmp_lambda")  # trained with every --seeds seed: the spread behind a verdict
 SETS = {
     "embedded": DataConfig(),
     "cifar10": DataConfig(name="imagefolder", root=str(CIFAR10), test_fraction=0.02),
@@ -84,17 +95,17 @@ def prepared(cache: Path, name: str, config: DataConfig) -> tuple[ImageArray, Im
     return ImageArray(folder / "train.npy"), ImageArray(folder / "test.npy")
 
 
-def model_key(set_name: str, data: DataConfig, model: ModelConfig, budget: dict[str, Any]) -> str:
+def model_key(set_name: str, data: DataConfig, model: ModelConfig, budget: dict[str, Any], seed: int) -> str:
     settings = json.dumps({"set": set_name, "data": asdict(data), "model": asdict(model), "budget": budget,
-                           "source": source_fingerprint()}, sort_keys=True)
+                           "seed": seed, "source": source_fingerprint()}, sort_keys=True)
     return hashlib.sha256(settings.encode()).hexdigest()[:16]
 
 
 def train_and_measure(cache: Path, set_name: str, data: DataConfig, config: ModelConfig, budget: dict[str, Any],
-                      train_set: ImageArray, test_set: ImageArray) -> dict[str, Any] | None:
-    """One model of the study, trained as the pipeline trains it, measured on held-out images (cached;
-    None while another process holds the model's lock)."""
-    folder = cache / set_name / model_key(set_name, data, config, budget)
+                      seed: int, train_set: ImageArray, test_set: ImageArray) -> list[dict[str, Any]] | None:
+    """One model of the study, trained as the pipeline trains it, measured on held-out images at each of its
+    qualities (cached; None while another process holds the model's lock)."""
+    folder = cache / set_name / model_key(set_name, data, config, budget, seed)
     result_file = folder / "result.json"
     if result_file.is_file():
         return json.loads(result_file.read_text())
@@ -107,22 +118,23 @@ def train_and_measure(cache: Path, set_name: str, data: DataConfig, config: Mode
             return None
         if result_file.is_file():  # finished by the other process while this one waited for the lock
             return json.loads(result_file.read_text())
-        return measured(folder, config, budget, train_set, test_set)
+        return measured(folder, config, budget, seed, train_set, test_set)
 
 
-def measured(folder: Path, config: ModelConfig, budget: dict[str, Any], train_set: ImageArray,
-             test_set: ImageArray) -> dict[str, Any]:
-    """Train one model and measure it; its figures go to ``folder/result.json``."""
+def measured(folder: Path, config: ModelConfig, budget: dict[str, Any], seed: int, train_set: ImageArray,
+             test_set: ImageArray) -> list[dict[str, Any]]:
+    """Train one model and measure it at each of its codec's qualities (a rate-controlled model's ten; else the
+    highest); the points go to ``folder/result.json``."""
     result_file = folder / "result.json"
     start = time.perf_counter()
-    train_config = TrainConfig(steps=budget["steps"])
-    model = pretrain(config, PretrainConfig(steps=budget["pretrain_steps"]), train_set)
+    train_config = TrainConfig(steps=budget["steps"], seed=seed)
+    model = pretrain(config, PretrainConfig(steps=budget["pretrain_steps"], seed=seed), train_set)
     optimizer = make_optimizer(model, train_config.lr)
     torch.manual_seed(train_config.seed)
     run_training(model, optimizer, train_set, train_config)
     save_checkpoint(folder / "model.pt", model, None, train_config.steps, 0)
     model = load_checkpoint(folder / "model.pt").model.eval()  # as shipped: what the files decode with
-    quality = evaluate(model, test_set, progress=True)
+    quality_figures = evaluate(model, test_set, progress=True)
 
     fingerprint = model.fingerprint()
     extract_codes(model, train_set, folder / "train_codes", batch_size=256)
@@ -131,19 +143,24 @@ def measured(folder: Path, config: ModelConfig, budget: dict[str, Any], train_se
     meta = store.meta
     frequencies = FrequencyModel.fit(maps, meta)
     images = [test_set[i] for i in range(min(budget["images"], len(test_set)))]
-    factorised = sparse_vqvae_point(Codec(model, frequencies), images)
-    prior_coded = {"bpp": None, "psnr": None, "images": 0}
-    if budget["prior_steps"]:
-        priors = trained_priors(meta, maps, budget["prior_steps"])
-        prior_coded = sparse_vqvae_point(Codec(model, PriorEntropyModel(priors, fingerprint)),
-                                         images[: budget["prior_images"]])
-    result = {"bpp": factorised["bpp"], "bpp_prior": prior_coded["bpp"], "psnr": factorised["psnr"],
-              "ms_ssim": factorised["ms_ssim"], "psnr_prior_images": prior_coded["psnr"],
-              "test_psnr": quality["test_psnr"], "images": factorised["images"],
-              "prior_images": prior_coded["images"], "settings": asdict(config),
-              "seconds": round(time.perf_counter() - start, 1)}
-    write_json(result_file, result)
-    return result
+    codec = Codec(model, frequencies)
+    measured_qualities = codec.qualities if rate_controlled(model) else [codec.qualities[-1]]
+    priors = trained_priors(meta, maps, budget["prior_steps"]) if budget["prior_steps"] else None
+    points = []
+    for quality in measured_qualities:
+        factorised = sparse_vqvae_point(codec, images, quality)
+        prior_coded = {"bpp": None, "psnr": None, "images": 0}
+        if priors is not None:
+            prior_coded = sparse_vqvae_point(Codec(model, PriorEntropyModel(priors, fingerprint)),
+                                             images[: budget["prior_images"]], quality)
+        points.append({"bpp": factorised["bpp"], "payload_bpp": factorised["payload_bpp"],
+                       "bpp_prior": prior_coded["bpp"], "psnr": factorised["psnr"], "ms_ssim": factorised["ms_ssim"],
+                       "psnr_prior_images": prior_coded["psnr"], "test_psnr": quality_figures["test_psnr"],
+                       "images": factorised["images"], "prior_images": prior_coded["images"],
+                       "settings": {**asdict(config), "seed": seed, "quality": quality},
+                       "seconds": round(time.perf_counter() - start, 1)})
+    write_json(result_file, points)
+    return points
 
 
 def trained_priors(meta, maps, steps: int) -> list[PixelSNAIL]:
@@ -161,17 +178,25 @@ def trained_priors(meta, maps, steps: int) -> list[PixelSNAIL]:
 
 def differing(settings: dict[str, Any]) -> dict[str, Any]:
     """The model settings that differ from the defaults: what tells the study's points apart in a table."""
-    defaults = asdict(ModelConfig())
+    defaults = {**asdict(ModelConfig()), "seed": 0}
     return {k: v for k, v in settings.items() if v != defaults.get(k)}
 
 
-def compare(families: dict[str, list[dict]]) -> dict[str, dict[str, float | None]]:
-    """BD-rate (percent bits at equal PSNR) of every family against vanilla and rvq, for both entropy models,
-    and BD-PSNR (dB at equal rate) of the factorised files, defined where BD-rate may not be."""
+def of_seed(points: list[dict], seed: int) -> list[dict]:
+    """A family's points trained with ``seed`` (a family trained with one seed only: its points)."""
+    chosen = [p for p in points if p["settings"].get("seed", 0) == seed]
+    return chosen or points
+
+
+def compare(families: dict[str, list[dict]], seed: int = 0) -> dict[str, dict[str, float | None]]:
+    """BD-rate (percent bits at equal PSNR) of every family against vanilla, rvq and fsq, for both entropy models,
+    and BD-PSNR (dB at equal rate) of the factorised files, defined where BD-rate may not be: each family's
+    ``seed`` points against the anchors' ``seed`` points."""
+    families = {name: of_seed(points, seed) for name, points in families.items()}
     table: dict[str, dict[str, float | None]] = {}
     for name, points in families.items():
         row: dict[str, float | None] = {}
-        for anchor in ("vanilla", "rvq"):
+        for anchor in ANCHORS:
             if anchor in families and anchor != name:
                 row[f"vs_{anchor}"] = bd_rate(families[anchor], points)
                 if all(p["bpp_prior"] is not None for p in families[anchor] + points):
@@ -205,7 +230,7 @@ def doubling_check(short: dict[str, list[dict]], long: dict[str, list[dict]], st
     bd_short, bd_long = compare(short), compare(long)
     comparisons = {}
     for family in short:
-        for anchor in ("vanilla", "rvq"):
+        for anchor in ANCHORS:
             if anchor != family and anchor in short:
                 verdicts = [better(bd_short[family], anchor), better(bd_long[family], anchor)]
                 comparisons[f"{family} vs {anchor}"] = {"better": verdicts,
@@ -242,7 +267,7 @@ def log_to_mlflow(output: Path, pictures: list[Path], summary: dict[str, Any]) -
     return run.info.run_id
 
 
-def trained(cache: Path, set_names: list[str], families: list[str], budget: dict[str, Any]
+def trained(cache: Path, set_names: list[str], families: list[str], budget: dict[str, Any], seeds: list[int]
             ) -> dict[str, dict[str, list[dict]]] | None:
     """Every family's models on every set at ``budget``, trained or read from the cache (None while
     another process still trains some of them)."""
@@ -252,16 +277,22 @@ def trained(cache: Path, set_names: list[str], families: list[str], budget: dict
         data = SETS[set_name]
         train_set, test_set = prepared(cache, set_name, data)
         results[set_name] = {}
-        for family in families:
-            for overrides in FAMILIES[family]:
-                point = train_and_measure(cache, set_name, data, ModelConfig(**overrides), budget, train_set, test_set)
-                if point is None:
-                    complete = False
+        for seed in seeds:
+            for family in families:
+                if seed != seeds[0] and family not in SEEDED:
                     continue
-                results[set_name].setdefault(family, []).append(point)
-                print(f"{set_name} {family} {differing(point['settings'])} ({budget['steps']} steps): "
-                      f"{point['bpp']:.3f} bpp ({rate(point['bpp_prior'])} with the priors), {point['psnr']:.2f} dB, "
-                      f"MS-SSIM {point['ms_ssim']:.3f}", flush=True)
+                for overrides in FAMILIES[family]:
+                    points = train_and_measure(cache, set_name, data, ModelConfig(**overrides), budget, seed,
+                                               train_set, test_set)
+                    if points is None:
+                        complete = False
+                        continue
+                    results[set_name].setdefault(family, []).extend(points)
+                    for point in points:
+                        print(f"{set_name} {family} {differing(point['settings'])} ({budget['steps']} steps): "
+                              f"{point['bpp']:.3f} bpp (payload {point['payload_bpp']:.3f}, "
+                              f"{rate(point['bpp_prior'])} with the priors), {point['psnr']:.2f} dB, "
+                              f"MS-SSIM {point['ms_ssim']:.3f}", flush=True)
     return results if complete else None
 
 
@@ -277,6 +308,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=256, help="held-out images compressed per model")
     parser.add_argument("--prior-images", type=int, default=32, help="of those, prior-coded (sequential: slow)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seeds", default="0,1", help="comma-separated: the seeds of the anchors and the qmp families")
     parser.add_argument("--output", type=Path, default=RESULTS / "rate_distortion_study.json")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where models and their figures are kept")
     parser.add_argument("--no-mlflow", action="store_true")
@@ -289,15 +321,19 @@ def main() -> None:
     budget = {"pretrain_steps": args.pretrain_steps, "steps": args.steps, "prior_steps": args.prior_steps, "images": args.images,
               "prior_images": args.prior_images}
     families = args.families.split(",")
-    results = trained(args.cache, args.sets.split(","), families, budget)
+    seeds = [int(seed) for seed in args.seeds.split(",")]
+    results = trained(args.cache, args.sets.split(","), families, budget, seeds)
     double = {**budget, "steps": 2 * args.steps, "prior_steps": 0}
-    doubled = trained(args.cache, args.doubling_sets.split(","), families, double) if args.doubling_check else {}
+    doubled = (trained(args.cache, args.doubling_sets.split(","), families, double, seeds[:1]) if args.doubling_check
+               else {})
     if results is None or doubled is None:
         print("Some models are being trained by another process: rerun when it finishes to write the results.")
         return
 
-    summary = {"budget": budget, "threads": args.threads, "source": source_fingerprint(),
-               "bd_rate": {name: compare(families) for name, families in results.items()}}
+    summary = {"budget": budget, "threads": args.threads, "seeds": seeds, "source": source_fingerprint(),
+               "bd_rate": {name: compare(families) for name, families in results.items()},
+               "bd_rate_by_seed": {name: {str(seed): compare(families, seed) for seed in seeds}
+                                   for name, families in results.items()}}
     if args.doubling_check:
         summary["doubling_check"] = {}
         for set_name, long in doubled.items():

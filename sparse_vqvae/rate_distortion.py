@@ -15,7 +15,7 @@ from PIL import Image, features
 from tqdm.auto import tqdm
 
 from .atomic import atomic_write
-from .codec import Codec
+from .codec import Codec, payload_size
 from .data import to_model_range, to_uint8
 from .metrics import ms_ssim, ms_ssim_scales, psnr, squared_error_255, ssim
 from .pictures import line_plot
@@ -56,13 +56,17 @@ def sparse_vqvae_point(codec: Codec, images: list[torch.Tensor], quality: int | 
     """Our codec on ``images`` ([3, H, W] each) at ``quality`` (default the highest): every image compressed
     to a file's bytes and back."""
     quality = codec.resolved_quality(quality)
+    payload = []  # each file's payload bytes: the rate without the header
 
     def pairs():
         for image in tqdm(images, desc=f"rate-distortion: {codec_label(codec)}", disable=not progress, leave=False):
             data = codec.compress(image, quality)
+            payload.append(payload_size(data))
             yield image, codec.decompress(data), len(data)
 
-    return {**measure_point(codec_label(codec), quality, pairs()), "entropy": codec.entropy.kind}
+    point = measure_point(codec_label(codec), quality, pairs())
+    pixels = sum(image.shape[1] * image.shape[2] for image in images)
+    return {**point, "payload_bpp": 8 * sum(payload) / pixels, "entropy": codec.entropy.kind}
 
 
 def pillow_encode(image: torch.Tensor, codec: str = "JPEG", quality: int = 75) -> bytes:

@@ -1,13 +1,15 @@
 import random
+import zlib
 
 import numpy as np
 import pytest
 import torch
 
 from sparse_vqvae.code_store import StoreMetadata
-from sparse_vqvae.codec import COLOUR_STEP, Codec, CodecError, bits_per_pixel, colour_offsets, read_codes
+from sparse_vqvae.codec import COLOUR_STEP, Codec, CodecError, bits_per_pixel, colour_offsets, payload_size, read_codes
 from sparse_vqvae.config import TrainConfig
 from sparse_vqvae.entropy_coding import FrequencyModel
+from sparse_vqvae.rate_distortion import sparse_vqvae_point
 from sparse_vqvae.train import train
 
 from .tiny import SELECTION_FNS, Images, tiny_config, tiny_images
@@ -158,3 +160,18 @@ def test_other_quantizers_have_one_quality(codec):
     if slots > 1:
         with pytest.raises(CodecError, match="is not one this model codes"):
             codec.compress(image, 1)
+
+
+def test_the_payload_is_the_file_less_its_header_and_checksums():
+    codec = trained("omp")
+    data = codec.compress(tiny_images(1, 16, seed=4)[0])
+    assert payload_size(data) == len(data) - 43  # two maps: a 23-byte header, 4 a map, length, CRCs
+    point = sparse_vqvae_point(codec, [tiny_images(1, 16, seed=4)[0]], progress=False)
+    assert point["payload_bpp"] == pytest.approx(point["bpp"] - 8 * 43 / 256)
+    with pytest.raises(CodecError, match="truncated or corrupted"):
+        payload_size(data[:-1])
+    forged = bytearray(data)
+    forged[4 + 1 + 1 + 8 + 2 + 2] = 200  # 200 maps' sizes: more than the file holds
+    forged[-4:] = zlib.crc32(bytes(forged[:-4])).to_bytes(4, "little")
+    with pytest.raises(CodecError, match="too short for its header"):
+        payload_size(bytes(forged))
