@@ -1,8 +1,11 @@
 """Where each stage reads and writes, relative to the workspace root (the folder holding dvc.yaml).
 
 dvc.yaml names the same paths; a test checks that every stage's outputs listed here are its outs there.
+What outlives a run - MLflow's store, the checkpoints a rerun resumes from - belongs to the project, not to
+the folder a stage runs in: see ``project_root``.
 """
 
+import os
 from pathlib import Path
 
 from sparse_vqvae.maps import MAP_NAMES, prior_file  # noqa: F401 (MAP_NAMES: the stages name their metrics after it)
@@ -15,7 +18,7 @@ PRETRAINED_DIR = Path("models/pretrained")  # the model, pictures of its diction
 PRETRAINED = PRETRAINED_DIR / "model.pt"
 VQVAE_DIR = Path("models/vqvae")  # the trained model, its dictionaries, its training curves
 VQVAE = VQVAE_DIR / "model.pt"
-CHECKPOINTS = Path("checkpoints")  # Ray Train's storage: not a DVC out, so it survives a rerun (resume)
+CHECKPOINTS = Path("checkpoints")  # under the project root: not a DVC out, so it survives a rerun (resume)
 TRAIN_CODES = Path("codes/train")
 TEST_CODES = Path("codes/test")
 PRIORS = Path("models/prior")  # top.pt, bottom.pt (conditioned on the top), codec.pt
@@ -36,3 +39,23 @@ def stage_metrics(stage: str) -> Path:
 
 def stage_timings(stage: str) -> Path:
     return TIMINGS / f"{stage}.json"
+
+
+def project_root() -> Path:
+    """The project the stages run for: the working directory, except in the copy that ``dvc exp run --temp`` or
+    ``--queue`` runs in (``<project>/.dvc/tmp/exps/<tmp>/``, deleted afterwards), where it is the project that DVC
+    names in $DVC_ROOT (set for every stage command: in experiments, the parent repository). A $DVC_ROOT that the
+    working directory is not inside (inherited from another repository's DVC) is ignored."""
+    cwd = Path.cwd().resolve()
+    named = os.environ.get("DVC_ROOT")
+    if named:
+        root = Path(named).resolve()
+        if cwd == root or cwd.is_relative_to(root / ".dvc" / "tmp"):
+            return root
+    return cwd
+
+
+def checkpoints() -> Path:
+    """The project's checkpoint folder (absolute): a queued or temporary experiment resumes from, and leaves, its
+    checkpoints there, not in its copy."""
+    return project_root() / CHECKPOINTS

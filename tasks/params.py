@@ -7,8 +7,11 @@ or a bad value fails at once, naming ``section.key`` and what is allowed.
 from __future__ import annotations
 
 import inspect
+import os
 import re
-from dataclasses import asdict, dataclass, fields
+import warnings
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,20 +26,110 @@ PARAMS_FILE = Path("params.yaml")
 
 @dataclass(frozen=True)
 class RayConfig:
-    """Where stage 1 runs: a local Ray instance, or an existing cluster joined by address."""
+    """How stage 1's training is split: a parameter, since the results depend on it. train.batch_size is split
+    between the workers; the global batch holds the same images for any worker count (a DistributedSampler
+    deals one permutation out), but the per-image random draws (stage dropout, qmp's training multipliers,
+    crops of photos) come from each worker's generator and the gradient sums in another order. Where the
+    workers run is a setting (RaySettings), not a parameter."""
 
-    address: str | None = None  # "host:port" of a running cluster (`ray start --head`); null: local ray.init()
-    num_workers: int = 2  # training workers (DDP); train.batch_size is split between them
+    num_workers: int = 2  # training workers (DDP); train.batch_size is split between them (changes the results)
+
+    def __post_init__(self) -> None:
+        check_at_least("ray", "num_workers", self.num_workers, 1)
+
+    @staticmethod
+    def renamed(mapping: Any) -> Any:
+        """params.yaml's ray section less the keys that are settings now (RaySettings): checked as settings,
+        warned about (FutureWarning), and still used by ``ray_settings`` where the environment sets nothing."""
+        if not isinstance(mapping, dict):
+            return mapping
+        moved = {key: mapping[key] for key in MOVED_RAY_KEYS if key in mapping}
+        if moved:
+            section_from_mapping(RaySettings, "ray", moved)
+            names = ", ".join(f"ray.{key} ({SETTINGS_ENV}RAY_{key.upper()})" for key in moved)
+            many = len(moved) > 1
+            warnings.warn(f"params.yaml: {names} {'are settings' if many else 'is a setting'} now, not parameters "
+                          f"(a change would rerun every stage after stage 1): set the environment "
+                          f"variable{'s' if many else ''} instead and delete the key{'s' if many else ''}; "
+                          f"params.yaml's value{'s are' if many else ' is'} used until then", FutureWarning,
+                          stacklevel=2)
+        return {key: value for key, value in mapping.items() if key not in moved}
+
+
+SETTINGS_ENV = "SPARSE_VQVAE_"  # settings: SPARSE_VQVAE_<SECTION>_<KEY>, a YAML value (null, true, 4, host:6379)
+MOVED_RAY_KEYS = ("address", "cpus_per_worker", "use_gpu", "max_failures")  # params.yaml's ray keys until issue 28
+
+
+@dataclass(frozen=True)
+class RaySettings:
+    """Where stage 1 runs: settings, not parameters. They change where and how fast the workers run, not what
+    they compute (but for rounding: thread counts and devices sum in other orders), so DVC reruns nothing when
+    they change and the model files do not record them. From the environment: SPARSE_VQVAE_RAY_<KEY>."""
+
+    address: str | None = None  # "host:port" of a running cluster; null: $RAY_ADDRESS, else a local Ray instance
     cpus_per_worker: int = 1  # also each worker's torch threads
-    use_gpu: str | bool = "auto"  # auto: GPU workers when the cluster has GPUs
+    use_gpu: str | bool = "auto"  # auto: GPU workers when the cluster has a GPU per worker
     max_failures: int = 1  # restarts of the workers from their last checkpoint within one run
+    storage_path: str | None = None  # checkpoints every node reads: a shared path or s3://, gs:// URI; null: <project>/checkpoints
+    ship_code: str | bool = "auto"  # sparse_vqvae/ and tasks/ to the workers as Ray py_modules; auto: when joining a cluster
 
     def __post_init__(self) -> None:
         if self.use_gpu not in ("auto", True, False):
             raise ValueError(f"ray.use_gpu must be one of auto, true, false; got {self.use_gpu!r}")
-        check_at_least("ray", "num_workers", self.num_workers, 1)
+        if self.ship_code not in ("auto", True, False):
+            raise ValueError(f"ray.ship_code must be one of auto, true, false; got {self.ship_code!r}")
         check_at_least("ray", "cpus_per_worker", self.cpus_per_worker, 1)
         check_at_least("ray", "max_failures", self.max_failures, 0)
+
+
+@dataclass(frozen=True)
+class FlowSettings:
+    """How the Prefect flows run their stages: settings, from the environment (SPARSE_VQVAE_FLOW_<KEY>)."""
+
+    stage_timeout: float | None = 86400.0  # seconds a stage may run before the flow stops it (null: no limit)
+    sweep_concurrency: int = 1  # sweep variants run at once (each a pipeline: CPUs, memory, Ray instances)
+
+    def __post_init__(self) -> None:
+        if self.stage_timeout is not None:
+            check_at_least("flow", "stage_timeout", self.stage_timeout, 1, float)
+        check_at_least("flow", "sweep_concurrency", self.sweep_concurrency, 1)
+
+
+def _from_environment(cls: type, section: str, env: Mapping[str, str], base: dict | None = None) -> Any:
+    """Section ``cls`` from ``SPARSE_VQVAE_<SECTION>_<KEY>`` variables over ``base``; errors name the variable."""
+    values = dict(base or {})
+    for field in fields(cls):
+        name = f"{SETTINGS_ENV}{section.upper()}_{field.name.upper()}"
+        if name in env:
+            try:
+                values[field.name] = yaml.safe_load(env[name]) if env[name].strip() else None
+            except yaml.YAMLError as error:
+                raise ValueError(f"${name} is not a YAML value: {error}") from error
+            try:
+                section_from_mapping(cls, section, {field.name: values[field.name]})
+            except ValueError as error:
+                raise ValueError(f"${name}: {error}") from error
+    return section_from_mapping(cls, section, values)
+
+
+def ray_settings(env: Mapping[str, str] | None = None, params_file: str | Path = PARAMS_FILE) -> RaySettings:
+    """Where stage 1 runs: $SPARSE_VQVAE_RAY_<KEY>, else params.yaml's old ray keys (warned about when the
+    parameters load), else the defaults; the address falls back to $RAY_ADDRESS, as Ray's own tools do."""
+    env = os.environ if env is None else env
+    legacy = {}
+    if Path(params_file).is_file():
+        raw = yaml.safe_load(Path(params_file).read_text()) or {}
+        ray_section = raw.get("ray") if isinstance(raw, dict) else None
+        if isinstance(ray_section, dict):
+            legacy = {key: ray_section[key] for key in MOVED_RAY_KEYS if key in ray_section}
+    settings = _from_environment(RaySettings, "ray", env, legacy)
+    if settings.address is None and env.get("RAY_ADDRESS"):
+        settings = replace(settings, address=env["RAY_ADDRESS"])
+    return settings
+
+
+def flow_settings(env: Mapping[str, str] | None = None) -> FlowSettings:
+    return _from_environment(FlowSettings, "flow", os.environ if env is None else env)
 
 
 @dataclass(frozen=True)
@@ -71,12 +164,10 @@ class PipelineParams:
 
     def for_outputs(self) -> dict[str, Any]:
         """The parameters to record inside a stage's outputs (a checkpoint's config): all but where runs
-        are recorded and which cluster runs them (``mlflow``, ``ray.address``). Those are absolute paths
-        and host names that differ between two clones of the same pipeline, and would give the same
-        model two DVC hashes."""
+        are recorded (``mlflow``: absolute paths and host names that differ between two clones of the same
+        pipeline, and would give the same model two DVC hashes)."""
         recorded = asdict(self)
         del recorded["mlflow"]
-        recorded["ray"].pop("address")
         return recorded
 
 

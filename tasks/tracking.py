@@ -27,7 +27,7 @@ from typing import Any, Iterator
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from .layout import DATA_SUMMARY
+from .layout import DATA_SUMMARY, project_root
 from .params import PARAMS_FILE, PipelineParams
 
 PARENT_ENV = "SPARSE_VQVAE_PARENT_RUN"
@@ -38,10 +38,12 @@ _BATCH = 900  # MLflow's log_batch takes at most 1000 metrics, 100 params
 
 
 def tracking_uri(params: PipelineParams, workspace: Path | None = None) -> str:
-    """params' ``mlflow.tracking_uri``, else $MLFLOW_TRACKING_URI, else a SQLite file in the workspace
-    (an absolute path: DVC experiments, Ray workers and Prefect deployments run elsewhere)."""
+    """params' ``mlflow.tracking_uri``, else $MLFLOW_TRACKING_URI, else a SQLite file in the workspace - by
+    default the project's (``layout.project_root``: a ``dvc exp run --temp``/``--queue`` copy logs to the
+    project's store, not to one DVC deletes with the copy) - as an absolute path: DVC experiments, Ray workers
+    and Prefect deployments run elsewhere."""
     return (params.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-            or f"sqlite:///{(workspace or Path.cwd()).resolve() / 'mlflow.db'}")
+            or f"sqlite:///{(workspace or project_root()).resolve() / 'mlflow.db'}")
 
 
 def artifact_root(uri: str) -> str | None:
@@ -96,6 +98,13 @@ class StageTracker:
         batch = [Metric(prefix + key, float(value), now, step) for key, value in metrics.items()
                  if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)]
         self.log_metric_batch(batch)
+
+    def log_history(self, rows: list[dict[str, Any]]) -> None:
+        """Rows of ``{"step": n, name: value...}`` (a training history), each value at its step."""
+        now = int(time.time() * 1000)
+        self.log_metric_batch([Metric(key, float(value), now, row["step"]) for row in rows for key, value in row.items()
+                               if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool)
+                               and math.isfinite(value)])
 
     def log_metric_batch(self, batch: list[Metric]) -> None:
         for start in range(0, len(batch), _BATCH):

@@ -1,8 +1,9 @@
 """Stage 5: the PixelSNAIL priors over the extracted codes - the top map's, then the bottom map's
 conditioned on the top codes - and the compressed-file format's frequency model.
 
-Each prior resumes from ``checkpoints/prior/<run key>/level<N>.pt`` (outside DVC's outs, so it
-survives a rerun) and is copied to ``models/prior/`` when trained.
+Each prior resumes from the project's ``checkpoints/prior/<run key>/`` (outside DVC's outs, so it survives a
+rerun, and outside a ``dvc exp run --temp`` copy, so an experiment's survive it too) and is copied to
+``models/prior/`` when trained.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from sparse_vqvae.train import load_checkpoint
 
 from sparse_vqvae.maps import prior_file
 
-from .layout import CHECKPOINTS, FREQUENCY_MODEL, MAP_NAMES, PLOTS, PRIORS, TRAIN_CODES, VQVAE, prior_path
+from .layout import FREQUENCY_MODEL, MAP_NAMES, PLOTS, PRIORS, TRAIN_CODES, VQVAE, checkpoints, prior_path
 from .params import PipelineParams
 from .stage import run_stage
 from .tracking import StageTracker
@@ -59,7 +60,7 @@ def run(params: PipelineParams, tracker: StageTracker) -> dict[str, Any]:
                 curves.setdefault(step, {})[f"{name}_bits"] = values["bits_per_image"]
                 tracker.log_metrics({f"{name}_bits_per_image": values["bits_per_image"]}, step)
 
-        resume = prior_file(CHECKPOINTS / "prior" / key, level)
+        resume = prior_file(checkpoints() / "prior" / key, level)
         trained = train_prior(prior, maps, level, config.steps, batch_size=config.batch_size, lr=config.lr,
                               seed=config.seed + level, checkpoint_path=resume, fingerprint=fingerprint,
                               checkpoint_every=config.checkpoint_every, on_metrics=log)

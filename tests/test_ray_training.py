@@ -109,10 +109,27 @@ def test_stage_one_runs_on_a_cluster_joined_by_address(pretrained, tmp_path):
         home = Path(os.environ["HOME"])
         assert home != Path(pwd.getpwuid(os.getuid()).pw_dir) and (home / ".ray/auth_token").is_file()
         assert (Path(ray_folder) / "ray/ray_current_cluster").is_file()  # not the machine's /tmp/ray
-        with_params(root, ray={"address": f"127.0.0.1:{port}"})
-        done = run([sys.executable, "-m", "tasks.train_vqvae"], root, **token)
-        assert checkpoint_steps(done.stdout + done.stderr)[-1] == TINY["train"]["steps"]
+        # Settings, not parameters: the address and a storage folder of its own ("shared" by the nodes) in the
+        # environment; params.yaml is untouched.
+        shared = tmp_path / "shared"
+        done = run([sys.executable, "-m", "tasks.train_vqvae"], root, SPARSE_VQVAE_RAY_ADDRESS=f"127.0.0.1:{port}",
+                   SPARSE_VQVAE_RAY_STORAGE_PATH=str(shared), **token)
+        output = done.stdout + done.stderr
+        assert checkpoint_steps(output)[-1] == TINY["train"]["steps"]
         assert load_checkpoint(root / "models/vqvae/model.pt").step == TINY["train"]["steps"]
+        stored = [p for p in shared.iterdir() if (p / "last.pt").is_file()]
+        assert len(stored) == 1 and load_checkpoint(stored[0] / "last.pt").step == TINY["train"]["steps"]
+        assert (shared / "ray" / stored[0].name).is_dir()  # Ray Train's own run folder, in the same storage
+        assert not (root / "checkpoints").exists()
+        # The code reached the node as the job's py_modules, the compiled extensions with it. (The workers import
+        # the driver's folder first where it exists on their node - Ray puts the driver's working directory on
+        # their path - as here, on one machine: the same files.)
+        shipped = list(Path(ray_folder).glob("ray/session_*/runtime_resources/py_modules_files/*/*"))
+        assert {p.name for p in shipped} == {"sparse_vqvae", "tasks"}, shipped
+        for package in shipped:
+            assert (package / "__init__.py").is_file()
+        assert list(Path(ray_folder).glob("ray/session_*/runtime_resources/py_modules_files/*/sparse_vqvae/_incremental*.so"))
+        assert re.search(r"worker code: (\S+)", output).group(1) in {str(root / "tasks"), *(str(p) for p in shipped)}
     finally:
         processes.kill_all(cluster)
         shutil.rmtree(ray_folder, ignore_errors=True)
