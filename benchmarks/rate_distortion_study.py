@@ -184,7 +184,7 @@ def differing(settings: dict[str, Any]) -> dict[str, Any]:
 
 def of_seed(points: list[dict], seed: int) -> list[dict]:
     """A family's points trained with ``seed`` (a family trained with one seed only: its points)."""
-    chosen = [p for p in points if p["settings"].get("seed", 0) == seed]
+    chosen = [p for p in points if p.get("settings", {}).get("seed", 0) == seed]
     return chosen or points
 
 

@@ -252,7 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     def with_entropy(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--entropy", choices=ENTROPY_MODELS, default="factorised",
                          help="entropy model: the factorised frequencies (fast, any size) or the PixelSNAIL priors "
-                              "(fewer bits, sequential: slow; the training image size only) (default: %(default)s)")
+                              "(fewer bits, sequential: slow; priors with learned positions code their training size only) "
+                              "(default: %(default)s)")
         sub.add_argument("--priors", type=Path, default=None,
                          help=f"folder of the priors (top.pt, bottom.pt) (default: the --model run's, else {DEFAULT_PRIORS})")
 

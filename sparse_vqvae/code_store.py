@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from .atomic import check_replaceable
 from .codes import Codes, packed
-from .config import stage_atoms
+from .config import ExtractConfig, stage_atoms
 from .errors import CodeStoreError
 
 if TYPE_CHECKING:
@@ -124,7 +124,7 @@ def check_store_path(path: str | Path) -> None:
         check_replaceable(folder, "code store", files=STORE_FILES)
 
 
-def extract_codes(model: VQVAE2, dataset: Dataset, path: str | Path, batch_size: int = 128,
+def extract_codes(model: VQVAE2, dataset: Dataset, path: str | Path, batch_size: int = ExtractConfig().batch_size,
                   progress: bool = True) -> dict[str, float]:
     """Encode every image of ``dataset`` and store its codes at ``path``; returns count and images/s."""
     path = Path(path)

@@ -32,7 +32,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .codes import EMPTY, Codes, atom_window, last_atom
-from .config import PRIOR_POSITIONS
+from .config import PRIOR_POSITIONS, PriorTrainConfig
+
+_TRAIN = PriorTrainConfig()
+
 
 @dataclass(frozen=True)
 class PriorConfig:
@@ -42,14 +45,14 @@ class PriorConfig:
     variable_count: bool  # True for the LASSO: an END token closes a position
     height: int
     width: int
-    channels: int = 64
-    blocks: int = 2
-    res_per_block: int = 2
+    channels: int = _TRAIN.channels  # the sizes params.yaml's prior section sets: its defaults
+    blocks: int = _TRAIN.blocks
+    res_per_block: int = _TRAIN.res_per_block
     kernel: int = 3
     heads: int = 4
-    dropout: float = 0.1
+    dropout: float = _TRAIN.dropout
     condition: dict | None = None  # the top map's PriorConfig fields (num_atoms, coef_levels, slots, height, width)
-    positions: str = "learned"  # learned: an embedding per position (training size only) | none: any map size
+    positions: str = _TRAIN.positions  # learned: an embedding per position (training size only) | none: any size
     stage_atoms: int = 0  # M > 0: slot k holds one of atoms k*M .. k*M+M-1 (a residual VQ's stages); 0: any atom
 
 

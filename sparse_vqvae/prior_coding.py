@@ -5,8 +5,8 @@ costs about the prior's bits per image instead of the factorised model's.
 Order of symbols (the prior's own): the top map, then the bottom map conditioned on the top; in a
 map, positions in raster order; in a position, slot by slot, the atom (or END, for the LASSO)
 then its coefficient level. Decoding is sequential: every position needs the backbone run over
-the codes decoded so far. The encoder walks the same loop with the known symbols (same calls,
-same shapes, batch of one), so both sides compute the same probabilities.
+the codes decoded so far. The encoder walks the same loop with the known symbols (the same calls,
+each image's row computed on its own), so both sides compute the same probabilities.
 
 Files decode anywhere: the probabilities come from one fixed arithmetic, whatever device the
 priors were trained or loaded on - the priors run on the CPU for coding, in their compiled form

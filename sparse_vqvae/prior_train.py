@@ -15,12 +15,14 @@ from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointError, load_payload, save_payload
 from .code_store import CodeStore, StoreMetadata, collate_codes
-from .config import codes_vary
+from .config import PriorTrainConfig, codes_vary
 from .codes import Codes
 from .pixelsnail import PixelSNAIL, PriorConfig, bits
 
 PRIOR_FORMAT = "sparse-vqvae/pixelsnail"
 PRIOR_VERSION = 2
+
+_DEFAULT = PriorTrainConfig()  # the one source of the priors' training defaults (params.yaml's prior section)
 
 
 class PriorCheckpoint(NamedTuple):
@@ -53,8 +55,8 @@ def _inputs(maps: tuple[Codes, ...], level: int, rows, device: torch.device) -> 
     return maps[level][rows].to(device), (maps[0][rows].to(device) if level > 0 else None)
 
 
-def train_prior(prior: PixelSNAIL, maps: tuple[Codes, ...], level: int, steps: int, batch_size: int = 64,
-                lr: float = 3e-4, seed: int = 0, checkpoint_path: str | Path | None = None, fingerprint: str = "",
+def train_prior(prior: PixelSNAIL, maps: tuple[Codes, ...], level: int, steps: int,
+                batch_size: int = _DEFAULT.batch_size, lr: float = _DEFAULT.lr, seed: int = _DEFAULT.seed, checkpoint_path: str | Path | None = None, fingerprint: str = "",
                 checkpoint_every: int = 200, progress: bool = True,
                 on_metrics: Callable[[int, dict], None] | None = None) -> dict[str, float]:
     """Maximum likelihood on map ``level`` (0 = top); resumes from ``checkpoint_path`` when it exists.

@@ -58,3 +58,14 @@ def test_comparisons_without_a_common_range_are_listed_not_counted_as_agreement(
     check = study.doubling_check(apart, apart, 600)
     assert check["unchanged"] is None
     assert check["undetermined"] == ["omp vs vanilla"]
+
+
+def test_each_seed_is_compared_with_the_anchors_of_its_own_seed(study):
+    """Two seeds of the anchors and of a family: each seed's BD-rate against the same seed's anchors (the spread);
+    a family trained with one seed only is compared with each seed's anchors."""
+    seeded = lambda pts, seed: [dict(p, settings={"seed": seed}) for p in pts]  # noqa: E731
+    trained = {"vanilla": seeded(points(1.0), 0) + seeded(points(2.0), 1),
+               "omp": seeded(points(0.5), 0) + seeded(points(0.5), 1), "lasso": points(1.0)}
+    assert study.compare(trained, 0)["omp"]["vs_vanilla"] == pytest.approx(-50.0, abs=1e-6)
+    assert study.compare(trained, 1)["omp"]["vs_vanilla"] == pytest.approx(-75.0, abs=1e-6)
+    assert study.compare(trained, 1)["lasso"]["vs_vanilla"] == pytest.approx(-50.0, abs=1e-6)
