@@ -72,8 +72,10 @@ PHOTO_RECIPE := -S data.name=photos -S data.root=../shared/data/photos -S data.i
 photo-model: install
 	dvc exp run $(PHOTO_RECIPE)
 
-# Compare runs: http://127.0.0.1:5000
+# Compare runs: MLflow's UI at http://127.0.0.1:5000; the address it prints opens the pipeline's runs in the model
+# training view with the columns that compare them (the experiment's shared view). Registered models: "Model registry".
 mlflow-ui: install
+	@$(PYTHON) -m tasks.tracking http://127.0.0.1:5000
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath mlflow.db) --host 127.0.0.1 --port 5000
 
 # Everything (CI): the unit tests and the end-to-end runs of DVC, Prefect, Ray, the sweep and the CLI; the 25 slowest

@@ -35,7 +35,7 @@ from .layout import (EVAL, FREQUENCY_MODEL, MAP_NAMES, TEST_CODES, TEST_IMAGES, 
                      stage_timings)
 from .params import PipelineParams
 from .stage import run_stage
-from .tracking import StageTracker
+from .tracking import StageTracker, log_pipeline_model
 
 STAGE = "evaluate"
 STAGES_BEFORE = ("prepare_data", "pretrain_dictionary", "train_vqvae", "extract_codes", "train_prior")
@@ -80,6 +80,11 @@ def run(params: PipelineParams, tracker: StageTracker) -> dict[str, Any]:
     for item in pictures + [path, USAGE_FILE, RD_FILE]:
         tracker.log_artifact(item, "pictures" if item.suffix == ".png" else None)
     print_summary(metrics)
+    # The model evaluated here, as one MLflow model of the pipeline run, registered: a new version per run.
+    version = log_pipeline_model(params, tracker, VQVAE, FREQUENCY_MODEL,
+                                 [prior_path(level) for level in range(len(priors))], metrics)
+    print(f"\nregistered: models:/{version.name}/{version.version} (models:/{version.name}@{params.model.selection_fn}, "
+          f"models:/{version.name}@latest)")
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
 
 

@@ -1,7 +1,15 @@
-"""``sparse-vqvae --model <MLflow run id>``: the CLI's model source for the pipeline's MLflow runs.
+"""``sparse-vqvae --model <MLflow model or run>``: the CLI's model source for the pipeline's MLflow runs and models.
 
 Registered in pyproject.toml (entry-point group ``sparse_vqvae.model_sources``), so the library
-itself never imports MLflow. The run may be a pipeline's parent run or one of its stage runs; the
+itself never imports MLflow. References:
+
+- a registered model, as MLflow writes it: ``models:/sparse-vqvae-embedded@latest`` (the newest version),
+  ``models:/NAME@ALIAS`` (``@omp``: the newest version of that quantizer), ``models:/NAME/VERSION``, or a logged
+  model's id, ``models:/m-...``: the model the evaluate stage logged (tasks/tracking.py, ``log_pipeline_model``),
+  its files downloaded once to ``<cache>/models/<model id>/``;
+- a run: its id (32 hex digits) or ``runs:/<run id>[/...]``.
+
+The run may be a pipeline's parent run or one of its stage runs; the
 model comes from the pipeline's ``train_vqvae`` stage run (artifact ``checkpoints/model.pt``), the
 frequency model and priors from its ``train_prior`` stage run (artifacts ``models/prior/``): the
 given stage run itself, else the newest finished one under the same parent. A pipeline run for which
@@ -25,6 +33,7 @@ from typing import Any
 from .layout import FREQUENCY_MODEL, PRIORS, VQVAE
 
 RUN_ID = re.compile(r"[0-9a-f]{32}")
+RUN_URI = re.compile(r"runs:/(?P<run>[0-9a-f]{32})(?:/.*)?")
 MODEL_ARTIFACT = f"checkpoints/{VQVAE.name}"  # where train_vqvae logs the model
 PRIOR_ARTIFACTS = PRIORS.as_posix()  # where train_prior logs the frequency model and priors
 PARENT_TAG = "mlflow.parentRunId"
@@ -33,7 +42,12 @@ MODEL_PARAMS = ("data.", "data_hash", "pretrain.", "model.", "train.", "ray.")
 
 
 def from_mlflow_run(reference: str) -> dict[str, Path] | None:
-    """The model files of the pipeline run that MLflow run ``reference`` belongs to; None if it is no run id."""
+    """The model files of MLflow model ``reference`` (a ``models:/`` URI), or of the pipeline run that MLflow run
+    ``reference`` (an id or a ``runs:/`` URI) belongs to; None if it is neither."""
+    if reference.startswith("models:/"):
+        return from_mlflow_model(reference)
+    if match := RUN_URI.fullmatch(reference):
+        reference = match["run"]
     if not RUN_ID.fullmatch(reference):
         return None
     from mlflow.exceptions import MlflowException
@@ -64,6 +78,55 @@ def from_mlflow_run(reference: str) -> dict[str, Path] | None:
     if priors is not None:  # else (no train_prior run, or one from before it logged them) the CLI's defaults
         paths |= {"codec_model": priors / FREQUENCY_MODEL.name, "priors": priors}
     return paths
+
+
+def from_mlflow_model(uri: str) -> dict[str, Path]:
+    """The files of the model that ``models:/`` URI ``uri`` names: a registered model's version or alias, or a
+    logged model's id. A logged model's files never change, so its cache is never stale; an alias is looked up
+    every time (it moves)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.models import Model
+    from mlflow.store.artifact.utils.models import get_model_name_and_version
+    from mlflow.tracking import MlflowClient
+
+    tracking = _tracking_uri()
+    if tracking.startswith("sqlite:///") and not Path(tracking.removeprefix("sqlite:///")).is_file():
+        raise FileNotFoundError(f"no MLflow model {uri}: no tracking database {tracking.removeprefix('sqlite:///')}")
+    client = MlflowClient(tracking)
+    try:
+        found = get_model_name_and_version(client, uri)
+        model_id = found[0] if len(found) == 1 else logged_model_id(client.get_model_version(*found))
+        if model_id is None:
+            raise FileNotFoundError(f"MLflow model {uri} (version {found[1]} of {found[0]}) is no logged model of "
+                                    "this pipeline (registered from a run's artifacts)")
+        target = cache_folder() / "models" / model_id
+        if not target.is_dir():
+            import mlflow.artifacts
+
+            target.parent.mkdir(parents=True, exist_ok=True)
+            scratch = Path(tempfile.mkdtemp(prefix=".download-", dir=target.parent))
+            try:
+                downloaded = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_id}", dst_path=str(scratch),
+                                                                 tracking_uri=tracking)
+                if not target.exists():  # else another process was quicker
+                    Path(downloaded).replace(target)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+    except MlflowException as error:
+        raise ValueError(f"no MLflow model {uri} in {tracking}: {error.message.splitlines()[0]}") from error
+    artifacts = Model.load(target).flavors.get("python_function", {}).get("artifacts", {})
+    if "model" not in artifacts:
+        raise FileNotFoundError(f"MLflow model {uri} ({model_id}) is not a sparse-vqvae codec: it has no model artifact")
+    return {key: target / artifacts[key]["path"] for key in ("model", "codec_model", "priors") if key in artifacts}
+
+
+def logged_model_id(version: Any) -> str | None:
+    """The logged model a registered version was made from (``models:/<model id>``: its source, where the SQL
+    store keeps it), or None for one registered from a run's artifacts."""
+    if getattr(version, "model_id", None):
+        return version.model_id
+    source = version.source or ""
+    return source.removeprefix("models:/") if source.startswith("models:/m-") else None
 
 
 def _newest_finished(client: Any, run: Any, stage: str, parent: str) -> Any | None:

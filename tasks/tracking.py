@@ -18,7 +18,9 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import subprocess
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,7 +36,18 @@ PARENT_ENV = "SPARSE_VQVAE_PARENT_RUN"
 # MLflow 3's UI opens an experiment without this tag in its GenAI view (traces, prompts); with it,
 # on the runs table. Tag and value as the UI itself sets them (mlflow/server/js: "Machine learning").
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+# The runs table as the experiment's shared view (MLflow's "share view": an experiment tag holding the table's
+# state, opened with ?viewStateShareKey=<key>): the columns that compare pipeline runs, newest first. The UI's
+# GenAI / Model training switch follows ?workflowType= (else the browser's last choice, GenAI at first).
+RUNS_VIEW = "sparse-vqvae-runs"
+RUNS_VIEW_TAG = f"mlflow.sharedViewState.{RUNS_VIEW}"
+RUNS_VIEW_COLUMNS = ("attributes.`Models`", "params.`model.selection_fn`",
+                     "params.`model.num_atoms`", "metrics.`test_psnr`", "metrics.`codec_bpp`", "metrics.`codec_psnr`",
+                     "metrics.`prior_codec_bpp`", "metrics.`test_ssim`", "tags.`stage`")
 _BATCH = 900  # MLflow's log_batch takes at most 1000 metrics, 100 params
+MODEL_NAME = "sparse-vqvae-{dataset}"  # the registered model of a dataset's pipeline runs, a version per run
+LOGGED_MODEL = "codec"  # the name of the pipeline run's logged model
+CODEC_CODE = Path(__file__).with_name("mlflow_codec.py")  # the pyfunc, logged as code ("models from code")
 
 
 def tracking_uri(params: PipelineParams, workspace: Path | None = None) -> str:
@@ -54,14 +67,25 @@ def artifact_root(uri: str) -> str | None:
 
 
 def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
-    """The experiment ``name``, created if new; marked as model training unless someone chose its kind."""
+    """The experiment ``name``, created if new; marked as model training unless someone chose its kind, with the
+    runs table's shared view (``runs_view_url``) unless it has one."""
     kind, value = EXPERIMENT_KIND
+    view = json.dumps({"selectedColumns": list(RUNS_VIEW_COLUMNS), "orderByKey": "attributes.start_time",
+                       "orderByAsc": False})
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
-        return client.create_experiment(name, artifact_location=artifact_root(uri), tags={kind: value})
+        return client.create_experiment(name, artifact_location=artifact_root(uri), tags={kind: value, RUNS_VIEW_TAG: view})
     if kind not in experiment.tags:  # made by an older version of this code, or by hand
         client.set_experiment_tag(experiment.experiment_id, kind, value)
+    if experiment.tags.get(RUNS_VIEW_TAG) != view:  # ours: this code's columns (a user's own view is their browser's)
+        client.set_experiment_tag(experiment.experiment_id, RUNS_VIEW_TAG, view)
     return experiment.experiment_id
+
+
+def runs_view_url(ui: str, experiment: str) -> str:
+    """The MLflow UI at ``ui`` (http://host:port) on ``experiment``'s runs: the model-training view, the shared view's
+    columns."""
+    return f"{ui.rstrip('/')}/#/experiments/{experiment}/runs?viewStateShareKey={RUNS_VIEW}&workflowType=machine_learning"
 
 
 def git_commit() -> str:
@@ -171,8 +195,136 @@ def stage_run(stage: str, params: PipelineParams) -> Iterator[StageTracker]:
     status = "FAILED"
     try:
         yield StageTracker(uri, run.info.run_id)
+        log_datasets(client, run.info.run_id)  # what the stage read (prepare_data: what it made)
         status = "FINISHED"
     finally:
         client.set_terminated(run.info.run_id, status)
         if owned:
             client.set_terminated(parent, status)
+
+
+def registered_model_name(params: PipelineParams) -> str:
+    return MODEL_NAME.format(dataset=params.data.name)
+
+
+def log_datasets(client: MlflowClient, run_id: str) -> None:
+    """The prepared train and test splits as the run's input datasets (``log_input``): named
+    ``<dataset>-<split>``, their digest the content hash prepare_data recorded, their source where the images
+    came from; nothing before the data is prepared."""
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.types.schema import Schema, TensorSpec
+    import numpy as np
+
+    try:
+        summary = json.loads(DATA_SUMMARY.read_text())
+    except (OSError, ValueError):
+        return
+    inputs = []
+    for split, context in (("train", "training"), ("test", "evaluation")):
+        record = summary.get(split)
+        if not isinstance(record, dict) or "sha256" not in record:
+            continue
+        shape = (-1, record.get("height", -1), record.get("width", -1), 3)
+        source = CodeDatasetSource({"dataset": summary.get("dataset"), "root": summary.get("root"),
+                                    "prepared": str(Path.cwd() / DATA_SUMMARY.parent), "images": record.get("count")})
+        dataset = MetaDataset(source, name=f"{summary.get('dataset')}-{split}", digest=record["sha256"][:16],
+                              schema=Schema([TensorSpec(np.dtype("uint8"), shape, "images")]))
+        inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)]))
+    if inputs:
+        client.log_inputs(run_id, datasets=inputs)
+
+
+def log_pipeline_model(params: PipelineParams, tracker: StageTracker, model: Path, codec_model: Path,
+                       priors: list[Path], metrics: dict[str, Any]) -> Any:
+    """The pipeline's codec - VQ-VAE, frequency model, priors - as one MLflow model (a pyfunc that compresses
+    and decompresses: tasks/mlflow_codec.py) of the pipeline run (the parent of ``tracker``'s stage run), with
+    the run's datasets, registered as a new version of ``sparse-vqvae-<dataset>``. The alias named after its
+    quantizer (``@omp``, ``@vanilla``...) moves to that version; ``@latest`` is MLflow's own, the newest.
+    Returns the model version."""
+    import mlflow
+    from mlflow.models import Model
+    from mlflow.models.signature import ModelSignature
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+
+    import sparse_vqvae
+
+    client = tracker.client
+    parent = client.get_run(tracker.run_id).data.tags.get("mlflow.parentRunId", tracker.run_id)
+    name = registered_model_name(params)
+    signature = ModelSignature(
+        inputs=Schema([ColSpec("binary", "image", required=False), ColSpec("binary", "data", required=False)]),
+        outputs=Schema([ColSpec("binary", "data", required=False), ColSpec("binary", "image", required=False),
+                        ColSpec("string", "error", required=False)]),
+        params=ParamSchema([ParamSpec("mode", "string", "compress"), ParamSpec("quality", "long", None),
+                            ParamSpec("entropy", "string", "factorised")]))
+    figures = {key: float(value) for key, value in metrics.items() if key in _MODEL_FIGURES}
+    # The headline figures on the pipeline run too (the runs table compares pipeline runs; the logged model gets
+    # the run's figures as its own metrics).
+    tracker.client.log_batch(parent, metrics=[Metric(key, value, int(time.time() * 1000), 0)
+                                              for key, value in figures.items() if math.isfinite(value)])
+    with tempfile.TemporaryDirectory() as scratch, _quiet_downloads():
+        folder = Path(scratch) / "priors"  # the priors alone (models/prior/ holds the frequency model and plots too)
+        folder.mkdir()
+        for path in priors:
+            shutil.copy2(path, folder / path.name)
+        # Made here, in the pipeline run's experiment (Model.log alone would put it in the process's active one).
+        logged = client.create_logged_model(client.get_run(parent).info.experiment_id, name=LOGGED_MODEL,
+                                            source_run_id=parent, tags={**_tags(params), "stage_run": tracker.run_id},
+                                            model_type="image codec")
+        with _use_tracking_uri(tracker.uri):
+            info = Model.log(artifact_path=None, flavor=mlflow.pyfunc, run_id=parent, model_id=logged.model_id,
+                             python_model=str(CODEC_CODE), signature=signature, registered_model_name=name,
+                             artifacts={"model": str(model), "codec_model": str(codec_model), "priors": str(folder)},
+                             pip_requirements=[f"sparse-vqvae=={sparse_vqvae.__version__}", f"mlflow=={mlflow.__version__}"])
+    version = info.registered_model_version
+    for key, value in {**_tags(params), "pipeline_run": parent, "git_commit": git_commit(),
+                       "data_hash": data_hash(), **{k: f"{v:.4g}" for k, v in figures.items()}}.items():
+        client.set_model_version_tag(name, str(version), key, value)
+    client.set_registered_model_alias(name, params.model.selection_fn, str(version))
+    summary = ", ".join(f"{key} {value:.4g}" for key, value in figures.items())
+    client.update_model_version(name, str(version), description=f"{params.model.selection_fn} on "
+                                f"{params.data.name}: {summary}")
+    log_datasets(client, parent)
+    return client.get_model_version(name, str(version))
+
+
+_MODEL_FIGURES = ("test_psnr", "test_ssim", "codec_bpp", "codec_psnr", "prior_codec_bpp", "prior_bits_per_image")
+
+
+@contextmanager
+def _quiet_downloads() -> Iterator[None]:
+    """No progress bars while MLflow copies the model's files (one per file, to the stage's output)."""
+    name = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    before = os.environ.get(name)
+    os.environ[name] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
+def main() -> None:
+    """``python -m tasks.tracking [UI]``: where the MLflow UI at UI (default http://127.0.0.1:5000) shows this
+    pipeline's runs (params.yaml's experiment, in its tracking store), for ``make mlflow-ui``."""
+    import sys
+
+    from .params import load_params
+
+    ui = sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:5000"
+    params = load_params()
+    uri = tracking_uri(params)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        print(f"no runs yet ({uri.removeprefix('sqlite:///')} does not exist): `make run` makes them; "
+              f"then open {ui}")
+        return
+    print(f"the pipeline's runs: {runs_view_url(ui, experiment_id(MlflowClient(uri), params.mlflow.experiment, uri))}")
+
+
+if __name__ == "__main__":
+    main()

@@ -86,7 +86,14 @@ def test_a_pipeline_run_or_any_of_its_stage_runs_gives_its_model_files(tracked, 
     assert from_mlflow_run(tracked[run]) == paths  # the second time from the cache
 
 
-@pytest.mark.parametrize("reference", ["models/vqvae/model.pt", UNKNOWN.upper(), UNKNOWN[:-1], UNKNOWN + "0", ""])
+@pytest.mark.parametrize("form", ["runs:/{}", "runs:/{}/codec"])
+def test_a_runs_uri_is_its_run(tracked, form):
+    """MLflow's own spelling of a run (``runs:/<id>[/<path>]``) names the same pipeline run as its id."""
+    assert from_mlflow_run(form.format(tracked["parent"])) == from_mlflow_run(tracked["parent"])
+
+
+@pytest.mark.parametrize("reference", ["models/vqvae/model.pt", UNKNOWN.upper(), UNKNOWN[:-1], UNKNOWN + "0", "",
+                                       f"runs:/{UNKNOWN[:-1]}"])
 def test_what_is_no_run_id_is_left_to_other_sources(tracked, reference):
     assert from_mlflow_run(reference) is None
 

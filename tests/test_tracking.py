@@ -3,6 +3,7 @@ of a plain ``dvc repro`` ends with its last stage, and the experiment opens on i
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import mlflow
@@ -11,7 +12,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from tasks.params import load_params
-from tasks.tracking import EXPERIMENT_KIND, PARENT_ENV, experiment_id, stage_run, start_parent_run, tracking_uri
+from tasks.tracking import (EXPERIMENT_KIND, PARENT_ENV, RUNS_VIEW, RUNS_VIEW_COLUMNS, RUNS_VIEW_TAG, experiment_id,
+                            runs_view_url, stage_run, start_parent_run, tracking_uri)
 
 from .pipeline_workspace import TINY
 
@@ -84,3 +86,22 @@ def test_the_experiment_opens_on_its_runs_table(workspace):
     chosen = client.create_experiment("chosen", tags={kind: "genai_development"})  # someone's choice stays
     experiment_id(client, "chosen", uri)
     assert client.get_experiment(chosen).tags[kind] == "genai_development"
+
+
+def test_the_runs_table_opens_in_the_model_training_view_with_the_comparing_columns(workspace):
+    """The experiment carries the runs table's state as MLflow's own "shared view" (an experiment tag the UI reads
+    when the address names its key), and the address selects the UI's model-training view; the installed UI's
+    scripts know the tag prefix, the query parameters and the value."""
+    params, client = workspace
+    ui = "".join(path.read_text(errors="replace") for path in UI_SCRIPTS)
+    for literal in ('"mlflow.sharedViewState."', '"viewStateShareKey"', '"workflowType"', '"machine_learning"'):
+        assert literal in ui, f"MLflow's UI has no {literal}"
+    assert RUNS_VIEW_TAG == f"mlflow.sharedViewState.{RUNS_VIEW}"
+    made = experiment_id(client, params.mlflow.experiment, tracking_uri(params))
+    view = json.loads(client.get_experiment(made).tags[RUNS_VIEW_TAG])
+    assert view["selectedColumns"] == list(RUNS_VIEW_COLUMNS) and "metrics.`test_psnr`" in view["selectedColumns"]
+    assert runs_view_url("http://127.0.0.1:5000/", made) == (
+        f"http://127.0.0.1:5000/#/experiments/{made}/runs?viewStateShareKey={RUNS_VIEW}&workflowType=machine_learning")
+    client.set_experiment_tag(made, RUNS_VIEW_TAG, "{}")  # an older version's columns: replaced
+    experiment_id(client, params.mlflow.experiment, tracking_uri(params))
+    assert json.loads(client.get_experiment(made).tags[RUNS_VIEW_TAG]) == view
