@@ -42,11 +42,13 @@ run: install
 	$(PYTHON) -m tasks.params
 	dvc repro
 
-# The same stages as a Prefect flow (a temporary local Prefect server unless PREFECT_API_URL is set).
+# The same stages as a Prefect flow (a temporary local Prefect server unless PREFECT_API_URL is set); each stage's
+# output in its task's log, a summary artifact. Settings: SPARSE_VQVAE_FLOW_STAGE_TIMEOUT (seconds), SPARSE_VQVAE_RAY_*.
 flow: install
 	$(PYTHON) -m flows.pipeline
 
-# vanilla vs rvq vs omp (K=1, 2) vs lasso, each in sweeps/<variant>/, results in sweeps/summary.csv.
+# vanilla vs rvq vs omp (K=1, 2) vs lasso, each in sweeps/<variant>/, results in sweeps/summary.csv;
+# SPARSE_VQVAE_FLOW_SWEEP_CONCURRENCY=2 runs two variants at once (each a whole pipeline: twice the CPUs and memory).
 sweep: install
 	$(PYTHON) -m flows.sweep
 

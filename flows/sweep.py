@@ -6,6 +6,10 @@ every model and JPEG/WebP, reconstruction and sample grids - also a "sweep compa
 
     python -m flows.sweep                                   # vanilla, rvq K=2, omp K=1, omp K=2, lasso alpha=0.3
     python -m flows.sweep --variant model.selection_fn=omp,model.n_nonzero=8 --set train.steps=300
+
+Variants run ``--concurrency`` at a time (default: the SPARSE_VQVAE_FLOW_SWEEP_CONCURRENCY setting, 1): each is a
+whole pipeline with its own local Ray instance, so more than one wants that many times the CPUs and memory (and,
+with MLflow's SQLite store, writers that wait for each other: a tracking server suits several).
 """
 
 from __future__ import annotations
@@ -18,10 +22,11 @@ from typing import Any
 import yaml
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from sparse_vqvae.atomic import atomic_write, write_json
 from tasks import compare_variants
-from tasks.params import PipelineParams, load_params, parse_params
+from tasks.params import PipelineParams, flow_settings, load_params, parse_params
 from tasks.tracking import StageTracker, end_parent_run, start_parent_run, tracking_uri
 
 from .pipeline import pipeline
@@ -41,23 +46,32 @@ def variant_name(variant: dict[str, Any]) -> str:
     return "-".join(f"{key.split('.')[-1]}={value}" for key, value in variant.items())
 
 
+@task(cache_policy=NO_CACHE, task_run_name="{name}")
+def run_variant(name: str, workspace: str) -> dict[str, Any]:
+    """One variant: the pipeline flow in its workspace (a flow run of its own, under this task)."""
+    return pipeline(workspace=workspace, run_name=f"sweep {name}")
+
+
 @flow(name="sparse-vqvae-sweep")
 def sweep(grid: list[dict[str, Any]] | None = None, overrides: dict[str, Any] | None = None,
-          root: str = str(REPO / "sweeps")) -> list[dict[str, Any]]:
-    """Run the pipeline once per variant of ``grid`` (dotted keys), on top of ``overrides``."""
+          root: str = str(REPO / "sweeps"), concurrency: int | None = None) -> list[dict[str, Any]]:
+    """Run the pipeline once per variant of ``grid`` (dotted keys), on top of ``overrides``, ``concurrency`` at a
+    time (default: the sweep_concurrency setting)."""
     grid = grid or DEFAULT_GRID
+    concurrency = concurrency or flow_settings().sweep_concurrency
     base = yaml.safe_load((REPO / "params.yaml").read_text())
     uri = tracking_uri(load_params(REPO / "params.yaml"), REPO)  # one MLflow store for every variant
     changes = [merge(merge(dotted(overrides or {}), dotted(variant)), {"mlflow": {"tracking_uri": uri}})
                for variant in grid]
     for change in changes:  # every variant is validated before any runs
         parse_params(merge(base, change))
-    rows, workspaces = [], {}
-    for variant, change in zip(grid, changes):
-        name = variant_name(variant)
-        workspaces[name] = make_workspace(Path(root) / name, change)
-        metrics = pipeline(workspace=str(workspaces[name]), run_name=f"sweep {name}")
-        rows.append({"variant": name, **variant, **{key: metrics.get(key) for key in COLUMNS}})
+    names = [variant_name(variant) for variant in grid]
+    workspaces = {name: make_workspace(Path(root) / name, change) for name, change in zip(names, changes)}
+    with ThreadPoolTaskRunner(max_workers=concurrency) as runner:
+        futures = [runner.submit(run_variant, {"name": name, "workspace": str(workspaces[name])}) for name in names]
+        results = [future.result() for future in futures]  # the first failure raises, after the others ran
+    rows = [{"variant": name, **variant, **{key: metrics.get(key) for key in COLUMNS}}
+            for name, variant, metrics in zip(names, grid, results)]
     compare(workspaces, Path(root) / "comparison", parse_params(merge(base, changes[0])))
     write_json(Path(root) / "summary.json", rows)
     with atomic_write(Path(root) / "summary.csv", "w") as handle:
@@ -103,9 +117,11 @@ def main() -> None:
     parser.add_argument("--set", type=_assignments, action="append", default=[],
                         help="overrides for every variant, e.g. train.steps=300")
     parser.add_argument("--root", default=str(REPO / "sweeps"), help="where the variants' workspaces go")
+    parser.add_argument("--concurrency", type=int, default=None,
+                        help="variants run at once (default: $SPARSE_VQVAE_FLOW_SWEEP_CONCURRENCY, else 1)")
     args = parser.parse_args()
     overrides = {key: value for group in args.set for key, value in group.items()}
-    sweep(grid=args.variant, overrides=overrides, root=args.root)
+    sweep(grid=args.variant, overrides=overrides, root=args.root, concurrency=args.concurrency)
 
 
 if __name__ == "__main__":

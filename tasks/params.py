@@ -88,6 +88,7 @@ class FlowSettings:
 
     stage_timeout: float | None = 86400.0  # seconds a stage may run before the flow stops it (null: no limit)
     sweep_concurrency: int = 1  # sweep variants run at once (each a pipeline: CPUs, memory, Ray instances)
+    mlflow_ui: str = "http://127.0.0.1:5000"  # where the flows' links go when MLflow's store is a local file (make mlflow-ui)
 
     def __post_init__(self) -> None:
         if self.stage_timeout is not None:
