@@ -26,11 +26,11 @@ from sparse_vqvae.atomic import atomic_write
 from sparse_vqvae.code_store import CodeStore
 from sparse_vqvae.config import ModelConfig
 from sparse_vqvae.entropy_coding import FrequencyModel
-from sparse_vqvae.maps import prior_file
+from sparse_vqvae.maps import prior_file, prior_files
 from sparse_vqvae.prior_train import load_maps, load_prior, save_prior
 from sparse_vqvae.train import load_checkpoint, save_checkpoint
 
-from .layout import METRICS, TIMINGS, TRAIN_CODES, VQVAE, prior_path
+from .layout import METRICS, PRIORS, TIMINGS, TRAIN_CODES, VQVAE
 from .params import PipelineParams, load_params
 
 ZOO = Path(__file__).resolve().parents[1] / "models" / "zoo"
@@ -50,14 +50,12 @@ def export(name: str, output: Path = ZOO, limit_mb: float = 25.0) -> Path:
     save_checkpoint(folder / "model.pt", model, None, checkpoint.step, checkpoint.epoch, checkpoint.config)
     store = CodeStore(TRAIN_CODES, fingerprint)
     FrequencyModel.fit(load_maps(store), store.meta).save(folder / "codec.pt")
-    level = 0
-    while prior_path(level).is_file():
-        prior = load_prior(prior_path(level))
+    for level, path in enumerate(prior_files(PRIORS)):
+        prior = load_prior(path)
         if prior.fingerprint != fingerprint:
-            raise ValueError(f"{prior_path(level)} was trained on the codes of model {prior.fingerprint}, not of "
+            raise ValueError(f"{path} was trained on the codes of model {prior.fingerprint}, not of "
                              f"{VQVAE} ({fingerprint}): rerun the pipeline (dvc repro)")
         save_prior(prior_file(folder, level), prior.prior.half(), None, prior.step, fingerprint)
-        level += 1
     sizes = {path.name: path.stat().st_size for path in sorted(folder.glob("*.pt"))}
     total = sum(sizes.values()) / 2**20
     if total > limit_mb:
