@@ -159,6 +159,12 @@ def measure_family(family: Family, judge: Judge, reference: np.ndarray, real: di
     return results
 
 
+def _shown(path: str | Path) -> str:
+    """A path as the results file shows it: relative to the repository when inside it."""
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--family", action="append", default=[], metavar="NAME=WORKSPACE",
@@ -200,7 +206,7 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("name a family (--family NAME=WORKSPACE) or --train-tiny")
     result = {
         "judge_accuracy": judge_payload.get("held_out_accuracy"),
-        "judge": {"checkpoint": args.judge, "feature_dim": judge.feature_dim},
+        "judge": {"checkpoint": _shown(args.judge), "feature_dim": judge.feature_dim},
         "measure": {"reference": f"{len(held_index)} held-out CIFAR-10 images (judge.held_out_split, seed 0)",
                     "images_per_source": args.images, "k": 3, "temperatures": list(temperatures),
                     "fd": "Frechet distance on the judge's penultimate features: not FID, comparable within the "
