@@ -65,14 +65,14 @@ PHOTO_RECIPE := -S data.name=photos -S data.root=../shared/data/photos -S data.i
 	-S model.stage_dropout=true \
 	-S pretrain.steps=500 -S pretrain.batch_size=16 \
 	-S train.steps=8000 -S train.batch_size=16 -S train.eval_every=1000 -S train.checkpoint_every=200 \
-	-S ray.num_workers=1 -S ray.cpus_per_worker=2 -S extract.batch_size=32 \
+	-S ray.num_workers=1 -S extract.batch_size=32 \
 	-S prior.steps=1000 -S prior.batch_size=8 -S prior.positions=none -S prior.checkpoint_every=200 \
 	-S evaluate.batch_size=16 -S evaluate.grid_images=16 -S evaluate.samples=4 \
 	-S evaluate.rate_distortion_images=124 -S evaluate.prior_coding_images=2
 
 # Train the photo codec (hours here; a rerun resumes) as a DVC experiment.
 photo-model: install
-	dvc exp run $(PHOTO_RECIPE)
+	SPARSE_VQVAE_RAY_CPUS_PER_WORKER=2 dvc exp run $(PHOTO_RECIPE)
 
 # Compare runs: MLflow's UI at http://127.0.0.1:5000; the address it prints opens the pipeline's runs in the model
 # training view with the columns that compare them (the experiment's shared view). Registered models: "Model registry".

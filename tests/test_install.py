@@ -238,3 +238,19 @@ def test_a_compiler_that_rejects_the_extensions_does_not_fail_the_build(tmp_path
     wheel = _wheel(_source_copy(tmp_path / "source"), tmp_path / "dist", CC="false")
     names = zipfile.ZipFile(wheel).namelist()
     assert "sparse_vqvae/cli.py" in names and not [name for name in names if name.endswith(".so")]
+
+
+@pytest.mark.slow  # compiles both extensions (seconds)
+def test_an_experiment_copy_builds_the_extensions_it_imports(tmp_path):
+    """`dvc exp run --temp`/`--queue` run the stages in a copy under .dvc/tmp/exps/ without the git-ignored
+    compiled extensions: importing tasks there builds them, so the copy's library runs the C forms."""
+    copy = tmp_path / "project" / ".dvc" / "tmp" / "exps" / "tmpexp"
+    shutil.copytree(REPO, copy, ignore=shutil.ignore_patterns(".venv", ".git", ".dvc", "*.so", "__pycache__", "build",
+                                                              "checkpoints", "mlflow.db", "mlartifacts", "benchmarks"))
+    environment = {**os.environ, "PYTHONPATH": str(copy)}
+    check = ("import warnings; warnings.simplefilter('error');"
+             "import tasks, sparse_vqvae._native as n, sparse_vqvae;"
+             "print(sparse_vqvae.__file__, n.incremental is not None, n.rowwise is not None)")
+    out = subprocess.run([sys.executable, "-c", check], cwd=copy, env=environment, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [str(copy / "sparse_vqvae" / "__init__.py"), "True", "True"]
