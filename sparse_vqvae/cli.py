@@ -197,6 +197,12 @@ def _each_batch(paths: list[Path], work: Callable[[list[Path]], list], save: Cal
         raise CodecError(f"{len(failures)} of {len(paths)} files failed (each named above); the others were written")
 
 
+CODING_PRIOR_NOTE = (
+    "note: these priors know no position (prior.positions: none): they were trained on crops as entropy models "
+    "that code photographs of any size, so their samples are local textures without a layout, not pictures. "
+    "Priors trained with positions: learned at the images' own size (make run, make run-cifar10) draw images.")
+
+
 @torch.no_grad()
 def cmd_sample(args: argparse.Namespace) -> None:
     model = load_checkpoint(args.model, default_device()).model.eval()
@@ -207,6 +213,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
         maps = entropy.sample(args.n, map_sizes(model, size, size), np.random.default_rng(args.seed))
     else:
         priors = PriorEntropyModel.load(prior_files(args.priors), device, model.fingerprint()).priors
+        if any(prior.config.positions == "none" for prior in priors):
+            print(CODING_PRIOR_NOTE, file=sys.stderr)
         maps = sample_maps(priors, args.n, args.temperature, torch.Generator(device=device).manual_seed(args.seed))
     images = model.decode_codes(tuple(m.to(device) for m in maps))
     save_grid(images, args.output, columns=math.ceil(math.sqrt(args.n)), scale=2)

@@ -127,8 +127,18 @@ def test_sample_from_the_priors_and_from_random_codes(trained_run):
     for extra in ([], ["--random-codes"]):
         done = cli("sample", "-n", "4", "--temperature", "0.8", "-o", "grid.png", *extra, cwd=trained_run)
         assert done.returncode == 0, done.stderr
+        assert "know no position" not in done.stderr  # a pipeline run's priors learn positions: they draw images
         with Image.open(trained_run / "grid.png") as image:
             assert np.asarray(image).std() > 0
+
+
+def test_sampling_the_shipped_photo_codec_says_its_prior_is_a_coding_model(tmp_path):
+    """The photo model's prior has no positions (it codes photographs of any size): its samples are textures,
+    and `sample` says so rather than pass them off as pictures."""
+    done = cli("sample", "--model", "photo", "-n", "1", "-o", "grid.png", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "know no position" in done.stderr and "not pictures" in done.stderr
+    assert (tmp_path / "grid.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_evaluate_reports_real_bits_per_pixel(trained_run):
