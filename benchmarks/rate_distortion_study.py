@@ -31,6 +31,13 @@ change to the library retrains everything. A model being trained is locked, so t
 thread each on a 2-core machine) can share a cache: each skips what the other trains. The first seed
 of every set comes before the second, so an unfinished study has whole curves first.
 
+On the CIFAR-10 set each model's samples are measured too (issue 30: at equal bits, whose samples are
+closer to real images?): with the judge of ``benchmarks/judge_train.py`` (``--judge``), every point of a
+model gets ``synthesis``: the Frechet distance on the judge's features, precision and recall of 1,000
+images decoded from the priors' codes at temperature 1 (``pixelsnail_t1``), from the factorised model's
+(``factorised``) and of the model's reconstructions of held-out images, against the judge's 5,000
+held-out images (``benchmarks/synthesis.py`` measures the same way).
+
 ``lasso`` is not in the default run: at 3.0-3.5 bpp (study v1: ~3 pairs a position whatever its
 alpha) it shares no rate range with the others; ``--families lasso`` still trains it.
 """
@@ -45,10 +52,12 @@ import os
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from _results import RESULTS, write_json
+from judge_train import DEFAULT_CHECKPOINT as DEFAULT_JUDGE
+from synthesis import judge_reference, measure_model
 
 from sparse_vqvae.code_store import CodeStore, extract_codes
 from sparse_vqvae.codec import Codec, rate_controlled
@@ -109,9 +118,20 @@ def model_key(set_name: str, data: DataConfig, model: ModelConfig, budget: dict[
     return hashlib.sha256(settings.encode()).hexdigest()[:16]
 
 
+class SynthesisJudge(NamedTuple):
+    """What measures a model's samples: the judge, its features of the held-out reference images, the figures
+    of real training images."""
+
+    judge: Any
+    reference: Any
+    real: dict[str, Any]
+    images: int  # a source's images
+    temperatures: tuple[float, ...] = (1.0,)
+
+
 def train_and_measure(cache: Path, points: Path, set_name: str, data: DataConfig, config: ModelConfig,
-                      budget: dict[str, Any], seed: int, train_set: ImageArray, test_set: ImageArray
-                      ) -> list[dict[str, Any]] | None:
+                      budget: dict[str, Any], seed: int, train_set: ImageArray, test_set: ImageArray,
+                      synthesis: SynthesisJudge | None = None) -> list[dict[str, Any]] | None:
     """One model of the study, trained as the pipeline trains it, measured on held-out images at each of its
     qualities (kept in ``points``; None while another process holds the model's lock)."""
     key = model_key(set_name, data, config, budget, seed)
@@ -132,15 +152,15 @@ def train_and_measure(cache: Path, points: Path, set_name: str, data: DataConfig
             return None
         if kept.is_file():  # finished by the other process while this one waited for the lock
             return json.loads(kept.read_text())
-        result = measured(folder, config, budget, seed, train_set, test_set)
+        result = measured(folder, config, budget, seed, train_set, test_set, synthesis)
         write_json(kept, result)
         return result
 
 
 def measured(folder: Path, config: ModelConfig, budget: dict[str, Any], seed: int, train_set: ImageArray,
-             test_set: ImageArray) -> list[dict[str, Any]]:
+             test_set: ImageArray, synthesis: SynthesisJudge | None = None) -> list[dict[str, Any]]:
     """Train one model and measure it at each of its codec's qualities (a rate-controlled model's ten; else the
-    highest); the points go to ``folder/result.json``."""
+    highest), and its samples with ``synthesis``; the points go to ``folder/result.json``."""
     result_file = folder / "result.json"
     start = time.perf_counter()
     train_config = TrainConfig(steps=budget["steps"], seed=seed)
@@ -175,6 +195,12 @@ def measured(folder: Path, config: ModelConfig, budget: dict[str, Any], seed: in
                        "images": factorised["images"], "prior_images": prior_coded["images"],
                        "settings": {**asdict(config), "seed": seed, "quality": quality},
                        "seconds": round(time.perf_counter() - start, 1)})
+    if synthesis is not None and priors is not None:
+        held_out = torch.stack([test_set[i] for i in range(min(synthesis.images, len(test_set)))])
+        samples = {"real": synthesis.real, **measure_model(model, priors, frequencies, synthesis.judge, synthesis.reference,
+                                                           held_out, synthesis.images, synthesis.temperatures, seed)}
+        for point in points:
+            point["synthesis"] = samples
     write_json(result_file, points)
     return points
 
@@ -259,6 +285,27 @@ def doubling_check(short: dict[str, list[dict]], long: dict[str, list[dict]], st
             "points_at_double": long}
 
 
+def synthesis_table(families: dict[str, list[dict]]) -> dict[str, list[dict[str, Any]]]:
+    """Per family, one row a model: its samples' FD, precision and recall (temperature 1) beside the bits a
+    pixel of its held-out codes under the priors that drew them, and the factorised model's samples' FD."""
+    table: dict[str, list[dict[str, Any]]] = {}
+    for family, points in families.items():
+        seen = set()
+        for point in points:
+            samples = point.get("synthesis")
+            settings = {k: v for k, v in point["settings"].items() if k != "quality"}
+            key = json.dumps(settings, sort_keys=True)
+            if samples is None or key in seen:  # a rate-controlled model's qualities share one set of samples
+                continue
+            seen.add(key)
+            drawn = samples["pixelsnail_t1"]
+            table.setdefault(family, []).append(
+                {"seed": settings["seed"], "settings": differing(settings), "bpp_prior": drawn["bpp"], "fd": drawn["fd"],
+                 "precision": drawn["precision"], "recall": drawn["recall"], "fd_factorised": samples["factorised"]["fd"],
+                 "fd_reconstruction": samples["reconstruction"]["fd"]})
+    return table
+
+
 def log_to_mlflow(output: Path, pictures: list[Path], summary: dict[str, Any]) -> str:
     """One MLflow run holding the whole comparison (the pipeline's store, experiment sparse-vqvae)."""
     from mlflow.tracking import MlflowClient
@@ -284,7 +331,7 @@ def log_to_mlflow(output: Path, pictures: list[Path], summary: dict[str, Any]) -
 
 
 def trained(cache: Path, kept: Path, set_names: list[str], families: list[str], budget: dict[str, Any],
-            seeds: list[int]) -> dict[str, dict[str, list[dict]]] | None:
+            seeds: list[int], synthesis: SynthesisJudge | None = None) -> dict[str, dict[str, list[dict]]] | None:
     """Every family's models on every set at ``budget``, trained or read from ``kept`` (None while
     another process still trains some of them): every set's first seed, then the next."""
     results: dict[str, dict[str, list[dict]]] = {name: {} for name in set_names}
@@ -298,7 +345,7 @@ def trained(cache: Path, kept: Path, set_names: list[str], families: list[str], 
                     continue
                 for overrides in FAMILIES[family]:
                     points = train_and_measure(cache, kept, set_name, data, ModelConfig(**overrides), budget, seed,
-                                               train_set, test_set)
+                                               train_set, test_set, synthesis if set_name == "cifar10" else None)
                     if points is None:
                         complete = False
                         continue
@@ -329,6 +376,8 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where the trained models are kept")
     parser.add_argument("--points", type=Path, default=DEFAULT_POINTS,
                         help="where each model's measured points are kept (committed: the study resumes anywhere)")
+    parser.add_argument("--judge", type=Path, default=DEFAULT_JUDGE,
+                        help="the CIFAR-10 judge (benchmarks/judge_train.py) that measures the cifar10 models' samples")
     parser.add_argument("--no-mlflow", action="store_true")
     parser.add_argument("--doubling-check", action="store_true",
                         help="also train every model of --doubling-sets with 2x --steps (no priors) and compare "
@@ -343,7 +392,14 @@ def main() -> None:
     unknown = sorted(set(families) - set(FAMILIES))
     if unknown:
         parser.error(f"--families: unknown {', '.join(unknown)}; choose from {', '.join(FAMILIES)}")
-    results = trained(args.cache, args.points, args.sets.split(","), families, budget, seeds)
+    synthesis = None
+    if "cifar10" in args.sets.split(",") and budget["prior_steps"]:
+        if not args.judge.is_file():
+            parser.error(f"--judge: no judge at {args.judge}: train it with benchmarks/judge_train.py (about an hour "
+                         "of one core) or leave cifar10 out of --sets")
+        judge, reference, real, _ = judge_reference(args.judge, CIFAR10)
+        synthesis = SynthesisJudge(judge, reference, real, images=1000)
+    results = trained(args.cache, args.points, args.sets.split(","), families, budget, seeds, synthesis)
     double = {**budget, "steps": 2 * args.steps, "prior_steps": 0}
     doubled = (trained(args.cache, args.points, args.doubling_sets.split(","), families, double, seeds[:1])
                if args.doubling_check
@@ -356,6 +412,8 @@ def main() -> None:
                "bd_rate": {name: compare(families) for name, families in results.items()},
                "bd_rate_by_seed": {name: {str(seed): compare(families, seed) for seed in seeds}
                                    for name, families in results.items()}}
+    if "cifar10" in results:
+        summary["synthesis_cifar10"] = synthesis_table(results["cifar10"])
     if args.doubling_check:
         summary["doubling_check"] = {}
         for set_name, long in doubled.items():

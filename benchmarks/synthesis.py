@@ -138,16 +138,25 @@ def measure_family(family: Family, judge: Judge, reference: np.ndarray, real: di
         if checkpoint.fingerprint != fingerprint:
             raise ValueError(f"{prior_file(family.priors, level)} models the codes of another VQ-VAE")
         priors.append(checkpoint.prior.eval())
-    frequencies = FrequencyModel.load(family.frequency_model)
+    start = time.perf_counter()
+    results = {"real": real, **measure_model(model, priors, FrequencyModel.load(family.frequency_model), judge,
+                                             reference, held_out, count, temperatures, seed)}
+    print(f"{family.name}: measured in {time.perf_counter() - start:.0f} s")
+    return results
+
+
+def measure_model(model: VQVAE2, priors: list[PixelSNAIL], frequencies: FrequencyModel, judge: Judge,
+                  reference: np.ndarray, held_out: torch.Tensor, count: int, temperatures: tuple[float, ...],
+                  seed: int) -> dict:
+    """One model's sources but ``real``: its reconstructions of ``held_out``, ``count`` images decoded from
+    the factorised model's codes and from the priors' at each temperature, each against ``reference``."""
     pixels = held_out.shape[2] * held_out.shape[3]
     held_maps = encode_all(model, held_out)
     map_sizes = [tuple(m.atoms.shape[1:3]) for m in held_maps]
     prior_bpp = sum(bits_per_image(prior, held_maps, level) for level, prior in enumerate(priors)) / pixels
     factorised_bpp = float(np.mean([frequencies.bits(tuple(m[i] for m in held_maps))
                                     for i in range(len(held_out))])) / pixels
-    results = {"real": real}
-    start = time.perf_counter()
-    results["reconstruction"] = measure(judge, reference, decode_all(model, held_maps), prior_bpp)
+    results = {"reconstruction": measure(judge, reference, decode_all(model, held_maps), prior_bpp)}
     drawn = frequencies.sample(count, map_sizes, np.random.default_rng(seed))
     results["factorised"] = measure(judge, reference, decode_all(model, drawn), factorised_bpp)
     for temperature in temperatures:
@@ -155,8 +164,21 @@ def measure_family(family: Family, judge: Judge, reference: np.ndarray, real: di
         maps = sample_maps(priors, count, temperature, generator=torch.Generator().manual_seed(seed))
         sampled = measure(judge, reference, decode_all(model, maps), prior_bpp)
         results[f"pixelsnail_t{temperature:g}"] = {**sampled, "sampling_seconds": round(time.perf_counter() - t0, 1)}
-    print(f"{family.name}: measured in {time.perf_counter() - start:.0f} s")
     return results
+
+
+def judge_reference(judge_path: str | Path, root: str | Path, reference_count: int = 5000, real_count: int = 1000,
+                    seed: int = 0) -> tuple[Judge, np.ndarray, dict, np.ndarray]:
+    """The judge, its features of the held-out reference images, the ``real`` source's figures (training
+    images) and the images, uint8, in ImageFolder order."""
+    judge = Judge.load(judge_path)
+    images, _, _ = read_image_folder(root, cache=CACHE / "cifar10_jpeg.npz")
+    train_index, held_index = held_out_split(len(images), reference_count, seed=0)
+    reference = extract_features(judge.features, to_model_range(images[held_index]))
+    rng = np.random.default_rng(seed)
+    real = measure(judge, reference, to_model_range(images[np.sort(rng.choice(train_index, real_count, replace=False))]),
+                   None)
+    return judge, reference, real, images
 
 
 def _shown(path: str | Path) -> str:
@@ -184,18 +206,13 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     temperatures = tuple(float(t) for t in args.temperatures.split(","))
 
-    judge = Judge.load(args.judge)
     judge_payload = json.loads((RESULTS / "judge.json").read_text()) if (RESULTS / "judge.json").is_file() else {}
-    images, _, _ = read_image_folder(args.root, cache=CACHE / "cifar10_jpeg.npz")
+    judge, reference, real, images = judge_reference(args.judge, args.root, args.reference, args.images, args.seed)
     train_index, held_index = held_out_split(len(images), args.reference, seed=0)
     # The reference: the judge's held-out images. The reconstructed ones are the first `--images` of the same
     # seeded permutation: with data.seed 0 and data.test_fraction 0.02 (make run-cifar10), the VQ-VAE's own
     # test split when --images <= 1000.
     order = np.random.default_rng(0).permutation(len(images))
-    reference = extract_features(judge.features, to_model_range(images[held_index]))
-    rng = np.random.default_rng(args.seed)
-    real_images = to_model_range(images[np.sort(rng.choice(train_index, args.images, replace=False))])
-    real = measure(judge, reference, real_images, None)
     held_out = to_model_range(images[order[:args.images]])
 
     families = [Family.from_workspace(*spec.split("=", 1)) for spec in args.family]
