@@ -16,7 +16,7 @@ FSQ_LEVELS = {256: (8, 6, 5), 1024: (8, 5, 5, 5), 4096: (7, 5, 5, 5, 5), 16384: 
 LASSO_SOLVERS = ("homotopy", "fista")
 COEF_QUANTIZERS = ("uniform", "learned")
 ENCODER_GRADIENTS = ("straight_through", "task_driven")
-DATASETS = ("embedded", "cifar10", "cifar100", "imagefolder", "photos")
+DATASETS = ("embedded", "cifar10", "cifar100", "imagefolder", "photos", "imagenet")
 PRIOR_POSITIONS = ("learned", "none")
 
 
@@ -223,13 +223,13 @@ def _deprecated(message: str) -> None:
 
 @dataclass(frozen=True)
 class DataConfig:
-    name: str = "embedded"  # embedded | cifar10 | cifar100 | imagefolder | photos
-    root: str | None = None  # cifar10, cifar100, imagefolder, photos: where the files are
+    name: str = "embedded"  # embedded | cifar10 | cifar100 | imagefolder | photos | imagenet (train/, val/<synset>/)
+    root: str | None = None  # cifar10, cifar100, imagefolder, photos, imagenet: where the files are
     image_size: int = 32  # training crops (photos: drawn afresh inside the tiles at every epoch)
     train_count: int = 8192  # embedded: crops drawn for the training split
     test_count: int = 1024  # embedded: crops drawn for the test split
     short_side: int = 256  # embedded: photographs are downscaled to this short side first
-    test_fraction: float = 0.02  # imagefolder: share of images held out for the test split
+    test_fraction: float = 0.02  # imagefolder, imagenet without val/: share of images held out for the test split
     tile_size: int = 256  # photos: each photograph is kept as tiles of this side
     test_photos: int = 9  # photos: the last photographs by name are held out for the test split
     seed: int = 0

@@ -7,6 +7,9 @@
 - ``cifar10`` / ``cifar100``: torchvision's datasets from a local ``root`` (never downloaded here).
 - ``imagefolder``: any folder of images (class sub-folders as torchvision's ImageFolder), resized
   and centre-cropped to ``image_size``, with a seeded held-out test split.
+- ``imagenet``: an ImageNet root read in place, resized and centre-cropped as ``imagefolder``:
+  ``train/<synset>/*.JPEG`` is the train split and ``val/<synset>/*.JPEG`` the test split (without
+  ``val/`` in that layout, a seeded ``test_fraction`` of train is held out instead).
 - ``photos``: a folder of large photographs (any depth), kept at full resolution as tiles of
   ``tile_size``; the last ``test_photos`` by name are the test split, so no test tile shares a
   photograph with training. Training reads them through ``training_images``, which draws a fresh
@@ -16,6 +19,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -47,6 +52,8 @@ def load_dataset(config: DataConfig, split: Split) -> Dataset:
         return _cifar(config, split)
     if config.name == "photos":
         return PhotoTiles(config, split)
+    if config.name == "imagenet":
+        return _imagenet(config, split)
     return _image_folder(config, split)
 
 
@@ -61,23 +68,77 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return pixels.permute(0, 2, 3, 1).cpu().numpy()
 
 
-def save_image_array(dataset: Dataset, path: str | Path, progress: bool = True) -> dict:
+# A batch of uint8 pixels in flight while preparing (each worker prefetches two): a few of them in memory,
+# whatever the dataset's size.
+PREPARE_BATCH_BYTES = 16 * 2**20
+
+
+def default_workers() -> int:
+    """Processes that decode images for ``save_image_array``: up to 4, no more than this process's CPUs."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return min(4, cpus)
+
+
+class Uint8Images(Dataset):
+    """A dataset's images as uint8 [H, W, 3] arrays: converted where they are decoded (in a worker), so a
+    batch crosses to the writer at a quarter of the float size."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return np.ascontiguousarray(to_uint8(self.dataset[index].unsqueeze(0))[0])  # so a stack of them is too
+
+
+def save_image_array(dataset: Dataset, path: str | Path, progress: bool = True, workers: int | None = None,
+                     batch_size: int | None = None) -> dict:
     """Materialise a dataset as one uint8 array [N, H, W, 3] in a .npy file, written atomically.
 
     Later stages read this file instead of the original dataset: decoding 50,000 JPEGs once, not
-    every epoch, and a content hash that says exactly which images a model saw.
+    every epoch, and a content hash that says exactly which images a model saw. The images stream:
+    ``workers`` processes (default: ``default_workers()``) decode batches, which are appended in order to
+    the file and to the hash, so memory holds a few batches (``batch_size`` images, default about
+    ``PREPARE_BATCH_BYTES``), not the dataset. The file and the hash are those of ``np.save`` of the whole
+    array and of its bytes, whatever ``workers`` and ``batch_size``.
     """
     path = Path(path)
-    batches = [to_uint8(images) for images in tqdm(DataLoader(dataset, batch_size=512), desc=f"prepare {path.stem}",
-                                                   disable=not progress)]
-    if not batches:
+    workers = default_workers() if workers is None else workers
+    if workers < 0 or (batch_size is not None and batch_size < 1):
+        raise ValueError(f"workers must be >= 0 and batch_size >= 1; got {workers} and {batch_size}")
+    count = len(dataset)
+    if count == 0:
         raise ValueError(f"the dataset for {path} is empty")
-    array = np.concatenate(batches)
-    with atomic_write(path) as handle:
-        np.save(handle, array)
-    count, height, width, _ = array.shape
-    return {"count": count, "height": height, "width": width,
-            "sha256": hashlib.sha256(array.tobytes()).hexdigest()}
+    images = Uint8Images(dataset)
+    first = images[0]
+    height, width, _ = first.shape
+    if batch_size is None:
+        batch_size = max(1, min(512, PREPARE_BATCH_BYTES // first.nbytes))
+    batches = -(-count // batch_size)
+    loader = DataLoader(images, batch_size=batch_size, num_workers=min(workers, batches), collate_fn=np.stack)
+    header = {"descr": np.lib.format.dtype_to_descr(first.dtype), "fortran_order": False,
+              "shape": (count, height, width, 3)}
+    digest = hashlib.sha256()
+    written = 0
+    with atomic_write(path) as handle, tqdm(total=count, unit="image", desc=f"prepare {path.stem}",
+                                            disable=not progress) as bar:
+        np.lib.format.write_array_header_1_0(handle, header)  # np.save's header: the shape is known up front
+        for batch in loader:
+            if batch.shape[1:] != first.shape:
+                raise ValueError(f"image {written} of the dataset for {path} is {batch.shape[2]}x{batch.shape[1]}, "
+                                 f"the first {width}x{height}: every image must have one size")
+            handle.write(batch)
+            digest.update(batch)
+            written += len(batch)
+            bar.update(len(batch))
+        if written != count:
+            raise ValueError(f"the dataset for {path} has length {count} but gave {written} images")
+    return {"count": count, "height": height, "width": width, "sha256": digest.hexdigest()}
 
 
 class ImageArray(Dataset):
@@ -276,14 +337,46 @@ def _cifar(config: DataConfig, split: Split) -> Dataset:
 
 
 def _image_folder(config: DataConfig, split: Split) -> Dataset:
-    from torchvision.datasets import ImageFolder
-
     how = "a folder with one sub-folder of images per class, e.g. ../shared/data/cifar10-jpeg/train"
     root = _require_root(config, how)
+    return _held_out(_class_folders(root, f"imagefolder: no images found under {root} ({how})"), config, split)
+
+
+def _imagenet(config: DataConfig, split: Split) -> Dataset:
+    how = ("ImageNet's ImageFolder layout: <root>/train/<synset>/*.JPEG, and <root>/val/<synset>/*.JPEG for the "
+           "test split (else data.test_fraction of train is held out)")
+    root = _require_root(config, how)
+    train, val = root / "train", root / "val"
+    if not train.is_dir():
+        raise DatasetNotFoundError(f"imagenet: no train/ folder in {root} ({how})")
+    if _holds_class_folders(val):
+        folder = train if split == "train" else val
+        return _ImagesOnly(_class_folders(folder, f"imagenet: no images found under {folder} ({how})"),
+                           config.image_size)
+    if val.exists():
+        warnings.warn(f"imagenet: {val} holds no <synset>/ folders of images (the flat ILSVRC validation layout?): "
+                      f"the test split is data.test_fraction ({config.test_fraction}) of {train} instead", stacklevel=2)
+    return _held_out(_class_folders(train, f"imagenet: no images found under {train} ({how})"), config, split)
+
+
+def _holds_class_folders(folder: Path) -> bool:
+    """Whether ``folder`` has a sub-folder with an image in it (ImageFolder's layout); it stops at the first."""
+    return folder.is_dir() and any(sub.is_dir() and any(file.suffix.lower() in IMAGE_SUFFIXES for file in sub.iterdir())
+                                   for sub in folder.iterdir())
+
+
+def _class_folders(folder: Path, missing: str) -> Dataset:
+    """torchvision's ImageFolder over ``folder``: a list of files, each decoded when it is read."""
+    from torchvision.datasets import ImageFolder
+
     try:
-        dataset = ImageFolder(str(root))
+        return ImageFolder(str(folder))
     except FileNotFoundError as error:
-        raise DatasetNotFoundError(f"imagefolder: no images found under {root} ({how})") from error
+        raise DatasetNotFoundError(f"{missing}: {error}") from error
+
+
+def _held_out(dataset: Dataset, config: DataConfig, split: Split) -> Dataset:
+    """The split of one folder of images: the first ``test_fraction`` of a seeded permutation is the test split."""
     order = np.random.default_rng(config.seed).permutation(len(dataset))
     held_out = max(1, round(len(dataset) * config.test_fraction))
     indices = order[:held_out] if split == "test" else order[held_out:]

@@ -61,7 +61,11 @@ def pretrain(model_config: ModelConfig, config: PretrainConfig, train_set: Datas
 @torch.no_grad()
 def collect_latents(model: VQVAE2, dataset: Dataset, count: int, seed: int = 0,
                     batch_size: int = 256) -> list[torch.Tensor]:
-    """Up to ``count`` latent vectors [M, C] per code map, from images in a seeded random order."""
+    """Up to ``count`` latent vectors [M, C] per code map, from images in a seeded random order.
+
+    Images are read a batch at a time only until every map has ``count`` vectors, so memory follows ``count``
+    (a finer map gathers its positions-per-image ratio times more, then the draw keeps ``count``) and a batch,
+    never the dataset's size."""
     model.eval()
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)

@@ -96,6 +96,18 @@ class FlowSettings:
         check_at_least("flow", "sweep_concurrency", self.sweep_concurrency, 1)
 
 
+@dataclass(frozen=True)
+class DataSettings:
+    """How prepare_data decodes images: a setting (SPARSE_VQVAE_DATA_<KEY>), since the prepared files are the
+    same bytes for any value."""
+
+    workers: int | None = None  # processes decoding images; null: up to 4, no more than the CPUs
+
+    def __post_init__(self) -> None:
+        if self.workers is not None:
+            check_at_least("data", "workers", self.workers, 0)
+
+
 def _from_environment(cls: type, section: str, env: Mapping[str, str], base: dict | None = None) -> Any:
     """Section ``cls`` from ``SPARSE_VQVAE_<SECTION>_<KEY>`` variables over ``base``; errors name the variable."""
     values = dict(base or {})
@@ -131,6 +143,10 @@ def ray_settings(env: Mapping[str, str] | None = None, params_file: str | Path =
 
 def flow_settings(env: Mapping[str, str] | None = None) -> FlowSettings:
     return _from_environment(FlowSettings, "flow", os.environ if env is None else env)
+
+
+def data_settings(env: Mapping[str, str] | None = None) -> DataSettings:
+    return _from_environment(DataSettings, "data", os.environ if env is None else env)
 
 
 @dataclass(frozen=True)

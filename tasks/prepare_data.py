@@ -1,5 +1,6 @@
 """Stage 1: materialise the configured dataset's train and test splits as uint8 arrays, and record
-what they hold (counts, size, content hashes)."""
+what they hold (counts, size, content hashes). The images stream through $SPARSE_VQVAE_DATA_WORKERS
+decoding processes (a setting: the files are the same bytes for any number)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from sparse_vqvae.data import ImageArray, load_dataset, save_image_array
 from sparse_vqvae.pictures import save_grid
 
 from .layout import DATA_SUMMARY, PREPARED, TEST_IMAGES, TRAIN_IMAGES
-from .params import PipelineParams
+from .params import PipelineParams, data_settings
 from .stage import run_stage
 from .tracking import StageTracker
 
@@ -21,8 +22,9 @@ STAGE = "prepare_data"
 
 def run(params: PipelineParams, tracker: StageTracker) -> dict[str, Any]:
     summary: dict[str, Any] = {"dataset": params.data.name, "root": params.data.root}
+    workers = data_settings().workers
     for split, path in (("train", TRAIN_IMAGES), ("test", TEST_IMAGES)):
-        summary[split] = save_image_array(load_dataset(params.data, split), path)
+        summary[split] = save_image_array(load_dataset(params.data, split), path, workers=workers)
     write_json(DATA_SUMMARY, summary)
     tracker.log_artifact(DATA_SUMMARY)
     train = ImageArray(TRAIN_IMAGES)

@@ -24,7 +24,7 @@ def test_embedded_crops_are_seeded_sized_and_in_range():
     assert images.min() >= -1 and images.max() <= 1 and images.std() > 0.1
 
 
-@pytest.mark.parametrize("name", ["cifar10", "cifar100", "imagefolder"])
+@pytest.mark.parametrize("name", ["cifar10", "cifar100", "imagefolder", "imagenet"])
 def test_missing_dataset_says_where_it_looked(name, tmp_path):
     with pytest.raises(DatasetNotFoundError, match="data.root is not set"):
         load_dataset(DataConfig(name=name), "train")
@@ -51,7 +51,7 @@ def test_imagefolder_split_is_seeded_and_disjoint(tmp_path):
 
 @pytest.mark.parametrize(
     "overrides, message",
-    [(dict(name="mnist"), "data.name must be one of embedded, cifar10, cifar100, imagefolder"),
+    [(dict(name="mnist"), "data.name must be one of embedded, cifar10, cifar100, imagefolder, photos, imagenet"),
      (dict(image_size=0), "data.image_size must be an integer >= 1"),
      (dict(test_fraction=1.5), "data.test_fraction")],
 )

@@ -28,7 +28,7 @@ def test_committed_params_are_valid_and_typed():
     ("model", "normalize_latents", "yes", "model.normalize_latents must be true or false"),
     ("model", "n_nonzro", 2, "model.n_nonzro is not a known key; allowed keys: selection_fn, maps"),
     ("train", "lr", 0, "train.lr must be a number > 0"),
-    ("data", "name", "imagenet", "data.name must be one of embedded, cifar10, cifar100, imagefolder"),
+    ("data", "name", "mnist", "data.name must be one of embedded, cifar10, cifar100, imagefolder, photos, imagenet"),
     ("ray", "use_gpu", "maybe", "ray.use_gpu must be one of auto, true, false"),
     ("ray", "address", 5, "ray.address must be a string or null"),
     ("prior", "dropout", 1.5, "prior.dropout must be a number in [0, 1)"),
