@@ -52,12 +52,12 @@ import os
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from _results import RESULTS, write_json
 from judge_train import DEFAULT_CHECKPOINT as DEFAULT_JUDGE
-from synthesis import judge_reference, measure_model
+from synthesis import judge_reference
 
 from sparse_vqvae.code_store import CodeStore, extract_codes
 from sparse_vqvae.codec import Codec, rate_controlled
@@ -71,6 +71,7 @@ from sparse_vqvae.prior_train import load_maps, prior_configs, train_prior
 from sparse_vqvae.provenance import source_fingerprint
 from sparse_vqvae.rate_distortion import bd_psnr, bd_rate, plot, sparse_vqvae_point
 from sparse_vqvae.train import evaluate, load_checkpoint, make_optimizer, run_training, save_checkpoint
+from tasks.synthesis import Reference, measure_model
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CACHE = Path(__file__).parent / ".cache" / "study"
@@ -118,20 +119,12 @@ def model_key(set_name: str, data: DataConfig, model: ModelConfig, budget: dict[
     return hashlib.sha256(settings.encode()).hexdigest()[:16]
 
 
-class SynthesisJudge(NamedTuple):
-    """What measures a model's samples: the judge, its features of the held-out reference images, the figures
-    of real training images."""
-
-    judge: Any
-    reference: Any
-    real: dict[str, Any]
-    images: int  # a source's images
-    temperatures: tuple[float, ...] = (1.0,)
+SYNTHESIS_IMAGES = 1000  # a source's images: as benchmarks/synthesis.py measures
 
 
 def train_and_measure(cache: Path, points: Path, set_name: str, data: DataConfig, config: ModelConfig,
                       budget: dict[str, Any], seed: int, train_set: ImageArray, test_set: ImageArray,
-                      synthesis: SynthesisJudge | None = None) -> list[dict[str, Any]] | None:
+                      synthesis: Reference | None = None) -> list[dict[str, Any]] | None:
     """One model of the study, trained as the pipeline trains it, measured on held-out images at each of its
     qualities (kept in ``points``; None while another process holds the model's lock)."""
     key = model_key(set_name, data, config, budget, seed)
@@ -158,7 +151,7 @@ def train_and_measure(cache: Path, points: Path, set_name: str, data: DataConfig
 
 
 def measured(folder: Path, config: ModelConfig, budget: dict[str, Any], seed: int, train_set: ImageArray,
-             test_set: ImageArray, synthesis: SynthesisJudge | None = None) -> list[dict[str, Any]]:
+             test_set: ImageArray, synthesis: Reference | None = None) -> list[dict[str, Any]]:
     """Train one model and measure it at each of its codec's qualities (a rate-controlled model's ten; else the
     highest), and its samples with ``synthesis``; the points go to ``folder/result.json``."""
     result_file = folder / "result.json"
@@ -196,11 +189,10 @@ def measured(folder: Path, config: ModelConfig, budget: dict[str, Any], seed: in
                        "settings": {**asdict(config), "seed": seed, "quality": quality},
                        "seconds": round(time.perf_counter() - start, 1)})
     if synthesis is not None and priors is not None:
-        held_out = torch.stack([test_set[i] for i in range(min(synthesis.images, len(test_set)))])
-        samples = {"real": synthesis.real, **measure_model(model, priors, frequencies, synthesis.judge, synthesis.reference,
-                                                           held_out, synthesis.images, synthesis.temperatures, seed)}
+        held_out = torch.stack([test_set[i] for i in range(min(SYNTHESIS_IMAGES, len(test_set)))])
+        figures, _ = measure_model(model, priors, frequencies, synthesis, held_out, SYNTHESIS_IMAGES, (1.0,), seed)
         for point in points:
-            point["synthesis"] = samples
+            point["synthesis"] = {"real": synthesis.real, **figures}
     write_json(result_file, points)
     return points
 
@@ -331,7 +323,7 @@ def log_to_mlflow(output: Path, pictures: list[Path], summary: dict[str, Any]) -
 
 
 def trained(cache: Path, kept: Path, set_names: list[str], families: list[str], budget: dict[str, Any],
-            seeds: list[int], synthesis: SynthesisJudge | None = None) -> dict[str, dict[str, list[dict]]] | None:
+            seeds: list[int], synthesis: Reference | None = None) -> dict[str, dict[str, list[dict]]] | None:
     """Every family's models on every set at ``budget``, trained or read from ``kept`` (None while
     another process still trains some of them): every set's first seed, then the next."""
     results: dict[str, dict[str, list[dict]]] = {name: {} for name in set_names}
@@ -397,8 +389,7 @@ def main() -> None:
         if not args.judge.is_file():
             parser.error(f"--judge: no judge at {args.judge}: train it with benchmarks/judge_train.py (about an hour "
                          "of one core) or leave cifar10 out of --sets")
-        judge, reference, real, _ = judge_reference(args.judge, CIFAR10)
-        synthesis = SynthesisJudge(judge, reference, real, images=1000)
+        synthesis, _ = judge_reference(args.judge, CIFAR10, real_count=SYNTHESIS_IMAGES)
     results = trained(args.cache, args.points, args.sets.split(","), families, budget, seeds, synthesis)
     double = {**budget, "steps": 2 * args.steps, "prior_steps": 0}
     doubled = (trained(args.cache, args.points, args.doubling_sets.split(","), families, double, seeds[:1])

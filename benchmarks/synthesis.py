@@ -38,23 +38,19 @@ from _results import RESULTS, write_json
 from torch.utils.data import Dataset
 
 from sparse_vqvae.code_store import StoreMetadata
-from sparse_vqvae.codes import Codes
 from sparse_vqvae.config import ModelConfig, TrainConfig
 from sparse_vqvae.entropy_coding import FrequencyModel
-from sparse_vqvae.generation import sample_maps
-from sparse_vqvae.judge import (Judge, classifier_score, extract_features, frechet_distance, held_out_split,
-                                precision_recall, predict_logits, read_image_folder, to_model_range)
+from sparse_vqvae.judge import Judge, held_out_split, read_image_folder, to_model_range
 from sparse_vqvae.maps import prior_file
 from sparse_vqvae.pixelsnail import PixelSNAIL
-from sparse_vqvae.prior_train import bits_per_image, load_prior, prior_configs, train_prior
+from sparse_vqvae.prior_train import load_prior, prior_configs, train_prior
 from sparse_vqvae.train import load_checkpoint, train
-from sparse_vqvae.vqvae import VQVAE2
+from tasks.synthesis import TEMPERATURES, Reference, encode_all, measure_model, reference
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "benchmarks" / ".cache"
 CIFAR = ROOT.parent / "shared" / "data" / "cifar10-jpeg" / "train"
 JUDGE = CACHE / "judge" / "cifar10.pt"
-TEMPERATURES = (0.7, 0.85, 1.0)
 
 
 @dataclass(frozen=True)
@@ -83,20 +79,6 @@ class _Uint8Images(Dataset):
         return to_model_range(self.images[index:index + 1])[0]
 
 
-@torch.no_grad()
-def encode_all(model: VQVAE2, images: torch.Tensor, batch_size: int = 256) -> tuple[Codes, ...]:
-    parts = [model.encode(images[i:i + batch_size])[1] for i in range(0, len(images), batch_size)]
-    return tuple(Codes(torch.cat([p[m].atoms for p in parts]), torch.cat([p[m].levels for p in parts]))
-                 for m in range(len(parts[0])))
-
-
-@torch.no_grad()
-def decode_all(model: VQVAE2, maps: tuple[Codes, ...], batch_size: int = 256) -> torch.Tensor:
-    count = maps[0].atoms.shape[0]
-    return torch.cat([model.decode_codes(tuple(m[i:i + batch_size] for m in maps)).clamp(-1, 1)
-                      for i in range(0, count, batch_size)])
-
-
 def train_tiny_family(train_images: np.ndarray, folder: Path, vqvae_steps: int, prior_steps: int,
                       selection_fn: str = "vanilla", batch_size: int = 64, prior_sizes: dict | None = None,
                       **model_overrides) -> Family:
@@ -121,15 +103,8 @@ def train_tiny_family(train_images: np.ndarray, folder: Path, vqvae_steps: int, 
     return Family(f"tiny_{selection_fn}", folder / "vqvae.pt", folder, folder / "codec.pt", trained_by)
 
 
-def measure(judge: Judge, reference: np.ndarray, images: torch.Tensor, bpp: float | None) -> dict:
-    features = extract_features(judge.features, images)
-    precision, recall = precision_recall(reference, features, k=3)
-    return {"fd": frechet_distance(reference, features), "precision": precision, "recall": recall, "bpp": bpp,
-            **classifier_score(predict_logits(judge, images)), "images": len(images)}
-
-
-def measure_family(family: Family, judge: Judge, reference: np.ndarray, real: dict, held_out: torch.Tensor,
-                   count: int, temperatures: tuple[float, ...], seed: int) -> dict:
+def measure_family(family: Family, ref: Reference, held_out: torch.Tensor, count: int,
+                   temperatures: tuple[float, ...], seed: int) -> dict:
     model = load_checkpoint(family.vqvae).model.eval()
     fingerprint = model.fingerprint()
     priors = []
@@ -139,46 +114,19 @@ def measure_family(family: Family, judge: Judge, reference: np.ndarray, real: di
             raise ValueError(f"{prior_file(family.priors, level)} models the codes of another VQ-VAE")
         priors.append(checkpoint.prior.eval())
     start = time.perf_counter()
-    results = {"real": real, **measure_model(model, priors, FrequencyModel.load(family.frequency_model), judge,
-                                             reference, held_out, count, temperatures, seed)}
+    figures, _ = measure_model(model, priors, FrequencyModel.load(family.frequency_model), ref, held_out, count,
+                               temperatures, seed)
     print(f"{family.name}: measured in {time.perf_counter() - start:.0f} s")
-    return results
-
-
-def measure_model(model: VQVAE2, priors: list[PixelSNAIL], frequencies: FrequencyModel, judge: Judge,
-                  reference: np.ndarray, held_out: torch.Tensor, count: int, temperatures: tuple[float, ...],
-                  seed: int) -> dict:
-    """One model's sources but ``real``: its reconstructions of ``held_out``, ``count`` images decoded from
-    the factorised model's codes and from the priors' at each temperature, each against ``reference``."""
-    pixels = held_out.shape[2] * held_out.shape[3]
-    held_maps = encode_all(model, held_out)
-    map_sizes = [tuple(m.atoms.shape[1:3]) for m in held_maps]
-    prior_bpp = sum(bits_per_image(prior, held_maps, level) for level, prior in enumerate(priors)) / pixels
-    factorised_bpp = float(np.mean([frequencies.bits(tuple(m[i] for m in held_maps))
-                                    for i in range(len(held_out))])) / pixels
-    results = {"reconstruction": measure(judge, reference, decode_all(model, held_maps), prior_bpp)}
-    drawn = frequencies.sample(count, map_sizes, np.random.default_rng(seed))
-    results["factorised"] = measure(judge, reference, decode_all(model, drawn), factorised_bpp)
-    for temperature in temperatures:
-        t0 = time.perf_counter()
-        maps = sample_maps(priors, count, temperature, generator=torch.Generator().manual_seed(seed))
-        sampled = measure(judge, reference, decode_all(model, maps), prior_bpp)
-        results[f"pixelsnail_t{temperature:g}"] = {**sampled, "sampling_seconds": round(time.perf_counter() - t0, 1)}
-    return results
+    return {"real": ref.real, **figures}
 
 
 def judge_reference(judge_path: str | Path, root: str | Path, reference_count: int = 5000, real_count: int = 1000,
-                    seed: int = 0) -> tuple[Judge, np.ndarray, dict, np.ndarray]:
-    """The judge, its features of the held-out reference images, the ``real`` source's figures (training
-    images) and the images, uint8, in ImageFolder order."""
-    judge = Judge.load(judge_path)
+                    seed: int = 0) -> tuple[Reference, np.ndarray]:
+    """The judge's reference (its features of the held-out images, the real training images' figures) and the
+    images, uint8, in ImageFolder order."""
     images, _, _ = read_image_folder(root, cache=CACHE / "cifar10_jpeg.npz")
     train_index, held_index = held_out_split(len(images), reference_count, seed=0)
-    reference = extract_features(judge.features, to_model_range(images[held_index]))
-    rng = np.random.default_rng(seed)
-    real = measure(judge, reference, to_model_range(images[np.sort(rng.choice(train_index, real_count, replace=False))]),
-                   None)
-    return judge, reference, real, images
+    return reference(Judge.load(judge_path), images, train_index, held_index, real_count, seed), images
 
 
 def _shown(path: str | Path) -> str:
@@ -207,7 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
     temperatures = tuple(float(t) for t in args.temperatures.split(","))
 
     judge_payload = json.loads((RESULTS / "judge.json").read_text()) if (RESULTS / "judge.json").is_file() else {}
-    judge, reference, real, images = judge_reference(args.judge, args.root, args.reference, args.images, args.seed)
+    ref, images = judge_reference(args.judge, args.root, args.reference, args.images, args.seed)
     train_index, held_index = held_out_split(len(images), args.reference, seed=0)
     # The reference: the judge's held-out images. The reconstructed ones are the first `--images` of the same
     # seeded permutation: with data.seed 0 and data.test_fraction 0.02 (make run-cifar10), the VQ-VAE's own
@@ -223,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("name a family (--family NAME=WORKSPACE) or --train-tiny")
     result = {
         "judge_accuracy": judge_payload.get("held_out_accuracy"),
-        "judge": {"checkpoint": _shown(args.judge), "feature_dim": judge.feature_dim},
+        "judge": {"checkpoint": _shown(args.judge), "feature_dim": ref.judge.feature_dim},
         "measure": {"reference": f"{len(held_index)} held-out CIFAR-10 images (judge.held_out_split, seed 0)",
                     "images_per_source": args.images, "k": 3, "temperatures": list(temperatures),
                     "fd": "Frechet distance on the judge's penultimate features: not FID, comparable within the "
@@ -231,8 +179,8 @@ def main(argv: list[str] | None = None) -> dict:
                     "bpp": "bits per pixel of the held-out images' codes under the model that draws the source's codes "
                            "(priors for reconstruction and pixelsnail; the factorised model for factorised)"},
         "trained_by": {family.name: family.trained_by for family in families},
-        "cifar10": {family.name: measure_family(family, judge, reference, real, held_out, args.images, temperatures,
-                                                args.seed) for family in families},
+        "cifar10": {family.name: measure_family(family, ref, held_out, args.images, temperatures, args.seed)
+                    for family in families},
     }
     write_json(Path(args.output), result)
     return result
