@@ -18,6 +18,7 @@ from sparse_vqvae.judge import (Judge, JudgeConfig, JudgeTrainConfig, PluggedExt
                                 classifier_score, compare, extract_features, frechet_distance,
                                 frechet_distance_from_statistics, held_out_split, knn_radii, load_extractor,
                                 precision_recall, read_image_folder, to_model_range, train_judge)
+from tasks.synthesis import measure, reference
 
 
 def gaussian(n, d, seed, scale=1.0):
@@ -240,10 +241,9 @@ def test_the_synthesis_benchmark_measures_every_source(synthesis, tmp_path):
                                          prior_sizes=dict(channels=16, blocks=1, res_per_block=1))
     judge = Judge(JudgeConfig(width=4)).eval()
     held_out = to_model_range(stripes(12, seed=5)[0])
-    reference = extract_features(judge.features, to_model_range(stripes(30, seed=6)[0]))
-    real = synthesis.measure(judge, reference, to_model_range(x[:12]), None)
-    result = synthesis.measure_family(family, judge, reference, real, held_out, count=12, temperatures=(0.7, 1.0),
-                                      seed=0)
+    images = np.concatenate([x[:12], stripes(30, seed=6)[0]])
+    ref = reference(judge, images, train_index=np.arange(12), held_index=np.arange(12, 42), count=12)
+    result = synthesis.measure_family(family, ref, held_out, count=12, temperatures=(0.7, 1.0), seed=0)
     assert list(result) == ["real", "reconstruction", "factorised", "pixelsnail_t0.7", "pixelsnail_t1"]
     for source, figures in result.items():
         assert {"fd", "precision", "recall", "bpp"} <= set(figures), source
@@ -251,3 +251,19 @@ def test_the_synthesis_benchmark_measures_every_source(synthesis, tmp_path):
         assert figures["images"] == 12
     assert result["real"]["bpp"] is None and result["factorised"]["bpp"] > 0
     assert result["pixelsnail_t1"]["bpp"] == result["reconstruction"]["bpp"] > 0
+
+
+def test_a_plugged_extractor_gives_the_features_and_the_judge_the_scores():
+    """Where a user points at other features (the standard Inception network for FID), the distances use them,
+    while the class scores stay the judge's."""
+    judge = Judge(JudgeConfig(width=4)).eval()
+    images = stripes(40, seed=7)[0]
+    pixels = lambda batch: batch.flatten(1)[:, :64]  # noqa: E731 - a stand-in extractor: raw pixels
+    plugged = reference(judge, images, np.arange(20), np.arange(20, 40), count=20, extractor=pixels)
+    own = reference(judge, images, np.arange(20), np.arange(20, 40), count=20)
+    drawn = to_model_range(stripes(20, seed=8)[0])
+    with_pixels, with_judge = measure(plugged, drawn, None), measure(own, drawn, None)
+    raw = extract_features(pixels, drawn)
+    assert with_pixels["fd"] == pytest.approx(frechet_distance(plugged.features, raw))
+    assert with_pixels["fd"] != pytest.approx(with_judge["fd"])
+    assert with_pixels["score"] == with_judge["score"]  # the judge's classifier either way
