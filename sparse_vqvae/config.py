@@ -333,10 +333,40 @@ class EvaluateConfig:
     seed: int = 0
     rate_distortion_images: int = 256  # test images compressed to files and coded by JPEG / WebP
     prior_coding_images: int = 32  # of those, coded with the PixelSNAIL priors too (sequential: slow)
+    synthesis_images: int = 1000  # images a source for the synthesis figures (where a judge is: CIFAR-10)
 
     def __post_init__(self) -> None:
-        for key in ("batch_size", "grid_images", "samples", "rate_distortion_images", "prior_coding_images"):
+        for key in ("batch_size", "grid_images", "samples", "rate_distortion_images", "prior_coding_images",
+                    "synthesis_images"):
             check_at_least("evaluate", key, getattr(self, key), 1)
         check_at_least("evaluate", "seed", self.seed, 0)
         _positive("evaluate", "temperature", self.temperature)
         _types("evaluate", self)
+
+
+EXTRACTOR_RANGES = ("minus_one_one", "zero_one", "uint8")  # pixel ranges a plugged feature extractor takes
+
+
+@dataclass(frozen=True)
+class JudgeParams:
+    """The sample-quality judge (``judge.py``: a CIFAR-10 classifier; the pipeline trains it where the data is
+    CIFAR-10) and the features that measure samples with it. ``judge.JudgeConfig`` and ``JudgeTrainConfig`` take
+    their defaults from here."""
+
+    epochs: int = 30  # one-cycle schedule; ~50 min of one CPU core at the default width
+    width: int = 24  # channels of its first block (features: 8x this)
+    held_out: int = 5000  # CIFAR-10 training images it never sees: the real images samples are compared with
+    seed: int = 0
+    bf16: bool = True  # bfloat16 autocast in training (fast where the CPU or GPU has it)
+    extractor: str | None = None  # other features, e.g. a TorchScript/torch.export FID Inception network: its path
+    extractor_size: int | None = None  # the size that extractor takes images at (299 for FID's Inception)
+    extractor_range: str = "minus_one_one"  # the pixel range it takes: minus_one_one | zero_one | uint8
+
+    def __post_init__(self) -> None:
+        for key in ("epochs", "width", "held_out"):
+            check_at_least("judge", key, getattr(self, key), 1)
+        check_at_least("judge", "seed", self.seed, 0)
+        if self.extractor_size is not None:
+            check_at_least("judge", "extractor_size", self.extractor_size, 1)
+        check_choice("judge", "extractor_range", self.extractor_range, EXTRACTOR_RANGES)
+        _types("judge", self)

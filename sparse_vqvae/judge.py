@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from .atomic import atomic_write
 from .checkpoint import load_payload, save_payload
+from .config import EXTRACTOR_RANGES, JudgeParams
 from .errors import CheckpointError, DatasetNotFoundError
 
 JUDGE_FORMAT = "sparse_vqvae.judge"
@@ -49,7 +50,7 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 
 @dataclass(frozen=True)
 class JudgeConfig:
-    width: int = 24  # channels of the first block; the blocks have 1x, 2x, 4x, 8x this (features: 8x)
+    width: int = JudgeParams.width  # channels of the first block; the blocks have 1x, 2x, 4x, 8x this (features: 8x)
     num_classes: int = 10
 
 
@@ -175,7 +176,7 @@ def augment(images: torch.Tensor, generator: torch.Generator, pad: int = 4) -> t
 
 @dataclass(frozen=True)
 class JudgeTrainConfig:
-    epochs: int = 30
+    epochs: int = JudgeParams.epochs
     batch_size: int = 256
     lr: float = 0.2  # the peak of the one-cycle schedule (SGD, Nesterov momentum)
     warmup: float = 0.25  # share of the steps over which the learning rate rises linearly from 0 to lr
@@ -183,10 +184,10 @@ class JudgeTrainConfig:
     weight_decay: float = 5e-4
     label_smoothing: float = 0.1
     pad: int = 4  # random-crop padding
-    seed: int = 0
+    seed: int = JudgeParams.seed
     # bfloat16 autocast: 2-3x faster on CPUs with AVX512-BF16 (and on GPUs); the evaluation and the
     # features are always computed in float32.
-    bf16: bool = True
+    bf16: bool = JudgeParams.bf16
 
 
 def _lr_factor(step: int, total: int, warmup: float) -> float:
@@ -294,7 +295,7 @@ def train_judge(train_images: torch.Tensor, train_labels: torch.Tensor, config: 
 FeatureExtractor = Callable[[torch.Tensor], torch.Tensor]
 """Anything that maps images [B, 3, H, W] in [-1, 1] to features [B, D]: ``Judge.features``, a ``PluggedExtractor``."""
 
-ValueRange = Literal["minus_one_one", "zero_one", "uint8"]
+ValueRange = Literal["minus_one_one", "zero_one", "uint8"]  # config.EXTRACTOR_RANGES
 
 
 class PluggedExtractor(nn.Module):
@@ -311,8 +312,8 @@ class PluggedExtractor(nn.Module):
 
     def __init__(self, module: nn.Module, size: int | None = None, value_range: ValueRange = "minus_one_one") -> None:
         super().__init__()
-        if value_range not in ("minus_one_one", "zero_one", "uint8"):
-            raise ValueError(f"value_range must be minus_one_one, zero_one or uint8, got {value_range!r}")
+        if value_range not in EXTRACTOR_RANGES:
+            raise ValueError(f"value_range must be one of {', '.join(EXTRACTOR_RANGES)}, got {value_range!r}")
         self.module, self.size, self.value_range = module, size, value_range
 
     def train(self, mode: bool = True) -> "PluggedExtractor":

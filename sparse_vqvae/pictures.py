@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from .atomic import atomic_write
 
@@ -19,8 +19,10 @@ def _write_png(image: Image.Image, path: str | Path) -> Path:
     return Path(path)
 
 
-def save_grid(images: torch.Tensor, path: str | Path, columns: int = 8, scale: int = 1, padding: int = 2) -> Path:
-    """Images [B, 3, H, W] in [-1, 1] as one PNG grid, ``columns`` per row on white, upscaled ``scale`` times."""
+def save_grid(images: torch.Tensor, path: str | Path, columns: int = 8, scale: int = 1, padding: int = 2,
+              title: str | None = None) -> Path:
+    """Images [B, 3, H, W] in [-1, 1] as one PNG grid, ``columns`` per row on white, upscaled ``scale`` times,
+    under a ``title`` line (what the images are: a grid is read away from the run that made it)."""
     count, _, height, width = images.shape
     columns = min(columns, count)
     rows = math.ceil(count / columns)
@@ -32,7 +34,20 @@ def save_grid(images: torch.Tensor, path: str | Path, columns: int = 8, scale: i
     picture = Image.fromarray(pixels)
     if scale > 1:
         picture = picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST)
+    if title:
+        picture = _titled(picture, title)
     return _write_png(picture, path)
+
+
+def _titled(picture: Image.Image, title: str) -> Image.Image:
+    """``picture`` under a white band holding ``title`` in black (Pillow's own font: no font files needed)."""
+    font = ImageFont.load_default(size=max(12, picture.width // 40))
+    left, top, right, bottom = ImageDraw.Draw(picture).textbbox((0, 0), title, font=font)
+    band = bottom - top + 8
+    out = Image.new("RGB", (max(picture.width, right - left + 8), picture.height + band), "white")
+    ImageDraw.Draw(out).text((4, 4 - top), title, fill="black", font=font)
+    out.paste(picture, (0, band))
+    return out
 
 
 def dictionary_image(atoms: torch.Tensor, path: str | Path, scale: int = 4) -> Path:

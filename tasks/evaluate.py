@@ -4,8 +4,11 @@ Writes ``eval/metrics.json`` (test MSE, PSNR, SSIM, the mean-colour baseline's P
 image under the prior and under the factorised baseline, atom usage), ``eval/atom_usage.csv``
 and ``eval/rate_distortion.csv`` (plot data: our compressed files, factorised and prior entropy
 coding, against JPEG and WebP on the same test images, real file sizes, PSNR, SSIM, MS-SSIM) and
-``eval/pictures/`` (reconstructions, samples, the rate-distortion plot), then prints a summary
-table with every stage's wall time.
+``eval/pictures/`` (reconstructions, samples, the rate-distortion plot, each grid titled), then prints a summary
+table with every stage's wall time. Where the data is CIFAR-10 (the train_judge stage left a judge), it also
+measures synthesis (tasks/synthesis.py): ``fd_<source>``, ``precision_<source>`` and ``recall_<source>`` for
+real images, reconstructions, factorised samples and PixelSNAIL samples at each temperature, with a titled grid
+of each source.
 """
 
 from __future__ import annotations
@@ -27,18 +30,21 @@ from sparse_vqvae.metrics import atom_usage
 from sparse_vqvae.pictures import save_grid
 from sparse_vqvae.prior_coding import PriorEntropyModel
 from sparse_vqvae.generation import sample_maps
+from sparse_vqvae.judge import Judge, held_out_split, load_extractor
 from sparse_vqvae.prior_train import bits_per_image, load_maps
 from sparse_vqvae.rate_distortion import plot, psnr_at_rate, reference_points, sparse_vqvae_point, write_table
 from sparse_vqvae.train import evaluate, load_checkpoint
 
-from .layout import (EVAL, FREQUENCY_MODEL, MAP_NAMES, TEST_CODES, TEST_IMAGES, VQVAE, prior_path,
+from .layout import (EVAL, FREQUENCY_MODEL, JUDGE, MAP_NAMES, TEST_CODES, TEST_IMAGES, VQVAE, prior_path,
                      stage_timings)
 from .params import PipelineParams
 from .stage import run_stage
+from .synthesis import TEMPERATURES, measure_model, reference
+from .train_judge import labelled_cifar10
 from .tracking import StageTracker, log_pipeline_model
 
 STAGE = "evaluate"
-STAGES_BEFORE = ("prepare_data", "pretrain_dictionary", "train_vqvae", "extract_codes", "train_prior")
+STAGES_BEFORE = ("prepare_data", "train_judge", "pretrain_dictionary", "train_vqvae", "extract_codes", "train_prior")
 PICTURES = EVAL / "pictures"
 METRICS_FILE = EVAL / "metrics.json"
 USAGE_FILE = EVAL / "atom_usage.csv"
@@ -76,6 +82,7 @@ def run(params: PipelineParams, tracker: StageTracker) -> dict[str, Any]:
 
     pictures = _pictures(model, test_set, priors, params, device)
     metrics |= _rate_distortion(model, test_set, prior_model, pictures, params)
+    metrics |= _synthesis(model, test_set, priors, pictures, params)
     path = write_json(METRICS_FILE, metrics)
     for item in pictures + [path, USAGE_FILE, RD_FILE]:
         tracker.log_artifact(item, "pictures" if item.suffix == ".png" else None)
@@ -130,8 +137,33 @@ def _pictures(model, test_set, priors, params: PipelineParams, device) -> list:
 
     maps = sample_maps(priors, params.evaluate.samples, params.evaluate.temperature,
                        torch.Generator(device=device).manual_seed(params.evaluate.seed))
-    paths.append(save_grid(model.decode_codes(maps), PICTURES / "samples.png", columns=columns, scale=3))
+    paths.append(save_grid(model.decode_codes(maps), PICTURES / "samples.png", columns=columns, scale=3,
+                           title=f"{params.model.selection_fn} on {params.data.name}: PixelSNAIL samples, "
+                                 f"temperature {params.evaluate.temperature:g}"))
     return paths
+
+
+def _synthesis(model, test_set, priors, pictures: list, params: PipelineParams) -> dict[str, Any]:
+    """Where the judge stage left a judge (CIFAR-10 data): how close samples are to held-out real images, per source
+    (tasks/synthesis.py: real, reconstruction, factorised, PixelSNAIL at each temperature), as flat figures
+    (``fd_<source>``, ``precision_<source>``, ``recall_<source>``), and a titled grid of each source's images."""
+    if not JUDGE.is_file():
+        return {}
+    images, _ = labelled_cifar10(params.data)
+    train_index, held_index = held_out_split(len(images), params.judge.held_out, params.data.seed)
+    extractor = (load_extractor(params.judge.extractor, params.judge.extractor_size, params.judge.extractor_range)
+                 if params.judge.extractor else None)
+    count = params.evaluate.synthesis_images
+    ref = reference(Judge.load(JUDGE), images, train_index, held_index, count, params.evaluate.seed, extractor)
+    held_out = torch.stack([test_set[i] for i in range(min(count, len(test_set)))])
+    figures, drawn = measure_model(model, priors, FrequencyModel.load(FREQUENCY_MODEL), ref, held_out, count,
+                                   TEMPERATURES, params.evaluate.seed)
+    figures = {"real": ref.real, **figures}
+    for source, shown in drawn.items():
+        pictures.append(save_grid(shown[: params.evaluate.samples], PICTURES / f"synthesis_{source}.png", columns=8,
+                                  scale=3, title=f"{params.model.selection_fn} on {params.data.name}: {source}, "
+                                                 f"FD {figures[source]['fd']:.1f} (the judge's features, not FID)"))
+    return {f"{key}_{source}": values[key] for source, values in figures.items() for key in ("fd", "precision", "recall")}
 
 
 def print_summary(metrics: dict[str, Any]) -> None:
@@ -146,6 +178,9 @@ def print_summary(metrics: dict[str, Any]) -> None:
             ("prior-coded files: bpp", f"{metrics['prior_codec_bpp']:.3f}"),
             ("JPEG PSNR at that bpp (dB)", f"{metrics['jpeg_psnr_at_codec_bpp']:.2f}"
              if "jpeg_psnr_at_codec_bpp" in metrics else f"below JPEG's lowest rate ({metrics['jpeg_min_bpp']:.2f} bpp)")]
+    if "fd_pixelsnail_t1" in metrics:  # the judge's Frechet distance: not FID
+        rows += [("sample FD, PixelSNAIL t=1 (judge)", f"{metrics['fd_pixelsnail_t1']:.1f}"),
+                 ("sample FD, factorised (judge)", f"{metrics['fd_factorised']:.1f}")]
     for stage in STAGES_BEFORE:
         try:
             seconds = json.loads(stage_timings(stage).read_text())["seconds"]

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from sparse_vqvae.config import (DataConfig, EvaluateConfig, ExtractConfig, ModelConfig, PretrainConfig,
+from sparse_vqvae.config import (DataConfig, EvaluateConfig, ExtractConfig, JudgeParams, ModelConfig, PretrainConfig,
                                  PriorTrainConfig, TrainConfig, check_at_least,
                                  section_from_mapping)
 
@@ -173,6 +173,7 @@ class PipelineParams:
     extract: ExtractConfig
     prior: PriorTrainConfig
     evaluate: EvaluateConfig
+    judge: JudgeParams
     mlflow: TrackingConfig
 
     def flat(self) -> dict[str, Any]:
@@ -190,7 +191,7 @@ class PipelineParams:
 
 _CLASSES = {"data": DataConfig, "model": ModelConfig, "pretrain": PretrainConfig, "train": TrainConfig,
             "ray": RayConfig, "extract": ExtractConfig, "prior": PriorTrainConfig, "evaluate": EvaluateConfig,
-            "mlflow": TrackingConfig}
+            "judge": JudgeParams, "mlflow": TrackingConfig}
 
 
 def parse_params(raw: Any) -> PipelineParams:

@@ -32,7 +32,7 @@ from tasks.tracking import StageTracker
 from . import processes
 from .pipeline_workspace import REPO, TINY, dvc, environment, ran_stages, run
 
-STAGES = ["prepare_data", "pretrain_dictionary", "train_vqvae", "extract_codes", "train_prior", "evaluate"]
+STAGES = ["prepare_data", "train_judge", "pretrain_dictionary", "train_vqvae", "extract_codes", "train_prior", "evaluate"]
 
 
 @pytest.fixture(scope="module")
