@@ -215,7 +215,9 @@ def cmd_sample(args: argparse.Namespace) -> None:
         priors = PriorEntropyModel.load(prior_files(args.priors), device, model.fingerprint()).priors
         if any(prior.config.positions == "none" for prior in priors):
             print(CODING_PRIOR_NOTE, file=sys.stderr)
-        maps = sample_maps(priors, args.n, args.temperature, torch.Generator(device=device).manual_seed(args.seed))
+        labels = priors[0].class_labels([args.class_name] * args.n) if args.class_name else None  # unknown: says which
+        maps = sample_maps(priors, args.n, args.temperature, torch.Generator(device=device).manual_seed(args.seed),
+                           labels=labels)
     images = model.decode_codes(tuple(m.to(device) for m in maps))
     save_grid(images, args.output, columns=math.ceil(math.sqrt(args.n)), scale=2)
     print(f"{args.n} samples -> {args.output}")
@@ -286,6 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--seed", type=int, default=0)
     sub.add_argument("--priors", type=Path, default=None,
                      help=f"folder of the priors (top.pt, bottom.pt) (default: the --model run's, else {DEFAULT_PRIORS})")
+    sub.add_argument("--class", dest="class_name", default=None, metavar="NAME",
+                     help="draw images of this class (class-conditional priors, e.g. CIFAR-10's: dog, ship, ...)")
     sub.add_argument("--random-codes", action="store_true",
                      help="draw codes from the atom/level frequencies instead of the priors (decoder only)")
     sub.add_argument("--size", type=int, default=32, help="image side for --random-codes (default: %(default)s)")

@@ -41,25 +41,28 @@ Pick = Callable[[torch.Tensor, tuple[int, int, int], torch.Tensor], torch.Tensor
 
 @torch.no_grad()
 def sample(prior: PixelSNAIL, n: int, temperature: float = 1.0, condition: Codes | None = None,
-           generator: torch.Generator | None = None) -> Codes:
-    """Draw ``n`` code maps from ``prior`` position by position (the conditioning is embedded once)."""
+           generator: torch.Generator | None = None, labels: torch.Tensor | None = None) -> Codes:
+    """Draw ``n`` code maps from ``prior`` position by position (the conditioning is embedded once), of the
+    classes ``labels`` where the prior has classes (None: no class)."""
 
     def draw(logits: torch.Tensor, where: tuple[int, int, int], open_: torch.Tensor) -> torch.Tensor:
         return torch.multinomial(F.softmax(logits / temperature, dim=-1), 1, generator=generator).squeeze(-1)
 
-    return generate(prior, n, draw, draw, condition)
+    return generate(prior, n, draw, draw, condition, labels=labels)
 
 
 def sample_maps(priors: list[PixelSNAIL], n: int, temperature: float = 1.0,
-                generator: torch.Generator | None = None) -> tuple[Codes, ...]:
-    """``n`` images' code maps: the top map from the first prior, every later map from its prior given the top."""
-    top = sample(priors[0], n, temperature, generator=generator)
-    return (top, *(sample(prior, n, temperature, condition=top, generator=generator) for prior in priors[1:]))
+                generator: torch.Generator | None = None, labels: torch.Tensor | None = None) -> tuple[Codes, ...]:
+    """``n`` images' code maps: the top map from the first prior, every later map from its prior given the top;
+    of the classes ``labels`` (class-conditional priors only)."""
+    top = sample(priors[0], n, temperature, generator=generator, labels=labels)
+    return (top, *(sample(prior, n, temperature, condition=top, generator=generator, labels=labels)
+                   for prior in priors[1:]))
 
 
 @torch.no_grad()
 def generate(prior: PixelSNAIL, n: int, pick_atom: Pick, pick_level: Pick, condition: Codes | None = None,
-             size: tuple[int, int] | None = None) -> Codes:
+             size: tuple[int, int] | None = None, labels: torch.Tensor | None = None) -> Codes:
     """``n`` code maps of ``size`` (the prior's training size by default) built position by position in raster
     order, every symbol chosen by ``pick_atom`` / ``pick_level`` from the logits the prior gives it there:
     drawn (``sample``) or read from a coded stream (``prior_coding``)."""
@@ -74,13 +77,21 @@ def generate(prior: PixelSNAIL, n: int, pick_atom: Pick, pick_level: Pick, condi
         if condition is None or condition.atoms.shape[0] != n:
             raise ValueError(f"this prior is conditioned on the top codes: pass {n} of them as condition")
         prior.check_condition(condition)
+    if labels is not None:
+        if not c.classes:
+            raise ValueError("this prior is not class-conditional: it draws no class")
+        if labels.shape != (n,):
+            raise ValueError(f"pass one class label an image: [{n}], got {list(labels.shape)}")
+    elif c.classes:
+        labels = prior.no_class(n)
     was_training = prior.training
     if was_training:
         prior.eval()  # no dropout while generating
     with torch.inference_mode():  # the loop's thousands of small calls, without autograd's bookkeeping
-        # The top codes' embedding one image at a time: an image's conditioning is the same bits in any batch.
-        features = (torch.cat([prior.condition_features(condition[i : i + 1], (height, width)) for i in range(n)])
-                    if c.condition is not None else None)
+        # The condition one image at a time: an image's conditioning is the same bits in any batch.
+        features = (torch.cat([prior.condition_features(condition[i : i + 1] if condition is not None else None,
+                                                        (height, width), labels[i : i + 1] if labels is not None else None)
+                               for i in range(n)]) if prior.conditioned else None)
         backbone = incremental_backbone(prior, n, features, (height, width))
         steps = head_steps(prior, height * width)
         for y in range(height):

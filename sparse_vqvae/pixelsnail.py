@@ -11,7 +11,10 @@ the head's slot k is an M-way choice among its stage's entries, not a K*M-way on
 probabilities, renormalised over the symbols that can occur, at a K-th of the cost.
 
 The bottom prior of a two-level model is conditioned on the top codes: their embedding is
-computed once, upsampled, and added in every residual block.
+computed once, upsampled, and added in every residual block. A prior with ``classes`` (CIFAR-10's, say) is
+also conditioned on an image's class, as VQ-VAE-2's ImageNet priors are: a class embedding added in every
+residual block. Its last row stands for "no class": training replaces a share of the labels by it, so the
+same prior also models codes whose class is unknown - what coding and ``bits_per_image`` use.
 
 Positions (``PriorConfig.positions``): ``learned`` adds an embedding per position, so the prior
 models maps of its training size only; ``none`` adds nothing - the causal convolutions' zero
@@ -54,6 +57,7 @@ class PriorConfig:
     condition: dict | None = None  # the top map's PriorConfig fields (num_atoms, coef_levels, slots, height, width)
     positions: str = _TRAIN.positions  # learned: an embedding per position (training size only) | none: any size
     stage_atoms: int = 0  # M > 0: slot k holds one of atoms k*M .. k*M+M-1 (a residual VQ's stages); 0: any atom
+    classes: tuple[str, ...] = ()  # the class names it can be conditioned on (none: unconditional)
 
 
 def _raster_mask(kernel: int, include_center: bool) -> torch.Tensor:
@@ -133,13 +137,14 @@ class PixelSNAIL(nn.Module):
             raise ValueError(f"positions must be one of {', '.join(PRIOR_POSITIONS)}; got {c.positions!r}")
         self.position = nn.Parameter(torch.zeros(1, c.channels, c.height, c.width)) if c.positions == "learned" else None
         self.conv_in = CausalConv2d(c.channels, c.channels, 2 * c.kernel + 1, strict=True)
-        condition_channels = 0
+        condition_channels = c.channels if self.conditioned else 0
+        # one row a class, the last for "no class"
+        self.class_embed = nn.Embedding(len(c.classes) + 1, c.channels) if c.classes else None
         if c.condition is not None:
             top = c.condition
             self.condition_embed = PairEmbedding(top["num_atoms"], top["coef_levels"], c.channels)
             self.condition_net = nn.Sequential(
                 nn.Conv2d(c.channels, c.channels, 3, padding=1), nn.ELU(), nn.Conv2d(c.channels, c.channels, 3, padding=1))
-            condition_channels = c.channels
         self.blocks = nn.ModuleList()
         self.attention = nn.ModuleList()
         for _ in range(c.blocks):
@@ -148,10 +153,38 @@ class PixelSNAIL(nn.Module):
             self.attention.append(CausalAttention(c.channels, c.heads))
         self.head = PairHead(c)
 
-    def condition_features(self, condition: Codes, size: tuple[int, int] | None = None) -> torch.Tensor:
-        """Embed the top codes once per batch, at the bottom map's size (the training size by default)."""
-        h = self.condition_net(self.condition_embed(condition))
-        return F.interpolate(h, size=size or (self.config.height, self.config.width), mode="nearest")
+    @property
+    def conditioned(self) -> bool:
+        """Does every residual block take a condition term (the top codes, a class, or both)?"""
+        return self.config.condition is not None or bool(self.config.classes)
+
+    def no_class(self, count: int) -> torch.Tensor:
+        """``count`` labels that say "no class" (what coding uses: the class of an image is not sent)."""
+        return torch.full((count,), len(self.config.classes), dtype=torch.long, device=self.conv_in.weight.device)
+
+    def class_labels(self, names: list[str]) -> torch.Tensor:
+        """Class names -> the labels ``log_prob`` and ``generation.sample`` take."""
+        unknown = sorted(set(names) - set(self.config.classes))
+        if unknown:
+            known = ", ".join(self.config.classes) or "none: this prior is not class-conditional"
+            raise ValueError(f"unknown class {', '.join(unknown)}; this prior's classes: {known}")
+        return torch.tensor([self.config.classes.index(name) for name in names], device=self.conv_in.weight.device)
+
+    def condition_features(self, condition: Codes | None, size: tuple[int, int] | None = None,
+                           labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The condition term once per batch, at the map's size (the training size by default): the top codes'
+        embedding, upsampled, plus the labels' class embedding (``no_class`` where None)."""
+        c = self.config
+        size = size or (c.height, c.width)
+        h = None
+        if c.condition is not None:
+            h = F.interpolate(self.condition_net(self.condition_embed(condition)), size=size, mode="nearest")
+        if self.class_embed is not None:
+            count = condition.atoms.shape[0] if condition is not None else len(labels)
+            labels = self.no_class(count) if labels is None else labels
+            term = self.class_embed(labels)[:, :, None, None].expand(-1, -1, *size)
+            h = term if h is None else h + term
+        return h
 
     def backbone(self, codes: Codes, condition_features: torch.Tensor | None) -> torch.Tensor:
         """Features [B, C, H, W] where position i depends only on the codes at positions < i."""
@@ -164,11 +197,15 @@ class PixelSNAIL(nn.Module):
             h = attention(h)
         return F.elu(h)
 
-    def log_prob(self, codes: Codes, condition: Codes | None = None) -> torch.Tensor:
-        """Natural-log probability of each image's codes, [B] (exact: the head's masks normalise)."""
-        self._check(codes, condition)
+    def log_prob(self, codes: Codes, condition: Codes | None = None, labels: torch.Tensor | None = None
+                 ) -> torch.Tensor:
+        """Natural-log probability of each image's codes, [B] (exact: the head's masks normalise), given the top
+        codes (``condition``) and the images' class ``labels`` where the prior has them (None: no class)."""
+        self._check(codes, condition, labels)
         size = tuple(codes.atoms.shape[1:3])
-        features = self.condition_features(condition, size) if self.config.condition is not None else None
+        if self.class_embed is not None and labels is None:
+            labels = self.no_class(codes.atoms.shape[0])
+        features = self.condition_features(condition, size, labels) if self.conditioned else None
         h = self.backbone(codes, features).permute(0, 2, 3, 1)  # [B, H, W, C]
         return self.head.log_prob(h, codes).sum(dim=(1, 2))
 
@@ -179,8 +216,13 @@ class PixelSNAIL(nn.Module):
             raise ValueError(f"this prior learned its positions on {c.height}x{c.width} code maps and cannot model "
                              f"{height}x{width} ones (a prior with positions 'none' models any size)")
 
-    def _check(self, codes: Codes, condition: Codes | None) -> None:
+    def _check(self, codes: Codes, condition: Codes | None, labels: torch.Tensor | None = None) -> None:
         c = self.config
+        if labels is not None:
+            if not c.classes:
+                raise ValueError("this prior is not class-conditional: pass no labels")
+            if labels.shape != codes.atoms.shape[:1] or labels.min() < 0 or labels.max() > len(c.classes):
+                raise ValueError(f"labels must be [B] class indices 0..{len(c.classes)} ({len(c.classes)}: no class)")
         if codes.atoms.dim() != 4 or codes.atoms.shape[3] != c.slots:
             raise ValueError(f"this prior models code maps [B, H, W, {c.slots}]; got {list(codes.atoms.shape)}")
         self.check_size(*codes.atoms.shape[1:3])
@@ -200,7 +242,12 @@ class PixelSNAIL(nn.Module):
 
     @property
     def arguments(self) -> dict:
-        return asdict(self.config)
+        """The config as checkpoints keep it (an unconditional prior's without ``classes``: the same bytes as
+        before priors had classes)."""
+        arguments = asdict(self.config)
+        if not arguments["classes"]:
+            del arguments["classes"]
+        return arguments
 
 
 class PairHead(nn.Module):

@@ -139,6 +139,8 @@ def test_sampling_the_shipped_photo_codec_says_its_prior_is_a_coding_model(tmp_p
     assert done.returncode == 0, done.stderr
     assert "know no position" in done.stderr and "not pictures" in done.stderr
     assert (tmp_path / "grid.png").read_bytes()[:4] == b"\x89PNG"
+    done = cli("sample", "--model", "photo", "-n", "1", "--class", "dog", "-o", "dog.png", cwd=tmp_path)
+    assert done.returncode == 1 and "unknown class dog" in done.stderr and "not class-conditional" in done.stderr
 
 
 def test_evaluate_reports_real_bits_per_pixel(trained_run):
