@@ -313,6 +313,20 @@ class _ImagesOnly(Dataset):
         return to_model_range(np.array(image))
 
 
+def dataset_labels(dataset: Dataset) -> tuple[np.ndarray, tuple[str, ...]] | None:
+    """Each image's class label (int64, in the dataset's order) and the class names, for a dataset
+    ``load_dataset`` made from a source with classes (CIFAR, an image folder, ImageNet); None for the others.
+    Read from the source's file list or label array: no image is decoded."""
+    indices = None
+    if isinstance(dataset, Subset):
+        dataset, indices = dataset.dataset, np.asarray(dataset.indices, dtype=np.int64)
+    if not isinstance(dataset, _ImagesOnly):
+        return None
+    source = dataset.dataset
+    targets = np.asarray(source.targets, dtype=np.int64)
+    return (targets if indices is None else targets[indices]), tuple(source.classes)
+
+
 def _require_root(config: DataConfig, how: str) -> Path:
     if not config.root:
         raise DatasetNotFoundError(f"data.root is not set: {config.name} needs a local folder ({how})")

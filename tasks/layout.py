@@ -32,6 +32,11 @@ TIMINGS = METRICS / "timings"  # one <stage>.json per stage: its wall time (not 
 PLOTS = Path("plots")  # CSV curves for `dvc plots show`
 
 
+def labels_path(split: str) -> Path:
+    """A split's class labels (int64 .npy), where its source has classes."""
+    return PREPARED / f"{split}_labels.npy"
+
+
 def prior_path(index: int) -> Path:
     return prior_file(PRIORS, index)
 

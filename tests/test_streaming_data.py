@@ -7,6 +7,7 @@ import hashlib
 import io
 import stat
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +17,8 @@ from torch.utils.data import Dataset
 
 from sparse_vqvae.atomic import file_mode
 from sparse_vqvae.config import DataConfig
-from sparse_vqvae.data import DatasetNotFoundError, ImageArray, load_dataset, save_image_array, to_uint8
+from sparse_vqvae.data import (DatasetNotFoundError, ImageArray, dataset_labels, load_dataset, save_image_array,
+                               to_uint8)
 from sparse_vqvae.pretrain import collect_latents
 from sparse_vqvae.vqvae import VQVAE2
 from tasks.params import DataSettings, data_settings
@@ -151,3 +153,21 @@ def test_collect_latents_reads_the_images_it_needs_not_the_dataset():
     top, bottom = collect_latents(model, dataset, count=40, batch_size=8)  # top map: 4 positions an image
     assert top.shape == bottom.shape == (40, 8)
     assert dataset.reads == 16  # 10 images give the top map its 40 vectors: two batches of 8
+
+
+def test_labels_come_from_the_file_lists_of_sources_with_classes(tmp_path):
+    """Class-conditional priors train on each image's class: an image folder's (and ImageNet's, CIFAR's) labels in
+    the split's order, read without decoding an image; sources without classes have none."""
+    root = tmp_path / "folder"
+    for name, count in (("cat", 3), ("dog", 5)):
+        (root / name).mkdir(parents=True)
+        for i in range(count):
+            Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(root / name / f"{i}.png")
+    config = DataConfig(name="imagefolder", root=str(root), image_size=8, test_fraction=0.25)
+    for split in ("train", "test"):
+        dataset = load_dataset(config, split)
+        labels, classes = dataset_labels(dataset)
+        assert classes == ("cat", "dog") and len(labels) == len(dataset)
+        files = [Path(dataset.dataset.dataset.samples[i][0]).parent.name for i in dataset.indices]
+        assert [classes[label] for label in labels] == files
+    assert dataset_labels(load_dataset(DataConfig(train_count=4, test_count=2), "train")) is None
