@@ -4,7 +4,9 @@ Layout: one LMDB environment (a folder). Key ``meta`` holds JSON metadata (forma
 selection_fn, slots K, num_atoms, coef_levels, the code-map sizes, the model fingerprint, the
 record count); keys ``00000000``... hold one image each: its index, then per code map (top, then
 bottom) the atom indices as int16 and the coefficient levels as uint8, [H, W, K] each. Codes
-are stored compactly, never as dense float maps.
+are stored compactly, never as dense float maps, and read so: ``CodeStore.batch`` gives the records of
+any rows collated in those widths (a model widens them on its device), so training and evaluation hold
+a batch, not the store.
 
 Writing goes to ``<path>.tmp`` and is renamed to ``<path>`` only when complete, so a crash never
 leaves a half store under the final name; ``manifest.json`` records the size the LMDB file must
@@ -19,7 +21,7 @@ import struct
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator, Sequence, Union
 
 import lmdb
 import numpy as np
@@ -74,23 +76,36 @@ class StoreMetadata:
         return _INDEX.size + cells * 3  # int16 atom + uint8 level per pair
 
 
+def _pack_maps(maps: tuple[Codes, ...]) -> bytes:
+    """One image's code maps [H, W, K] as a record holds them after its index."""
+    return b"".join(packed(codes) for codes in maps)
+
+
 def _encode(index: int, maps: tuple[Codes, ...]) -> bytes:
-    return _INDEX.pack(index) + b"".join(packed(codes) for codes in maps)
+    return _INDEX.pack(index) + _pack_maps(maps)
+
+
+def _decode_records(records: np.ndarray, meta: StoreMetadata) -> tuple[np.ndarray, tuple[Codes, ...]]:
+    """Records [B, record_size] (uint8) -> their indices [B] and code maps [B, H, W, K] in the stored widths (int16
+    atoms, uint8 levels): one copy a map."""
+    indices = records[:, : _INDEX.size].copy().view("<u4")[:, 0]
+    maps, offset = [], _INDEX.size
+    for h, w in meta.map_sizes:
+        n = h * w * meta.slots
+        atoms = records[:, offset : offset + 2 * n].copy().view("<i2").astype(np.int16, copy=False)
+        levels = records[:, offset + 2 * n : offset + 3 * n].copy()
+        offset += 3 * n
+        shape = (len(records), h, w, meta.slots)
+        maps.append(Codes(torch.from_numpy(atoms.reshape(shape)), torch.from_numpy(levels.reshape(shape))))
+    return indices, tuple(maps)
 
 
 def _decode(blob: bytes, meta: StoreMetadata) -> tuple[int, tuple[Codes, ...]]:
+    """One record -> its index and its code maps [H, W, K], widened to int64."""
     if len(blob) != meta.record_size:
         raise CodeStoreError(f"a code record has {len(blob)} bytes, expected {meta.record_size}: the store is corrupt")
-    (index,) = _INDEX.unpack_from(blob)
-    offset, maps = _INDEX.size, []
-    for h, w in meta.map_sizes:
-        n = h * w * meta.slots
-        atoms = np.frombuffer(blob, dtype="<i2", count=n, offset=offset).reshape(h, w, meta.slots)
-        offset += 2 * n
-        levels = np.frombuffer(blob, dtype=np.uint8, count=n, offset=offset).reshape(h, w, meta.slots)
-        offset += n
-        maps.append(Codes(torch.from_numpy(atoms.astype(np.int64)), torch.from_numpy(levels.astype(np.int64))))
-    return index, tuple(maps)
+    indices, maps = _decode_records(np.frombuffer(blob, dtype=np.uint8).reshape(1, -1), meta)
+    return int(indices[0]), tuple(Codes(codes.atoms[0].long(), codes.levels[0].long()) for codes in maps)
 
 
 class _Writer:
@@ -115,7 +130,6 @@ class _Writer:
         self.env.close()
 
 
-@torch.no_grad()
 def check_store_path(path: str | Path) -> None:
     """Fail if ``path`` or its scratch ``<name>.tmp`` holds anything but a code store: extraction
     replaces both, and must never delete a folder of the user's."""
@@ -124,46 +138,86 @@ def check_store_path(path: str | Path) -> None:
         check_replaceable(folder, "code store", files=STORE_FILES)
 
 
+@torch.no_grad()
+def encode_images(model: VQVAE2, images: torch.Tensor) -> tuple[list[bytes], list[list[int]]]:
+    """A batch of images [B, 3, H, W] through the encoder: each image's code maps as the store keeps them
+    (``packed``, top first), and the maps' sizes [[H, W], ...]."""
+    _, maps, _, _ = model.encode(images)
+    maps = [codes.to("cpu") for codes in maps]
+    records = [_pack_maps(tuple(codes[i] for codes in maps)) for i in range(images.shape[0])]
+    return records, [list(codes.atoms.shape[1:3]) for codes in maps]
+
+
+class StoreWriter:
+    """Writes the store of ``model``'s codes at ``path``: ``write`` the images' records in index order (one
+    transaction a call), then ``finish``; until then it is ``<path>.tmp``, so a crash never leaves a half store
+    under the final name. One writer: LMDB has one (a distributed extraction writes from its driver)."""
+
+    def __init__(self, model: VQVAE2, path: str | Path) -> None:
+        self.model, self.path = model, Path(path)
+        check_store_path(self.path)
+        self.tmp = self.path.with_name(self.path.name + ".tmp")
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.meta: StoreMetadata | None = None
+        self.count = 0
+        self._writer = _Writer(self.tmp)
+
+    def write(self, records: list[bytes], map_sizes: list[list[int]]) -> None:
+        """The next images' code maps (``encode_images``' records and sizes)."""
+        if self.meta is None:
+            self.meta = StoreMetadata.for_model(self.model, map_sizes)
+        self._writer.put_many([(_key(self.count + i), _INDEX.pack(self.count + i) + record)
+                               for i, record in enumerate(records)])
+        self.count += len(records)
+
+    def finish(self) -> int:
+        """Write the metadata, close, and move the store to its name; returns the number of images."""
+        try:
+            if self.meta is None:
+                raise CodeStoreError("the dataset is empty: no codes to store")
+            meta = StoreMetadata(**{**asdict(self.meta), "count": self.count})
+            self._writer.put_many([(_META_KEY, json.dumps(asdict(meta)).encode())])
+        finally:
+            self._writer.close()
+        # LMDB maps its file into memory: reading a truncated one kills the process (SIGBUS), so the
+        # size it must have is recorded beside it and checked before it is ever opened.
+        manifest = {"format_version": FORMAT_VERSION, "data_bytes": (self.tmp / "data.mdb").stat().st_size}
+        (self.tmp / _MANIFEST).write_text(json.dumps(manifest))
+        if self.path.exists():
+            shutil.rmtree(self.path)
+        self.tmp.rename(self.path)
+        return self.count
+
+    def close(self) -> None:
+        """Give up (after an error): the scratch store stays under ``<path>.tmp`` until the next extraction."""
+        self._writer.close()
+
+
 def extract_codes(model: VQVAE2, dataset: Dataset, path: str | Path, batch_size: int = ExtractConfig().batch_size,
                   progress: bool = True) -> dict[str, float]:
     """Encode every image of ``dataset`` and store its codes at ``path``; returns count and images/s."""
-    path = Path(path)
-    check_store_path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
     device = next(model.parameters()).device
     model.eval()
-    writer = _Writer(tmp)
-    meta, count, start = None, 0, time.perf_counter()
+    writer = StoreWriter(model, path)
+    start = time.perf_counter()
     try:
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
         for images in tqdm(loader, desc="extract codes", disable=not progress):
-            _, maps, _, _ = model.encode(images.to(device))
-            if meta is None:
-                meta = StoreMetadata.for_model(model, [list(m.atoms.shape[1:3]) for m in maps])
-            writer.put_many([(_key(count + i), _encode(count + i, tuple(m[i] for m in maps)))
-                             for i in range(images.shape[0])])
-            count += images.shape[0]
-        if meta is None:
-            raise CodeStoreError("the dataset is empty: no codes to store")
-        meta = StoreMetadata(**{**asdict(meta), "count": count})
-        writer.put_many([(_META_KEY, json.dumps(asdict(meta)).encode())])
-    finally:
+            writer.write(*encode_images(model, images.to(device)))
+    except BaseException:
         writer.close()
-    # LMDB maps its file into memory: reading a truncated one kills the process (SIGBUS), so the
-    # size it must have is recorded beside it and checked before it is ever opened.
-    manifest = {"format_version": FORMAT_VERSION, "data_bytes": (tmp / "data.mdb").stat().st_size}
-    (tmp / _MANIFEST).write_text(json.dumps(manifest))
+        raise
+    count = writer.finish()
     seconds = time.perf_counter() - start
-    if path.exists():
-        shutil.rmtree(path)
-    tmp.rename(path)
     return {"images": count, "images_per_s": count / seconds if seconds > 0 else float("inf")}
 
 
 def _key(index: int) -> bytes:
     return b"%08d" % index
+
+
+Rows = Union[Sequence[int], slice, torch.Tensor]  # which records: indices, a slice, a 1-D index tensor
 
 
 class CodeStore(Dataset):
@@ -209,13 +263,63 @@ class CodeStore(Dataset):
         return self.meta.count
 
     def __getitem__(self, i: int) -> tuple[int, tuple[Codes, ...]]:
-        if not 0 <= i < len(self):
-            raise IndexError(i)
+        """Record ``i``: its index and its code maps [H, W, K], widened to int64."""
+        maps = self.batch([i])
+        return i, tuple(Codes(codes.atoms[0].long(), codes.levels[0].long()) for codes in maps)
+
+    def batch(self, rows: Rows) -> tuple[Codes, ...]:
+        """The records ``rows`` (indices in any order, repeats allowed: a sequence, a slice or a 1-D tensor),
+        collated per code map (top first) as Codes [B, H, W, K] of the widths the store keeps: int16 atoms,
+        uint8 levels. One read transaction; the record bytes are cut into maps with one copy per map."""
+        if isinstance(rows, slice):
+            rows = range(*rows.indices(len(self)))
+        elif isinstance(rows, torch.Tensor):
+            rows = rows.tolist()
+        size, blobs = self.meta.record_size, []
         with self.env.begin() as txn:
-            blob = txn.get(_key(i))
-        if blob is None:
-            raise CodeStoreError(f"{self.path}: record {i} is missing: the store is corrupt")
-        return _decode(blob, self.meta)
+            for i in rows:
+                if not 0 <= i < len(self):
+                    raise IndexError(i)
+                blob = txn.get(_key(i))
+                if blob is None:
+                    raise CodeStoreError(f"{self.path}: record {i} is missing: the store is corrupt")
+                if len(blob) != size:
+                    raise CodeStoreError(f"{self.path}: record {i} has {len(blob)} bytes, expected {size}: "
+                                         "the store is corrupt")
+                blobs.append(blob)
+        indices, maps = _decode_records(np.frombuffer(b"".join(blobs), dtype=np.uint8).reshape(len(blobs), size),
+                                        self.meta)
+        if not np.array_equal(indices, np.asarray(rows, dtype=np.int64)):
+            raise CodeStoreError(f"{self.path}: a record holds another index than its key: the store is corrupt")
+        return maps
+
+
+class MapsInMemory:
+    """Batched code maps [count, H, W, K] held in memory, read as a store is (``len``, ``batch``)."""
+
+    def __init__(self, maps: Sequence[Codes]) -> None:
+        self.maps = tuple(maps)
+
+    def __len__(self) -> int:
+        return self.maps[0].atoms.shape[0]
+
+    def batch(self, rows: Rows) -> tuple[Codes, ...]:
+        return tuple(codes[rows] for codes in self.maps)
+
+
+CodeSource = Union[CodeStore, MapsInMemory, Sequence[Codes]]  # a store, or code maps in memory
+
+
+def code_source(codes: CodeSource) -> CodeStore | MapsInMemory:
+    """``codes`` as something with ``len`` and ``batch(rows)``: a store as it is, code maps in memory wrapped."""
+    return codes if isinstance(codes, (CodeStore, MapsInMemory)) else MapsInMemory(codes)
+
+
+def code_batches(codes: CodeSource, batch_size: int) -> Iterator[tuple[Codes, ...]]:
+    """The codes in order, ``batch_size`` images at a time (the last batch may be smaller)."""
+    source = code_source(codes)
+    for start in range(0, len(source), batch_size):
+        yield source.batch(slice(start, min(start + batch_size, len(source))))
 
 
 def collate_codes(items: list[tuple[int, tuple[Codes, ...]]]) -> tuple[torch.Tensor, tuple[Codes, ...]]:

@@ -31,7 +31,7 @@ from .codes import EMPTY, Codes, atom_window, last_atom, quality_range, quality_
 from .config import codes_vary
 
 if TYPE_CHECKING:
-    from .code_store import StoreMetadata
+    from .code_store import CodeSource, StoreMetadata
 
 MODEL_FORMAT = "sparse-vqvae/frequency-model"
 MODEL_VERSION = 4  # 3: atom frequencies per slot; 4: a residual VQ's slot among its stage's entries
@@ -55,20 +55,31 @@ class FrequencyModel:
     kind = "factorised"  # the compressed file's name for this entropy model
 
     @classmethod
-    def fit(cls, maps: tuple[Codes, ...], meta: StoreMetadata) -> FrequencyModel:
-        """Add-one-smoothed frequencies of batched code maps [B, H, W, K] of the model ``meta`` describes."""
+    def fit(cls, maps: CodeSource, meta: StoreMetadata, batch_size: int = 1024) -> FrequencyModel:
+        """Add-one-smoothed frequencies of the codes of the model ``meta`` describes: a code store, or batched code
+        maps [B, H, W, K] in memory. Counted ``batch_size`` images at a time: memory holds a batch and the counts."""
+        from .code_store import code_batches  # here: coding files needs no LMDB
+
         num_atoms, coef_levels, stage_atoms = meta.num_atoms, meta.coef_levels, meta.stage_atoms
-        atoms, levels, counts = [], [], []
-        slots = maps[0].atoms.shape[-1]
-        for codes in maps:
-            present = codes.present
-            atoms.append(np.stack([_normalised(torch.bincount(
-                codes.atoms[..., slot][present[..., slot]] - slot * stage_atoms, minlength=stage_atoms or num_atoms))
-                for slot in range(slots)]))
-            levels.append(_normalised(torch.bincount(codes.levels[present], minlength=coef_levels)))
-            counts.append(_normalised(torch.bincount(present.sum(-1).reshape(-1), minlength=slots + 1)))
-        return cls(num_atoms, coef_levels, slots, codes_vary(meta.selection_fn), meta.model_fingerprint, atoms, levels,
-                   counts, stage_atoms)
+        atoms, levels, counts = None, None, None
+        for batch in code_batches(maps, batch_size):
+            slots = batch[0].atoms.shape[-1]
+            if atoms is None:
+                atoms = [torch.zeros(slots, stage_atoms or num_atoms, dtype=torch.long) for _ in batch]
+                levels = [torch.zeros(coef_levels, dtype=torch.long) for _ in batch]
+                counts = [torch.zeros(slots + 1, dtype=torch.long) for _ in batch]
+            for index, codes in enumerate(batch):
+                present = codes.present
+                for slot in range(slots):
+                    atoms[index][slot] += torch.bincount(codes.atoms[..., slot][present[..., slot]].long()
+                                                         - slot * stage_atoms, minlength=stage_atoms or num_atoms)
+                levels[index] += torch.bincount(codes.levels[present].long(), minlength=coef_levels)
+                counts[index] += torch.bincount(present.sum(-1).reshape(-1), minlength=slots + 1)
+        if atoms is None:
+            raise ValueError("no codes to fit a frequency model to")
+        return cls(num_atoms, coef_levels, slots, codes_vary(meta.selection_fn), meta.model_fingerprint,
+                   [np.stack([_normalised(row) for row in table]) for table in atoms], [_normalised(t) for t in levels],
+                   [_normalised(t) for t in counts], stage_atoms)
 
     def save(self, path: str | Path) -> None:
         save_payload(path, {"format": MODEL_FORMAT, "version": MODEL_VERSION, "num_atoms": self.num_atoms,

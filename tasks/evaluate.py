@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from sparse_vqvae.atomic import atomic_write, write_json
-from sparse_vqvae.code_store import CodeStore
+from sparse_vqvae.code_store import CodeStore, code_batches
 from sparse_vqvae.codec import Codec
 from sparse_vqvae.data import ImageArray
 from sparse_vqvae.devices import default_device
@@ -31,7 +31,7 @@ from sparse_vqvae.pictures import save_grid
 from sparse_vqvae.prior_coding import PriorEntropyModel
 from sparse_vqvae.generation import sample_maps
 from sparse_vqvae.judge import Judge, held_out_split, load_extractor
-from sparse_vqvae.prior_train import bits_per_image, load_maps
+from sparse_vqvae.prior_train import bits_per_image
 from sparse_vqvae.rate_distortion import plot, psnr_at_rate, reference_points, sparse_vqvae_point, write_table
 from sparse_vqvae.train import evaluate, load_checkpoint
 
@@ -59,16 +59,16 @@ def run(params: PipelineParams, tracker: StageTracker) -> dict[str, Any]:
                                **evaluate(model, test_set, params.evaluate.batch_size, progress=True)}
 
     fingerprint = model.fingerprint()
-    test_store = CodeStore(TEST_CODES, fingerprint)
-    test_maps = load_maps(test_store)
+    test_store = CodeStore(TEST_CODES, fingerprint)  # read a batch at a time
+    test_maps = test_store.batch(range(len(test_store)))  # atom usage: the test codes as stored (int16 atoms)
     prior_model = PriorEntropyModel.load([prior_path(level) for level in range(len(test_store.meta.map_sizes))],
                                          device, fingerprint)
     priors = prior_model.priors
     pixels = test_set[0].shape[1] * test_set[0].shape[2]
-    prior_bits = sum(bits_per_image(prior, test_maps, level) for level, prior in enumerate(priors))
+    prior_bits = sum(bits_per_image(prior, test_store, level) for level, prior in enumerate(priors))
     frequencies = FrequencyModel.load(FREQUENCY_MODEL)  # fitted to the training codes by train_prior
-    factorized_bits = float(np.mean([frequencies.bits(tuple(m[i] for m in test_maps))
-                                     for i in range(test_maps[0].atoms.shape[0])]))
+    factorized_bits = float(np.mean([frequencies.bits(tuple(m[i] for m in batch))
+                                     for batch in code_batches(test_store, 256) for i in range(batch[0].atoms.shape[0])]))
     metrics |= {"prior_bits_per_image": prior_bits, "factorized_bits_per_image": factorized_bits,
                 "prior_bits_per_pixel": prior_bits / pixels, "factorized_bits_per_pixel": factorized_bits / pixels}
     counts = []

@@ -141,3 +141,65 @@ def test_extraction_refuses_to_replace_a_folder_that_is_not_a_code_store(tmp_pat
     assert (folder / "holiday.png").read_bytes() == b"precious"
     extract_codes(trained_tiny("omp"), Images(tiny_images(4, 16)), tmp_path / "codes", progress=False)
     assert sorted(p.name for p in (tmp_path / "codes").iterdir()) == ["data.mdb", "manifest.json"]  # no lock file
+
+
+@pytest.mark.parametrize("levels", [1, 2])
+@pytest.mark.parametrize("selection_fn", ["vanilla", "rvq", "omp", "lasso"])
+def test_batch_reads_equal_the_extracted_codes_in_the_stores_widths(selection_fn, levels, tmp_path):
+    """``CodeStore.batch`` of any rows (unordered, repeated) and ``code_batches`` over the store give the codes the
+    model produced, in int16 atoms and uint8 levels; ``load_maps`` the old int64 stack."""
+    from sparse_vqvae.code_store import code_batches
+    from sparse_vqvae.prior_train import load_maps
+
+    model = trained_tiny(selection_fn, levels)
+    images = tiny_images(11, 16, seed=4)
+    extract_codes(model, Images(images), tmp_path / "codes", batch_size=4, progress=False)
+    store = CodeStore(tmp_path / "codes", model.fingerprint())
+    with torch.no_grad():
+        fresh = model.encode(images)[1]
+    rows = torch.tensor([7, 0, 7, 10, 3])
+    for read, expected in zip(store.batch(rows), fresh):
+        assert read.atoms.dtype == torch.int16 and read.levels.dtype == torch.uint8
+        assert torch.equal(read.atoms.long(), expected.atoms[rows]) and torch.equal(read.levels.long(), expected.levels[rows])
+    streamed = list(code_batches(store, 3))
+    assert [batch[0].atoms.shape[0] for batch in streamed] == [3, 3, 3, 2]
+    for level, expected in enumerate(fresh):
+        assert torch.equal(torch.cat([batch[level].atoms for batch in streamed]).long(), expected.atoms)
+        assert torch.equal(torch.cat([batch[level].levels for batch in streamed]).long(), expected.levels)
+    for stacked, expected in zip(load_maps(store), fresh):
+        assert stacked.atoms.dtype == torch.int64 and stacked.equal(expected)
+    assert all(m.atoms.shape[0] == 0 for m in store.batch([]))
+    with pytest.raises(IndexError):
+        store.batch([11])
+
+
+@pytest.mark.parametrize("selection_fn", ["vanilla", "rvq", "omp", "lasso"])
+def test_streamed_fit_bits_and_training_equal_those_of_the_codes_in_memory(selection_fn, tmp_path):
+    """FrequencyModel.fit, bits_per_image and train_prior read the store a batch at a time and give, bit for bit,
+    what they give on the int64 code maps in memory (the code maps they took before codes streamed)."""
+    from sparse_vqvae.entropy_coding import FrequencyModel
+    from sparse_vqvae.pixelsnail import PixelSNAIL, bits
+    from sparse_vqvae.prior_train import bits_per_image, prior_configs, train_prior
+
+    model = trained_tiny(selection_fn)
+    images = tiny_images(13, 16, seed=5)
+    extract_codes(model, Images(images), tmp_path / "codes", batch_size=5, progress=False)
+    store = CodeStore(tmp_path / "codes", model.fingerprint())
+    with torch.no_grad():
+        in_memory = model.encode(images)[1]
+    FrequencyModel.fit(in_memory, store.meta).save(tmp_path / "memory.pt")
+    FrequencyModel.fit(store, store.meta, batch_size=4).save(tmp_path / "streamed.pt")
+    assert (tmp_path / "memory.pt").read_bytes() == (tmp_path / "streamed.pt").read_bytes()
+    for level, config in enumerate(prior_configs(store.meta, channels=8, blocks=1, res_per_block=1, dropout=0.1)):
+        runs = {}
+        for name, codes in (("memory", in_memory), ("streamed", store)):
+            torch.manual_seed(level)
+            prior, losses = PixelSNAIL(config), []
+            train_prior(prior, codes, level, 4, batch_size=6, seed=level, checkpoint_path=tmp_path / f"{name}{level}.pt",
+                        checkpoint_every=2, progress=False, on_metrics=lambda step, m: losses.append(m["bits_per_image"]))
+            runs[name] = (losses, bits_per_image(prior, codes, level, batch_size=4))
+        assert runs["memory"] == runs["streamed"]
+        assert (tmp_path / f"memory{level}.pt").read_bytes() == (tmp_path / f"streamed{level}.pt").read_bytes()
+        with torch.no_grad():  # every image counted once: the mean of one pass over all of them
+            whole = bits(prior.eval().log_prob(in_memory[level], in_memory[0] if level else None)).mean()
+        assert runs["streamed"][1] == pytest.approx(float(whole), rel=1e-5)

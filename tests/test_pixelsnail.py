@@ -335,3 +335,31 @@ def test_condition_of_the_wrong_shape_is_refused():
     prior = prior_for("omp", conditioned=True)
     with pytest.raises(ValueError, match="condition"):
         prior.log_prob(random_codes("omp", batch=2), random_codes("omp", batch=2, height=3, width=3))
+
+
+@pytest.mark.parametrize("conditioned", [False, True])
+def test_training_reads_the_rows_of_its_seed_and_step(conditioned, tmp_path):
+    """train_prior is the loop it always was, bit for bit: step s trains on the rows
+    torch.randint(count, (batch,), generator=seed * 1_000_003 + s), Adam, the batch's mean bits (what the pipeline's
+    committed priors were trained with) - whether the codes are in memory or (tests/test_code_store.py) streamed."""
+    name = "lasso"
+    top, bottom = random_codes(name, batch=10, height=2, width=2, seed=1), random_codes(name, batch=10, seed=2)
+    maps = (top, bottom) if conditioned else (bottom,)
+    level = 1 if conditioned else 0
+    reference, trained = prior_for(name, conditioned, dropout=0.1), prior_for(name, conditioned, dropout=0.1)
+    torch.manual_seed(3)
+    optimizer, expected = torch.optim.Adam(reference.parameters(), lr=1e-3), []
+    for step in range(5):
+        rows = torch.randint(10, (4,), generator=torch.Generator().manual_seed(7 * 1_000_003 + step))
+        loss = bits(reference.log_prob(maps[level][rows], maps[0][rows] if conditioned else None)).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        expected.append(loss.item())
+    torch.manual_seed(3)
+    losses = []
+    train_prior(trained, maps, level, 5, batch_size=4, seed=7, progress=False,
+                on_metrics=lambda step, metrics: losses.append(metrics["bits_per_image"]))
+    assert losses == expected
+    for (key, a), b in zip(reference.state_dict().items(), trained.state_dict().values()):
+        assert torch.equal(a, b), key
