@@ -45,7 +45,7 @@ from sparse_vqvae.entropy_coding import FrequencyModel
 from sparse_vqvae.generation import sample_maps
 from sparse_vqvae.pixelsnail import PixelSNAIL
 from sparse_vqvae.prior_coding import PriorEntropyModel
-from sparse_vqvae.prior_train import load_maps, prior_configs
+from sparse_vqvae.prior_train import prior_configs
 from sparse_vqvae.train import make_optimizer, run_training
 from sparse_vqvae.vqvae import VQVAE2
 
@@ -86,8 +86,8 @@ def prior_and_codec(device: torch.device, train_set, workdir: Path, steps: int, 
     model.eval()
     extract_codes(model, train_set, workdir / "codes", batch_size=256, progress=False)
     store = CodeStore(workdir / "codes", model.fingerprint())
-    maps, meta = load_maps(store), store.meta
-    frequencies = FrequencyModel.fit(maps, meta)
+    meta = store.meta
+    frequencies = FrequencyModel.fit(store, meta)  # a batch of codes at a time
     priors = []
     for level, config in enumerate(prior_configs(meta)):
         torch.manual_seed(level)

@@ -17,15 +17,17 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from _results import RESULTS, write_json
 
-from sparse_vqvae.code_store import CodeStore, extract_codes
+from sparse_vqvae.code_store import CodeStore, code_batches, extract_codes
 from sparse_vqvae.config import DataConfig, ModelConfig, TrainConfig
 from sparse_vqvae.data import load_dataset
+from sparse_vqvae.entropy_coding import FrequencyModel
 from sparse_vqvae.generation import sample
 from sparse_vqvae.pixelsnail import PixelSNAIL
-from sparse_vqvae.prior_train import bits_per_image, load_maps, prior_configs, train_prior
+from sparse_vqvae.prior_train import bits_per_image, prior_configs, train_prior
 from sparse_vqvae.train import train
 
 SELECTION_FNS = {"vanilla": dict(selection_fn="vanilla", num_atoms=512),  # the models its README table names
@@ -42,21 +44,20 @@ def run_one(name: str, data: DataConfig, vqvae_steps: int, prior_steps: int, wor
     extract_codes(model, test_set, workdir / f"{name}-test", progress=False)
     train_store = CodeStore(workdir / f"{name}-train", model.fingerprint())
     test_store = CodeStore(workdir / f"{name}-test", model.fingerprint())
-    train_maps, test_maps = load_maps(train_store), load_maps(test_store)
-    meta = train_store.meta
+    meta = train_store.meta  # the codes stream from the stores, a batch at a time
 
-    frequencies = FrequencyModel.fit(train_maps, meta)
-    factorized = float(np.mean([frequencies.bits(tuple(m[i] for m in test_maps))
-                                for i in range(test_maps[0].atoms.shape[0])]))
+    frequencies = FrequencyModel.fit(train_store, meta)
+    factorized = float(np.mean([frequencies.bits(tuple(m[i] for m in batch))
+                                for batch in code_batches(test_store, 256) for i in range(batch[0].atoms.shape[0])]))
     priors, step_times, prior_bits = [], [], 0.0
     for level, config in enumerate(prior_configs(meta)):
         torch.manual_seed(0)
         prior = PixelSNAIL(config)
         stamps = [time.perf_counter()]
-        train_prior(prior, train_maps, level, prior_steps, batch_size=64, lr=1e-3, seed=level, progress=False,
+        train_prior(prior, train_store, level, prior_steps, batch_size=64, lr=1e-3, seed=level, progress=False,
                     on_metrics=lambda step, metrics: stamps.append(time.perf_counter()))
         step_times += [b - a for a, b in zip(stamps, stamps[1:])]
-        prior_bits += bits_per_image(prior, test_maps, level)
+        prior_bits += bits_per_image(prior, test_store, level)
         priors.append(prior.eval())
 
     samples = 8
