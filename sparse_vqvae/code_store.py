@@ -262,6 +262,10 @@ class CodeStore(Dataset):
     def __len__(self) -> int:
         return self.meta.count
 
+    def close(self) -> None:
+        """Release the LMDB environment (a process opens a store's folder once at a time)."""
+        self.env.close()
+
     def __getitem__(self, i: int) -> tuple[int, tuple[Codes, ...]]:
         """Record ``i``: its index and its code maps [H, W, K], widened to int64."""
         maps = self.batch([i])

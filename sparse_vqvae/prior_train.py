@@ -12,6 +12,7 @@ uninterrupted one reads; on one of W data-parallel workers (DDP) worker r takes 
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -202,9 +203,21 @@ def save_prior(path: str | Path, prior: PixelSNAIL, optimizer: torch.optim.Optim
                fingerprint: str) -> None:
     save_payload(path, {
         "format": PRIOR_FORMAT, "version": PRIOR_VERSION, "prior_arguments": prior.arguments,
-        "prior_state": prior.state_dict(), "optimizer_state": optimizer.state_dict() if optimizer else None,
+        "prior_state": prior.state_dict(), "optimizer_state": _interned(optimizer.state_dict()) if optimizer else None,
         "step": step, "fingerprint": fingerprint,
     })
+
+
+def _interned(value):
+    """``value`` with its dictionaries' string keys interned. The bytes of a checkpoint then depend on its contents
+    alone: pickle writes a string object once and refers back to it, and a resumed optimizer's state holds the
+    unpickled keys ("step", ...) where a fresh one holds Python's interned constants - the same word this payload
+    uses as a key of its own."""
+    if isinstance(value, dict):
+        return {sys.intern(key) if isinstance(key, str) else key: _interned(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_interned(item) for item in value]
+    return value
 
 
 def load_prior(path: str | Path, device: torch.device | str = "cpu") -> PriorCheckpoint:

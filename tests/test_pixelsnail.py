@@ -7,7 +7,9 @@ import torch
 from sparse_vqvae.codes import EMPTY, Codes, validate_codes
 from sparse_vqvae.generation import CompiledBackbone, CompiledHead, IncrementalBackbone, TorchHead, emit, generate, sample
 from sparse_vqvae.pixelsnail import PixelSNAIL, PriorConfig, bits
-from sparse_vqvae.prior_train import bits_per_image, load_prior, save_prior, train_prior
+from sparse_vqvae.code_store import MapsInMemory
+from sparse_vqvae.prior_train import (PriorLoss, bits_per_image, load_prior, run_prior_training, save_prior, step_rows,
+                                      train_prior)
 
 VARIANTS = {
     "vanilla": dict(num_atoms=16, coef_levels=1, slots=1, variable_count=False),
@@ -363,3 +365,72 @@ def test_training_reads_the_rows_of_its_seed_and_step(conditioned, tmp_path):
     assert losses == expected
     for (key, a), b in zip(reference.state_dict().items(), trained.state_dict().values()):
         assert torch.equal(a, b), key
+
+
+class _RecordingMaps(MapsInMemory):
+    """Code maps in memory that note the rows each read asks for."""
+
+    def __init__(self, maps) -> None:
+        super().__init__(maps)
+        self.read: list[list[int]] = []
+
+    def batch(self, rows):
+        self.read.append(torch.as_tensor(rows).tolist())
+        return super().batch(rows)
+
+
+def _data_parallel_worker(rank: int, init_file: str, results) -> None:
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        torch.set_num_threads(1)
+        source, prior, losses = _RecordingMaps((random_codes("omp", batch=10),)), prior_for("omp"), []
+        model = DistributedDataParallel(PriorLoss(prior), find_unused_parameters=True)
+        run_prior_training(model, torch.optim.SGD(prior.parameters(), lr=1e-3), source, 0, 3, batch_size=4, seed=5,
+                           rank=rank, world_size=2, progress=False,
+                           on_metrics=lambda step, metrics: losses.append(metrics["bits_per_image"]))
+        results[rank] = (source.read, losses, {key: value.clone() for key, value in prior.state_dict().items()})
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow  # two real processes (torch.distributed, gloo)
+def test_two_data_parallel_workers_take_half_of_each_steps_rows(tmp_path):
+    """On 2 DDP workers each step's batch (the rows of its seed and step) is split in halves, rank 0 the first; the
+    workers report the whole batch's mean, stay identical, and train the prior one process trains (up to rounding:
+    the gradients sum in another order; plain SGD, which Adam's normalisation of tiny gradients would not let show)."""
+    import torch.multiprocessing as mp
+
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_data_parallel_worker, args=(str(tmp_path / "init"), results), nprocs=2, join=True)
+        (read0, losses0, state0), (read1, losses1, state1) = results[0], results[1]
+    for step in range(3):
+        rows = step_rows(10, 4, 5, step).tolist()
+        assert read0[step] == rows[:2] and read1[step] == rows[2:]
+    assert losses0 == losses1 and all(torch.equal(state0[key], state1[key]) for key in state0)
+    alone, losses = prior_for("omp"), []
+    torch.set_num_threads(1)
+    run_prior_training(PriorLoss(alone), torch.optim.SGD(alone.parameters(), lr=1e-3), (random_codes("omp", batch=10),),
+                       0, 3, batch_size=4, seed=5, progress=False,
+                       on_metrics=lambda step, metrics: losses.append(metrics["bits_per_image"]))
+    assert losses0 == pytest.approx(losses, rel=1e-5)
+    for key, value in alone.state_dict().items():
+        torch.testing.assert_close(state0[key], value, rtol=1e-4, atol=1e-5)
+
+
+def test_a_resumed_priors_checkpoint_has_the_bytes_of_an_uninterrupted_one(tmp_path):
+    """Resumed at step 3 of 6 (without dropout: train_prior in one process keeps no random state; the Ray stage
+    keeps its workers'), the checkpoint at step 6 is byte for byte that of a run never stopped - strings from an
+    unpickled optimizer state included."""
+    maps = (random_codes("omp", batch=10),)
+    straight, resumed = tmp_path / "straight.pt", tmp_path / "resumed.pt"
+    train_prior(prior_for("omp"), maps, 0, 6, batch_size=4, checkpoint_path=straight, checkpoint_every=3,
+                progress=False)
+    train_prior(prior_for("omp"), maps, 0, 3, batch_size=4, checkpoint_path=resumed, checkpoint_every=3,
+                progress=False)
+    train_prior(prior_for("omp"), maps, 0, 6, batch_size=4, checkpoint_path=resumed, checkpoint_every=3,
+                progress=False)
+    assert load_prior(resumed).step == 6 and resumed.read_bytes() == straight.read_bytes()
