@@ -203,3 +203,32 @@ def test_streamed_fit_bits_and_training_equal_those_of_the_codes_in_memory(selec
         with torch.no_grad():  # every image counted once: the mean of one pass over all of them
             whole = bits(prior.eval().log_prob(in_memory[level], in_memory[0] if level else None)).mean()
         assert runs["streamed"][1] == pytest.approx(float(whole), rel=1e-5)
+
+
+def test_streaming_holds_a_batch_not_the_store(tmp_path):
+    """Fitting the frequency model, the bits per image and prior training over a store twenty times larger peak at
+    about the same memory (traced: numpy and the LMDB reads, what reading all codes at once grows with)."""
+    import tracemalloc
+
+    from sparse_vqvae.entropy_coding import FrequencyModel
+    from sparse_vqvae.pixelsnail import PixelSNAIL
+    from sparse_vqvae.prior_train import bits_per_image, prior_configs, train_prior
+
+    model = trained_tiny("omp")
+    peaks = {}
+    for count in (40, 800):
+        extract_codes(model, Images(tiny_images(count, 32, seed=count)), tmp_path / f"codes{count}", batch_size=200,
+                      progress=False)
+        store = CodeStore(tmp_path / f"codes{count}", model.fingerprint())
+        prior = PixelSNAIL(prior_configs(store.meta, channels=8, blocks=1, res_per_block=1)[1])
+        for name, work in (("fit", lambda: FrequencyModel.fit(store, store.meta, batch_size=20)),
+                           ("bits", lambda: bits_per_image(prior, store, 1, batch_size=20)),
+                           ("train", lambda: train_prior(prior, store, 1, 2, batch_size=20, progress=False))):
+            if count == 40:
+                work()  # a first call's one-off allocations (lazy initialisations) out of the measure
+            tracemalloc.start()
+            work()
+            peaks.setdefault(name, []).append(tracemalloc.get_traced_memory()[1])
+            tracemalloc.stop()
+    for name, (small, large) in peaks.items():
+        assert large < 1.5 * small, (name, peaks)
