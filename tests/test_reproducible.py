@@ -51,7 +51,8 @@ def test_a_fresh_clone_reproduces_every_out_and_leaves_git_clean(tmp_path):
     for kernel in (first / "sparse_vqvae").rglob("*.so"):  # git holds its source; `pip install` builds it
         shutil.copy2(kernel, second / kernel.relative_to(first))
     done = dvc("repro", cwd=second)
-    assert len(ran_stages(done.stdout)) == 6  # no DVC cache in a clone: every stage runs again
+    stages = list(yaml.safe_load((second / "dvc.yaml").read_text())["stages"])
+    assert sorted(ran_stages(done.stdout)) == sorted(stages)  # no DVC cache in a clone: every stage runs again
 
     hashes = out_hashes(first)
     assert len(hashes) >= 10 and out_hashes(second) == hashes
