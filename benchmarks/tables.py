@@ -526,6 +526,70 @@ def _study_steps() -> str:
                   f"{number(steps[2])} steps"], rows)
 
 
+# ------------------------------------------------------------------------------------------ past one machine
+
+def _yes(flag: bool | None) -> str:
+    return "-" if flag is None else ("yes" if flag else "**no**")
+
+
+@renders("scale")
+def _scale() -> str:
+    r = result("scale")
+    small, large = sorted(r["sizes"], key=int)
+    data, m = r["settings"]["data"], r["machine"]
+    rows = []
+    order = ["prepare_data", "pretrain_dictionary", "train_vqvae", "extract_codes", "train_prior", "evaluate"]
+    for stage, v in sorted(r["stages"].items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99):
+        if "failed" in v:
+            rows.append([f"`{stage}`", "failed at " + ", ".join(number(int(n)) for n in v["failed"]), "", "", "",
+                         "", "", ""])
+            continue
+        name, mb = v["peak_processes_mb"][large][0]
+        grown = v["peak_rss_mb"][large] - v["peak_rss_mb"][small]
+        rows.append([f"`{stage}`", number(v["peak_rss_mb"][small]), number(v["peak_rss_mb"][large]),
+                     f"{signed(100 * v['rss_growth'])} ({grown:+,.0f} MB)", _met(v["target_met"]),
+                     number(v["seconds"][small]), number(v["seconds"][large]), f"{name} {number(mb)}"])
+    sizes = " and ".join(f"{number(int(n))} ({number(r['sizes'][n]['train_images'])} / "
+                         f"{number(r['sizes'][n]['test_images'])})" for n in (small, large))
+    text = (f"Generated ImageNet-like folders of {sizes} images (train / test), {data['image_size']}x"
+            f"{data['image_size']}, tiny settings; {m['cpu']}, {m['cpus']} CPUs, commit {r['source']['commit']}"
+            + (f" with {', '.join(r['source']['uncommitted'])} uncommitted" if r["source"]["uncommitted"] else "")
+            + ". Peak RSS (MB): the largest sum over a stage's processes, Ray's included:\n\n"
+            + table(["stage", f"peak RSS, {number(int(small))}", f"peak RSS, {number(int(large))}", "growth",
+                     f"<= {r['growth_target']:.0%}", f"s, {number(int(small))}", f"s, {number(int(large))}",
+                     f"largest process at {number(int(large))} (MB)"], rows))
+    shared = [f"`{stage}` {number(v['peak_rss_kinds_mb'][small]['shared'])} -> "
+              f"{number(v['peak_rss_kinds_mb'][large]['shared'])} MB"
+              for stage, v in r["stages"].items() if "peak_rss_kinds_mb" in v
+              and v["peak_rss_kinds_mb"][large]["shared"] - v["peak_rss_kinds_mb"][small]["shared"] > 50]
+    if shared:
+        text += ("\n\nShared memory at the peak (Ray's object store in /dev/shm, counted in every process that maps "
+                 f"it), {number(int(small))} -> {number(int(large))} images: " + "; ".join(shared) + ".")
+    two = r.get("two_node")
+    if two:
+        kills = ", ".join(f"{stage} at {k['at_s']:.0f} s" for stage, k in two["kills"].items() if k.get("killed"))
+        resumed = two["kills"].get("train_prior", {}).get("resumed_from")
+        if resumed:
+            kills += " (the prior resumed " + ", ".join(f"the {name} map at step {step}" for name, step in resumed) + ")"
+        text += ("\n\n" + table(
+            [f"two nodes on one machine ({number(two['images'])} images; node2 killed: {kills or 'never'})",
+             "measured", ""],
+            [["the pipeline finishes", _yes(two["finished"]), _met(two["finished"])],
+             ["the same code stores as one node", _yes(two["same_codes"]), _met(two["same_codes"])],
+             ["stages that carried on past the lost node", ", ".join(two["resumed_stages"]) or "none", ""]]))
+        text += (f"\n\nExtraction's actors and the prior's workers ({two['prior_workers']}) one a node; stage seconds "
+                 "with the node lost: " + ", ".join(f"{stage} {two['seconds'][stage]:.0f}" for stage in
+                                                   ("extract_codes", "train_prior") if stage in two["seconds"]) + ".")
+    t = r.get("throughput")
+    if t:
+        rows = [[w, "-" if t["extract_images_per_s"][w] is None else number(t["extract_images_per_s"][w], 1),
+                 "-" if t["prior_steps_per_s"][w] is None else number(t["prior_steps_per_s"][w], 2)]
+                for w in sorted(t["extract_images_per_s"], key=int)]
+        text += ("\n\n" + f"On the {t['nodes']}-node cluster, {t['cpus_per_worker']} CPU a worker:\n\n"
+                 + table(["workers", "extraction images/s", "prior training steps/s"], rows))
+    return text
+
+
 # --------------------------------------------------------------------------------------------- main
 
 def stale_in(text: str) -> list[str]:
