@@ -51,6 +51,12 @@ def check_at_least(section: str, key: str, value: object, low: float, kind: type
         raise ValueError(f"{section}.{key} must be {what} >= {low}; got {value!r}")
 
 
+def _in_unit_interval(section: str, key: str, value: object) -> None:
+    """A share in [0, 1): 1 would drop everything."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ValueError(f"{section}.{key} must be a number in [0, 1); got {value!r}")
+
+
 def _in_open_unit(section: str, key: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
         raise ValueError(f"{section}.{key} must be a number in (0, 1); got {value!r}")
@@ -312,16 +318,22 @@ class PriorTrainConfig:
     positions: str = "learned"  # learned: an embedding per code position (training size only) | none: any size
     seed: int = 0
     checkpoint_every: int = 200  # steps between resumable checkpoints
+    class_conditional: bool = False  # condition on the image's class (VQ-VAE-2's ImageNet priors): labelled data only
+    label_dropout: float = 0.1  # class_conditional: share of each batch trained as "no class" (coding, unlabelled use)
+    num_workers: int = 1  # Ray Train workers (DDP); prior.batch_size is split between them (changes the priors)
 
     def __post_init__(self) -> None:
-        for key in ("steps", "batch_size", "channels", "blocks", "res_per_block", "checkpoint_every"):
+        for key in ("steps", "batch_size", "channels", "blocks", "res_per_block", "checkpoint_every", "num_workers"):
             check_at_least("prior", key, getattr(self, key), 1)
         check_at_least("prior", "seed", self.seed, 0)
         check_choice("prior", "positions", self.positions, PRIOR_POSITIONS)
         _positive("prior", "lr", self.lr)
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
-            raise ValueError(f"prior.dropout must be a number in [0, 1); got {self.dropout!r}")
+        for key in ("dropout", "label_dropout"):
+            _in_unit_interval("prior", key, getattr(self, key))
         _types("prior", self)
+        if self.batch_size % self.num_workers:
+            raise ValueError(f"prior.batch_size ({self.batch_size}) must be a multiple of prior.num_workers "
+                             f"({self.num_workers})")
 
 
 @dataclass(frozen=True)

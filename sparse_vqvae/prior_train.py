@@ -8,6 +8,11 @@ device. Every function also takes code maps held in memory (``load_maps`` of a s
 
 A step's rows are drawn from (seed, step) alone (``step_rows``), so a resumed run reads the rows an
 uninterrupted one reads; on one of W data-parallel workers (DDP) worker r takes the r-th W-th of them.
+
+A class-conditional prior (``PriorConfig.classes``; VQ-VAE-2 conditions its ImageNet priors on the class) trains on
+the images' labels, aligned with the store's rows. Label dropout trains a share of each batch as "no class" (drawn
+from (seed, step) after the rows, which therefore do not move), so the same prior also models the codes of an image
+whose class is unknown - what coding uses - and samples unconditionally.
 """
 
 from __future__ import annotations
@@ -60,9 +65,18 @@ def prior_configs(meta: StoreMetadata, **sizes) -> list[PriorConfig]:
     return configs
 
 
+def step_draws(count: int, batch_size: int, seed: int, step: int, label_dropout: float = 0.0
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows (image indices) that training step ``step`` (0-based) reads, and which of them train as "no class"
+    (label dropout): drawn from (seed, step) alone, the rows first, so they are those a prior without classes reads."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    rows = torch.randint(count, (batch_size,), generator=generator)
+    return rows, torch.rand(batch_size, generator=generator) < label_dropout
+
+
 def step_rows(count: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
-    """The rows (image indices) that training step ``step`` (0-based) reads: drawn from (seed, step) alone."""
-    return torch.randint(count, (batch_size,), generator=torch.Generator().manual_seed(seed * 1_000_003 + step))
+    """The rows that training step ``step`` reads (``step_draws``)."""
+    return step_draws(count, batch_size, seed, step)[0]
 
 
 def _inputs(maps: tuple[Codes, ...], level: int, device: torch.device) -> tuple[Codes, Codes | None]:
@@ -76,18 +90,25 @@ def _inputs(maps: tuple[Codes, ...], level: int, device: torch.device) -> tuple[
 
 class PriorLoss(nn.Module):
     """Bits per image [B] of a batch of code maps under ``prior``: the forward pass that DDP wraps (PixelSNAIL's
-    entry point is ``log_prob``, which DDP would not see)."""
+    entry point is ``log_prob``, which DDP would not see). A class-conditional prior takes the images' ``labels``,
+    those marked ``unlabelled`` (label dropout) replaced by its "no class" row."""
 
     def __init__(self, prior: PixelSNAIL) -> None:
         super().__init__()
         self.prior = prior
 
-    def forward(self, codes: Codes, condition: Codes | None = None) -> torch.Tensor:
-        return bits(self.prior.log_prob(codes, condition))
+    def forward(self, codes: Codes, condition: Codes | None = None, labels: torch.Tensor | None = None,
+                unlabelled: torch.Tensor | None = None) -> torch.Tensor:
+        if self.prior.config.classes and labels is None:
+            raise ValueError("this prior is class-conditional: train it on the images' labels")
+        if labels is not None and unlabelled is not None:
+            labels = torch.where(unlabelled, self.prior.no_class(len(labels)), labels)
+        return bits(self.prior.log_prob(codes, condition, labels))
 
 
 def run_prior_training(model: nn.Module, optimizer: torch.optim.Optimizer, codes: CodeSource, level: int, steps: int,
                        *, batch_size: int, seed: int, step: int = 0, rank: int = 0, world_size: int = 1,
+                       labels: torch.Tensor | None = None, label_dropout: float = 0.0,
                        checkpoint_every: int = 200, progress: bool = True,
                        on_metrics: Callable[[int, dict], None] | None = None,
                        on_checkpoint: Callable[[int], None] | None = None) -> dict[str, float]:
@@ -95,20 +116,26 @@ def run_prior_training(model: nn.Module, optimizer: torch.optim.Optimizer, codes
 
     ``model`` is a ``PriorLoss``, or one DDP-wrapped; ``batch_size`` is the global batch, of which this worker
     reads and trains on its share of each step's rows (DDP averages the gradients: the gradient of the whole
-    batch's mean). ``on_metrics(step, {"bits_per_image": the whole batch's mean})`` runs every step, on every
-    worker; ``on_checkpoint(step)`` every ``checkpoint_every`` steps and at the last, on every worker (it may
-    hold collectives). Returns the last step's metrics."""
+    batch's mean). ``labels`` [N]: the images' classes, row by row of ``codes``, for a class-conditional prior; a
+    ``label_dropout`` share of each batch trains as "no class". ``on_metrics(step, {"bits_per_image": the whole
+    batch's mean})`` runs every step, on every worker; ``on_checkpoint(step)`` every ``checkpoint_every`` steps and
+    at the last, on every worker (it may hold collectives). Returns the last step's metrics."""
     if batch_size % world_size:
         raise ValueError(f"prior.batch_size ({batch_size}) must be a multiple of the number of workers ({world_size})")
     source, share = code_source(codes), batch_size // world_size
+    if labels is not None and len(labels) != len(source):
+        raise ValueError(f"{len(labels)} labels for the codes of {len(source)} images: one label an image, in the "
+                         "store's order")
     device = next(model.parameters()).device
     metrics: dict[str, float] = {}
     with tqdm(total=steps, initial=step, desc=f"train prior (map {level})", disable=not progress) as bar:
         while step < steps:
-            rows = step_rows(len(source), batch_size, seed, step)[rank * share : (rank + 1) * share]
+            rows, unlabelled = (draw[rank * share : (rank + 1) * share]
+                                for draw in step_draws(len(source), batch_size, seed, step, label_dropout))
             current, condition = _inputs(source.batch(rows), level, device)
             model.train()
-            loss = model(current, condition).mean()
+            batch_labels = None if labels is None else labels[rows].to(device)
+            loss = model(current, condition, batch_labels, unlabelled.to(device)).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -130,10 +157,12 @@ def run_prior_training(model: nn.Module, optimizer: torch.optim.Optimizer, codes
 def train_prior(prior: PixelSNAIL, maps: CodeSource, level: int, steps: int,
                 batch_size: int = _DEFAULT.batch_size, lr: float = _DEFAULT.lr, seed: int = _DEFAULT.seed, checkpoint_path: str | Path | None = None, fingerprint: str = "",
                 checkpoint_every: int = 200, progress: bool = True,
-                on_metrics: Callable[[int, dict], None] | None = None) -> dict[str, float]:
+                on_metrics: Callable[[int, dict], None] | None = None, labels: torch.Tensor | None = None,
+                label_dropout: float = _DEFAULT.label_dropout) -> dict[str, float]:
     """Maximum likelihood on map ``level`` (0 = top) of a store (or code maps in memory), in this process;
-    resumes from ``checkpoint_path`` when it exists. Returns the last step's figures with the step it started
-    from and the steps it trained."""
+    resumes from ``checkpoint_path`` when it exists. A class-conditional prior takes the images' ``labels``
+    (``run_prior_training``). Returns the last step's figures with the step it started from and the steps it
+    trained."""
     optimizer = torch.optim.Adam(prior.parameters(), lr=lr)
     step = 0
     if checkpoint_path is not None and Path(checkpoint_path).exists():
@@ -150,8 +179,9 @@ def train_prior(prior: PixelSNAIL, maps: CodeSource, level: int, steps: int,
             save_prior(checkpoint_path, prior, optimizer, step, fingerprint)
 
     metrics = run_prior_training(PriorLoss(prior), optimizer, maps, level, steps, batch_size=batch_size, seed=seed,
-                                 step=step, checkpoint_every=checkpoint_every, progress=progress,
-                                 on_metrics=on_metrics, on_checkpoint=save)
+                                 step=step, labels=labels, label_dropout=label_dropout,
+                                 checkpoint_every=checkpoint_every, progress=progress, on_metrics=on_metrics,
+                                 on_checkpoint=save)
     return {**metrics, "start_step": start, "steps_trained": max(steps - start, 0)}
 
 

@@ -32,6 +32,10 @@ def test_committed_params_are_valid_and_typed():
     ("ray", "use_gpu", "maybe", "ray.use_gpu must be one of auto, true, false"),
     ("ray", "address", 5, "ray.address must be a string or null"),
     ("prior", "dropout", 1.5, "prior.dropout must be a number in [0, 1)"),
+    ("prior", "class_conditional", "yes", "prior.class_conditional must be true or false; got 'yes'"),
+    ("prior", "label_dropout", 1, "prior.label_dropout must be a number in [0, 1); got 1"),
+    ("prior", "num_workers", 0, "prior.num_workers must be an integer >= 1; got 0"),
+    ("prior", "num_workers", 3, "prior.batch_size (64) must be a multiple of prior.num_workers (3)"),
 ])
 def test_a_bad_value_names_the_key_and_what_is_allowed(section, key, value, message):
     raw = committed()
