@@ -52,9 +52,11 @@ flow: install
 sweep: install
 	$(PYTHON) -m flows.sweep
 
-# The real CIFAR-10 photographs in ../shared (ImageFolder layout), 2% held out for testing, as a DVC experiment.
+# The real CIFAR-10 photographs in ../shared (ImageFolder layout), 2% held out for testing, as a DVC experiment;
+# its priors are class-conditional (VQ-VAE-2's ImageNet priors are): samples of each class, `sample --class dog`.
 run-cifar10: install
-	dvc exp run -S data.name=imagefolder -S data.root=../shared/data/cifar10-jpeg/train -S data.test_fraction=0.02
+	dvc exp run -S data.name=imagefolder -S data.root=../shared/data/cifar10-jpeg/train -S data.test_fraction=0.02 \
+		-S prior.class_conditional=true
 
 # The photo codec's recipe (issue 12): residual VQ, one /8 map of 10 stages x 1024 entries trained with stage
 # dropout (quality q = the first q stages), on fresh 128x128 crops of ../shared/data/photos (last 9 held out).

@@ -8,7 +8,8 @@ coding, against JPEG and WebP on the same test images, real file sizes, PSNR, SS
 table with every stage's wall time. Where the data is CIFAR-10 (the train_judge stage left a judge), it also
 measures synthesis (tasks/synthesis.py): ``fd_<source>``, ``precision_<source>`` and ``recall_<source>`` for
 real images, reconstructions, factorised samples and PixelSNAIL samples at each temperature, with a titled grid
-of each source.
+of each source. A class-conditional prior draws its samples with the classes spread evenly over them, a class a
+column of the grid, which names them.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from .layout import (EVAL, FREQUENCY_MODEL, JUDGE, MAP_NAMES, TEST_CODES, TEST_I
                      stage_timings)
 from .params import PipelineParams
 from .stage import run_stage
-from .synthesis import TEMPERATURES, measure_model, reference
+from .synthesis import TEMPERATURES, measure_model, reference, spread_labels
 from .train_judge import labelled_cifar10
 from .tracking import StageTracker, log_pipeline_model
 
@@ -136,11 +137,20 @@ def _pictures(model, test_set, priors, params: PipelineParams, device) -> list:
     paths = [save_grid(torch.cat(rows), PICTURES / "reconstructions.png", columns=columns, scale=3)]
 
     maps = sample_maps(priors, params.evaluate.samples, params.evaluate.temperature,
-                       torch.Generator(device=device).manual_seed(params.evaluate.seed))
+                       torch.Generator(device=device).manual_seed(params.evaluate.seed),
+                       labels=spread_labels(priors[0], params.evaluate.samples))
+    columns, classes = _sample_columns(priors[0])
     paths.append(save_grid(model.decode_codes(maps), PICTURES / "samples.png", columns=columns, scale=3,
                            title=f"{params.model.selection_fn} on {params.data.name}: PixelSNAIL samples, "
-                                 f"temperature {params.evaluate.temperature:g}"))
+                                 f"temperature {params.evaluate.temperature:g}{classes}"))
     return paths
+
+
+def _sample_columns(prior) -> tuple[int, str]:
+    """A sample grid's columns and what its title adds: a class-conditional prior's samples (``spread_labels``) a
+    class a column, named in order."""
+    classes = prior.config.classes
+    return (len(classes), f"; columns: {', '.join(classes)}") if classes else (8, "")
 
 
 def _synthesis(model, test_set, priors, pictures: list, params: PipelineParams) -> dict[str, Any]:
@@ -160,9 +170,11 @@ def _synthesis(model, test_set, priors, pictures: list, params: PipelineParams) 
                                    TEMPERATURES, params.evaluate.seed)
     figures = {"real": ref.real, **figures}
     for source, shown in drawn.items():
-        pictures.append(save_grid(shown[: params.evaluate.samples], PICTURES / f"synthesis_{source}.png", columns=8,
-                                  scale=3, title=f"{params.model.selection_fn} on {params.data.name}: {source}, "
-                                                 f"FD {figures[source]['fd']:.1f} (the judge's features, not FID)"))
+        columns, classes = _sample_columns(priors[0]) if source.startswith("pixelsnail") else (8, "")
+        pictures.append(save_grid(shown[: params.evaluate.samples], PICTURES / f"synthesis_{source}.png",
+                                  columns=columns, scale=3,
+                                  title=f"{params.model.selection_fn} on {params.data.name}: {source}, "
+                                        f"FD {figures[source]['fd']:.1f} (the judge's features, not FID){classes}"))
     return {f"{key}_{source}": values[key] for source, values in figures.items() for key in ("fd", "precision", "recall")}
 
 

@@ -6,7 +6,8 @@ sources of images, each measured against the judge's features of held-out real i
 - ``real``: training images, never held out: the floor, what a perfect generator would score;
 - ``reconstruction``: held-out images through the VQ-VAE: what the decoder alone can reach;
 - ``factorised``: codes drawn from the factorised model (no spatial context), decoded: what a prior must beat;
-- ``pixelsnail_t<T>``: codes drawn from the priors at temperature T, decoded.
+- ``pixelsnail_t<T>``: codes drawn from the priors at temperature T, decoded; a class-conditional prior's with the
+  classes spread evenly over the images (``spread_labels``), as real images' are.
 
 Each gets ``fd`` (the Frechet distance on the judge's penultimate features: not FID, the features differ, so it
 compares within the project only), ``precision`` and ``recall`` (Kynkaanniemi et al. 2019, k=3), the judge's own
@@ -64,6 +65,16 @@ def measure(ref: Reference, images: torch.Tensor, bpp: float | None) -> dict:
             **classifier_score(predict_logits(ref.judge, images)), "images": len(images)}
 
 
+def spread_labels(prior: PixelSNAIL, count: int) -> torch.Tensor | None:
+    """Class labels for ``count`` samples of a class-conditional prior, spread evenly over its classes (image i gets
+    class i mod C: a grid of C columns shows a class a column), so the samples mix the classes as the held-out
+    images do; None for an unconditional prior."""
+    classes = prior.config.classes
+    if not classes:
+        return None
+    return torch.arange(count, device=prior.conv_in.weight.device) % len(classes)
+
+
 @torch.no_grad()
 def encode_all(model: VQVAE2, images: torch.Tensor, batch_size: int = 256) -> tuple[Codes, ...]:
     parts = [model.encode(images[i:i + batch_size])[1] for i in range(0, len(images), batch_size)]
@@ -96,9 +107,11 @@ def measure_model(model: VQVAE2, priors: list[PixelSNAIL], frequencies: Frequenc
               "factorised": decode_all(model, frequencies.sample(count, map_sizes, np.random.default_rng(seed)))}
     figures = {"reconstruction": measure(ref, images["reconstruction"], prior_bpp),
                "factorised": measure(ref, images["factorised"], factorised_bpp)}
+    labels = spread_labels(priors[0], count)
     for temperature in temperatures:
         start = time.perf_counter()
-        maps = sample_maps(priors, count, temperature, generator=torch.Generator(device=device).manual_seed(seed))
+        maps = sample_maps(priors, count, temperature, generator=torch.Generator(device=device).manual_seed(seed),
+                           labels=labels)
         name = f"pixelsnail_t{temperature:g}"
         images[name] = decode_all(model, maps)
         figures[name] = {**measure(ref, images[name], prior_bpp),

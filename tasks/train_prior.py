@@ -16,7 +16,11 @@ never interrupted. The run key hashes the prior settings, the VQ-VAE and the lib
 
 With one worker the priors, curves and figures are those of ``train_prior`` in one process, bit for bit (the
 worker computes with the threads this process would use). More workers draw their own dropout masks and sum the
-gradients in another order: the worker count changes the priors, so it is a parameter (``prior_workers``).
+gradients in another order: the worker count changes the priors, so it is a parameter (``prior.num_workers``).
+
+``prior.class_conditional`` conditions both priors on the image's class, as VQ-VAE-2 conditions its ImageNet priors:
+the classes are prepare_data's (the summary's class names, ``<split>_labels.npy`` row by row of the code store), and
+``prior.label_dropout`` of each batch trains as "no class", what coding and the bits per image use.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from sparse_vqvae.atomic import atomic_write
@@ -44,7 +49,7 @@ from sparse_vqvae.prior_train import (PriorLoss, batch_bits, check_resumable, lo
 from sparse_vqvae.provenance import source_fingerprint
 from sparse_vqvae.train import load_checkpoint
 
-from .layout import FREQUENCY_MODEL, MAP_NAMES, PLOTS, PRIORS, TRAIN_CODES, VQVAE, prior_path
+from .layout import DATA_SUMMARY, FREQUENCY_MODEL, MAP_NAMES, PLOTS, PRIORS, TRAIN_CODES, VQVAE, labels_path, prior_path
 from .params import PipelineParams, RaySettings, parse_params, ray_settings
 from .stage import run_stage
 from .tracking import StageTracker
@@ -55,10 +60,22 @@ CURVES = PLOTS / "prior.csv"
 STORE_FILES = ("data.mdb", "manifest.json")
 
 
-def prior_workers(params: PipelineParams) -> int:
-    """The priors' data-parallel workers: ``prior.num_workers`` where the parameters have it, else 1 - not
-    ``ray.num_workers`` (stage 1's): the count changes the priors, and the pipeline's are one worker's."""
-    return getattr(params.prior, "num_workers", 1)
+def training_labels(params: PipelineParams, count: int) -> tuple[np.ndarray, tuple[str, ...]] | None:
+    """The training images' class labels and the class names, for a class-conditional prior (None otherwise): what
+    prepare_data kept, where the source has classes."""
+    if not params.prior.class_conditional:
+        return None
+    path = labels_path("train")
+    classes = json.loads(DATA_SUMMARY.read_text()).get("classes") if DATA_SUMMARY.is_file() else None
+    if not path.is_file() or not classes:
+        raise ValueError(f"prior.class_conditional needs the training images' classes; {path} and the class names in "
+                         f"{DATA_SUMMARY} are missing: data.name {params.data.name!r} has none (labelled sources: "
+                         "cifar10, cifar100, imagefolder, imagenet)")
+    labels = np.load(path)
+    if len(labels) != count:
+        raise ValueError(f"{path} holds {len(labels)} labels for the {count} images of {TRAIN_CODES}: rerun "
+                         "prepare_data and the stages after it")
+    return labels, tuple(classes)
 
 
 def run_key(params: PipelineParams, fingerprint: str) -> str:
@@ -184,10 +201,11 @@ def _train_map(loop: dict[str, Any], store: CodeStore, level: int, config: Any, 
         print(f"checkpoint saved at step {step} (map {name})", flush=True)
 
     model = ray.train.torch.prepare_model(PriorLoss(prior), parallel_strategy_kwargs={"find_unused_parameters": True})
+    labels = torch.as_tensor(loop["labels"]) if loop["labels"] is not None else None
     run_prior_training(model, optimizer, store, level, prior_params.steps, batch_size=prior_params.batch_size,
-                       seed=prior_params.seed + level, step=step, rank=rank, world_size=world_size,
-                       checkpoint_every=prior_params.checkpoint_every, progress=rank == 0, on_metrics=on_metrics,
-                       on_checkpoint=on_checkpoint)
+                       seed=prior_params.seed + level, step=step, rank=rank, world_size=world_size, labels=labels,
+                       label_dropout=prior_params.label_dropout, checkpoint_every=prior_params.checkpoint_every,
+                       progress=rank == 0, on_metrics=on_metrics, on_checkpoint=on_checkpoint)
     if len(set(_gather(_digest(prior), world_size))) > 1:  # DDP keeps them equal; a worker that trained alone would not
         raise RuntimeError(f"the workers' {name} priors differ after training: their gradients were not averaged")
     sums = {}
@@ -234,13 +252,13 @@ def _gather(value: Any, world_size: int) -> list[Any]:
 
 
 def run(params: PipelineParams, tracker: StageTracker, workers: int | None = None) -> dict[str, Any]:
-    """The stage on ``workers`` Ray Train workers (default: ``prior_workers``)."""
+    """The stage on ``workers`` Ray Train workers (default: ``prior.num_workers``)."""
     import ray
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     config = params.prior
-    settings, workers = ray_settings(), workers or prior_workers(params)
+    settings, workers = ray_settings(), workers or config.num_workers
     if config.batch_size % workers:
         raise ValueError(f"prior.batch_size ({config.batch_size}) must be a multiple of the workers ({workers})")
     fingerprint = load_checkpoint(VQVAE).model.fingerprint()
@@ -249,6 +267,9 @@ def run(params: PipelineParams, tracker: StageTracker, workers: int | None = Non
     folder = f"{storage_uri(settings)}/prior/{key}"
     sizes = dict(channels=config.channels, blocks=config.blocks, res_per_block=config.res_per_block,
                  dropout=config.dropout, positions=config.positions)
+    labelled = training_labels(params, len(store))
+    if labelled is not None:
+        sizes["classes"] = labelled[1]
     for level, prior_config in enumerate(prior_configs(store.meta, **sizes)):  # a foreign checkpoint fails here
         data = read_stored(folder, prior_file("", level).name)
         if data is not None:
@@ -266,7 +287,7 @@ def run(params: PipelineParams, tracker: StageTracker, workers: int | None = Non
         use_gpu = wants_gpu(settings, workers)
         loop = {"params": asdict(params), "storage": folder, "fingerprint": fingerprint, "sizes": sizes,
                 "threads": threads, "tracking_uri": tracker.uri, "run_id": tracker.run_id, "live_tracking": live,
-                "figures": figures_name}
+                "figures": figures_name, "labels": labelled[0] if labelled is not None else None}
         trainer = TorchTrainer(
             prior_worker,
             train_loop_config=loop,

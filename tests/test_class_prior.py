@@ -1,13 +1,23 @@
 """Class-conditional priors (issue 30, part 3: `sample --class dog` as VQ-VAE-2 conditions on ImageNet's classes):
-a class embedding in every residual block, one row for "no class" that coding uses."""
+a class embedding in every residual block, one row for "no class" that coding uses; trained on the images' labels
+with label dropout, and wired to prepare_data's labels by the train_prior stage."""
 
 from __future__ import annotations
 
+import copy
+import json
+
+import numpy as np
 import pytest
 import torch
 
 from sparse_vqvae.generation import CompiledBackbone, IncrementalBackbone, generate, sample_maps
-from sparse_vqvae.pixelsnail import PixelSNAIL, PriorConfig
+from sparse_vqvae.pixelsnail import PixelSNAIL, PriorConfig, bits
+from sparse_vqvae.prior_train import PriorLoss, load_prior, run_prior_training, step_draws, step_rows, train_prior
+from tasks.layout import DATA_SUMMARY, labels_path
+from tasks.params import parse_params
+from tasks.synthesis import spread_labels
+from tasks.train_prior import training_labels
 
 from .test_pixelsnail import VARIANTS, random_codes
 
@@ -85,3 +95,117 @@ def test_wrong_classes_and_labels_are_refused_by_name():
     with pytest.raises(ValueError, match="not class-conditional"):
         generate(plain, 1, None, None, labels=torch.tensor([0]))
     assert "classes" not in plain.arguments and class_prior().arguments["classes"] == CLASSES
+
+
+# ------------------------------------------------------------------------------------------ training with labels
+
+def labelled_maps(batch=12):
+    """A top map and a bottom map of ``batch`` images and a class label each."""
+    top, bottom = random_codes("omp", batch=batch, height=2, width=2, seed=7), random_codes("omp", batch=batch, seed=8)
+    return (top, bottom), torch.arange(batch) % len(CLASSES)
+
+
+def changed_class_rows(label_dropout: float, seed: int = 3) -> tuple[set[int], set[int]]:
+    """One SGD step of the top prior on labelled codes: the class embedding's rows it moved, and the rows the
+    step's labels (after label dropout, "no class" = 3) say it should have. The step is checked against one taken
+    by hand on the bits of its rows under their own labels."""
+    maps, labels = labelled_maps()
+    prior = class_prior(height=2, width=2).train()
+    by_hand = copy.deepcopy(prior)
+    before = prior.class_embed.weight.detach().clone()
+    run_prior_training(PriorLoss(prior), torch.optim.SGD(prior.parameters(), lr=0.1), maps, 0, 1, batch_size=6,
+                       seed=seed, labels=labels, label_dropout=label_dropout, progress=False)
+    rows, unlabelled = step_draws(len(labels), 6, seed, 0, label_dropout)
+    optimizer = torch.optim.SGD(by_hand.parameters(), lr=0.1)
+    PriorLoss(by_hand)(maps[0][rows], labels=labels[rows], unlabelled=unlabelled).mean().backward()
+    optimizer.step()
+    for trained, expected in zip(prior.parameters(), by_hand.parameters()):
+        torch.testing.assert_close(trained, expected, rtol=0, atol=0)
+    moved = (prior.class_embed.weight.detach() != before).any(dim=1).nonzero().flatten().tolist()
+    expected = set(labels[rows][~unlabelled].tolist()) | ({len(CLASSES)} if unlabelled.any() else set())
+    return set(moved), expected
+
+
+def test_the_labels_reach_the_loss_and_dropped_ones_train_the_no_class_row():
+    """A step trains each image under its own label and moves exactly the class rows of its images' labels; with
+    label dropout, the dropped images train the "no class" row instead of their own."""
+    moved, expected = changed_class_rows(label_dropout=0.0)
+    assert moved == expected and len(CLASSES) not in moved
+    moved, expected = changed_class_rows(label_dropout=0.5)
+    assert moved == expected and len(CLASSES) in moved
+
+
+def test_the_loss_is_the_bits_of_each_image_under_its_own_class():
+    (top, _), labels = labelled_maps(batch=4)
+    prior = class_prior(height=2, width=2)
+    with torch.no_grad():
+        loss = PriorLoss(prior)(top, labels=labels, unlabelled=torch.tensor([False, True, False, False]))
+        alone = [bits(prior.log_prob(top[i : i + 1], labels=labels[i : i + 1])) for i in (0, 2, 3)]
+        unknown = bits(prior.log_prob(top[1:2]))
+    torch.testing.assert_close(loss, torch.cat([alone[0], unknown, *alone[1:]]))
+
+
+def test_label_dropout_leaves_the_rows_and_drops_a_share_of_every_image():
+    """The rows a step reads do not move with the dropout - they are those priors read before they had classes, so
+    an unconditional prior keeps its bytes - and the dropped images are not always the same ones."""
+    draws = [step_draws(50, 64, 2, step, 0.25) for step in range(40)]
+    for step, (rows, _) in enumerate(draws):
+        before_classes = torch.randint(50, (64,), generator=torch.Generator().manual_seed(2 * 1_000_003 + step))
+        assert torch.equal(rows, before_classes) and torch.equal(rows, step_rows(50, 64, 2, step))
+    dropped = torch.cat([unlabelled for _, unlabelled in draws]).float().mean()
+    assert 0.2 < dropped < 0.3
+    rows = torch.cat([rows for rows, _ in draws])
+    unlabelled = torch.cat([unlabelled for _, unlabelled in draws])
+    assert set(rows[unlabelled].tolist()) & set(rows[~unlabelled].tolist())  # images both kept and dropped
+
+
+def test_a_trained_conditional_prior_samples_each_class(tmp_path):
+    """Top and bottom priors trained one step on labelled codes, saved and loaded, draw images of the classes asked
+    for: the label, not the batch position, decides."""
+    maps, labels = labelled_maps()
+    priors = []
+    for level, prior in enumerate([class_prior(height=2, width=2), class_prior(conditioned=True)]):
+        train_prior(prior, maps, level, 1, batch_size=6, checkpoint_path=tmp_path / f"{level}.pt", labels=labels,
+                    progress=False)
+        priors.append(load_prior(tmp_path / f"{level}.pt").prior.eval())
+    assert priors[1].config.classes == CLASSES
+    asked = priors[0].class_labels(["ship", "cat", "ship", "cat"])
+    drawn = sample_maps(priors, 4, temperature=1e-4, generator=torch.Generator().manual_seed(0), labels=asked)
+    for codes in drawn:
+        assert torch.equal(codes.atoms[0], codes.atoms[2]) and torch.equal(codes.atoms[1], codes.atoms[3])
+    assert not all(torch.equal(codes.atoms[0], codes.atoms[1]) for codes in drawn)
+
+
+def test_training_refuses_missing_or_misaligned_labels():
+    maps, labels = labelled_maps()
+    with pytest.raises(ValueError, match="class-conditional: train it on the images' labels"):
+        train_prior(class_prior(height=2, width=2), maps, 0, 1, batch_size=4, progress=False)
+    with pytest.raises(ValueError, match="11 labels for the codes of 12 images"):
+        train_prior(class_prior(height=2, width=2), maps, 0, 1, batch_size=4, labels=labels[:11], progress=False)
+
+
+def test_samples_for_the_synthesis_measure_spread_over_the_classes():
+    assert spread_labels(class_prior(), 7).tolist() == [0, 1, 2, 0, 1, 2, 0]
+    plain = PixelSNAIL(PriorConfig(**VARIANTS["omp"], height=4, width=4, channels=16, blocks=1, res_per_block=1,
+                                   heads=2))
+    assert spread_labels(plain, 7) is None
+
+
+# ------------------------------------------------------------------------------------------ the pipeline's labels
+
+def test_the_stage_reads_prepare_datas_labels_and_says_where_it_looked(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    plain = parse_params({"prior": {"class_conditional": False}})
+    conditional = parse_params({"prior": {"class_conditional": True}})
+    assert training_labels(plain, 4) is None
+    with pytest.raises(ValueError, match=r"prior.class_conditional needs the training images' classes; "
+                                         r"data/prepared/train_labels.npy and the class names in "
+                                         r"data/prepared/summary.json are missing: data.name 'embedded' has none"):
+        training_labels(conditional, 4)
+    labels_path("train").parent.mkdir(parents=True)
+    np.save(labels_path("train"), np.array([0, 2, 1, 2]))
+    DATA_SUMMARY.write_text(json.dumps({"classes": list(CLASSES)}))
+    labels, classes = training_labels(conditional, 4)
+    assert labels.tolist() == [0, 2, 1, 2] and classes == CLASSES
+    with pytest.raises(ValueError, match="holds 4 labels for the 5 images of codes/train: rerun prepare_data"):
+        training_labels(conditional, 5)
