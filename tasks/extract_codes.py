@@ -1,12 +1,14 @@
 """Stage 4: encode the train and test images with the trained model into LMDB code stores, on Ray Data.
 
-A Ray Data job a split: the driver puts the prepared images into Ray's object store one batch
-(``extract.batch_size`` images) at a time from the memory-mapped .npy, so it never holds more than a batch and
-the workers read no file at the driver's paths; a pool of actors holding the model encodes the batches (GPU
-actors where the cluster has GPUs and the ``use_gpu`` setting allows, CPU actors otherwise); the driver, the
-store's one writer (LMDB has one), writes each batch's records in index order as they come back. Every batch is
-encoded whole, as the in-process extraction (``sparse_vqvae.code_store.extract_codes``) encodes it, and written in
-one transaction as it is: the store's bytes are that extraction's with the same model.
+A Ray Data job a split: the driver puts the prepared .npy into the storage that stage 1's checkpoints use
+(``storage_path``; ``share_files``: a hard link on the same file system, else a streamed copy; removed when the
+split is done), and a pool of actors holding the model (GPU actors where the cluster has GPUs and the ``use_gpu``
+setting allows, CPU actors otherwise) reads from there the rows of the batches it is given (``extract.batch_size``
+images, a range read of the file), two batches at most queued an actor; the driver, the store's one writer (LMDB
+has one), writes each batch's records in index order as they come back. No process holds more than a few batches
+of images, and the workers read no file at the driver's paths. Every batch is encoded whole, as the in-process
+extraction (``sparse_vqvae.code_store.extract_codes``) encodes it, and written in one transaction as it is: the
+store's bytes are that extraction's with the same model.
 
 Where it runs is a setting (``tasks.params.RaySettings``, as stage 1's): a cluster joined by address, or a Ray
 instance of its own on this machine, stopped when the stage ends. On one machine one actor encodes with the
@@ -18,6 +20,10 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,16 +38,38 @@ from .layout import TEST_CODES, TEST_IMAGES, TRAIN_CODES, TRAIN_IMAGES, VQVAE
 from .params import PipelineParams, RaySettings, ray_settings
 from .stage import run_stage
 from .tracking import StageTracker
-from .train_vqvae import connect, wants_gpu
+from .train_vqvae import connect, remove_stored, share_files, storage_uri, wants_gpu
 
 STAGE = "extract_codes"
+BATCHES_AN_ACTOR = 2  # batch numbers given an actor at once (its images are read when it encodes them)
+
+
+@dataclass(frozen=True)
+class StoredImages:
+    """The images of a prepared .npy (``ImageArray``'s format) in storage, read some rows at a time."""
+
+    uri: str  # the file: a path, or an s3://, gs:// URI
+    offset: int  # the first row's byte, past the .npy header
+    shape: tuple[int, ...]  # [N, H, W, 3]
+
+    def rows(self, first: int, last: int) -> np.ndarray:
+        """Images ``first`` to ``last - 1`` (fewer at the end), one range read: memory for those alone."""
+        import pyarrow.fs
+
+        fs, path = pyarrow.fs.FileSystem.from_uri(self.uri)
+        images = np.empty((min(last, self.shape[0]) - first, *self.shape[1:]), dtype=np.uint8)
+        with fs.open_input_file(path) as stream:
+            stream.seek(self.offset + first * images[0].nbytes)
+            if stream.readinto(images) != images.nbytes:
+                raise EOFError(f"{self.uri} ends before image {first + len(images) - 1}")
+        return images
 
 
 class Encoder:
     """A Ray Data actor: the model, loaded once from its checkpoint's bytes; each call encodes whole batches of
-    the images (a row: the batch's number), read from the object store."""
+    the images (a row: the batch's number), read from the storage's copy of the images."""
 
-    def __init__(self, checkpoint, batches: list, threads: int, use_gpu: bool) -> None:
+    def __init__(self, checkpoint, images: StoredImages, batch_size: int, threads: int, use_gpu: bool) -> None:
         import tempfile
 
         import ray
@@ -52,14 +80,12 @@ class Encoder:
         with tempfile.TemporaryDirectory() as scratch:
             (Path(scratch) / "model.pt").write_bytes(data)
             self.model = load_checkpoint(Path(scratch) / "model.pt", self.device).model.eval()
-        self.batches = batches
+        self.images, self.batch_size = images, batch_size
 
     def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import ray
-
         numbers, records, sizes = [], [], []
-        for number in rows["id"].tolist():
-            block = ray.get(self.batches[number]).copy()  # writable: the object store's is not
+        for number in rows["item"].tolist():
+            block = self.images.rows(number * self.batch_size, (number + 1) * self.batch_size)
             images = torch.stack([to_model_range(image) for image in block])  # as the DataLoader collates them
             encoded, map_sizes = encode_images(self.model, images.to(self.device))
             numbers.append(number)
@@ -69,42 +95,55 @@ class Encoder:
                 "sizes": np.array(sizes, dtype=object)}
 
 
+@contextmanager
+def shared_images(images: Path, storage: str) -> Iterator[StoredImages]:
+    """``images`` (a prepared .npy) in a folder of their own in ``storage`` (a path every node sees, or an s3://,
+    gs:// URI) while the block runs; removed after."""
+    header = ImageArray(images).images  # checks the file; its rows' offset and shape (memory-mapped: none read)
+    folder = f"extract-{uuid.uuid4().hex}"
+    share_files([images], f"{storage}/{folder}")
+    try:
+        yield StoredImages(f"{storage}/{folder}/{images.name}", header.offset, header.shape)
+    finally:
+        remove_stored(storage, folder)
+
+
 def extract_on_ray(checkpoint: Path, images: Path, store: Path, batch_size: int, actors: int, threads: int,
-                   use_gpu: bool, cpus: int = 1, progress: bool = True) -> dict[str, float]:
-    """One split's store from ``images`` (a prepared .npy) by ``actors`` Ray Data actors, on the Ray instance this
-    process is connected to (``cpus`` reserved an actor, ``threads`` its torch threads); returns count and
-    images/s."""
+                   use_gpu: bool, storage: str, cpus: int = 1, progress: bool = True) -> dict[str, float]:
+    """One split's store from ``images`` (a prepared .npy, shared through ``storage``) by ``actors`` Ray Data
+    actors, on the Ray instance this process is connected to (``cpus`` reserved an actor, ``threads`` its torch
+    threads); returns count and images/s."""
     import ray
     import ray.data
     from tqdm.auto import tqdm
 
     model = load_checkpoint(checkpoint).model  # the store's metadata: its atoms, levels, fingerprint
-    pixels = ImageArray(images).images  # memory-mapped
     start = time.perf_counter()
-    batches = [ray.put(np.ascontiguousarray(pixels[first : first + batch_size]))
-               for first in range(0, len(pixels), batch_size)]
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # the batches come back in index order
     context.enable_progress_bars = False
-    dataset = ray.data.from_items([{"id": number} for number in range(len(batches))]).map_batches(
-        Encoder, batch_size=1, compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=cpus,
-        num_gpus=1 if use_gpu else 0,
-        fn_constructor_kwargs={"checkpoint": ray.put(checkpoint.read_bytes()), "batches": batches,
-                               "threads": threads, "use_gpu": use_gpu})
-    writer = StoreWriter(model, store)
-    try:
-        expected = 0
-        for row in tqdm(dataset.iter_rows(), total=len(batches), desc=f"extract codes ({images.stem})",
-                        disable=not progress):
-            if row["batch"] != expected:
-                raise RuntimeError(f"Ray Data gave batch {row['batch']} where batch {expected} was due")
-            count, map_sizes = json.loads(row["sizes"])
-            size = len(row["records"]) // count
-            writer.write([row["records"][i * size : (i + 1) * size] for i in range(count)], map_sizes)
-            expected += 1
-    except BaseException:
-        writer.close()
-        raise
+    with shared_images(images, storage) as stored:
+        batches = -(-stored.shape[0] // batch_size)
+        # A block a batch number, made here: no read tasks, which would wait for CPUs the actors hold.
+        dataset = ray.data.from_items(list(range(batches)), override_num_blocks=batches).map_batches(
+            Encoder, batch_size=1, num_cpus=cpus, num_gpus=1 if use_gpu else 0,
+            compute=ray.data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=BATCHES_AN_ACTOR),
+            fn_constructor_kwargs={"checkpoint": ray.put(checkpoint.read_bytes()), "images": stored,
+                                   "batch_size": batch_size, "threads": threads, "use_gpu": use_gpu})
+        writer = StoreWriter(model, store)
+        try:
+            expected = 0
+            for row in tqdm(dataset.iter_rows(), total=batches, desc=f"extract codes ({images.stem})",
+                            disable=not progress):
+                if row["batch"] != expected:
+                    raise RuntimeError(f"Ray Data gave batch {row['batch']} where batch {expected} was due")
+                count, map_sizes = json.loads(row["sizes"])
+                size = len(row["records"]) // count
+                writer.write([row["records"][i * size : (i + 1) * size] for i in range(count)], map_sizes)
+                expected += 1
+        except BaseException:
+            writer.close()
+            raise
     count = writer.finish()
     seconds = time.perf_counter() - start
     return {"images": count, "images_per_s": count / seconds if seconds > 0 else float("inf")}
@@ -133,7 +172,7 @@ def run(params: PipelineParams, tracker: StageTracker) -> dict[str, Any]:
         print(f"[{STAGE}] {actors} {'GPU' if use_gpu else 'CPU'} actor(s), {threads} thread(s) each")
         for split, images, store in (("train", TRAIN_IMAGES, TRAIN_CODES), ("test", TEST_IMAGES, TEST_CODES)):
             stats = extract_on_ray(VQVAE, images, store, params.extract.batch_size, actors, threads, use_gpu,
-                                   settings.cpus_per_worker)
+                                   storage_uri(settings), settings.cpus_per_worker)
             metrics[f"{split}_images"] = stats["images"]
             tracker.timings[f"{split}_images_per_s"] = stats["images_per_s"]
     finally:

@@ -7,10 +7,13 @@ checkpoints; every worker reports to Ray the same number of times.
 
 Where it runs is a setting, not a parameter (``tasks.params.RaySettings``: $SPARSE_VQVAE_RAY_ADDRESS and
 the others), so pointing it at a cluster reruns nothing. Workers read no file at the driver's paths: the
-pretrained model and the prepared images reach them through Ray's object store, the checkpoints through
-the storage that one setting names (``storage_path``: a folder every node sees, or an s3://, gs:// URI;
-by default the project's ``checkpoints/``), and the code, when they join a cluster, as Ray ``py_modules``
-(``ship_code``; or an installed copy on every node).
+pretrained model reaches them through Ray's object store; the prepared images and the checkpoints through the
+storage that one setting names (``storage_path``: a folder every node sees, or an s3://, gs:// URI; by default
+the project's ``checkpoints/``); the code, when they join a cluster, as Ray ``py_modules`` (``ship_code``; or an
+installed copy on every node). The driver puts the prepared arrays into ``<storage>/<run key>/images`` once
+(``share_files``: a hard link on the same file system, else a streamed copy) and removes them when the run has
+finished; each worker memory-maps them there (or, from an s3://, gs:// storage, from its own disk, fetched a
+chunk at a time), so no process holds a split: a batch is read when it is drawn, as in one process.
 
 Resuming: rank 0 writes ``<storage>/<run key>/last.pt`` (atomically) before it reports each checkpoint to
 Ray, and a worker starts from that file when it exists - after Ray restarts failed workers
@@ -95,6 +98,66 @@ def write_stored(uri: str, name: str, data: bytes) -> None:
     fs.move(scratch, f"{base}/{name}")
 
 
+def remove_stored(folder: str, name: str) -> None:
+    """Delete file or folder ``name`` of storage folder ``folder``, if there."""
+    import pyarrow.fs
+
+    fs, base = pyarrow.fs.FileSystem.from_uri(folder)
+    found = fs.get_file_info(f"{base}/{name}").type
+    if found == pyarrow.fs.FileType.Directory:
+        fs.delete_dir(f"{base}/{name}")
+    elif found != pyarrow.fs.FileType.NotFound:
+        fs.delete_file(f"{base}/{name}")
+
+
+SHARED = "shared.json"  # share_files' marker: which files the folder holds, written once they are whole
+
+
+def share_files(paths: list[Path], folder: str) -> None:
+    """Put local files into storage folder ``folder`` for the workers, unless its marker says they are there
+    already (a resumed run copies nothing). Each is a hard link where the storage is this file system (no byte
+    copied: the prepared files are replaced, never rewritten in place), else a streamed copy (pyarrow's, a chunk
+    at a time): no file is read into memory."""
+    import pyarrow.fs
+
+    marker = json.dumps([[path.name, path.stat().st_size, path.stat().st_mtime_ns] for path in paths]).encode()
+    if read_stored(folder, SHARED) == marker:
+        return
+    remove_stored(folder, SHARED)  # until the files are whole again
+    fs, base = pyarrow.fs.FileSystem.from_uri(folder)
+    fs.create_dir(base, recursive=True)
+    for path in paths:
+        if not _hard_link(path, fs, f"{base}/{path.name}"):
+            pyarrow.fs.copy_files(str(path.resolve()), f"{base}/{path.name}", destination_filesystem=fs)
+    write_stored(folder, SHARED, marker)
+
+
+def _hard_link(path: Path, fs: Any, target: str) -> bool:
+    """Link ``path`` at ``target`` where ``fs`` is this machine's file system and the link can be made there."""
+    import pyarrow.fs
+
+    if not isinstance(fs, pyarrow.fs.LocalFileSystem):
+        return False
+    Path(target).unlink(missing_ok=True)
+    try:
+        os.link(path, target)
+    except OSError:  # another device, or a file system without hard links
+        return False
+    return True
+
+
+def stored_file(folder: str, name: str, local: Path) -> Path:
+    """File ``name`` of storage folder ``folder`` at a path of this node: where it is, on a file system this node
+    mounts; else fetched (streamed) into the folder ``local``."""
+    import pyarrow.fs
+
+    fs, base = pyarrow.fs.FileSystem.from_uri(folder)
+    if isinstance(fs, pyarrow.fs.LocalFileSystem):
+        return Path(base) / name
+    pyarrow.fs.copy_files(f"{base}/{name}", str(local / name), source_filesystem=fs)
+    return local / name
+
+
 def stored_step(uri: str) -> int:
     """The step of the run's last checkpoint in storage (0: none)."""
     data = read_stored(uri, "last.pt")
@@ -172,16 +235,15 @@ def train_worker(loop: dict[str, Any]) -> None:
         checkpoint = load_checkpoint(local / "start.pt", device)
         history_data = read_stored(stored, "history.json") if resumed else None
         history = [row for row in json.loads(history_data) if row["step"] <= checkpoint.step] if history_data else []
-        (local / "train.npy").write_bytes(ray.get(loop["train_images"]))
-        if rank == 0:
-            (local / "test.npy").write_bytes(ray.get(loop["test_images"]))
-        _train(loop, params, checkpoint, history, local, rank, world_size, resumed)
+        train = stored_file(loop["images"], TRAIN_IMAGES.name, local)
+        test = stored_file(loop["images"], TEST_IMAGES.name, local) if rank == 0 else None
+        _train(loop, params, checkpoint, history, local, rank, world_size, resumed, train, test)
     finally:
         shutil.rmtree(local, ignore_errors=True)
 
 
 def _train(loop: dict[str, Any], params: PipelineParams, checkpoint: Any, history: list[dict], local: Path,
-           rank: int, world_size: int, resumed: bool) -> None:
+           rank: int, world_size: int, resumed: bool, train: Path, test: Path | None) -> None:
     import ray.train
     import ray.train.torch
 
@@ -220,9 +282,9 @@ def _train(loop: dict[str, Any], params: PipelineParams, checkpoint: Any, histor
         ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(str(folder)))
         shutil.rmtree(folder, ignore_errors=True)
 
-    run_training(wrapped, optimizer, training_images(local / "train.npy", params.data), params.train,
+    run_training(wrapped, optimizer, training_images(train, params.data), params.train,
                  step=checkpoint.step, rank=rank, world_size=world_size,
-                 test_set=ImageArray(local / "test.npy") if rank == 0 else None,
+                 test_set=ImageArray(test) if test is not None else None,
                  progress=rank == 0, on_metrics=on_metrics, on_checkpoint=on_checkpoint)
     if checkpoint.step >= params.train.steps:  # resumed a finished run: report its checkpoint once more
         on_checkpoint(checkpoint.step, checkpoint.epoch)
@@ -240,12 +302,12 @@ def run(params: PipelineParams, tracker: StageTracker) -> dict[str, Any]:
     start_step = stored_step(f"{storage}/{key}")
     print(f"[{STAGE}] run {key}: checkpoints in {storage}/{key}" + (f" (resuming at step {start_step})" if start_step else ""))
     live = live_tracking(tracker.uri, settings)
+    share_files([TRAIN_IMAGES, TEST_IMAGES], f"{storage}/{key}/images")
     connect(settings, workers)
     try:
         loop = {"params": asdict(params), "settings": asdict(settings), "storage": f"{storage}/{key}",
-                "pretrained": ray.put(PRETRAINED.read_bytes()), "train_images": ray.put(TRAIN_IMAGES.read_bytes()),
-                "test_images": ray.put(TEST_IMAGES.read_bytes()), "tracking_uri": tracker.uri,
-                "run_id": tracker.run_id, "live_tracking": live}
+                "pretrained": ray.put(PRETRAINED.read_bytes()), "images": f"{storage}/{key}/images",
+                "tracking_uri": tracker.uri, "run_id": tracker.run_id, "live_tracking": live}
         use_gpu = wants_gpu(settings, workers)
         resources = {"CPU": settings.cpus_per_worker} | ({"GPU": 1} if use_gpu else {})
         trainer = TorchTrainer(
@@ -259,6 +321,7 @@ def run(params: PipelineParams, tracker: StageTracker) -> dict[str, Any]:
         result = trainer.fit()
     finally:
         ray.shutdown()
+    remove_stored(f"{storage}/{key}", "images")  # a finished run's: a failed one keeps them to resume with
     with result.checkpoint.as_directory() as reported:
         with atomic_write(VQVAE) as handle:
             handle.write((Path(reported) / "model.pt").read_bytes())

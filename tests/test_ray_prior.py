@@ -118,11 +118,12 @@ def test_ray_data_extraction_writes_the_store_of_an_in_process_extraction(select
     finally:
         torch.set_num_threads(previous)
     stats = extract_on_ray(root / "models/vqvae/model.pt", root / "data/prepared/train.npy", tmp_path / "on_ray", 8,
-                           actors, threads, use_gpu=False, progress=False)
+                           actors, threads, use_gpu=False, storage=str(tmp_path / "storage"), progress=False)
     assert stats["images"] == 45
     for name in ("data.mdb", "manifest.json"):
         assert (tmp_path / "on_ray" / name).read_bytes() == (tmp_path / "in_process" / name).read_bytes(), name
     assert not (tmp_path / "on_ray.tmp").exists()
+    assert list((tmp_path / "storage").iterdir()) == []  # the images' copy, removed
 
 
 def test_one_ray_worker_trains_the_in_process_priors(tmp_path):

@@ -66,6 +66,10 @@ def test_a_killed_dvc_repro_resumes_from_its_last_checkpoint(pretrained, tmp_pat
     assert len(key_folders) == 1
     killed_at = load_checkpoint(key_folders[0] / "last.pt").step
     assert killed_at >= seen[0] > 0
+    # The workers read the prepared images from the checkpoints' storage, where the driver linked them (no byte
+    # copied, nothing through Ray's object store); kept there for the resume.
+    for name in ("train.npy", "test.npy"):
+        assert (key_folders[0] / "images" / name).stat().st_ino == (root / "data/prepared" / name).stat().st_ino
 
     with_params(root, train={"steps": killed_at + 4})  # the same run, asked to stop sooner: it resumes
     second = processes.start(repro, root, environment())
@@ -75,6 +79,7 @@ def test_a_killed_dvc_repro_resumes_from_its_last_checkpoint(pretrained, tmp_pat
     assert "Running stage 'train_vqvae'" in output and f"starting at step {killed_at}" in output
     assert checkpoint_steps(output)[0] == killed_at + 2
     assert load_checkpoint(root / "models/vqvae/model.pt").step == killed_at + 4
+    assert not (key_folders[0] / "images").exists()  # removed once the run finished
     assert "Data and pipelines are up to date" in dvc("status", "train_vqvae", cwd=root).stdout
 
 
@@ -119,6 +124,7 @@ def test_stage_one_runs_on_a_cluster_joined_by_address(pretrained, tmp_path):
         assert load_checkpoint(root / "models/vqvae/model.pt").step == TINY["train"]["steps"]
         stored = [p for p in shared.iterdir() if (p / "last.pt").is_file()]
         assert len(stored) == 1 and load_checkpoint(stored[0] / "last.pt").step == TINY["train"]["steps"]
+        assert not (stored[0] / "images").exists()  # the images the workers read there, removed at the end
         assert (shared / "ray" / stored[0].name).is_dir()  # Ray Train's own run folder, in the same storage
         assert not (root / "checkpoints").exists()
         # The code reached the node as the job's py_modules, the compiled extensions with it. (The workers import
