@@ -22,6 +22,12 @@ with the sample count is the same for all. Writes ``benchmarks/results/synthesis
 
 A workspace is a folder laid out as the pipeline leaves it: models/vqvae/model.pt, models/prior/top.pt,
 bottom.pt and codec.pt. The judge comes from ``benchmarks/judge_train.py`` (benchmarks/.cache/judge/cifar10.pt).
+
+What holds the samples back (issue 30, part 3): ``--train-tiny`` trains one small VQ-VAE and its code maps, then
+priors of each ``--tiny-prior-steps`` on those same codes (family ``tiny_vanilla_prior<steps>``) and, with
+``--class-conditional``, a class-conditional prior of the steps whose samples scored best
+(``tiny_vanilla_prior<steps>_class``: samples drawn with the classes spread evenly), so the variants differ in the
+prior alone. ``verdict`` says, per family, its best PixelSNAIL FD over factorised's and whether it is <= 0.5x.
 """
 
 from __future__ import annotations
@@ -29,8 +35,9 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -38,7 +45,8 @@ from _results import RESULTS, write_json
 from torch.utils.data import Dataset
 
 from sparse_vqvae.code_store import StoreMetadata
-from sparse_vqvae.config import ModelConfig, TrainConfig
+from sparse_vqvae.codes import Codes
+from sparse_vqvae.config import ModelConfig, PriorTrainConfig, TrainConfig
 from sparse_vqvae.entropy_coding import FrequencyModel
 from sparse_vqvae.judge import Judge, held_out_split, read_image_folder, to_model_range
 from sparse_vqvae.maps import prior_file
@@ -51,6 +59,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "benchmarks" / ".cache"
 CIFAR = ROOT.parent / "shared" / "data" / "cifar10-jpeg" / "train"
 JUDGE = CACHE / "judge" / "cifar10.pt"
+_PRIOR = PriorTrainConfig()  # the priors' training defaults (label dropout)
 
 
 @dataclass(frozen=True)
@@ -79,10 +88,19 @@ class _Uint8Images(Dataset):
         return to_model_range(self.images[index:index + 1])[0]
 
 
-def train_tiny_family(train_images: np.ndarray, folder: Path, vqvae_steps: int, prior_steps: int,
-                      selection_fn: str = "vanilla", batch_size: int = 64, prior_sizes: dict | None = None,
-                      **model_overrides) -> Family:
-    """A small CIFAR-10 family trained with the library (resumes from ``folder``): to exercise the measure."""
+class TinyCodes(NamedTuple):
+    """A small VQ-VAE's codes of its training images: what every prior variant of a tiny family trains on."""
+
+    maps: tuple[Codes, ...]
+    meta: StoreMetadata
+    fingerprint: str
+    trained_by: str
+
+
+def train_tiny_vqvae(train_images: np.ndarray, folder: Path, vqvae_steps: int, selection_fn: str = "vanilla",
+                     batch_size: int = 64, **model_overrides) -> TinyCodes:
+    """A small CIFAR-10 VQ-VAE trained with the library (resumes from ``folder``), its factorised model and its
+    codes of ``train_images``."""
     folder.mkdir(parents=True, exist_ok=True)
     model_config = ModelConfig(**{"selection_fn": selection_fn, "num_atoms": 512, **model_overrides})
     model, _ = train(model_config, TrainConfig(steps=vqvae_steps, batch_size=batch_size, seed=0),
@@ -91,16 +109,75 @@ def train_tiny_family(train_images: np.ndarray, folder: Path, vqvae_steps: int, 
     maps = encode_all(model, to_model_range(train_images))
     meta = StoreMetadata.for_model(model, [list(m.atoms.shape[1:3]) for m in maps])
     FrequencyModel.fit(maps, meta).save(folder / "codec.pt")
-    for level, config in enumerate(prior_configs(meta, **(prior_sizes or {}))):
-        torch.manual_seed(level)
-        prior = PixelSNAIL(config)
-        train_prior(prior, maps, level, prior_steps, batch_size=batch_size, seed=level,
-                    checkpoint_path=prior_file(folder, level), fingerprint=model.fingerprint(), progress=False)
     trained_by = (f"benchmarks/synthesis.py --train-tiny: sparse_vqvae.train.train ({selection_fn}, num_atoms 512, "
-                  f"{vqvae_steps} steps of 64 images) and sparse_vqvae.prior_train.train_prior (defaults, {prior_steps} "
-                  f"steps of 64 per map) on the judge's {len(train_images)} training images; an exercise of the "
-                  "measure, not one of the study's families")
-    return Family(f"tiny_{selection_fn}", folder / "vqvae.pt", folder, folder / "codec.pt", trained_by)
+                  f"{vqvae_steps} steps of {batch_size} images) on the judge's {len(train_images)} training images")
+    return TinyCodes(maps, meta, model.fingerprint(), trained_by)
+
+
+def train_tiny_priors(codes: TinyCodes, folder: Path, steps: int, batch_size: int = 64,
+                      prior_sizes: dict | None = None, labels: np.ndarray | None = None,
+                      classes: tuple[str, ...] = ()) -> str:
+    """The priors of a tiny family's codes in ``folder`` (resumed there), class-conditional where ``classes`` are
+    given (``labels``: the training images' classes, row by row of the codes; the default label dropout). Returns
+    how they were trained."""
+    sizes = {**(prior_sizes or {}), **({"classes": classes} if classes else {})}
+    for level, config in enumerate(prior_configs(codes.meta, **sizes)):
+        torch.manual_seed(level)
+        train_prior(PixelSNAIL(config), codes.maps, level, steps, batch_size=batch_size, seed=level,
+                    checkpoint_path=prior_file(folder, level), fingerprint=codes.fingerprint, progress=False,
+                    labels=torch.as_tensor(labels) if classes else None)
+    conditioned = (f", conditioned on the {len(classes)} classes, label dropout {_PRIOR.label_dropout}" if classes
+                   else "")
+    return (f"sparse_vqvae.prior_train.train_prior (default sizes{conditioned}, {steps} steps of {batch_size} per "
+            "map)")
+
+
+def train_tiny_family(train_images: np.ndarray, folder: Path, vqvae_steps: int, prior_steps: int,
+                      selection_fn: str = "vanilla", batch_size: int = 64, prior_sizes: dict | None = None,
+                      **model_overrides) -> Family:
+    """A small CIFAR-10 family trained with the library (resumes from ``folder``): to exercise the measure."""
+    codes = train_tiny_vqvae(train_images, folder, vqvae_steps, selection_fn, batch_size, **model_overrides)
+    priors = train_tiny_priors(codes, folder, prior_steps, batch_size, prior_sizes)
+    return Family(f"tiny_{selection_fn}", folder / "vqvae.pt", folder, folder / "codec.pt",
+                  f"{codes.trained_by}; {priors}; an exercise of the measure, not one of the study's families")
+
+
+def tiny_variants(train_images: np.ndarray, labels: np.ndarray, classes: tuple[str, ...], folder: Path,
+                  vqvae_steps: int, prior_steps: tuple[int, ...], class_conditional: bool,
+                  measure: Callable[[Family], dict]) -> dict[str, tuple[Family, dict]]:
+    """One tiny VQ-VAE and its codes, priors of each of ``prior_steps`` on them, and (``class_conditional``) a
+    class-conditional prior of the steps whose samples scored best: the families and their figures, by name. Only
+    the prior differs between them, so their FDs say what the prior's training and a class change."""
+    codes = train_tiny_vqvae(train_images, folder, vqvae_steps)
+
+    def variant(name: str, steps: int, classes: tuple[str, ...] = ()) -> tuple[Family, dict]:
+        priors = folder / name
+        how = train_tiny_priors(codes, priors, steps, labels=labels, classes=classes)
+        family = Family(f"tiny_vanilla_{name}", folder / "vqvae.pt", priors, folder / "codec.pt",
+                        f"{codes.trained_by}; {how}; an exercise of the measure, not one of the study's families")
+        return family, measure(family)
+
+    results = {f"tiny_vanilla_prior{steps}": variant(f"prior{steps}", steps) for steps in prior_steps}
+    if class_conditional:
+        best = min(prior_steps, key=lambda steps: best_pixelsnail(results[f"tiny_vanilla_prior{steps}"][1])[1])
+        results[f"tiny_vanilla_prior{best}_class"] = variant(f"prior{best}_class", best, classes)
+    return results
+
+
+def best_pixelsnail(figures: dict) -> tuple[str, float]:
+    """A family's PixelSNAIL source of the lowest FD (the best temperature), and that FD."""
+    source = min((name for name in figures if name.startswith("pixelsnail_")), key=lambda name: figures[name]["fd"])
+    return source, figures[source]["fd"]
+
+
+def verdict(figures: dict, target: float = 0.5) -> dict:
+    """The issue's target for one family: its best PixelSNAIL FD <= ``target`` x the factorised model's. With the
+    reconstructions' FD: what the decoder alone reaches, about the floor of samples from a perfect prior."""
+    source, fd = best_pixelsnail(figures)
+    factorised = figures["factorised"]["fd"]
+    return {"best_source": source, "fd": fd, "factorised_fd": factorised, "ratio": fd / factorised, "target": target,
+            "met": fd / factorised <= target, "reconstruction_fd": figures["reconstruction"]["fd"],
+            "reconstruction_ratio": figures["reconstruction"]["fd"] / factorised}
 
 
 def measure_family(family: Family, ref: Reference, held_out: torch.Tensor, count: int,
@@ -141,7 +218,10 @@ def main(argv: list[str] | None = None) -> dict:
                         help="a family's pipeline workspace (repeatable)")
     parser.add_argument("--train-tiny", action="store_true", help="train a small vanilla family here and measure it")
     parser.add_argument("--tiny-vqvae-steps", type=int, default=600)
-    parser.add_argument("--tiny-prior-steps", type=int, default=400)
+    parser.add_argument("--tiny-prior-steps", default="400",
+                        help="comma-separated: a prior variant of each, on the same VQ-VAE and codes")
+    parser.add_argument("--class-conditional", action="store_true",
+                        help="with --train-tiny: also a class-conditional prior of the best variant's steps")
     parser.add_argument("--judge", default=str(JUDGE))
     parser.add_argument("--root", default=str(CIFAR))
     parser.add_argument("--images", type=int, default=1000, help="images per source")
@@ -163,12 +243,20 @@ def main(argv: list[str] | None = None) -> dict:
     order = np.random.default_rng(0).permutation(len(images))
     held_out = to_model_range(images[order[:args.images]])
 
-    families = [Family.from_workspace(*spec.split("=", 1)) for spec in args.family]
-    if args.train_tiny:
-        families.append(train_tiny_family(images[train_index], CACHE / "synthesis" / f"tiny_vanilla_{args.tiny_vqvae_steps}_{args.tiny_prior_steps}",
-                                          args.tiny_vqvae_steps, args.tiny_prior_steps))
-    if not families:
+    if not args.family and not args.train_tiny:
         parser.error("name a family (--family NAME=WORKSPACE) or --train-tiny")
+
+    def measure(family: Family) -> dict:
+        return measure_family(family, ref, held_out, args.images, temperatures, args.seed)
+
+    measured = {family.name: (family, measure(family))
+                for family in (Family.from_workspace(*spec.split("=", 1)) for spec in args.family)}
+    if args.train_tiny:
+        _, labels, classes = read_image_folder(args.root, cache=CACHE / "cifar10_jpeg.npz")
+        prior_steps = tuple(int(steps) for steps in args.tiny_prior_steps.split(","))
+        measured |= tiny_variants(images[train_index], labels[train_index], classes,
+                                  CACHE / "synthesis" / f"tiny_vanilla_{args.tiny_vqvae_steps}", args.tiny_vqvae_steps,
+                                  prior_steps, args.class_conditional, measure)
     result = {
         "judge_accuracy": judge_payload.get("held_out_accuracy"),
         "judge": {"checkpoint": _shown(args.judge), "feature_dim": ref.judge.feature_dim},
@@ -177,12 +265,17 @@ def main(argv: list[str] | None = None) -> dict:
                     "fd": "Frechet distance on the judge's penultimate features: not FID, comparable within the "
                           "project (same judge) only",
                     "bpp": "bits per pixel of the held-out images' codes under the model that draws the source's codes "
-                           "(priors for reconstruction and pixelsnail; the factorised model for factorised)"},
-        "trained_by": {family.name: family.trained_by for family in families},
-        "cifar10": {family.name: measure_family(family, ref, held_out, args.images, temperatures, args.seed)
-                    for family in families},
+                           "(priors for reconstruction and pixelsnail, a class-conditional one's with no class, as "
+                           "coding has it; the factorised model for factorised)"},
+        "trained_by": {name: family.trained_by for name, (family, _) in measured.items()},
+        "cifar10": {name: figures for name, (_, figures) in measured.items()},
+        "verdict": {name: verdict(figures) for name, (_, figures) in measured.items()},
     }
     write_json(Path(args.output), result)
+    for name, v in result["verdict"].items():
+        print(f"{name}: best {v['best_source']} FD {v['fd']:.1f}, factorised {v['factorised_fd']:.1f}, "
+              f"{v['ratio']:.2f}x ({'met' if v['met'] else 'not met'}: <= {v['target']}x); reconstructions "
+              f"{v['reconstruction_fd']:.1f} ({v['reconstruction_ratio']:.2f}x)")
     return result
 
 
