@@ -1,15 +1,14 @@
 """Stage 4: encode the train and test images with the trained model into LMDB code stores, on Ray Data.
 
-One Ray Data job for both splits: the driver puts each split's prepared .npy into the storage that stage 1's
-checkpoints use (``storage_path``; ``share_files``: a hard link on the same file system, else a streamed copy;
-removed when the job ends), and one pool of actors holding the model (GPU actors where the cluster has GPUs and
-the ``use_gpu`` setting allows, CPU actors otherwise) reads from there the rows of the batches it is given
-(``extract.batch_size`` images, a range read of the file), two batches at most queued an actor; the driver, a
-store's one writer (LMDB has one), writes each batch's records in index order as they come back, the train split's
-store then the test split's. No process holds more than a few batches of images, the actors load the model once,
-and the workers read no file at the driver's paths. Every batch is encoded whole, as the in-process extraction
-(``sparse_vqvae.code_store.extract_codes``) encodes it, and written in one transaction as it is: the stores' bytes
-are that extraction's with the same model.
+A Ray Data job a split: the driver puts the prepared .npy into the storage that stage 1's checkpoints use
+(``storage_path``; ``share_files``: a hard link on the same file system, else a streamed copy; removed when the
+split is done), and a pool of actors holding the model (GPU actors where the cluster has GPUs and the ``use_gpu``
+setting allows, CPU actors otherwise) reads from there the rows of the batches it is given (``extract.batch_size``
+images, a range read of the file), two batches at most queued an actor; the driver, the store's one writer (LMDB
+has one), writes each batch's records in index order as they come back. No process holds more than a few batches
+of images, and the workers read no file at the driver's paths. Every batch is encoded whole, as the in-process
+extraction (``sparse_vqvae.code_store.extract_codes``) encodes it, and written in one transaction as it is: the
+store's bytes are that extraction's with the same model.
 
 Where it runs is a setting (``tasks.params.RaySettings``, as stage 1's): a cluster joined by address, or a Ray
 instance of its own on this machine, stopped when the stage ends. On one machine one actor encodes with the
@@ -23,7 +22,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,10 +66,10 @@ class StoredImages:
 
 
 class Encoder:
-    """A Ray Data actor: the model, loaded once from its checkpoint's bytes; each call encodes whole batches (a row:
-    a split's number in ``images`` and the batch's), read from the storage's copy of that split."""
+    """A Ray Data actor: the model, loaded once from its checkpoint's bytes; each call encodes whole batches of
+    the images (a row: the batch's number), read from the storage's copy of the images."""
 
-    def __init__(self, checkpoint, images: list[StoredImages], batch_size: int, threads: int, use_gpu: bool) -> None:
+    def __init__(self, checkpoint, images: StoredImages, batch_size: int, threads: int, use_gpu: bool) -> None:
         import tempfile
 
         import ray
@@ -84,14 +83,15 @@ class Encoder:
         self.images, self.batch_size = images, batch_size
 
     def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        records, sizes = [], []
-        for split, number in zip(rows["split"].tolist(), rows["batch"].tolist()):
-            block = self.images[split].rows(number * self.batch_size, (number + 1) * self.batch_size)
+        numbers, records, sizes = [], [], []
+        for number in rows["item"].tolist():
+            block = self.images.rows(number * self.batch_size, (number + 1) * self.batch_size)
             images = torch.stack([to_model_range(image) for image in block])  # as the DataLoader collates them
             encoded, map_sizes = encode_images(self.model, images.to(self.device))
+            numbers.append(number)
             records.append(b"".join(encoded))
             sizes.append(json.dumps([len(encoded), map_sizes]))
-        return {"split": rows["split"], "batch": rows["batch"], "records": np.array(records, dtype=object),
+        return {"batch": np.array(numbers, dtype=np.int64), "records": np.array(records, dtype=object),
                 "sizes": np.array(sizes, dtype=object)}
 
 
@@ -108,52 +108,45 @@ def shared_images(images: Path, storage: str) -> Iterator[StoredImages]:
         remove_stored(storage, folder)
 
 
-def extract_on_ray(checkpoint: Path, splits: list[tuple[Path, Path]], batch_size: int, actors: int, threads: int,
-                   use_gpu: bool, storage: str, cpus: int = 1, progress: bool = True) -> list[dict[str, float]]:
-    """Each split's store (``(images, store)``: a prepared .npy, shared through ``storage``, and the store's folder)
-    by one pool of ``actors`` Ray Data actors, on the Ray instance this process is connected to (``cpus`` reserved
-    an actor, ``threads`` its torch threads); returns each split's count and images/s (since the previous split
-    was done)."""
+def extract_on_ray(checkpoint: Path, images: Path, store: Path, batch_size: int, actors: int, threads: int,
+                   use_gpu: bool, storage: str, cpus: int = 1, progress: bool = True) -> dict[str, float]:
+    """One split's store from ``images`` (a prepared .npy, shared through ``storage``) by ``actors`` Ray Data
+    actors, on the Ray instance this process is connected to (``cpus`` reserved an actor, ``threads`` its torch
+    threads); returns count and images/s."""
     import ray
     import ray.data
     from tqdm.auto import tqdm
 
-    model = load_checkpoint(checkpoint).model  # the stores' metadata: its atoms, levels, fingerprint
+    model = load_checkpoint(checkpoint).model  # the store's metadata: its atoms, levels, fingerprint
     start = time.perf_counter()
     context = ray.data.DataContext.get_current()
-    context.execution_options.preserve_order = True  # the batches come back in order
+    context.execution_options.preserve_order = True  # the batches come back in index order
     context.enable_progress_bars = False
-    with ExitStack() as shared:
-        stored = [shared.enter_context(shared_images(images, storage)) for images, _ in splits]
-        batches = [-(-images.shape[0] // batch_size) for images in stored]
-        due = [{"split": split, "batch": number} for split, count in enumerate(batches) for number in range(count)]
-        # A block a batch, made here: no read tasks, which would wait for CPUs the actors hold.
-        dataset = ray.data.from_items(due, override_num_blocks=len(due)).map_batches(
+    with shared_images(images, storage) as stored:
+        batches = -(-stored.shape[0] // batch_size)
+        # A block a batch number, made here: no read tasks, which would wait for CPUs the actors hold.
+        dataset = ray.data.from_items(list(range(batches)), override_num_blocks=batches).map_batches(
             Encoder, batch_size=1, num_cpus=cpus, num_gpus=1 if use_gpu else 0,
             compute=ray.data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=BATCHES_AN_ACTOR),
             fn_constructor_kwargs={"checkpoint": ray.put(checkpoint.read_bytes()), "images": stored,
                                    "batch_size": batch_size, "threads": threads, "use_gpu": use_gpu})
-        stats, writer, since = [], None, start
+        writer = StoreWriter(model, store)
         try:
-            for row, expected in zip(tqdm(dataset.iter_rows(), total=len(due), desc="extract codes",
-                                          disable=not progress), due, strict=True):
-                split, number = int(row["split"]), int(row["batch"])
-                if {"split": split, "batch": number} != expected:
-                    raise RuntimeError(f"Ray Data gave batch {number} of split {split} where {expected} was due")
-                if number == 0:
-                    writer = StoreWriter(model, splits[split][1])
+            expected = 0
+            for row in tqdm(dataset.iter_rows(), total=batches, desc=f"extract codes ({images.stem})",
+                            disable=not progress):
+                if row["batch"] != expected:
+                    raise RuntimeError(f"Ray Data gave batch {row['batch']} where batch {expected} was due")
                 count, map_sizes = json.loads(row["sizes"])
                 size = len(row["records"]) // count
                 writer.write([row["records"][i * size : (i + 1) * size] for i in range(count)], map_sizes)
-                if number == batches[split] - 1:  # the split's store is whole
-                    done, now = writer.finish(), time.perf_counter()
-                    stats.append({"images": done, "images_per_s": done / (now - since)})
-                    writer, since = None, now
+                expected += 1
         except BaseException:
-            if writer is not None:
-                writer.close()
+            writer.close()
             raise
-    return stats
+    count = writer.finish()
+    seconds = time.perf_counter() - start
+    return {"images": count, "images_per_s": count / seconds if seconds > 0 else float("inf")}
 
 
 def placement(settings: RaySettings, workers: int) -> tuple[int, int]:
@@ -177,12 +170,11 @@ def run(params: PipelineParams, tracker: StageTracker) -> dict[str, Any]:
         use_gpu = wants_gpu(settings, actors)
         tracker.timings["gpu_workers"] = int(use_gpu) * actors
         print(f"[{STAGE}] {actors} {'GPU' if use_gpu else 'CPU'} actor(s), {threads} thread(s) each")
-        splits = {"train": (TRAIN_IMAGES, TRAIN_CODES), "test": (TEST_IMAGES, TEST_CODES)}
-        stats = extract_on_ray(VQVAE, list(splits.values()), params.extract.batch_size, actors, threads, use_gpu,
-                               storage_uri(settings), settings.cpus_per_worker)
-        for split, figures in zip(splits, stats):
-            metrics[f"{split}_images"] = figures["images"]
-            tracker.timings[f"{split}_images_per_s"] = figures["images_per_s"]
+        for split, images, store in (("train", TRAIN_IMAGES, TRAIN_CODES), ("test", TEST_IMAGES, TEST_CODES)):
+            stats = extract_on_ray(VQVAE, images, store, params.extract.batch_size, actors, threads, use_gpu,
+                                   storage_uri(settings), settings.cpus_per_worker)
+            metrics[f"{split}_images"] = stats["images"]
+            tracker.timings[f"{split}_images_per_s"] = stats["images_per_s"]
     finally:
         ray.shutdown()
     return metrics

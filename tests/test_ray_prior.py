@@ -101,11 +101,10 @@ def local_ray():
 
 
 @pytest.mark.parametrize("selection_fn, actors, threads", [("lasso", 1, None), ("omp", 2, 1)])
-def test_ray_data_extraction_writes_the_stores_of_an_in_process_extraction(selection_fn, actors, threads, tmp_path,
-                                                                           local_ray):
-    """Byte for byte: records in index order, one transaction a batch, as extract_codes writes them, for both splits
-    in one job (one actor with this process's threads - the stage's choice on one machine; or two actors, whose
-    batches interleave)."""
+def test_ray_data_extraction_writes_the_store_of_an_in_process_extraction(selection_fn, actors, threads, tmp_path,
+                                                                          local_ray):
+    """Byte for byte: records in index order, one transaction a batch, as extract_codes writes them (one actor with
+    this process's threads - the stage's choice on one machine; or two actors, whose batches interleave)."""
     from tasks.extract_codes import extract_on_ray
 
     root = make_workspace(tmp_path / "ws", selection_fn)
@@ -114,21 +113,17 @@ def test_ray_data_extraction_writes_the_stores_of_an_in_process_extraction(selec
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        for split in ("train", "test"):
-            extract_codes(model, ImageArray(root / f"data/prepared/{split}.npy"), tmp_path / "in_process" / split,
-                          batch_size=8, progress=False)
+        extract_codes(model, ImageArray(root / "data/prepared/train.npy"), tmp_path / "in_process", batch_size=8,
+                      progress=False)
     finally:
         torch.set_num_threads(previous)
-    splits = [(root / f"data/prepared/{split}.npy", tmp_path / "on_ray" / split) for split in ("train", "test")]
-    stats = extract_on_ray(root / "models/vqvae/model.pt", splits, 8, actors, threads, use_gpu=False,
-                           storage=str(tmp_path / "storage"), progress=False)
-    assert [s["images"] for s in stats] == [45, 13]
-    for split in ("train", "test"):
-        for name in ("data.mdb", "manifest.json"):
-            on_ray, in_process = (tmp_path / folder / split / name for folder in ("on_ray", "in_process"))
-            assert on_ray.read_bytes() == in_process.read_bytes(), (split, name)
-        assert not (tmp_path / "on_ray" / f"{split}.tmp").exists()
-    assert list((tmp_path / "storage").iterdir()) == []  # the images' copies, removed
+    stats = extract_on_ray(root / "models/vqvae/model.pt", root / "data/prepared/train.npy", tmp_path / "on_ray", 8,
+                           actors, threads, use_gpu=False, storage=str(tmp_path / "storage"), progress=False)
+    assert stats["images"] == 45
+    for name in ("data.mdb", "manifest.json"):
+        assert (tmp_path / "on_ray" / name).read_bytes() == (tmp_path / "in_process" / name).read_bytes(), name
+    assert not (tmp_path / "on_ray.tmp").exists()
+    assert list((tmp_path / "storage").iterdir()) == []  # the images' copy, removed
 
 
 def test_one_ray_worker_trains_the_in_process_priors(tmp_path):
