@@ -53,7 +53,8 @@ from .layout import DATA_SUMMARY, FREQUENCY_MODEL, MAP_NAMES, PLOTS, PRIORS, TRA
 from .params import PipelineParams, RaySettings, parse_params, ray_settings
 from .stage import run_stage
 from .tracking import StageTracker
-from .train_vqvae import connect, live_tracking, read_stored, storage_uri, wants_gpu, write_stored
+from .train_vqvae import (connect, live_tracking, read_stored, remove_stored, storage_uri, wants_gpu,
+                          write_stored)
 
 STAGE = "train_prior"
 CURVES = PLOTS / "prior.csv"
@@ -109,18 +110,6 @@ def share_store(store: CodeStore, folder: str) -> None:
     for name in STORE_FILES:
         pyarrow.fs.copy_files(str((store.path / name).resolve()), f"{base}/{name}", destination_filesystem=fs)
     write_stored(f"{folder}/codes", "copied.json", marker)
-
-
-def remove_stored(folder: str, name: str) -> None:
-    """Delete file or folder ``name`` of storage folder ``folder``, if there."""
-    import pyarrow.fs
-
-    fs, base = pyarrow.fs.FileSystem.from_uri(folder)
-    found = fs.get_file_info(f"{base}/{name}").type
-    if found == pyarrow.fs.FileType.Directory:
-        fs.delete_dir(f"{base}/{name}")
-    elif found != pyarrow.fs.FileType.NotFound:
-        fs.delete_file(f"{base}/{name}")
 
 
 def open_shared_store(folder: str, local: Path, fingerprint: str) -> CodeStore:
