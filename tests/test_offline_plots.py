@@ -1,5 +1,6 @@
 """`dvc plots show` draws the plots dvc.yaml's top-level `plots:` section defines and nothing else, each titled,
-with named axes, and the rate-distortion plot one colour per codec; it renders offline: the page made with the
+with named axes, and the rate-distortion plot one colour per codec, and shows evaluate's picture grids beside
+them; it renders offline: the page made with the
 repo's template (tasks/offline_plots.py) holds Vega, Vega-Lite and Vega-Embed inline and loads no remote script,
 and headless Chromium (Debian's `chromium`, where installed), with every host name unresolvable, draws every
 plot, every series of it, with its title and axis titles."""
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from PIL import Image
 
 from flows.workspace import make_workspace
 from sparse_vqvae.rate_distortion import COLUMNS, write_table
@@ -26,7 +28,9 @@ from tasks.offline_plots import write_template
 from .pipeline_workspace import REPO, dvc
 
 SPEC = yaml.safe_load((REPO / "dvc.yaml").read_text())
-PLOTS = {name: props for entry in SPEC["plots"] for name, props in entry.items()}
+ENTRIES = {name: props for entry in SPEC["plots"] for name, props in entry.items()}
+PLOTS = {name: props for name, props in ENTRIES.items() if props}  # the curves, drawn from CSVs by a template
+PICTURES = [name for name, props in ENTRIES.items() if not props]  # folders of PNGs, shown as they are
 TEMPLATES = REPO / ".dvc/plots"  # where DVC looks for a template that a plot names
 
 
@@ -61,6 +65,8 @@ def test_only_the_top_level_plots_are_plots_and_each_is_labelled():
         assert re.search(r"\((dB|bits per pixel|bits per image|count|mean squared error)\)$", props["y_label"]), name
         assert "<DVC_METRIC_Y_LABEL>" in json.dumps(template(props["template"])), name
     assert set(PLOTS) == {"stage1_loss", "test_psnr", "prior_bits", "rate_distortion", "atom_usage"}
+    outs = {next(iter(o)) if isinstance(o, dict) else o for o in SPEC["stages"]["evaluate"]["outs"]}
+    assert PICTURES == ["eval/pictures"] and set(PICTURES) <= outs  # evaluate's titled grids
 
 
 def test_the_rate_distortion_template_colours_by_the_tables_codec_column(tmp_path):
@@ -102,7 +108,14 @@ def workspace(tmp_path_factory) -> Path:
         for path in props["y"]:
             (root / path).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / path, root / path)
+    for folder in PICTURES:  # grids as evaluate leaves them (a DVC out, so not in git)
+        (root / folder).mkdir(parents=True)
+        for name, colour in GRIDS.items():
+            Image.new("RGB", (24, 16), colour).save(root / folder / name)
     return root
+
+
+GRIDS = {"reconstructions.png": (200, 30, 30), "samples.png": (30, 30, 200)}
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +129,10 @@ def page(workspace) -> Path:
 @pytest.mark.slow  # DVC
 def test_dvc_draws_the_top_level_plots_titled_with_named_axes(workspace):
     shown = json.loads(dvc("plots", "show", "--json", cwd=workspace).stdout)["data"]
-    assert set(shown) == set(PLOTS)
+    pictures = {f"{folder}/{name}" for folder in PICTURES for name in GRIDS}
+    assert set(shown) == set(PLOTS) | pictures
+    for picture in pictures:
+        assert [entry["type"] for entry in shown.pop(picture)] == ["image"], picture
     for name, (rendered,) in shown.items():
         spec = rendered["content"]
         assert spec["title"]["text"] == PLOTS[name]["title"]
@@ -136,6 +152,10 @@ def test_the_page_loads_no_remote_script(page):
     libraries = parser.found[0][1]
     assert "window.vegaEmbed=" in libraries and len(libraries) > 500_000  # the three libraries, inline
     assert embedded(page) == len(PLOTS)  # a div per plot of dvc.yaml's top-level section, no other
+    shown = re.findall(r'<img src="(static/[^"]+)"', html)  # the grids, copied beside the page
+    assert len(shown) == len(GRIDS) * len(PICTURES)
+    for source in shown:
+        assert Image.open(page.parent / source).getpixel((0, 0)) in GRIDS.values(), source
 
 
 def embedded(page: Path) -> int:

@@ -100,6 +100,7 @@ def test_repro_produces_every_out_metric_and_plot(workspace):
         assert "seconds" not in json.loads((workspace / f"metrics/{stage}.json").read_text())
     shown = dvc("plots", "show", "--json", cwd=workspace)
     assert "stage1_loss" in shown.stdout and "atom_usage" in shown.stdout
+    assert "eval/pictures/samples.png" in shown.stdout  # the grids beside the curves
 
 
 @pytest.mark.slow  # DVC, Prefect, Ray, MLflow end to end
