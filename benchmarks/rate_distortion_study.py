@@ -15,6 +15,7 @@ per seed. Two held-out sets: the embedded photographs' test crops, and 1,000 CIF
 
     python benchmarks/rate_distortion_study.py                       # both sets, every family
     python benchmarks/rate_distortion_study.py --sets embedded --doubling-check
+    python benchmarks/rate_distortion_study.py --kept-only --no-mlflow    # trains nothing: the kept points so far
 
 ``--doubling-check`` trains every model of the sets in ``--doubling-sets`` (the embedded set by
 default: all of both sets would not fit a day of this CPU) again with twice the stage-1 steps and no
@@ -38,6 +39,12 @@ images decoded from the priors' codes at temperature 1 (``pixelsnail_t1``), from
 (``factorised``) and of the model's reconstructions of held-out images, against the judge's 5,000
 held-out images (``benchmarks/synthesis.py`` measures the same way).
 
+``--kept-only`` trains nothing: it writes the same JSON and plots from the points kept so far, with
+``"complete": false`` and ``"missing"`` (each model not yet measured: set, family, settings, seed) while some
+are, for a study that outlasts a session. The points' keys name the library they were measured with: it
+is the first of this checkout's library and the library as each commit that changed it left it (newest
+first) whose keys name kept files (``--source`` names it instead).
+
 ``lasso`` is not in the default run: at 3.0-3.5 bpp (study v1: ~3 pairs a position whatever its
 alpha) it shares no rate range with the others; ``--families lasso`` still trains it.
 """
@@ -48,8 +55,13 @@ import argparse
 import fcntl
 import hashlib
 import json
+import io
 import os
+import subprocess
+import tarfile
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -113,9 +125,12 @@ def prepared(cache: Path, name: str, config: DataConfig) -> tuple[ImageArray, Im
     return ImageArray(folder / "train.npy"), ImageArray(folder / "test.npy")
 
 
-def model_key(set_name: str, data: DataConfig, model: ModelConfig, budget: dict[str, Any], seed: int) -> str:
+def model_key(set_name: str, data: DataConfig, model: ModelConfig, budget: dict[str, Any], seed: int,
+              source: str | None = None) -> str:
+    """The model's name in the cache and in ``--points``: a hash of what made it, the library's source (this
+    checkout's unless ``source`` names another) included."""
     settings = json.dumps({"set": set_name, "data": asdict(data), "model": asdict(model), "budget": budget,
-                           "seed": seed, "source": source_fingerprint()}, sort_keys=True)
+                           "seed": seed, "source": source or source_fingerprint()}, sort_keys=True)
     return hashlib.sha256(settings.encode()).hexdigest()[:16]
 
 
@@ -216,17 +231,18 @@ def differing(settings: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in settings.items() if v != defaults.get(k)}
 
 
-def of_seed(points: list[dict], seed: int) -> list[dict]:
-    """A family's points trained with ``seed`` (a family trained with one seed only: its points)."""
+def of_seed(points: list[dict], seed: int, seeded: bool = False) -> list[dict]:
+    """A family's points trained with ``seed`` (a family trained with one seed only: its points; a ``seeded``
+    family without points of ``seed``, its models not measured yet: none)."""
     chosen = [p for p in points if p.get("settings", {}).get("seed", 0) == seed]
-    return chosen or points
+    return chosen or ([] if seeded else points)
 
 
 def compare(families: dict[str, list[dict]], seed: int = 0) -> dict[str, dict[str, float | None]]:
     """BD-rate (percent bits at equal PSNR) of every family against vanilla, rvq and fsq, for both entropy models,
     and BD-PSNR (dB at equal rate) of the factorised files, defined where BD-rate may not be: each family's
     ``seed`` points against the anchors' ``seed`` points."""
-    families = {name: of_seed(points, seed) for name, points in families.items()}
+    families = {name: chosen for name, points in families.items() if (chosen := of_seed(points, seed, name in SEEDED))}
     table: dict[str, dict[str, float | None]] = {}
     for name, points in families.items():
         row: dict[str, float | None] = {}
@@ -322,32 +338,125 @@ def log_to_mlflow(output: Path, pictures: list[Path], summary: dict[str, Any]) -
     return run.info.run_id
 
 
+def study_models(set_names: list[str], families: list[str], seeds: list[int]) -> Iterator[tuple[int, str, str, ModelConfig]]:
+    """(seed, set, family, model) of every model of the study, in the order it trains them: every set's first
+    seed, then the next (the families outside ``SEEDED`` with the first seed only)."""
+    for seed in seeds:
+        for set_name in set_names:
+            for family in families:
+                if seed != seeds[0] and family not in SEEDED:
+                    continue
+                for overrides in FAMILIES[family]:
+                    yield seed, set_name, family, ModelConfig(**overrides)
+
+
 def trained(cache: Path, kept: Path, set_names: list[str], families: list[str], budget: dict[str, Any],
             seeds: list[int], synthesis: Reference | None = None) -> dict[str, dict[str, list[dict]]] | None:
     """Every family's models on every set at ``budget``, trained or read from ``kept`` (None while
     another process still trains some of them): every set's first seed, then the next."""
     results: dict[str, dict[str, list[dict]]] = {name: {} for name in set_names}
     complete = True
-    for seed in seeds:
-        for set_name in set_names:
-            data = SETS[set_name]
-            train_set, test_set = prepared(cache, set_name, data)
-            for family in families:
-                if seed != seeds[0] and family not in SEEDED:
-                    continue
-                for overrides in FAMILIES[family]:
-                    points = train_and_measure(cache, kept, set_name, data, ModelConfig(**overrides), budget, seed,
-                                               train_set, test_set, synthesis if set_name == "cifar10" else None)
-                    if points is None:
-                        complete = False
-                        continue
-                    results[set_name].setdefault(family, []).extend(points)
-                    for point in points:
-                        print(f"{set_name} {family} {differing(point['settings'])} ({budget['steps']} steps): "
-                              f"{point['bpp']:.3f} bpp (payload {point['payload_bpp']:.3f}, "
-                              f"{rate(point['bpp_prior'])} with the priors), {point['psnr']:.2f} dB, "
-                              f"MS-SSIM {point['ms_ssim']:.3f}", flush=True)
+    for seed, set_name, family, config in study_models(set_names, families, seeds):
+        train_set, test_set = prepared(cache, set_name, SETS[set_name])
+        points = train_and_measure(cache, kept, set_name, SETS[set_name], config, budget, seed, train_set, test_set,
+                                   synthesis if set_name == "cifar10" else None)
+        if points is None:
+            complete = False
+            continue
+        results[set_name].setdefault(family, []).extend(points)
+        for point in points:
+            print(f"{set_name} {family} {differing(point['settings'])} ({budget['steps']} steps): "
+                  f"{point['bpp']:.3f} bpp (payload {point['payload_bpp']:.3f}, "
+                  f"{rate(point['bpp_prior'])} with the priors), {point['psnr']:.2f} dB, "
+                  f"MS-SSIM {point['ms_ssim']:.3f}", flush=True)
     return results if complete else None
+
+
+def kept_only(kept: Path, set_names: list[str], families: list[str], budget: dict[str, Any], seeds: list[int],
+              source: str) -> tuple[dict[str, dict[str, list[dict]]], list[dict[str, Any]]]:
+    """The points kept in ``kept`` for every model of the study measured with the library ``source``, and
+    the models not measured yet (set, family, settings, seed): nothing is trained."""
+    results: dict[str, dict[str, list[dict]]] = {name: {} for name in set_names}
+    missing = []
+    for seed, set_name, family, config in study_models(set_names, families, seeds):
+        path = kept / set_name / f"{model_key(set_name, SETS[set_name], config, budget, seed, source)}.json"
+        if path.is_file():
+            results[set_name].setdefault(family, []).extend(json.loads(path.read_text()))
+        else:
+            missing.append({"set": set_name, "family": family, "settings": differing(asdict(config)), "seed": seed})
+    return results, missing
+
+
+def library_sources() -> Iterator[tuple[str, str | None]]:
+    """(fingerprint, commit) of the library: this checkout's (commit None), then as each commit that changed
+    ``sparse_vqvae/`` left it, newest first (read from git; none outside a git checkout)."""
+    yield source_fingerprint(), None
+    log = subprocess.run(["git", "log", "--format=%H", "--", "sparse_vqvae"], cwd=REPO, capture_output=True, text=True)
+    for commit in log.stdout.split():
+        archive = subprocess.run(["git", "archive", commit, "sparse_vqvae"], cwd=REPO, capture_output=True, check=True)
+        with tempfile.TemporaryDirectory() as folder, tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+            tar.extractall(folder, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+            yield source_fingerprint(Path(folder) / "sparse_vqvae"), commit
+
+
+def kept_source(kept: Path, set_names: list[str], families: list[str], budget: dict[str, Any],
+                seeds: list[int]) -> tuple[str, str | None]:
+    """The library the kept points were measured with (fingerprint, the commit that last changed it; None for
+    this checkout's): the first of ``library_sources`` whose keys name kept files of the study."""
+    for fingerprint, commit in library_sources():
+        results, _ = kept_only(kept, set_names, families, budget, seeds, fingerprint)
+        if any(results.values()):
+            return fingerprint, commit
+    raise SystemExit(f"no points in {kept} for this study's models by any library of this checkout's history: "
+                     "name it with --source")
+
+
+def summarised(results: dict[str, dict[str, list[dict]]], budget: dict[str, Any], threads: int | None,
+               seeds: list[int], source: dict[str, Any], missing: list[dict[str, Any]]) -> dict[str, Any]:
+    """The study's summary: BD-rate and BD-PSNR of every family on every set (seed 0, and per seed), the
+    CIFAR-10 samples' table, and which models it is missing (``complete`` when none)."""
+    summary = {"budget": budget, "threads": threads, "seeds": seeds, **source,
+               "complete": not missing, "missing": missing,
+               "bd_rate": {name: compare(families) for name, families in results.items()},
+               "bd_rate_by_seed": {name: {str(seed): compare(families, seed) for seed in seeds}
+                                   for name, families in results.items()}}
+    synthesis = synthesis_table(results.get("cifar10", {}))
+    if synthesis:
+        summary["synthesis_cifar10"] = synthesis
+    return summary
+
+
+def report(output: Path, results: dict[str, dict[str, list[dict]]], summary: dict[str, Any], budget: dict[str, Any],
+           mlflow: bool) -> None:
+    """Write the JSON and the plots, and print each set's points and BD figures (and log it all to MLflow)."""
+    write_json(output, {**results, "summary": summary})
+    partial = "" if summary["complete"] else f" (partial: {len(summary['missing'])} models missing)"
+    pictures = []
+    for set_name, families in results.items():
+        if not families:
+            continue
+        seeds = {p["settings"]["seed"] for pts in families.values() for p in pts}
+        points = [{**p, "codec": family if len(seeds) == 1 else f"{family}, seed {p['settings']['seed']}"}
+                  for family, pts in families.items() for p in pts]
+        pictures.append(plot(points, output.with_name(f"{output.stem}_{set_name}.png"),
+                             f"equal-rate study{partial}: {set_name} held-out images, factorised files"))
+        print(f"\n{set_name}: held-out images, {budget['images']} compressed per model ({budget['prior_images']} "
+              "prior-coded)")
+        header = f"{'family':>10}  {'settings':<60} {'bpp':>6} {'bpp_prior':>9} {'PSNR':>6} {'MS-SSIM':>7}"
+        print(header + "\n" + "-" * len(header))
+        for family, pts in families.items():
+            for p in pts:
+                settings = ", ".join(f"{k}={v}" for k, v in differing(p["settings"]).items() if k != "selection_fn")
+                print(f"{family:>10}  {settings:<60} {p['bpp']:6.3f} {rate(p['bpp_prior']):>9} {p['psnr']:6.2f} "
+                      f"{p['ms_ssim']:7.3f}")
+        for family, row in summary["bd_rate"][set_name].items():
+            shown = ", ".join(f"{k} {v:+.1f}{' dB' if k.endswith('bd_psnr') else '%'}" for k, v in row.items()
+                              if v is not None)
+            print(f"BD {family}: {shown or 'no common range'}")
+    if summary["missing"]:
+        print(f"\nnot measured yet: {len(summary['missing'])} models")
+    if mlflow:
+        print(f"MLflow run {log_to_mlflow(output, pictures, summary)}")
 
 
 def main() -> None:
@@ -375,6 +484,11 @@ def main() -> None:
                         help="also train every model of --doubling-sets with 2x --steps (no priors) and compare "
                              "each family with vanilla and rvq at both budgets")
     parser.add_argument("--doubling-sets", default="embedded", help="comma-separated: the sets the check trains again")
+    parser.add_argument("--kept-only", action="store_true",
+                        help="train nothing: write the JSON and plots from the points kept in --points so far, "
+                             "listing the models not measured yet")
+    parser.add_argument("--source", help="with --kept-only: the library fingerprint the kept points were measured "
+                                         "with (default: found from their keys)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     budget = {"pretrain_steps": args.pretrain_steps, "steps": args.steps, "prior_steps": args.prior_steps, "images": args.images,
@@ -384,6 +498,22 @@ def main() -> None:
     unknown = sorted(set(families) - set(FAMILIES))
     if unknown:
         parser.error(f"--families: unknown {', '.join(unknown)}; choose from {', '.join(FAMILIES)}")
+    if args.kept_only:
+        set_names = args.sets.split(",")
+        if args.source:
+            fingerprint, commit = args.source, None
+            known = "named with --source"
+        else:
+            fingerprint, commit = kept_source(args.points, set_names, families, budget, seeds)
+            known = ("the kept points' keys (settings, budget, data and library source) are this checkout's library's"
+                     if commit is None else
+                     f"the kept points' keys (settings, budget, data and library source) are the library's as commit "
+                     f"{commit[:7]} left it")
+        results, missing = kept_only(args.points, set_names, families, budget, seeds, fingerprint)
+        source = {"source": fingerprint, "source_commit": commit, "source_known_from": known}
+        report(args.output, results, summarised(results, budget, None, seeds, source, missing), budget,
+               not args.no_mlflow)
+        return
     synthesis = None
     if "cifar10" in args.sets.split(",") and budget["prior_steps"]:
         if not args.judge.is_file():
@@ -399,12 +529,8 @@ def main() -> None:
         print("Some models are being trained by another process: rerun when it finishes to write the results.")
         return
 
-    summary = {"budget": budget, "threads": args.threads, "seeds": seeds, "source": source_fingerprint(),
-               "bd_rate": {name: compare(families) for name, families in results.items()},
-               "bd_rate_by_seed": {name: {str(seed): compare(families, seed) for seed in seeds}
-                                   for name, families in results.items()}}
-    if "cifar10" in results:
-        summary["synthesis_cifar10"] = synthesis_table(results["cifar10"])
+    source = {"source": source_fingerprint(), "source_commit": None, "source_known_from": "the library this run imported"}
+    summary = summarised(results, budget, args.threads, seeds, source, [])
     if args.doubling_check:
         summary["doubling_check"] = {}
         for set_name, long in doubled.items():
@@ -415,27 +541,7 @@ def main() -> None:
             for name, comparison in check["comparisons"].items():
                 shown = {True: "better", False: "worse", None: "no common range"}
                 print(f"  {name}: {' -> '.join(shown[v] for v in comparison['better'])}")
-    output = args.output
-    write_json(output, {**results, "summary": summary})
-    pictures = []
-    for set_name, families in results.items():
-        points = [{**p, "codec": family} for family, pts in families.items() for p in pts]
-        pictures.append(plot(points, output.with_name(f"{output.stem}_{set_name}.png"),
-                             f"equal-rate study: {set_name} held-out images, factorised files"))
-        print(f"\n{set_name}: held-out images, {args.images} compressed per model ({args.prior_images} prior-coded)")
-        header = f"{'family':>8}  {'settings':<60} {'bpp':>6} {'bpp_prior':>9} {'PSNR':>6} {'MS-SSIM':>7}"
-        print(header + "\n" + "-" * len(header))
-        for family, pts in families.items():
-            for p in pts:
-                settings = ", ".join(f"{k}={v}" for k, v in differing(p["settings"]).items() if k != "selection_fn")
-                print(f"{family:>8}  {settings:<60} {p['bpp']:6.3f} {rate(p['bpp_prior']):>9} {p['psnr']:6.2f} "
-                      f"{p['ms_ssim']:7.3f}")
-        for family, row in summary["bd_rate"][set_name].items():
-            shown = ", ".join(f"{k} {v:+.1f}{' dB' if k.endswith('bd_psnr') else '%'}" for k, v in row.items()
-                              if v is not None)
-            print(f"BD {family}: {shown or 'no common range'}")
-    if not args.no_mlflow:
-        print(f"MLflow run {log_to_mlflow(output, pictures, summary)}")
+    report(args.output, results, summary, budget, not args.no_mlflow)
 
 
 if __name__ == "__main__":
