@@ -430,7 +430,7 @@ def report(output: Path, results: dict[str, dict[str, list[dict]]], summary: dic
            mlflow: bool) -> None:
     """Write the JSON and the plots, and print each set's points and BD figures (and log it all to MLflow)."""
     write_json(output, {**results, "summary": summary})
-    partial = "" if summary["complete"] else f" (partial: {len(summary['missing'])} models missing)"
+    partial = "" if summary["complete"] else f"\npartial: {len(summary['missing'])} models not measured yet"
     pictures = []
     for set_name, families in results.items():
         if not families:
@@ -439,7 +439,7 @@ def report(output: Path, results: dict[str, dict[str, list[dict]]], summary: dic
         points = [{**p, "codec": family if len(seeds) == 1 else f"{family}, seed {p['settings']['seed']}"}
                   for family, pts in families.items() for p in pts]
         pictures.append(plot(points, output.with_name(f"{output.stem}_{set_name}.png"),
-                             f"equal-rate study{partial}: {set_name} held-out images, factorised files"))
+                             f"equal-rate study, {set_name}: factorised files{partial}"))
         print(f"\n{set_name}: held-out images, {budget['images']} compressed per model ({budget['prior_images']} "
               "prior-coded)")
         header = f"{'family':>10}  {'settings':<60} {'bpp':>6} {'bpp_prior':>9} {'PSNR':>6} {'MS-SSIM':>7}"

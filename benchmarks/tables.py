@@ -397,9 +397,6 @@ for _name, _path, _fmt in [
     ("photo_bd_psnr_vs_webp", lambda: _photo_set("photos")["summary"]["bd_rate_psnr_vs_webp"], signed),
     ("photo_images", lambda: len(_photo_set("photos")["images"]), str),
     ("photo_saturation_db", lambda: _photo_set("photos")["ours"][-1]["psnr"], lambda x: f"{x:.1f} dB"),
-    ("study_omp_vs_vanilla_embedded", lambda: _bd("embedded", "omp")["vs_vanilla"], signed),
-    ("study_omp_vs_rvq_embedded", lambda: _bd("embedded", "omp")["vs_rvq"], signed),
-    ("study_omp_vs_rvq_cifar10", lambda: _bd("cifar10", "omp")["vs_rvq"], signed),
 ]:
     RENDERERS[_name] = _fig(_path, _fmt)
 
@@ -508,16 +505,22 @@ for _name, _path, _fmt in [
 
 # ---------------------------------------------------------------------------------------- the study
 
-FAMILIES = ("vanilla", "rvq", "fsq", "omp", "lasso")  # the order of the rows; a study may hold fewer
+FAMILIES = ("vanilla", "rvq", "fsq", "qmp", "qmp_lambda", "omp", "lasso")  # the order of the rows; a study may hold fewer
+STUDY_SETS = ("embedded", "cifar10")
 
 
-def _bd(set_name: str, family: str) -> dict:
-    return result("rate_distortion_study")["summary"]["bd_rate"][set_name][family]
+def _study() -> dict[str, Any]:
+    """The study (v2) as benchmarks/rate_distortion_study.py wrote it, finished or not (``--kept-only``)."""
+    return result("rate_distortion_study")
+
+
+def _v1() -> dict[str, Any]:
+    """Study v1 (vanilla, rvq, omp, lasso; library c32113ab4f938e55), kept for the verdict the README quotes."""
+    return result("rate_distortion_study_v1")
 
 
 def model_label(family: str, s: dict) -> str:
-    """A study point's settings in words. Results written before the renames spell rvq's stage count
-    ``n_nonzero`` and the LASSO ``fista``."""
+    """A study point's model in words. Results written before the renames spell rvq's stage count ``n_nonzero``."""
     if family == "vanilla":
         return f"{s['num_atoms']} entries"
     if family == "fsq":
@@ -525,73 +528,129 @@ def model_label(family: str, s: dict) -> str:
     if family == "rvq":
         stages = s.get("stages", s["n_nonzero"])
         return f"{stages} stage{'s' if stages > 1 else ''} x {s['num_atoms']}"
+    if family == "qmp":
+        return f"K={s['n_nonzero']}, N={s['num_atoms']}, {s['coef_levels']} values a rank"
+    if family == "qmp_lambda":
+        return f"K<={s['n_nonzero']}, N={s['num_atoms']}, {s['coef_levels']} values a rank, quality {s['quality']}"
     levels = f"{s['coef_levels']} {s['coef_quantizer']} levels"
     if family == "omp":
         return f"K={s['n_nonzero']}, N={s['num_atoms']}, {levels}"
     return f"alpha {s['alpha']}, <= {s['max_nonzero']} atoms, N={s['num_atoms']}, {levels}"
 
 
-def _points(set_name: str) -> str:
-    study = result("rate_distortion_study")
-    rows = [[family, model_label(family, p["settings"]), f"{p['bpp']:.3f}",
-             "-" if p["bpp_prior"] is None else f"{p['bpp_prior']:.3f}", f"{p['psnr']:.2f}", f"{p['ms_ssim']:.3f}"]
-            for family in FAMILIES for p in study[set_name].get(family, [])]
-    return table(["family", "model", "bpp, factorised", "bpp, priors", "PSNR (dB)", "MS-SSIM"], rows)
+def _model(point: dict) -> str:
+    """The model a point was measured on (a rate-controlled model's qualities share one)."""
+    return json.dumps({k: v for k, v in point["settings"].items() if k != "quality"}, sort_keys=True)
 
 
-def _bd_table(set_name: str) -> str:
-    rows = []
-    summary = result("rate_distortion_study")["summary"]["bd_rate"][set_name]
-    for family in (f for f in FAMILIES if f in summary):
-        b = summary[family]
-        rows.append([family, *(signed(b.get(f"vs_{anchor}{suffix}"), **kw)
-                               for anchor in ("vanilla", "rvq")
-                               for suffix, kw in (("", {}), ("_prior", {}), ("_bd_psnr", {"digits": 2, "unit": " dB"}))
-                               )])
-    return table(["family", "vs vanilla, BD-rate", "with priors", "BD-PSNR", "vs rvq, BD-rate", "with priors",
-                  "BD-PSNR"], rows)
+def _rows_of(study: dict, set_name: str) -> list[tuple[str, dict]]:
+    """(family, point) of a set, family by family, seed by seed."""
+    return [(family, p) for family in FAMILIES
+            for p in sorted(study.get(set_name, {}).get(family, []), key=lambda p: p["settings"]["seed"])]
 
 
-for _set in ("embedded", "cifar10"):
-    RENDERERS[f"study_points_{_set}"] = (lambda s: lambda: _points(s))(_set)
-    RENDERERS[f"study_bd_{_set}"] = (lambda s: lambda: _bd_table(s))(_set)
+def _rate(bpp: float | None) -> str:
+    return "-" if bpp is None else f"{bpp:.3f}"
+
+
+def _study_points(set_name: str) -> str:
+    rows = [[family, model_label(family, p["settings"]), str(p["settings"]["seed"]), _rate(p["bpp"]),
+             _rate(p["payload_bpp"]), _rate(p["bpp_prior"]), f"{p['psnr']:.2f}", f"{p['ms_ssim']:.3f}"]
+            for family, p in _rows_of(_study(), set_name)]
+    if not rows:
+        return "Not measured yet."
+    return table(["family", "model", "seed", "bpp (file)", "payload bpp", "bpp with priors", "PSNR (dB)", "MS-SSIM"],
+                 rows)
+
+
+def _study_bd(set_name: str) -> str:
+    """BD-rate and BD-PSNR against vanilla and rvq, one table a seed with points."""
+    study = _study()
+    seeds = sorted({p["settings"]["seed"] for _, p in _rows_of(study, set_name)})
+    tables = []
+    for seed in seeds:
+        bd = study["summary"]["bd_rate_by_seed"][set_name][str(seed)]
+        rows = [[family, *(signed(bd[family].get(f"vs_{anchor}{suffix}"), **kw) for anchor in ("vanilla", "rvq")
+                           for suffix, kw in (("", {}), ("_prior", {}), ("_bd_psnr", {"digits": 2, "unit": " dB"})))]
+                for family in FAMILIES if family in bd]
+        tables.append(f"Seed {seed}:\n\n" + table(["family", "vs vanilla, BD-rate", "with priors", "BD-PSNR",
+                                                  "vs rvq, BD-rate", "with priors", "BD-PSNR"], rows))
+    return "\n\n".join(tables) or "Not measured yet."
+
+
+for _set in STUDY_SETS:
+    RENDERERS[f"study_points_{_set}"] = (lambda s: lambda: _study_points(s))(_set)
+    RENDERERS[f"study_bd_{_set}"] = (lambda s: lambda: _study_bd(s))(_set)
+
+
+@renders("study_status")
+def _study_status() -> str:
+    """How complete the study is: per set and seed, the models measured and those still missing."""
+    study = _study()
+    summary = study["summary"]
+    parts = []
+    for set_name in STUDY_SETS:
+        for seed in summary["seeds"]:
+            measured = {_model(p) for _, p in _rows_of(study, set_name) if p["settings"]["seed"] == seed}
+            missing = [m for m in summary.get("missing", []) if m["set"] == set_name and m["seed"] == seed]
+            total = len(measured) + len(missing)
+            if not missing:
+                parts.append(f"{set_name} seed {seed}: all {total} models")
+            elif not measured:
+                parts.append(f"{set_name} seed {seed}: none of {total}")
+            else:
+                families = [m["family"] for m in missing]
+                counts = ", ".join(f"{families.count(f)} {f}" for f in FAMILIES if f in families)
+                parts.append(f"{set_name} seed {seed}: {len(measured)} of {total} (missing {counts})")
+    state = "complete" if summary.get("complete", True) else "partial"
+    return f"**{state}**, models measured: " + "; ".join(parts)
+
+
+@renders("study_source")
+def _study_source() -> str:
+    summary = _study()["summary"]
+    commit = summary.get("source_commit")
+    hours = {}
+    for set_name in STUDY_SETS:
+        models: dict[str, float] = {}
+        for _, p in _rows_of(_study(), set_name):  # a model's points carry its seconds so far: the last is its own
+            models[_model(p)] = max(models.get(_model(p), 0.0), p["seconds"])
+        if models:
+            hours[set_name] = f"{sum(models.values()) / 3600:.1f} for the {len(models)} models of {set_name}"
+    return (f"library source `{summary['source']}`" + (f" (as commit {commit[:7]} left it)" if commit else "")
+            + f"; CPU-hours (one thread a model, each model's training and measuring): "
+            + (", ".join(hours.values()) or "none yet"))
 
 
 @renders("study_budget")
 def _study_budget() -> str:
-    b = result("rate_distortion_study")["summary"]["budget"]
+    b = _study()["summary"]["budget"]
     return (f"{b['pretrain_steps']} pretraining steps, {number(b['steps'])} stage-1 steps, {b['prior_steps']} steps "
             f"a prior; {b['images']} held-out images a set coded with the factorised model, {b['prior_images']} of "
             f"them with the priors")
 
 
-@renders("study_cost")
-def _study_cost() -> str:
-    study = result("rate_distortion_study")
-    check = study["summary"]["doubling_check"]["embedded"]
-
-    def hours(points: dict[str, list[dict]]) -> str:
-        return f"{sum(p['seconds'] for ps in points.values() for p in ps) / 3600:.1f}"
-
-    sets = ", ".join(f"{hours(study[name])} for the {sum(map(len, study[name].values()))} models of {name}"
-                     for name in ("embedded", "cifar10"))
-    return (f"CPU-hours (one thread a model, the models' own training and measuring times): {sets}, "
-            f"{hours(check['points_at_double'])} for the doubling check; library source "
-            f"`{study['summary']['source']}`")
-
-
-@renders("study_verdicts_unchanged")
-def _study_verdicts_unchanged() -> str:
-    check = result("rate_distortion_study")["summary"]["doubling_check"]["embedded"]
-    if check["unchanged"] and not check["undetermined"]:
-        return "no verdict flips"
-    return f"verdicts flip or are undetermined ({', '.join(check['undetermined']) or 'see the table'})"
+@renders("study_synthesis")
+def _study_synthesis() -> str:
+    """The CIFAR-10 models' samples at temperature 1 beside the bits of their codes under the priors that drew them."""
+    synthesis = _study()["summary"].get("synthesis_cifar10")
+    if not synthesis:
+        return "Not measured yet: it comes with the CIFAR-10 models."
+    rows = [[family, model_label(family, {**r["settings"], "quality": "-"}), str(r["seed"]), _rate(r["bpp_prior"]),
+             f"{r['fd']:.1f}", f"{r['precision']:.2f}", f"{r['recall']:.2f}", f"{r['fd_factorised']:.1f}",
+             f"{r['fd_reconstruction']:.1f}"]
+            for family in FAMILIES for r in synthesis.get(family, [])]
+    return table(["family", "model", "seed", "bpp with priors", "FD, priors' samples", "precision", "recall",
+                  "FD, factorised samples", "FD, reconstructions"], rows)
 
 
 @renders("study_doubling")
 def _study_doubling() -> str:
-    study = result("rate_distortion_study")
-    check = study["summary"]["doubling_check"]["embedded"]
+    """Every family against vanilla and rvq at the study's budget and at twice its stage-1 steps, where run."""
+    study = _study()
+    check = study["summary"].get("doubling_check", {}).get("embedded")
+    if check is None:
+        return "Not yet run for this study (`--doubling-check`)."
     steps = study["summary"]["budget"]["steps"]
     rows = []
     for name, c in sorted(check["comparisons"].items()):
@@ -600,32 +659,55 @@ def _study_doubling() -> str:
         rates = " / ".join(signed(bd.get(f"vs_{anchor}")) for bd in c["bd"])
         psnrs = " / ".join(signed(bd.get(f"vs_{anchor}_bd_psnr"), 2, " dB") for bd in c["bd"])
         rows.append([name, verdicts, rates, psnrs])
-    return table(["comparison (embedded)", f"verdict at {number(steps)} / {number(2 * steps)} steps",
-                  "BD-rate, factorised", "BD-PSNR"], rows)
+    flips = "no verdict flips" if check["unchanged"] and not check["undetermined"] else "verdicts flip or are undetermined"
+    return f"{flips}:\n\n" + table(["comparison (embedded)", f"verdict at {number(steps)} / {number(2 * steps)} steps",
+                                    "BD-rate, factorised", "BD-PSNR"], rows)
 
 
-@renders("study_steps")
-def _study_steps() -> str:
-    """Every embedded model's rate and PSNR at the three budgets measured: the earlier 300-step study (another
-    code: rate_distortion_doubling.json), this study, and its doubling check."""
-    study = result("rate_distortion_study")
-    earlier = result("rate_distortion_doubling")
-    steps = [earlier["summary"]["budget"]["steps"], study["summary"]["budget"]["steps"]]
-    steps.append(2 * steps[1])
+def _psnr_by_model(family: str, set_name: str = "embedded", seed: int = 0) -> str:
+    """A family's PSNR model by model, in words: 'K=1 26.59, K=2 26.75 dB'."""
+    points = [p for f, p in _rows_of(_study(), set_name) if f == family and p["settings"]["seed"] == seed]
+    words = {"qmp": lambda s: f"K={s['n_nonzero']}", "rvq": lambda s: f"{s['stages']} stage{'s' if s['stages'] > 1 else ''}"}
+    return ", ".join(f"{words[family](p['settings'])} {p['psnr']:.2f}" for p in points) + " dB"
 
-    def by_label(points: dict[str, list[dict]]) -> dict[tuple[str, str], dict]:
-        return {(f, model_label(f, p["settings"])): p for f, ps in points.items() for p in ps}
 
-    columns = [by_label(earlier["embedded"]), by_label(study["embedded"]),
-               by_label(study["summary"]["doubling_check"]["embedded"]["points_at_double"])]
-    rows = []
-    for family in FAMILIES:
-        for p in study["embedded"].get(family, []):
-            key = (family, model_label(family, p["settings"]))
-            cells = [f"{c[key]['bpp']:.3f}, {c[key]['psnr']:.2f}" if key in c else "-" for c in columns]
-            rows.append([family, key[1], *cells])
-    return table(["family", "model", f"{steps[0]} steps (earlier code)", f"{number(steps[1])} steps",
-                  f"{number(steps[2])} steps"], rows)
+def _point(family: str, **settings: Any) -> str:
+    """The embedded seed-0 point of ``family`` with ``settings``: '2.620 bpp, 26.75 dB'."""
+    p = next(p for f, p in _rows_of(_study(), "embedded") if f == family and p["settings"]["seed"] == 0
+             and all(p["settings"][k] == v for k, v in settings.items()))
+    return f"{p['bpp']:.3f} bpp, {p['psnr']:.2f} dB"
+
+
+def _bd_seed0(family: str, key: str) -> float | None:
+    return _study()["summary"]["bd_rate_by_seed"]["embedded"]["0"].get(family, {}).get(key)
+
+
+def _v1_bd(set_name: str, family: str) -> dict:
+    return _v1()["summary"]["bd_rate"][set_name][family]
+
+
+def _v1_lasso_rates() -> str:
+    rates = [p["bpp"] for set_name in STUDY_SETS for p in _v1()[set_name]["lasso"]]
+    return f"{min(rates):.1f}-{max(rates):.1f} bpp"
+
+
+RENDERERS.update({
+    "study_qmp_psnr_by_k": lambda: _psnr_by_model("qmp"),
+    "study_rvq_psnr_by_stages": lambda: _psnr_by_model("rvq"),
+    "study_qmp_k4": lambda: _point("qmp", n_nonzero=4),
+    "study_qmp_lambda_top": lambda: _point("qmp_lambda", quality=10),
+    "study_qmp_lambda_bottom": lambda: _point("qmp_lambda", quality=1),
+    "study_omp_k1": lambda: _point("omp", n_nonzero=1, num_atoms=256),
+    "study_vanilla_256": lambda: _point("vanilla", num_atoms=256),
+    **{f"study_{family}_vs_{anchor}": (lambda f, a: lambda: signed(_bd_seed0(f, f"vs_{a}")))(family, anchor)
+       for family, anchor in (("rvq", "vanilla"), ("fsq", "vanilla"), ("qmp", "vanilla"), ("qmp", "rvq"),
+                              ("qmp_lambda", "vanilla"), ("qmp_lambda", "rvq"))},
+    # study v1, which the README quotes
+    "study_omp_vs_vanilla_embedded": lambda: signed(_v1_bd("embedded", "omp")["vs_vanilla"]),
+    "study_omp_vs_rvq_embedded": lambda: signed(_v1_bd("embedded", "omp")["vs_rvq"]),
+    "study_omp_vs_rvq_cifar10": lambda: signed(_v1_bd("cifar10", "omp")["vs_rvq"]),
+    "study_v1_lasso_rates": _v1_lasso_rates,
+})
 
 
 # ------------------------------------------------------------------------------------------ past one machine
