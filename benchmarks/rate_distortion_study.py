@@ -338,7 +338,8 @@ def log_to_mlflow(output: Path, pictures: list[Path], summary: dict[str, Any]) -
     return run.info.run_id
 
 
-def study_models(set_names: list[str], families: list[str], seeds: list[int]) -> Iterator[tuple[int, str, str, ModelConfig]]:
+def study_models(set_names: list[str], families: list[str],
+                 seeds: list[int]) -> Iterator[tuple[int, str, str, ModelConfig]]:
     """(seed, set, family, model) of every model of the study, in the order it trains them: every set's first
     seed, then the next (the families outside ``SEEDED`` with the first seed only)."""
     for seed in seeds:
@@ -529,7 +530,8 @@ def main() -> None:
         print("Some models are being trained by another process: rerun when it finishes to write the results.")
         return
 
-    source = {"source": source_fingerprint(), "source_commit": None, "source_known_from": "the library this run imported"}
+    source = {"source": source_fingerprint(), "source_commit": None,
+              "source_known_from": "the library this run imported"}
     summary = summarised(results, budget, args.threads, seeds, source, [])
     if args.doubling_check:
         summary["doubling_check"] = {}

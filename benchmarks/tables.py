@@ -505,7 +505,8 @@ for _name, _path, _fmt in [
 
 # ---------------------------------------------------------------------------------------- the study
 
-FAMILIES = ("vanilla", "rvq", "fsq", "qmp", "qmp_lambda", "omp", "lasso")  # the order of the rows; a study may hold fewer
+# the order of the rows; a study may hold fewer
+FAMILIES = ("vanilla", "rvq", "fsq", "qmp", "qmp_lambda", "omp", "lasso")
 STUDY_SETS = ("embedded", "cifar10")
 
 
@@ -659,7 +660,8 @@ def _study_doubling() -> str:
         rates = " / ".join(signed(bd.get(f"vs_{anchor}")) for bd in c["bd"])
         psnrs = " / ".join(signed(bd.get(f"vs_{anchor}_bd_psnr"), 2, " dB") for bd in c["bd"])
         rows.append([name, verdicts, rates, psnrs])
-    flips = "no verdict flips" if check["unchanged"] and not check["undetermined"] else "verdicts flip or are undetermined"
+    flips = ("no verdict flips" if check["unchanged"] and not check["undetermined"]
+             else "verdicts flip or are undetermined")
     return f"{flips}:\n\n" + table(["comparison (embedded)", f"verdict at {number(steps)} / {number(2 * steps)} steps",
                                     "BD-rate, factorised", "BD-PSNR"], rows)
 
@@ -667,7 +669,8 @@ def _study_doubling() -> str:
 def _psnr_by_model(family: str, set_name: str = "embedded", seed: int = 0) -> str:
     """A family's PSNR model by model, in words: 'K=1 26.59, K=2 26.75 dB'."""
     points = [p for f, p in _rows_of(_study(), set_name) if f == family and p["settings"]["seed"] == seed]
-    words = {"qmp": lambda s: f"K={s['n_nonzero']}", "rvq": lambda s: f"{s['stages']} stage{'s' if s['stages'] > 1 else ''}"}
+    words = {"qmp": lambda s: f"K={s['n_nonzero']}",
+             "rvq": lambda s: f"{s['stages']} stage{'s' if s['stages'] > 1 else ''}"}
     return ", ".join(f"{words[family](p['settings'])} {p['psnr']:.2f}" for p in points) + " dB"
 
 

@@ -1,5 +1,6 @@
 """The equal-rate study's verdicts: which family beats which, and whether doubling the budget flips it."""
 import importlib
+import json
 from pathlib import Path
 
 import pytest
@@ -69,3 +70,26 @@ def test_each_seed_is_compared_with_the_anchors_of_its_own_seed(study):
     assert study.compare(trained, 0)["omp"]["vs_vanilla"] == pytest.approx(-50.0, abs=1e-6)
     assert study.compare(trained, 1)["omp"]["vs_vanilla"] == pytest.approx(-75.0, abs=1e-6)
     assert study.compare(trained, 1)["lasso"]["vs_vanilla"] == pytest.approx(-50.0, abs=1e-6)
+
+
+def test_kept_only_reads_the_kept_points_lists_the_rest_and_finds_their_library(study, tmp_path, monkeypatch):
+    """--kept-only trains nothing: the points kept under the keys of the library they were measured with, every
+    other model of the study listed as missing, the summary marked incomplete - and no seed's BD-rate made of
+    another seed's points."""
+    budget = {"pretrain_steps": 1, "steps": 1, "prior_steps": 0, "images": 1, "prior_images": 0}
+    seed, set_name, family, config = next(study.study_models(["embedded"], ["vanilla"], [0, 1]))
+    kept = [dict(p, settings={"seed": seed, "selection_fn": "vanilla", "num_atoms": 64}) for p in points(1.0)]
+    key = study.model_key(set_name, study.SETS[set_name], config, budget, seed, source="feedface")
+    (tmp_path / set_name).mkdir()
+    (tmp_path / set_name / f"{key}.json").write_text(json.dumps(kept))
+
+    monkeypatch.setattr(study, "library_sources", lambda: iter([("0123", None), ("feedface", "c0ffee")]))
+    assert study.kept_source(tmp_path, ["embedded"], ["vanilla"], budget, [0, 1]) == ("feedface", "c0ffee")
+    results, missing = study.kept_only(tmp_path, ["embedded"], ["vanilla"], budget, [0, 1], "feedface")
+    assert results == {"embedded": {"vanilla": kept}}
+    assert len(missing) == 2 * len(study.FAMILIES["vanilla"]) - 1  # both seeds of every vanilla model but one
+    assert {"set": "embedded", "family": "vanilla", "settings": {"selection_fn": "vanilla", "num_atoms": 64},
+            "seed": 1} in missing
+    summary = study.summarised(results, budget, None, [0, 1], {"source": "feedface"}, missing)
+    assert summary["complete"] is False and summary["missing"] == missing
+    assert summary["bd_rate_by_seed"]["embedded"]["1"] == {}  # seed 1 not measured: not seed 0's points again
