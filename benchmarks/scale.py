@@ -19,8 +19,7 @@ Ray cluster that loses a node?
    one-node run (records compared by hash).
 3. Throughput: extraction images/s (the stage's own figure) and prior training steps/s (from the times its
    checkpoints are written: ``prior.checkpoint_every`` steps apart) with 1 and 2 workers of one CPU on the
-   two-node cluster. The pipeline's prior has one worker (``tasks.train_prior.prior_workers``); where no parameter
-   sets it, the 2-worker run calls the stage's ``run(params, tracker, workers=2)``.
+   two-node cluster (``ray.num_workers`` and ``prior.num_workers``; the pipeline's prior has one worker).
 
 Every Ray process this script starts is in the session of a process it started, and is stopped by id at the
 end (never ``ray stop``, which stops every Ray of the user).
@@ -45,7 +44,6 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -241,9 +239,8 @@ def environment(**extra: str) -> dict[str, str]:
 
 
 def run_stage(root: Path, stage: str, env: dict[str, str], watch: Callable[[], list[Path]] | None = None,
-              during: Callable[[subprocess.Popen], None] | None = None, command: list[str] | None = None
-              ) -> dict[str, Any]:
-    """``python -m tasks.<stage>`` (or ``command``) in ``root``, sampled; ``during(process)`` runs beside it in a
+              during: Callable[[subprocess.Popen], None] | None = None) -> dict[str, Any]:
+    """``python -m tasks.<stage>`` in ``root``, sampled; ``during(process)`` runs beside it in a
     thread (the node kills). Returns seconds, peak RSS (MB), the peak's processes, the stage's timings and its
     output."""
     log = root / "logs" / f"{stage}.log"
@@ -252,7 +249,7 @@ def run_stage(root: Path, stage: str, env: dict[str, str], watch: Callable[[], l
         out.write(f"\n===== {time.strftime('%H:%M:%S')} {stage}\n")
         out.flush()
         start = time.perf_counter()
-        process = subprocess.Popen(command or [PYTHON, "-m", f"tasks.{stage}"], cwd=root, env=env, stdout=out,
+        process = subprocess.Popen([PYTHON, "-m", f"tasks.{stage}"], cwd=root, env=env, stdout=out,
                                    stderr=subprocess.STDOUT, start_new_session=True)
         sampler = Sampler(process.pid, watch)
         sampler.start()
@@ -305,14 +302,13 @@ def prior_checkpoints(storage: Path) -> Callable[[], list[Path]]:
 
 
 def pipeline(root: Path, env: dict[str, str], storage: Path,
-             during: dict[str, Callable[[subprocess.Popen], None]] | None = None,
-             commands: dict[str, list[str] | None] | None = None) -> dict[str, dict]:
+             during: dict[str, Callable[[subprocess.Popen], None]] | None = None) -> dict[str, dict]:
     """Every stage of ``STAGES`` in turn (train_judge, which trains nothing on this data, between the first two,
     unmeasured: evaluate reads what it leaves); stops at the first that fails."""
     results: dict[str, dict] = {}
     for stage in STAGES:
         watch = prior_checkpoints(storage) if stage == "train_prior" else None
-        results[stage] = run_stage(root, stage, env, watch, (during or {}).get(stage), (commands or {}).get(stage))
+        results[stage] = run_stage(root, stage, env, watch, (during or {}).get(stage))
         if results[stage]["returncode"] != 0:
             print(results[stage]["output"][-3000:], file=sys.stderr)
             break
@@ -513,7 +509,7 @@ def two_node(cluster: Cluster, scratch: Path, size: int, reference: dict) -> dic
                                    and _on_node(cluster, "node2", "ray::RayTrainWorker"),
                                    settle=0.0),
     }
-    stages = pipeline(root, env, storage, during, {"train_prior": prior_command(2)})
+    stages = pipeline(root, env, storage, during)
     finished = len(stages) == len(STAGES) and all(s["returncode"] == 0 for s in stages.values())
     codes = {split: store_hash(root / "codes" / split) for split in ("train", "test")}
     if "train_prior" in stages:  # the steps each map resumed from
@@ -552,25 +548,10 @@ def prior_steps_per_s(writes: dict[str, list[int]], checkpoint_every: int, steps
     return total_steps / (total_ns / 1e9) if total_ns else None
 
 
-def prior_has_workers_param() -> bool:
-    from sparse_vqvae.config import PriorTrainConfig
-
-    return "num_workers" in {f.name for f in fields(PriorTrainConfig)}
-
-
 def workers_param(count: int) -> dict[str, dict]:
-    """The parameters that set the stages' worker count: ray.num_workers (extraction's actors on a cluster), and
-    prior.num_workers where the prior has a count of its own."""
-    return {"ray": {"num_workers": count}, **({"prior": {"num_workers": count}} if prior_has_workers_param() else {})}
-
-
-def prior_command(count: int) -> list[str] | None:
-    """Where no parameter sets the prior's workers (``tasks.train_prior.prior_workers``: 1), the stage as its main()
-    runs it with ``run(params, tracker, workers=count)``."""
-    if prior_has_workers_param():
-        return None
-    return [PYTHON, "-c", "from tasks.stage import run_stage; from tasks.train_prior import STAGE, run; "
-            f"run_stage(STAGE, lambda params, tracker: run(params, tracker, workers={count}))"]
+    """The parameters that set the stages' worker counts: ray.num_workers (stage 1's workers, extraction's actors on
+    a cluster) and prior.num_workers."""
+    return {"ray": {"num_workers": count}, "prior": {"num_workers": count}}
 
 
 THROUGHPUT_PRIOR = {"steps": 200, "checkpoint_every": 50}  # writes 50 steps apart: none missed at 0.2 s
@@ -580,20 +561,19 @@ def throughput(cluster: Cluster, scratch: Path, trained: Path, counts: tuple[int
     """Extraction images/s and prior steps/s with ``counts`` workers of one CPU on the cluster, from a copy of the
     two-node workspace ``trained`` (its prepared data and VQ-VAE); a storage folder a run (nothing resumed)."""
     out: dict[str, Any] = {"extract_images_per_s": {}, "prior_steps_per_s": {}, "workers_reported": {},
-                           "cpus_per_worker": 1, "nodes": 2, "prior": THROUGHPUT_PRIOR,
-                           "prior_workers_set_by": "prior.num_workers" if prior_has_workers_param()
-                           else "tasks.train_prior.run(workers=N): no parameter sets it"}
+                           "cpus_per_worker": 1, "nodes": 2, "prior": THROUGHPUT_PRIOR}
     for count in counts:
         root = scratch / f"throughput-{count}"
         shutil.rmtree(root, ignore_errors=True)
         shutil.copytree(trained, root, symlinks=True,
                         ignore=shutil.ignore_patterns("codes", "mlflow.db", "mlartifacts"))
-        set_params(root, prior=THROUGHPUT_PRIOR, **workers_param(count))
+        params = workers_param(count)
+        set_params(root, **params | {"prior": params["prior"] | THROUGHPUT_PRIOR})
         storage = scratch / f"throughput-storage-{count}"
         env = cluster_env(cluster, storage)
         print(f"throughput, {count} worker(s): {root}", flush=True)
         extract = run_stage(root, "extract_codes", env)
-        prior = (run_stage(root, "train_prior", env, prior_checkpoints(storage), command=prior_command(count))
+        prior = (run_stage(root, "train_prior", env, prior_checkpoints(storage))
                  if extract["returncode"] == 0 else None)
         out["extract_images_per_s"][str(count)] = extract["timings"].get("train_images_per_s")
         out["prior_steps_per_s"][str(count)] = (prior_steps_per_s(prior["writes"], THROUGHPUT_PRIOR["checkpoint_every"],
