@@ -12,19 +12,28 @@
  * image's features and logits therefore do not depend on the rows beside it, on the SIMD width the loader
  * picks, or on the thread count.
  *
- * Layout (``incremental.CompiledBackbone`` builds it): every buffer is channels-last and zero-padded by the
+ * Layout (``generation.CompiledBackbone`` builds it): every buffer is channels-last and zero-padded by the
  * kernel's half width q, so the causal window of a convolution at (y, x) is q whole rows of (2q + 1) C
  * contiguous numbers above it and one partial row to its left (and the centre, unless strict); the weights
- * keep only the taps the mask keeps, in that order. Attention keeps its keys and values [positions, C] per
- * row, head h in channels h C/heads .. (h + 1) C/heads - 1.
+ * keep only the taps the mask keeps, in that order. Attention keeps its keys and values [heads, positions, C/heads]
+ * per row (head-major: a head's scan over the positions reads contiguous numbers).
+ *
+ * Speed (docs/photo_codec.md, "Prior-coded speed"): a photograph's position costs ~0.1 ms of convolutions and
+ * ~120 ns for every position before it (attention: per head, a 16-number dot, an exp and a 16-number weighted sum,
+ * over 2 layers x 4 heads), so the late positions of a 1 MP map dominate. From SPLIT_POSITION on, half the heads run
+ * in a second thread (``threads``); the prior coder's encoder computes the head's logits of known codes in threads
+ * (``known_logits``, without the GIL).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <unistd.h>
 
 #include "_buffers.h"
 
@@ -64,8 +73,25 @@ static void affine(const double *restrict weight, const double *restrict bias, c
 
 static inline double elu(double v) { return v > 0 ? v : expm1(v); }
 
+/* A plan's second thread (``threads``): attention's later heads of one row at one position, while the calling thread
+ * computes the first ones - each head's sums as one thread computes them, into its own scores and outputs, so the
+ * same bits with one thread or two. */
+typedef struct {
+    pthread_t thread;
+    pthread_mutex_t lock;
+    pthread_cond_t wake, done;
+    pid_t pid;                /* the process that started it: a forked child has no such thread */
+    int pending, quit;
+    Py_ssize_t a, b, p, from; /* the work: heads from .. heads - 1 of attention a, row b, position p */
+} Helper;
+
+/* Positions below this attend over too few keys for a second thread to pay for its wake-up (~10 us). */
+#define SPLIT_POSITION 1024
+
 typedef struct {
     Py_ssize_t n, channels, height, width, in_radius, radius, layers, per_block, heads, num_atoms, coef_levels, slots;
+    int threads; /* 2: attention's heads split over a second thread from SPLIT_POSITION on (``threads``) */
+    Helper *helper;
     int has_position, has_condition;
     Py_buffer views[17];
     int held;
@@ -83,6 +109,18 @@ typedef struct {
 static void plan_free(PyObject *capsule) {
     Plan *plan = PyCapsule_GetPointer(capsule, PLAN_NAME);
     if (!plan) return;
+    Helper *helper = plan->helper;
+    if (helper && helper->pid == getpid()) {
+        pthread_mutex_lock(&helper->lock);
+        helper->quit = 1;
+        pthread_cond_signal(&helper->wake);
+        pthread_mutex_unlock(&helper->lock);
+        pthread_join(helper->thread, NULL);
+        pthread_mutex_destroy(&helper->lock);
+        pthread_cond_destroy(&helper->wake);
+        pthread_cond_destroy(&helper->done);
+        free(helper);
+    }
     for (int i = 0; i < plan->held; i++) PyBuffer_Release(&plan->views[i]);
     free(plan->window);
     free(plan);
@@ -210,31 +248,100 @@ static Py_ssize_t gather(const double *buffer, Py_ssize_t width, Py_ssize_t c, P
     return length + left;
 }
 
-/* Causal attention of one row at position p: its query, key and value from h, softmax over positions <= p per
- * head, h += out(attended). */
-static void attend(Plan *plan, Py_ssize_t a, Py_ssize_t b, Py_ssize_t p, double *h) {
-    Py_ssize_t c = plan->channels, hw = plan->height * plan->width, heads = plan->heads, dim = c / heads;
-    double *keys = plan->keys + (a * plan->n + b) * hw * c, *values = plan->values + (a * plan->n + b) * hw * c;
+/* Heads from .. to - 1 of attention a for row b at position p: softmax over positions <= p of the query's scores,
+ * the values' weighted sum into ``attended`` (each head its own slice of it and of the scores). */
+static void attend_heads(Plan *plan, Py_ssize_t a, Py_ssize_t b, Py_ssize_t p, Py_ssize_t from, Py_ssize_t to) {
+    Py_ssize_t c = plan->channels, hw = plan->height * plan->width, dim = c / plan->heads;
+    const double *keys = plan->keys + (a * plan->n + b) * hw * c, *values = plan->values + (a * plan->n + b) * hw * c;
     double *qkv = plan->qkv, *scores = plan->scores, *attended = plan->attended;
-    affine(plan->qkv_weight + a * 3 * c * c, plan->qkv_bias + a * 3 * c, h, 3 * c, c, qkv);
-    memcpy(keys + p * c, qkv + c, (size_t)c * sizeof(double));
-    memcpy(values + p * c, qkv + 2 * c, (size_t)c * sizeof(double));
     double scale = 1.0 / sqrt((double)dim);
-    for (Py_ssize_t head = 0; head < heads; head++) {
+    for (Py_ssize_t head = from; head < to; head++) {
         const double *query = qkv + head * dim;
         double *score = scores + head * hw, top = -INFINITY, total = 0;
         for (Py_ssize_t j = 0; j <= p; j++) {
-            score[j] = dot(query, keys + j * c + head * dim, dim) * scale;
+            score[j] = dot(query, keys + (head * hw + j) * dim, dim) * scale;
             if (score[j] > top) top = score[j];
         }
         for (Py_ssize_t j = 0; j <= p; j++) total += (score[j] = exp(score[j] - top));
         double *out = attended + head * dim;
         for (Py_ssize_t i = 0; i < dim; i++) out[i] = 0;
         for (Py_ssize_t j = 0; j <= p; j++) {
-            const double *value = values + j * c + head * dim;
+            const double *value = values + (head * hw + j) * dim;
             double weight = score[j] / total;
             for (Py_ssize_t i = 0; i < dim; i++) out[i] += weight * value[i];
         }
+    }
+}
+
+static void *helper_main(void *arg) {
+    Plan *plan = arg;
+    Helper *helper = plan->helper;
+    pthread_mutex_lock(&helper->lock);
+    for (;;) {
+        while (!helper->pending && !helper->quit) pthread_cond_wait(&helper->wake, &helper->lock);
+        if (helper->quit) break;
+        Py_ssize_t a = helper->a, b = helper->b, p = helper->p, from = helper->from;
+        pthread_mutex_unlock(&helper->lock);
+        attend_heads(plan, a, b, p, from, plan->heads);
+        pthread_mutex_lock(&helper->lock);
+        helper->pending = 0;
+        pthread_cond_signal(&helper->done);
+    }
+    pthread_mutex_unlock(&helper->lock);
+    return NULL;
+}
+
+/* The plan's second thread, started on first use; NULL where it cannot run (one thread, one head, a forked child, a
+ * failed start: then the calling thread computes every head). */
+static Helper *helper_of(Plan *plan) {
+    if (plan->threads < 2 || plan->heads < 2) return NULL;
+    if (plan->helper) return plan->helper->pid == getpid() ? plan->helper : NULL;
+    Helper *helper = calloc(1, sizeof(Helper));
+    if (!helper) {
+        plan->threads = 1;
+        return NULL;
+    }
+    helper->pid = getpid();
+    pthread_mutex_init(&helper->lock, NULL);
+    pthread_cond_init(&helper->wake, NULL);
+    pthread_cond_init(&helper->done, NULL);
+    plan->helper = helper;
+    if (pthread_create(&helper->thread, NULL, helper_main, plan)) {
+        pthread_mutex_destroy(&helper->lock);
+        pthread_cond_destroy(&helper->wake);
+        pthread_cond_destroy(&helper->done);
+        free(helper);
+        plan->helper = NULL;
+        plan->threads = 1;
+        return NULL;
+    }
+    return helper;
+}
+
+/* Causal attention of one row at position p: its query, key and value from h, softmax over positions <= p per
+ * head, h += out(attended); from SPLIT_POSITION on, the later half of the heads in the plan's second thread. */
+static void attend(Plan *plan, Py_ssize_t a, Py_ssize_t b, Py_ssize_t p, double *h) {
+    Py_ssize_t c = plan->channels, hw = plan->height * plan->width, heads = plan->heads;
+    double *keys = plan->keys + (a * plan->n + b) * hw * c, *values = plan->values + (a * plan->n + b) * hw * c;
+    double *qkv = plan->qkv, *attended = plan->attended;
+    affine(plan->qkv_weight + a * 3 * c * c, plan->qkv_bias + a * 3 * c, h, 3 * c, c, qkv);
+    for (Py_ssize_t head = 0, dim = c / heads; head < heads; head++) { /* head-major: each head's keys contiguous */
+        memcpy(keys + (head * hw + p) * dim, qkv + c + head * dim, (size_t)dim * sizeof(double));
+        memcpy(values + (head * hw + p) * dim, qkv + 2 * c + head * dim, (size_t)dim * sizeof(double));
+    }
+    Helper *helper = p >= SPLIT_POSITION ? helper_of(plan) : NULL;
+    if (helper) {
+        Py_ssize_t half = heads / 2;
+        pthread_mutex_lock(&helper->lock);
+        helper->a = a, helper->b = b, helper->p = p, helper->from = half, helper->pending = 1;
+        pthread_cond_signal(&helper->wake);
+        pthread_mutex_unlock(&helper->lock);
+        attend_heads(plan, a, b, p, 0, half);
+        pthread_mutex_lock(&helper->lock);
+        while (helper->pending) pthread_cond_wait(&helper->done, &helper->lock);
+        pthread_mutex_unlock(&helper->lock);
+    } else {
+        attend_heads(plan, a, b, p, 0, heads);
     }
     double *change = plan->t;
     affine(plan->out_weight + a * c * c, plan->out_bias + a * c, attended, c, c, change);
@@ -272,6 +379,19 @@ static void step_row(Plan *plan, Py_ssize_t b, Py_ssize_t y, Py_ssize_t x, doubl
 }
 
 static Plan *get_plan(PyObject *capsule) { return PyCapsule_GetPointer(capsule, PLAN_NAME); }
+
+/* threads(plan, count): 2 or more - attention's heads split over a second thread at later positions (same bits);
+ * 1 - the calling thread only. */
+static PyObject *py_threads(PyObject *self, PyObject *args) {
+    PyObject *capsule;
+    Py_ssize_t count;
+    if (!PyArg_ParseTuple(args, "On", &capsule, &count)) return NULL;
+    Plan *plan = get_plan(capsule);
+    if (!plan) return NULL;
+    if (count < 1) return PyErr_Format(PyExc_ValueError, "threads must be at least 1, got %zd", count);
+    plan->threads = count > 1 ? 2 : 1;
+    Py_RETURN_NONE;
+}
 
 static int check_position(Plan *plan, Py_ssize_t y, Py_ssize_t x) {
     if (y < 0 || y >= plan->height || x < 0 || x >= plan->width) {
@@ -423,6 +543,31 @@ static int check_indices(const int64_t *values, Py_ssize_t count, Py_ssize_t lim
     return 1;
 }
 
+/* One row's atom logits at ``slot`` (``atom_logits``) into logits [width]. */
+static void atom_logits_row(const Head *head, const double *state, int64_t above, Py_ssize_t slot, Py_ssize_t last,
+                            double *logits) {
+    Py_ssize_t c = head->channels, n = head->num_atoms, first = head->stage_atoms ? slot * head->stage_atoms : 0;
+    Py_ssize_t width = head->stage_atoms ? head->stage_atoms : n + head->variable;
+    affine(head->atom_weight + first * c, head->atom_bias + first, state, width, c, logits);
+    if (head->stage_atoms || (slot == 0 && (head->variable || head->slots == 1))) return; /* not masked */
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (i <= above || i > last) logits[i] = -INFINITY;
+}
+
+/* One row's state after emitting (atom, level): state + update(pair_atom[atom] + pair_level[level]) into next [C];
+ * scratch [3 C]. */
+static void advance_row(const Head *head, const double *state, int64_t atom, int64_t level, double *scratch,
+                        double *next) {
+    Py_ssize_t c = head->channels;
+    double *pair = scratch, *hidden = scratch + c, *change = scratch + 2 * c;
+    const double *a = head->pair_atom + atom * c, *l = head->pair_level + level * c;
+    for (Py_ssize_t i = 0; i < c; i++) pair[i] = a[i] + l[i];
+    affine(head->update_weight, head->update_bias, pair, c, c, hidden);
+    for (Py_ssize_t i = 0; i < c; i++) hidden[i] = elu(hidden[i]);
+    affine(head->update_out_weight, head->update_out_bias, hidden, c, c, change);
+    for (Py_ssize_t i = 0; i < c; i++) next[i] = state[i] + change[i];
+}
+
 /* atom_logits(head, state [rows, C], previous [rows] int64, slot, last, out [rows, width]): the logits over the
  * slot's atoms (+ END where counts vary), or over its stage's M atoms; an atom not above the previous one, or above
  * last (PairHead.last_atom: the room the remaining slots of a fixed count need), gets -inf - codes.atom_window. */
@@ -433,7 +578,7 @@ static PyObject *py_atom_logits(PyObject *self, PyObject *args) {
     Head *head = PyCapsule_GetPointer(capsule, HEAD_NAME);
     if (!head) return NULL;
     if (slot < 0 || slot >= head->slots) return PyErr_Format(PyExc_IndexError, "slot %zd of %zd", slot, head->slots);
-    Py_ssize_t c = head->channels, n = head->num_atoms, first = head->stage_atoms ? slot * head->stage_atoms : 0;
+    Py_ssize_t c = head->channels, n = head->num_atoms;
     Py_ssize_t width = head->stage_atoms ? head->stage_atoms : n + head->variable;
     if (!check_rows(rows, c > width ? c : width)) return NULL;
     Py_buffer state, previous, out;
@@ -441,16 +586,9 @@ static PyObject *py_atom_logits(PyObject *self, PyObject *args) {
     if (!get_buffer(o_previous, &previous, "previous", "lq", 8, rows, 0)) goto fail_previous;
     if (!get_buffer(o_out, &out, "out", "d", 8, rows * width, 1)) goto fail_out;
     if (last < 0 || last >= n) return PyErr_Format(PyExc_ValueError, "last atom %zd is outside the head's %zd", last, n);
-    int masked = !head->stage_atoms && !(slot == 0 && (head->variable || head->slots == 1));
-    for (Py_ssize_t row = 0; row < rows; row++) {
-        double *logits = (double *)out.buf + row * width;
-        affine(head->atom_weight + first * c, head->atom_bias + first, (const double *)state.buf + row * c, width, c,
-               logits);
-        if (!masked) continue;
-        int64_t above = ((const int64_t *)previous.buf)[row];
-        for (Py_ssize_t i = 0; i < n; i++)
-            if (i <= above || i > last) logits[i] = -INFINITY;
-    }
+    for (Py_ssize_t row = 0; row < rows; row++)
+        atom_logits_row(head, (const double *)state.buf + row * c, ((const int64_t *)previous.buf)[row], slot, last,
+                        (double *)out.buf + row * width);
     PyBuffer_Release(&out);
 fail_out:
     PyBuffer_Release(&previous);
@@ -515,17 +653,9 @@ static PyObject *py_advance(PyObject *self, PyObject *args) {
         PyErr_NoMemory();
     } else if (check_indices(atom, rows, head->num_atoms, "atom") &&
                check_indices(level, rows, head->coef_levels, "level")) {
-        double *hidden = pair + c, *change = pair + 2 * c;
-        for (Py_ssize_t row = 0; row < rows; row++) {
-            const double *a = head->pair_atom + atom[row] * c, *l = head->pair_level + level[row] * c;
-            for (Py_ssize_t i = 0; i < c; i++) pair[i] = a[i] + l[i];
-            affine(head->update_weight, head->update_bias, pair, c, c, hidden);
-            for (Py_ssize_t i = 0; i < c; i++) hidden[i] = elu(hidden[i]);
-            affine(head->update_out_weight, head->update_out_bias, hidden, c, c, change);
-            const double *h = (const double *)state.buf + row * c;
-            double *next = (double *)out.buf + row * c;
-            for (Py_ssize_t i = 0; i < c; i++) next[i] = h[i] + change[i];
-        }
+        for (Py_ssize_t row = 0; row < rows; row++)
+            advance_row(head, (const double *)state.buf + row * c, atom[row], level[row], pair,
+                        (double *)out.buf + row * c);
     }
     free(pair);
     PyBuffer_Release(&out);
@@ -539,9 +669,71 @@ fail_atoms:
     Py_RETURN_NONE;
 }
 
+/* known_logits(head, features [rows, C], atoms [rows, slots], levels [rows, slots] int64, last [slots] int64, rows,
+ * out [rows, slots, width]): every slot's atom logits of rows whose pairs are all known (prior coding's encoder), a
+ * fixed-count head only: from each row's features, slot by slot, the logits of ``atom_logits`` (previous: the slot
+ * before's atom) and the state advanced past the known pair by ``advance`` - the same functions, so the same bits as
+ * those calls one slot at a time. Runs without the GIL: calls on other rows may run in other threads. */
+static PyObject *py_known_logits(PyObject *self, PyObject *args) {
+    PyObject *capsule, *o_features, *o_atoms, *o_levels, *o_last, *o_out;
+    Py_ssize_t rows;
+    if (!PyArg_ParseTuple(args, "OOOOOnO", &capsule, &o_features, &o_atoms, &o_levels, &o_last, &rows, &o_out))
+        return NULL;
+    Head *head = PyCapsule_GetPointer(capsule, HEAD_NAME);
+    if (!head) return NULL;
+    if (head->variable) {
+        PyErr_SetString(PyExc_ValueError, "known_logits: a fixed-count head only (an END token closes a variable one)");
+        return NULL;
+    }
+    Py_ssize_t c = head->channels, n = head->num_atoms, slots = head->slots;
+    Py_ssize_t width = head->stage_atoms ? head->stage_atoms : n;
+    if (!check_rows(rows, c) || items(rows, slots, width, 1) < 0 || !check_rows(rows * slots, width)) return NULL;
+    Py_buffer features, atoms, levels, last, out;
+    if (!get_buffer(o_features, &features, "features", "d", 8, rows * c, 0)) return NULL;
+    if (!get_buffer(o_atoms, &atoms, "atoms", "lq", 8, rows * slots, 0)) goto fail_atoms;
+    if (!get_buffer(o_levels, &levels, "levels", "lq", 8, rows * slots, 0)) goto fail_levels;
+    if (!get_buffer(o_last, &last, "last", "lq", 8, slots, 0)) goto fail_last;
+    if (!get_buffer(o_out, &out, "out", "d", 8, rows * slots * width, 1)) goto fail_out;
+    const int64_t *atom = atoms.buf, *level = levels.buf, *lasts = last.buf;
+    double *scratch = malloc(5 * (size_t)c * sizeof(double));
+    if (!scratch) {
+        PyErr_NoMemory();
+    } else if (check_indices(atom, rows * slots, n, "atom") &&
+               check_indices(level, rows * slots, head->coef_levels, "level") &&
+               check_indices(lasts, slots, n, "last atom")) {
+        Py_BEGIN_ALLOW_THREADS
+        double *state = scratch + 3 * c, *next = scratch + 4 * c;
+        for (Py_ssize_t row = 0; row < rows; row++) {
+            memcpy(state, (const double *)features.buf + row * c, (size_t)c * sizeof(double));
+            const int64_t *a = atom + row * slots, *l = level + row * slots;
+            for (Py_ssize_t k = 0; k < slots; k++) {
+                atom_logits_row(head, state, k ? a[k - 1] : -1, k, lasts[k], (double *)out.buf + (row * slots + k) * width);
+                if (k + 1 == slots) break; /* the last slot needs no advance */
+                advance_row(head, state, a[k], l[k], scratch, next);
+                memcpy(state, next, (size_t)c * sizeof(double));
+            }
+        }
+        Py_END_ALLOW_THREADS
+    }
+    free(scratch);
+    PyBuffer_Release(&out);
+fail_out:
+    PyBuffer_Release(&last);
+fail_last:
+    PyBuffer_Release(&levels);
+fail_levels:
+    PyBuffer_Release(&atoms);
+fail_atoms:
+    PyBuffer_Release(&features);
+    if (PyErr_Occurred()) return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"plan", py_plan, METH_VARARGS,
-     "plan(arrays, dims): the state of one incremental pass (see incremental.CompiledBackbone), as a capsule."},
+     "plan(arrays, dims): the state of one incremental pass (see generation.CompiledBackbone), as a capsule."},
+    {"threads", py_threads, METH_VARARGS,
+     "threads(plan, count): attention's heads over two threads (count >= 2) or one, the same bits either way."},
     {"step", py_step, METH_VARARGS, "step(plan, y, x, out): every row's features at (y, x) into out [n, C] float64."},
     {"write", py_write, METH_VARARGS,
      "write(plan, y, x, atoms, levels): the codes chosen at (y, x) ([n, slots] int64 each) into the input buffer."},
@@ -551,6 +743,8 @@ static PyMethodDef methods[] = {
     {"level_logits", py_level_logits, METH_VARARGS,
      "level_logits(head, state, atoms, rows, out): each row's level logits given its atom into out."},
     {"advance", py_advance, METH_VARARGS, "advance(head, state, atoms, levels, rows, out): each row's next state."},
+    {"known_logits", py_known_logits, METH_VARARGS,
+     "known_logits(head, features, atoms, levels, last, rows, out): every slot's atom logits of rows of known pairs."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_incremental",

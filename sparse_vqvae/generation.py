@@ -73,6 +73,31 @@ def generate(prior: PixelSNAIL, n: int, pick_atom: Pick, pick_level: Pick, condi
     shape = (n, height, width, c.slots)
     codes = Codes(torch.full(shape, EMPTY, dtype=torch.long, device=device),
                   torch.zeros(shape, dtype=torch.long, device=device))
+    was_training = prior.training
+    prior.eval()  # no dropout while generating
+    try:
+        with torch.inference_mode():  # the loop's thousands of small calls, without autograd's bookkeeping
+            backbone = prepared_backbone(prior, n, condition, (height, width), labels)
+            steps = head_steps(prior, height * width)
+            for y in range(height):
+                for x in range(width):
+                    atoms, levels = emit(steps, prior.head, backbone.features_at(y, x), pick_atom, pick_level, (y, x))
+                    codes.atoms[:, y, x] = atoms  # codes stay ordinary tensors: made outside inference mode
+                    codes.levels[:, y, x] = levels
+                    backbone.write_codes(y, x, atoms, levels)
+    finally:
+        prior.train(was_training)
+    return codes
+
+
+def prepared_backbone(prior: PixelSNAIL, n: int, condition: Codes | None, size: tuple[int, int],
+                      labels: torch.Tensor | None = None) -> CompiledBackbone | IncrementalBackbone:
+    """``generate``'s incremental backbone for ``n`` maps of ``size`` (checked), given the top codes ``condition``
+    where the prior is conditioned and the classes ``labels`` (None: no class) where it has classes; call it in
+    inference mode, the prior in eval mode."""
+    c = prior.config
+    height, width = size
+    prior.check_size(height, width)
     if c.condition is not None:
         if condition is None or condition.atoms.shape[0] != n:
             raise ValueError(f"this prior is conditioned on the top codes: pass {n} of them as condition")
@@ -84,25 +109,11 @@ def generate(prior: PixelSNAIL, n: int, pick_atom: Pick, pick_level: Pick, condi
             raise ValueError(f"pass one class label an image: [{n}], got {list(labels.shape)}")
     elif c.classes:
         labels = prior.no_class(n)
-    was_training = prior.training
-    if was_training:
-        prior.eval()  # no dropout while generating
-    with torch.inference_mode():  # the loop's thousands of small calls, without autograd's bookkeeping
-        # The condition one image at a time: an image's conditioning is the same bits in any batch.
-        features = (torch.cat([prior.condition_features(condition[i : i + 1] if condition is not None else None,
-                                                        (height, width), labels[i : i + 1] if labels is not None else None)
-                               for i in range(n)]) if prior.conditioned else None)
-        backbone = incremental_backbone(prior, n, features, (height, width))
-        steps = head_steps(prior, height * width)
-        for y in range(height):
-            for x in range(width):
-                atoms, levels = emit(steps, prior.head, backbone.features_at(y, x), pick_atom, pick_level, (y, x))
-                codes.atoms[:, y, x] = atoms  # codes stay ordinary tensors: made outside inference mode
-                codes.levels[:, y, x] = levels
-                backbone.write_codes(y, x, atoms, levels)
-    if was_training:
-        prior.train()
-    return codes
+    # The condition one image at a time: an image's conditioning is the same bits in any batch.
+    features = (torch.cat([prior.condition_features(condition[i : i + 1] if condition is not None else None,
+                                                    (height, width), labels[i : i + 1] if labels is not None else None)
+                           for i in range(n)]) if prior.conditioned else None)
+    return incremental_backbone(prior, n, features, (height, width))
 
 
 def incremental_backbone(prior: PixelSNAIL, n: int, condition_features: torch.Tensor | None,
@@ -177,6 +188,11 @@ class TorchHead:
         return state + self.advances[atoms, levels]
 
 
+def compiled(prior: PixelSNAIL) -> bool:
+    """Whether ``incremental_backbone`` and ``head_steps`` give the compiled forms for ``prior``."""
+    return _compiled(prior)
+
+
 def _compiled(prior: PixelSNAIL) -> bool:
     """Whether the prior runs in the compiled forms: it is on the CPU, and the C extension is built."""
     return _incremental is not None and prior.conv_in.weight.device.type == "cpu"
@@ -211,6 +227,8 @@ class CompiledBackbone:
                 c.coef_levels, c.slots, prior.position is not None, condition_features is not None)
         self._plan = _incremental.plan(arrays, dims)
         self._arrays = arrays  # the plan reads and writes these: they live as long as it
+        # Attention's heads over two threads at later positions where PyTorch may use two: the same bits.
+        _incremental.threads(self._plan, torch.get_num_threads())
 
     def write_codes(self, y: int, x: int, atoms: torch.Tensor, levels: torch.Tensor) -> None:
         """Embed the pairs just chosen at (y, x) (atoms and levels [B, K]): later positions' input."""
@@ -222,6 +240,14 @@ class CompiledBackbone:
         out = np.empty((self.n, self.channels))
         _incremental.step(self._plan, y, x, out)
         return torch.from_numpy(out).to(self.dtype)
+
+    def step(self, y: int, x: int, out: np.ndarray) -> None:
+        """``features_at`` in float64 into ``out`` [B, C] (C-contiguous), without PyTorch."""
+        _incremental.step(self._plan, y, x, out)
+
+    def write(self, y: int, x: int, atoms: np.ndarray, levels: np.ndarray) -> None:
+        """``write_codes`` from int64 arrays [B, K] (C-contiguous), without PyTorch."""
+        _incremental.write(self._plan, y, x, atoms, levels)
 
 
 class CompiledHead:
@@ -255,6 +281,20 @@ class CompiledHead:
         _incremental.advance(self._kernel, state.numpy(), atoms.contiguous().numpy(), levels.contiguous().numpy(),
                              len(state), advanced)
         return torch.from_numpy(advanced)
+
+    # The same calls on numpy arrays (float64 and int64, C-contiguous), without PyTorch: prior coding's fixed-count loops.
+    def atom_logits_into(self, state: np.ndarray, previous: np.ndarray, slot: int, out: np.ndarray) -> None:
+        _incremental.atom_logits(self._kernel, state, previous, len(state), slot, self.head.last_atom(slot), out)
+
+    def advance_into(self, state: np.ndarray, atoms: np.ndarray, levels: np.ndarray, out: np.ndarray) -> None:
+        _incremental.advance(self._kernel, state, atoms, levels, len(state), out)
+
+    def known_logits(self, features: np.ndarray, atoms: np.ndarray, levels: np.ndarray, out: np.ndarray) -> None:
+        """A fixed-count head's atom logits at every slot of rows whose pairs are known (features [R, C], atoms and
+        levels [R, K]) into ``out`` [R, K, width]: the bits of ``atom_logits`` and ``advance`` slot by slot; it runs
+        without the GIL (other rows can run in other threads)."""
+        lasts = np.array([self.head.last_atom(k) for k in range(self.head.slots)], dtype=np.int64)
+        _incremental.known_logits(self._kernel, features, atoms, levels, lasts, len(features), out)
 
 
 class _Weights(NamedTuple):

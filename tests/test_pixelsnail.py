@@ -112,6 +112,30 @@ def test_compiled_backbone_follows_changes_to_the_prior():
         features_match_the_full_pass()
 
 
+def test_compiled_attention_over_two_threads_gives_one_threads_bits():
+    """From position 1024 on the compiled backbone splits attention's heads over a second thread (``threads``): each
+    head computed whole by one thread, so every feature the same bits as with one thread."""
+    from sparse_vqvae._native import incremental
+
+    if incremental is None:
+        pytest.skip("the C extension is not built")
+    height, width = 40, 30  # 1,200 positions: the last 176 split
+    prior = prior_for("rvq", height=height, width=width, channels=8).double().eval()
+    codes = random_codes("rvq", batch=2, height=height, width=width, seed=11)
+    features = []
+    with torch.inference_mode():
+        for threads in (1, 2):
+            backbone = CompiledBackbone(prior, 2, None, (height, width))
+            incremental.threads(backbone._plan, threads)
+            rows = []
+            for y in range(height):
+                for x in range(width):
+                    rows.append(backbone.features_at(y, x))
+                    backbone.write_codes(y, x, codes.atoms[:, y, x], codes.levels[:, y, x])
+            features.append(torch.stack(rows))
+    assert torch.equal(features[0], features[1])
+
+
 def test_a_prior_made_under_inference_mode_generates():
     """Parameters made inside ``torch.inference_mode`` (a codec built there) carry no version counter: the
     compiled forms lay their weights out afresh instead of caching them under one."""

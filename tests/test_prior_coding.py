@@ -10,6 +10,7 @@ from sparse_vqvae.code_store import StoreMetadata
 from sparse_vqvae.codec import Codec, CodecError, colour_offsets, entropy_model_of, read_codes
 from sparse_vqvae.maps import prior_file
 from sparse_vqvae.pixelsnail import PixelSNAIL, bits
+from sparse_vqvae import prior_coding
 from sparse_vqvae.prior_coding import PriorEntropyModel
 from sparse_vqvae.prior_train import prior_configs, save_prior, train_prior
 
@@ -158,6 +159,24 @@ def test_files_coded_together_hold_the_bytes_each_has_alone(codecs):
     assert together == alone
     decoded = codec.decompress_many(together)
     for data, image in zip(alone, decoded):
+        assert torch.equal(image, codec.decompress(data))
+
+
+def test_fixed_count_loops_give_the_general_loops_bytes_and_codes(codecs, monkeypatch):
+    """A residual VQ's priors (every slot held, one level) code by the fixed-count loops: the encoder's backbone over
+    the known codes first, then the head in chunks of positions from the last, over threads; the decoder in numpy.
+    Same bytes as ``generate``'s general loop, same decoded images, whatever the chunk and the thread count."""
+    _, codec = codecs
+    if not codec.entropy._fixed():
+        pytest.skip("these priors code levels or END tokens: the general loop only")
+    images = list(tiny_images(3, 16, seed=23))
+    monkeypatch.setattr(prior_coding, "_CHUNK", 7)  # several chunks, the last a partial one
+    monkeypatch.setattr(prior_coding.torch, "get_num_threads", lambda: 3)  # rows split over 3 threads
+    files = codec.compress_many(images)
+    fast = codec.decompress_many(files)
+    monkeypatch.setattr(PriorEntropyModel, "_fixed", lambda self: False)
+    assert codec.compress_many(images) == files
+    for data, image in zip(files, fast):
         assert torch.equal(image, codec.decompress(data))
 
 
