@@ -669,7 +669,7 @@ def _study_doubling() -> str:
 def _psnr_by_model(family: str, set_name: str = "embedded", seed: int = 0) -> str:
     """A family's PSNR model by model, in words: 'K=1 26.59, K=2 26.75 dB'."""
     points = [p for f, p in _rows_of(_study(), set_name) if f == family and p["settings"]["seed"] == seed]
-    words = {"qmp": lambda s: f"K={s['n_nonzero']}",
+    words = {"qmp": lambda s: f"K={s['n_nonzero']}", "omp": lambda s: f"K={s['n_nonzero']} ({s['num_atoms']} atoms)",
              "rvq": lambda s: f"{s['stages']} stage{'s' if s['stages'] > 1 else ''}"}
     return ", ".join(f"{words[family](p['settings'])} {p['psnr']:.2f}" for p in points) + " dB"
 
@@ -697,6 +697,7 @@ def _v1_lasso_rates() -> str:
 RENDERERS.update({
     "study_qmp_psnr_by_k": lambda: _psnr_by_model("qmp"),
     "study_rvq_psnr_by_stages": lambda: _psnr_by_model("rvq"),
+    "study_omp_psnr_by_k": lambda: _psnr_by_model("omp"),
     "study_qmp_k4": lambda: _point("qmp", n_nonzero=4),
     "study_qmp_lambda_top": lambda: _point("qmp_lambda", quality=10),
     "study_qmp_lambda_bottom": lambda: _point("qmp_lambda", quality=1),
@@ -704,11 +705,11 @@ RENDERERS.update({
     "study_vanilla_256": lambda: _point("vanilla", num_atoms=256),
     **{f"study_{family}_vs_{anchor}": (lambda f, a: lambda: signed(_bd_seed0(f, f"vs_{a}")))(family, anchor)
        for family, anchor in (("rvq", "vanilla"), ("fsq", "vanilla"), ("qmp", "vanilla"), ("qmp", "rvq"),
-                              ("qmp_lambda", "vanilla"), ("qmp_lambda", "rvq"))},
-    # study v1, which the README quotes
+                              ("qmp_lambda", "vanilla"), ("qmp_lambda", "rvq"), ("omp", "vanilla"), ("omp", "rvq"))},
+    # study v1 (the first one the README quotes, under its name of the time)
     "study_omp_vs_vanilla_embedded": lambda: signed(_v1_bd("embedded", "omp")["vs_vanilla"]),
-    "study_omp_vs_rvq_embedded": lambda: signed(_v1_bd("embedded", "omp")["vs_rvq"]),
-    "study_omp_vs_rvq_cifar10": lambda: signed(_v1_bd("cifar10", "omp")["vs_rvq"]),
+    "study_v1_omp_vs_rvq_embedded": lambda: signed(_v1_bd("embedded", "omp")["vs_rvq"]),
+    "study_v1_omp_vs_rvq_cifar10": lambda: signed(_v1_bd("cifar10", "omp")["vs_rvq"]),
     "study_v1_lasso_rates": _v1_lasso_rates,
 })
 
