@@ -778,6 +778,38 @@ def _scale() -> str:
     return text
 
 
+# ------------------------------------------------------------------------------------------------- synthesis
+
+SYNTHESIS_SOURCES = ("real", "reconstruction", "factorised", "pixelsnail_t0.7", "pixelsnail_t0.85", "pixelsnail_t1")
+
+
+@renders("synthesis")
+def _synthesis() -> str:
+    """Every measured source of each model of benchmarks/synthesis.py: FD, precision, recall, the codes' bits; a
+    source every model shares (the same VQ-VAE's real images, reconstructions, factorised samples) once."""
+    models = result("synthesis")["cifar10"]
+    rows = []
+    for source in SYNTHESIS_SOURCES:
+        measured = {model: sources[source] for model, sources in models.items() if source in sources}
+        shared = len({json.dumps(s, sort_keys=True) for s in measured.values()}) == 1 and len(measured) > 1
+        for model, s in list(measured.items())[:1] if shared else measured.items():
+            rows.append(["every model" if shared else f"`{model}`", source, f"{s['fd']:.1f}", f"{s['precision']:.3f}",
+                         f"{s['recall']:.3f}", "-" if s["bpp"] is None else f"{s['bpp']:.3f}"])
+    return table(["model", "source", "FD", "precision", "recall", "bpp of the codes"], rows)
+
+
+@renders("synthesis_verdict")
+def _synthesis_verdict() -> str:
+    """Per model: its best PixelSNAIL source's FD against the factorised model's, and the 0.5x target."""
+    r = result("synthesis")
+    rows = [[f"`{model}`", v["best_source"], f"{v['fd']:.1f}", f"{v['factorised_fd']:.1f}", f"{v['ratio']:.2f}x",
+             f"{v['reconstruction_fd']:.1f} ({v['reconstruction_ratio']:.2f}x)",
+             f"{'met' if v['met'] else 'not met'} (<= {v['target']}x)"]
+            for model, v in r["verdict"].items()]
+    return (f"Judge: {r['judge_accuracy']:.1%} accuracy on held-out CIFAR-10 images.\n\n"
+            + table(["model", "best PixelSNAIL source", "its FD", "factorised FD", "ratio",
+                     "reconstructions' FD (the floor)", "target"], rows))
+
 # --------------------------------------------------------------------------------------------- main
 
 def stale_in(text: str) -> list[str]:
