@@ -714,6 +714,38 @@ RENDERERS.update({
 })
 
 
+
+@renders("study_diagnosis")
+def _study_diagnosis() -> str:
+    """benchmarks/sparse_diagnosis.py: per cached model, the decoder given the unquantised latent against the code,
+    the latents' size, the pairs coded, and the payload under the study's coder against a rank-ordered one."""
+    r = result("sparse_diagnosis")
+    rows = []
+    for m in r["models"]:
+        if m["family"] not in ("rvq", "qmp", "qmp_lambda"):
+            continue
+        d, maps = m["decoder"], m["latents"]
+        rows.append([m["label"], f"{d['psnr_unquantised_colour']:.2f}", f"{d['psnr_quantised_colour']:.2f}",
+                     " / ".join(f"{latent['energy']:,.3g}" for latent in maps),
+                     " / ".join(f"{latent['pairs_per_position']:.2f}" for latent in maps),
+                     f"{m['bits']['study_coder_payload_bpp']:.3f}", f"{m['bits']['rank_ordered_payload_bpp']:.3f}"])
+    return (f"{r['set']} set, {r['images']:,} held-out crops, seed 0, the study's cached models "
+            f"({m['steps']} steps); qmp_lambda at lambda 0 (its other qualities below):\n\n"
+            + table(["model", "PSNR, unquantised latent (dB)", "PSNR, the code (dB)", "latent energy E[z^2], top / bottom",
+                     "pairs a position, top / bottom", "payload bpp, study's coder", "payload bpp, rank order"],
+                    rows)
+            + "\n\n" + _qmp_lambda_qualities(r))
+
+
+def _qmp_lambda_qualities(r: dict) -> str:
+    """qmp_lambda's qualities coded with the study's tables (fitted to quality 10's codes) and with their own."""
+    (m,) = [m for m in r["models"] if m["family"] == "qmp_lambda"]
+    return table(["qmp_lambda quality", "lambda", "pairs a position, bottom", "PSNR (dB)",
+                  "payload bpp, quality 10's tables", "payload bpp, its own tables"],
+                 [[str(q["quality"]), f"{q['lambda']:.3g}", f"{q['pairs_per_position'][-1]:.2f}", f"{q['psnr_colour']:.2f}",
+                   f"{q['study_coder_payload_bpp']:.3f}", f"{q['matched_coder_payload_bpp']:.3f}"]
+                  for q in m["qualities"]])
+
 # ------------------------------------------------------------------------------------------ past one machine
 
 def _yes(flag: bool | None) -> str:
