@@ -142,6 +142,19 @@ def rank_count(quantizer) -> int:
 # --- running the models ----------------------------------------------------------------------------------------------
 
 @torch.no_grad()
+def forward_catching(model, x: torch.Tensor) -> tuple[Any, dict[int, tuple]]:
+    """``model(x)`` and, per map i, what its quantizer took and gave: ``{i: (z, quantizer output)}``."""
+    caught: dict[int, tuple] = {}
+    hooks = [q.register_forward_hook(lambda module, args, out, i=i: caught.__setitem__(i, (args[0], out)))
+             for i, q in enumerate(model.quantizers)]
+    try:
+        out = model(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return out, caught
+
+
 def run(model, images: torch.Tensor, bypassed: bool = True) -> dict[str, Any]:
     """Per map the latents z and their quantised z_q [M, C] and the codes [B, H, W, K]; the reconstructions from
     the code and from the unquantised latents."""
@@ -150,14 +163,7 @@ def run(model, images: torch.Tensor, bypassed: bool = True) -> dict[str, Any]:
     quantised, unquantised = [], []
     for start in range(0, len(images), BATCH):
         x = images[start: start + BATCH]
-        caught: dict[int, tuple] = {}
-        hooks = [q.register_forward_hook(lambda module, args, out, i=i: caught.__setitem__(i, (args[0], out)))
-                 for i, q in enumerate(model.quantizers)]
-        try:
-            out = model(x)
-        finally:
-            for hook in hooks:
-                hook.remove()
+        out, caught = forward_catching(model, x)
         for i, (z, q_out) in caught.items():
             zs[i].append(z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]))
             zqs[i].append(q_out.z_q.permute(0, 2, 3, 1).reshape(-1, z.shape[1]))
@@ -481,14 +487,7 @@ def trace(train_set: ImageArray, steps: int, pretrain_steps: int) -> dict[str, A
         for step, x in enumerate(batches, 1):
             model.train()
             optimizer.zero_grad(set_to_none=True)
-            caught: dict[int, tuple] = {}
-            hooks = [q.register_forward_hook(lambda module, args, out, i=i: caught.__setitem__(i, (args[0], out)))
-                     for i, q in enumerate(model.quantizers)]
-            try:
-                out = model(x)
-            finally:
-                for hook in hooks:
-                    hook.remove()
+            out, caught = forward_catching(model, x)
             reconstruction = F.mse_loss(out.reconstruction, x)
             top = caught[0][0]
             g_rec, = torch.autograd.grad(reconstruction, top, retain_graph=True)
