@@ -10,7 +10,9 @@ node sees, or an s3://, gs:// URI whose copy each worker fetches to its disk): t
 
 Resuming: rank 0 writes each prior's ``<storage>/prior/<run key>/<map>.pt`` (atomically; the format of
 ``models/prior/``, which gets a copy when the prior is trained), with every worker's random state beside it
-(``<map>.rng``: the dropout masks to come) and the curve so far, and a worker resumes from them - after Ray
+(``<map>.<step>.rng``: the dropout masks to come; the checkpoint's own step, so a run killed between writing a
+later checkpoint's states and its prior still finds the states of the prior it resumes) and the curve so far, and a
+worker resumes from them - after Ray
 restarts failed workers (``max_failures``) and after a killed ``dvc repro`` (the folder is no DVC out) - as if
 never interrupted. The run key hashes the prior settings, the VQ-VAE and the library's source, as before Ray.
 
@@ -165,7 +167,9 @@ def _train_map(loop: dict[str, Any], store: CodeStore, level: int, config: Any, 
         if resumed.optimizer_state is not None:
             optimizer.load_state_dict(resumed.optimizer_state)
         step = resumed.step
-        _restore_random_state(read_stored(loop["storage"], f"{name}.rng"), step, rank, world_size, device)
+        _restore_random_state(read_stored(loop["storage"], random_state_file(name, step)), step, rank, world_size,
+                              device)
+    kept_states = [random_state_file(name, step)] if stored is not None else []  # the resumable checkpoint's
     start, metric = step, f"{name}_bits_per_image"
     history[:] = [row for row in history if metric not in row or row["step"] <= start]  # rows past a checkpoint: redone
     if rank == 0:
@@ -181,12 +185,16 @@ def _train_map(loop: dict[str, Any], store: CodeStore, level: int, config: Any, 
         states = _gather(_random_state(device), world_size)  # a collective: every worker checkpoints at this step
         if rank != 0:
             return
-        buffer = local / f"{name}.rng"
+        buffer = local / random_state_file(name, step)
         torch.save({"step": step, "states": states}, buffer)
         write_stored(loop["storage"], buffer.name, buffer.read_bytes())
         write_stored(loop["storage"], "history.json", json.dumps(history).encode())
         save_prior(resume, prior, optimizer, step, loop["fingerprint"])
         write_stored(loop["storage"], resume.name, resume.read_bytes())  # last: the step a resume starts from
+        for old in kept_states:  # the previous checkpoint's states: no prior resumes from them now
+            if old != buffer.name:
+                remove_stored(loop["storage"], old)
+        kept_states[:] = [buffer.name]
         print(f"checkpoint saved at step {step} (map {name})", flush=True)
 
     model = ray.train.torch.prepare_model(PriorLoss(prior), parallel_strategy_kwargs={"find_unused_parameters": True})
@@ -207,6 +215,11 @@ def _train_map(loop: dict[str, Any], store: CodeStore, level: int, config: Any, 
 def _digest(prior: PixelSNAIL) -> str:
     return hashlib.sha256(b"".join(value.detach().cpu().numpy().tobytes() for value in prior.state_dict().values())
                           ).hexdigest()
+
+
+def random_state_file(name: str, step: int) -> str:
+    """The workers' random states at map ``name``'s checkpoint of ``step``, in the run's storage folder."""
+    return f"{name}.{step}.rng"
 
 
 def _random_state(device: torch.device) -> dict[str, torch.Tensor]:

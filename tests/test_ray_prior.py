@@ -190,7 +190,7 @@ def test_two_ray_workers_train_the_prior_of_one_up_to_rounding(tmp_path, monkeyp
     first step's whole-batch loss is one worker's up to rounding, and the priors stay close."""
     from tasks.params import load_params
     from tasks.tracking import stage_run
-    from tasks.train_prior import run as train_priors
+    from tasks.train_prior import random_state_file, run as train_priors
 
     root = make_workspace(tmp_path / "ws", dropout=0.0)
     stage(root, "extract_codes")
@@ -209,4 +209,6 @@ def test_two_ray_workers_train_the_prior_of_one_up_to_rounding(tmp_path, monkeyp
                                                                          rel=1e-3)
         assert load_prior(root / "models/prior" / prior_file("", level).name).step == PRIOR["steps"]
     key_folder = next((root / "checkpoints/prior").iterdir())
-    assert len(torch.load(key_folder / "top.rng", weights_only=True)["states"]) == 2  # each worker's random state
+    (states,) = key_folder.glob("top.*.rng")  # the last checkpoint's alone
+    assert states.name == random_state_file("top", PRIOR["steps"])
+    assert len(torch.load(states, weights_only=True)["states"]) == 2  # each worker's random state
