@@ -20,6 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from _results import shown_path
 
 from sparse_vqvae.atomic import atomic_write
 from sparse_vqvae.judge import (JudgeConfig, JudgeTrainConfig, accuracy, held_out_split, read_image_folder,
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
         "target": 0.85, "target_met": plain >= 0.85,
         "epochs": summary["epochs"], "train_seconds": summary["seconds"],
         "threads": args.threads, "machine": cpu_model(), "torch": torch.__version__,
-        "checkpoint": str(Path(args.checkpoint).resolve().relative_to(ROOT)) if Path(args.checkpoint).resolve().is_relative_to(ROOT) else args.checkpoint,
+        "checkpoint": shown_path(args.checkpoint),
         "history": summary["history"],
     }
     Path(args.result).parent.mkdir(parents=True, exist_ok=True)

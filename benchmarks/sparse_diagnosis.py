@@ -33,7 +33,7 @@ rank-0 magnitudes of the top map and where the reconstruction and latent-loss gr
 it (the cosine of the descent direction -g with z: > 0 outward, growing the latent).
 
     python benchmarks/sparse_diagnosis.py                                    # the study's default cache
-    python benchmarks/sparse_diagnosis.py --cache /work/study-run/cache --trace-steps 12
+    python benchmarks/sparse_diagnosis.py --cache ../study-run/cache --trace-steps 12
 
 Prints a table per part and writes benchmarks/results/sparse_diagnosis.json (``--output``).
 """
@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _results import RESULTS, write_json
+from _results import RESULTS, shown_path, write_json
 from torch.utils.data import DataLoader, DistributedSampler
 
 from sparse_vqvae.code_store import CodeStore, extract_codes
@@ -612,7 +612,7 @@ def main() -> None:
         print(f"{entry['label']} ({entry['key']})", flush=True)
         models.append(diagnose(entry, images, train_set, args.fit_images))
     traced = trace(train_set, args.trace_steps, args.trace_pretrain_steps) if args.trace_steps else None
-    write_json(args.output, {"cache": str(args.cache), "set": args.set, "images": count, "threads": args.threads,
+    write_json(args.output, {"cache": shown_path(args.cache), "set": args.set, "images": count, "threads": args.threads,
                              "fit_images": args.fit_images, "models": models, "trace": traced})
     report(models, traced)
 

@@ -41,7 +41,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
-from _results import RESULTS, write_json
+from _results import RESULTS, shown_path, write_json
 from torch.utils.data import Dataset
 
 from sparse_vqvae.code_store import StoreMetadata
@@ -206,12 +206,6 @@ def judge_reference(judge_path: str | Path, root: str | Path, reference_count: i
     return reference(Judge.load(judge_path), images, train_index, held_index, real_count, seed), images
 
 
-def _shown(path: str | Path) -> str:
-    """A path as the results file shows it: relative to the repository when inside it."""
-    path = Path(path).resolve()
-    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--family", action="append", default=[], metavar="NAME=WORKSPACE",
@@ -259,7 +253,7 @@ def main(argv: list[str] | None = None) -> dict:
                                   prior_steps, args.class_conditional, measure)
     result = {
         "judge_accuracy": judge_payload.get("held_out_accuracy"),
-        "judge": {"checkpoint": _shown(args.judge), "feature_dim": ref.judge.feature_dim},
+        "judge": {"checkpoint": shown_path(args.judge), "feature_dim": ref.judge.feature_dim},
         "measure": {"reference": f"{len(held_index)} held-out CIFAR-10 images (judge.held_out_split, seed 0)",
                     "images_per_source": args.images, "k": 3, "temperatures": list(temperatures),
                     "fd": "Frechet distance on the judge's penultimate features: not FID, comparable within the "
