@@ -496,12 +496,17 @@ class QuantisedPursuit(_Quantizer):
     A position stops when no pair lowers the error - or, with a rate-distortion multiplier lambda > 0, when no pair
     pays for its bits: a pair is chosen by ``gain - lambda * bits`` (bits from EMA frequencies of each rank's
     atoms and values and of the pair counts), lambda in units of the mean squared norm of the latents, so one value
-    keeps its meaning as the encoder grows. Training draws lambda per image (log-uniform over ``train_lambdas``, a
+    keeps its meaning. Training draws lambda per image (log-uniform over ``train_lambdas``, a
     quarter of the images at 0), so one decoder learns every pair count; ``rate_lambda`` is the encoder's choice
     outside training - the codec's quality knob.
 
-    A magnitude no pick reaches is reseeded from the current |c| (so a map whose coefficients all fell below its
-    smallest magnitude codes again), as atoms fallen out of use are from the worst-coded latents.
+    The pursuit codes the latent z at a held scale, ``coding_target``: z sqrt(reference / E), E its mean squared norm a
+    position (the batch's in training, as a batch norm's statistics, an EMA outside) and reference E when the
+    dictionary was fitted, so the decoder, the commitment and the magnitudes see one scale. Without it nothing holds
+    the scale: the magnitudes follow the encoder wherever it drifts, and in the equal-rate study the top latents of
+    K=3 and 4 grew a hundred- and ten-thousand-fold within 600 steps. A magnitude no pick reaches is reseeded from
+    the current |c| (so a map whose coefficients all fell below its smallest magnitude codes again), as atoms fallen
+    out of use are from the worst-coded latents.
 
     The dictionary learns from the reconstruction loss through the quantised code and from the dictionary loss
     ``||sum_k v_k d_{a_k} - sg(z)||^2`` on the quantised code (what the decoder is sent); the encoder by the
@@ -532,7 +537,10 @@ class QuantisedPursuit(_Quantizer):
         self.register_buffer("atom_freq", torch.ones(slots, num_atoms))
         self.register_buffer("magnitude_freq", torch.ones(slots, self.magnitudes))
         self.register_buffer("count_freq", torch.ones(slots + 1))
-        self.register_buffer("energy", torch.tensor(1.0))  # EMA of ||z||^2 a position: lambda's unit
+        # EMA of the encoder's ||z||^2 a position, and its value when the dictionary was fitted: the energy the latents
+        # are coded at, lambda's unit
+        self.register_buffer("energy", torch.tensor(1.0))
+        self.register_buffer("reference", torch.tensor(1.0))
         self._pending_restart: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def codebook(self) -> torch.Tensor:
@@ -558,22 +566,30 @@ class QuantisedPursuit(_Quantizer):
             flat = _flatten(z.float())
             if self.training and not bool(self.initialized):
                 self.initialize(flat.detach())
+            target = self.coding_target(flat)
             dictionary = self.codebook()
             b, _, h, w = z.shape
-            lam = self._lambdas(b, h * w, flat.device) * self.energy
-            atoms, levels, picked = self.pursue(flat.detach(), dictionary.detach(), lam)
+            lam = self._lambdas(b, h * w, flat.device) * self.reference
+            atoms, levels, picked = self.pursue(target.detach(), dictionary.detach(), lam)
             # the values the pursuit chose, read before _learn moves and re-sorts the tables
             z_q_flat = compose(self._values(atoms, levels), atoms.clamp_min(0), dictionary)  # gradient into D
             if self.training:
-                self._learn(flat.detach(), atoms, levels, picked, z_q_flat.detach())
+                self._learn(flat.detach(), target.detach(), atoms, levels, picked, z_q_flat.detach())
             order = canonical_order(atoms)  # a set: each level symbol carries its rank
             atoms, levels = atoms.gather(1, order), levels.gather(1, order)
-            loss = self.commitment * F.mse_loss(flat, z_q_flat.detach())
+            loss = self.commitment * F.mse_loss(target, z_q_flat.detach())
             if self.dictionary_loss_weight:  # on the quantised code
-                loss = loss + self.dictionary_loss_weight * F.mse_loss(z_q_flat, flat.detach())
-            z_q = _unflatten(z_q_flat + (flat - flat.detach()), z)  # straight through to the encoder
+                loss = loss + self.dictionary_loss_weight * F.mse_loss(z_q_flat, target.detach())
+            z_q = _unflatten(z_q_flat + (target - target.detach()), z)  # straight through to the encoder
         codes = Codes(atoms.reshape(b, h, w, self.slots), levels.reshape(b, h, w, self.slots))
         return QuantizerOutput(z_q, codes, loss, usage_stats(codes, self.num_atoms, self.coef_levels))
+
+    def coding_target(self, z: torch.Tensor) -> torch.Tensor:
+        """The latents (channels on dim 1) at the energy the dictionary was fitted at: z sqrt(reference / E), E the
+        batch's mean ||z||^2 a position in training (the gradient passes through it, as through a batch norm, so
+        growing the latent is no direction of descent) and its EMA outside training."""
+        energy = z.square().sum(1).mean() if self.training and bool(self.initialized) else self.energy
+        return z * (self.reference / energy).sqrt()
 
     def _values(self, atoms: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
         """The level values of codes [M, K], zero in empty slots."""
@@ -638,11 +654,12 @@ class QuantisedPursuit(_Quantizer):
         return atoms, levels, picked
 
     @torch.no_grad()
-    def _learn(self, target: torch.Tensor, atoms: torch.Tensor, levels: torch.Tensor, picked: torch.Tensor,
-               coded: torch.Tensor) -> None:
+    def _learn(self, latent: torch.Tensor, target: torch.Tensor, atoms: torch.Tensor, levels: torch.Tensor,
+               picked: torch.Tensor, coded: torch.Tensor) -> None:
         """EMA steps of the magnitudes (centroids of the |c| that chose them), of the symbol frequencies and of the
-        latents' energy, from codes in rank order of the latents [M, C] (``coded``: what they decode to); stale
-        magnitudes reseeded, the restart of atoms fallen out of use planned (every rank joins the all-reduces)."""
+        latents' energy (``latent`` [M, C]), from codes in rank order of the coding targets [M, C] (``coded``: what
+        they decode to); stale magnitudes reseeded, the restart of atoms fallen out of use planned (every rank joins
+        the all-reduces)."""
         d, magnitudes, slots = self.decay, self.magnitudes, self.slots
         present = atoms != EMPTY
         signed = levels % (2 * magnitudes)
@@ -660,7 +677,7 @@ class QuantisedPursuit(_Quantizer):
         self.atom_freq.mul_(d).add_(atom_counts.view(slots, -1) / rows * self.num_atoms, alpha=1 - d)
         pair_counts = _all_sum(torch.bincount(present.sum(1), minlength=slots + 1).float())
         self.count_freq.mul_(d).add_(pair_counts / rows * (slots + 1), alpha=1 - d)
-        self.energy.mul_(d).add_(_all_sum(target.square().sum()) / rows, alpha=1 - d)
+        self.energy.mul_(d).add_(_all_sum(latent.square().sum()) / rows, alpha=1 - d)
         self._reseed_magnitudes(picked, present)
         table, order = (self.magnitude_sum / self.magnitude_count.clamp_min(1e-12)).clamp_min(1e-6).sort(dim=1)
         self.magnitude_table.copy_(table)
@@ -735,6 +752,7 @@ class QuantisedPursuit(_Quantizer):
         self.magnitude_sum.copy_(self.magnitude_table)
         self.magnitude_count.fill_(1.0)
         self.energy.copy_(_from_rank0(target.square().sum(1).mean()))
+        self.reference.copy_(self.energy)
         self.initialized.fill_(True)
 
     def decode_codes(self, codes: Codes) -> torch.Tensor:

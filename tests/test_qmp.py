@@ -217,3 +217,17 @@ def test_training_decodes_the_values_the_pursuit_chose_though_the_tables_reorder
     out = quantizer.train()(z)
     assert float(quantizer.magnitude_table[0, -1]) > float(before.magnitude_table[0, -1])  # cell 0 went last
     torch.testing.assert_close(out.z_q, before(z).z_q, rtol=0, atol=1e-4)
+
+
+def test_training_codes_the_latent_at_the_energy_the_dictionary_was_fitted_at():
+    """However far the encoder scales its output, training codes it at the reference energy, and no gradient
+    grows or shrinks it (as through a batch norm): the latent's scale is no direction of descent."""
+    quantizer, z = trained(slots=3)
+    quantizer.train()
+    for scale in (1e-2, 1e2):
+        scaled = (z * scale).requires_grad_(True)
+        out, held = copy.deepcopy(quantizer)(scaled), copy.deepcopy(quantizer)(z)
+        torch.testing.assert_close(out.z_q, held.z_q, rtol=0, atol=1e-4)
+        (out.z_q.square().sum() + out.loss).backward()
+        radial = (scaled.grad * scaled.detach()).sum() / (scaled.grad.norm() * scaled.detach().norm())
+        assert abs(float(radial)) < 1e-4
