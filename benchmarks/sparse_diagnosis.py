@@ -7,11 +7,11 @@ For every cached model of ``--families`` on ``--set`` (each ``<cache>/<set>/<key
 - ``decoder``: PSNR (whole-set MSE, [0, 255]) of the decoder on the quantised code (the model as trained) and on
   the UNquantised encoder output (every quantizer bypassed): the autoencoder's own ceiling. Both also with each
   image's mean colour put back, as the codec's colour offsets do (what the study's PSNR includes).
-- ``latents``, per code map: the coded latent's energy E|z|^2 (qmp's coding target, the encoder output at the energy
-  its dictionary was fitted at; ``encoder_energy`` the encoder output's own), its mean's share, its variance and effective
-  dimension (participation ratio of the covariance spectrum), the quantised latent's squared error, and per rank
-  (a qmp pair's rank in the pursuit, a residual VQ's stage) the mean squared residual after the first k ranks, the
-  share of positions holding a rank-k pair and the decoder's PSNR from the first k ranks of both maps.
+- ``latents``, per code map: the coded latent's energy E|z|^2 (qmp's coding target, the encoder output at the
+  energy its dictionary was fitted at; ``encoder_energy`` the encoder output's own), its mean's share, its variance
+  and effective dimension (participation ratio of the covariance spectrum), the quantised latent's squared error,
+  and per rank (a qmp pair's rank in the pursuit, a residual VQ's stage) the mean squared residual after the first k
+  ranks, the share of positions holding a rank-k pair and the decoder's PSNR from the first k ranks of both maps.
 - ``bits``, per code map and position: the study's factorised coder (its frequency model fitted to the model's
   training codes, split into pair counts, atoms and levels) and a rank-ordered coder fitted to the same codes (the
   count, then per rank its atom and its signed level from that rank's own tables); the difference is what the
@@ -170,7 +170,8 @@ def run(model, images: torch.Tensor, bypassed: bool = True) -> dict[str, Any]:
         quantised.append(out.reconstruction.clamp(-1, 1))
         if bypassed:
             unquantised.append(model.autoencode(x)[0].clamp(-1, 1))
-    return {"encoded": [torch.cat(t) for t in encoded], "z": [torch.cat(t) for t in zs], "z_q": [torch.cat(t) for t in zqs],
+    return {"encoded": [torch.cat(t) for t in encoded], "z": [torch.cat(t) for t in zs],
+            "z_q": [torch.cat(t) for t in zqs],
             "codes": tuple(Codes(torch.cat([c.atoms for c in t]), torch.cat([c.levels for c in t])) for t in codes),
             "quantised": torch.cat(quantised), "unquantised": torch.cat(unquantised) if bypassed else None}
 
@@ -539,7 +540,8 @@ def report(models: list[dict[str, Any]], traced: dict[str, Any] | None) -> None:
         pairs = joined([x["pairs_per_position"] for x in lat], ".2f")
         print(f"{m['label']:<18}{s['bpp']:>10.3f}{s['psnr']:>9.2f}{d['psnr_quantised_colour']:>8.2f}"
               f"{d['psnr_unquantised_colour']:>10.2f}{d['psnr_quantised']:>7.2f}{d['psnr_unquantised']:>8.2f}  "
-              f"{energy:>17}  {encoder:>17}  {error:>15}  {pairs:>11}  {m['losses']['latent_loss'] / m['losses']['reconstruction_mse']:>12.3f}")
+              f"{energy:>17}  {encoder:>17}  {error:>15}  {pairs:>11}  "
+              f"{m['losses']['latent_loss'] / m['losses']['reconstruction_mse']:>12.3f}")
     print("\nper rank: PSNR from the first k ranks (colour put back); residual/variance after rank k (top | bottom)")
     for m in models:
         if m["family"] == "vanilla":

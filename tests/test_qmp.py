@@ -195,10 +195,9 @@ def test_a_stale_magnitude_is_reseeded_among_the_coefficients():
 def test_a_dead_map_codes_again():
     """Every magnitude far above every |c|: nothing is coded, and training brings the map back."""
     quantizer, z = trained(slots=2)
-    for rank in range(2):
-        for cell in range(quantizer.magnitudes):
-            quantizer.magnitude_table[rank, cell] = 1e3 * (cell + 1)
-            quantizer.magnitude_sum[rank, cell] = quantizer.magnitude_table[rank, cell] * quantizer.magnitude_count[rank, cell]
+    far = 1e3 * torch.arange(1.0, quantizer.magnitudes + 1).repeat(2, 1)
+    quantizer.magnitude_table.copy_(far)
+    quantizer.magnitude_sum.copy_(far * quantizer.magnitude_count)
     assert not quantizer(z).codes.present.any()
     quantizer.train()
     for _ in range(400):
