@@ -7,18 +7,20 @@ For every cached model of ``--families`` on ``--set`` (each ``<cache>/<set>/<key
 - ``decoder``: PSNR (whole-set MSE, [0, 255]) of the decoder on the quantised code (the model as trained) and on
   the UNquantised encoder output (every quantizer bypassed): the autoencoder's own ceiling. Both also with each
   image's mean colour put back, as the codec's colour offsets do (what the study's PSNR includes).
-- ``latents``, per code map: the encoder output's energy E|z|^2, its mean's share, its variance and effective
-  dimension (participation ratio of the covariance spectrum), the quantised latent's squared error, and per rank
-  (a qmp pair's rank in the pursuit, a residual VQ's stage) the mean squared residual after the first k ranks, the
-  share of positions holding a rank-k pair and the decoder's PSNR from the first k ranks of both maps.
+- ``latents``, per code map: the coded latent's energy E|z|^2 (qmp's coding target, the encoder output at the
+  energy its dictionary was fitted at; ``encoder_energy`` the encoder output's own), its mean's share, its variance
+  and effective dimension (participation ratio of the covariance spectrum), the quantised latent's squared error,
+  and per rank (a qmp pair's rank in the pursuit, a residual VQ's stage) the mean squared residual after the first k
+  ranks, the share of positions holding a rank-k pair and the decoder's PSNR from the first k ranks of both maps.
 - ``bits``, per code map and position: the study's factorised coder (its frequency model fitted to the model's
   training codes, split into pair counts, atoms and levels) and a rank-ordered coder fitted to the same codes (the
   count, then per rank its atom and its signed level from that rank's own tables); the difference is what the
   canonical order costs (a qmp level symbol names its rank: K ranks at ~log2 K bits each, where the set order saves
   only log2 K!). Per rank, on the held-out codes: the plug-in entropy of atoms and levels, atoms used and unused,
   the share of positive values and each magnitude's share.
-- ``tables`` (qmp): each rank's learned magnitudes and their EMA pick counts (a cell below 1 has had no pick for
-  hundreds of steps: stale), the EMA latent energy and pair-count frequencies the quantizer kept from training.
+- ``tables`` (qmp): each rank's learned magnitudes and their EMA pick counts (a cell at or below 1 has had no pick
+  for hundreds of steps, or only a reseed's weight: stale), the EMA latent energy and pair-count frequencies the
+  quantizer kept from training.
 - ``losses``: the training objective's terms on the held-out images (reconstruction MSE, commitment and
   dictionary terms): the study kept no training logs.
 - ``refit`` (qmp, a re-encode, no retraining): the magnitude tables refitted by Lloyd iterations on training
@@ -156,22 +158,26 @@ def forward_catching(model, x: torch.Tensor) -> tuple[Any, dict[int, tuple]]:
 
 
 def run(model, images: torch.Tensor, bypassed: bool = True) -> dict[str, Any]:
-    """Per map the latents z and their quantised z_q [M, C] and the codes [B, H, W, K]; the reconstructions from
-    the code and from the unquantised latents."""
+    """Per map the encoder's latents, what the quantizer codes of them (its coding target: qmp's at its held
+    energy) z and their quantised z_q [M, C] and the codes [B, H, W, K]; the reconstructions from the code and from
+    the unquantised latents."""
     model.eval()
     zs, zqs, codes = [[] for _ in model.quantizers], [[] for _ in model.quantizers], [[] for _ in model.quantizers]
+    encoded = [[] for _ in model.quantizers]
     quantised, unquantised = [], []
     for start in range(0, len(images), BATCH):
         x = images[start: start + BATCH]
         out, caught = forward_catching(model, x)
         for i, (z, q_out) in caught.items():
-            zs[i].append(z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]))
+            encoded[i].append(z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]))
+            zs[i].append(model.quantizers[i].coding_target(encoded[i][-1]))
             zqs[i].append(q_out.z_q.permute(0, 2, 3, 1).reshape(-1, z.shape[1]))
             codes[i].append(q_out.codes)
         quantised.append(out.reconstruction.clamp(-1, 1))
         if bypassed:
             unquantised.append(model.autoencode(x)[0].clamp(-1, 1))
-    return {"z": [torch.cat(t) for t in zs], "z_q": [torch.cat(t) for t in zqs],
+    return {"encoded": [torch.cat(t) for t in encoded], "z": [torch.cat(t) for t in zs],
+            "z_q": [torch.cat(t) for t in zqs],
             "codes": tuple(Codes(torch.cat([c.atoms for c in t]), torch.cat([c.levels for c in t])) for t in codes),
             "quantised": torch.cat(quantised), "unquantised": torch.cat(unquantised) if bypassed else None}
 
@@ -194,7 +200,8 @@ def image_psnr(images: torch.Tensor, reconstructions: torch.Tensor, colour: bool
 # --- latents ---------------------------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def latent_figures(quantizer, z: torch.Tensor, z_q: torch.Tensor, codes: Codes) -> dict[str, Any]:
+def latent_figures(quantizer, encoded: torch.Tensor, z: torch.Tensor, z_q: torch.Tensor,
+                   codes: Codes) -> dict[str, Any]:
     mean = z.mean(0)
     centred = z - mean
     spectrum = torch.linalg.svdvals(centred.double()).square()
@@ -206,7 +213,8 @@ def latent_figures(quantizer, z: torch.Tensor, z_q: torch.Tensor, codes: Codes) 
         part = quantizer.decode_codes(cut(quantizer, codes, keep))
         part = part.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
         residuals.append(float((z - part).square().sum(1).mean()))
-    return {"energy": energy, "mean_energy": float(mean.square().sum()), "variance": variance,
+    return {"energy": energy, "encoder_energy": float(encoded.square().sum(1).mean()),
+            "mean_energy": float(mean.square().sum()), "variance": variance,
             "participation_ratio": float(spectrum.sum() ** 2 / spectrum.square().sum()),
             "error": error, "relative_error": error / energy, "error_over_variance": error / variance,
             "residual_after_rank": [energy] + residuals,
@@ -349,7 +357,7 @@ def bits_figures(model, fm: FrequencyModel, train_maps: tuple[Codes, ...], test_
 
 def table_figures(quantizer) -> dict[str, Any]:
     return {"magnitudes": quantizer.magnitude_table.tolist(), "pick_counts_ema": quantizer.magnitude_count.tolist(),
-            "stale_cells": int((quantizer.magnitude_count < 1).sum()),
+            "stale_cells": int((quantizer.magnitude_count <= 1).sum()),  # no pick weight beyond a reseed's
             "energy_ema": float(quantizer.energy), "pair_count_freq_ema": quantizer.count_freq.tolist()}
 
 
@@ -399,8 +407,8 @@ def diagnose(entry: dict[str, Any], images: torch.Tensor, train_set: ImageArray,
         "psnr_first_ranks": [image_psnr(images, decoded(model, tuple(cut(q, c, keep) for q, c in
                                                                      zip(model.quantizers, result["codes"]))), True)
                              for keep in range(1, rank_count(model.quantizers[0]) + 1)]}
-    out["latents"] = [latent_figures(q, z, zq, c) for q, z, zq, c in
-                      zip(model.quantizers, result["z"], result["z_q"], result["codes"])]
+    out["latents"] = [latent_figures(q, e, z, zq, c) for q, e, z, zq, c in
+                      zip(model.quantizers, result["encoded"], result["z"], result["z_q"], result["codes"])]
     config = model.config
     weights = [config.commitment + (getattr(q, "dictionary_loss_weight", 0.0) or 0.0) if hasattr(q, "pursue")
                else config.commitment for q in model.quantizers]
@@ -497,9 +505,10 @@ def trace(train_set: ImageArray, steps: int, pretrain_steps: int) -> dict[str, A
             model.after_step()
             row = {"step": step, "reconstruction_mse": reconstruction.item(), "latent_loss": out.latent_loss.item()}
             for i, (z, q_out) in caught.items():
-                energy = float(z.detach().square().sum(1).mean())
-                row[f"energy_{i}"] = energy
-                row[f"relative_error_{i}"] = float((z.detach() - q_out.z_q.detach()).square().sum(1).mean()) / energy
+                row[f"energy_{i}"] = float(z.detach().square().sum(1).mean())  # the encoder's output
+                target = model.quantizers[i].coding_target(z.detach())
+                row[f"relative_error_{i}"] = float((target - q_out.z_q.detach()).square().sum(1).mean()
+                                                   / target.square().sum(1).mean())
             z = top.detach()  # the descent step -g moves the latent outward where cos(-g, z) > 0
             row["outward_cos_reconstruction_grad"] = float(-(g_rec * z).sum() / (g_rec.norm() * z.norm()).clamp_min(1e-30))
             row["outward_cos_latent_grad"] = float(-(g_lat * z).sum() / (g_lat.norm() * z.norm()).clamp_min(1e-30))
@@ -520,16 +529,18 @@ def report(models: list[dict[str, Any]], traced: dict[str, Any] | None) -> None:
     print("\ndecoder PSNR (dB; 'c': mean colour put back, as the codec's offsets), latents (top | bottom) and the "
           "training objective's latent term over its reconstruction term, on the held-out images")
     header = (f"{'model':<18}{'study bpp':>10}{'study dB':>9}{'quant c':>8}{'unquant c':>10}{'quant':>7}{'unquant':>8}"
-              f"  {'E|z|^2':>17}  {'err/var':>15}  {'pairs/pos':>11}  {'lat/rec loss':>12}")
+              f"  {'E|z|^2':>17}  {'encoder E|z|^2':>17}  {'err/var':>15}  {'pairs/pos':>11}  {'lat/rec loss':>12}")
     print(header + "\n" + "-" * len(header))
     for m in models:
         s, d, lat = m["study"][-1], m["decoder"], m["latents"]
         energy = joined([x["energy"] for x in lat], "7.3g")
+        encoder = joined([x["encoder_energy"] for x in lat], "7.3g")
         error = joined([x["error_over_variance"] for x in lat], ".4f")
         pairs = joined([x["pairs_per_position"] for x in lat], ".2f")
         print(f"{m['label']:<18}{s['bpp']:>10.3f}{s['psnr']:>9.2f}{d['psnr_quantised_colour']:>8.2f}"
               f"{d['psnr_unquantised_colour']:>10.2f}{d['psnr_quantised']:>7.2f}{d['psnr_unquantised']:>8.2f}  "
-              f"{energy:>17}  {error:>15}  {pairs:>11}  {m['losses']['latent_loss'] / m['losses']['reconstruction_mse']:>12.3f}")
+              f"{energy:>17}  {encoder:>17}  {error:>15}  {pairs:>11}  "
+              f"{m['losses']['latent_loss'] / m['losses']['reconstruction_mse']:>12.3f}")
     print("\nper rank: PSNR from the first k ranks (colour put back); residual/variance after rank k (top | bottom)")
     for m in models:
         if m["family"] == "vanilla":

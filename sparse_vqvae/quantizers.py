@@ -121,11 +121,12 @@ class _Quantizer(nn.Module):
         self.register_buffer("usage", torch.full((num_atoms,), 1.0 / num_atoms))
 
     def _track_usage(self, atoms: torch.Tensor) -> torch.Tensor:
-        """Update the usage EMA from this batch's atoms; return the dead ones (bool [N])."""
+        """Update the usage EMA from this batch's atoms [M, K]; return the dead ones (bool [N])."""
         counts = _all_sum(torch.bincount(atoms[atoms != EMPTY], minlength=self.num_atoms).float())
-        if counts.sum() == 0:  # no vector coded (a dropped stage): nothing to learn about usage
-            return torch.zeros_like(self.usage, dtype=torch.bool)
-        self.usage.mul_(USAGE_DECAY).add_(counts / counts.sum(), alpha=1 - USAGE_DECAY)
+        if _all_sum(torch.tensor(float(atoms.shape[0]), device=atoms.device)) == 0:
+            return torch.zeros_like(self.usage, dtype=torch.bool)  # no vector to code (a dropped stage)
+        # vectors given but none coded (a dead map): every atom's usage decays, so they all restart
+        self.usage.mul_(USAGE_DECAY).add_(counts / counts.sum().clamp_min(1), alpha=1 - USAGE_DECAY)
         return self.usage < DEAD_BELOW / self.num_atoms
 
     @property
@@ -495,9 +496,17 @@ class QuantisedPursuit(_Quantizer):
     A position stops when no pair lowers the error - or, with a rate-distortion multiplier lambda > 0, when no pair
     pays for its bits: a pair is chosen by ``gain - lambda * bits`` (bits from EMA frequencies of each rank's
     atoms and values and of the pair counts), lambda in units of the mean squared norm of the latents, so one value
-    keeps its meaning as the encoder grows. Training draws lambda per image (log-uniform over ``train_lambdas``, a
+    keeps its meaning. Training draws lambda per image (log-uniform over ``train_lambdas``, a
     quarter of the images at 0), so one decoder learns every pair count; ``rate_lambda`` is the encoder's choice
     outside training - the codec's quality knob.
+
+    The pursuit codes the latent z at a held scale, ``coding_target``: z sqrt(reference / E), E its mean squared norm a
+    position (the batch's in training, as a batch norm's statistics, an EMA outside) and reference E when the
+    dictionary was fitted, so the decoder, the commitment and the magnitudes see one scale. Without it nothing holds
+    the scale: the magnitudes follow the encoder wherever it drifts, and in the equal-rate study the top latents of
+    K=3 and 4 grew a hundred- and ten-thousand-fold within 600 steps. A magnitude no pick reaches is reseeded from
+    the current |c| (so a map whose coefficients all fell below its smallest magnitude codes again), as atoms fallen
+    out of use are from the worst-coded latents.
 
     The dictionary learns from the reconstruction loss through the quantised code and from the dictionary loss
     ``||sum_k v_k d_{a_k} - sg(z)||^2`` on the quantised code (what the decoder is sent); the encoder by the
@@ -528,7 +537,10 @@ class QuantisedPursuit(_Quantizer):
         self.register_buffer("atom_freq", torch.ones(slots, num_atoms))
         self.register_buffer("magnitude_freq", torch.ones(slots, self.magnitudes))
         self.register_buffer("count_freq", torch.ones(slots + 1))
-        self.register_buffer("energy", torch.tensor(1.0))  # EMA of ||z||^2 a position: lambda's unit
+        # EMA of the encoder's ||z||^2 a position, and its value when the dictionary was fitted: the energy the latents
+        # are coded at, lambda's unit
+        self.register_buffer("energy", torch.tensor(1.0))
+        self.register_buffer("reference", torch.tensor(1.0))
         self._pending_restart: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def codebook(self) -> torch.Tensor:
@@ -554,21 +566,30 @@ class QuantisedPursuit(_Quantizer):
             flat = _flatten(z.float())
             if self.training and not bool(self.initialized):
                 self.initialize(flat.detach())
+            target = self.coding_target(flat)
             dictionary = self.codebook()
             b, _, h, w = z.shape
-            lam = self._lambdas(b, h * w, flat.device) * self.energy
-            atoms, levels, picked = self.pursue(flat.detach(), dictionary.detach(), lam)
+            lam = self._lambdas(b, h * w, flat.device) * self.reference
+            atoms, levels, picked = self.pursue(target.detach(), dictionary.detach(), lam)
+            # the values the pursuit chose, read before _learn moves and re-sorts the tables
+            z_q_flat = compose(self._values(atoms, levels), atoms.clamp_min(0), dictionary)  # gradient into D
             if self.training:
-                self._learn(flat.detach(), atoms, levels, picked, dictionary.detach())
+                self._learn(flat.detach(), target.detach(), atoms, levels, picked, z_q_flat.detach())
             order = canonical_order(atoms)  # a set: each level symbol carries its rank
             atoms, levels = atoms.gather(1, order), levels.gather(1, order)
-            z_q_flat = compose(self._values(atoms, levels), atoms.clamp_min(0), dictionary)  # gradient into D
-            loss = self.commitment * F.mse_loss(flat, z_q_flat.detach())
+            loss = self.commitment * F.mse_loss(target, z_q_flat.detach())
             if self.dictionary_loss_weight:  # on the quantised code
-                loss = loss + self.dictionary_loss_weight * F.mse_loss(z_q_flat, flat.detach())
-            z_q = _unflatten(z_q_flat + (flat - flat.detach()), z)  # straight through to the encoder
+                loss = loss + self.dictionary_loss_weight * F.mse_loss(z_q_flat, target.detach())
+            z_q = _unflatten(z_q_flat + (target - target.detach()), z)  # straight through to the encoder
         codes = Codes(atoms.reshape(b, h, w, self.slots), levels.reshape(b, h, w, self.slots))
         return QuantizerOutput(z_q, codes, loss, usage_stats(codes, self.num_atoms, self.coef_levels))
+
+    def coding_target(self, z: torch.Tensor) -> torch.Tensor:
+        """The latents (channels on dim 1) at the energy the dictionary was fitted at: z sqrt(reference / E), E the
+        batch's mean ||z||^2 a position in training (the gradient passes through it, as through a batch norm, so
+        growing the latent is no direction of descent) and its EMA outside training."""
+        energy = z.square().sum(1).mean() if self.training and bool(self.initialized) else self.energy
+        return z * (self.reference / energy).sqrt()
 
     def _values(self, atoms: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
         """The level values of codes [M, K], zero in empty slots."""
@@ -588,7 +609,8 @@ class QuantisedPursuit(_Quantizer):
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Code rows [M, C] greedily, rank by rank: one [M, N] correlation, the best level of each atom, the best
         atom. Returns atoms [M, K] in rank order (EMPTY after a position stops), level symbols [M, K] and the |c|
-        of each pick [M, K] (what the magnitudes are centroids of)."""
+        of each rank's best pair [M, K] where the position reached that rank, coded or not (the magnitudes are
+        centroids of the coded ones, and reseeded from them all)."""
         m, n, magnitudes = target.shape[0], self.num_atoms, self.magnitudes
         atoms = torch.full((m, self.slots), EMPTY, dtype=torch.long, device=target.device)
         levels = torch.zeros((m, self.slots), dtype=torch.long, device=target.device)
@@ -626,16 +648,18 @@ class QuantisedPursuit(_Quantizer):
             residual -= (torch.where(negative, -table[magnitude], table[magnitude]) * add)[:, None] * dictionary.T[atom]
             atoms[:, k] = torch.where(add, atom, EMPTY)
             levels[:, k] = torch.where(add, k * 2 * magnitudes + signed, 0)
-            picked[:, k] = c.abs() * add
+            picked[:, k] = c.abs() * active
             taken[rows, atom] |= add
             active = add
         return atoms, levels, picked
 
     @torch.no_grad()
-    def _learn(self, target: torch.Tensor, atoms: torch.Tensor, levels: torch.Tensor, picked: torch.Tensor,
-               dictionary: torch.Tensor) -> None:
-        """EMA steps of the magnitudes (centroids of the |c| that chose them) and of the symbol frequencies, from
-        codes in rank order; plan the restart of atoms fallen out of use (every rank joins the all-reduces)."""
+    def _learn(self, latent: torch.Tensor, target: torch.Tensor, atoms: torch.Tensor, levels: torch.Tensor,
+               picked: torch.Tensor, coded: torch.Tensor) -> None:
+        """EMA steps of the magnitudes (centroids of the |c| that chose them), of the symbol frequencies and of the
+        latents' energy (``latent`` [M, C]), from codes in rank order of the coding targets [M, C] (``coded``: what
+        they decode to); stale magnitudes reseeded, the restart of atoms fallen out of use planned (every rank joins
+        the all-reduces)."""
         d, magnitudes, slots = self.decay, self.magnitudes, self.slots
         present = atoms != EMPTY
         signed = levels % (2 * magnitudes)
@@ -644,30 +668,53 @@ class QuantisedPursuit(_Quantizer):
         cells = (rank * magnitudes + magnitude)[present]
         counts = _all_sum(torch.bincount(cells, minlength=slots * magnitudes).float()).view(slots, -1)
         sums = _all_sum(torch.zeros(slots * magnitudes, device=atoms.device).index_add_(0, cells, picked[present]))
+        rows = _all_sum(torch.tensor(float(atoms.shape[0]), device=atoms.device)).clamp_min(1)
         self.magnitude_count.mul_(d).add_(counts, alpha=1 - d)
         self.magnitude_sum.mul_(d).add_(sums.view(slots, -1), alpha=1 - d)
+        self.magnitude_freq.mul_(d).add_(counts / rows * magnitudes, alpha=1 - d)
+        atom_counts = _all_sum(torch.bincount((rank * self.num_atoms + atoms.clamp_min(0))[present],
+                                              minlength=slots * self.num_atoms).float())
+        self.atom_freq.mul_(d).add_(atom_counts.view(slots, -1) / rows * self.num_atoms, alpha=1 - d)
+        pair_counts = _all_sum(torch.bincount(present.sum(1), minlength=slots + 1).float())
+        self.count_freq.mul_(d).add_(pair_counts / rows * (slots + 1), alpha=1 - d)
+        self.energy.mul_(d).add_(_all_sum(latent.square().sum()) / rows, alpha=1 - d)
+        self._reseed_magnitudes(picked, present)
         table, order = (self.magnitude_sum / self.magnitude_count.clamp_min(1e-12)).clamp_min(1e-6).sort(dim=1)
         self.magnitude_table.copy_(table)
         for name in ("magnitude_sum", "magnitude_count", "magnitude_freq"):  # the symbols follow their values
             buffer = getattr(self, name)
             buffer.copy_(buffer.gather(1, order))
-        rows = _all_sum(torch.tensor(float(atoms.shape[0]), device=atoms.device)).clamp_min(1)
-        atom_counts = _all_sum(torch.bincount((rank * self.num_atoms + atoms.clamp_min(0))[present],
-                                              minlength=slots * self.num_atoms).float())
-        self.atom_freq.mul_(d).add_(atom_counts.view(slots, -1) / rows * self.num_atoms, alpha=1 - d)
-        self.magnitude_freq.mul_(d).add_(counts / rows * magnitudes, alpha=1 - d)
-        pair_counts = _all_sum(torch.bincount(present.sum(1), minlength=slots + 1).float())
-        self.count_freq.mul_(d).add_(pair_counts / rows * (slots + 1), alpha=1 - d)
-        self.energy.mul_(d).add_(_all_sum(target.square().sum()) / rows, alpha=1 - d)
         dead = self._track_usage(atoms)
         if self.restart_dead and bool(dead.any()):
             # a re-seeded atom points at one of the worst-coded vectors (their residuals' directions left a helper's
             # top map with 16 live atoms of 256, the vectors' own with 176)
-            residual = target - compose(self._values(atoms, levels), atoms.clamp_min(0), dictionary)
-            seeds = self._reseed_candidates(target, residual.square().sum(1), int(dead.sum()))
+            seeds = self._reseed_candidates(target, (target - coded).square().sum(1), int(dead.sum()))
             slots_ = dead.nonzero().squeeze(1)[: seeds.shape[0]]
             self.usage[slots_] = 1.0 / self.num_atoms
             self._pending_restart = (slots_, seeds)
+
+    @torch.no_grad()
+    def _reseed_magnitudes(self, picked: torch.Tensor, present: torch.Tensor) -> None:
+        """Reseed each stale magnitude - picked under 1/16 as often as its share of the positions reaching its rank
+        - at its quantile of this batch's |c| of the rank's best pairs (rank 0's), as a dead atom is restarted. An
+        unpicked cell's EMA sum and count decay together, so its value would stay where no coefficient is; once
+        every |c| fell below half a rank's smallest magnitude, its map would never code again."""
+        reached = self.count_freq.flip(0).cumsum(0).flip(0)[:-1] / (self.slots + 1)  # share with >= k pairs [K]
+        floor = (DEAD_BELOW * reached)[:, None].expand_as(self.magnitude_freq)
+        stale = self.magnitude_freq < floor
+        if not bool(stale.any()):
+            return
+        middles = (torch.arange(self.magnitudes, device=picked.device) + 0.5) / self.magnitudes
+        reaches = torch.cat([torch.ones_like(present[:, :1]), present[:, :-1]], dim=1)  # positions at each rank
+        fresh = self.magnitude_sum / self.magnitude_count.clamp_min(1e-12)
+        for k in stale.any(1).nonzero().flatten().tolist():
+            sample = picked[reaches[:, k], k]
+            if sample.numel():
+                fresh[k] = torch.quantile(sample[:: max(1, sample.numel() // 1_000_000)], middles.to(sample.dtype))
+        fresh = _from_rank0(fresh.clamp_min(1e-6).contiguous())
+        self.magnitude_count[stale] = 1.0  # one pick's weight, as a fresh table's: its first picks move it
+        self.magnitude_sum[stale] = fresh[stale]
+        self.magnitude_freq[stale] = floor[stale]  # stale again after a step without picks: reseeded again
 
     @torch.no_grad()
     def after_step(self) -> None:
@@ -705,6 +752,7 @@ class QuantisedPursuit(_Quantizer):
         self.magnitude_sum.copy_(self.magnitude_table)
         self.magnitude_count.fill_(1.0)
         self.energy.copy_(_from_rank0(target.square().sum(1).mean()))
+        self.reference.copy_(self.energy)
         self.initialized.fill_(True)
 
     def decode_codes(self, codes: Codes) -> torch.Tensor:

@@ -4,6 +4,8 @@ keeps the tables sane and reaches the dictionary and the encoder."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -161,3 +163,70 @@ def test_a_rate_controlled_model_takes_ten_qualities_and_its_files_shrink_with_t
     assert all(q.rate_lambda == 0 for q in model.quantizers)  # the encoder's own multiplier is back
     decoded = codec.decompress(codec.compress(images[0], 3))
     assert decoded.shape == (3, 16, 16) and decoded.isfinite().all()
+
+
+def test_a_map_that_codes_nothing_has_every_atom_fall_dead():
+    """Vectors given but none coded (every |c| under half the smallest magnitude): usage decays as for any atom
+    unused, so the atoms restart; a batch with no vector at all (a dropped stage) says nothing about usage."""
+    quantizer = QuantisedPursuit(8, 16, 2, 4)
+    nothing = torch.full((50, 2), EMPTY)
+    dead = [quantizer._track_usage(nothing) for _ in range(30)]
+    assert not dead[0].any() and bool(dead[-1].all())
+    assert not quantizer._track_usage(torch.zeros((0, 2), dtype=torch.long)).any()
+
+
+def stale(quantizer: QuantisedPursuit, rank: int, cell: int, value: float) -> None:
+    """Make a magnitude no pick has reached for a long time: its EMA frequency gone, its value ``value``."""
+    quantizer.magnitude_table[rank, cell] = value
+    quantizer.magnitude_sum[rank, cell] = value * quantizer.magnitude_count[rank, cell]
+    quantizer.magnitude_freq[rank, cell] = 0.0
+
+
+def test_a_stale_magnitude_is_reseeded_among_the_coefficients():
+    quantizer, z = trained(slots=2)
+    stale(quantizer, 0, quantizer.magnitudes - 1, 1e3)
+    flat = quantizer.coding_target(rows(z))
+    _, _, picked = quantizer.pursue(flat, quantizer.codebook(), torch.zeros(flat.shape[0]))
+    quantizer.train()(z)
+    assert float(quantizer.magnitude_table[0].max()) <= float(picked[:, 0].max())
+    assert bool((quantizer.magnitude_table[:, 1:] >= quantizer.magnitude_table[:, :-1]).all())
+
+
+def test_a_dead_map_codes_again():
+    """Every magnitude far above every |c|: nothing is coded, and training brings the map back."""
+    quantizer, z = trained(slots=2)
+    far = 1e3 * torch.arange(1.0, quantizer.magnitudes + 1).repeat(2, 1)
+    quantizer.magnitude_table.copy_(far)
+    quantizer.magnitude_sum.copy_(far * quantizer.magnitude_count)
+    assert not quantizer(z).codes.present.any()
+    quantizer.train()
+    for _ in range(400):
+        quantizer(z)
+        quantizer.after_step()
+    quantizer.eval()
+    assert quantizer(z).codes.present[..., 0].float().mean() > 0.5
+
+
+def test_training_decodes_the_values_the_pursuit_chose_though_the_tables_reorder():
+    """_learn re-sorts a rank's magnitudes when one overtakes another; z_q is still made of the values the pursuit
+    picked (not of whatever the picked indices name after the sort)."""
+    quantizer, z = trained(slots=2)
+    before = copy.deepcopy(quantizer)
+    quantizer.magnitude_sum[0, 0] = 1e3 * quantizer.magnitude_count[0, 0]  # its centroid jumps past the others
+    out = quantizer.train()(z)
+    assert float(quantizer.magnitude_table[0, -1]) > float(before.magnitude_table[0, -1])  # cell 0 went last
+    torch.testing.assert_close(out.z_q, before(z).z_q, rtol=0, atol=1e-4)
+
+
+def test_training_codes_the_latent_at_the_energy_the_dictionary_was_fitted_at():
+    """However far the encoder scales its output, training codes it at the reference energy, and no gradient
+    grows or shrinks it (as through a batch norm): the latent's scale is no direction of descent."""
+    quantizer, z = trained(slots=3)
+    quantizer.train()
+    for scale in (1e-2, 1e2):
+        scaled = (z * scale).requires_grad_(True)
+        out, held = copy.deepcopy(quantizer)(scaled), copy.deepcopy(quantizer)(z)
+        torch.testing.assert_close(out.z_q, held.z_q, rtol=0, atol=1e-4)
+        (out.z_q.square().sum() + out.loss).backward()
+        radial = (scaled.grad * scaled.detach()).sum() / (scaled.grad.norm() * scaled.detach().norm())
+        assert abs(float(radial)) < 1e-4
