@@ -125,7 +125,7 @@ def ranks_of(quantizer, codes: Codes) -> torch.Tensor:
 def symbols_of(quantizer, codes: Codes) -> tuple[torch.Tensor, torch.Tensor]:
     """(atom within its rank's table, signed level within its rank's table) of every pair."""
     if hasattr(quantizer, "pursue"):
-        return codes.atoms, codes.levels % (2 * quantizer.magnitudes)
+        return codes.atoms % quantizer.num_atoms, codes.levels % (2 * quantizer.magnitudes)
     if hasattr(quantizer, "stages"):
         return codes.atoms % quantizer.num_atoms, torch.zeros_like(codes.levels)
     return codes.atoms, torch.zeros_like(codes.levels)
@@ -236,11 +236,12 @@ def coder_bits(fm: FrequencyModel, maps: tuple[Codes, ...]) -> list[dict[str, fl
         present = atoms != EMPTY
         count = present.sum(1)
         bits = {"count": 0.0, "atoms": 0.0, "levels": 0.0}
-        if fm.coef_levels > 1:
-            bits["levels"] = float(-np.log2(fm.levels[index][levels[present]]).sum())
         for slot in range(slots):
+            if fm.coef_levels > 1:
+                bits["levels"] += float(-np.log2(fm.levels[index][slot][levels[present[:, slot], slot]]).sum())
             if fm.stage_atoms:
-                bits["atoms"] += float(-np.log2(fm.atoms[index][slot][atoms[:, slot] - slot * fm.stage_atoms]).sum())
+                entries = atoms[count > slot, slot] - slot * fm.stage_atoms
+                bits["atoms"] += float(-np.log2(fm.atoms[index][slot][entries]).sum())
                 continue
             rows = np.nonzero(count > slot)[0]
             previous = atoms[rows, slot - 1] if slot else np.full(len(rows), -1)

@@ -496,7 +496,7 @@ static PyObject *py_head(PyObject *self, PyObject *args) {
                    levels <= MAX_DIMENSION && head->slots >= 1 && head->slots <= MAX_DIMENSION &&
                    head->stage_atoms >= 0 && head->stage_atoms <= MAX_DIMENSION &&
                    (head->variable == 0 || head->variable == 1);
-    int staged_right = !head->stage_atoms || (!head->variable && head->stage_atoms * head->slots == n);
+    int staged_right = !head->stage_atoms || head->stage_atoms * head->slots == n;
     if (!in_range || !staged_right || PyTuple_GET_SIZE(arrays) != 11) {
         PyErr_SetString(PyExc_ValueError, "head: inconsistent dimensions or not 11 arrays");
         goto fail;
@@ -546,10 +546,15 @@ static int check_indices(const int64_t *values, Py_ssize_t count, Py_ssize_t lim
 /* One row's atom logits at ``slot`` (``atom_logits``) into logits [width]. */
 static void atom_logits_row(const Head *head, const double *state, int64_t above, Py_ssize_t slot, Py_ssize_t last,
                             double *logits) {
-    Py_ssize_t c = head->channels, n = head->num_atoms, first = head->stage_atoms ? slot * head->stage_atoms : 0;
-    Py_ssize_t width = head->stage_atoms ? head->stage_atoms : n + head->variable;
-    affine(head->atom_weight + first * c, head->atom_bias + first, state, width, c, logits);
-    if (head->stage_atoms || (slot == 0 && (head->variable || head->slots == 1))) return; /* not masked */
+    Py_ssize_t c = head->channels, n = head->num_atoms;
+    if (head->stage_atoms) { /* the slot's rank's M atoms, then END (the last row) where counts vary: not masked */
+        Py_ssize_t first = slot * head->stage_atoms;
+        affine(head->atom_weight + first * c, head->atom_bias + first, state, head->stage_atoms, c, logits);
+        if (head->variable) affine(head->atom_weight + n * c, head->atom_bias + n, state, 1, c, logits + head->stage_atoms);
+        return;
+    }
+    affine(head->atom_weight, head->atom_bias, state, n + head->variable, c, logits);
+    if (slot == 0 && (head->variable || head->slots == 1)) return; /* not masked */
     for (Py_ssize_t i = 0; i < n; i++)
         if (i <= above || i > last) logits[i] = -INFINITY;
 }
@@ -569,7 +574,7 @@ static void advance_row(const Head *head, const double *state, int64_t atom, int
 }
 
 /* atom_logits(head, state [rows, C], previous [rows] int64, slot, last, out [rows, width]): the logits over the
- * slot's atoms (+ END where counts vary), or over its stage's M atoms; an atom not above the previous one, or above
+ * slot's atoms, or over its rank's M atoms (+ END where counts vary); an atom not above the previous one, or above
  * last (PairHead.last_atom: the room the remaining slots of a fixed count need), gets -inf - codes.atom_window. */
 static PyObject *py_atom_logits(PyObject *self, PyObject *args) {
     PyObject *capsule, *o_state, *o_previous, *o_out;
@@ -579,7 +584,7 @@ static PyObject *py_atom_logits(PyObject *self, PyObject *args) {
     if (!head) return NULL;
     if (slot < 0 || slot >= head->slots) return PyErr_Format(PyExc_IndexError, "slot %zd of %zd", slot, head->slots);
     Py_ssize_t c = head->channels, n = head->num_atoms;
-    Py_ssize_t width = head->stage_atoms ? head->stage_atoms : n + head->variable;
+    Py_ssize_t width = (head->stage_atoms ? head->stage_atoms : n) + head->variable;
     if (!check_rows(rows, c > width ? c : width)) return NULL;
     Py_buffer state, previous, out;
     if (!get_buffer(o_state, &state, "state", "d", 8, rows * c, 0)) return NULL;

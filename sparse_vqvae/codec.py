@@ -35,7 +35,8 @@ Versions: 3 added the codes' CRC; 4 codes with the priors in one fixed arithmeti
 CPU, float64), so prior-coded files made on a GPU decode on a CPU and the other way round; 5 adds
 the slots coded (the quality) and per-slot atom frequencies; 6 the colour offsets; 7 codes a
 residual VQ's slot among its stage's entries, and its content checksum covers the header too; 8 reads the
-header's slot byte as the quality, which for a two-map residual VQ spans both maps' stages.
+header's slot byte as the quality, which for a two-map residual VQ spans both maps' stages; 9 codes the levels
+from a table per slot, and a quantised pursuit's codes ranked (slot k among rank k's atoms, ``config.ranked``).
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ from .prior_coding import PriorEntropyModel
 from .vqvae import VQVAE2
 
 MAGIC = b"SVQC"
-VERSION = 8  # bump on any change of layout or coding (tests/golden pins the bytes)
+VERSION = 9  # bump on any change of layout or coding (tests/golden pins the bytes)
 ENTROPY_MODELS = ("factorised", "prior")  # the header's entropy-model byte indexes this
 EntropyModel = FrequencyModel | PriorEntropyModel
 _HEADER = struct.Struct("<4sBB8sHHBB3b")

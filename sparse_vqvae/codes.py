@@ -58,6 +58,13 @@ def quality_range(slots: int, maps: int, staged: bool) -> range:
     return range(1, maps * slots + 1) if staged else range(slots, slots + 1)
 
 
+def staged_code(stage_atoms: int, variable_count: bool) -> bool:
+    """Whether a code's prefixes are its qualities (``config.staged``: a residual VQ's), told from what its entropy
+    models know: ranked ids (``stage_atoms`` > 0) at a fixed count - a quantised pursuit's ranks vary in count, and
+    its files code them all."""
+    return bool(stage_atoms) and not variable_count
+
+
 def quality_slots(quality: int, slots: int, maps: int, staged: bool) -> tuple[int, ...]:
     """The slots each code map holds at ``quality``: a staged code is cut to a prefix of its stages in map order
     - the top map's K first, then the bottom's (VQ-VAE-2's finer map for the higher qualities); any other code

@@ -31,11 +31,17 @@ def staged(selection_fn: str) -> bool:
     return selection_fn == "rvq"
 
 
+def ranked(selection_fn: str) -> bool:
+    """Codes whose slot k holds a rank-k pair (a residual VQ's stage k, a quantised pursuit's k-th pick) under its
+    own ids: the atom ids are K x M, rank k's k*M .. k*M+M-1, so slot order is rank order and the entropy models
+    code each rank's atoms, and levels, from that rank's own tables."""
+    return selection_fn in ("rvq", "qmp")
+
+
 def stage_atoms(selection_fn: str, code_atoms: int, slots: int) -> int:
-    """M where slot k only ever holds atoms k*M .. k*M+M-1 (a residual VQ's stage k), so the entropy models
-    code it among those M; 0 where a slot may hold any atom. ``code_atoms``: the atom ids a code may hold
-    (a residual VQ's stages stacked, K x M)."""
-    return code_atoms // slots if staged(selection_fn) else 0
+    """M where slot k only ever holds atoms k*M .. k*M+M-1 (``ranked``), so the entropy models code it among
+    those M; 0 where a slot may hold any atom. ``code_atoms``: the atom ids a code may hold (K x M ranked)."""
+    return code_atoms // slots if ranked(selection_fn) else 0
 
 
 def check_choice(section: str, key: str, value: object, allowed: tuple) -> None:

@@ -1,16 +1,17 @@
 """Lossless coding of code maps with an ANS entropy coder (``constriction``) driven by a factorised
-probability model: per code map, the frequencies of atoms (one table per slot), coefficient levels
-and (LASSO) pair counts, pooled over positions and fitted to the training codes.
+probability model: per code map, the frequencies of atoms and of coefficient levels (one table per
+slot each) and (sparse codes) of pair counts, pooled over positions and fitted to the training codes.
 
 A position's pairs are coded as a set: the count (when it varies), then the atoms in ascending
 order - each drawn from the atom frequencies restricted to those above the previous atom and
 leaving room for the atoms still to come, which saves the log2(K!) bits of their order - then one
-level per pair. The atom frequencies are per slot: the k-th smallest atom of a position is not
-distributed as the first (and a residual VQ's slot k only ever holds stage k's entries, which a
+level per pair. The frequencies are per slot: the k-th smallest atom of a position is not
+distributed as the first (and a ranked code's slot k only ever holds rank k's entries, which a
 pooled table would price at log2(K) bits more). The decoder rebuilds every restriction from what it
-has decoded, so it reads the same distributions the encoder wrote with. A residual VQ's slot k is
-coded among stage k's M entries only (``stage_atoms``): one table of M a slot, the same for every
-position, so no per-position tables are built.
+has decoded, so it reads the same distributions the encoder wrote with. A ranked code's slot k
+(``config.ranked``: a residual VQ's stage k, a quantised pursuit's k-th pick) is coded among rank k's
+M entries only (``stage_atoms``): one table of M a slot, the same for every position, so no
+per-position tables are built.
 
 A file may code fewer slots than the model holds: a residual VQ's codes cut to their first q stages, in map
 order (``codes.quality_slots``), the codec's quality q - a map may then hold none.
@@ -27,21 +28,22 @@ import numpy as np
 import torch
 
 from .checkpoint import CheckpointError, load_payload, save_payload
-from .codes import EMPTY, Codes, atom_window, last_atom, quality_range, quality_slots
+from .codes import EMPTY, Codes, atom_window, last_atom, quality_range, quality_slots, staged_code
 from .config import codes_vary
 
 if TYPE_CHECKING:
     from .code_store import CodeSource, StoreMetadata
 
 MODEL_FORMAT = "sparse-vqvae/frequency-model"
-MODEL_VERSION = 4  # 3: atom frequencies per slot; 4: a residual VQ's slot among its stage's entries
+MODEL_VERSION = 5  # 3: atom frequencies per slot; 4: a residual VQ's slot among its stage's entries; 5: levels per
+# slot, and a ranked code's slot among its rank's entries whether or not its count varies
 _ROWS = 2048  # positions per coded chunk: bounds the [rows, num_atoms] probability tables
 
 
 @dataclass
 class FrequencyModel:
-    """Probabilities per code map (top first): atoms [K, N] (per slot; [K, M] with stages), levels [L], pair
-    counts [K + 1]."""
+    """Probabilities per code map (top first): atoms [K, N] (per slot; [K, M] ranked), levels [K, L] (per slot),
+    pair counts [K + 1]."""
 
     num_atoms: int
     coef_levels: int
@@ -51,7 +53,7 @@ class FrequencyModel:
     atoms: list[np.ndarray]
     levels: list[np.ndarray]
     counts: list[np.ndarray]
-    stage_atoms: int = 0  # M > 0: slot k holds one of atoms k*M .. k*M+M-1 (``config.stage_atoms``)
+    stage_atoms: int = 0  # M > 0: slot k holds one of atoms k*M .. k*M+M-1 (``config.stage_atoms``: ranked)
     kind = "factorised"  # the compressed file's name for this entropy model
 
     @classmethod
@@ -66,19 +68,20 @@ class FrequencyModel:
             slots = batch[0].atoms.shape[-1]
             if atoms is None:
                 atoms = [torch.zeros(slots, stage_atoms or num_atoms, dtype=torch.long) for _ in batch]
-                levels = [torch.zeros(coef_levels, dtype=torch.long) for _ in batch]
+                levels = [torch.zeros(slots, coef_levels, dtype=torch.long) for _ in batch]
                 counts = [torch.zeros(slots + 1, dtype=torch.long) for _ in batch]
             for index, codes in enumerate(batch):
                 present = codes.present
                 for slot in range(slots):
                     atoms[index][slot] += torch.bincount(codes.atoms[..., slot][present[..., slot]].long()
                                                          - slot * stage_atoms, minlength=stage_atoms or num_atoms)
-                levels[index] += torch.bincount(codes.levels[present].long(), minlength=coef_levels)
+                    levels[index][slot] += torch.bincount(codes.levels[..., slot][present[..., slot]].long(),
+                                                          minlength=coef_levels)
                 counts[index] += torch.bincount(present.sum(-1).reshape(-1), minlength=slots + 1)
         if atoms is None:
             raise ValueError("no codes to fit a frequency model to")
         return cls(num_atoms, coef_levels, slots, codes_vary(meta.selection_fn), meta.model_fingerprint,
-                   [np.stack([_normalised(row) for row in table]) for table in atoms], [_normalised(t) for t in levels],
+                   *([np.stack([_normalised(row) for row in table]) for table in tables] for tables in (atoms, levels)),
                    [_normalised(t) for t in counts], stage_atoms)
 
     def save(self, path: str | Path) -> None:
@@ -131,12 +134,13 @@ class FrequencyModel:
             count = (atoms != EMPTY).sum(axis=1)
             present = atoms != EMPTY
             if self.coef_levels > 1:
-                yield levels[present], self.levels[index]
+                for slot in reversed(range(slots)):
+                    yield levels[present[:, slot], slot], self.levels[index][slot]
             for slot in reversed(range(slots)):
                 if self.stage_atoms:  # one table for every position
-                    entries = atoms[:, slot] - slot * self.stage_atoms
+                    entries = atoms[count > slot, slot] - slot * self.stage_atoms
                     if not ((entries >= 0) & (entries < self.stage_atoms)).all():
-                        raise ValueError(f"slot {slot} holds atoms outside stage {slot}'s entries")
+                        raise ValueError(f"slot {slot} holds atoms outside rank {slot}'s entries")
                     yield entries, self.atoms[index][slot]
                     continue
                 rows = np.nonzero(count > slot)[0]
@@ -160,16 +164,16 @@ class FrequencyModel:
 
     @property
     def top_quality(self) -> int:
-        return quality_range(self.slots, len(self.atoms), staged=bool(self.stage_atoms))[-1]
+        return quality_range(self.slots, len(self.atoms), staged_code(self.stage_atoms, self.variable_count))[-1]
 
     def map_slots(self, quality: int) -> tuple[int, ...]:
         """The slots each map holds at ``quality`` (``codes.quality_slots``); ValueError for one it does not code."""
-        return quality_slots(quality, self.slots, len(self.atoms), staged=bool(self.stage_atoms))
+        return quality_slots(quality, self.slots, len(self.atoms), staged_code(self.stage_atoms, self.variable_count))
 
     def quality_of(self, maps: tuple[Codes, ...]) -> int:
         """The quality whose cut these code maps are (a staged code's stages in all maps; else K), or ValueError."""
         held = tuple(codes.atoms.shape[-1] for codes in maps)
-        quality = sum(held) if self.stage_atoms else held[0]
+        quality = sum(held) if staged_code(self.stage_atoms, self.variable_count) else held[0]
         if len(held) != len(self.atoms) or self.map_slots(quality) != held:
             raise ValueError(f"code maps of {list(held)} slots are no quality this frequency model codes "
                              f"({len(self.atoms)} maps of up to {self.slots} slots)")
@@ -192,13 +196,14 @@ class FrequencyModel:
             else:
                 count = np.full(positions, slots)
             if self.stage_atoms:
-                atoms = self._stages(index, positions, slots, lambda table: _pop(coder, positions, table))
+                atoms = self._ranks(index, count, slots, lambda table, rows: _pop(coder, rows, table))
             else:
                 atoms = self._atoms_by_slot(index, count, slots, lambda table: _decode_atoms(coder, table))
             levels = np.zeros_like(atoms)
             present = atoms != EMPTY
             if self.coef_levels > 1:
-                levels[present] = _pop(coder, int(present.sum()), self.levels[index])
+                for slot in range(slots):
+                    levels[present[:, slot], slot] = _pop(coder, int(present[:, slot].sum()), self.levels[index][slot])
             shape = (height, width, slots)
             maps.append(Codes(torch.from_numpy(atoms.reshape(shape)), torch.from_numpy(levels.reshape(shape))))
         return tuple(maps)
@@ -214,21 +219,25 @@ class FrequencyModel:
             else:
                 count = np.full(positions, self.slots)
             if self.stage_atoms:
-                atoms = self._stages(index, positions, self.slots,
-                                     lambda table: generator.choice(len(table), positions, p=table))
+                atoms = self._ranks(index, count, self.slots, lambda table, rows: generator.choice(len(table), rows,
+                                                                                                     p=table))
             else:
                 atoms = self._atoms_by_slot(index, count, self.slots, lambda table: np.minimum(
                     (table.cumsum(axis=1) < generator.random(len(table))[:, None]).sum(axis=1), self.num_atoms - 1))
-            levels = generator.choice(self.coef_levels, size=atoms.shape, p=self.levels[index]) * (atoms != EMPTY)
+            levels = np.stack([generator.choice(self.coef_levels, size=positions, p=table)
+                               for table in self.levels[index]], axis=1) * (atoms != EMPTY)
             shape = (n, height, width, self.slots)
             maps.append(Codes(torch.from_numpy(atoms.reshape(shape)), torch.from_numpy(levels.reshape(shape))))
         return tuple(maps)
 
-    def _stages(self, index: int, positions: int, slots: int, draw) -> np.ndarray:
-        """Atoms [positions, slots] of a residual VQ: ``draw(table)`` picks every position's entry of stage k
-        from slot k's table of M (none: a map cut away)."""
-        drawn = [draw(self.atoms[index][slot]) + slot * self.stage_atoms for slot in range(slots)]
-        return np.stack(drawn, axis=1) if drawn else np.zeros((positions, 0), dtype=np.int64)
+    def _ranks(self, index: int, count: np.ndarray, slots: int, draw) -> np.ndarray:
+        """Atoms [positions, slots] of a ranked code: ``draw(table, rows)`` picks the entry of rank k of each of the
+        ``rows`` positions that hold k or more pairs from slot k's table of M (no slot: a map cut away)."""
+        atoms = np.full((len(count), slots), EMPTY, dtype=np.int64)
+        for slot in range(slots):
+            rows = count > slot
+            atoms[rows, slot] = draw(self.atoms[index][slot], int(rows.sum())) + slot * self.stage_atoms
+        return atoms
 
     def _atoms_by_slot(self, index: int, count: np.ndarray, slots: int, draw) -> np.ndarray:
         """Atoms [positions, slots], slot by slot in the decoder's order: ``draw(table)`` picks one atom per

@@ -146,10 +146,10 @@ def emit(steps: CompiledHead | TorchHead, head: PairHead, h: torch.Tensor, pick_
     previous = torch.full((b,), -1, dtype=torch.long, device=h.device)
     open_ = torch.ones(b, dtype=torch.bool, device=h.device)
     for k in range(head.slots):
-        drawn = pick_atom(steps.atom_logits(state, previous, k), (*position, k), open_) + head.atom_offset(k)
+        drawn = pick_atom(steps.atom_logits(state, previous, k), (*position, k), open_)
         if head.variable:
             open_ = open_ & (drawn != head.end)
-        safe = drawn.clamp_max(head.num_atoms - 1)
+        safe = (drawn + head.atom_offset(k)).clamp_max(head.num_atoms - 1)
         level = (pick_level(steps.level_logits(state, safe), (*position, k), open_)
                  if head.coef_levels > 1 else levels[:, k])
         if head.variable:  # the slot is emitted by open rows only
@@ -260,7 +260,7 @@ class CompiledHead:
         self.head = head = prior.head
         self._kernel = _incremental.head(_kernel_weights(prior).head, (
             prior.config.channels, head.num_atoms, head.coef_levels, head.slots, head.stage_atoms, head.variable))
-        self._atom_width = head.stage_atoms or head.num_atoms + head.variable
+        self._atom_width = (head.stage_atoms or head.num_atoms) + head.variable
 
     def start(self, h: torch.Tensor) -> torch.Tensor:
         return h.to(torch.float64).contiguous()

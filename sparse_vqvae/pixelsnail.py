@@ -3,12 +3,13 @@
 p(codes) = prod_i p(pairs_i | pairs_<i): positions in raster order, modelled by a causal backbone
 (masked gated residual convolutions and causal self-attention). Inside a position a small
 autoregressive head emits the pairs in canonical order - atoms ascending, each followed by its
-coefficient level - and, where the count varies (the LASSO), an END token. Ascending order makes
+coefficient level - and, where the count varies (sparse codes), an END token. Ascending order makes
 the probabilities exact over sets: the head masks every atom not above the previous one (and, for
-a fixed count K, those that leave too little room). Vanilla VQ is K=1 with a single level. A residual
-VQ's slot k only ever holds an entry of stage k (``stage_atoms`` M: atoms k*M .. k*M+M-1), so there
-the head's slot k is an M-way choice among its stage's entries, not a K*M-way one: the same
-probabilities, renormalised over the symbols that can occur, at a K-th of the cost.
+a fixed count K, those that leave too little room). Vanilla VQ is K=1 with a single level. A ranked
+code's slot k only ever holds a rank-k pair (``stage_atoms`` M: atoms k*M .. k*M+M-1; a residual VQ's
+stage k, a quantised pursuit's k-th pick), so there the head's slot k is an M-way choice among its
+rank's entries (and END), not a K*M-way one: the same probabilities, renormalised over the symbols that
+can occur, at a K-th of the cost.
 
 The bottom prior of a two-level model is conditioned on the top codes: their embedding is
 computed once, upsampled, and added in every residual block. A prior with ``classes`` (CIFAR-10's, say) is
@@ -45,7 +46,7 @@ class PriorConfig:
     num_atoms: int
     coef_levels: int
     slots: int  # K: pairs per position (exact for OMP and vanilla, at most for the LASSO)
-    variable_count: bool  # True for the LASSO: an END token closes a position
+    variable_count: bool  # sparse codes: an END token closes a position
     height: int
     width: int
     channels: int = _TRAIN.channels  # the sizes params.yaml's prior section sets: its defaults
@@ -56,7 +57,7 @@ class PriorConfig:
     dropout: float = _TRAIN.dropout
     condition: dict | None = None  # the top map's PriorConfig fields (num_atoms, coef_levels, slots, height, width)
     positions: str = _TRAIN.positions  # learned: an embedding per position (training size only) | none: any size
-    stage_atoms: int = 0  # M > 0: slot k holds one of atoms k*M .. k*M+M-1 (a residual VQ's stages); 0: any atom
+    stage_atoms: int = 0  # M > 0: slot k holds one of atoms k*M .. k*M+M-1 (``config.ranked``); 0: any atom
     classes: tuple[str, ...] = ()  # the class names it can be conditioned on (none: unconditional)
 
 
@@ -258,10 +259,10 @@ class PairHead(nn.Module):
         c = config
         self.num_atoms, self.slots, self.variable, self.stage_atoms = c.num_atoms, c.slots, c.variable_count, c.stage_atoms
         self.coef_levels = c.coef_levels
-        if c.stage_atoms and (c.variable_count or c.stage_atoms * c.slots != c.num_atoms):
-            raise ValueError(f"stage_atoms {c.stage_atoms} needs a fixed count and num_atoms = slots x stage_atoms "
+        if c.stage_atoms and c.stage_atoms * c.slots != c.num_atoms:
+            raise ValueError(f"stage_atoms {c.stage_atoms} needs num_atoms = slots x stage_atoms "
                              f"({c.slots} x {c.stage_atoms}); got num_atoms {c.num_atoms}")
-        self.end = c.num_atoms  # the END token's index in the atom logits, when counts vary
+        self.end = c.stage_atoms or c.num_atoms  # the END token's index in a slot's atom logits, when counts vary
         self.atom_out = nn.Linear(c.channels, c.num_atoms + (1 if c.variable_count else 0))
         self.atom_in = nn.Embedding(c.num_atoms, c.channels)
         self.level_out = nn.Linear(c.channels, c.coef_levels)
@@ -279,10 +280,13 @@ class PairHead(nn.Module):
 
     def atom_logits(self, state: torch.Tensor, previous: torch.Tensor, slot: int) -> torch.Tensor:
         """Logits over atoms (+ END), with the atoms a canonical code cannot hold there masked out
-        (``codes.atom_window``); with stages, over the M atoms of the slot's stage only (ascending by construction)."""
+        (``codes.atom_window``); ranked, over the M atoms of the slot's rank only (ascending by construction)."""
         if self.stage_atoms:
             rows = slice(self.atom_offset(slot), self.atom_offset(slot + 1))
-            return F.linear(state, self.atom_out.weight[rows], self.atom_out.bias[rows])
+            weight, bias = self.atom_out.weight[rows], self.atom_out.bias[rows]
+            if self.variable:  # and END, the last row
+                weight, bias = torch.cat([weight, self.atom_out.weight[-1:]]), torch.cat([bias, self.atom_out.bias[-1:]])
+            return F.linear(state, weight, bias)
         logits = F.linear(state, self.atom_out.weight, self.atom_out.bias)
         if slot == 0 and (self.variable or self.slots == 1):  # nothing before it, nothing after it to leave room for
             return logits

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from .checkpoint import CheckpointError
-from .codes import EMPTY, Codes, quality_range
+from .codes import EMPTY, Codes, quality_range, staged_code
 from .entropy_coding import or_error, raised
 from .generation import CompiledHead, Pick, compiled, generate, prepared_backbone
 from .pixelsnail import PixelSNAIL
@@ -113,7 +113,8 @@ class PriorEntropyModel:
 
     @property
     def top_quality(self) -> int:
-        return quality_range(self.slots, len(self.priors), staged=bool(self.priors[0].config.stage_atoms))[-1]
+        config = self.priors[0].config
+        return quality_range(self.slots, len(self.priors), staged_code(config.stage_atoms, config.variable_count))[-1]
 
     def quality_of(self, maps: Maps) -> int:
         """The priors model whole codes: every map must hold all K slots (a residual VQ's top quality)."""
@@ -166,13 +167,12 @@ class PriorEntropyModel:
         atoms = [np.stack([maps[index].atoms.cpu().numpy() for maps in images]) for index in range(len(sizes))]
         levels = [np.stack([maps[index].levels.cpu().numpy() for maps in images]) for index in range(len(sizes))]
         steps: list[list[tuple[int, np.ndarray]]] = [[] for _ in images]
-        end = self.num_atoms  # the END token's index (LASSO)
 
         def known(row: int, probabilities: np.ndarray, where: tuple[int, int, int, int], is_atom: bool) -> int:
             index, *position = where
             if is_atom:
-                atom = int(atoms[index][(row, *position)])
-                symbol = end if atom == EMPTY else atom - self._coding_priors[index].head.atom_offset(position[-1])
+                atom, head = int(atoms[index][(row, *position)]), self._coding_priors[index].head
+                symbol = head.end if atom == EMPTY else atom - head.atom_offset(position[-1])
             else:
                 symbol = int(levels[index][(row, *position)])
             steps[row].append((symbol, probabilities))

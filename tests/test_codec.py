@@ -72,8 +72,8 @@ def test_header_checks_say_what_is_wrong(codec):
     data = codec.compress(tiny_images(1, 16, seed=2)[0])
     with pytest.raises(CodecError, match="no SVQC magic"):
         codec.decompress(b"PNG" + data[3:])
-    with pytest.raises(CodecError, match="version 9"):
-        codec.decompress(data[:4] + b"\x09" + data[5:])
+    with pytest.raises(CodecError, match="version 10"):
+        codec.decompress(data[:4] + b"\x0a" + data[5:])
     with pytest.raises(CodecError, match="checksum"):
         codec.decompress(data[:-5])
     other = trained("omp" if codec.model.config.selection_fn != "omp" else "vanilla")
@@ -146,7 +146,32 @@ def test_a_residual_vqs_slot_is_coded_among_its_stage_only():
     assert torch.equal(decoded[0].atoms, one[0].atoms)
     swapped = one[0].atoms.clone()
     swapped[..., 1] = swapped[..., 0]
-    with pytest.raises(ValueError, match="slot 1 holds atoms outside stage 1"):
+    with pytest.raises(ValueError, match="slot 1 holds atoms outside rank 1"):
+        entropy.encode((type(one[0])(swapped, one[0].levels),))
+
+
+def test_a_quantised_pursuits_pairs_are_coded_by_rank():
+    """A qmp code is ranked: slot k among rank k's N atoms and its level from slot k's own table, the count first;
+    the codes survive; a code whose slot holds another rank's atom is refused."""
+    images = tiny_images(16, 16, seed=1)
+    model, _ = train(tiny_config("qmp", maps=1, n_nonzero=3), TrainConfig(steps=2, batch_size=8), Images(images),
+                     progress=False)
+    with torch.no_grad():
+        maps = model.eval().encode(images)[1]
+    entropy, quantizer = FrequencyModel.fit(maps, metadata(model, maps)), model.quantizers[0]
+    n, values = quantizer.num_atoms, 2 * quantizer.magnitudes
+    assert entropy.variable_count and entropy.stage_atoms == n and entropy.atoms[0].shape == (3, n)
+    assert entropy.levels[0].shape == (3, 3 * values)
+    for slot in range(3):  # only rank `slot`'s level symbols are seen there: the others hold add-one smoothing
+        outside = 1 - entropy.levels[0][slot][slot * values : (slot + 1) * values].sum()
+        assert outside == pytest.approx(2 * values / (maps[0].present[..., slot].sum().item() + 3 * values))
+    one = tuple(type(codes)(codes.atoms[0], codes.levels[0]) for codes in maps)
+    assert one[0].present[..., 1].any()  # a second rank to code
+    decoded = entropy.decode(entropy.encode(one), [tuple(one[0].atoms.shape[:2])])
+    assert torch.equal(decoded[0].atoms, one[0].atoms) and torch.equal(decoded[0].levels, one[0].levels)
+    swapped = one[0].atoms.clone()
+    swapped[..., 1] = torch.where(swapped[..., 1] == -1, -1, swapped[..., 0])
+    with pytest.raises(ValueError, match="slot 1 holds atoms outside rank 1"):
         entropy.encode((type(one[0])(swapped, one[0].levels),))
 
 

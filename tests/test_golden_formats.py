@@ -34,7 +34,7 @@ def fixed_frequency_model() -> FrequencyModel:
     ramp = lambda n: np.arange(1, n + 1, dtype=np.float64) / (n * (n + 1) / 2)  # noqa: E731
     per_slot = lambda table: np.stack([table, table[::-1]])  # noqa: E731
     return FrequencyModel(8, 4, 2, True, "0123456789abcdef", [per_slot(ramp(8)), per_slot(ramp(8)[::-1].copy())],
-                          [ramp(4), ramp(4)], [np.array([0.2, 0.3, 0.5])] * 2)
+                          [per_slot(ramp(4)), per_slot(ramp(4)[::-1].copy())], [np.array([0.2, 0.3, 0.5])] * 2)
 
 
 def svq_bytes() -> bytes:

@@ -16,6 +16,7 @@ VARIANTS = {
     "omp": dict(num_atoms=16, coef_levels=8, slots=2, variable_count=False),
     "lasso": dict(num_atoms=16, coef_levels=8, slots=3, variable_count=True),
     "rvq": dict(num_atoms=16, coef_levels=1, slots=2, variable_count=False, stage_atoms=8),
+    "qmp": dict(num_atoms=16, coef_levels=8, slots=2, variable_count=True, stage_atoms=8),  # ranked, 0..K pairs
 }
 
 
@@ -259,20 +260,21 @@ def test_log_prob_of_a_batch_is_the_sum_of_its_parts(name):
     assert (whole < 0).all() and torch.isfinite(whole).all()
 
 
-@pytest.mark.parametrize("name", ["omp", "vanilla", "lasso", "rvq"])
+@pytest.mark.parametrize("name", ["omp", "vanilla", "lasso", "rvq", "qmp"])
 def test_head_distribution_sums_to_one_over_all_valid_pair_lists(name):
     # One position, few atoms: enumerate every valid list and add up the probabilities.
     import itertools
 
     v = dict(VARIANTS[name], num_atoms=6, coef_levels=2 if name not in ("vanilla", "rvq") else 1)
-    if name == "rvq":
+    if v.get("stage_atoms"):
         v["stage_atoms"] = 3
     prior = PixelSNAIL(PriorConfig(**v, height=1, width=1, channels=8, blocks=1, res_per_block=1, heads=2)).eval()
     h = torch.randn(1, 1, 1, 8)
     counts = range(v["slots"] + 1) if v["variable_count"] else [v["slots"]]
     total = 0.0
     for count in counts:
-        lists = (itertools.product(range(3), range(3, 6)) if name == "rvq" else itertools.combinations(range(6), count))
+        ranked = itertools.product(*(range(3 * k, 3 * k + 3) for k in range(count)))  # rank k's atoms in slot k
+        lists = ranked if v.get("stage_atoms") else itertools.combinations(range(6), count)
         for atoms in lists:
             for levels in itertools.product(range(v["coef_levels"]), repeat=count):
                 a = list(atoms) + [EMPTY] * (v["slots"] - count)

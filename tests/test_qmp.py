@@ -60,12 +60,20 @@ def test_each_rank_codes_the_residual_of_the_quantised_ranks_before_it():
     torch.testing.assert_close(got[coded], best.flatten(1).min(1).values[coded], rtol=0, atol=1e-4)
 
 
-def test_codes_are_canonical_sets_that_decode_to_z_q():
+def test_codes_are_ranked_and_decode_to_z_q():
+    """Slot k holds the pursuit's k-th pick under rank k's ids (k*N + atom, level symbols of rank k), a position's
+    empty slots last: canonical (ascending) order is rank order."""
     quantizer, z = trained(slots=3)
     out = quantizer(z)
-    validate_codes(out.codes, quantizer.num_atoms, quantizer.coef_levels)
-    flat_atoms = out.codes.atoms.reshape(-1, 3)
+    assert quantizer.code_atoms == 3 * quantizer.num_atoms
+    validate_codes(out.codes, quantizer.code_atoms, quantizer.coef_levels)
+    flat_atoms, flat_levels = out.codes.atoms.reshape(-1, 3), out.codes.levels.reshape(-1, 3)
     assert torch.equal(canonical_order(flat_atoms), torch.arange(3).expand_as(flat_atoms))
+    present = flat_atoms != EMPTY
+    rank = torch.arange(3).expand_as(flat_atoms)
+    assert torch.equal(flat_atoms[present] // quantizer.num_atoms, rank[present])
+    assert torch.equal(flat_levels[present] // (2 * quantizer.magnitudes), rank[present])
+    assert not (present[:, 1:] & ~present[:, :-1]).any()  # no pair after an empty slot
     torch.testing.assert_close(quantizer.decode_codes(out.codes), out.z_q, rtol=0, atol=1e-5)
 
 

@@ -26,16 +26,18 @@ def test_output_shapes_codes_and_exact_decoding(selection_fn):
     assert out.z_q.shape == z.shape and out.loss.dim() == 0
     slots = {"vanilla": 1, "rvq": 2, "fsq": 1, "omp": 2, "qmp": 2, "lasso": 3}[selection_fn]
     assert out.codes.atoms.shape == (4, 4, 4, slots)
-    validate_codes(out.codes, {"rvq": 64, "fsq": 240}.get(selection_fn, 32),
+    validate_codes(out.codes, {"rvq": 64, "fsq": 240, "qmp": 64}.get(selection_fn, 32),
                    {"vanilla": 1, "rvq": 1, "fsq": 1, "qmp": 32}.get(selection_fn, 16))
     if selection_fn in ("vanilla", "rvq", "fsq"):
         assert out.codes.present.all()
     assert torch.equal(quantizer.decode_codes(out.codes), out.z_q)
-    assert quantizer.codebook().shape == (8, quantizer.code_atoms)  # what the atoms index (pictures of it)
+    # what the atoms index (pictures of it): a quantised pursuit's ranks share one dictionary, ids modulo its N
+    indexed = quantizer.num_atoms if selection_fn == "qmp" else quantizer.code_atoms
+    assert quantizer.codebook().shape == (8, indexed)
     # The usage figures, recomputed from the codes: atom counts over the pairs present, their perplexity, the
     # share of atoms unused, pairs per position, and the level histogram.
     present = out.codes.present.numpy()
-    counts = np.bincount(out.codes.atoms.numpy()[present], minlength=quantizer.code_atoms)
+    counts = np.bincount(out.codes.atoms.numpy()[present] % indexed, minlength=indexed)
     p = counts[counts > 0] / counts.sum()
     assert out.stats["perplexity"].item() == pytest.approx(np.exp(-(p * np.log(p)).sum()), rel=1e-5)
     assert 1 <= out.stats["perplexity"].item() <= (counts > 0).sum() + 1e-4
