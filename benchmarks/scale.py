@@ -36,7 +36,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -55,6 +54,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from flows.workspace import make_workspace  # noqa: E402
+from tasks.sessions import kill_session, session_members  # noqa: E402
 
 from _results import RESULTS, write_json  # noqa: E402
 
@@ -125,24 +125,6 @@ def make_images(count: int, workers: int = 2, seed: int = 0) -> Path:
 
 # ------------------------------------------------------------------------------------- a stage's processes
 
-def _members(leader: int) -> list[psutil.Process]:
-    """``leader`` and every process it started: its descendants, and the processes of its session (a daemon that
-    left its parent stays in the session)."""
-    found: dict[int, psutil.Process] = {}
-    try:
-        root = psutil.Process(leader)
-        found = {p.pid: p for p in [root, *root.children(recursive=True)]}
-    except psutil.NoSuchProcess:
-        pass
-    for pid in psutil.pids():
-        try:
-            if pid not in found and os.getsid(pid) == leader:
-                found[pid] = psutil.Process(pid)
-        except (ProcessLookupError, PermissionError, psutil.NoSuchProcess):
-            continue
-    return [p for p in found.values() if p.pid != os.getpid()]
-
-
 def _label(process: psutil.Process) -> str:
     """A process's kind for the breakdown: Ray's title (ray::IDLE, raylet, gcs_server), or the module or script
     a Python process runs."""
@@ -180,7 +162,7 @@ class Sampler(threading.Thread):
 
     def sample(self) -> None:
         total, parts, kinds = 0, {}, dict.fromkeys(RSS_KINDS, 0)
-        for process in _members(self.leader):
+        for process in session_members(self.leader):
             try:
                 status = Path(f"/proc/{process.pid}/status").read_text()
                 label = _label(process)
@@ -208,23 +190,6 @@ class Sampler(threading.Thread):
     def stop(self) -> None:
         self.done.set()
         self.join()
-
-
-def kill_session(leader: int) -> int:
-    """SIGKILL every process ``leader`` started (``_members``) and ``leader``; returns how many."""
-    killed: set[int] = set()
-    for _ in range(10):
-        alive = [p for p in _members(leader) if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-        if not alive:
-            break
-        for process in alive:
-            try:
-                process.send_signal(signal.SIGKILL)
-            except psutil.NoSuchProcess:
-                pass
-        killed.update(p.pid for p in alive)
-        psutil.wait_procs(alive, timeout=30)
-    return len(killed)
 
 
 def environment(**extra: str) -> dict[str, str]:
@@ -445,7 +410,7 @@ def _on_node(cluster: Cluster, node: str, title: str) -> bool:
     process = cluster.nodes.get(node)
     if process is None:
         return False
-    for member in _members(process.pid):
+    for member in session_members(process.pid):
         try:
             if _label(member) == title:
                 return True

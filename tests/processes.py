@@ -1,15 +1,16 @@
 """Processes a test starts, and stops by their own ids: each command leads a session of its own, so every
-process it starts (Ray's daemons and workers, DVC's stage, the stage's Ray instance) is found by that
-session id or as a descendant - never by name, and never another user's or test's process."""
+process it starts is found by that session id or as a descendant (``tasks.sessions``) - never by name, and
+never another user's or test's process."""
 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 from pathlib import Path
 
 import psutil
+
+from tasks.sessions import kill_session, session_members
 
 
 def start(command: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen:
@@ -19,46 +20,18 @@ def start(command: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Pope
 
 
 def members(leader: subprocess.Popen) -> list[psutil.Process]:
-    """The processes of ``leader``'s session and its descendants (a daemon that left the session is still a
-    descendant while its parent lives). Call it before reaping the leader: its pid is then not reused."""
-    found: dict[int, psutil.Process] = {}
-    try:
-        root = psutil.Process(leader.pid)
-        found = {p.pid: p for p in [root, *root.children(recursive=True)]}
-    except psutil.NoSuchProcess:
-        pass
-    for process in psutil.process_iter():
-        try:
-            if os.getsid(process.pid) == leader.pid:
-                found.setdefault(process.pid, process)
-        except (ProcessLookupError, PermissionError):
-            continue
-    return [p for p in found.values() if p.pid != os.getpid()]
+    """The processes of ``leader``'s session and its descendants (``tasks.sessions.session_members``)."""
+    return session_members(leader.pid)
 
 
 def kill_all(leader: subprocess.Popen, timeout: float = 120) -> int:
-    """SIGKILL ``leader`` and every process it started, as a crash or ``kill -9`` of the whole tree would;
-    returns how many there were. Repeats while processes started meanwhile remain (a bounded number of
-    rounds), then reaps the leader."""
-    killed: set[int] = set()
-    for _ in range(10):
-        alive = [p for p in members(leader) if _alive(p)]
-        if not alive:
-            break
-        for process in alive:
-            try:
-                process.send_signal(signal.SIGKILL)
-            except psutil.NoSuchProcess:
-                pass
-        killed.update(p.pid for p in alive)
-        _, still = psutil.wait_procs([p for p in alive if p.pid != leader.pid], timeout=timeout)
-        assert not still, f"processes survived SIGKILL: {still}"
-    else:
-        raise AssertionError(f"processes of {leader.args} kept starting while being killed")
+    """SIGKILL ``leader`` and every process it started (``tasks.sessions.kill_session``), then reap the leader;
+    returns how many there were."""
+    killed = kill_session(leader.pid, timeout)
     leader.wait(timeout)
     if leader.stdout is not None:
         leader.stdout.close()
-    return len(killed)
+    return killed
 
 
 def finish(leader: subprocess.Popen, timeout: float = 120) -> tuple[str, int]:
@@ -79,9 +52,3 @@ def commands(leader: subprocess.Popen) -> list[str]:
             continue
     return found
 
-
-def _alive(process: psutil.Process) -> bool:
-    try:
-        return process.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
