@@ -27,7 +27,7 @@ from sparse_vqvae.cli import resolve_model
 from sparse_vqvae.codec import Codec, qualities
 from sparse_vqvae.config import DataConfig
 from sparse_vqvae.data import EMBEDDED_TEST, embedded_photo_dir, load_dataset, photo_files, to_model_range
-from sparse_vqvae.entropy_coding import FrequencyModel
+from sparse_vqvae.entropy_coding import load_frequencies
 from sparse_vqvae.maps import prior_files
 from sparse_vqvae.prior_coding import PriorEntropyModel
 from sparse_vqvae.rate_distortion import pillow_decode, pillow_encode
@@ -113,7 +113,7 @@ def main() -> None:
         crops = [crops[i] for i in range(len(crops))]
         priors = prior_files(ROOT / "models/prior")
         result["pipeline_model"] = {"selection_fn": model.config.selection_fn, "fingerprint": model.fingerprint()}
-        result["crops_32"] = measure("32x32", crops, Codec(model, FrequencyModel.load(ROOT / "models/prior/codec.pt")))
+        result["crops_32"] = measure("32x32", crops, Codec(model, load_frequencies(ROOT / "models/prior/codec.pt")))
         result["crops_32_prior"] = measure("32x32 (priors)", crops[: args.prior_images],
                                            Codec(model, PriorEntropyModel.load(priors, fingerprint=model.fingerprint())),
                                            together=True)
@@ -123,7 +123,7 @@ def main() -> None:
     photo = load_checkpoint(found["model"]).model.eval()
     photos = held_out_photos(args.photos)
     result["photo_model"] = {"fingerprint": photo.fingerprint(), "quality": max(qualities(photo))}
-    result["photos_768x512"] = measure("768x512", photos, Codec(photo, FrequencyModel.load(found["codec_model"])))
+    result["photos_768x512"] = measure("768x512", photos, Codec(photo, load_frequencies(found["codec_model"])))
     prior = PriorEntropyModel.load(prior_files(found["priors"]), fingerprint=photo.fingerprint())
     result["photos_768x512_prior"] = measure("768x512 (priors)", photos[: args.prior_photos], Codec(photo, prior))
     write_json(RESULTS / "codec.json", result)

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from sparse_vqvae.cli import resolve_model
 from sparse_vqvae.codec import Codec, CodecError
 from sparse_vqvae.data import EMBEDDED_TEST, EMBEDDED_TRAIN, embedded_photo_dir, to_model_range
-from sparse_vqvae.entropy_coding import FrequencyModel
+from sparse_vqvae.entropy_coding import load_frequencies
 from sparse_vqvae.prior_coding import PriorEntropyModel
 from sparse_vqvae.train import load_checkpoint
 
@@ -85,7 +85,7 @@ def main() -> None:
     rng = random.Random(args.seed)
     found = resolve_model(args.model)
     model = load_checkpoint(found["model"]).model.eval()
-    codecs = {"factorised": (Codec(model, FrequencyModel.load(found["codec_model"])), 64),
+    codecs = {"factorised": (Codec(model, load_frequencies(found["codec_model"])), 64),
               "prior": (Codec(model, PriorEntropyModel.load(sorted(Path(found["priors"]).glob("level*.pt")))), 32)}
     outcomes: dict[str, Counter] = {}
     for kind, (codec, size) in codecs.items():

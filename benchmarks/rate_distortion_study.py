@@ -72,10 +72,9 @@ from judge_train import DEFAULT_CHECKPOINT as DEFAULT_JUDGE
 from synthesis import judge_reference
 
 from sparse_vqvae.code_store import CodeStore, extract_codes
-from sparse_vqvae.codec import Codec, rate_controlled
+from sparse_vqvae.codec import Codec, fit_frequencies, rate_controlled
 from sparse_vqvae.config import DataConfig, ModelConfig, PretrainConfig, PriorTrainConfig, TrainConfig
 from sparse_vqvae.data import ImageArray, load_dataset, save_image_array
-from sparse_vqvae.entropy_coding import FrequencyModel
 from sparse_vqvae.pixelsnail import PixelSNAIL
 from sparse_vqvae.pretrain import pretrain
 from sparse_vqvae.prior_coding import PriorEntropyModel
@@ -185,7 +184,7 @@ def measured(folder: Path, config: ModelConfig, budget: dict[str, Any], seed: in
     store = CodeStore(folder / "train_codes", fingerprint)
     maps = load_maps(store)
     meta = store.meta
-    frequencies = FrequencyModel.fit(maps, meta)
+    frequencies = fit_frequencies(model, maps, meta, train_set)  # a rate-controlled model's per quality
     images = [test_set[i] for i in range(min(budget["images"], len(test_set)))]
     codec = Codec(model, frequencies)
     measured_qualities = codec.qualities if rate_controlled(model) else [codec.qualities[-1]]

@@ -47,7 +47,7 @@ from torch.utils.data import Dataset
 from sparse_vqvae.code_store import StoreMetadata
 from sparse_vqvae.codes import Codes
 from sparse_vqvae.config import ModelConfig, PriorTrainConfig, TrainConfig
-from sparse_vqvae.entropy_coding import FrequencyModel
+from sparse_vqvae.entropy_coding import FrequencyModel, load_frequencies
 from sparse_vqvae.judge import Judge, held_out_split, read_image_folder, to_model_range
 from sparse_vqvae.maps import prior_file
 from sparse_vqvae.pixelsnail import PixelSNAIL
@@ -191,7 +191,7 @@ def measure_family(family: Family, ref: Reference, held_out: torch.Tensor, count
             raise ValueError(f"{prior_file(family.priors, level)} models the codes of another VQ-VAE")
         priors.append(checkpoint.prior.eval())
     start = time.perf_counter()
-    figures, _ = measure_model(model, priors, FrequencyModel.load(family.frequency_model), ref, held_out, count,
+    figures, _ = measure_model(model, priors, load_frequencies(family.frequency_model), ref, held_out, count,
                                temperatures, seed)
     print(f"{family.name}: measured in {time.perf_counter() - start:.0f} s")
     return {"real": ref.real, **figures}

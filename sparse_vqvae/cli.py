@@ -37,7 +37,7 @@ from .codec import ENTROPY_MODELS, Codec, CodecError, bits_per_pixel, entropy_mo
 from .config import DATASETS, DataConfig
 from .data import DatasetNotFoundError, load_dataset, to_model_range, to_uint8
 from .devices import default_device
-from .entropy_coding import FrequencyModel, or_error
+from .entropy_coding import load_frequencies, or_error
 from .pictures import save_grid
 from .maps import prior_files
 from .generation import sample_maps
@@ -108,7 +108,7 @@ def _codec(args: argparse.Namespace, entropy: str) -> Codec:
     model = load_checkpoint(args.model, default_device()).model.eval()
     if entropy == "prior":
         return Codec(model, PriorEntropyModel.load(prior_files(args.priors), default_device()))
-    return Codec(model, FrequencyModel.load(args.codec_model))
+    return Codec(model, load_frequencies(args.codec_model))
 
 
 def _read_image(path: Path) -> torch.Tensor:
@@ -208,7 +208,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     model = load_checkpoint(args.model, default_device()).model.eval()
     device = next(model.parameters()).device
     if args.random_codes:
-        entropy = FrequencyModel.load(args.codec_model)
+        entropy = load_frequencies(args.codec_model)
         size = args.size
         maps = entropy.sample(args.n, map_sizes(model, size, size), np.random.default_rng(args.seed))
     else:

@@ -24,8 +24,10 @@ stages (``codes.quality_range``), in map order - the top map's stages first, the
 smallest files; the header's quality tells the decoder q, and so each map's slots
 (``codes.quality_slots``). A quantised-pursuit model trained over a range of rate-distortion multipliers takes
 qualities 1..10 as multipliers (``quality_lambda``): its encoder stops each position's pairs where they no longer
-pay for their bits, and the file codes the pairs it chose (its header says K). Models of other quantizers code
-all their slots, their one quality (K).
+pay for their bits, and the file codes the pairs it chose with quality q's own frequency tables
+(``QualityFrequencyModel``, fitted by ``quality_frequencies``; the header says q) - or, prior-coded or with one
+set of tables, as its top quality (the header says K). Models of other quantizers code all their slots, their one
+quality (K).
 
 Colour: the encoder decodes its own codes and stores, per channel, the difference between the mean
 of the image and of its reconstruction (quarter levels of 255, clipped to +-31.75); the decoder adds
@@ -46,22 +48,27 @@ import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm import tqdm
 
 from .codes import Codes, packed, quality_range, quality_slots, validate_codes
 from .config import staged
-from .entropy_coding import FrequencyModel, or_error, raised
+from .entropy_coding import FrequencyModel, QualityFrequencyModel, or_error, raised
 from .errors import CodecError
 from .prior_coding import PriorEntropyModel
 from .vqvae import VQVAE2
 
+if TYPE_CHECKING:
+    from .code_store import CodeSource, StoreMetadata
+
 MAGIC = b"SVQC"
 VERSION = 9  # bump on any change of layout or coding (tests/golden pins the bytes)
 ENTROPY_MODELS = ("factorised", "prior")  # the header's entropy-model byte indexes this
-EntropyModel = FrequencyModel | PriorEntropyModel
+EntropyModel = FrequencyModel | QualityFrequencyModel | PriorEntropyModel
 _HEADER = struct.Struct("<4sBB8sHHBB3b")
 COLOUR_STEP = 1 / 4  # the colour offsets' unit, in levels of 255
 _MAP = struct.Struct("<HH")
@@ -173,17 +180,26 @@ def write_codes(maps: tuple[Codes, ...], entropy: EntropyModel, height: int, wid
     return raised(write_many([(maps, height, width, colour)], entropy)[0])
 
 
-def write_many(images: list[tuple[tuple[Codes, ...], int, int, tuple[int, int, int]]],
-               entropy: EntropyModel) -> list[bytes | CodecError]:
+def write_many(images: list[tuple[tuple[Codes, ...], int, int, tuple[int, int, int]]], entropy: EntropyModel,
+               quality: int | None = None) -> list[bytes | CodecError]:
     """``write_codes`` of each (maps, height, width, colour), the entropy model coding them together; an
-    image it cannot code (a size the priors do not model) gets its ``CodecError``."""
+    image it cannot code (a size the priors do not model) gets its ``CodecError``. The header's quality is the cut
+    the maps are (``quality_of``), or with per-quality tables ``quality``: the tables they are coded with."""
     files: list[bytes | CodecError] = []
-    for (maps, height, width, colour), payload in zip(images, entropy.encode_many([maps for maps, *_ in images])):
+    maps_list = [maps for maps, *_ in images]
+    if entropy.per_quality:
+        if quality is None:
+            raise ValueError("per-quality frequency tables code an image at a quality: none was given")
+        payloads = entropy.encode_many(maps_list, [quality] * len(images))
+    else:
+        payloads = entropy.encode_many(maps_list)
+    for (maps, height, width, colour), payload in zip(images, payloads):
         if isinstance(payload, Exception):
             files.append(CodecError(f"cannot code a {height}x{width} image: {payload}"))
             continue
+        held = quality if entropy.per_quality else entropy.quality_of(maps)
         body = _HEADER.pack(MAGIC, VERSION, ENTROPY_MODELS.index(entropy.kind), bytes.fromhex(entropy.fingerprint),
-                            height, width, len(maps), entropy.quality_of(maps), *colour)
+                            height, width, len(maps), held, *colour)
         body += b"".join(_MAP.pack(*codes.atoms.shape[:2]) for codes in maps)
         body += _LENGTH.pack(len(payload), content_checksum(body, maps)) + payload
         files.append(body + _CRC.pack(zlib.crc32(body)))
@@ -230,6 +246,37 @@ def rate_lambda(model: VQVAE2, value: float) -> Iterator[None]:
             quantizer.rate_lambda = value
 
 
+def fit_frequencies(model: VQVAE2, codes: CodeSource, meta: StoreMetadata, images: Dataset
+                    ) -> FrequencyModel | QualityFrequencyModel:
+    """The codec's factorised entropy model of ``model``: fitted to its training ``codes`` (a code store, or maps in
+    memory), a batch at a time; a rate-controlled model's a set per quality, from its training ``images`` encoded at
+    each quality's multiplier (``quality_frequencies``)."""
+    if rate_controlled(model):
+        return quality_frequencies(model, images, meta)
+    return FrequencyModel.fit(codes, meta)
+
+
+QUALITY_FIT_IMAGES = 2048  # training images each quality's tables are fitted to (32x32 crops: 655k positions)
+
+
+@torch.no_grad()
+def quality_frequencies(model: VQVAE2, images: Dataset, meta: StoreMetadata, count: int = QUALITY_FIT_IMAGES,
+                        batch_size: int = 256, progress: bool = True) -> QualityFrequencyModel:
+    """A rate-controlled model's factorised entropy model: its first ``count`` training ``images`` (a dataset of
+    image tensors) encoded at each quality's multiplier, and a ``FrequencyModel`` fitted to each quality's codes."""
+    model.eval()
+    device = next(model.parameters()).device
+    loader = DataLoader(Subset(images, range(min(count, len(images)))), batch_size=batch_size, shuffle=False)
+    models = []
+    for quality in tqdm(qualities(model), desc="tables per quality", disable=not progress):
+        with rate_lambda(model, quality_lambda(model, quality)):
+            batches = [model.encode(batch.to(device))[1] for batch in loader]
+        maps = tuple(Codes(*(torch.cat([getattr(b[i], part) for b in batches]).cpu() for part in ("atoms", "levels")))
+                     for i in range(len(batches[0])))
+        models.append(FrequencyModel.fit(maps, meta))
+    return QualityFrequencyModel(models)
+
+
 def content_checksum(header: bytes, maps: tuple[Codes, ...]) -> int:
     """CRC-32 of the header (up to the payload length) and the code maps, map after map, in the code
     store's byte form: everything the decoded image depends on."""
@@ -258,6 +305,9 @@ class Codec:
         if entropy.fingerprint != model.fingerprint():
             raise CodecError(f"the {entropy.kind} entropy model was fitted to the codes of model "
                              f"{entropy.fingerprint}, not of this model ({model.fingerprint()})")
+        if entropy.per_quality and list(range(1, entropy.top_quality + 1)) != list(qualities(model)):
+            raise CodecError(f"frequency tables for qualities 1 to {entropy.top_quality} do not fit this model, "
+                             f"whose qualities are {qualities(model)[0]} to {qualities(model)[-1]}")
         self.model, self.entropy = model.eval(), entropy
         self.device = next(model.parameters()).device
 
@@ -290,7 +340,7 @@ class Codec:
         coded = [or_error(self._codes, image, quality, catch=CodecError) for image in images]
         valid = [row for row, item in enumerate(coded) if not isinstance(item, CodecError)]
         results: list[bytes | CodecError] = list(coded)
-        for row, data in zip(valid, write_many([coded[row] for row in valid], self.entropy)):
+        for row, data in zip(valid, write_many([coded[row] for row in valid], self.entropy, quality)):
             results[row] = data
         return results
 

@@ -55,6 +55,7 @@ class FrequencyModel:
     counts: list[np.ndarray]
     stage_atoms: int = 0  # M > 0: slot k holds one of atoms k*M .. k*M+M-1 (``config.stage_atoms``: ranked)
     kind = "factorised"  # the compressed file's name for this entropy model
+    per_quality = False  # one set of tables for every quality (``QualityFrequencyModel``: a set a quality)
 
     @classmethod
     def fit(cls, maps: CodeSource, meta: StoreMetadata, batch_size: int = 1024) -> FrequencyModel:
@@ -85,23 +86,27 @@ class FrequencyModel:
                    [_normalised(t) for t in counts], stage_atoms)
 
     def save(self, path: str | Path) -> None:
-        save_payload(path, {"format": MODEL_FORMAT, "version": MODEL_VERSION, "num_atoms": self.num_atoms,
-                            "coef_levels": self.coef_levels, "slots": self.slots, "stage_atoms": self.stage_atoms,
-                            "variable_count": self.variable_count, "fingerprint": self.fingerprint,
-                            "atoms": [torch.from_numpy(a) for a in self.atoms],
-                            "levels": [torch.from_numpy(a) for a in self.levels],
-                            "counts": [torch.from_numpy(a) for a in self.counts]})
+        save_payload(path, {"format": MODEL_FORMAT, "version": MODEL_VERSION, **self._tables()})
 
     @classmethod
     def load(cls, path: str | Path) -> FrequencyModel:
-        payload = load_payload(path, MODEL_FORMAT, MODEL_VERSION)
-        try:
-            return cls(int(payload["num_atoms"]), int(payload["coef_levels"]), int(payload["slots"]),
-                       bool(payload["variable_count"]), str(payload["fingerprint"]),
-                       *([t.numpy() for t in payload[key]] for key in ("atoms", "levels", "counts")),
-                       int(payload["stage_atoms"]))
-        except (KeyError, TypeError, AttributeError) as error:
-            raise CheckpointError(f"{path}: the frequency model in it cannot be rebuilt: {error}") from error
+        """A frequency model saved by ``save`` (``load_frequencies`` also reads per-quality ones)."""
+        model = load_frequencies(path)
+        if not isinstance(model, cls):
+            raise CheckpointError(f"{path} holds frequency tables per quality, not one frequency model")
+        return model
+
+    def _tables(self) -> dict:
+        return {"num_atoms": self.num_atoms, "coef_levels": self.coef_levels, "slots": self.slots,
+                "stage_atoms": self.stage_atoms, "variable_count": self.variable_count, "fingerprint": self.fingerprint,
+                **{part: [torch.from_numpy(a) for a in getattr(self, part)] for part in ("atoms", "levels", "counts")}}
+
+    @classmethod
+    def _from_tables(cls, payload: dict) -> FrequencyModel:
+        return cls(int(payload["num_atoms"]), int(payload["coef_levels"]), int(payload["slots"]),
+                   bool(payload["variable_count"]), str(payload["fingerprint"]),
+                   *([t.numpy() for t in payload[key]] for key in ("atoms", "levels", "counts")),
+                   int(payload["stage_atoms"]))
 
     def encode(self, maps: tuple[Codes, ...]) -> bytes:
         """One image's code maps ([H, W, q] each, canonical order, q <= K slots) -> the ANS-coded bytes."""
@@ -259,6 +264,79 @@ class FrequencyModel:
         allowed = atom_window(np.arange(self.num_atoms), previous, last_atom(self.num_atoms, count - slot - 1)[:, None])
         table = self.atoms[index][slot][None, :] * allowed
         return table / table.sum(axis=1, keepdims=True)
+
+
+@dataclass
+class QualityFrequencyModel:
+    """The factorised entropy model of a rate-controlled model (``codec.rate_controlled``): a ``FrequencyModel`` a
+    quality, each fitted to the training codes its encoder makes at that quality's multiplier
+    (``codec.quality_frequencies``). Quality 1's codes hold few pairs a position and quality 10's many: one set of
+    tables priced each quality at the other's frequencies (in the equal-rate study, quality 1's payload cost 0.565
+    bits a pixel with quality 10's tables against 0.210 with its own). Every quality codes all K slots; the file's
+    header names the quality, and so the tables its payload was coded with. ``bits`` and ``sample`` (the priors'
+    factorised baseline, random codes) use the top quality's: the codes the model's own multiplier makes."""
+
+    models: list[FrequencyModel]  # quality q's at q - 1
+    kind = "factorised"
+    per_quality = True
+
+    def __post_init__(self) -> None:
+        if not self.models or len({m.fingerprint for m in self.models}) != 1:
+            raise ValueError("per-quality frequency tables need one model's tables for each of its qualities")
+
+    @property
+    def fingerprint(self) -> str:
+        return self.models[0].fingerprint
+
+    @property
+    def num_atoms(self) -> int:
+        return self.models[0].num_atoms
+
+    @property
+    def coef_levels(self) -> int:
+        return self.models[0].coef_levels
+
+    @property
+    def top_quality(self) -> int:
+        return len(self.models)
+
+    def tables(self, quality: int | None) -> FrequencyModel:
+        """Quality ``quality``'s frequency model (the top quality's for None); ValueError for one it lacks."""
+        quality = self.top_quality if quality is None else quality
+        if not 1 <= quality <= self.top_quality:
+            raise ValueError(f"quality {quality} is not one these tables code: 1 to {self.top_quality}")
+        return self.models[quality - 1]
+
+    def encode_many(self, images: list[tuple[Codes, ...]], qualities: list[int]) -> list[bytes | Exception]:
+        """Each image's code maps coded with its quality's tables (or why they cannot be)."""
+        return [or_error(lambda maps, q: self.tables(q).encode(maps), maps, quality)
+                for maps, quality in zip(images, qualities)]
+
+    def decode_many(self, payloads: list[bytes], map_sizes: list[list[tuple[int, int]]],
+                    qualities: list[int | None]) -> list[tuple[Codes, ...] | Exception]:
+        return [or_error(lambda payload, sizes, q: self.tables(q).decode(payload, sizes), *args,
+                         catch=(ValueError, RuntimeError)) for args in zip(payloads, map_sizes, qualities)]
+
+    def bits(self, maps: tuple[Codes, ...]) -> float:
+        return self.tables(None).bits(maps)
+
+    def sample(self, n: int, map_sizes: list[tuple[int, int]], generator: np.random.Generator) -> tuple[Codes, ...]:
+        return self.tables(None).sample(n, map_sizes, generator)
+
+    def save(self, path: str | Path) -> None:
+        save_payload(path, {"format": MODEL_FORMAT, "version": MODEL_VERSION,
+                            "qualities": [model._tables() for model in self.models]})
+
+
+def load_frequencies(path: str | Path) -> FrequencyModel | QualityFrequencyModel:
+    """The factorised entropy model saved at ``path``: one set of tables, or a set a quality."""
+    payload = load_payload(path, MODEL_FORMAT, MODEL_VERSION)
+    try:
+        if "qualities" in payload:
+            return QualityFrequencyModel([FrequencyModel._from_tables(tables) for tables in payload["qualities"]])
+        return FrequencyModel._from_tables(payload)
+    except (KeyError, TypeError, AttributeError, ValueError) as error:
+        raise CheckpointError(f"{path}: the frequency model in it cannot be rebuilt: {error}") from error
 
 
 _FAMILY = constriction.stream.model.Categorical(perfect=False)  # probabilities given per symbol

@@ -67,6 +67,7 @@ class PriorEntropyModel:
     entropy model, with the interface of ``entropy_coding.FrequencyModel``."""
 
     kind = "prior"
+    per_quality = False  # one model for every quality: the priors condition on the codes coded so far
 
     def __init__(self, priors: list[PixelSNAIL], fingerprint: str) -> None:
         self.priors = [prior.eval() for prior in priors]  # as given: for sampling and bits on their device

@@ -26,7 +26,7 @@ from sparse_vqvae.code_store import CodeStore, code_batches
 from sparse_vqvae.codec import Codec
 from sparse_vqvae.data import ImageArray
 from sparse_vqvae.devices import default_device
-from sparse_vqvae.entropy_coding import FrequencyModel
+from sparse_vqvae.entropy_coding import load_frequencies
 from sparse_vqvae.metrics import atom_usage
 from sparse_vqvae.pictures import save_grid
 from sparse_vqvae.prior_coding import PriorEntropyModel
@@ -67,7 +67,7 @@ def run(params: PipelineParams, tracker: StageTracker) -> dict[str, Any]:
     priors = prior_model.priors
     pixels = test_set[0].shape[1] * test_set[0].shape[2]
     prior_bits = sum(bits_per_image(prior, test_store, level) for level, prior in enumerate(priors))
-    frequencies = FrequencyModel.load(FREQUENCY_MODEL)  # fitted to the training codes by train_prior
+    frequencies = load_frequencies(FREQUENCY_MODEL)  # fitted to the training codes by train_prior
     factorized_bits = float(np.mean([frequencies.bits(tuple(m[i] for m in batch))
                                      for batch in code_batches(test_store, 256) for i in range(batch[0].atoms.shape[0])]))
     metrics |= {"prior_bits_per_image": prior_bits, "factorized_bits_per_image": factorized_bits,
@@ -109,7 +109,7 @@ def _rate_distortion(model, test_set, prior_model: PriorEntropyModel, pictures: 
     """Our files (factorised and prior entropy coding) against JPEG/WebP on the first test images:
     eval/rate_distortion.csv, a plot, the headline figures."""
     images = [test_set[i] for i in range(min(params.evaluate.rate_distortion_images, len(test_set)))]
-    ours = sparse_vqvae_point(Codec(model, FrequencyModel.load(FREQUENCY_MODEL)), images)
+    ours = sparse_vqvae_point(Codec(model, load_frequencies(FREQUENCY_MODEL)), images)
     prior_coded = sparse_vqvae_point(Codec(model, prior_model), images[: params.evaluate.prior_coding_images])
     references = reference_points(images)
     write_table([ours, prior_coded] + references, RD_FILE)
@@ -166,7 +166,7 @@ def _synthesis(model, test_set, priors, pictures: list, params: PipelineParams) 
     count = params.evaluate.synthesis_images
     ref = reference(Judge.load(JUDGE), images, train_index, held_index, count, params.evaluate.seed, extractor)
     held_out = torch.stack([test_set[i] for i in range(min(count, len(test_set)))])
-    figures, drawn = measure_model(model, priors, FrequencyModel.load(FREQUENCY_MODEL), ref, held_out, count,
+    figures, drawn = measure_model(model, priors, load_frequencies(FREQUENCY_MODEL), ref, held_out, count,
                                    TEMPERATURES, params.evaluate.seed)
     figures = {"real": ref.real, **figures}
     for source, shown in drawn.items():

@@ -25,12 +25,13 @@ from typing import Any
 from sparse_vqvae.atomic import atomic_write
 from sparse_vqvae.code_store import CodeStore
 from sparse_vqvae.config import ModelConfig
-from sparse_vqvae.entropy_coding import FrequencyModel
+from sparse_vqvae.codec import fit_frequencies
+from sparse_vqvae.data import ImageArray
 from sparse_vqvae.maps import prior_file, prior_files
 from sparse_vqvae.prior_train import load_prior, save_prior
 from sparse_vqvae.train import load_checkpoint, save_checkpoint
 
-from .layout import METRICS, PRIORS, TIMINGS, TRAIN_CODES, VQVAE
+from .layout import METRICS, PRIORS, TIMINGS, TRAIN_CODES, TRAIN_IMAGES, VQVAE
 from .params import PipelineParams, load_params
 
 ZOO = Path(__file__).resolve().parents[1] / "models" / "zoo"
@@ -49,7 +50,7 @@ def export(name: str, output: Path = ZOO, limit_mb: float = 25.0) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     save_checkpoint(folder / "model.pt", model, None, checkpoint.step, checkpoint.epoch, checkpoint.config)
     store = CodeStore(TRAIN_CODES, fingerprint)
-    FrequencyModel.fit(store, store.meta).save(folder / "codec.pt")  # a batch of codes at a time
+    fit_frequencies(model, store, store.meta, ImageArray(TRAIN_IMAGES)).save(folder / "codec.pt")
     for level, path in enumerate(prior_files(PRIORS)):
         prior = load_prior(path)
         if prior.fingerprint != fingerprint:

@@ -37,7 +37,7 @@ class SparseVQVAECodec(PythonModel):
 
     def codec(self, entropy: str) -> Any:
         from sparse_vqvae.codec import Codec
-        from sparse_vqvae.entropy_coding import FrequencyModel
+        from sparse_vqvae.entropy_coding import load_frequencies
         from sparse_vqvae.maps import prior_files
         from sparse_vqvae.prior_coding import PriorEntropyModel
 
@@ -46,7 +46,7 @@ class SparseVQVAECodec(PythonModel):
                 model = PriorEntropyModel.load(prior_files(self.files["priors"]), self.device,
                                                self.model.fingerprint())
             elif entropy == "factorised":
-                model = FrequencyModel.load(self.files["codec_model"])
+                model = load_frequencies(self.files["codec_model"])
             else:
                 raise ValueError(f"entropy must be factorised or prior; got {entropy!r}")
             self.codecs[entropy] = Codec(self.model, model)

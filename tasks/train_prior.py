@@ -42,7 +42,8 @@ import torch
 
 from sparse_vqvae.atomic import atomic_write
 from sparse_vqvae.code_store import CodeStore
-from sparse_vqvae.entropy_coding import FrequencyModel
+from sparse_vqvae.codec import fit_frequencies
+from sparse_vqvae.data import ImageArray
 from sparse_vqvae.maps import prior_file
 from sparse_vqvae.pictures import line_plot
 from sparse_vqvae.pixelsnail import PixelSNAIL
@@ -51,7 +52,8 @@ from sparse_vqvae.prior_train import (PriorLoss, batch_bits, check_resumable, lo
 from sparse_vqvae.provenance import source_fingerprint
 from sparse_vqvae.train import load_checkpoint
 
-from .layout import DATA_SUMMARY, FREQUENCY_MODEL, MAP_NAMES, PLOTS, PRIORS, TRAIN_CODES, VQVAE, labels_path, prior_path
+from .layout import (DATA_SUMMARY, FREQUENCY_MODEL, MAP_NAMES, PLOTS, PRIORS, TRAIN_CODES, TRAIN_IMAGES, VQVAE, labels_path,
+                     prior_path)
 from .params import PipelineParams, RaySettings, parse_params, ray_settings
 from .stage import run_stage
 from .tracking import StageTracker
@@ -263,7 +265,8 @@ def run(params: PipelineParams, tracker: StageTracker, workers: int | None = Non
     settings, workers = ray_settings(), workers or config.num_workers
     if config.batch_size % workers:
         raise ValueError(f"prior.batch_size ({config.batch_size}) must be a multiple of the workers ({workers})")
-    fingerprint = load_checkpoint(VQVAE).model.fingerprint()
+    model = load_checkpoint(VQVAE).model
+    fingerprint = model.fingerprint()
     store = CodeStore(TRAIN_CODES, expected_fingerprint=fingerprint)
     key = run_key(params, fingerprint)
     folder = f"{storage_uri(settings)}/prior/{key}"
@@ -315,8 +318,9 @@ def run(params: PipelineParams, tracker: StageTracker, workers: int | None = Non
         tracker.log_history(history)
     _publish(history, tracker)
     tracker.timings["gpu_workers"] = int(use_gpu) * workers
-    # The codec's entropy model: atom / level / count frequencies of the training codes, a batch at a time.
-    FrequencyModel.fit(store, store.meta).save(FREQUENCY_MODEL)
+    # The codec's entropy model: atom / level / count frequencies of the training codes (a rate-controlled model's
+    # per quality).
+    fit_frequencies(model, store, store.meta, ImageArray(TRAIN_IMAGES)).save(FREQUENCY_MODEL)
     for path in (*map(prior_path, range(levels)), FREQUENCY_MODEL):  # for `sparse-vqvae --model <run id>`
         tracker.log_artifact(path, PRIORS.as_posix())
     return metrics

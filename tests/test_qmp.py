@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 
-from sparse_vqvae.codes import EMPTY, canonical_order, validate_codes
+from sparse_vqvae.codes import EMPTY, Codes, canonical_order, validate_codes
 from sparse_vqvae.config import ModelConfig
 from sparse_vqvae.quantizers import QuantisedPursuit, build_quantizer
 
@@ -238,3 +239,47 @@ def test_training_codes_the_latent_at_the_energy_the_dictionary_was_fitted_at():
         (out.z_q.square().sum() + out.loss).backward()
         radial = (scaled.grad * scaled.detach()).sum() / (scaled.grad.norm() * scaled.detach().norm())
         assert abs(float(radial)) < 1e-4
+
+
+def test_a_rate_controlled_model_codes_each_quality_with_its_own_tables(tmp_path):
+    """Per-quality tables: quality q's fitted to the training codes at q's multiplier; a file names its quality and
+    decodes with its tables; fitted to the codes they code, they spend fewer bits than quality 10's tables."""
+    from sparse_vqvae.codec import Codec, quality_frequencies, quality_lambda, rate_lambda, read_codes
+    from sparse_vqvae.config import TrainConfig
+    from sparse_vqvae.entropy_coding import FrequencyModel, QualityFrequencyModel, load_frequencies
+    from sparse_vqvae.errors import CheckpointError, CodecError
+    from sparse_vqvae.train import train
+
+    from .test_codec import metadata
+    from .tiny import Images, tiny_config, tiny_images
+
+    images = tiny_images(16, 16)
+    model, _ = train(tiny_config("qmp", n_nonzero=4, train_lambda_min=1e-2, train_lambda_max=1.0),
+                     TrainConfig(steps=3, batch_size=8), Images(images), progress=False)
+    model.eval()
+    with torch.no_grad():
+        maps = model.encode(images)[1]
+        with rate_lambda(model, quality_lambda(model, 1)):
+            coarse = model.encode(images)[1]
+    meta = metadata(model, maps)
+    tables = quality_frequencies(model, Images(images), meta, batch_size=5, progress=False)
+    assert isinstance(tables, QualityFrequencyModel) and tables.top_quality == 10
+    want = FrequencyModel.fit(coarse, meta)
+    assert all(np.array_equal(a, b) for a, b in zip(tables.tables(1).counts, want.counts))
+    assert not np.array_equal(tables.tables(1).counts[1], tables.tables(10).counts[1])  # fewer pairs at quality 1
+    tables.save(tmp_path / "codec.pt")
+    loaded = load_frequencies(tmp_path / "codec.pt")
+    assert all(np.array_equal(a, b) for a, b in zip(loaded.tables(3).atoms, tables.tables(3).atoms))
+    with pytest.raises(CheckpointError, match="per quality"):
+        FrequencyModel.load(tmp_path / "codec.pt")
+    codec, single = Codec(model, loaded), Codec(model, FrequencyModel.fit(maps, meta))
+    data = codec.compress(images[0], 1)
+    assert data[19] == 1  # the quality byte (after magic, version, model, fingerprint, size, maps) names the tables
+    (_, _), decoded = read_codes(data, loaded)
+    assert all(d.equal(c[0]) for d, c in zip(decoded, (Codes(m.atoms[:1], m.levels[:1]) for m in coarse)))
+    assert torch.equal(codec.decompress(data), single.decompress(single.compress(images[0], 1)))
+    own, pooled = (sum(entropy.bits(tuple(Codes(m.atoms[i], m.levels[i]) for m in coarse)) for i in range(16))
+                   for entropy in (loaded.tables(1), single.entropy))
+    assert own < pooled
+    with pytest.raises(CodecError, match="cannot be decoded|not one"):
+        single.decompress(data)
