@@ -746,6 +746,22 @@ def _qmp_lambda_qualities(r: dict) -> str:
                    f"{q['study_coder_payload_bpp']:.3f}", f"{q['matched_coder_payload_bpp']:.3f}"]
                   for q in m["qualities"]])
 
+@renders("qmp_ceiling")
+def _qmp_ceiling() -> str:
+    """benchmarks/qmp_ceiling.py: variants of qmp K=2 and the rvq reference on a validation split, at the study's
+    budget (qmp_ceiling.json) and at four times its stage-1 steps where measured (qmp_ceiling_2400.json)."""
+    runs = [result("qmp_ceiling")]
+    if (RESULTS / "qmp_ceiling_2400.json").is_file():
+        runs.append(result("qmp_ceiling_2400"))
+    rows = [[v["variant"], f"{r['budget']['steps']:,}", f"{v['psnr_codes']:.2f}", f"{v['psnr_unquantised']:.2f}",
+             " / ".join(f"{x:.2f}" for x in v["participation_ratio_top_bottom"])]
+            for r in runs for v in r["variants"]]
+    return (f"{runs[0]['validation_images']:,} validation crops (held out of the embedded training crops), seed 0, "
+            f"{runs[0]['budget']['pretrain_steps']} pretraining steps:\n\n"
+            + table(["model", "stage-1 steps", "PSNR, the code (dB)", "PSNR, unquantised latent (dB)",
+                     "latent effective dimension, top / bottom"], rows))
+
+
 # ------------------------------------------------------------------------------------------ past one machine
 
 def _yes(flag: bool | None) -> str:
