@@ -53,7 +53,8 @@ from sparse_vqvae.maps import prior_file
 from sparse_vqvae.pixelsnail import PixelSNAIL
 from sparse_vqvae.prior_train import load_prior, prior_configs, train_prior
 from sparse_vqvae.train import load_checkpoint, train
-from tasks.synthesis import TEMPERATURES, Reference, encode_all, measure_model, reference
+from sparse_vqvae.vqvae import encode_all
+from tasks.synthesis import TEMPERATURES, Reference, measure_model, reference
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "benchmarks" / ".cache"

@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset
 from tqdm import tqdm
 
 from .codes import Codes, packed, quality_range, quality_slots, validate_codes
@@ -60,7 +60,7 @@ from .config import staged
 from .entropy_coding import FrequencyModel, QualityFrequencyModel, or_error, raised
 from .errors import CodecError
 from .prior_coding import PriorEntropyModel
-from .vqvae import VQVAE2
+from .vqvae import VQVAE2, encode_all
 
 if TYPE_CHECKING:
     from .code_store import CodeSource, StoreMetadata
@@ -265,14 +265,11 @@ def quality_frequencies(model: VQVAE2, images: Dataset, meta: StoreMetadata, cou
     """A rate-controlled model's factorised entropy model: its first ``count`` training ``images`` (a dataset of
     image tensors) encoded at each quality's multiplier, and a ``FrequencyModel`` fitted to each quality's codes."""
     model.eval()
-    device = next(model.parameters()).device
-    loader = DataLoader(Subset(images, range(min(count, len(images)))), batch_size=batch_size, shuffle=False)
+    fitted = Subset(images, range(min(count, len(images))))
     models = []
     for quality in tqdm(qualities(model), desc="tables per quality", disable=not progress):
         with rate_lambda(model, quality_lambda(model, quality)):
-            batches = [model.encode(batch.to(device))[1] for batch in loader]
-        maps = tuple(Codes(*(torch.cat([getattr(b[i], part) for b in batches]).cpu() for part in ("atoms", "levels")))
-                     for i in range(len(batches[0])))
+            maps = tuple(codes.to("cpu") for codes in encode_all(model, fitted, batch_size))
         models.append(FrequencyModel.fit(maps, meta))
     return QualityFrequencyModel(models)
 

@@ -19,6 +19,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
 from .codes import Codes, quality_slots
 from .config import ModelConfig
@@ -210,3 +211,13 @@ class VQVAE2(nn.Module):
     def after_step(self) -> None:
         for quantizer in self.quantizers:
             quantizer.after_step()
+
+
+@torch.no_grad()
+def encode_all(model: VQVAE2, images: Dataset | torch.Tensor, batch_size: int = 256) -> tuple[Codes, ...]:
+    """Every image's code maps [N, H, W, K] (top first), on the model's device: ``images`` (a tensor [N, 3, H, W] or
+    a dataset of image tensors) through the encoder ``batch_size`` at a time - codes to hold in memory."""
+    device = next(model.parameters()).device
+    parts = [model.encode(batch.to(device))[1] for batch in DataLoader(images, batch_size=batch_size)]
+    return tuple(Codes(torch.cat([p[m].atoms for p in parts]), torch.cat([p[m].levels for p in parts]))
+                 for m in range(len(parts[0])))

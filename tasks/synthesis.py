@@ -30,7 +30,7 @@ from sparse_vqvae.judge import (FeatureExtractor, Judge, classifier_score, extra
                                 precision_recall, predict_logits, to_model_range)
 from sparse_vqvae.pixelsnail import PixelSNAIL
 from sparse_vqvae.prior_train import bits_per_image
-from sparse_vqvae.vqvae import VQVAE2
+from sparse_vqvae.vqvae import VQVAE2, encode_all
 
 TEMPERATURES = (0.7, 0.85, 1.0)
 
@@ -73,13 +73,6 @@ def spread_labels(prior: PixelSNAIL, count: int) -> torch.Tensor | None:
     if not classes:
         return None
     return torch.arange(count, device=prior.conv_in.weight.device) % len(classes)
-
-
-@torch.no_grad()
-def encode_all(model: VQVAE2, images: torch.Tensor, batch_size: int = 256) -> tuple[Codes, ...]:
-    parts = [model.encode(images[i:i + batch_size])[1] for i in range(0, len(images), batch_size)]
-    return tuple(Codes(torch.cat([p[m].atoms for p in parts]), torch.cat([p[m].levels for p in parts]))
-                 for m in range(len(parts[0])))
 
 
 @torch.no_grad()

@@ -17,11 +17,10 @@ from sparse_vqvae.judge import CIFAR10_CLASSES, Judge
 from sparse_vqvae.pixelsnail import PixelSNAIL
 from sparse_vqvae.prior_train import prior_configs
 from sparse_vqvae.code_store import StoreMetadata
-from sparse_vqvae.vqvae import VQVAE2
+from sparse_vqvae.vqvae import VQVAE2, encode_all
 from tasks import evaluate, train_judge
 from tasks.layout import FREQUENCY_MODEL, JUDGE, JUDGE_SUMMARY
 from tasks.params import parse_params
-from tasks.synthesis import encode_all
 
 from .tiny import tiny_config
 
