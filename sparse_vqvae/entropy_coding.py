@@ -168,17 +168,22 @@ class FrequencyModel:
                 for args in zip(payloads, map_sizes, qualities)]
 
     @property
+    def staged(self) -> bool:
+        """Whether its qualities are prefixes of the slots (a residual VQ's: ``codes.staged_code``)."""
+        return staged_code(self.stage_atoms, self.variable_count)
+
+    @property
     def top_quality(self) -> int:
-        return quality_range(self.slots, len(self.atoms), staged_code(self.stage_atoms, self.variable_count))[-1]
+        return quality_range(self.slots, len(self.atoms), self.staged)[-1]
 
     def map_slots(self, quality: int) -> tuple[int, ...]:
         """The slots each map holds at ``quality`` (``codes.quality_slots``); ValueError for one it does not code."""
-        return quality_slots(quality, self.slots, len(self.atoms), staged_code(self.stage_atoms, self.variable_count))
+        return quality_slots(quality, self.slots, len(self.atoms), self.staged)
 
     def quality_of(self, maps: tuple[Codes, ...]) -> int:
         """The quality whose cut these code maps are (a staged code's stages in all maps; else K), or ValueError."""
         held = tuple(codes.atoms.shape[-1] for codes in maps)
-        quality = sum(held) if staged_code(self.stage_atoms, self.variable_count) else held[0]
+        quality = sum(held) if self.staged else held[0]
         if len(held) != len(self.atoms) or self.map_slots(quality) != held:
             raise ValueError(f"code maps of {list(held)} slots are no quality this frequency model codes "
                              f"({len(self.atoms)} maps of up to {self.slots} slots)")
