@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 from _results import RESULTS, write_json
+from sparse_diagnosis import participation_ratio
 from torch.utils.data import DataLoader, Subset
 
 from sparse_vqvae.config import DataConfig, ModelConfig, PretrainConfig, TrainConfig
@@ -52,11 +53,8 @@ def measured(model, images) -> dict[str, float]:
         bypassed += float(squared_error_255(batch, reconstruction))
         pixels += batch.numel()
         latents.append([z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]) for z in zs])
-    ratios = []
-    for index in range(len(latents[0])):
-        z = torch.cat([row[index] for row in latents]).double()
-        spectrum = torch.linalg.svdvals(z - z.mean(0)).square()
-        ratios.append(round(float(spectrum.sum() ** 2 / spectrum.square().sum()), 2))
+    ratios = [round(participation_ratio(torch.cat([row[index] for row in latents])), 2)
+              for index in range(len(latents[0]))]
     return {"psnr_codes": round(psnr(coded / pixels), 3), "psnr_unquantised": round(psnr(bypassed / pixels), 3),
             "participation_ratio_top_bottom": ratios}
 

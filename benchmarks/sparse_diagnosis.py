@@ -199,12 +199,18 @@ def image_psnr(images: torch.Tensor, reconstructions: torch.Tensor, colour: bool
 
 # --- latents ---------------------------------------------------------------------------------------------------------
 
+def participation_ratio(z: torch.Tensor) -> float:
+    """The effective dimension of rows z [M, C]: (sum of the covariance's eigenvalues)^2 / their sum of squares -
+    C for isotropic latents, 1 for latents on a line."""
+    spectrum = torch.linalg.svdvals((z - z.mean(0)).double()).square()
+    return float(spectrum.sum() ** 2 / spectrum.square().sum())
+
+
 @torch.no_grad()
 def latent_figures(quantizer, encoded: torch.Tensor, z: torch.Tensor, z_q: torch.Tensor,
                    codes: Codes) -> dict[str, Any]:
     mean = z.mean(0)
     centred = z - mean
-    spectrum = torch.linalg.svdvals(centred.double()).square()
     energy, variance = float(z.square().sum(1).mean()), float(centred.square().sum(1).mean())
     error = float((z - z_q).square().sum(1).mean())
     ranks = ranks_of(quantizer, codes).reshape(-1, codes.atoms.shape[-1])
@@ -215,7 +221,7 @@ def latent_figures(quantizer, encoded: torch.Tensor, z: torch.Tensor, z_q: torch
         residuals.append(float((z - part).square().sum(1).mean()))
     return {"energy": energy, "encoder_energy": float(encoded.square().sum(1).mean()),
             "mean_energy": float(mean.square().sum()), "variance": variance,
-            "participation_ratio": float(spectrum.sum() ** 2 / spectrum.square().sum()),
+            "participation_ratio": participation_ratio(z),
             "error": error, "relative_error": error / energy, "error_over_variance": error / variance,
             "residual_after_rank": [energy] + residuals,
             "residual_after_rank_over_variance": [r / variance for r in [energy] + residuals],
