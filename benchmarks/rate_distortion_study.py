@@ -1,14 +1,16 @@
-"""The equal-rate study (v2): does coding latents with a few dictionary atoms buy a better trade of quality
+"""The equal-rate study (v3): does coding latents with a few dictionary atoms buy a better trade of quality
 for bits than picking codebook vectors?
 
 Each family - the anchors ``vanilla`` (one EMA codebook), ``rvq`` (residual EMA codebooks) and ``fsq`` (finite
 scalar quantisation), and the sparse ``omp`` (quantised after the pursuit), ``qmp`` (quantised matching pursuit,
 a fixed K per model) and ``lasso`` - is trained at >= 3 rates with the same budget (the pipeline's pretraining,
 then ``--steps`` stage-1 steps, then the PixelSNAIL priors); ``qmp_lambda`` is ONE quantised-pursuit model trained
-over a range of rate-distortion multipliers and measured at each of its 10 qualities (the one-model curve). Each
+over a range of rate-distortion multipliers and measured at each of its 10 qualities (the one-model curve), beside
+``rvq_lambda`` (a residual VQ with the same per-position early stop, trained the same way: the fair rival) and
+``rvq_dropout`` (a residual VQ trained with stage dropout, measured at each prefix of its stages). Each
 point is measured on held-out images: real ``.svq`` files with the factorised entropy model (``bpp``; ``payload_bpp``
 without the 43-byte header) and with the priors (``bpp_prior``), PSNR from the whole-set MSE and MS-SSIM. The
-anchors and the sparse families ``qmp`` and ``qmp_lambda`` are trained with two seeds (``--seeds``; each point's
+anchors, ``rvq_lambda`` and the sparse families ``qmp`` and ``qmp_lambda`` are trained with two seeds (``--seeds``; each point's
 ``settings`` has its ``seed``), and every curve is compared by BD-rate and BD-PSNR against vanilla, rvq and fsq,
 per seed. Two held-out sets: the embedded photographs' test crops, and 1,000 CIFAR-10 images
 (``../shared/data/cifar10-jpeg/train``, trained on the other 49,000).
@@ -72,7 +74,7 @@ from judge_train import DEFAULT_CHECKPOINT as DEFAULT_JUDGE
 from synthesis import judge_reference
 
 from sparse_vqvae.code_store import CodeStore, extract_codes
-from sparse_vqvae.codec import Codec, fit_frequencies, rate_controlled
+from sparse_vqvae.codec import Codec, fit_frequencies
 from sparse_vqvae.config import DataConfig, ModelConfig, PretrainConfig, PriorTrainConfig, TrainConfig
 from sparse_vqvae.data import ImageArray, load_dataset, save_image_array
 from sparse_vqvae.pixelsnail import PixelSNAIL
@@ -93,11 +95,15 @@ CIFAR10 = REPO.parent / "shared" / "data" / "cifar10-jpeg" / "train"
 FAMILIES: dict[str, list[dict[str, Any]]] = {
     "vanilla": [dict(selection_fn="vanilla", num_atoms=n) for n in (64, 256, 1024, 4096)],
     "rvq": [dict(selection_fn="rvq", num_atoms=256, stages=k) for k in (1, 2, 3, 4)],
+    # one model, its 10 qualities: the residual VQ with qmp_lambda's per-position early stop (the fair rival)
+    "rvq_lambda": [dict(selection_fn="rvq", num_atoms=256, stages=4, train_lambda_min=1e-3, train_lambda_max=1e-1)],
     "fsq": [dict(selection_fn="fsq", num_atoms=n) for n in (256, 1024, 4096, 16384)],
     "qmp": [dict(selection_fn="qmp", n_nonzero=k, num_atoms=256, coef_levels=8) for k in (1, 2, 3, 4)],
     # one model, its 10 qualities: lambda from 0.1 (quality 1) to 0.001 (9) and 0 (10)
     "qmp_lambda": [dict(selection_fn="qmp", n_nonzero=4, num_atoms=256, coef_levels=8, train_lambda_min=1e-3,
                         train_lambda_max=1e-1)],
+    # one model, its 8 qualities (a prefix of the stages, top map first): the shipped photo codec's rate control
+    "rvq_dropout": [dict(selection_fn="rvq", num_atoms=256, stages=4, stage_dropout=True)],
     "omp": [dict(selection_fn="omp", n_nonzero=1, num_atoms=256, coef_levels=2, coef_quantizer="learned"),
             dict(selection_fn="omp", n_nonzero=1, num_atoms=512, coef_levels=4, coef_quantizer="learned"),
             dict(selection_fn="omp", n_nonzero=2, num_atoms=512, coef_levels=4, coef_quantizer="learned"),
@@ -107,7 +113,8 @@ FAMILIES: dict[str, list[dict[str, Any]]] = {
 }
 DEFAULT_FAMILIES = [name for name in FAMILIES if name != "lasso"]
 ANCHORS = ("vanilla", "rvq", "fsq")
-SEEDED = (*ANCHORS, "qmp", "qmp_lambda")  # trained with every --seeds seed: the spread behind a verdict
+REFERENCES = (*ANCHORS, "rvq_lambda")  # every family's BD figures are against these
+SEEDED = (*ANCHORS, "rvq_lambda", "qmp", "qmp_lambda")  # trained with every --seeds seed: the spread behind a verdict
 SETS = {
     "embedded": DataConfig(),
     "cifar10": DataConfig(name="imagefolder", root=str(CIFAR10), test_fraction=0.02),
@@ -187,7 +194,8 @@ def measured(folder: Path, config: ModelConfig, budget: dict[str, Any], seed: in
     frequencies = fit_frequencies(model, maps, meta, train_set)  # a rate-controlled model's per quality
     images = [test_set[i] for i in range(min(budget["images"], len(test_set)))]
     codec = Codec(model, frequencies)
-    measured_qualities = codec.qualities if rate_controlled(model) else [codec.qualities[-1]]
+    one_model_curve = model.config.rate_controlled or model.config.stage_dropout
+    measured_qualities = codec.qualities if one_model_curve else [codec.qualities[-1]]
     priors = trained_priors(meta, maps, budget["prior_steps"]) if budget["prior_steps"] else None
     points = []
     for quality in measured_qualities:
@@ -238,14 +246,14 @@ def of_seed(points: list[dict], seed: int, seeded: bool = False) -> list[dict]:
 
 
 def compare(families: dict[str, list[dict]], seed: int = 0) -> dict[str, dict[str, float | None]]:
-    """BD-rate (percent bits at equal PSNR) of every family against vanilla, rvq and fsq, for both entropy models,
-    and BD-PSNR (dB at equal rate) of the factorised files, defined where BD-rate may not be: each family's
-    ``seed`` points against the anchors' ``seed`` points."""
+    """BD-rate (percent bits at equal PSNR) of every family against vanilla, rvq, fsq and rvq_lambda, for both
+    entropy models, and BD-PSNR (dB at equal rate) of the factorised files, defined where BD-rate may not be: each
+    family's ``seed`` points against the references' ``seed`` points."""
     families = {name: chosen for name, points in families.items() if (chosen := of_seed(points, seed, name in SEEDED))}
     table: dict[str, dict[str, float | None]] = {}
     for name, points in families.items():
         row: dict[str, float | None] = {}
-        for anchor in ANCHORS:
+        for anchor in REFERENCES:
             if anchor in families and anchor != name:
                 row[f"vs_{anchor}"] = bd_rate(families[anchor], points)
                 if all(p["bpp_prior"] is not None for p in families[anchor] + points):

@@ -58,7 +58,7 @@ from _results import RESULTS, shown_path, write_json
 from torch.utils.data import DataLoader, DistributedSampler
 
 from sparse_vqvae.code_store import CodeStore, extract_codes
-from sparse_vqvae.codec import qualities, quality_lambda, rate_controlled, rate_lambda
+from sparse_vqvae.codec import qualities, quality_lambda, rate_lambda
 from sparse_vqvae.codes import EMPTY, Codes
 from sparse_vqvae.config import ModelConfig, PretrainConfig, TrainConfig
 from sparse_vqvae.data import ImageArray
@@ -436,7 +436,7 @@ def diagnose(entry: dict[str, Any], images: torch.Tensor, train_set: ImageArray,
                                      "pairs_per_position": float((c.atoms != EMPTY).sum(-1).float().mean())}
                                     for z, zq, c in zip(again["z"], again["z_q"], again["codes"])],
                         "magnitudes": [q.magnitude_table.tolist() for q in refitted.quantizers]}
-        if rate_controlled(model):
+        if model.config.rate_controlled:
             out["qualities"] = quality_figures(model, images, train_images, fm, pixels)
     out["seconds"] = round(time.perf_counter() - start, 1)
     return out

@@ -506,7 +506,7 @@ for _name, _path, _fmt in [
 # ---------------------------------------------------------------------------------------- the study
 
 # the order of the rows; a study may hold fewer
-FAMILIES = ("vanilla", "rvq", "fsq", "qmp", "qmp_lambda", "omp", "lasso")
+FAMILIES = ("vanilla", "rvq", "rvq_lambda", "rvq_dropout", "fsq", "qmp", "qmp_lambda", "omp", "lasso")
 STUDY_SETS = ("embedded", "cifar10")
 
 
@@ -529,6 +529,10 @@ def model_label(family: str, s: dict) -> str:
     if family == "rvq":
         stages = s.get("stages", s["n_nonzero"])
         return f"{stages} stage{'s' if stages > 1 else ''} x {s['num_atoms']}"
+    if family == "rvq_lambda":
+        return f"<= {s['stages']} stages x {s['num_atoms']}, quality {s['quality']}"
+    if family == "rvq_dropout":
+        return f"{s['stages']} stages x {s['num_atoms']}, stage dropout, quality {s['quality']}"
     if family == "qmp":
         return f"K={s['n_nonzero']}, N={s['num_atoms']}, {s['coef_levels']} values a rank"
     if family == "qmp_lambda":
@@ -565,17 +569,19 @@ def _study_points(set_name: str) -> str:
 
 
 def _study_bd(set_name: str) -> str:
-    """BD-rate and BD-PSNR against vanilla and rvq, one table a seed with points."""
+    """BD-rate and BD-PSNR against vanilla, rvq and rvq_lambda, one table a seed with points."""
     study = _study()
     seeds = sorted({p["settings"]["seed"] for _, p in _rows_of(study, set_name)})
     tables = []
+    anchors = ("vanilla", "rvq", "rvq_lambda")
     for seed in seeds:
         bd = study["summary"]["bd_rate_by_seed"][set_name][str(seed)]
-        rows = [[family, *(signed(bd[family].get(f"vs_{anchor}{suffix}"), **kw) for anchor in ("vanilla", "rvq")
+        rows = [[family, *(signed(bd[family].get(f"vs_{anchor}{suffix}"), **kw) for anchor in anchors
                            for suffix, kw in (("", {}), ("_prior", {}), ("_bd_psnr", {"digits": 2, "unit": " dB"})))]
                 for family in FAMILIES if family in bd]
-        tables.append(f"Seed {seed}:\n\n" + table(["family", "vs vanilla, BD-rate", "with priors", "BD-PSNR",
-                                                  "vs rvq, BD-rate", "with priors", "BD-PSNR"], rows))
+        header = [f"vs {anchor}, BD-rate" if i == 0 else ("with priors", "BD-PSNR")[i - 1]
+                  for anchor in anchors for i in range(3)]
+        tables.append(f"Seed {seed}:\n\n" + table(["family", *header], rows))
     return "\n\n".join(tables) or "Not measured yet."
 
 

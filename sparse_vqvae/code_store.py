@@ -1,8 +1,8 @@
 """A versioned LMDB store of extracted codes, and the Dataset that reads it for prior training.
 
 Layout: one LMDB environment (a folder). Key ``meta`` holds JSON metadata (format version,
-selection_fn, slots K, num_atoms, coef_levels, the code-map sizes, the model fingerprint, the
-record count); keys ``00000000``... hold one image each: its index, then per code map (top, then
+selection_fn, slots K, num_atoms, coef_levels, the code-map sizes, the model fingerprint, whether
+pair counts vary, the record count); keys ``00000000``... hold one image each: its index, then per code map (top, then
 bottom) the atom indices as int16 and the coefficient levels as uint8, [H, W, K] each. Codes
 are stored compactly, never as dense float maps, and read so: ``CodeStore.batch`` gives the records of
 any rows collated in those widths (a model widens them on its device), so training and evaluation hold
@@ -37,7 +37,7 @@ from .errors import CodeStoreError
 if TYPE_CHECKING:
     from .vqvae import VQVAE2
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: the metadata says whether pair counts vary (a rate-controlled residual VQ's do)
 STORE_FILES = ("data.mdb", "lock.mdb", "manifest.json")  # what a store folder holds (lock.mdb: older writers)
 _META_KEY = b"meta"
 _INDEX = struct.Struct("<I")
@@ -54,6 +54,7 @@ class StoreMetadata:
     coef_levels: int
     map_sizes: list  # [[H, W], ...] per code map, top first
     model_fingerprint: str
+    variable_count: bool  # a position holds 0..K pairs (empty slots last), or always K: ``config.codes_vary``
     count: int = 0
 
     @classmethod
@@ -63,7 +64,7 @@ class StoreMetadata:
             raise CodeStoreError(f"this store format holds at most 32767 atoms and 256 levels; the model has "
                                  f"{quantizer.code_atoms} atoms and {quantizer.coef_levels} levels")
         return cls(FORMAT_VERSION, model.config.selection_fn, quantizer.slots, quantizer.code_atoms,
-                   quantizer.coef_levels, map_sizes, model.fingerprint())
+                   quantizer.coef_levels, map_sizes, model.fingerprint(), model.config.codes_vary)
 
     @property
     def stage_atoms(self) -> int:
@@ -246,11 +247,16 @@ class CodeStore(Dataset):
             raise CodeStoreError(f"{self.path} has no metadata record: the extraction did not finish")
         try:
             fields = json.loads(raw)
+            version = fields["format_version"]
+        except (ValueError, TypeError, KeyError) as error:
+            raise CodeStoreError(f"{self.path} has unreadable metadata: {error!r}") from error
+        if version != FORMAT_VERSION:  # before the fields: another format's need not fit this one's
+            raise CodeStoreError(f"{self.path} is code-store format {version}; this code reads {FORMAT_VERSION}: "
+                                 "extract the codes again")
+        try:
             meta = StoreMetadata(**fields)
-        except (ValueError, TypeError) as error:
+        except TypeError as error:
             raise CodeStoreError(f"{self.path} has unreadable metadata: {error}") from error
-        if meta.format_version != FORMAT_VERSION:
-            raise CodeStoreError(f"{self.path} is code-store format {meta.format_version}; this code reads {FORMAT_VERSION}")
         if expected_fingerprint is not None and meta.model_fingerprint != expected_fingerprint:
             raise CodeStoreError(f"{self.path} holds codes of model {meta.model_fingerprint}, not of model "
                                  f"{expected_fingerprint}: extract the codes again with this model")

@@ -206,19 +206,13 @@ def write_many(images: list[tuple[tuple[Codes, ...], int, int, tuple[int, int, i
     return files
 
 
-LAMBDA_QUALITIES = 10  # a rate-controlled model's qualities (quantised pursuit trained over a range of lambdas)
-
-
-def rate_controlled(model: VQVAE2) -> bool:
-    """Whether the model's encoder trades pairs for bits by a multiplier it was trained over (``qmp`` with
-    ``train_lambda_max``): its qualities are multipliers, and every file holds all K slots a position may use."""
-    return model.config.selection_fn == "qmp" and model.config.train_lambda_max > 0
+LAMBDA_QUALITIES = 10  # a rate-controlled model's qualities (qmp or rvq trained over a range of lambdas)
 
 
 def qualities(model: VQVAE2) -> range:
     """The qualities ``Codec.compress`` takes: 1 .. maps x K stages of a residual VQ; 1 .. 10 multipliers of a
     rate-controlled model; else only the model's K."""
-    if rate_controlled(model):
+    if model.config.rate_controlled:
         return range(1, LAMBDA_QUALITIES + 1)
     return quality_range(model.quantizers[0].slots, len(model.quantizers), staged(model.config.selection_fn))
 
@@ -251,7 +245,7 @@ def fit_frequencies(model: VQVAE2, codes: CodeSource, meta: StoreMetadata, image
     """The codec's factorised entropy model of ``model``: fitted to its training ``codes`` (a code store, or maps in
     memory), a batch at a time; a rate-controlled model's a set per quality, from its training ``images`` encoded at
     each quality's multiplier (``quality_frequencies``)."""
-    if rate_controlled(model):
+    if model.config.rate_controlled:
         return quality_frequencies(model, images, meta)
     return FrequencyModel.fit(codes, meta)
 
@@ -366,13 +360,14 @@ class Codec:
             raise CodecError(f"image size {height}x{width} is outside what the format holds (1..65535 per side)")
         stride = self.model.config.stride
         padded = F.pad(image[None], (0, -width % stride, 0, -height % stride), mode="replicate")
-        if rate_controlled(self.model):
+        slots = self.model.quantizers[0].slots
+        if self.model.config.rate_controlled:  # the codes decide their pair counts: every slot is coded
             with rate_lambda(self.model, quality_lambda(self.model, quality)):
                 _, maps, _, _ = self.model.encode(padded.to(self.device))
-            quality = maps[0].atoms.shape[-1]  # the codes decide their pair counts: every slot is coded
+            cut = (slots,) * len(maps)
         else:
             _, maps, _, _ = self.model.encode(padded.to(self.device))
-        cut = quality_slots(quality, maps[0].atoms.shape[-1], len(maps), staged(self.model.config.selection_fn))
+            cut = quality_slots(quality, slots, len(maps), staged(self.model.config.selection_fn))
         maps = tuple(Codes(codes.atoms[0, ..., :k], codes.levels[0, ..., :k]).to("cpu") for codes, k in zip(maps, cut))
         decoded = self._decode(maps, height, width)
         shift = (image.mean(dim=(1, 2)) - decoded.mean(dim=(1, 2))) * (127.5 / COLOUR_STEP)

@@ -14,15 +14,11 @@ SELECTION_FNS = ("vanilla", "rvq", "fsq", "omp", "qmp", "lasso")
 # fsq: the levels per dimension that Mentzer et al. (2023, Table 1) recommend for each codebook size (num_atoms).
 FSQ_LEVELS = {256: (8, 6, 5), 1024: (8, 5, 5, 5), 4096: (7, 5, 5, 5, 5), 16384: (8, 8, 8, 6, 5)}
 LASSO_SOLVERS = ("homotopy", "fista")
+RATE_CONTROLLED = ("qmp", "rvq")  # the quantizers that can stop a position early by a rate-distortion multiplier
 COEF_QUANTIZERS = ("uniform", "learned")
 ENCODER_GRADIENTS = ("straight_through", "task_driven")
 DATASETS = ("embedded", "cifar10", "cifar100", "imagefolder", "photos", "imagenet")
 PRIOR_POSITIONS = ("learned", "none")
-
-
-def codes_vary(selection_fn: str) -> bool:
-    """Sparse codes hold 0..K pairs a position (a pair quantised to zero is not coded); codebooks exactly K."""
-    return selection_fn in ("omp", "qmp", "lasso")
 
 
 def staged(selection_fn: str) -> bool:
@@ -140,8 +136,8 @@ class ModelConfig:
     coef_quantizer: str = "learned"  # omp/lasso: uniform (evenly over [-m, m]) | learned (EMA of the coefficients)
     encoder_gradient: str = "straight_through"  # omp/lasso: straight_through (z + sg(z_q - z)) | task_driven
     normalize_latents: bool = False  # code unit-norm latents: the LASSO wants it (alpha is relative); OMP keeps the gain
-    rate_lambda: float = 0.0  # qmp: the encoder's rate-distortion multiplier (units of the latents' energy)
-    train_lambda_min: float = 0.0  # qmp: training draws lambda per image, log-uniform in [min, max] (max 0: none)
+    rate_lambda: float = 0.0  # qmp, rvq: the encoder's rate-distortion multiplier (units of the latents' energy)
+    train_lambda_min: float = 0.0  # qmp, rvq: training draws lambda per image, log-uniform in [min, max] (max 0: none)
     train_lambda_max: float = 0.0
     commitment: float = 0.25  # weight of ||z - sg(z_q)||^2
     dictionary_loss_weight: float = 1.0  # omp/qmp/lasso: weight of ||D c - sg(z)||^2
@@ -174,6 +170,15 @@ class ModelConfig:
         if self.selection_fn == "qmp" and self.coef_levels % 2:
             raise ValueError(f"model.coef_levels must be even for qmp (each value with both signs); got "
                              f"{self.coef_levels}")
+        if (self.rate_lambda or self.train_lambda_max) and self.selection_fn not in RATE_CONTROLLED:
+            raise ValueError(f"model.rate_lambda and model.train_lambda_* are for selection_fn "
+                             f"{' or '.join(RATE_CONTROLLED)}; got selection_fn {self.selection_fn!r}")
+        if self.selection_fn == "rvq" and self.rate_lambda and not self.train_lambda_max:
+            raise ValueError("model.rate_lambda: a residual VQ stops early only when trained to; set "
+                             "model.train_lambda_min and model.train_lambda_max")
+        if self.stage_dropout and self.train_lambda_max:
+            raise ValueError("model.stage_dropout and model.train_lambda_max are two rate controls of a residual VQ "
+                             "(every image a prefix of the stages, or every position its own stage count): set one")
         if self.train_lambda_max and not 0 < self.train_lambda_min <= self.train_lambda_max:
             raise ValueError(f"model.train_lambda_min must be in (0, train_lambda_max] when train_lambda_max is set; "
                              f"got {self.train_lambda_min} and {self.train_lambda_max}")
@@ -189,9 +194,16 @@ class ModelConfig:
             raise ValueError(f"model.max_nonzero ({self.max_nonzero}) must not exceed model.num_atoms ({self.num_atoms})")
 
     @property
+    def rate_controlled(self) -> bool:
+        """Whether the encoder trades pairs for bits by a multiplier it was trained over (``qmp`` or ``rvq`` with
+        ``train_lambda_max``): the codec's qualities are multipliers."""
+        return self.selection_fn in RATE_CONTROLLED and self.train_lambda_max > 0
+
+    @property
     def codes_vary(self) -> bool:
-        """Whether a position's pair count varies (sparse codes drop zero pairs) or is always K."""
-        return codes_vary(self.selection_fn)
+        """Whether a position's pair count varies (sparse codes drop zero pairs, a rate-controlled residual VQ
+        stops where a stage does not pay) or is always K."""
+        return self.selection_fn in ("omp", "qmp", "lasso") or self.rate_controlled
 
     @property
     def stride(self) -> int:

@@ -29,7 +29,6 @@ import torch
 
 from .checkpoint import CheckpointError, load_payload, save_payload
 from .codes import EMPTY, Codes, atom_window, last_atom, quality_range, quality_slots, staged_code
-from .config import codes_vary
 
 if TYPE_CHECKING:
     from .code_store import CodeSource, StoreMetadata
@@ -81,7 +80,7 @@ class FrequencyModel:
                 counts[index] += torch.bincount(present.sum(-1).reshape(-1), minlength=slots + 1)
         if atoms is None:
             raise ValueError("no codes to fit a frequency model to")
-        return cls(num_atoms, coef_levels, slots, codes_vary(meta.selection_fn), meta.model_fingerprint,
+        return cls(num_atoms, coef_levels, slots, meta.variable_count, meta.model_fingerprint,
                    *([np.stack([_normalised(row) for row in table]) for table in tables] for tables in (atoms, levels)),
                    [_normalised(t) for t in counts], stage_atoms)
 
@@ -273,7 +272,7 @@ class FrequencyModel:
 
 @dataclass
 class QualityFrequencyModel:
-    """The factorised entropy model of a rate-controlled model (``codec.rate_controlled``): a ``FrequencyModel`` a
+    """The factorised entropy model of a rate-controlled model (``config.rate_controlled``): a ``FrequencyModel`` a
     quality, each fitted to the training codes its encoder makes at that quality's multiplier
     (``codec.quality_frequencies``). Quality 1's codes hold few pairs a position and quality 10's many: one set of
     tables priced each quality at the other's frequencies (in the equal-rate study, quality 1's payload cost 0.565

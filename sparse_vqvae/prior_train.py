@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointError, load_payload, save_payload
 from .code_store import CodeSource, CodeStore, StoreMetadata, code_source
-from .config import PriorTrainConfig, codes_vary
+from .config import PriorTrainConfig
 from .codes import Codes
 from .pixelsnail import PixelSNAIL, PriorConfig, bits
 
@@ -54,7 +54,7 @@ def load_maps(store: CodeStore) -> tuple[Codes, ...]:
 def prior_configs(meta: StoreMetadata, **sizes) -> list[PriorConfig]:
     """One PriorConfig per code map; every map after the first is conditioned on the first (the top)."""
     common = dict(num_atoms=meta.num_atoms, coef_levels=meta.coef_levels, slots=meta.slots,
-                  variable_count=codes_vary(meta.selection_fn),
+                  variable_count=meta.variable_count,
                   stage_atoms=meta.stage_atoms)
     top_h, top_w = meta.map_sizes[0]
     configs = [PriorConfig(**common, height=top_h, width=top_w, **sizes)]

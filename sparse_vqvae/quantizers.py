@@ -148,6 +148,46 @@ class _Quantizer(nn.Module):
         return _from_rank0(chosen)
 
 
+class _RateControlled:
+    """What a quantizer needs to trade pairs for bits (qmp, and a residual VQ trained with ``train_lambdas``): the
+    encoder's multiplier ``rate_lambda`` and, in training, one drawn an image, so one decoder learns every pair count."""
+
+    SYMBOL_FLOOR = 0.5  # pseudo-count under every EMA symbol frequency: no symbol costs infinite bits
+    FULL_RATE_SHARE = 0.25  # training images coded at lambda 0 when lambda is drawn
+
+    rate_lambda: float
+    train_lambdas: tuple[float, float] | None
+
+    def _lambdas(self, images: int, positions: int, device: torch.device) -> torch.Tensor:
+        """Per-position lambda in units of the latents' energy [M]: ``rate_lambda``, or in training one draw an image
+        (log-uniform over ``train_lambdas``, ``FULL_RATE_SHARE`` of the images at 0)."""
+        if not (self.training and self.train_lambdas is not None):
+            return torch.full((images * positions,), float(self.rate_lambda), device=device)
+        low, high = self.train_lambdas
+        draw = torch.exp(math.log(low) + torch.rand(images) * math.log(high / low))
+        draw = torch.where(torch.rand(images) < self.FULL_RATE_SHARE, torch.zeros_like(draw), draw)
+        return draw.to(device).repeat_interleave(positions)
+
+    @classmethod
+    def symbol_bits(cls, freq: torch.Tensor) -> torch.Tensor:
+        """Bits of each symbol from EMA frequencies (the last dim is the alphabet), floored."""
+        floored = freq + cls.SYMBOL_FLOOR
+        return -torch.log2(floored / floored.sum(-1, keepdim=True))
+
+    @classmethod
+    def count_bits(cls, count_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """From the EMA frequencies of a position's pair count 0..K: for each rank k, the bits of going on to a
+        k+1-th pair and of stopping at k pairs [K] each."""
+        counts = count_freq + cls.SYMBOL_FLOOR
+        reached = counts.flip(0).cumsum(0).flip(0)  # reached[k]: positions with >= k pairs
+        return -torch.log2(reached[1:] / reached[:-1]), -torch.log2(counts[:-1] / reached[:-1])
+
+
+def _check_train_lambdas(train_lambdas: tuple[float, float] | None) -> None:
+    if train_lambdas is not None and not 0 < train_lambdas[0] <= train_lambdas[1]:
+        raise ValueError(f"train_lambdas must be 0 < low <= high, got {train_lambdas}")
+
+
 class VectorQuantizerEMA(_Quantizer):
     """Nearest-neighbour VQ with an EMA codebook [C, N] (VQ-VAE-2)."""
 
@@ -173,19 +213,21 @@ class VectorQuantizerEMA(_Quantizer):
         codes = Codes(index.reshape(b, h, w, 1), torch.zeros(b, h, w, 1, dtype=torch.long, device=z.device))
         return QuantizerOutput(z_q, codes, loss, usage_stats(codes, self.num_atoms, 1))
 
-    def assign(self, flat: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
+    def assign(self, flat: torch.Tensor) -> torch.Tensor:
         """The nearest codebook entry of each vector [M, C]; in training, followed by the codebook's EMA
-        step on the ``active`` vectors (bool [M]; all when None); the entries index the updated codebook."""
+        step; the entries index the updated codebook."""
+        index, error = self.nearest(flat)
+        if self.training:
+            self.learn(flat, index, error)
+        return index
+
+    def nearest(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The nearest codebook entry of each vector [M, C] and its squared distance [M]."""
         # |x|^2 - 2 x.e + |e|^2, in place (-(2 x.e - |x|^2) is the same float): [M, N] temporaries of a
         # photograph's rows cost more than their arithmetic
         distance = (2 * flat @ self.embed).sub_(flat.square().sum(1, keepdim=True)).neg_()
         error, index = distance.add_(self.embed.square().sum(0, keepdim=True)).min(dim=1)
-        if self.training:
-            if active is None:
-                self._ema_update(flat, index, error)
-            else:
-                self._ema_update(flat[active], index[active], error[active])
-        return index
+        return index, error
 
     def codebook(self) -> torch.Tensor:
         """The vectors the codes' atoms index, [C, N]."""
@@ -212,7 +254,9 @@ class VectorQuantizerEMA(_Quantizer):
         self.initialized.fill_(True)
 
     @torch.no_grad()
-    def _ema_update(self, flat: torch.Tensor, index: torch.Tensor, error: torch.Tensor) -> None:
+    def learn(self, flat: torch.Tensor, index: torch.Tensor, error: torch.Tensor) -> None:
+        """The codebook's EMA step towards the vectors [M, C] coded by entries ``index`` [M] (``error``: their
+        squared distances, to pick the worst-coded as seeds of dead entries)."""
         onehot_sum = _all_sum(torch.bincount(index, minlength=self.num_atoms).to(flat.dtype))
         embed_sum = torch.zeros_like(self.embed).index_add_(1, index, flat.t())
         embed_sum = _all_sum(embed_sum)
@@ -231,7 +275,7 @@ class VectorQuantizerEMA(_Quantizer):
             self.usage[slots] = 1.0 / self.num_atoms
 
 
-class ResidualVQ(nn.Module):
+class ResidualVQ(_RateControlled, nn.Module):
     """K EMA codebooks [C, N]: stage k codes the residual of stages 1..k-1, z_q the sum of the K entries.
 
     A code is K pairs whose atoms index the stacked codebooks (stage k's entries are k*N .. k*N+N-1),
@@ -241,16 +285,38 @@ class ResidualVQ(nn.Module):
     ``kept`` (per image, from ``VQVAE2``'s stage dropout) keeps only an image's first stages (SoundStream's
     quantizer dropout), so the decoder learns every prefix: a code cut to its first q stages is a coarser code
     of the same image, which is the codec's rate control.
+
+    Trained with ``train_lambdas``, it stops per position instead, as the quantised pursuit does: a position takes
+    stage k only while the stage's drop in squared error exceeds lambda x its bits (the entry's, and going on
+    rather than stopping, from EMA frequencies), lambda in units of the latents' mean energy; training draws
+    lambda per image, so one decoder learns every per-position stage count, and ``rate_lambda`` is the codec's
+    quality knob. A stage's codebook learns only from the positions that took it.
     """
 
     def __init__(self, dim: int, num_atoms: int, stages: int, decay: float = _DEFAULT.ema_decay,
-                 commitment: float = _DEFAULT.commitment, restart_dead: bool = _DEFAULT.restart_dead) -> None:
+                 commitment: float = _DEFAULT.commitment, restart_dead: bool = _DEFAULT.restart_dead,
+                 rate_lambda: float = _DEFAULT.rate_lambda, train_lambdas: tuple[float, float] | None = None) -> None:
         super().__init__()
-        self.dim, self.num_atoms, self.commitment = dim, num_atoms, commitment  # num_atoms: entries a stage
+        _check_train_lambdas(train_lambdas)
+        if rate_lambda and train_lambdas is None:
+            raise ValueError("a residual VQ stops early (rate_lambda > 0) only when trained to (train_lambdas)")
+        self.dim, self.num_atoms, self.commitment, self.decay = dim, num_atoms, commitment, decay  # num_atoms: a stage's
         self.code_atoms, self.slots, self.coef_levels = num_atoms * stages, stages, 1
+        self.rate_lambda, self.train_lambdas = rate_lambda, train_lambdas
         self.stages = nn.ModuleList(VectorQuantizerEMA(dim, num_atoms, decay=decay, commitment=0.0,
                                                        restart_dead=restart_dead) for _ in range(stages))
         self.register_buffer("initialized", torch.tensor(False))
+        if self.rate_controlled:
+            # EMA frequencies of each stage's entries and of the stage counts 0..K (the encoder's bit estimates), and
+            # of the latents' ||z||^2 a position (lambda's unit)
+            self.register_buffer("entry_freq", torch.ones(stages, num_atoms))
+            self.register_buffer("count_freq", torch.ones(stages + 1))
+            self.register_buffer("energy", torch.tensor(1.0))
+
+    @property
+    def rate_controlled(self) -> bool:
+        """Whether positions stop early by lambda (trained over ``train_lambdas``)."""
+        return self.train_lambdas is not None
 
     def forward(self, z: torch.Tensor, kept: torch.Tensor | None = None) -> QuantizerOutput:
         """``kept``: stages each image keeps [B] (0..K; default all K)."""
@@ -261,18 +327,26 @@ class ResidualVQ(nn.Module):
             b, _, h, w = z.shape
             kept = (torch.full((b * h * w,), self.slots, device=z.device) if kept is None
                     else kept.to(z.device).repeat_interleave(h * w))  # [M]: stages each vector keeps
+            lam = self._lambdas(b, h * w, flat.device) * self.energy if self.rate_controlled else None
             residual = flat.detach()
             picks = []
+            going = kept > 0  # [M]: the vectors still taking stages
             for k, stage in enumerate(self.stages):
-                active = kept > k
-                index = self._nearest(stage, residual, active)
-                residual = residual - F.embedding(index, stage.entries()) * active.unsqueeze(1)
-                picks.append(torch.where(active, index + k * self.num_atoms, EMPTY))
+                index, error = self._nearest(stage, residual)
+                going = going & (kept > k)
+                if lam is not None:
+                    going = going & self._pays(k, index, residual.square().sum(1) - error, lam)
+                if stage.training:
+                    stage.learn(residual[going], index[going], error[going])
+                residual = residual - F.embedding(index, stage.entries()) * going.unsqueeze(1)
+                picks.append(torch.where(going, index + k * self.num_atoms, EMPTY))
             atoms = torch.stack(picks, dim=1)
+            if self.training and lam is not None:
+                self._learn_rates(flat.detach(), atoms)
             quantized = compose((atoms != EMPTY).to(flat.dtype), atoms.clamp_min(0), self.codebook())
-            # A vector that keeps no stage is not sent: the decoder gets zero, and neither loss nor gradient
+            # A vector that takes no stage is not sent: the decoder gets zero, and neither loss nor gradient
             # reaches its encoder output through it.
-            sent = (kept > 0).to(flat.dtype)
+            sent = (atoms != EMPTY).any(dim=1).to(flat.dtype)
             error = (flat - quantized.detach()).square().mean(dim=1)
             loss = self.commitment * (error * sent).sum() / sent.sum().clamp_min(1)
             z_q = _unflatten(straight_through(flat, quantized) * sent.unsqueeze(1), z)
@@ -280,13 +354,33 @@ class ResidualVQ(nn.Module):
                                                                       device=z.device))
         return QuantizerOutput(z_q, codes, loss, usage_stats(codes, self.code_atoms, 1))
 
+    def _pays(self, k: int, index: torch.Tensor, gain: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+        """Whether stage k's pick ``index`` [M] pays for its bits: its drop in squared error ``gain`` [M] exceeds
+        lambda [M] x (the entry's bits + going on - stopping); everything pays at lambda 0."""
+        go, stop = self.count_bits(self.count_freq)
+        bits = self.symbol_bits(self.entry_freq[k])[index] + (go[k] - stop[k])
+        return (lam == 0) | (gain > lam * bits)
+
+    @torch.no_grad()
+    def _learn_rates(self, latent: torch.Tensor, atoms: torch.Tensor) -> None:
+        """EMA steps of the entry and stage-count frequencies and of the latents' energy, from this batch's
+        codes [M, K] of the latents [M, C]."""
+        d, present = self.decay, atoms != EMPTY
+        rows = _all_sum(torch.tensor(float(atoms.shape[0]), device=atoms.device)).clamp_min(1)
+        entries = _all_sum(torch.bincount(atoms[present], minlength=self.code_atoms).float())
+        self.entry_freq.mul_(d).add_(entries.view(self.slots, -1) / rows * self.num_atoms, alpha=1 - d)
+        counts = _all_sum(torch.bincount(present.sum(1), minlength=self.slots + 1).float())
+        self.count_freq.mul_(d).add_(counts / rows * (self.slots + 1), alpha=1 - d)
+        self.energy.mul_(d).add_(_all_sum(latent.square().sum()) / rows, alpha=1 - d)
+
     @staticmethod
-    def _nearest(stage: VectorQuantizerEMA, residual: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
-        """``stage.assign``; outside training in blocks of rows, so that each block's distances to the
+    def _nearest(stage: VectorQuantizerEMA, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``stage.nearest``; outside training in blocks of rows, so that each block's distances to the
         codebook stay in cache (a photograph's [17k x 1024] matrix at once made encoding 2x slower)."""
         if stage.training:
-            return stage.assign(residual, active)
-        return torch.cat([stage.assign(rows) for rows in residual.split(ASSIGN_ROWS)])
+            return stage.nearest(residual)
+        index, error = zip(*(stage.nearest(rows) for rows in residual.split(ASSIGN_ROWS)))
+        return torch.cat(index), torch.cat(error)
 
     def codebook(self) -> torch.Tensor:
         """The stages' codebooks side by side, [C, K*N]: the table the code's atoms index."""
@@ -308,6 +402,8 @@ class ResidualVQ(nn.Module):
             stage.eval()
             residual = residual - F.embedding(stage.assign(residual), stage.entries())
             stage.train(self.training)
+        if self.rate_controlled:
+            self.energy.copy_(_from_rank0(targets.float().square().sum(1).mean()))
         self.initialized.fill_(True)
 
     def coding_target(self, z: torch.Tensor) -> torch.Tensor:
@@ -481,7 +577,7 @@ class SparseQuantizer(_Quantizer):
         self._pending_restart = (slots, seeds)
 
 
-class QuantisedPursuit(_Quantizer):
+class QuantisedPursuit(_RateControlled, _Quantizer):
     """Quantised matching pursuit (``qmp``): a multistage gain-shape quantiser over a learned unit-norm dictionary
     (Goyal, Vetterli, Thao 1998), the sparse code quantised where it is chosen.
 
@@ -514,9 +610,6 @@ class QuantisedPursuit(_Quantizer):
     ``||sum_k v_k d_{a_k} - sg(z)||^2`` on the quantised code (what the decoder is sent); the encoder by the
     straight-through estimator ``z + sg(z_q - z)``."""
 
-    SYMBOL_FLOOR = 0.5  # pseudo-count under every EMA symbol frequency: no symbol costs infinite bits
-    FULL_RATE_SHARE = 0.25  # training images coded at lambda 0 when lambda is drawn
-
     def __init__(self, dim: int, num_atoms: int, slots: int = _DEFAULT.n_nonzero,
                  values: int = _DEFAULT.coef_levels, commitment: float = _DEFAULT.commitment,
                  dictionary_loss_weight: float = _DEFAULT.dictionary_loss_weight, decay: float = _DEFAULT.ema_decay,
@@ -524,8 +617,7 @@ class QuantisedPursuit(_Quantizer):
                  train_lambdas: tuple[float, float] | None = None) -> None:
         if values < 2 or values % 2:
             raise ValueError(f"values (a rank's signed levels) must be even and >= 2, got {values}")
-        if train_lambdas is not None and not 0 < train_lambdas[0] <= train_lambdas[1]:
-            raise ValueError(f"train_lambdas must be 0 < low <= high, got {train_lambdas}")
+        _check_train_lambdas(train_lambdas)
         super().__init__(dim, num_atoms, slots, slots * values, commitment, restart_dead)
         self.magnitudes, self.decay, self.dictionary_loss_weight = values // 2, decay, dictionary_loss_weight
         self.rate_lambda, self.train_lambdas = rate_lambda, train_lambdas
@@ -553,15 +645,11 @@ class QuantisedPursuit(_Quantizer):
         """The value of each level symbol [K * 2L]: rank by rank, the negated magnitudes reversed, then them."""
         return torch.cat([-self.magnitude_table.flip(1), self.magnitude_table], dim=1).reshape(-1)
 
-    def symbol_bits(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def pair_bits(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The encoder's cost estimates in bits: atom [K, N], magnitude with its sign bit [K, L], and for each rank
         k, going on to a k+1-th pair and stopping at k pairs [K] each."""
-        floor = self.SYMBOL_FLOOR
-        atom = -torch.log2((self.atom_freq + floor) / (self.atom_freq + floor).sum(1, keepdim=True))
-        magnitude = 1 - torch.log2((self.magnitude_freq + floor) / (self.magnitude_freq + floor).sum(1, keepdim=True))
-        counts = self.count_freq + floor
-        reached = counts.flip(0).cumsum(0).flip(0)  # reached[k]: positions with >= k pairs
-        return atom, magnitude, -torch.log2(reached[1:] / reached[:-1]), -torch.log2(counts[:-1] / reached[:-1])
+        return (self.symbol_bits(self.atom_freq), 1 + self.symbol_bits(self.magnitude_freq),
+                *self.count_bits(self.count_freq))
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         with torch.autocast(device_type=z.device.type, enabled=False):
@@ -603,15 +691,6 @@ class QuantisedPursuit(_Quantizer):
         """The level values of codes [M, K], zero in empty slots."""
         return self.level_values()[levels] * (atoms != EMPTY)
 
-    def _lambdas(self, images: int, positions: int, device: torch.device) -> torch.Tensor:
-        """Per-position lambda in units of the latents' energy [M]: ``rate_lambda``, or in training one draw an image."""
-        if not (self.training and self.train_lambdas is not None):
-            return torch.full((images * positions,), float(self.rate_lambda), device=device)
-        low, high = self.train_lambdas
-        draw = torch.exp(math.log(low) + torch.rand(images) * math.log(high / low))
-        draw = torch.where(torch.rand(images) < self.FULL_RATE_SHARE, torch.zeros_like(draw), draw)
-        return draw.to(device).repeat_interleave(positions)
-
     @torch.no_grad()
     def pursue(self, target: torch.Tensor, dictionary: torch.Tensor, lam: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -629,7 +708,7 @@ class QuantisedPursuit(_Quantizer):
         rows = torch.arange(m, device=target.device)
         rate = bool((lam > 0).any())
         if rate:
-            atom_bits, magnitude_bits, go_bits, stop_bits = self.symbol_bits()
+            atom_bits, magnitude_bits, go_bits, stop_bits = self.pair_bits()
         for k in range(self.slots):
             correlation = residual @ dictionary  # [M, N]
             size = correlation.abs()
@@ -872,8 +951,8 @@ def build_quantizer(config: ModelConfig) -> nn.Module:
     if config.selection_fn == "vanilla":
         return VectorQuantizerEMA(config.embed_dim, config.num_atoms, decay=config.ema_decay,
                                   commitment=config.commitment, restart_dead=config.restart_dead)
+    lambdas = (config.train_lambda_min, config.train_lambda_max) if config.train_lambda_max else None
     if config.selection_fn == "qmp":
-        lambdas = (config.train_lambda_min, config.train_lambda_max) if config.train_lambda_max else None
         return QuantisedPursuit(config.embed_dim, config.num_atoms, config.n_nonzero, config.coef_levels,
                                 commitment=config.commitment, dictionary_loss_weight=config.dictionary_loss_weight,
                                 decay=config.ema_decay, restart_dead=config.restart_dead,
@@ -882,7 +961,8 @@ def build_quantizer(config: ModelConfig) -> nn.Module:
         return FiniteScalarQuantizer(config.embed_dim, config.num_atoms)
     if config.selection_fn == "rvq":
         return ResidualVQ(config.embed_dim, config.num_atoms, config.stages, decay=config.ema_decay,
-                          commitment=config.commitment, restart_dead=config.restart_dead)
+                          commitment=config.commitment, restart_dead=config.restart_dead,
+                          rate_lambda=config.rate_lambda, train_lambdas=lambdas)
     return SparseQuantizer(
         config.embed_dim, config.num_atoms, method=config.selection_fn, n_nonzero=config.n_nonzero,
         alpha=config.alpha, max_nonzero=config.max_nonzero, lasso_solver=config.lasso_solver,

@@ -56,7 +56,7 @@ def test_the_compressed_file_format_is_pinned():
 def test_the_code_store_record_format_is_pinned():
     assert RECORD.is_file(), f"no golden record for code-store format {code_store.FORMAT_VERSION}: write {RECORD.name}"
     assert record_bytes() == RECORD.read_bytes()
-    meta = code_store.StoreMetadata(code_store.FORMAT_VERSION, "omp", 2, 8, 4, [[2, 2], [2, 4]], "0" * 16, 1)
+    meta = code_store.StoreMetadata(code_store.FORMAT_VERSION, "omp", 2, 8, 4, [[2, 2], [2, 4]], "0" * 16, True, 1)
     index, maps = code_store._decode(RECORD.read_bytes(), meta)
     assert index == 7 and all(got.equal(want) for got, want in zip(maps, fixed_maps()))
 
