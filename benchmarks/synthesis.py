@@ -23,11 +23,11 @@ with the sample count is the same for all. Writes ``benchmarks/results/synthesis
 A workspace is a folder laid out as the pipeline leaves it: models/vqvae/model.pt, models/prior/top.pt,
 bottom.pt and codec.pt. The judge comes from ``benchmarks/judge_train.py`` (benchmarks/.cache/judge/cifar10.pt).
 
-What holds the samples back (issue 30, part 3): ``--train-tiny`` trains one small VQ-VAE and its code maps, then
-priors of each ``--tiny-prior-steps`` on those same codes (family ``tiny_vanilla_prior<steps>``) and, with
-``--class-conditional``, a class-conditional prior of the steps whose samples scored best
-(``tiny_vanilla_prior<steps>_class``: samples drawn with the classes spread evenly), so the variants differ in the
-prior alone. ``verdict`` says, per family, its best PixelSNAIL FD over factorised's and whether it is <= 0.5x.
+What holds the samples back (issue 30, part 3): ``--train-tiny`` trains a small VQ-VAE for each of
+``--tiny-vqvae-steps`` and its code maps, then priors of each ``--tiny-prior-steps`` on those same codes (family
+``tiny_vanilla<vqvae steps>_prior<steps>``) and, with ``--class-conditional``, a class-conditional prior of the
+steps whose samples scored best (``..._prior<steps>_class``: samples drawn with the classes spread evenly), so the
+variants of one VQ-VAE differ in the prior alone, and those of one prior budget in the VQ-VAE's training. ``verdict`` says, per family, its best PixelSNAIL FD over factorised's and whether it is <= 0.5x.
 """
 
 from __future__ import annotations
@@ -150,18 +150,19 @@ def tiny_variants(train_images: np.ndarray, labels: np.ndarray, classes: tuple[s
     class-conditional prior of the steps whose samples scored best: the families and their figures, by name. Only
     the prior differs between them, so their FDs say what the prior's training and a class change."""
     codes = train_tiny_vqvae(train_images, folder, vqvae_steps)
+    prefix = f"tiny_vanilla{vqvae_steps}"
 
     def variant(name: str, steps: int, classes: tuple[str, ...] = ()) -> tuple[Family, dict]:
         priors = folder / name
         how = train_tiny_priors(codes, priors, steps, labels=labels, classes=classes)
-        family = Family(f"tiny_vanilla_{name}", folder / "vqvae.pt", priors, folder / "codec.pt",
+        family = Family(f"{prefix}_{name}", folder / "vqvae.pt", priors, folder / "codec.pt",
                         f"{codes.trained_by}; {how}; an exercise of the measure, not one of the study's families")
         return family, measure(family)
 
-    results = {f"tiny_vanilla_prior{steps}": variant(f"prior{steps}", steps) for steps in prior_steps}
+    results = {f"{prefix}_prior{steps}": variant(f"prior{steps}", steps) for steps in prior_steps}
     if class_conditional:
-        best = min(prior_steps, key=lambda steps: best_pixelsnail(results[f"tiny_vanilla_prior{steps}"][1])[1])
-        results[f"tiny_vanilla_prior{best}_class"] = variant(f"prior{best}_class", best, classes)
+        best = min(prior_steps, key=lambda steps: best_pixelsnail(results[f"{prefix}_prior{steps}"][1])[1])
+        results[f"{prefix}_prior{best}_class"] = variant(f"prior{best}_class", best, classes)
     return results
 
 
@@ -212,7 +213,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--family", action="append", default=[], metavar="NAME=WORKSPACE",
                         help="a family's pipeline workspace (repeatable)")
     parser.add_argument("--train-tiny", action="store_true", help="train a small vanilla family here and measure it")
-    parser.add_argument("--tiny-vqvae-steps", type=int, default=600)
+    parser.add_argument("--tiny-vqvae-steps", default="600",
+                        help="comma-separated: a tiny VQ-VAE (and its prior variants) for each stage-1 budget")
     parser.add_argument("--tiny-prior-steps", default="400",
                         help="comma-separated: a prior variant of each, on the same VQ-VAE and codes")
     parser.add_argument("--class-conditional", action="store_true",
@@ -249,9 +251,10 @@ def main(argv: list[str] | None = None) -> dict:
     if args.train_tiny:
         _, labels, classes = read_image_folder(args.root, cache=CACHE / "cifar10_jpeg.npz")
         prior_steps = tuple(int(steps) for steps in args.tiny_prior_steps.split(","))
-        measured |= tiny_variants(images[train_index], labels[train_index], classes,
-                                  CACHE / "synthesis" / f"tiny_vanilla_{args.tiny_vqvae_steps}", args.tiny_vqvae_steps,
-                                  prior_steps, args.class_conditional, measure)
+        for vqvae_steps in (int(steps) for steps in args.tiny_vqvae_steps.split(",")):
+            measured |= tiny_variants(images[train_index], labels[train_index], classes,
+                                      CACHE / "synthesis" / f"tiny_vanilla_{vqvae_steps}", vqvae_steps, prior_steps,
+                                      args.class_conditional, measure)
     result = {
         "judge_accuracy": judge_payload.get("held_out_accuracy"),
         "judge": {"checkpoint": shown_path(args.judge), "feature_dim": ref.judge.feature_dim},

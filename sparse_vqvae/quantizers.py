@@ -182,6 +182,12 @@ class _RateControlled:
         reached = counts.flip(0).cumsum(0).flip(0)  # reached[k]: positions with >= k pairs
         return -torch.log2(reached[1:] / reached[:-1]), -torch.log2(counts[:-1] / reached[:-1])
 
+    @staticmethod
+    def _ema_frequencies(freq: torch.Tensor, counts: torch.Tensor, rows: torch.Tensor, decay: float) -> None:
+        """An EMA step of symbol frequencies [..., S] towards this batch's ``counts`` over ``rows`` positions, scaled
+        so that a uniformly used alphabet stays at 1."""
+        freq.mul_(decay).add_(counts.view_as(freq) / rows * freq.shape[-1], alpha=1 - decay)
+
 
 def _check_train_lambdas(train_lambdas: tuple[float, float] | None) -> None:
     if train_lambdas is not None and not 0 < train_lambdas[0] <= train_lambdas[1]:
@@ -367,10 +373,10 @@ class ResidualVQ(_RateControlled, nn.Module):
         codes [M, K] of the latents [M, C]."""
         d, present = self.decay, atoms != EMPTY
         rows = _all_sum(torch.tensor(float(atoms.shape[0]), device=atoms.device)).clamp_min(1)
-        entries = _all_sum(torch.bincount(atoms[present], minlength=self.code_atoms).float())
-        self.entry_freq.mul_(d).add_(entries.view(self.slots, -1) / rows * self.num_atoms, alpha=1 - d)
-        counts = _all_sum(torch.bincount(present.sum(1), minlength=self.slots + 1).float())
-        self.count_freq.mul_(d).add_(counts / rows * (self.slots + 1), alpha=1 - d)
+        self._ema_frequencies(self.entry_freq, _all_sum(torch.bincount(atoms[present], minlength=self.code_atoms)
+                                                        .float()), rows, d)
+        self._ema_frequencies(self.count_freq, _all_sum(torch.bincount(present.sum(1), minlength=self.slots + 1)
+                                                        .float()), rows, d)
         self.energy.mul_(d).add_(_all_sum(latent.square().sum()) / rows, alpha=1 - d)
 
     @staticmethod
@@ -758,12 +764,12 @@ class QuantisedPursuit(_RateControlled, _Quantizer):
         rows = _all_sum(torch.tensor(float(atoms.shape[0]), device=atoms.device)).clamp_min(1)
         self.magnitude_count.mul_(d).add_(counts, alpha=1 - d)
         self.magnitude_sum.mul_(d).add_(sums.view(slots, -1), alpha=1 - d)
-        self.magnitude_freq.mul_(d).add_(counts / rows * magnitudes, alpha=1 - d)
+        self._ema_frequencies(self.magnitude_freq, counts, rows, d)
         atom_counts = _all_sum(torch.bincount((rank * self.num_atoms + atoms.clamp_min(0))[present],
                                               minlength=slots * self.num_atoms).float())
-        self.atom_freq.mul_(d).add_(atom_counts.view(slots, -1) / rows * self.num_atoms, alpha=1 - d)
-        pair_counts = _all_sum(torch.bincount(present.sum(1), minlength=slots + 1).float())
-        self.count_freq.mul_(d).add_(pair_counts / rows * (slots + 1), alpha=1 - d)
+        self._ema_frequencies(self.atom_freq, atom_counts, rows, d)
+        self._ema_frequencies(self.count_freq, _all_sum(torch.bincount(present.sum(1), minlength=slots + 1).float()),
+                              rows, d)
         self.energy.mul_(d).add_(_all_sum(latent.square().sum()) / rows, alpha=1 - d)
         self._reseed_magnitudes(picked, present)
         table, order = (self.magnitude_sum / self.magnitude_count.clamp_min(1e-12)).clamp_min(1e-6).sort(dim=1)
