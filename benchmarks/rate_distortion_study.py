@@ -201,7 +201,8 @@ def measured(folder: Path, config: ModelConfig, budget: dict[str, Any], seed: in
     for quality in measured_qualities:
         factorised = sparse_vqvae_point(codec, images, quality)
         prior_coded = {"bpp": None, "psnr": None, "images": 0}
-        if priors is not None:
+        # the priors code whole codes: every quality of a rate-controlled model, a stage-dropout model's top only
+        if priors is not None and (model.config.rate_controlled or quality == codec.qualities[-1]):
             prior_coded = sparse_vqvae_point(Codec(model, PriorEntropyModel(priors, fingerprint)),
                                              images[: budget["prior_images"]], quality)
         points.append({"bpp": factorised["bpp"], "payload_bpp": factorised["payload_bpp"],

@@ -58,7 +58,8 @@ from _results import RESULTS, shown_path, write_json
 from torch.utils.data import DataLoader, DistributedSampler
 
 from sparse_vqvae.code_store import CodeStore, extract_codes
-from sparse_vqvae.codec import qualities, quality_lambda, rate_lambda
+from sparse_vqvae.codec import qualities
+from sparse_vqvae.rate_control import quality_lambda, rate_lambda
 from sparse_vqvae.codes import EMPTY, Codes
 from sparse_vqvae.config import ModelConfig, PretrainConfig, TrainConfig
 from sparse_vqvae.data import ImageArray

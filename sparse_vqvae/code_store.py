@@ -33,6 +33,7 @@ from .atomic import check_replaceable
 from .codes import Codes, packed
 from .config import ExtractConfig, stage_atoms
 from .errors import CodeStoreError
+from .rate_control import encode_ladder
 
 if TYPE_CHECKING:
     from .vqvae import VQVAE2
@@ -140,10 +141,14 @@ def check_store_path(path: str | Path) -> None:
 
 
 @torch.no_grad()
-def encode_images(model: VQVAE2, images: torch.Tensor) -> tuple[list[bytes], list[list[int]]]:
-    """A batch of images [B, 3, H, W] through the encoder: each image's code maps as the store keeps them
-    (``packed``, top first), and the maps' sizes [[H, W], ...]."""
-    _, maps, _, _ = model.encode(images)
+def encode_images(model: VQVAE2, images: torch.Tensor, first: int) -> tuple[list[bytes], list[list[int]]]:
+    """A batch of images [B, 3, H, W], store indices ``first``.., through the encoder: each image's code maps as the
+    store keeps them (``packed``, top first), and the maps' sizes [[H, W], ...]. A rate-controlled model codes each
+    image at its quality of the ladder (``rate_control.encode_ladder``)."""
+    if model.config.rate_controlled:
+        maps = encode_ladder(model, images, first)
+    else:
+        _, maps, _, _ = model.encode(images)
     maps = [codes.to("cpu") for codes in maps]
     records = [_pack_maps(tuple(codes[i] for codes in maps)) for i in range(images.shape[0])]
     return records, [list(codes.atoms.shape[1:3]) for codes in maps]
@@ -205,7 +210,7 @@ def extract_codes(model: VQVAE2, dataset: Dataset, path: str | Path, batch_size:
     try:
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
         for images in tqdm(loader, desc="extract codes", disable=not progress):
-            writer.write(*encode_images(model, images.to(device)))
+            writer.write(*encode_images(model, images.to(device), writer.count))
     except BaseException:
         writer.close()
         raise

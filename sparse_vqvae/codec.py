@@ -45,10 +45,9 @@ from __future__ import annotations
 
 import struct
 import zlib
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +59,7 @@ from .config import staged
 from .entropy_coding import FrequencyModel, QualityFrequencyModel, or_error, raised
 from .errors import CodecError
 from .prior_coding import PriorEntropyModel
+from .rate_control import LAMBDA_QUALITIES, quality_lambda, rate_lambda
 from .vqvae import VQVAE2, encode_all
 
 if TYPE_CHECKING:
@@ -206,38 +206,12 @@ def write_many(images: list[tuple[tuple[Codes, ...], int, int, tuple[int, int, i
     return files
 
 
-LAMBDA_QUALITIES = 10  # a rate-controlled model's qualities (qmp or rvq trained over a range of lambdas)
-
-
 def qualities(model: VQVAE2) -> range:
     """The qualities ``Codec.compress`` takes: 1 .. maps x K stages of a residual VQ; 1 .. 10 multipliers of a
     rate-controlled model; else only the model's K."""
     if model.config.rate_controlled:
         return range(1, LAMBDA_QUALITIES + 1)
     return quality_range(model.quantizers[0].slots, len(model.quantizers), staged(model.config.selection_fn))
-
-
-def quality_lambda(model: VQVAE2, quality: int) -> float:
-    """A rate-controlled model's multiplier at ``quality``: the top of its training range at 1, log-spaced down to the
-    bottom at 9, and 0 (every pair that lowers the error) at 10 - the training range's ends and the quarter of
-    training images coded at 0."""
-    low, high = model.config.train_lambda_min, model.config.train_lambda_max
-    if quality == LAMBDA_QUALITIES:
-        return 0.0
-    return high * (low / high) ** ((quality - 1) / (LAMBDA_QUALITIES - 2))
-
-
-@contextmanager
-def rate_lambda(model: VQVAE2, value: float) -> Iterator[None]:
-    """The model's quantizers encode with multiplier ``value`` inside the block, their own outside it."""
-    kept = [quantizer.rate_lambda for quantizer in model.quantizers]
-    for quantizer in model.quantizers:
-        quantizer.rate_lambda = value
-    try:
-        yield
-    finally:
-        for quantizer, value in zip(model.quantizers, kept):
-            quantizer.rate_lambda = value
 
 
 def fit_frequencies(model: VQVAE2, codes: CodeSource, meta: StoreMetadata, images: Dataset

@@ -87,7 +87,7 @@ class Encoder:
         for number in rows["item"].tolist():
             block = self.images.rows(number * self.batch_size, (number + 1) * self.batch_size)
             images = torch.stack([to_model_range(image) for image in block])  # as the DataLoader collates them
-            encoded, map_sizes = encode_images(self.model, images.to(self.device))
+            encoded, map_sizes = encode_images(self.model, images.to(self.device), number * self.batch_size)
             numbers.append(number)
             records.append(b"".join(encoded))
             sizes.append(json.dumps([len(encoded), map_sizes]))

@@ -149,7 +149,8 @@ def test_the_config_builds_it_with_its_lambdas():
 def test_a_rate_controlled_model_takes_ten_qualities_and_its_files_shrink_with_them():
     """qmp trained over multipliers: the codec's quality is the encoder's multiplier (quality 10: none), every file
     codes the pairs its encoder chose and decodes to the model's decoding of them."""
-    from sparse_vqvae.codec import Codec, qualities, quality_lambda
+    from sparse_vqvae.codec import Codec, qualities
+    from sparse_vqvae.rate_control import quality_lambda
     from sparse_vqvae.config import TrainConfig
     from sparse_vqvae.entropy_coding import FrequencyModel
     from sparse_vqvae.train import train
@@ -244,7 +245,8 @@ def test_training_codes_the_latent_at_the_energy_the_dictionary_was_fitted_at():
 def test_a_rate_controlled_model_codes_each_quality_with_its_own_tables(tmp_path):
     """Per-quality tables: quality q's fitted to the training codes at q's multiplier; a file names its quality and
     decodes with its tables; fitted to the codes they code, they spend fewer bits than quality 10's tables."""
-    from sparse_vqvae.codec import Codec, quality_frequencies, quality_lambda, rate_lambda, read_codes
+    from sparse_vqvae.codec import Codec, quality_frequencies, read_codes
+    from sparse_vqvae.rate_control import quality_lambda, rate_lambda
     from sparse_vqvae.config import TrainConfig
     from sparse_vqvae.entropy_coding import FrequencyModel, QualityFrequencyModel, load_frequencies
     from sparse_vqvae.errors import CheckpointError, CodecError

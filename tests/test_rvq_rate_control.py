@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from sparse_vqvae.code_store import CodeStore, extract_codes
-from sparse_vqvae.codec import Codec, colour_offsets, qualities, quality_frequencies, quality_lambda, rate_lambda
+from sparse_vqvae.codec import Codec, colour_offsets, qualities, quality_frequencies
+from sparse_vqvae.rate_control import quality_lambda, rate_lambda
 from sparse_vqvae.codes import EMPTY
 from sparse_vqvae.config import ModelConfig, TrainConfig
 from sparse_vqvae.quantizers import ResidualVQ, build_quantizer
@@ -138,8 +139,7 @@ def test_prior_coded_files_hold_the_stage_counts_each_position_chose(tmp_path):
     model, _ = train(tiny_config("rvq", stages=3, train_lambda_min=LAMBDAS[0], train_lambda_max=LAMBDAS[1]),
                      TrainConfig(steps=3, batch_size=8), Images(images), progress=False)
     model.eval()
-    with rate_lambda(model, quality_lambda(model, 1)):
-        extract_codes(model, Images(images), tmp_path / "codes", progress=False)
+    extract_codes(model, Images(images), tmp_path / "codes", progress=False)  # the quality ladder: every quality
     store = CodeStore(tmp_path / "codes", model.fingerprint())
     maps = load_maps(store)
     priors = []
@@ -154,3 +154,23 @@ def test_prior_coded_files_hold_the_stage_counts_each_position_chose(tmp_path):
         expected = model.encode(images[:1])[1]
     assert not all(c.present.all() for c in expected)  # some positions stopped early
     assert all(got.equal(want[0]) for got, want in zip(decoded, expected))
+
+
+def test_a_store_holds_each_image_at_its_quality_of_the_ladder(tmp_path):
+    """So the priors learn every quality's codes: image i at quality i % 10 + 1, whatever the batches."""
+    from sparse_vqvae.prior_train import load_maps
+    from sparse_vqvae.rate_control import ladder_quality
+
+    images = tiny_images(23, 16)
+    model, _ = train(tiny_config("rvq", stages=3, train_lambda_min=LAMBDAS[0], train_lambda_max=LAMBDAS[1]),
+                     TrainConfig(steps=3, batch_size=8), Images(images), progress=False)
+    model.eval()
+    extract_codes(model, Images(images), tmp_path / "codes", batch_size=7, progress=False)
+    stored = load_maps(CodeStore(tmp_path / "codes", model.fingerprint()))
+    for index in (0, 6, 7, 9, 10, 22):
+        with torch.no_grad(), rate_lambda(model, quality_lambda(model, ladder_quality(index))):
+            want = model.encode(images[index:index + 1])[1]
+        assert all(torch.equal(s.atoms[index], w.atoms[0]) for s, w in zip(stored, want)), index
+    counts = [float(m.present.sum(-1).float().mean()) for m in stored]
+    top = [float(w.present.sum(-1).float().mean()) for w in model.encode(images)[1]]
+    assert counts < top  # fewer stages than at lambda 0 alone
