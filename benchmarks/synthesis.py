@@ -27,7 +27,8 @@ What holds the samples back (issue 30, part 3): ``--train-tiny`` trains a small 
 ``--tiny-vqvae-steps`` and its code maps, then priors of each ``--tiny-prior-steps`` on those same codes (family
 ``tiny_vanilla<vqvae steps>_prior<steps>``) and, with ``--class-conditional``, a class-conditional prior of the
 steps whose samples scored best (``..._prior<steps>_class``: samples drawn with the classes spread evenly), so the
-variants of one VQ-VAE differ in the prior alone, and those of one prior budget in the VQ-VAE's training. ``verdict`` says, per family, its best PixelSNAIL FD over factorised's and whether it is <= 0.5x.
+variants of one VQ-VAE differ in the prior alone, and those of one prior budget in the VQ-VAE's training.
+``verdict`` says, per family, its best PixelSNAIL FD over factorised's and whether it is <= 0.5x.
 """
 
 from __future__ import annotations

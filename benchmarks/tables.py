@@ -579,8 +579,7 @@ def _study_bd(set_name: str) -> str:
         rows = [[family, *(signed(bd[family].get(f"vs_{anchor}{suffix}"), **kw) for anchor in anchors
                            for suffix, kw in (("", {}), ("_prior", {}), ("_bd_psnr", {"digits": 2, "unit": " dB"})))]
                 for family in FAMILIES if family in bd]
-        header = [f"vs {anchor}, BD-rate" if i == 0 else ("with priors", "BD-PSNR")[i - 1]
-                  for anchor in anchors for i in range(3)]
+        header = [name for anchor in anchors for name in (f"vs {anchor}, BD-rate", "with priors", "BD-PSNR")]
         tables.append(f"Seed {seed}:\n\n" + table(["family", *header], rows))
     return "\n\n".join(tables) or "Not measured yet."
 

@@ -334,6 +334,9 @@ class ResidualVQ(_RateControlled, nn.Module):
             kept = (torch.full((b * h * w,), self.slots, device=z.device) if kept is None
                     else kept.to(z.device).repeat_interleave(h * w))  # [M]: stages each vector keeps
             lam = self._lambdas(b, h * w, flat.device) * self.energy if self.rate_controlled else None
+            if lam is not None:
+                go, stop = self.count_bits(self.count_freq)
+                count_bits = go - stop  # [K]: going on to stage k+1 rather than stopping at k
             residual = flat.detach()
             picks = []
             going = kept > 0  # [M]: the vectors still taking stages
@@ -341,7 +344,8 @@ class ResidualVQ(_RateControlled, nn.Module):
                 index, error = self._nearest(stage, residual)
                 going = going & (kept > k)
                 if lam is not None:
-                    going = going & self._pays(k, index, residual.square().sum(1) - error, lam)
+                    going = going & self._pays(index, residual.square().sum(1) - error, lam,
+                                               self.symbol_bits(self.entry_freq[k]), count_bits[k])
                 if stage.training:
                     stage.learn(residual[going], index[going], error[going])
                 residual = residual - F.embedding(index, stage.entries()) * going.unsqueeze(1)
@@ -360,12 +364,12 @@ class ResidualVQ(_RateControlled, nn.Module):
                                                                       device=z.device))
         return QuantizerOutput(z_q, codes, loss, usage_stats(codes, self.code_atoms, 1))
 
-    def _pays(self, k: int, index: torch.Tensor, gain: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-        """Whether stage k's pick ``index`` [M] pays for its bits: its drop in squared error ``gain`` [M] exceeds
-        lambda [M] x (the entry's bits + going on - stopping); everything pays at lambda 0."""
-        go, stop = self.count_bits(self.count_freq)
-        bits = self.symbol_bits(self.entry_freq[k])[index] + (go[k] - stop[k])
-        return (lam == 0) | (gain > lam * bits)
+    @staticmethod
+    def _pays(index: torch.Tensor, gain: torch.Tensor, lam: torch.Tensor, entry_bits: torch.Tensor,
+              count_bits: torch.Tensor) -> torch.Tensor:
+        """Whether a stage's pick ``index`` [M] pays for its bits: its drop in squared error ``gain`` [M] exceeds
+        lambda [M] x (the entry's bits, of the stage's [N], + going on - stopping); everything pays at lambda 0."""
+        return (lam == 0) | (gain > lam * (entry_bits[index] + count_bits))
 
     @torch.no_grad()
     def _learn_rates(self, latent: torch.Tensor, atoms: torch.Tensor) -> None:

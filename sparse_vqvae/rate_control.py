@@ -40,7 +40,7 @@ def rate_lambda(model: VQVAE2, value: float) -> Iterator[None]:
             quantizer.rate_lambda = value
 
 
-def ladder_quality(index: int) -> int:
+def ladder_quality(index: int | torch.Tensor) -> int | torch.Tensor:
     """The quality a code store holds image ``index`` at: 1 .. 10 in turn, so that priors trained on the store learn
     the codes of every quality the codec sends (at lambda 0 alone they would never see a position stop early)."""
     return index % LAMBDA_QUALITIES + 1
@@ -50,10 +50,10 @@ def ladder_quality(index: int) -> int:
 def encode_ladder(model: VQVAE2, images: torch.Tensor, first: int) -> tuple[Codes, ...]:
     """The code maps [B, H, W, K] of images [B, 3, H, W] whose store indices start at ``first``, each image at its
     ``ladder_quality``: the rows of a quality encoded together (a code depends on its row alone)."""
-    rows = torch.arange(first, first + images.shape[0])
+    ladder = ladder_quality(torch.arange(first, first + images.shape[0]))
     maps: list[Codes] | None = None
-    for quality in sorted({ladder_quality(int(index)) for index in rows}):
-        chosen = torch.nonzero(rows % LAMBDA_QUALITIES + 1 == quality).squeeze(1)
+    for quality in ladder.unique().tolist():
+        chosen = torch.nonzero(ladder == quality).squeeze(1)
         with rate_lambda(model, quality_lambda(model, quality)):
             _, coded, _, _ = model.encode(images[chosen.to(images.device)])
         if maps is None:
