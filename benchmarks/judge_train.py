@@ -7,12 +7,16 @@ Reads the ImageFolder tree once into ``benchmarks/.cache/cifar10_jpeg.npz``, hol
 VQ-VAE's test split of the same folder at seed 0 lies inside it), trains on the other 45,000 with one
 thread, and resumes from ``benchmarks/.cache/judge/cifar10.pt`` when interrupted (run the same command
 again). The held-out accuracy after each epoch is logged, never used to pick anything: the final
-epoch's judge is the judge. Writes ``benchmarks/results/judge.json``.
+epoch's judge is the judge. Writes ``benchmarks/results/judge.json`` and publishes the finished judge's
+weights (no optimizer state) to ``benchmarks/judge/cifar10.pt``, committed with the figures it measured:
+an FD is comparable only under the same judge, so every checkout measures with this one instead of
+training its own (an hour or two of one core). Run on a finished checkpoint, it publishes again.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import platform
 import subprocess
@@ -23,14 +27,17 @@ import torch
 from _results import shown_path
 
 from sparse_vqvae.atomic import atomic_write
-from sparse_vqvae.judge import (JudgeConfig, JudgeTrainConfig, accuracy, held_out_split, read_image_folder,
-                                to_model_range, train_judge)
+from sparse_vqvae.checkpoint import load_payload, save_payload
+from sparse_vqvae.judge import (JUDGE_FORMAT, JUDGE_VERSION, JudgeConfig, JudgeTrainConfig, accuracy, held_out_split,
+                                read_image_folder, to_model_range, train_judge)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 CACHE = ROOT / "benchmarks" / ".cache"
 DEFAULT_CHECKPOINT = CACHE / "judge" / "cifar10.pt"
 RESULT = ROOT / "benchmarks" / "results" / "judge.json"
+PUBLISHED = ROOT / "benchmarks" / "judge" / "cifar10.pt"
+"""The judge the committed synthesis figures were measured with (``--judge`` of synthesis.py and the study)."""
 
 
 def cpu_model() -> str:
@@ -41,6 +48,14 @@ def cpu_model() -> str:
     except (OSError, subprocess.CalledProcessError):
         pass
     return platform.processor() or "unknown"
+
+
+def publish(checkpoint: str | Path, published: str | Path) -> str:
+    """Copy the finished judge of ``checkpoint`` to ``published`` without its optimizer state; its SHA-256."""
+    payload = load_payload(checkpoint, JUDGE_FORMAT, JUDGE_VERSION)
+    save_payload(published, {key: payload[key] for key in ("format", "version", "model_args", "train_config",
+                                                            "model", "epoch", "history", "classes")})
+    return hashlib.sha256(Path(published).read_bytes()).hexdigest()
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -55,6 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-epochs", type=int, default=None, help="stop after this many epochs (resume later)")
     parser.add_argument("--fp32", action="store_true", help="no bfloat16 autocast (CPUs without AVX512-BF16)")
     parser.add_argument("--result", default=str(RESULT))
+    parser.add_argument("--publish", default=str(PUBLISHED), help="where the finished judge's weights go")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -69,6 +85,8 @@ def main(argv: list[str] | None = None) -> dict:
     if summary["epochs"] < args.epochs:
         print(f"stopped after {summary['epochs']} of {args.epochs} epochs; run again to resume")
         return summary
+    Path(args.publish).parent.mkdir(parents=True, exist_ok=True)
+    sha256 = publish(args.checkpoint, args.publish)
     held_x = to_model_range(images[held_index])
     held_y = torch.as_tensor(labels[held_index])
     plain = accuracy(judge, held_x, held_y)
@@ -84,6 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
         "epochs": summary["epochs"], "train_seconds": summary["seconds"],
         "threads": args.threads, "machine": cpu_model(), "torch": torch.__version__,
         "checkpoint": shown_path(args.checkpoint),
+        "published": {"path": shown_path(args.publish), "sha256": sha256},
         "history": summary["history"],
     }
     Path(args.result).parent.mkdir(parents=True, exist_ok=True)

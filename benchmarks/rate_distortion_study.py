@@ -70,7 +70,7 @@ from typing import Any
 
 import torch
 from _results import RESULTS, write_json
-from judge_train import DEFAULT_CHECKPOINT as DEFAULT_JUDGE
+from judge_train import PUBLISHED as DEFAULT_JUDGE
 from synthesis import judge_reference
 
 from sparse_vqvae.code_store import CodeStore, extract_codes
@@ -526,8 +526,8 @@ def main() -> None:
     synthesis = None
     if "cifar10" in args.sets.split(",") and budget["prior_steps"]:
         if not args.judge.is_file():
-            parser.error(f"--judge: no judge at {args.judge}: train it with benchmarks/judge_train.py (about an hour "
-                         "of one core) or leave cifar10 out of --sets")
+            parser.error(f"--judge: no judge at {args.judge}: train it with benchmarks/judge_train.py (one to two "
+                         "hours of one core) or leave cifar10 out of --sets")
         synthesis, _ = judge_reference(args.judge, CIFAR10, real_count=SYNTHESIS_IMAGES)
     results = trained(args.cache, args.points, args.sets.split(","), families, budget, seeds, synthesis)
     double = {**budget, "steps": 2 * args.steps, "prior_steps": 0}

@@ -21,7 +21,7 @@ with the sample count is the same for all. Writes ``benchmarks/results/synthesis
     python benchmarks/synthesis.py --train-tiny                    # train a small family here to exercise it
 
 A workspace is a folder laid out as the pipeline leaves it: models/vqvae/model.pt, models/prior/top.pt,
-bottom.pt and codec.pt. The judge comes from ``benchmarks/judge_train.py`` (benchmarks/.cache/judge/cifar10.pt).
+bottom.pt and codec.pt. The judge is the one ``benchmarks/judge_train.py`` published (benchmarks/judge/cifar10.pt).
 
 What holds the samples back (issue 30, part 3): ``--train-tiny`` trains a small VQ-VAE for each of
 ``--tiny-vqvae-steps`` and its code maps, then priors of each ``--tiny-prior-steps`` on those same codes (family
@@ -43,6 +43,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 import torch
 from _results import RESULTS, shown_path, write_json
+from judge_train import PUBLISHED as JUDGE
 from torch.utils.data import Dataset
 
 from sparse_vqvae.code_store import StoreMetadata
@@ -60,7 +61,6 @@ from tasks.synthesis import TEMPERATURES, Reference, measure_model, reference
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "benchmarks" / ".cache"
 CIFAR = ROOT.parent / "shared" / "data" / "cifar10-jpeg" / "train"
-JUDGE = CACHE / "judge" / "cifar10.pt"
 _PRIOR = PriorTrainConfig()  # the priors' training defaults (label dropout)
 
 

@@ -1,6 +1,7 @@
 """The sample-quality judge: Frechet distance, k-NN precision/recall, the classifier's score, its training
 (resumable) and the plugged-in feature extractors. Tiny and on the CPU."""
 
+import hashlib
 import math
 import sys
 from pathlib import Path
@@ -231,6 +232,22 @@ def synthesis():
 
     yield synthesis
     sys.path.remove(folder)
+
+
+def test_the_published_judge_measures_as_the_trained_one_without_its_optimizer(synthesis, tmp_path):
+    import judge_train
+
+    x, y = stripes(64, seed=7)
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "judge.pt"
+    train_judge(x, y, TINY, FAST, checkpoint=checkpoint, progress=False)
+    sha256 = judge_train.publish(checkpoint, tmp_path / "published.pt")
+    assert sha256 == hashlib.sha256((tmp_path / "published.pt").read_bytes()).hexdigest()
+    published = torch.load(tmp_path / "published.pt", weights_only=True)
+    assert "optimizer" not in published and "optimizer" in torch.load(checkpoint, weights_only=True)
+    images = to_model_range(x[:8])
+    assert torch.equal(Judge.load(tmp_path / "published.pt").features(images), Judge.load(checkpoint).features(images))
+    assert judge_train.publish(checkpoint, tmp_path / "again.pt") == sha256  # the same bytes each time
 
 
 def test_the_synthesis_benchmark_measures_every_source(synthesis, tmp_path):
