@@ -32,9 +32,10 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from sparse_vqvae.cli import resolve_model
-from sparse_vqvae.codec import Codec, CodecError
+from sparse_vqvae.codec import VERSION, Codec, CodecError
 from sparse_vqvae.data import EMBEDDED_TEST, EMBEDDED_TRAIN, embedded_photo_dir, to_model_range
 from sparse_vqvae.entropy_coding import load_frequencies
+from sparse_vqvae.maps import prior_files
 from sparse_vqvae.prior_coding import PriorEntropyModel
 from sparse_vqvae.train import load_checkpoint
 
@@ -86,7 +87,7 @@ def main() -> None:
     found = resolve_model(args.model)
     model = load_checkpoint(found["model"]).model.eval()
     codecs = {"factorised": (Codec(model, load_frequencies(found["codec_model"])), 64),
-              "prior": (Codec(model, PriorEntropyModel.load(sorted(Path(found["priors"]).glob("level*.pt")))), 32)}
+              "prior": (Codec(model, PriorEntropyModel.load(prior_files(found["priors"]))), 32)}
     outcomes: dict[str, Counter] = {}
     for kind, (codec, size) in codecs.items():
         originals = []
@@ -115,7 +116,8 @@ def main() -> None:
     for key, counts in outcomes.items():
         print(f"{key:<34} " + ", ".join(f"{o}: {n}" for o, n in counts.most_common()))
     print(f"{total} damaged files: {crashes} crashes, {wrong} silent wrong images")
-    write_json(args.output, {"model": args.model, "fingerprint": model.fingerprint(), "seed": args.seed,
+    write_json(args.output, {"model": args.model, "fingerprint": model.fingerprint(), "svq_version": VERSION,
+                             "seed": args.seed,
                              "files": total, "crashes": crashes, "silent_wrong_images": wrong,
                              "outcomes": {k: dict(v) for k, v in outcomes.items()}})
 

@@ -281,7 +281,8 @@ def _codec_fuzz() -> str:
     outcomes = sorted({o for counts in r["outcomes"].values() for o in counts})
     rows = [[case.replace("/", ", ").replace("_", " "), *(number(counts.get(o, 0)) for o in outcomes)]
             for case, counts in sorted(r["outcomes"].items())]
-    return (f"{number(r['files'])} damaged files of zoo model `{r['model']}` (seed {r['seed']}): "
+    return (f"{number(r['files'])} damaged `.svq` version {r['svq_version']} files of zoo model `{r['model']}` "
+            f"(seed {r['seed']}): "
             f"**{r['crashes']} crashes, {r['silent_wrong_images']} silent wrong images**.\n\n"
             + table(["entropy model, damage", *outcomes], rows))
 
