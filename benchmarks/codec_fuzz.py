@@ -72,7 +72,7 @@ def damaged(data: bytes, damage: str, maps: int, rng: random.Random) -> bytes:
     return body + zlib.crc32(body).to_bytes(4, "little")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--files", type=int, default=10000, help="damaged files in all, half per entropy model")
     parser.add_argument("--prior-files", type=int, default=None,
@@ -81,7 +81,7 @@ def main() -> None:
     parser.add_argument("--model", default="photo", help="a zoo name (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=RESULTS / "codec_fuzz.json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(2)
     rng = random.Random(args.seed)
     found = resolve_model(args.model)
