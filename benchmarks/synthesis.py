@@ -34,6 +34,7 @@ variants of one VQ-VAE differ in the prior alone, and those of one prior budget 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -258,7 +259,8 @@ def main(argv: list[str] | None = None) -> dict:
                                       args.class_conditional, measure)
     result = {
         "judge_accuracy": judge_payload.get("held_out_accuracy"),
-        "judge": {"checkpoint": shown_path(args.judge), "feature_dim": ref.judge.feature_dim},
+        "judge": {"checkpoint": shown_path(args.judge), "sha256": hashlib.sha256(Path(args.judge).read_bytes()).hexdigest(),
+                  "feature_dim": ref.judge.feature_dim},
         "measure": {"reference": f"{len(held_index)} held-out CIFAR-10 images (judge.held_out_split, seed 0)",
                     "images_per_source": args.images, "k": 3, "temperatures": list(temperatures),
                     "fd": "Frechet distance on the judge's penultimate features: not FID, comparable within the "
