@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -9,6 +10,11 @@ from sparse_vqvae.atomic import write_json as _write_json
 
 RESULTS = Path(__file__).parent / "results"
 REPO = Path(__file__).resolve().parents[1]
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes: names the exact file (a judge, a model) that a result was measured with."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def shown_path(path: str | Path) -> str:

@@ -117,8 +117,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{key:<34} " + ", ".join(f"{o}: {n}" for o, n in counts.most_common()))
     print(f"{total} damaged files: {crashes} crashes, {wrong} silent wrong images")
     write_json(args.output, {"model": args.model, "fingerprint": model.fingerprint(), "svq_version": VERSION,
-                             "seed": args.seed,
-                             "files": total, "crashes": crashes, "silent_wrong_images": wrong,
+                             "seed": args.seed, "files": total, "crashes": crashes, "silent_wrong_images": wrong,
                              "outcomes": {k: dict(v) for k, v in outcomes.items()}})
 
 

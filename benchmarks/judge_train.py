@@ -16,7 +16,6 @@ training its own (an hour or two of one core). Run on a finished checkpoint, it 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import platform
 import subprocess
@@ -24,7 +23,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from _results import shown_path
+from _results import file_sha256, shown_path
 
 from sparse_vqvae.atomic import atomic_write
 from sparse_vqvae.checkpoint import load_payload, save_payload
@@ -55,7 +54,7 @@ def publish(checkpoint: str | Path, published: str | Path) -> str:
     payload = load_payload(checkpoint, JUDGE_FORMAT, JUDGE_VERSION)
     save_payload(published, {key: payload[key] for key in ("format", "version", "model_args", "train_config",
                                                             "model", "epoch", "history", "classes")})
-    return hashlib.sha256(Path(published).read_bytes()).hexdigest()
+    return file_sha256(published)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -85,7 +84,6 @@ def main(argv: list[str] | None = None) -> dict:
     if summary["epochs"] < args.epochs:
         print(f"stopped after {summary['epochs']} of {args.epochs} epochs; run again to resume")
         return summary
-    Path(args.publish).parent.mkdir(parents=True, exist_ok=True)
     sha256 = publish(args.checkpoint, args.publish)
     held_x = to_model_range(images[held_index])
     held_y = torch.as_tensor(labels[held_index])

@@ -34,7 +34,6 @@ variants of one VQ-VAE differ in the prior alone, and those of one prior budget 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -43,7 +42,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
-from _results import RESULTS, shown_path, write_json
+from _results import RESULTS, file_sha256, shown_path, write_json
 from judge_train import PUBLISHED as JUDGE
 from torch.utils.data import Dataset
 
@@ -259,7 +258,7 @@ def main(argv: list[str] | None = None) -> dict:
                                       args.class_conditional, measure)
     result = {
         "judge_accuracy": judge_payload.get("held_out_accuracy"),
-        "judge": {"checkpoint": shown_path(args.judge), "sha256": hashlib.sha256(Path(args.judge).read_bytes()).hexdigest(),
+        "judge": {"checkpoint": shown_path(args.judge), "sha256": file_sha256(args.judge),
                   "feature_dim": ref.judge.feature_dim},
         "measure": {"reference": f"{len(held_index)} held-out CIFAR-10 images (judge.held_out_split, seed 0)",
                     "images_per_source": args.images, "k": 3, "temperatures": list(temperatures),

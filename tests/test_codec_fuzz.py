@@ -2,22 +2,18 @@
 priors under an old file name and stopped before damaging a file)."""
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
 from sparse_vqvae.codec import VERSION
 
+from .benchmark_scripts import benchmark_script
+
 
 @pytest.fixture
 def codec_fuzz():
-    folder = str(Path(__file__).resolve().parents[1] / "benchmarks")
-    sys.path.insert(0, folder)
-    import codec_fuzz
-
-    yield codec_fuzz
-    sys.path.remove(folder)
+    with benchmark_script("codec_fuzz") as module:
+        yield module
 
 
 def test_a_few_damaged_files_of_each_entropy_model_end_in_a_clear_error_or_the_same_image(codec_fuzz, tmp_path):

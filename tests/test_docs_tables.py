@@ -3,20 +3,19 @@ number edited by hand, or a benchmark rerun without `python benchmarks/tables.py
 
 from __future__ import annotations
 
-import importlib
 import subprocess
 import sys
 
 import pytest
 
+from .benchmark_scripts import benchmark_script
 from .pipeline_workspace import REPO
 
 
 @pytest.fixture(scope="module")
-def tables(request):
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    request.addfinalizer(lambda: sys.path.remove(str(REPO / "benchmarks")))
-    return importlib.import_module("tables")
+def tables():
+    with benchmark_script("tables") as module:
+        yield module
 
 
 def fake(name: str) -> str:

@@ -3,8 +3,6 @@
 
 import hashlib
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +18,8 @@ from sparse_vqvae.judge import (Judge, JudgeConfig, JudgeTrainConfig, PluggedExt
                                 frechet_distance_from_statistics, held_out_split, knn_radii, load_extractor,
                                 precision_recall, read_image_folder, to_model_range, train_judge)
 from tasks.synthesis import measure, reference
+
+from .benchmark_scripts import benchmark_script
 
 
 def gaussian(n, d, seed, scale=1.0):
@@ -226,22 +226,17 @@ def test_held_out_split_holds_the_vqvae_test_split_of_the_same_folder(tmp_path):
 
 @pytest.fixture
 def synthesis():
-    folder = str(Path(__file__).resolve().parents[1] / "benchmarks")
-    sys.path.insert(0, folder)
-    import synthesis
-
-    yield synthesis
-    sys.path.remove(folder)
+    with benchmark_script("synthesis") as module:
+        yield module
 
 
-def test_the_published_judge_measures_as_the_trained_one_without_its_optimizer(synthesis, tmp_path):
-    import judge_train
-
+def test_the_published_judge_measures_as_the_trained_one_without_its_optimizer(tmp_path):
     x, y = stripes(64, seed=7)
     torch.manual_seed(0)
     checkpoint = tmp_path / "judge.pt"
     train_judge(x, y, TINY, FAST, checkpoint=checkpoint, progress=False)
-    sha256 = judge_train.publish(checkpoint, tmp_path / "published.pt")
+    with benchmark_script("judge_train") as judge_train:
+        sha256 = judge_train.publish(checkpoint, tmp_path / "published.pt")
     assert sha256 == hashlib.sha256((tmp_path / "published.pt").read_bytes()).hexdigest()
     published = torch.load(tmp_path / "published.pt", weights_only=True)
     assert "optimizer" not in published and "optimizer" in torch.load(checkpoint, weights_only=True)
