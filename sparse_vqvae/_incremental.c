@@ -19,9 +19,10 @@
  * per row (head-major: a head's scan over the positions reads contiguous numbers).
  *
  * Speed (docs/photo_codec.md, "Prior-coded speed"): a photograph's position costs ~0.1 ms of convolutions and
- * ~120 ns for every position before it (attention: per head, a 16-number dot, an exp and a 16-number weighted sum,
- * over 2 layers x 4 heads), so the late positions of a 1 MP map dominate. From SPLIT_POSITION on, half the heads run
- * in a second thread (``threads``); the prior coder's encoder computes the head's logits of known codes in threads
+ * ~120 ns for every position it attends to (attention: per head, a 16-number dot, an exp and a 16-number weighted
+ * sum, over 2 layers x 4 heads), so with attention over every earlier position the late positions of a 1 MP map
+ * dominate; a prior with ``attention_rows`` attends to a window of rows and costs the same at every position. From
+ * SPLIT_POSITION keys on, half the heads run in a second thread (``threads``); the prior coder's encoder computes the head's logits of known codes in threads
  * (``known_logits``, without the GIL).
  */
 #define PY_SSIZE_T_CLEAN
@@ -85,11 +86,12 @@ typedef struct {
     Py_ssize_t a, b, p, from; /* the work: heads from .. heads - 1 of attention a, row b, position p */
 } Helper;
 
-/* Positions below this attend over too few keys for a second thread to pay for its wake-up (~10 us). */
+/* Windows of fewer positions than this attend over too few keys for a second thread to pay for its wake-up (~10 us). */
 #define SPLIT_POSITION 1024
 
 typedef struct {
     Py_ssize_t n, channels, height, width, in_radius, radius, layers, per_block, heads, num_atoms, coef_levels, slots;
+    Py_ssize_t attention_rows; /* > 0: attention over the current row and this many above (``window_start``); 0: all */
     int threads; /* 2: attention's heads split over a second thread from SPLIT_POSITION on (``threads``) */
     Helper *helper;
     int has_position, has_condition;
@@ -158,10 +160,10 @@ static PyObject *py_plan(PyObject *self, PyObject *args) {
     PyObject *arrays;
     Plan *plan = calloc(1, sizeof(Plan));
     if (!plan) return PyErr_NoMemory();
-    if (!PyArg_ParseTuple(args, "O!(nnnnnnnnnnnnii)", &PyTuple_Type, &arrays, &plan->n, &plan->channels,
+    if (!PyArg_ParseTuple(args, "O!(nnnnnnnnnnnnnii)", &PyTuple_Type, &arrays, &plan->n, &plan->channels,
                           &plan->height, &plan->width, &plan->in_radius, &plan->radius, &plan->layers,
                           &plan->per_block, &plan->heads, &plan->num_atoms, &plan->coef_levels, &plan->slots,
-                          &plan->has_position, &plan->has_condition)) {
+                          &plan->attention_rows, &plan->has_position, &plan->has_condition)) {
         free(plan);
         return NULL;
     }
@@ -184,6 +186,10 @@ static PyObject *py_plan(PyObject *self, PyObject *args) {
                          (Py_ssize_t)i, dims[i], MAX_DIMENSION);
             goto fail;
         }
+    if (plan->attention_rows < 0) {
+        PyErr_Format(PyExc_ValueError, "plan: attention_rows is %zd, not 0 (all) or more", plan->attention_rows);
+        goto fail;
+    }
     if (layers % plan->per_block || c % plan->heads) {
         PyErr_SetString(PyExc_ValueError, "plan: inconsistent dimensions (per_block must divide layers, heads channels)");
         goto fail;
@@ -248,24 +254,30 @@ static Py_ssize_t gather(const double *buffer, Py_ssize_t width, Py_ssize_t c, P
     return length + left;
 }
 
-/* Heads from .. to - 1 of attention a for row b at position p: softmax over positions <= p of the query's scores,
- * the values' weighted sum into ``attended`` (each head its own slice of it and of the scores). */
+/* The first position that position p attends to: the start of the row attention_rows above its own (0: all). */
+static Py_ssize_t window_start(const Plan *plan, Py_ssize_t p) {
+    Py_ssize_t row = p / plan->width - plan->attention_rows;
+    return plan->attention_rows && row > 0 ? row * plan->width : 0;
+}
+
+/* Heads from .. to - 1 of attention a for row b at position p: softmax over its window's positions (up to p) of the
+ * query's scores, the values' weighted sum into ``attended`` (each head its own slice of it and of the scores). */
 static void attend_heads(Plan *plan, Py_ssize_t a, Py_ssize_t b, Py_ssize_t p, Py_ssize_t from, Py_ssize_t to) {
-    Py_ssize_t c = plan->channels, hw = plan->height * plan->width, dim = c / plan->heads;
+    Py_ssize_t c = plan->channels, hw = plan->height * plan->width, dim = c / plan->heads, first = window_start(plan, p);
     const double *keys = plan->keys + (a * plan->n + b) * hw * c, *values = plan->values + (a * plan->n + b) * hw * c;
     double *qkv = plan->qkv, *scores = plan->scores, *attended = plan->attended;
     double scale = 1.0 / sqrt((double)dim);
     for (Py_ssize_t head = from; head < to; head++) {
         const double *query = qkv + head * dim;
         double *score = scores + head * hw, top = -INFINITY, total = 0;
-        for (Py_ssize_t j = 0; j <= p; j++) {
+        for (Py_ssize_t j = first; j <= p; j++) {
             score[j] = dot(query, keys + (head * hw + j) * dim, dim) * scale;
             if (score[j] > top) top = score[j];
         }
-        for (Py_ssize_t j = 0; j <= p; j++) total += (score[j] = exp(score[j] - top));
+        for (Py_ssize_t j = first; j <= p; j++) total += (score[j] = exp(score[j] - top));
         double *out = attended + head * dim;
         for (Py_ssize_t i = 0; i < dim; i++) out[i] = 0;
-        for (Py_ssize_t j = 0; j <= p; j++) {
+        for (Py_ssize_t j = first; j <= p; j++) {
             const double *value = values + (head * hw + j) * dim;
             double weight = score[j] / total;
             for (Py_ssize_t i = 0; i < dim; i++) out[i] += weight * value[i];
@@ -318,8 +330,8 @@ static Helper *helper_of(Plan *plan) {
     return helper;
 }
 
-/* Causal attention of one row at position p: its query, key and value from h, softmax over positions <= p per
- * head, h += out(attended); from SPLIT_POSITION on, the later half of the heads in the plan's second thread. */
+/* Causal attention of one row at position p: its query, key and value from h, softmax over its window per head,
+ * h += out(attended); from SPLIT_POSITION keys on, the later half of the heads in the plan's second thread. */
 static void attend(Plan *plan, Py_ssize_t a, Py_ssize_t b, Py_ssize_t p, double *h) {
     Py_ssize_t c = plan->channels, hw = plan->height * plan->width, heads = plan->heads;
     double *keys = plan->keys + (a * plan->n + b) * hw * c, *values = plan->values + (a * plan->n + b) * hw * c;
@@ -329,7 +341,7 @@ static void attend(Plan *plan, Py_ssize_t a, Py_ssize_t b, Py_ssize_t p, double 
         memcpy(keys + (head * hw + p) * dim, qkv + c + head * dim, (size_t)dim * sizeof(double));
         memcpy(values + (head * hw + p) * dim, qkv + 2 * c + head * dim, (size_t)dim * sizeof(double));
     }
-    Helper *helper = p >= SPLIT_POSITION ? helper_of(plan) : NULL;
+    Helper *helper = p - window_start(plan, p) >= SPLIT_POSITION ? helper_of(plan) : NULL;
     if (helper) {
         Py_ssize_t half = heads / 2;
         pthread_mutex_lock(&helper->lock);

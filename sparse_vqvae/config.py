@@ -334,6 +334,7 @@ class PriorTrainConfig:
     res_per_block: int = 2
     dropout: float = 0.1
     positions: str = "learned"  # learned: an embedding per code position (training size only) | none: any size
+    attention_rows: int = 0  # > 0: attend to the current row and this many above (a photograph's cost bounded) | 0: all
     seed: int = 0
     checkpoint_every: int = 200  # steps between resumable checkpoints
     class_conditional: bool = False  # condition on the image's class (VQ-VAE-2's ImageNet priors): labelled data only
@@ -343,7 +344,8 @@ class PriorTrainConfig:
     def __post_init__(self) -> None:
         for key in ("steps", "batch_size", "channels", "blocks", "res_per_block", "checkpoint_every", "num_workers"):
             check_at_least("prior", key, getattr(self, key), 1)
-        check_at_least("prior", "seed", self.seed, 0)
+        for key in ("seed", "attention_rows"):
+            check_at_least("prior", key, getattr(self, key), 0)
         check_choice("prior", "positions", self.positions, PRIOR_POSITIONS)
         _positive("prior", "lr", self.lr)
         for key in ("dropout", "label_dropout"):

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from . import _native
 from ._native import incremental as _incremental  # None where the C extension is missing: the PyTorch forms run
 from .codes import EMPTY, Codes
-from .pixelsnail import CausalAttention, CausalConv2d, PairHead, PixelSNAIL
+from .pixelsnail import CausalAttention, CausalConv2d, PairHead, PixelSNAIL, window_start
 
 # Chooses one symbol per row from its logits [B, n] at (y, x, slot), given which rows are still open:
 # draws it (sampling) or reads it from a coded stream (prior coding).
@@ -224,7 +224,7 @@ class CompiledBackbone:
         arrays = (*weights.backbone, _array(conditions), *weights.attention,
                   padded(in_radius), padded(radius, len(blocks)), padded(radius, len(blocks)))  # the state
         dims = (n, c.channels, height, width, in_radius, radius, len(blocks), c.res_per_block, c.heads, c.num_atoms,
-                c.coef_levels, c.slots, prior.position is not None, condition_features is not None)
+                c.coef_levels, c.slots, c.attention_rows, prior.position is not None, condition_features is not None)
         self._plan = _incremental.plan(arrays, dims)
         self._arrays = arrays  # the plan reads and writes these: they live as long as it
         # Attention's heads over two threads at later positions where PyTorch may use two: the same bits.
@@ -391,7 +391,7 @@ class IncrementalBackbone:
         self.block_conditions = [[block.condition(condition_features) if block.condition is not None else None
                                   for block in blocks] for blocks in prior.blocks]
         positions = height * self.width
-        self.attention = [_AttentionStep(attention, n, positions, like) for attention in prior.attention]
+        self.attention = [_AttentionStep(attention, n, positions, self.width, like) for attention in prior.attention]
 
     def write_codes(self, y: int, x: int, atoms: torch.Tensor, levels: torch.Tensor) -> None:
         """Embed the pairs just chosen at (y, x) (atoms and levels [B, K]): later positions' input."""
@@ -419,10 +419,11 @@ class IncrementalBackbone:
 
 class _AttentionStep:
     """``CausalAttention`` for one query position: its key and value are cached, and it attends to the cached
-    keys and values of the positions up to it."""
+    keys and values of the positions up to it (from its window's start)."""
 
-    def __init__(self, attention: CausalAttention, n: int, positions: int, like: torch.Tensor) -> None:
+    def __init__(self, attention: CausalAttention, n: int, positions: int, width: int, like: torch.Tensor) -> None:
         channels = attention.out.out_channels
+        self.width, self.rows = width, attention.rows
         self.heads, head_dim = attention.heads, channels // attention.heads
         self.qkv_weight, self.qkv_bias = attention.qkv.weight.reshape(3 * channels, channels), attention.qkv.bias
         self.out_weight, self.out_bias = attention.out.weight.reshape(channels, channels), attention.out.bias
@@ -434,7 +435,9 @@ class _AttentionStep:
         b, c = h.shape
         q, k, v = F.linear(h, self.qkv_weight, self.qkv_bias).reshape(b, 3, self.heads, 1, c // self.heads).unbind(1)
         self.keys[:, :, index : index + 1], self.values[:, :, index : index + 1] = k, v
-        attended = F.scaled_dot_product_attention(q, self.keys[:, :, : index + 1], self.values[:, :, : index + 1])
+        first = window_start(index, self.width, self.rows)
+        attended = F.scaled_dot_product_attention(q, self.keys[:, :, first : index + 1],
+                                                  self.values[:, :, first : index + 1])
         return h + F.linear(attended.reshape(b, c), self.out_weight, self.out_bias)
 
 

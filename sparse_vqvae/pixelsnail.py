@@ -59,6 +59,7 @@ class PriorConfig:
     positions: str = _TRAIN.positions  # learned: an embedding per position (training size only) | none: any size
     stage_atoms: int = 0  # M > 0: slot k holds one of atoms k*M .. k*M+M-1 (``config.ranked``); 0: any atom
     classes: tuple[str, ...] = ()  # the class names it can be conditioned on (none: unconditional)
+    attention_rows: int = _TRAIN.attention_rows  # > 0: attention over the current row and this many above; 0: all
 
 
 def _raster_mask(kernel: int, include_center: bool) -> torch.Tensor:
@@ -96,20 +97,36 @@ class GatedResBlock(nn.Module):
         return x + F.glu(h, dim=1)
 
 
-class CausalAttention(nn.Module):
-    """Self-attention over positions in raster order: position i attends to positions j <= i."""
+def window_start(index: int, width: int, rows: int) -> int:
+    """The first position that position ``index`` of a map ``width`` wide attends to: the start of the row
+    ``rows`` above its own (0 where ``rows`` is 0: every earlier position)."""
+    return max(0, (index // width - rows) * width) if rows else 0
 
-    def __init__(self, channels: int, heads: int) -> None:
+
+def _window_mask(height: int, width: int, rows: int, device: torch.device) -> torch.Tensor:
+    """[HW, HW] True where position i may attend to position j: j <= i, within ``rows`` rows above i's own."""
+    index = torch.arange(height * width, device=device)
+    row = index // width
+    return (index[None, :] <= index[:, None]) & (row[None, :] >= row[:, None] - rows)
+
+
+class CausalAttention(nn.Module):
+    """Self-attention over positions in raster order: position i attends to positions j <= i - all of them, or with
+    ``rows`` > 0 those in its own row and the ``rows`` rows above (a window: the cost of a position stays bounded
+    on a large map, and training crops and photographs see the same neighbourhood)."""
+
+    def __init__(self, channels: int, heads: int, rows: int = 0) -> None:
         super().__init__()
-        self.heads = heads
+        self.heads, self.rows = heads, rows
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.out = nn.Conv2d(channels, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         q, k, v = self.qkv(x).reshape(b, 3, self.heads, c // self.heads, h * w).unbind(1)
+        window = dict(attn_mask=_window_mask(h, w, self.rows, x.device)) if self.rows else dict(is_causal=True)
         attended = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2),
-                                                  is_causal=True)
+                                                  **window)
         return x + self.out(attended.transpose(-1, -2).reshape(b, c, h, w))
 
 
@@ -151,7 +168,7 @@ class PixelSNAIL(nn.Module):
         for _ in range(c.blocks):
             self.blocks.append(nn.ModuleList(
                 GatedResBlock(c.channels, c.kernel, c.dropout, condition_channels) for _ in range(c.res_per_block)))
-            self.attention.append(CausalAttention(c.channels, c.heads))
+            self.attention.append(CausalAttention(c.channels, c.heads, c.attention_rows))
         self.head = PairHead(c)
 
     @property

@@ -94,7 +94,8 @@ def model_card(name: str, params: PipelineParams, steps: int, sizes: dict[str, i
         f"- settings that differ from the defaults: `{json.dumps(settings)}`",
         f"- stage-1 steps: {steps} (batch {params.train.batch_size}, lr {params.train.lr}), after "
         f"{params.pretrain.steps} unquantised pretraining steps; priors: {params.prior.steps} steps each "
-        f"(positions `{params.prior.positions}`)",
+        f"(positions `{params.prior.positions}`, attention "
+        f"{f'over {params.prior.attention_rows} rows above' if params.prior.attention_rows else 'over every earlier position'})",
         "- files: " + ", ".join(f"`{file}` {size / 2**20:.2f} MB" for file, size in sizes.items()),
         "",
         "## Wall time (this machine, seconds a stage)",

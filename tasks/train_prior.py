@@ -271,7 +271,7 @@ def run(params: PipelineParams, tracker: StageTracker, workers: int | None = Non
     key = run_key(params, fingerprint)
     folder = f"{storage_uri(settings)}/prior/{key}"
     sizes = dict(channels=config.channels, blocks=config.blocks, res_per_block=config.res_per_block,
-                 dropout=config.dropout, positions=config.positions)
+                 dropout=config.dropout, positions=config.positions, attention_rows=config.attention_rows)
     labelled = training_labels(params, len(store))
     if labelled is not None:
         sizes["classes"] = labelled[1]

@@ -6,7 +6,7 @@ import torch
 
 from sparse_vqvae.codes import EMPTY, Codes, validate_codes
 from sparse_vqvae.generation import CompiledBackbone, CompiledHead, IncrementalBackbone, TorchHead, emit, generate, sample
-from sparse_vqvae.pixelsnail import PixelSNAIL, PriorConfig, bits
+from sparse_vqvae.pixelsnail import CausalAttention, PixelSNAIL, PriorConfig, bits
 from sparse_vqvae.code_store import MapsInMemory
 from sparse_vqvae.prior_train import (PriorLoss, bits_per_image, load_prior, run_prior_training, save_prior, step_rows,
                                       train_prior)
@@ -65,17 +65,19 @@ def test_backbone_is_causal(name):
         assert torch.equal(later, torch.zeros_like(later)), f"position {i} sees positions >= {i}"
 
 
+@pytest.mark.parametrize("rows", [0, 1])
 @pytest.mark.parametrize("form", [IncrementalBackbone, CompiledBackbone])
 @pytest.mark.parametrize("positions", ["learned", "none"])
 @pytest.mark.parametrize("conditioned", [False, True])
 @pytest.mark.parametrize("name", VARIANTS)
-def test_incremental_backbone_gives_the_full_pass_features(name, conditioned, positions, form):
+def test_incremental_backbone_gives_the_full_pass_features(name, conditioned, positions, form, rows):
     """Position by position from the cached layer inputs, as generation and prior coding run it, in PyTorch
     and in C: the features of the full pass, with two blocks, two residual blocks each and non-square maps
-    (without positions: maps of another size than the prior's)."""
+    (without positions: maps of another size than the prior's), attending to every earlier position or to a
+    window of rows."""
     height, width = (5, 6) if positions == "learned" else (7, 3)
     prior = prior_for(name, conditioned, height=5, width=6, blocks=2, res_per_block=2,
-                      positions=positions).double().eval()
+                      positions=positions, attention_rows=rows).double().eval()
     with torch.no_grad():
         if prior.position is not None:
             prior.position.normal_()  # trained priors' positions are not zero: make the test see them
@@ -88,6 +90,23 @@ def test_incremental_backbone_gives_the_full_pass_features(name, conditioned, po
             for x in range(width):
                 torch.testing.assert_close(incremental.features_at(y, x), full[:, :, y, x], rtol=0, atol=1e-12)
                 incremental.write_codes(y, x, codes.atoms[:, y, x], codes.levels[:, y, x])
+
+
+@pytest.mark.parametrize("rows", [1, 2])
+def test_windowed_attention_sees_its_own_row_and_the_rows_above_only(rows):
+    """With ``attention_rows`` the output at (y, x) depends on the inputs at (y, 0 .. x) and on rows y - rows .. y - 1
+    whole, and on nothing else (VQ-VAE-2's attention sees every earlier position)."""
+    height, width = 5, 4
+    torch.manual_seed(0)
+    attention = CausalAttention(8, 2, rows)
+    x = torch.randn(1, 8, height, width, requires_grad=True)
+    flat = attention(x).reshape(8, -1)
+    for i in range(height * width):
+        (grad,) = torch.autograd.grad(flat[:, i].sum(), x, retain_graph=True)
+        seen = grad.abs().sum(1).flatten() != 0
+        j = torch.arange(height * width)
+        expected = (j <= i) & (j // width >= i // width - rows)
+        assert torch.equal(seen, expected), f"position {i}"
 
 
 def test_compiled_backbone_follows_changes_to_the_prior():

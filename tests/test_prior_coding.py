@@ -20,7 +20,7 @@ from .tiny import SELECTION_FNS, tiny_images
 pytestmark = pytest.mark.slow  # trains PixelSNAIL priors per quantizer; sequential prior coding
 
 
-def with_priors(codec: Codec, positions: str = "learned") -> PriorEntropyModel:
+def with_priors(codec: Codec, positions: str = "learned", attention_rows: int = 0) -> PriorEntropyModel:
     """Priors over a tiny model's codes (16x16 images), trained a few steps so that they are not uniform."""
     model = codec.model
     with torch.no_grad():
@@ -28,7 +28,7 @@ def with_priors(codec: Codec, positions: str = "learned") -> PriorEntropyModel:
     meta = StoreMetadata.for_model(model, [list(m.atoms.shape[1:3]) for m in maps])
     priors = []
     for level, config in enumerate(prior_configs(meta, channels=8, blocks=1, res_per_block=1, dropout=0.0,
-                                                 positions=positions)):
+                                                 positions=positions, attention_rows=attention_rows)):
         prior = PixelSNAIL(config)
         train_prior(prior, maps, level, steps=5, batch_size=8, progress=False)
         priors.append(prior.eval())
@@ -78,10 +78,12 @@ def test_other_image_sizes_are_refused_with_the_way_out(codecs):
         codec.compress(tiny_images(1, 24, seed=6)[0])
 
 
-@pytest.mark.parametrize("size", [(24, 24), (40, 16), (8, 8)])
-def test_priors_without_positions_code_any_image_size(codecs, size):
+@pytest.mark.parametrize("size, rows", [((24, 24), 0), ((40, 16), 0), ((8, 8), 0), ((40, 16), 1)])
+def test_priors_without_positions_code_any_image_size(codecs, size, rows):
+    """Priors without positions code maps of any size, attending to every earlier position or to a window of rows,
+    at the cost their full pass says."""
     factorised, _ = codecs
-    entropy = with_priors(factorised, positions="none")
+    entropy = with_priors(factorised, positions="none", attention_rows=rows)
     codec = Codec(factorised.model, entropy)
     image = tiny_images(1, 48, seed=8)[0, :, : size[0], : size[1]]
     data = codec.compress(image)
