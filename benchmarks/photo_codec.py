@@ -37,6 +37,7 @@ from sparse_vqvae.codec import Codec
 from sparse_vqvae.config import DataConfig
 from sparse_vqvae.data import EMBEDDED_TEST, embedded_photo_dir, photo_files, to_model_range
 from sparse_vqvae.entropy_coding import load_frequencies
+from sparse_vqvae.maps import prior_files
 from sparse_vqvae.pictures import line_plot
 from sparse_vqvae.prior_coding import PriorEntropyModel
 from sparse_vqvae.rate_distortion import (JPEG_QUALITIES, WEBP_QUALITIES, bd_rate, codec_label, measure_point,
@@ -182,7 +183,11 @@ def main() -> None:
     found = resolve_model(args.model)
     model = load_checkpoint(found["model"]).model.eval()
     codec = Codec(model, load_frequencies(found.get("codec_model", ROOT / "models/prior/codec.pt")))
-    priors = sorted(Path(found.get("priors", ROOT / "models/prior")).glob("level*.pt"))
+    try:
+        priors = prior_files(found.get("priors", ROOT / "models/prior"))
+    except FileNotFoundError as missing:
+        print(f"no prior-coded point: {missing}", flush=True)
+        priors = []
     prior_codec = Codec(model, PriorEntropyModel.load(priors, fingerprint=model.fingerprint())) if priors else None
     result = {"model": args.model, "fingerprint": model.fingerprint(), "threads": args.threads,
               "qualities": list(codec.qualities), "sets": {}}
