@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform
+import subprocess
 from pathlib import Path
 
 from sparse_vqvae.atomic import write_json as _write_json
@@ -21,6 +23,17 @@ def shown_path(path: str | Path) -> str:
     """A path as a results file records it: relative to the repository's root (``../`` where outside it), so
     that no file names the machine that measured it."""
     return os.path.relpath(Path(path).resolve(), REPO)
+
+
+def cpu_model() -> str:
+    """The CPU's model name: CPU kinds round differently, so a figure says which one it comes from."""
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return platform.processor() or "unknown"
 
 
 def write_json(path: Path, result: dict) -> None:

@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from _results import file_sha256, shown_path
+from _results import cpu_model, file_sha256, shown_path
 
 from sparse_vqvae.atomic import atomic_write
 from sparse_vqvae.checkpoint import load_payload, save_payload
@@ -37,16 +35,6 @@ DEFAULT_CHECKPOINT = CACHE / "judge" / "cifar10.pt"
 RESULT = ROOT / "benchmarks" / "results" / "judge.json"
 PUBLISHED = ROOT / "benchmarks" / "judge" / "cifar10.pt"
 """The judge the committed synthesis figures were measured with (``--judge`` of synthesis.py and the study)."""
-
-
-def cpu_model() -> str:
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown"
 
 
 def publish(checkpoint: str | Path, published: str | Path) -> str:

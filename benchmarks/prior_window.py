@@ -20,7 +20,7 @@ import argparse
 from pathlib import Path
 
 import torch
-from _results import RESULTS, write_json
+from _results import RESULTS, cpu_model, write_json
 from photo_codec import PHOTOS, read, round_trips
 from tqdm import tqdm
 
@@ -109,7 +109,7 @@ def main() -> None:
     write_json(args.output, {
         "model": args.model, "fingerprint": model.fingerprint(), "quality": quality, "rows": args.rows,
         "steps": args.steps, "recipe": {"batch_size": RECIPE.batch_size, "lr": RECIPE.lr, "seed": RECIPE.seed},
-        "threads": args.threads, "images": [name for name, _ in images], "megapixels_mean": megapixels / len(images),
+        "threads": args.threads, "machine": cpu_model(), "images": [name for name, _ in images], "megapixels_mean": megapixels / len(images),
         "factorised_bpp": factorised_bpp, "by_rows": results, "summary": summary})
     print(f"\n{len(images)} held-out photographs ({megapixels / len(images):.2f} MP each), quality {quality}, "
           f"{args.threads} threads")

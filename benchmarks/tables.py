@@ -493,6 +493,23 @@ def _photo_cap_spectrum() -> str:
                   f"error / energy, q{top}", "ideal low-pass to the band's upper edge (dB)"], rows)
 
 
+@renders("prior_window")
+def _prior_window() -> str:
+    r = result("prior_window")
+    rows = [["none (the factorised model)", f"{r['factorised_bpp']:.3f}", "", ""]]
+    for rows_above, point in _by_number(r["by_rows"]).items():
+        label = "every earlier position" if rows_above == "0" else f"its row and the {rows_above} above"
+        rows.append([label, f"{point['bpp']:.3f}", f"{point['encode_s_per_mp']:.1f}", f"{point['decode_s_per_mp']:.1f}"])
+    s = r["summary"]
+    return (f"Zoo model `{r['model']}`'s codes, two priors trained alike ({r['steps']:,} steps of "
+            f"{r['recipe']['batch_size']} training tiles, seed {r['recipe']['seed']}) but for their attention; "
+            f"{len(r['images'])} held-out photographs ({r['megapixels_mean']:.2f} MP on average) at quality "
+            f"{r['quality']}, real files, {r['threads']} threads (both priors timed in one run):\n\n"
+            + table(["the prior attends to", "bpp", "encode s/MP", "decode s/MP"], rows)
+            + f"\n\nThe window: {signed(100 * s['bits_vs_full_attention'], 2)} bits, {s['speedup_encode']:.1f}x faster "
+              f"to encode, {s['speedup_decode']:.1f}x to decode.")
+
+
 def _db(x: float) -> str:
     return f"{x:.2f} dB"
 
@@ -625,7 +642,7 @@ def _study_source() -> str:
         if models:
             hours[set_name] = f"{sum(models.values()) / 3600:.1f} for the {len(models)} models of {set_name}"
     return (f"library source `{summary['source']}`" + (f" (as commit {commit[:7]} left it)" if commit else "")
-            + f"; CPU-hours (one thread a model, each model's training and measuring): "
+            + "; CPU-hours (one thread a model, each model's training and measuring): "
             + (", ".join(hours.values()) or "none yet"))
 
 

@@ -20,7 +20,9 @@ same prior also models codes whose class is unknown - what coding and ``bits_per
 Positions (``PriorConfig.positions``): ``learned`` adds an embedding per position, so the prior
 models maps of its training size only; ``none`` adds nothing - the causal convolutions' zero
 padding still tells the borders - and the prior codes maps of any size (a photograph's, with a
-prior trained on crops).
+prior trained on crops). Attention (``PriorConfig.attention_rows``) reaches every earlier position, as in
+PixelSNAIL, or with R > 0 a position's own row and the R rows above: a large map's positions then cost the same
+wherever they are (a photograph's code map has thousands), and crops and photographs show it the same neighbourhood.
 
 The baseline to beat is the codec's factorised model (``entropy_coding.FrequencyModel``): the same atom,
 level and count frequencies at every position.
