@@ -22,8 +22,8 @@
  * ~120 ns for every position it attends to (attention: per head, a 16-number dot, an exp and a 16-number weighted
  * sum, over 2 layers x 4 heads), so with attention over every earlier position the late positions of a 1 MP map
  * dominate; a prior with ``attention_rows`` attends to a window of rows and costs the same at every position. From
- * SPLIT_POSITION keys on, half the heads run in a second thread (``threads``); the prior coder's encoder computes the head's logits of known codes in threads
- * (``known_logits``, without the GIL).
+ * SPLIT_POSITION keys on, half the heads run in a second thread (``threads``); the prior coder's encoder computes
+ * the head's logits of known codes in threads (``known_logits``, without the GIL).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

@@ -213,10 +213,10 @@ def test_no_rows_is_no_work():
     assert _rowwise.omp(*args.values()) is None
 
 
-# _incremental.c: a plan of one image (n 1) of 2 channels on a 2x2 map, radii 1, one layer with attention; a head
-# of 2 slots over 6 atoms and 3 levels.
+# _incremental.c: a plan of one image (n 1) of 2 channels on a 2x2 map, radii 1, one layer with attention (over
+# every earlier position); a head of 2 slots over 6 atoms and 3 levels.
 PLAN_DIMS = dict(n=1, channels=2, height=2, width=2, in_radius=1, radius=1, layers=1, per_block=1, heads=1,
-                 num_atoms=3, coef_levels=2, slots=1)
+                 num_atoms=3, coef_levels=2, slots=1, attention_rows=0)
 PLAN_SIZES = dict(atom_table=8, level_table=4, in_weight=16, in_bias=2, position=0, first_weight=20, first_bias=2,
                   second_weight=40, second_bias=4, conditions=0, qkv_weight=12, qkv_bias=6, out_weight=4, out_bias=2,
                   embedded=32, inputs=32, hidden=32)  # in_taps 4, taps 5, padded areas 16
@@ -258,6 +258,12 @@ def test_a_plan_dimension_out_of_range_is_refused(name, value):
     empty = tuple(np.zeros(0) for _ in PLAN_SIZES)
     with pytest.raises(ValueError, match=r"^plan: dimension \d+ .* is -?\d+, not in 1\.\.16777216$"):
         plan(empty, **{name: value})
+
+
+def test_a_negative_attention_window_is_refused():
+    empty = tuple(np.zeros(0) for _ in PLAN_SIZES)
+    with pytest.raises(ValueError, match=r"^plan: attention_rows is -1, not 0 \(all\) or more$"):
+        plan(empty, attention_rows=-1)
 
 
 @pytest.mark.parametrize("dims", [dict(channels=2**61), dict(num_atoms=0), dict(variable=5), dict(variable=-1),
