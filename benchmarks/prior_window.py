@@ -50,8 +50,8 @@ def training_codes(model, batch_size: int = 16) -> tuple[Codes, ...]:
         for first in tqdm(range(0, len(tiles), batch_size), desc="codes of the training tiles"):
             images = torch.stack([tiles[i] for i in range(first, min(first + batch_size, len(tiles)))])
             chunks.append(model.encode(images)[1])
-    return tuple(Codes(torch.cat([c[level].atoms for c in chunks]).long(), torch.cat([c[level].levels for c in chunks]).long())
-                 for level in range(len(chunks[0])))
+    return tuple(Codes(torch.cat([c[level].atoms for c in chunks]).long(),
+                       torch.cat([c[level].levels for c in chunks]).long()) for level in range(len(chunks[0])))
 
 
 def trained(model, maps: tuple[Codes, ...], rows: int, steps: int) -> list[PixelSNAIL]:
@@ -109,7 +109,8 @@ def main() -> None:
     write_json(args.output, {
         "model": args.model, "fingerprint": model.fingerprint(), "quality": quality, "rows": args.rows,
         "steps": args.steps, "recipe": {"batch_size": RECIPE.batch_size, "lr": RECIPE.lr, "seed": RECIPE.seed},
-        "threads": args.threads, "machine": cpu_model(), "images": [name for name, _ in images], "megapixels_mean": megapixels / len(images),
+        "threads": args.threads, "machine": cpu_model(), "images": [name for name, _ in images],
+        "megapixels_mean": megapixels / len(images),
         "factorised_bpp": factorised_bpp, "by_rows": results, "summary": summary})
     print(f"\n{len(images)} held-out photographs ({megapixels / len(images):.2f} MP each), quality {quality}, "
           f"{args.threads} threads")
