@@ -96,8 +96,7 @@ def main() -> None:
         codec = Codec(model, PriorEntropyModel(trained(model, maps, rows, args.steps), model.fingerprint()))
         print(f"attention {'over every earlier position' if not rows else f'over {rows} rows above'}:", flush=True)
         triples, encode_s, decode_s = round_trips(codec, images, quality, checked=factorised)
-        pixels = sum(image.shape[1] * image.shape[2] for image, _, _ in triples)
-        results[str(rows)] = {"bpp": 8 * sum(size for _, _, size in triples) / pixels,
+        results[str(rows)] = {"bpp": 8 * sum(size for _, _, size in triples) / (megapixels * 1e6),
                               "bpp_per_image": [8 * size / (image.shape[1] * image.shape[2])
                                                 for image, _, size in triples],
                               "encode_s_per_mp": encode_s / megapixels, "decode_s_per_mp": decode_s / megapixels}
