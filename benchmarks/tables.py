@@ -529,8 +529,13 @@ STUDY_SETS = ("embedded", "cifar10")
 
 
 def _study() -> dict[str, Any]:
-    """The study (v2) as benchmarks/rate_distortion_study.py wrote it, finished or not (``--kept-only``)."""
+    """The study (v4) as benchmarks/rate_distortion_study.py wrote it, finished or not (``--kept-only``)."""
     return result("rate_distortion_study")
+
+
+def _v2() -> dict[str, Any]:
+    """Study v2 (library 19db0d20f6f05d59; its embedded seed-0 models), kept for what its diagnosis found."""
+    return result("rate_distortion_study_v2")
 
 
 def _v1() -> dict[str, Any]:
@@ -654,18 +659,62 @@ def _study_budget() -> str:
             f"them with the priors")
 
 
+def _model_of(family: str, settings: dict) -> str:
+    """A model in words, without the quality its points were coded at (its samples come from the model)."""
+    return model_label(family, {**settings, "quality": "-"}).removesuffix(", quality -")
+
+
 @renders("study_synthesis")
 def _study_synthesis() -> str:
     """The CIFAR-10 models' samples at temperature 1 beside the bits of their codes under the priors that drew them."""
     synthesis = _study()["summary"].get("synthesis_cifar10")
     if not synthesis:
         return "Not measured yet: it comes with the CIFAR-10 models."
-    rows = [[family, model_label(family, {**r["settings"], "quality": "-"}), str(r["seed"]), _rate(r["bpp_prior"]),
+    rows = [[family, _model_of(family, r["settings"]), str(r["seed"]), _rate(r["bpp_prior"]),
              f"{r['fd']:.1f}", f"{r['precision']:.2f}", f"{r['recall']:.2f}", f"{r['fd_factorised']:.1f}",
              f"{r['fd_reconstruction']:.1f}"]
             for family in FAMILIES for r in synthesis.get(family, [])]
     return table(["family", "model", "seed", "bpp with priors", "FD, priors' samples", "precision", "recall",
                   "FD, factorised samples", "FD, reconstructions"], rows)
+
+
+@renders("study_synthesis_verdict")
+def _study_synthesis_verdict() -> str:
+    """Issue 30's per-family verdict: each family's best samples against vanilla's best at no more bits."""
+    verdict = _study()["summary"].get("synthesis_at_equal_bits")
+    if not verdict:
+        return "Not measured yet: it comes with the CIFAR-10 models."
+    rows = []
+    for family in FAMILIES:
+        for seed, v in sorted(verdict["families"].get(family, {}).items()):
+            best = v["best"]
+            if best is None:
+                rows.append([family, seed, "-", "-", "-", "-", "no vanilla model that cheap"])
+                continue
+            rows.append([family, seed, _model_of(family, best["settings"]),
+                         _rate(best["bpp_prior"]), f"{best['fd']:.1f}", f"{best['vanilla_fd']:.1f}",
+                         f"{best['margin']:+.1f}"])
+    best = "; ".join(f"seed {seed}: {b['family']} ({b['margin']:+.1f})" for seed, b in verdict["best_sparse"].items())
+    met = {True: "**met**", False: "**not met**", None: "not decided"}[verdict["target_met"]]
+    return (table(["family", "seed", "its best model", "bpp with priors", "FD", "vanilla's best FD at no more bits",
+                   "difference"], rows)
+            + f"\n\nBest sparse family, FD against vanilla's: {best or 'none measured'}. Target (the best sparse "
+            f"family's FD at equal bits <= vanilla's, every seed measured: {', '.join(verdict['best_sparse'])}): {met}.")
+
+
+@renders("study_one_model_curves")
+def _study_one_model_curves() -> str:
+    """Issue 26's one-model target: each rate-controlled model's span of rates within 0.3 dB of its per-rate family."""
+    curves = _study()["summary"].get("one_model_curves", {})
+    rows = [[set_name, seed, curve, c["against"], f"{c['rate_span']:.1f}x",
+             "none" if c["close_rate_span"] is None else f"{c['close_rate_span']:.1f}x",
+             signed(c["bd_psnr"], 2, " dB"), "met" if c["span_at_least_3x"] else "not met"]
+            for set_name in STUDY_SETS for seed, by_curve in sorted(curves.get(set_name, {}).items())
+            for curve, c in by_curve.items()]
+    if not rows:
+        return "Not measured yet."
+    return table(["set", "seed", "one model", "per-rate models", "its rates span", "span within 0.3 dB of them",
+                  "BD-PSNR against them", "target (>= 3x)"], rows)
 
 
 @renders("study_doubling")
@@ -689,9 +738,9 @@ def _study_doubling() -> str:
                                     "BD-rate, factorised", "BD-PSNR"], rows)
 
 
-def _psnr_by_model(family: str, set_name: str = "embedded", seed: int = 0) -> str:
+def _psnr_by_model(family: str, set_name: str = "embedded", seed: int = 0, study: dict | None = None) -> str:
     """A family's PSNR model by model, in words: 'K=1 26.59, K=2 26.75 dB'."""
-    points = [p for f, p in _rows_of(_study(), set_name) if f == family and p["settings"]["seed"] == seed]
+    points = [p for f, p in _rows_of(study or _study(), set_name) if f == family and p["settings"]["seed"] == seed]
     words = {"qmp": lambda s: f"K={s['n_nonzero']}", "omp": lambda s: f"K={s['n_nonzero']} ({s['num_atoms']} atoms)",
              "rvq": lambda s: f"{s['stages']} stage{'s' if s['stages'] > 1 else ''}"}
     return ", ".join(f"{words[family](p['settings'])} {p['psnr']:.2f}" for p in points) + " dB"
@@ -704,8 +753,8 @@ def _point(family: str, **settings: Any) -> str:
     return f"{p['bpp']:.3f} bpp, {p['psnr']:.2f} dB"
 
 
-def _bd_seed0(family: str, key: str) -> float | None:
-    return _study()["summary"]["bd_rate_by_seed"]["embedded"]["0"].get(family, {}).get(key)
+def _bd_seed0(family: str, key: str, set_name: str = "embedded", study: dict | None = None) -> float | None:
+    return (study or _study())["summary"]["bd_rate_by_seed"][set_name]["0"].get(family, {}).get(key)
 
 
 def _v1_bd(set_name: str, family: str) -> dict:
@@ -717,18 +766,38 @@ def _v1_lasso_rates() -> str:
     return f"{min(rates):.1f}-{max(rates):.1f} bpp"
 
 
+def _synthesis_best() -> str:
+    """The best sparse model's samples against vanilla's best at no more bits, seed 0, in words."""
+    verdict = _study()["summary"]["synthesis_at_equal_bits"]
+    family = verdict["best_sparse"]["0"]["family"]
+    best = verdict["families"][family]["0"]["best"]
+    return (f"{family} {_model_of(family, best['settings'])}: FD {best['fd']:.1f} at {best['bpp_prior']:.3f} bpp "
+            f"with its priors, against vanilla's best {best['vanilla_fd']:.1f} at no more bits")
+
+
 RENDERERS.update({
     "study_qmp_psnr_by_k": lambda: _psnr_by_model("qmp"),
     "study_rvq_psnr_by_stages": lambda: _psnr_by_model("rvq"),
     "study_omp_psnr_by_k": lambda: _psnr_by_model("omp"),
-    "study_qmp_k4": lambda: _point("qmp", n_nonzero=4),
     "study_qmp_lambda_top": lambda: _point("qmp_lambda", quality=10),
     "study_qmp_lambda_bottom": lambda: _point("qmp_lambda", quality=1),
     "study_omp_k1": lambda: _point("omp", n_nonzero=1, num_atoms=256),
     "study_vanilla_256": lambda: _point("vanilla", num_atoms=256),
-    **{f"study_{family}_vs_{anchor}": (lambda f, a: lambda: signed(_bd_seed0(f, f"vs_{a}")))(family, anchor)
-       for family, anchor in (("rvq", "vanilla"), ("fsq", "vanilla"), ("qmp", "vanilla"), ("qmp", "rvq"),
-                              ("qmp_lambda", "vanilla"), ("qmp_lambda", "rvq"), ("omp", "vanilla"), ("omp", "rvq"))},
+    "study_qmp_k1": lambda: _point("qmp", n_nonzero=1),
+    "study_synthesis_best": _synthesis_best,
+    "study_synthesis_margin": lambda: f"{-_study()['summary']['synthesis_at_equal_bits']['best_sparse']['0']['margin']:.1f}",
+    **{f"study_{family}_vs_{anchor}{suffix}": (lambda f, a, s: lambda: signed(_bd_seed0(f, f"vs_{a}", s)))(
+           family, anchor, set_name)
+       for family, anchor, set_name, suffix in (
+           ("rvq", "vanilla", "embedded", ""), ("rvq", "vanilla", "cifar10", "_cifar10"),
+           ("fsq", "vanilla", "embedded", ""), ("qmp", "vanilla", "embedded", ""), ("qmp", "rvq", "embedded", ""),
+           ("qmp", "vanilla", "cifar10", "_cifar10"), ("qmp", "rvq", "cifar10", "_cifar10"),
+           ("qmp_lambda", "rvq_lambda", "embedded", ""), ("qmp_lambda", "rvq_lambda", "cifar10", "_cifar10"),
+           ("omp", "vanilla", "embedded", ""), ("omp", "rvq", "embedded", ""))},
+    # study v2 (its embedded seed-0 models: what the diagnosis below read)
+    "study_v2_qmp_psnr_by_k": lambda: _psnr_by_model("qmp", study=_v2()),
+    "study_v2_qmp_vs_vanilla": lambda: signed(_bd_seed0("qmp", "vs_vanilla", study=_v2())),
+    "study_v2_qmp_vs_rvq": lambda: signed(_bd_seed0("qmp", "vs_rvq", study=_v2())),
     # study v1 (the first one the README quotes, under its name of the time)
     "study_omp_vs_vanilla_embedded": lambda: signed(_v1_bd("embedded", "omp")["vs_vanilla"]),
     "study_v1_omp_vs_rvq_embedded": lambda: signed(_v1_bd("embedded", "omp")["vs_rvq"]),

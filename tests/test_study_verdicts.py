@@ -93,3 +93,37 @@ def test_kept_only_reads_the_kept_points_lists_the_rest_and_finds_their_library(
     summary = study.summarised(results, budget, None, [0, 1], {"source": "feedface"}, missing)
     assert summary["complete"] is False and summary["missing"] == missing
     assert summary["bd_rate_by_seed"]["embedded"]["1"] == {}  # seed 1 not measured: not seed 0's points again
+
+
+def sample_row(seed: int, bpp: float, fd: float, **settings) -> dict:
+    return {"seed": seed, "settings": settings, "bpp_prior": bpp, "fd": fd}
+
+
+def test_a_family_s_samples_are_judged_against_vanilla_s_best_at_no_more_bits(study):
+    # vanilla's FD rises with its bits: its best at 1.0 bpp is its 0.3 bpp model's 140, not an interpolation
+    vanilla = [sample_row(0, 0.3, 140.0, n=64), sample_row(0, 0.5, 170.0, n=1024),
+               sample_row(1, 0.3, 150.0, n=64)]
+    qmp = [sample_row(0, 0.2, 100.0, k=0), sample_row(0, 0.5, 120.0, k=1), sample_row(0, 1.0, 145.0, k=2),
+           sample_row(1, 0.5, 155.0, k=1)]
+    omp = [sample_row(0, 0.4, 139.0, k=1)]
+    verdict = study.synthesis_at_equal_bits({"vanilla": vanilla, "qmp": qmp, "omp": omp})
+    seed0 = verdict["families"]["qmp"]["0"]
+    assert seed0["models"][0]["vanilla_fd"] is None  # no vanilla model that cheap: not compared
+    assert [m["vanilla_fd"] for m in seed0["models"][1:]] == [140.0, 140.0]
+    assert seed0["best"]["settings"] == {"k": 1} and seed0["best"]["margin"] == pytest.approx(-20.0)
+    assert verdict["families"]["qmp"]["1"]["at_most_vanilla"] is False  # 155 against seed 1's vanilla 150
+    assert verdict["best_sparse"]["0"] == {"family": "qmp", "margin": pytest.approx(-20.0), "at_most_vanilla": True}
+    assert verdict["best_sparse"]["1"]["family"] == "qmp"
+    assert verdict["target_met"] is False  # one seed misses it
+
+
+def test_a_one_model_curve_counts_the_rates_it_codes_within_0_3_db_of_the_per_rate_models(study):
+    per_rate = [{"bpp": b, "psnr": q, "settings": {"seed": 0}} for b, q in ((1.0, 26.0), (2.0, 27.0), (4.0, 28.0))]
+    one = [{"bpp": b, "psnr": q, "settings": {"seed": 0}}
+           for b, q in ((0.5, 24.0), (1.0, 25.8), (2.0, 26.5), (3.0, 27.4), (4.0, 27.9))]
+    curve = study.one_model_curves({"qmp": per_rate, "qmp_lambda": one})["qmp_lambda"]
+    # 0.5 bpp lies below the per-rate models' rates (not judged); 2.0 is 0.5 dB short; 1.0, 3.0 and 4.0 are close
+    assert curve["close_rate_span"] == pytest.approx(4.0) and curve["span_at_least_3x"] is True
+    assert curve["rate_span"] == pytest.approx(8.0) and curve["against"] == "qmp"
+    short = [dict(p, psnr=p["psnr"] - 0.35) for p in per_rate]
+    assert study.one_model_curves({"qmp": per_rate, "qmp_lambda": short})["qmp_lambda"]["close_rate_span"] is None
