@@ -193,13 +193,18 @@ def _train_step_targets() -> str:
                   ["lasso within 1.5x of vanilla's step", f"{lasso:.2f}x", _met(lasso <= 1.5)]])
 
 
-@renders("omp_k1_vs_vanilla")
-def _omp_k1_vs_vanilla() -> str:
-    r = result("omp_k1_vs_vanilla")
+def _omp_k1_against_vanilla(name: str) -> str:
+    r = result(name)
     rows = [[label, f"{r[key]['test_psnr']:.2f}", number(r[key]["ms_per_step"])]
-            for key, label in (("vanilla", "vanilla"), ("omp_k1", "omp K=1"))]
-    return (f"Test crops after {r['steps']} steps (batch {r['batch_size']}, {r['threads']} threads):\n\n"
+            for key, label in (("vanilla", "vanilla"), ("omp_k1", "omp K=1"), ("qmp_k1", "qmp K=1")) if key in r]
+    model = r.get("model", {"num_atoms": 512, "coef_levels": 32, "coef_quantizer": "uniform"})
+    return (f"Test crops after {r['steps']} steps (batch {r['batch_size']}, {r['threads']} threads; "
+            f"{model['num_atoms']} atoms or entries, {model['coef_levels']} {model['coef_quantizer']} levels):\n\n"
             + table(["variant", "test PSNR (dB)", "ms/step"], rows))
+
+
+RENDERERS["omp_k1_vs_vanilla"] = lambda: _omp_k1_against_vanilla("omp_k1_vs_vanilla")
+RENDERERS["omp_k1_defaults_vs_vanilla"] = lambda: _omp_k1_against_vanilla("omp_k1_defaults_vs_vanilla")
 
 
 # ------------------------------------------------------------------------------------------------- prior

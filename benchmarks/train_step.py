@@ -9,6 +9,9 @@
 
     python benchmarks/train_step.py               # 300 training steps per variant
     python benchmarks/train_step.py --quick       # timing only, and 30 training steps
+    python benchmarks/train_step.py --defaults --variants omp_k1 --output benchmarks/results/omp_k1_defaults_vs_vanilla.json
+                                                  # issue 26's check: the pipeline's own model (256 atoms, 8 learned
+                                                  # levels), OMP K=1 against vanilla from scratch
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -33,6 +37,7 @@ VARIANTS = {
     "vanilla": dict(_COMMON, selection_fn="vanilla"),
     "rvq_k2": dict(_COMMON, selection_fn="rvq", stages=2),
     "omp_k1": dict(_COMMON, selection_fn="omp", n_nonzero=1),
+    "qmp_k1": dict(_COMMON, selection_fn="qmp", n_nonzero=1),  # the (atom, level) pair chosen together
     "omp_k2": dict(_COMMON, selection_fn="omp", n_nonzero=2),
     "omp_k4": dict(_COMMON, selection_fn="omp", n_nonzero=4),
     "lasso": dict(_COMMON, selection_fn="lasso"),
@@ -86,6 +91,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset (vanilla always runs)")
     parser.add_argument("--output", type=Path, default=RESULTS / "train_step.json")
+    parser.add_argument("--defaults", action="store_true",
+                        help="every variant on the pipeline's default model (params.yaml's atoms and levels), not on "
+                             "512 atoms with 32 uniform levels")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     steps = args.steps or (30 if args.quick else 300)
@@ -98,6 +106,8 @@ def main() -> None:
     if unknown:
         parser.error(f"--variants: unknown {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
     variants = {name: VARIANTS[name] for name in VARIANTS if name == "vanilla" or name in args.variants.split(",")}
+    if args.defaults:
+        variants = {name: {k: v for k, v in overrides.items() if k not in _COMMON} for name, overrides in variants.items()}
     results: dict[str, dict] = {}
     for name, overrides in variants.items():
         results[name] = {"ms_per_step": step_time(ModelConfig(**overrides), images, warmup, repeats)}
@@ -119,7 +129,9 @@ def main() -> None:
     if "omp_k2" in variants:
         print(f"omp_k2 with the dictionary frozen after initialisation: test PSNR {frozen['test_psnr']:.2f} dB "
               f"(learned: {results['omp_k2']['test_psnr']:.2f} dB)")
-    out = {"steps": steps, "batch_size": 128, "image_size": 32, "threads": torch.get_num_threads(), **results}
+    model = {k: v for k, v in asdict(ModelConfig(**variants["vanilla"])).items() if k in _COMMON}
+    out = {"steps": steps, "batch_size": 128, "image_size": 32, "threads": torch.get_num_threads(), "model": model,
+           **results}
     write_json(args.output, out)
 
 
