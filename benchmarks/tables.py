@@ -722,6 +722,37 @@ def _study_one_model_curves() -> str:
                   "BD-PSNR against them", "target (>= 3x)"], rows)
 
 
+# what each study changed in its sparse families (the study's own words for its JSON's families)
+_STUDY_CHANGES = (
+    ("v1", "omp", "OMP: least-squares coefficients rounded afterwards to learned levels, one table for every slot"),
+    ("v1", "lasso", "the LASSO, rounded the same way"),
+    ("v2", "omp", "v1's four models again (the library's other changes between)"),
+    ("v2", "qmp", "quantised pursuit: each (atom, signed level) pair chosen on the quantised residual, a level "
+                  "table a rank, the dictionary loss on the quantised code"),
+    ("v2", "qmp_lambda", "qmp with rate-distortion-optimised pair counts, one model for 10 qualities"),
+    ("v4", "omp", "as v2"),
+    ("v4", "qmp", "v2's qmp at a held latent energy, with reseeded levels and maps, ranked codes"),
+    ("v4", "qmp_lambda", "the same, each quality with its own frequency tables, priors over every quality"),
+)
+
+
+@renders("study_history")
+def _study_history() -> str:
+    """Each study's sparse families against vanilla and rvq (seed 0): BD-rate, and BD-PSNR, which compares across
+    studies better (each study's curves overlap over other ranges)."""
+    studies = {"v1": _v1(), "v2": _v2(), "v4": _study()}
+    rows = []
+    for version, family, change in _STUDY_CHANGES:
+        cells = []
+        for set_name in STUDY_SETS:
+            bd = studies[version]["summary"]["bd_rate"].get(set_name, {}).get(family, {})
+            for anchor in ("vanilla", "rvq"):
+                cells.append(f"{signed(bd.get(f'vs_{anchor}'))} / {signed(bd.get(f'vs_{anchor}_bd_psnr'), 2, ' dB')}")
+        rows.append([version, family, change, *cells])
+    return table(["study", "family", "what it changed", "embedded vs vanilla", "embedded vs rvq", "CIFAR-10 vs vanilla",
+                  "CIFAR-10 vs rvq"], rows)
+
+
 @renders("study_doubling")
 def _study_doubling() -> str:
     """Every family against vanilla and rvq at the study's budget and at twice its stage-1 steps, where run."""
