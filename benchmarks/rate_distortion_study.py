@@ -346,6 +346,28 @@ def synthesis_table(families: dict[str, list[dict]]) -> dict[str, list[dict[str,
     return table
 
 
+TARGET_BD_RATE = -10.0  # issue 26: the best sparse family's BD-rate against each anchor, percent
+
+
+def best_sparse(bd: dict[str, dict[str, float | None]]) -> dict[str, Any] | None:
+    """Issue 26's verdict on one set and seed: the sparse family whose worst BD-rate against the anchors (vanilla,
+    rvq, fsq) is lowest (among those with the fewest undefined), its BD-rates and BD-PSNRs against them, and whether every BD-rate is <= ``TARGET_BD_RATE``
+    (False once one is not; None while one is undefined, the curves sharing no PSNR range, and the rest meet it).
+    None: no sparse family has a BD-rate against any anchor."""
+    ranked = []
+    for family in (f for f in SPARSE if f in bd):
+        rates = {anchor: bd[family].get(f"vs_{anchor}") for anchor in ANCHORS}
+        known = [rate for rate in rates.values() if rate is not None]
+        if known:  # fewer undefined verdicts first, then the lower worst BD-rate
+            ranked.append((len(rates) - len(known), max(known), family, rates))
+    if not ranked:
+        return None
+    _, worst, family, rates = min(ranked, key=lambda r: r[:2])
+    met = False if worst > TARGET_BD_RATE else (None if None in rates.values() else True)
+    return {"family": family, "bd_rate": rates,
+            "bd_psnr": {anchor: bd[family].get(f"vs_{anchor}_bd_psnr") for anchor in ANCHORS}, "target_met": met}
+
+
 def synthesis_at_equal_bits(table: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """Issue 30's question, seed by seed: is each family's best sample FD at most vanilla's at equal bits? Beside
     each model, the lowest FD a vanilla model of the same seed reaches with no more bits a pixel under its priors
@@ -486,6 +508,8 @@ def summarised(results: dict[str, dict[str, list[dict]]], budget: dict[str, Any]
                "bd_rate": {name: compare(families) for name, families in results.items()},
                "bd_rate_by_seed": {name: {str(seed): compare(families, seed) for seed in seeds}
                                    for name, families in results.items()},
+               "best_sparse": {name: {str(seed): best_sparse(compare(families, seed)) for seed in seeds}
+                               for name, families in results.items()},
                "one_model_curves": {name: {str(seed): one_model_curves(families, seed) for seed in seeds}
                                     for name, families in results.items()}}
     synthesis = synthesis_table(results.get("cifar10", {}))

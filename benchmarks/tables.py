@@ -707,6 +707,33 @@ def _study_synthesis_verdict() -> str:
             f"family's FD at equal bits <= vanilla's, every seed measured: {', '.join(verdict['best_sparse'])}): {met}.")
 
 
+@renders("study_best_sparse")
+def _study_best_sparse() -> str:
+    """Issue 26's verdict per set and seed: the best sparse family's BD-rate (BD-PSNR) against each anchor."""
+    best = _study()["summary"].get("best_sparse", {})
+    anchors = ("vanilla", "rvq", "fsq")
+    rows = [[set_name, seed, b["family"],
+             *(f"{signed(b['bd_rate'][a])} ({signed(b['bd_psnr'][a], 2, ' dB')})" for a in anchors),
+             {True: "met", False: "not met", None: "undecided"}[b["target_met"]]]
+            for set_name in STUDY_SETS for seed, b in sorted(best.get(set_name, {}).items())
+            if b and not _missing(set_name, int(seed))]
+    if not rows:
+        return "Not measured yet."
+    return table(["set", "seed", "best sparse family", *(f"vs {a}" for a in anchors), "target (<= -10% against each)"],
+                 rows) + "\n\nA seed's row comes when all of that set's models of the seed are in."
+
+
+def _missing(set_name: str, seed: int) -> list[dict]:
+    """The models of ``set_name`` and ``seed`` the study has not measured yet."""
+    return [m for m in _study()["summary"].get("missing", []) if m["set"] == set_name and m["seed"] == seed]
+
+
+def _best_sparse_words(set_name: str) -> str:
+    """Seed 0's best sparse family on ``set_name`` against vanilla and rvq, in words."""
+    b = _study()["summary"]["best_sparse"][set_name]["0"]
+    return f"{b['family']}, {signed(b['bd_rate']['vanilla'])} against vanilla and {signed(b['bd_rate']['rvq'])} against rvq"
+
+
 @renders("study_one_model_curves")
 def _study_one_model_curves() -> str:
     """Issue 26's one-model target: each rate-controlled model's span of rates within 0.3 dB of its per-rate family."""
@@ -821,6 +848,8 @@ RENDERERS.update({
     "study_vanilla_256": lambda: _point("vanilla", num_atoms=256),
     "study_qmp_k1": lambda: _point("qmp", n_nonzero=1),
     "study_synthesis_best": _synthesis_best,
+    "study_best_sparse_embedded": lambda: _best_sparse_words("embedded"),
+    "study_best_sparse_cifar10": lambda: _best_sparse_words("cifar10"),
     "study_synthesis_margin": lambda: f"{-_study()['summary']['synthesis_at_equal_bits']['best_sparse']['0']['margin']:.1f}",
     **{f"study_{family}_vs_{anchor}{suffix}": (lambda f, a, s: lambda: signed(_bd_seed0(f, f"vs_{a}", s)))(
            family, anchor, set_name)
@@ -829,7 +858,8 @@ RENDERERS.update({
            ("fsq", "vanilla", "embedded", ""), ("qmp", "vanilla", "embedded", ""), ("qmp", "rvq", "embedded", ""),
            ("qmp", "vanilla", "cifar10", "_cifar10"), ("qmp", "rvq", "cifar10", "_cifar10"),
            ("qmp_lambda", "rvq_lambda", "embedded", ""), ("qmp_lambda", "rvq_lambda", "cifar10", "_cifar10"),
-           ("omp", "vanilla", "embedded", ""), ("omp", "rvq", "embedded", ""))},
+           ("omp", "vanilla", "embedded", ""), ("omp", "rvq", "embedded", ""),
+           ("omp", "vanilla", "cifar10", "_cifar10"), ("omp", "rvq", "cifar10", "_cifar10"))},
     # study v2 (its embedded seed-0 models: what the diagnosis below read)
     "study_v2_qmp_psnr_by_k": lambda: _psnr_by_model("qmp", study=_v2()),
     "study_v2_qmp_vs_vanilla": lambda: signed(_bd_seed0("qmp", "vs_vanilla", study=_v2())),

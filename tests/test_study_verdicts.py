@@ -127,3 +127,19 @@ def test_a_one_model_curve_counts_the_rates_it_codes_within_0_3_db_of_the_per_ra
     assert curve["rate_span"] == pytest.approx(8.0) and curve["against"] == "qmp"
     short = [dict(p, psnr=p["psnr"] - 0.35) for p in per_rate]
     assert study.one_model_curves({"qmp": per_rate, "qmp_lambda": short})["qmp_lambda"]["close_rate_span"] is None
+
+
+def test_the_best_sparse_family_is_the_one_whose_worst_bd_rate_is_lowest(study):
+    bd = {"qmp": {"vs_vanilla": -30.0, "vs_rvq": 5.0, "vs_fsq": -40.0},
+          "omp": {"vs_vanilla": -12.0, "vs_rvq": -11.0, "vs_fsq": -15.0},
+          "qmp_lambda": {"vs_vanilla": None, "vs_rvq": -50.0, "vs_fsq": -50.0},  # no verdict against vanilla
+          "rvq": {"vs_vanilla": -60.0, "vs_fsq": -60.0}}  # an anchor, not a sparse family
+    best = study.best_sparse(bd)
+    assert best["family"] == "omp" and best["target_met"] is True
+    assert best["bd_rate"] == {"vanilla": -12.0, "rvq": -11.0, "fsq": -15.0}
+    assert study.best_sparse({**bd, "omp": {"vs_vanilla": -12.0, "vs_rvq": -9.0, "vs_fsq": -15.0}})["target_met"] is False
+    # no shared PSNR range with vanilla: ranked by the BD-rates it has, its verdict open while they meet the target
+    alone = study.best_sparse({"qmp_lambda": bd["qmp_lambda"]})
+    assert alone["family"] == "qmp_lambda" and alone["target_met"] is None
+    assert study.best_sparse({"qmp_lambda": {"vs_vanilla": None, "vs_rvq": 3.0}})["target_met"] is False
+    assert study.best_sparse({"rvq": bd["rvq"]}) is None
