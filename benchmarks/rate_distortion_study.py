@@ -351,9 +351,9 @@ TARGET_BD_RATE = -10.0  # issue 26: the best sparse family's BD-rate against eac
 
 def best_sparse(bd: dict[str, dict[str, float | None]]) -> dict[str, Any] | None:
     """Issue 26's verdict on one set and seed: the sparse family whose worst BD-rate against the anchors (vanilla,
-    rvq, fsq) is lowest (among those with the fewest undefined), its BD-rates and BD-PSNRs against them, and whether every BD-rate is <= ``TARGET_BD_RATE``
-    (False once one is not; None while one is undefined, the curves sharing no PSNR range, and the rest meet it).
-    None: no sparse family has a BD-rate against any anchor."""
+    rvq, fsq) is lowest (among those with the fewest undefined), its BD-rates and BD-PSNRs against them, and
+    whether every BD-rate is <= ``TARGET_BD_RATE`` (False once one is not; None while one is undefined, the curves
+    sharing no PSNR range, and the rest meet it). None: no sparse family has a BD-rate against any anchor."""
     ranked = []
     for family in (f for f in SPARSE if f in bd):
         rates = {anchor: bd[family].get(f"vs_{anchor}") for anchor in ANCHORS}
