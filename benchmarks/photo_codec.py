@@ -16,7 +16,11 @@ With ``--prior-images N`` (default: all), the highest quality is also coded with
 prior as the entropy model (the same codes, so the same image, in fewer bits; sequential decoding): a
 point of its own, with its speed.
 
-    python benchmarks/photo_codec.py [--model photo] [--threads 2] [--limit N] [--prior-images N]
+With ``--previous FILE`` (an earlier run's JSON, e.g. the committed one before a new model ships), that run's
+curves are kept beside this one's (``previous``: its model, fingerprint and points per set) and drawn with them,
+and this model's BD-rate against them is reported: what the new model changed.
+
+    python benchmarks/photo_codec.py [--model photo] [--threads 2] [--limit N] [--prior-images N] [--previous FILE]
 
 Writes benchmarks/results/photo_codec.json and photo_codec_<set>.png (PSNR and MS-SSIM against bpp).
 """
@@ -24,6 +28,7 @@ Writes benchmarks/results/photo_codec.json and photo_codec_<set>.png (PSNR and M
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -170,6 +175,19 @@ def jpeg_speed(images: list[tuple[str, torch.Tensor]]) -> dict:
     return {"encode_mp_s": megapixels / encode_s, "decode_mp_s": megapixels / (time.perf_counter() - start)}
 
 
+def earlier_run(path: Path) -> dict:
+    """An earlier run's model and its curves, set by set, from its JSON (``--previous``)."""
+    try:
+        run = json.loads(path.read_text())
+        return {"model": run["model"], "fingerprint": run["fingerprint"],
+                "sets": {name: {"images": measured["images"], "ours": measured["ours"]}
+                         for name, measured in run["sets"].items()}}
+    except FileNotFoundError:
+        raise SystemExit(f"--previous: no file at {path}") from None
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise SystemExit(f"--previous: {path} is not a photo_codec.py result ({error!r})") from None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="photo", help="a zoo name or checkpoint (default: %(default)s)")
@@ -178,7 +196,10 @@ def main() -> None:
     parser.add_argument("--prior-images", type=int, default=None,
                         help="images a set also coded with the priors at the highest quality (default: all; 0: none)")
     parser.add_argument("--output", type=Path, default=RESULTS / "photo_codec.json")
+    parser.add_argument("--previous", type=Path, default=None,
+                        help="an earlier run's JSON: its model's curves are kept and drawn beside this one's")
     args = parser.parse_args()
+    previous = earlier_run(args.previous) if args.previous else None
     torch.set_num_threads(args.threads)
     found = resolve_model(args.model)
     model = load_checkpoint(found["model"]).model.eval()
@@ -191,6 +212,8 @@ def main() -> None:
     prior_codec = Codec(model, PriorEntropyModel.load(priors, fingerprint=model.fingerprint())) if priors else None
     result = {"model": args.model, "fingerprint": model.fingerprint(), "threads": args.threads,
               "qualities": list(codec.qualities), "sets": {}}
+    if previous is not None:
+        result["previous"] = previous
     for name, images in image_sets(args.limit).items():
         pixels = [image.shape[1] * image.shape[2] for _, image in images]
         print(f"{name}: {len(images)} images, {np.mean(pixels) / 1e6:.2f} MP on average", flush=True)
@@ -200,13 +223,19 @@ def main() -> None:
         tensors = [image for _, image in images]
         jpeg = pillow_points(tensors, "JPEG", JPEG_QUALITIES_PHOTO)
         webp = pillow_points(tensors, "WEBP", WEBP_QUALITIES_PHOTO)
+        before = previous["sets"].get(name) if previous else None
+        if before is not None and before["images"] != [n for n, _ in images]:
+            print(f"  --previous measured other images of {name}: its curve is not compared", flush=True)
+            before = None
+        before = before and before["ours"]
+        references = (("jpeg", jpeg), ("webp", webp), *((("previous", before),) if before else ()))
         summary = {f"bd_rate_{metric}_vs_{ref}": bd_rate(points_ref, points, quality=metric)
-                   for ref, points_ref in (("jpeg", jpeg), ("webp", webp)) for metric in ("psnr", "ms_ssim")}
+                   for ref, points_ref in references for metric in ("psnr", "ms_ssim")}
         result["sets"][name] = {"images": [n for n, _ in images], "megapixels_mean": float(np.mean(pixels) / 1e6),
                                 "ours": points, "jpeg": jpeg, "webp": webp, **extra,
                                 "jpeg_speed": jpeg_speed(images), "summary": summary}
         print(f"{'codec':<28} {'setting':>7} {'bpp':>7} {'PSNR':>7} {'MS-SSIM':>8}")
-        for point in points + [extra["prior"]] * ("prior" in extra) + jpeg + webp:
+        for point in points + ([extra["prior"]] if "prior" in extra else []) + jpeg + webp:
             print(f"{point['codec']:<28} {point['setting']!s:>7} {point['bpp']:7.3f} {point['psnr']:7.2f} "
                   f"{point['ms_ssim']:8.4f}")
         print("  " + ", ".join(f"{k} {v:+.1f}%" if v is not None else f"{k} n/a" for k, v in summary.items()))
@@ -220,6 +249,8 @@ def main() -> None:
         for metric, label in (("psnr", "PSNR (dB)"), ("ms_ssim", "MS-SSIM")):
             series = {label_of: ([p["bpp"] for p in pts], [p[metric] for p in pts])
                       for label_of, pts in (("sparse-vqvae", points), ("sparse-vqvae, priors", [extra.get("prior")]),
+                                            (f"previous model ({previous['fingerprint'][:8]})" if previous else "",
+                                             before or [None]),
                                             ("JPEG", jpeg), ("WebP", webp)) if pts != [None]}
             line_plot({k: tuple(zip(*sorted(zip(*v)))) for k, v in series.items()},
                       args.output.with_name(f"photo_codec_{name}_{metric}.png"), "bits per pixel (real file sizes)",
