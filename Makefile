@@ -47,7 +47,7 @@ run: install
 flow: install
 	$(PYTHON) -m flows.pipeline
 
-# vanilla vs rvq vs omp (K=1, 2) vs lasso, each in sweeps/<variant>/, results in sweeps/summary.csv;
+# the equal-rate study's families (flows/sweep.py's grid), each in sweeps/<variant>/, results in sweeps/summary.csv;
 # SPARSE_VQVAE_FLOW_SWEEP_CONCURRENCY=2 runs two variants at once (each a whole pipeline: twice the CPUs and memory).
 sweep: install
 	$(PYTHON) -m flows.sweep

@@ -1,7 +1,9 @@
 import pytest
+import yaml
 
-from flows.sweep import _assignments, sweep, variant_name
+from flows.sweep import DEFAULT_GRID, _assignments, sweep, variant_name
 from flows.workspace import dotted, make_workspace, merge
+from tasks.params import parse_params
 
 from .pipeline_workspace import REPO
 
@@ -11,6 +13,13 @@ def test_overrides_merge_into_nested_params():
     assert merge({"model": {"a": 1, "b": 2}, "x": 1}, {"model": {"b": 3}}) == {"model": {"a": 1, "b": 3}, "x": 1}
     with pytest.raises(ValueError, match="must be section.key"):
         dotted({"steps": 3})
+
+
+def test_the_default_grid_is_one_valid_model_of_each_of_the_study_s_families():
+    base = yaml.safe_load((REPO / "params.yaml").read_text())
+    models = [parse_params(merge(base, dotted(variant))).model for variant in DEFAULT_GRID]
+    assert {model.selection_fn for model in models} == {"vanilla", "rvq", "fsq", "qmp", "omp"}
+    assert len({variant_name(variant) for variant in DEFAULT_GRID}) == len(DEFAULT_GRID)  # one workspace each
 
 
 def test_command_line_assignments_parse_yaml_values():
