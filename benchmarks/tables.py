@@ -735,7 +735,9 @@ def _missing(set_name: str, seed: int) -> list[dict]:
 def _best_sparse_words(set_name: str) -> str:
     """Seed 0's best sparse family on ``set_name`` against vanilla and rvq, in words."""
     b = _study()["summary"]["best_sparse"][set_name]["0"]
-    return f"{b['family']}, {signed(b['bd_rate']['vanilla'])} against vanilla and {signed(b['bd_rate']['rvq'])} against rvq"
+    name = {"qmp": "quantised pursuit", "qmp_lambda": "rate-controlled quantised pursuit", "omp": "OMP",
+            "lasso": "the LASSO"}[b["family"]]
+    return f"{name}, {signed(b['bd_rate']['vanilla'])} against vanilla and {signed(b['bd_rate']['rvq'])} against rvq"
 
 
 @renders("study_one_model_curves")
