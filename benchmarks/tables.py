@@ -732,12 +732,15 @@ def _missing(set_name: str, seed: int) -> list[dict]:
     return [m for m in _study()["summary"].get("missing", []) if m["set"] == set_name and m["seed"] == seed]
 
 
+SPARSE_NAMES = {"qmp": "quantised pursuit", "qmp_lambda": "rate-controlled quantised pursuit", "omp": "OMP",
+                "lasso": "the LASSO"}
+
+
 def _best_sparse_words(set_name: str) -> str:
     """Seed 0's best sparse family on ``set_name`` against vanilla and rvq, in words."""
     b = _study()["summary"]["best_sparse"][set_name]["0"]
-    name = {"qmp": "quantised pursuit", "qmp_lambda": "rate-controlled quantised pursuit", "omp": "OMP",
-            "lasso": "the LASSO"}[b["family"]]
-    return f"{name}, {signed(b['bd_rate']['vanilla'])} against vanilla and {signed(b['bd_rate']['rvq'])} against rvq"
+    return (f"{SPARSE_NAMES[b['family']]}, {signed(b['bd_rate']['vanilla'])} against vanilla and "
+            f"{signed(b['bd_rate']['rvq'])} against rvq")
 
 
 @renders("study_one_model_curves")
@@ -856,6 +859,8 @@ RENDERERS.update({
     "study_synthesis_best": _synthesis_best,
     "study_best_sparse_embedded": lambda: _best_sparse_words("embedded"),
     "study_best_sparse_cifar10": lambda: _best_sparse_words("cifar10"),
+    "study_synthesis_family":
+        lambda: SPARSE_NAMES[_study()["summary"]["synthesis_at_equal_bits"]["best_sparse"]["0"]["family"]],
     "study_synthesis_margin": lambda: f"{-_study()['summary']['synthesis_at_equal_bits']['best_sparse']['0']['margin']:.1f}",
     **{f"study_{family}_vs_{anchor}{suffix}": (lambda f, a, s: lambda: signed(_bd_seed0(f, f"vs_{a}", s)))(
            family, anchor, set_name)
