@@ -81,6 +81,7 @@ from sparse_vqvae.pixelsnail import PixelSNAIL
 from sparse_vqvae.pretrain import pretrain
 from sparse_vqvae.prior_coding import PriorEntropyModel
 from sparse_vqvae.prior_train import load_maps, prior_configs, train_prior
+from sparse_vqvae.pictures import line_plot
 from sparse_vqvae.provenance import source_fingerprint
 from sparse_vqvae.rate_distortion import bd_psnr, bd_rate, pareto, plot, psnr_at_rate, sparse_vqvae_point
 from sparse_vqvae.train import evaluate, load_checkpoint, make_optimizer, run_training, save_checkpoint
@@ -401,6 +402,19 @@ def synthesis_at_equal_bits(table: dict[str, list[dict[str, Any]]]) -> dict[str,
             "target_met": all(b["at_most_vanilla"] for b in best_sparse.values()) if best_sparse else None}
 
 
+def synthesis_plot(table: dict[str, list[dict[str, Any]]], path: Path, partial: str = "") -> Path:
+    """Each family's samples' FD against the bits of its codes under the priors that drew them, seed by seed: the
+    synthesis side of the study, one curve a family and seed (lower is closer to real images)."""
+    series = {}
+    for family, rows in table.items():
+        for seed in sorted({r["seed"] for r in rows}):
+            chosen = sorted((r["bpp_prior"], r["fd"]) for r in rows if r["seed"] == seed)
+            label = family if seed == 0 else f"{family}, seed {seed}"
+            series[label] = ([bpp for bpp, _ in chosen], [fd for _, fd in chosen])
+    return line_plot(series, path, "bits per pixel of the codes under their priors", "FD of the priors' samples",
+                     f"equal-rate study, cifar10: samples at temperature 1 (the judge's features){partial}")
+
+
 def log_to_mlflow(output: Path, pictures: list[Path], summary: dict[str, Any]) -> str:
     """One MLflow run holding the whole comparison (the pipeline's store, experiment sparse-vqvae)."""
     from mlflow.tracking import MlflowClient
@@ -546,6 +560,9 @@ def report(output: Path, results: dict[str, dict[str, list[dict]]], summary: dic
             shown = ", ".join(f"{k} {v:+.1f}{' dB' if k.endswith('bd_psnr') else '%'}" for k, v in row.items()
                               if v is not None)
             print(f"BD {family}: {shown or 'no common range'}")
+    if summary.get("synthesis_cifar10"):
+        pictures.append(synthesis_plot(summary["synthesis_cifar10"], output.with_name(f"{output.stem}_synthesis.png"),
+                                       partial))
     if summary["missing"]:
         print(f"\nnot measured yet: {len(summary['missing'])} models")
     if mlflow:
