@@ -751,7 +751,7 @@ def _study_one_model_curves() -> str:
              "none" if c["close_rate_span"] is None else f"{c['close_rate_span']:.1f}x",
              signed(c["bd_psnr"], 2, " dB"), "met" if c["span_at_least_3x"] else "not met"]
             for set_name in STUDY_SETS for seed, by_curve in sorted(curves.get(set_name, {}).items())
-            for curve, c in by_curve.items()]
+            if not _missing(set_name, int(seed)) for curve, c in by_curve.items()]
     if not rows:
         return "Not measured yet."
     return table(["set", "seed", "one model", "per-rate models", "its rates span", "span within 0.3 dB of them",
