@@ -247,11 +247,10 @@ def main() -> None:
                   f"decode ({extra['prior']['encode_s_per_image']:.1f} / {extra['prior']['decode_s_per_image']:.1f} s "
                   "an image)")
         for metric, label in (("psnr", "PSNR (dB)"), ("ms_ssim", "MS-SSIM")):
+            earlier = ((f"previous model ({previous['fingerprint'][:8]})", before),) if before else ()
             series = {label_of: ([p["bpp"] for p in pts], [p[metric] for p in pts])
                       for label_of, pts in (("sparse-vqvae", points), ("sparse-vqvae, priors", [extra.get("prior")]),
-                                            (f"previous model ({previous['fingerprint'][:8]})" if previous else "",
-                                             before or [None]),
-                                            ("JPEG", jpeg), ("WebP", webp)) if pts != [None]}
+                                            *earlier, ("JPEG", jpeg), ("WebP", webp)) if pts != [None]}
             line_plot({k: tuple(zip(*sorted(zip(*v)))) for k, v in series.items()},
                       args.output.with_name(f"photo_codec_{name}_{metric}.png"), "bits per pixel (real file sizes)",
                       label, f"{name}: {len(images)} held-out photographs, {np.mean(pixels) / 1e6:.2f} MP")

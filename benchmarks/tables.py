@@ -686,13 +686,14 @@ def _study_synthesis() -> str:
 @renders("study_synthesis_verdict")
 def _study_synthesis_verdict() -> str:
     """Issue 30's per-family verdict: each family's best samples against vanilla's best at no more bits."""
-    verdict = _study()["summary"].get("synthesis_at_equal_bits")
+    study = _study()
+    verdict = study["summary"].get("synthesis_at_equal_bits")
     if not verdict:
         return "Not measured yet: it comes with the CIFAR-10 models."
     rows = []
     for family in FAMILIES:
         for seed, v in sorted(verdict["families"].get(family, {}).items()):
-            if _missing("cifar10", int(seed)):
+            if _missing(study, "cifar10", int(seed)):
                 continue
             best = v["best"]
             if best is None:
@@ -701,7 +702,7 @@ def _study_synthesis_verdict() -> str:
             rows.append([family, seed, _model_of(family, best["settings"]),
                          _rate(best["bpp_prior"]), f"{best['fd']:.1f}", f"{best['vanilla_fd']:.1f}",
                          f"{best['margin']:+.1f}"])
-    complete = {seed: b for seed, b in verdict["best_sparse"].items() if not _missing("cifar10", int(seed))}
+    complete = {seed: b for seed, b in verdict["best_sparse"].items() if not _missing(study, "cifar10", int(seed))}
     best = "; ".join(f"seed {seed}: {b['family']} ({b['margin']:+.1f})" for seed, b in complete.items())
     decided = all(b["at_most_vanilla"] for b in complete.values()) if complete else None
     met = {True: "**met**", False: "**not met**", None: "not decided"}[decided]
@@ -714,22 +715,23 @@ def _study_synthesis_verdict() -> str:
 @renders("study_best_sparse")
 def _study_best_sparse() -> str:
     """Issue 26's verdict per set and seed: the best sparse family's BD-rate (BD-PSNR) against each anchor."""
-    best = _study()["summary"].get("best_sparse", {})
+    study = _study()
+    best = study["summary"].get("best_sparse", {})
     anchors = ("vanilla", "rvq", "fsq")
     rows = [[set_name, seed, b["family"],
              *(f"{signed(b['bd_rate'][a])} ({signed(b['bd_psnr'][a], 2, ' dB')})" for a in anchors),
              {True: "met", False: "not met", None: "undecided"}[b["target_met"]]]
             for set_name in STUDY_SETS for seed, b in sorted(best.get(set_name, {}).items())
-            if b and not _missing(set_name, int(seed))]
+            if b and not _missing(study, set_name, int(seed))]
     if not rows:
         return "Not measured yet."
     return table(["set", "seed", "best sparse family", *(f"vs {a}" for a in anchors), "target (<= -10% against each)"],
                  rows) + "\n\nA seed's row comes when all of that set's models of the seed are in."
 
 
-def _missing(set_name: str, seed: int) -> list[dict]:
+def _missing(study: dict, set_name: str, seed: int) -> list[dict]:
     """The models of ``set_name`` and ``seed`` the study has not measured yet."""
-    return [m for m in _study()["summary"].get("missing", []) if m["set"] == set_name and m["seed"] == seed]
+    return [m for m in study["summary"].get("missing", []) if m["set"] == set_name and m["seed"] == seed]
 
 
 SPARSE_NAMES = {"qmp": "quantised pursuit", "qmp_lambda": "rate-controlled quantised pursuit", "omp": "OMP",
@@ -746,12 +748,13 @@ def _best_sparse_words(set_name: str) -> str:
 @renders("study_one_model_curves")
 def _study_one_model_curves() -> str:
     """Issue 26's one-model target: each rate-controlled model's span of rates within 0.3 dB of its per-rate family."""
-    curves = _study()["summary"].get("one_model_curves", {})
+    study = _study()
+    curves = study["summary"].get("one_model_curves", {})
     rows = [[set_name, seed, curve, c["against"], f"{c['rate_span']:.1f}x",
              "none" if c["close_rate_span"] is None else f"{c['close_rate_span']:.1f}x",
              signed(c["bd_psnr"], 2, " dB"), "met" if c["span_at_least_3x"] else "not met"]
             for set_name in STUDY_SETS for seed, by_curve in sorted(curves.get(set_name, {}).items())
-            if not _missing(set_name, int(seed)) for curve, c in by_curve.items()]
+            if not _missing(study, set_name, int(seed)) for curve, c in by_curve.items()]
     if not rows:
         return "Not measured yet."
     return table(["set", "seed", "one model", "per-rate models", "its rates span", "span within 0.3 dB of them",
@@ -838,11 +841,18 @@ def _v1_lasso_rates() -> str:
     return f"{min(rates):.1f}-{max(rates):.1f} bpp"
 
 
+def _best_samples() -> tuple[dict, dict]:
+    """Seed 0's sparse family whose samples beat vanilla's by most at equal bits ({family, margin, ...}), and its
+    best model's row of the verdict."""
+    verdict = _study()["summary"]["synthesis_at_equal_bits"]
+    family = verdict["best_sparse"]["0"]
+    return family, verdict["families"][family["family"]]["0"]["best"]
+
+
 def _synthesis_best() -> str:
     """The best sparse model's samples against vanilla's best at no more bits, seed 0, in words."""
-    verdict = _study()["summary"]["synthesis_at_equal_bits"]
-    family = verdict["best_sparse"]["0"]["family"]
-    best = verdict["families"][family]["0"]["best"]
+    winner, best = _best_samples()
+    family = winner["family"]
     return (f"{family} {_model_of(family, best['settings'])}: FD {best['fd']:.1f} at {best['bpp_prior']:.3f} bpp "
             f"with its priors, against vanilla's best {best['vanilla_fd']:.1f} at no more bits")
 
@@ -859,9 +869,8 @@ RENDERERS.update({
     "study_synthesis_best": _synthesis_best,
     "study_best_sparse_embedded": lambda: _best_sparse_words("embedded"),
     "study_best_sparse_cifar10": lambda: _best_sparse_words("cifar10"),
-    "study_synthesis_family":
-        lambda: SPARSE_NAMES[_study()["summary"]["synthesis_at_equal_bits"]["best_sparse"]["0"]["family"]],
-    "study_synthesis_margin": lambda: f"{-_study()['summary']['synthesis_at_equal_bits']['best_sparse']['0']['margin']:.1f}",
+    "study_synthesis_family": lambda: SPARSE_NAMES[_best_samples()[0]["family"]],
+    "study_synthesis_margin": lambda: f"{-_best_samples()[0]['margin']:.1f}",
     **{f"study_{family}_vs_{anchor}{suffix}": (lambda f, a, s: lambda: signed(_bd_seed0(f, f"vs_{a}", s)))(
            family, anchor, set_name)
        for family, anchor, set_name, suffix in (
