@@ -23,8 +23,10 @@ def save_payload(path: str | Path, payload: dict) -> None:
         torch.save(payload, handle)
 
 
-def load_payload(path: str | Path, format_tag: str, version: int, device: torch.device | str = "cpu") -> dict:
-    """Read a checkpoint written by ``save_payload`` and check that it holds ``format_tag`` at ``version``."""
+def load_payload(path: str | Path, format_tag: str, version: int | tuple[int, ...],
+                 device: torch.device | str = "cpu") -> dict:
+    """Read a checkpoint written by ``save_payload`` and check that it holds ``format_tag`` at ``version`` (or at one
+    of the versions a tuple names: the ones this code reads)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
@@ -35,6 +37,8 @@ def load_payload(path: str | Path, format_tag: str, version: int, device: torch.
     if not isinstance(payload, dict) or payload.get("format") != format_tag:
         found = payload.get("format") if isinstance(payload, dict) else None
         raise CheckpointError(f"{path} is not a {format_tag} checkpoint (format tag: {found!r})")
-    if payload.get("version") != version:
-        raise CheckpointError(f"{path} has {format_tag} checkpoint version {payload.get('version')}; this code reads {version}")
+    versions = version if isinstance(version, tuple) else (version,)
+    if payload.get("version") not in versions:
+        raise CheckpointError(f"{path} has {format_tag} checkpoint version {payload.get('version')}; this code reads "
+                              f"{' or '.join(map(str, versions))}")
     return payload

@@ -34,15 +34,19 @@ if TYPE_CHECKING:
     from .code_store import CodeSource, StoreMetadata
 
 MODEL_FORMAT = "sparse-vqvae/frequency-model"
-MODEL_VERSION = 5  # 3: atom frequencies per slot; 4: a residual VQ's slot among its stage's entries; 5: levels per
-# slot, and a ranked code's slot among its rank's entries whether or not its count varies
+MODEL_VERSION = 6  # 3: atom frequencies per slot; 4: a residual VQ's slot among its stage's entries; 5: levels per
+# slot, and a ranked code's slot among its rank's entries whether or not its count varies; 6: levels per slot and atom
+READ_VERSIONS = (5, 6)  # version 5's one level table a slot still codes and decodes its files
+LEVEL_BACKOFF = 1.0  # an atom's level table: its counts plus this many of its slot's levels (times L), so a rarely
+# picked atom's table is its slot's
 _ROWS = 2048  # positions per coded chunk: bounds the [rows, num_atoms] probability tables
 
 
 @dataclass
 class FrequencyModel:
-    """Probabilities per code map (top first): atoms [K, N] (per slot; [K, M] ranked), levels [K, L] (per slot),
-    pair counts [K + 1]."""
+    """Probabilities per code map (top first): atoms [K, N] (per slot; [K, M] ranked), levels [K, N, L] (per slot
+    and atom: a level is coded given its pair's atom, which the decoder reads first; [K, L], one table a slot, in
+    files of version 5), pair counts [K + 1]."""
 
     num_atoms: int
     coef_levels: int
@@ -57,31 +61,38 @@ class FrequencyModel:
     per_quality = False  # one set of tables for every quality (``QualityFrequencyModel``: a set a quality)
 
     @classmethod
-    def fit(cls, maps: CodeSource, meta: StoreMetadata, batch_size: int = 1024) -> FrequencyModel:
+    def fit(cls, maps: CodeSource, meta: StoreMetadata, batch_size: int = 1024,
+            levels_given_atoms: bool = True) -> FrequencyModel:
         """Add-one-smoothed frequencies of the codes of the model ``meta`` describes: a code store, or batched code
-        maps [B, H, W, K] in memory. Counted ``batch_size`` images at a time: memory holds a batch and the counts."""
+        maps [B, H, W, K] in memory. Counted ``batch_size`` images at a time: memory holds a batch and the counts.
+        ``levels_given_atoms`` False: one level table a slot, as version 5 coded them (what the tables per atom
+        save is measured against it)."""
         from .code_store import code_batches  # here: coding files needs no LMDB
 
         num_atoms, coef_levels, stage_atoms = meta.num_atoms, meta.coef_levels, meta.stage_atoms
+        entries = stage_atoms or num_atoms
         atoms, levels, counts = None, None, None
         for batch in code_batches(maps, batch_size):
             slots = batch[0].atoms.shape[-1]
             if atoms is None:
-                atoms = [torch.zeros(slots, stage_atoms or num_atoms, dtype=torch.long) for _ in batch]
-                levels = [torch.zeros(slots, coef_levels, dtype=torch.long) for _ in batch]
+                atoms = [torch.zeros(slots, entries, dtype=torch.long) for _ in batch]
+                levels = [torch.zeros(slots, entries * coef_levels, dtype=torch.long) for _ in batch]
                 counts = [torch.zeros(slots + 1, dtype=torch.long) for _ in batch]
             for index, codes in enumerate(batch):
                 present = codes.present
                 for slot in range(slots):
-                    atoms[index][slot] += torch.bincount(codes.atoms[..., slot][present[..., slot]].long()
-                                                         - slot * stage_atoms, minlength=stage_atoms or num_atoms)
-                    levels[index][slot] += torch.bincount(codes.levels[..., slot][present[..., slot]].long(),
-                                                          minlength=coef_levels)
+                    entry = codes.atoms[..., slot][present[..., slot]].long() - slot * stage_atoms
+                    atoms[index][slot] += torch.bincount(entry, minlength=entries)
+                    levels[index][slot] += torch.bincount(entry * coef_levels + codes.levels[..., slot][
+                        present[..., slot]].long(), minlength=entries * coef_levels)
                 counts[index] += torch.bincount(present.sum(-1).reshape(-1), minlength=slots + 1)
         if atoms is None:
             raise ValueError("no codes to fit a frequency model to")
         return cls(num_atoms, coef_levels, slots, meta.variable_count, meta.model_fingerprint,
-                   *([np.stack([_normalised(row) for row in table]) for table in tables] for tables in (atoms, levels)),
+                   [np.stack([_normalised(row) for row in table]) for table in atoms],
+                   [np.stack([_levels_given_atoms(row.reshape(entries, coef_levels)) if levels_given_atoms
+                              else _normalised(row.reshape(entries, coef_levels).sum(0)) for row in table])
+                    for table in levels],
                    [_normalised(t) for t in counts], stage_atoms)
 
     def save(self, path: str | Path) -> None:
@@ -139,7 +150,7 @@ class FrequencyModel:
             present = atoms != EMPTY
             if self.coef_levels > 1:
                 for slot in reversed(range(slots)):
-                    yield levels[present[:, slot], slot], self.levels[index][slot]
+                    yield levels[present[:, slot], slot], self._level_table(index, slot, atoms[present[:, slot], slot])
             for slot in reversed(range(slots)):
                 if self.stage_atoms:  # one table for every position
                     entries = atoms[count > slot, slot] - slot * self.stage_atoms
@@ -212,7 +223,9 @@ class FrequencyModel:
             present = atoms != EMPTY
             if self.coef_levels > 1:
                 for slot in range(slots):
-                    levels[present[:, slot], slot] = _pop(coder, int(present[:, slot].sum()), self.levels[index][slot])
+                    table = self._level_table(index, slot, atoms[present[:, slot], slot])
+                    levels[present[:, slot], slot] = (coder.decode(_FAMILY, table) if table.ndim == 2 else
+                                                      _pop(coder, int(present[:, slot].sum()), table))
             shape = (height, width, slots)
             maps.append(Codes(torch.from_numpy(atoms.reshape(shape)), torch.from_numpy(levels.reshape(shape))))
         return tuple(maps)
@@ -233,11 +246,27 @@ class FrequencyModel:
             else:
                 atoms = self._atoms_by_slot(index, count, self.slots, lambda table: np.minimum(
                     (table.cumsum(axis=1) < generator.random(len(table))[:, None]).sum(axis=1), self.num_atoms - 1))
-            levels = np.stack([generator.choice(self.coef_levels, size=positions, p=table)
-                               for table in self.levels[index]], axis=1) * (atoms != EMPTY)
+            levels = np.zeros_like(atoms)
+            for slot in range(self.slots):
+                table = self._level_table(index, slot, np.where(atoms[:, slot] == EMPTY, slot * self.stage_atoms,
+                                                                atoms[:, slot]))
+                if table.ndim == 1:
+                    levels[:, slot] = generator.choice(self.coef_levels, size=positions, p=table)
+                else:
+                    drawn = (table.cumsum(axis=1) < generator.random(positions)[:, None]).sum(axis=1)
+                    levels[:, slot] = np.minimum(drawn, self.coef_levels - 1)
+            levels *= atoms != EMPTY
             shape = (n, height, width, self.slots)
             maps.append(Codes(torch.from_numpy(atoms.reshape(shape)), torch.from_numpy(levels.reshape(shape))))
         return tuple(maps)
+
+    def _level_table(self, index: int, slot: int, atoms: np.ndarray) -> np.ndarray:
+        """The probabilities of the levels of ``slot``'s pairs holding ``atoms``: [n, L], each pair's atom's table
+        (a ranked code's atom counted among its rank's entries); [L], the slot's one table, in a version-5 model."""
+        table = self.levels[index][slot]
+        if table.ndim == 1:
+            return table
+        return table[atoms - slot * self.stage_atoms]
 
     def _ranks(self, index: int, count: np.ndarray, slots: int, draw) -> np.ndarray:
         """Atoms [positions, slots] of a ranked code: ``draw(table, rows)`` picks the entry of rank k of each of the
@@ -334,7 +363,7 @@ class QualityFrequencyModel:
 
 def load_frequencies(path: str | Path) -> FrequencyModel | QualityFrequencyModel:
     """The factorised entropy model saved at ``path``: one set of tables, or a set a quality."""
-    payload = load_payload(path, MODEL_FORMAT, MODEL_VERSION)
+    payload = load_payload(path, MODEL_FORMAT, READ_VERSIONS)
     try:
         if "qualities" in payload:
             return QualityFrequencyModel([FrequencyModel._from_tables(tables) for tables in payload["qualities"]])
@@ -365,6 +394,16 @@ def raised(result):
 def _normalised(counts: torch.Tensor) -> np.ndarray:
     smoothed = counts.double().numpy() + 1.0
     return smoothed / smoothed.sum()
+
+
+def _levels_given_atoms(counts: torch.Tensor) -> np.ndarray:
+    """[N, L] level probabilities given each atom, from the counts of (atom, level) pairs [N, L]: each atom's counts
+    plus ``LEVEL_BACKOFF`` x L pseudo-counts spread as its slot's add-one-smoothed levels, so an atom seen often codes
+    its levels at its own frequencies and one seldom seen at its slot's."""
+    slot = _normalised(counts.sum(0))
+    pseudo = LEVEL_BACKOFF * counts.shape[1]
+    counts = counts.double().numpy()
+    return (counts + pseudo * slot) / (counts.sum(1, keepdims=True) + pseudo)
 
 
 def _decode_atoms(coder, table: np.ndarray) -> np.ndarray:

@@ -139,3 +139,52 @@ def test_the_factorised_bits_of_a_one_slot_code_are_its_atoms_information():
     by_hand = -sum(np.log2(table[0][m.atoms[..., 0].reshape(-1).numpy()]).sum()
                    for table, m in zip(codec.entropy.atoms, image))
     assert codec.entropy.bits(image) == pytest.approx(by_hand, rel=1e-12)
+
+
+def one_map_codes(atoms: torch.Tensor, levels: torch.Tensor) -> Codes:
+    """One code map [count, H, W, 1] of one pair a position."""
+    return Codes(atoms[..., None], levels[..., None])
+
+
+def test_a_level_is_coded_given_its_atom(tmp_path):
+    """Levels that follow their atoms cost almost nothing once the tables are per atom (the decoder reads the atom
+    first); a version-5 model's one table a slot still codes and decodes its payloads."""
+    from sparse_vqvae.code_store import StoreMetadata
+
+    generator = torch.Generator().manual_seed(0)
+    atoms = torch.randint(0, 8, (64, 4, 4), generator=generator)
+    levels = atoms % 4  # each atom always with its own level
+    maps = (one_map_codes(atoms, levels),)
+    meta = StoreMetadata(5, "omp", 1, 8, 4, [[4, 4]], "0" * 16, False, 0)
+    given_atom = FrequencyModel.fit(maps, meta)
+    assert given_atom.levels[0].shape == (1, 8, 4)
+    one_table = dataclasses.replace(given_atom, levels=[np.stack([np.full(4, 0.25)])])  # a version-5 model's tables
+    image = (one_map_codes(atoms[0], levels[0]),)
+    level_bits = 16 * 2.0  # 16 positions, 2 bits a level from one uniform table
+    assert one_table.bits(image) - given_atom.bits(image) > 0.9 * level_bits
+    for model in (given_atom, one_table):
+        decoded = model.decode(model.encode(image), [(4, 4)])
+        assert decoded[0].atoms.equal(image[0].atoms) and decoded[0].levels.equal(image[0].levels)
+    drawn = given_atom.sample(3, [(4, 4)], np.random.default_rng(0))[0]
+    assert (drawn.levels == drawn.atoms % 4).double().mean() > 0.9  # each atom's table: mostly its own level
+
+    given_atom.save(tmp_path / "v6.pt")
+    assert FrequencyModel.load(tmp_path / "v6.pt").levels[0].shape == (1, 8, 4)
+    payload = torch.load(tmp_path / "v6.pt", weights_only=True)
+    torch.save({**payload, "version": 5, "levels": [torch.from_numpy(one_table.levels[0])]}, tmp_path / "v5.pt")
+    old = FrequencyModel.load(tmp_path / "v5.pt")
+    assert old.decode(one_table.encode(image), [(4, 4)])[0].levels.equal(image[0].levels)
+    torch.save({**payload, "version": 7}, tmp_path / "v7.pt")
+    with pytest.raises(Exception, match="version 7; this code reads 5 or 6"):
+        FrequencyModel.load(tmp_path / "v7.pt")
+
+
+def test_a_seldom_picked_atom_codes_its_levels_at_its_slot_s_frequencies():
+    from sparse_vqvae.entropy_coding import _levels_given_atoms
+
+    counts = torch.tensor([[90, 10, 0, 0], [0, 0, 0, 0], [0, 0, 0, 1]])
+    tables = _levels_given_atoms(counts)
+    assert np.allclose(tables.sum(1), 1.0)
+    slot = (counts.sum(0).double() + 1) / (counts.sum() + 4)
+    assert np.allclose(tables[1], slot.numpy())  # never picked: the slot's levels
+    assert tables[0, 0] > 0.85 and tables[2, 3] > slot[3] and tables[2, 0] < tables[0, 0]
