@@ -45,14 +45,17 @@ from sparse_vqvae.entropy_coding import load_frequencies
 from sparse_vqvae.maps import prior_files
 from sparse_vqvae.pictures import line_plot
 from sparse_vqvae.prior_coding import PriorEntropyModel
-from sparse_vqvae.rate_distortion import (JPEG_QUALITIES, WEBP_QUALITIES, bd_rate, codec_label, measure_point,
-                                          pillow_decode, pillow_encode, pillow_points)
+from sparse_vqvae.rate_distortion import (JPEG_QUALITIES, WEBP_QUALITIES, bd_psnr, bd_rate, codec_label,
+                                          measure_point, pillow_decode, pillow_encode, pillow_points)
 from sparse_vqvae.train import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = ROOT.parent / "shared" / "data" / "photos"
 JPEG_QUALITIES_PHOTO = (2, 3, *JPEG_QUALITIES, 95)  # photographs need lower settings to reach 0.2 bpp
 WEBP_QUALITIES_PHOTO = (0, 2, *WEBP_QUALITIES, 95)
+JPEG_RANGE = (26.0, 33.0)  # the PSNRs over which the BD-rate target against JPEG is set (dB)
+TOP_PSNR, MIN_STEP = 33.0, 0.25  # the top quality's target (dB), and what each quality step must add (dB)
+BD_RATE_VS_JPEG, BD_PSNR_VS_JPEG, BD_RATE_VS_WEBP = -15.0, 0.0, 25.0  # the targets (percent, dB, percent)
 
 
 def read(path: Path) -> torch.Tensor:
@@ -175,6 +178,30 @@ def jpeg_speed(images: list[tuple[str, torch.Tensor]]) -> dict:
     return {"encode_mp_s": megapixels / encode_s, "decode_mp_s": megapixels / (time.perf_counter() - start)}
 
 
+def targets(ours: list[dict], jpeg: list[dict], webp: list[dict]) -> dict:
+    """The codec's targets on a set, each with its figure and whether it is met (None: the figure is undefined):
+    the top quality's PSNR, the smallest step between qualities, BD-rate against JPEG over JPEG's 26-33 dB (and
+    over which PSNRs it is defined, both curves reaching only so far), BD-PSNR against JPEG, BD-rate against WebP."""
+    psnrs = [p["psnr"] for p in sorted(ours, key=lambda p: p["setting"])]
+    reached = (max(JPEG_RANGE[0], min(p["psnr"] for p in ours + jpeg)),
+               min(JPEG_RANGE[1], max(p["psnr"] for p in ours), max(p["psnr"] for p in jpeg)))
+    figures = {"top_psnr": (psnrs[-1], lambda x: x >= TOP_PSNR),
+               "smallest_step_db": (min(np.diff(psnrs)) if len(psnrs) > 1 else None, lambda x: x >= MIN_STEP),
+               "bd_rate_vs_jpeg_26_33": (bd_rate(jpeg, ours, within=JPEG_RANGE), lambda x: x <= BD_RATE_VS_JPEG),
+               "bd_psnr_vs_jpeg": (bd_psnr(jpeg, ours), lambda x: x >= BD_PSNR_VS_JPEG),
+               "bd_rate_vs_webp": (bd_rate(webp, ours), lambda x: x <= BD_RATE_VS_WEBP)}
+    return {"bd_rate_vs_jpeg_psnr_range": list(reached) if reached[0] < reached[1] else None,
+            **{name: {"figure": None if x is None else float(x), "met": None if x is None else bool(met(x))}
+               for name, (x, met) in figures.items()}}
+
+
+def target_words(target: dict) -> str:
+    """'30.10 (not met)'."""
+    if target["figure"] is None:
+        return "n/a (undefined)"
+    return f"{target['figure']:.2f} ({'met' if target['met'] else 'not met'})"
+
+
 def earlier_run(path: Path) -> dict:
     """An earlier run's model and its curves, set by set, from its JSON (``--previous``)."""
     try:
@@ -229,16 +256,21 @@ def main() -> None:
             before = None
         before = before and before["ours"]
         references = (("jpeg", jpeg), ("webp", webp), *((("previous", before),) if before else ()))
-        summary = {f"bd_rate_{metric}_vs_{ref}": bd_rate(points_ref, points, quality=metric)
-                   for ref, points_ref in references for metric in ("psnr", "ms_ssim")}
+        summary = {**{f"bd_rate_{metric}_vs_{ref}": bd_rate(points_ref, points, quality=metric)
+                      for ref, points_ref in references for metric in ("psnr", "ms_ssim")},
+                   **{f"bd_psnr_vs_{ref}": bd_psnr(points_ref, points) for ref, points_ref in references}}
         result["sets"][name] = {"images": [n for n, _ in images], "megapixels_mean": float(np.mean(pixels) / 1e6),
                                 "ours": points, "jpeg": jpeg, "webp": webp, **extra,
-                                "jpeg_speed": jpeg_speed(images), "summary": summary}
+                                "jpeg_speed": jpeg_speed(images), "summary": summary,
+                                "targets": targets(points, jpeg, webp)}
         print(f"{'codec':<28} {'setting':>7} {'bpp':>7} {'PSNR':>7} {'MS-SSIM':>8}")
         for point in points + ([extra["prior"]] if "prior" in extra else []) + jpeg + webp:
             print(f"{point['codec']:<28} {point['setting']!s:>7} {point['bpp']:7.3f} {point['psnr']:7.2f} "
                   f"{point['ms_ssim']:8.4f}")
-        print("  " + ", ".join(f"{k} {v:+.1f}%" if v is not None else f"{k} n/a" for k, v in summary.items()))
+        print("  " + ", ".join(f"{k} n/a" if v is None else f"{k} {v:+.2f} dB" if "psnr_vs" in k else f"{k} {v:+.1f}%"
+                               for k, v in summary.items()))
+        print("  targets: " + ", ".join(f"{k} {target_words(t)}" for k, t in result["sets"][name]["targets"].items()
+                                        if isinstance(t, dict)))
         print(f"  speed (MP/s, {args.threads} threads): ours {extra['speed']['encode_mp_s']:.3f} encode, "
               f"{extra['speed']['decode_mp_s']:.3f} decode; JPEG {result['sets'][name]['jpeg_speed']['encode_mp_s']:.1f}"
               f" / {result['sets'][name]['jpeg_speed']['decode_mp_s']:.1f}")

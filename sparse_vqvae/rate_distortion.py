@@ -119,15 +119,17 @@ def pareto(points: list[dict], rate: str = "bpp", quality: str = "psnr") -> list
     return frontier
 
 
-def bd_rate(anchor: list[dict], test: list[dict], rate: str = "bpp", quality: str = "psnr") -> float | None:
+def bd_rate(anchor: list[dict], test: list[dict], rate: str = "bpp", quality: str = "psnr",
+            within: tuple[float, float] | None = None) -> float | None:
     """Bjontegaard delta rate: the mean percent difference in rate of ``test`` against ``anchor`` at equal
-    quality, over the quality range both curves cover (negative: ``test`` needs fewer bits).
+    quality, over the quality range both curves cover (negative: ``test`` needs fewer bits), cut to ``within``
+    (low, high) where given: a target set over a range of the anchor's qualities is judged over that range alone.
 
     Each curve is its Pareto frontier, log-rate interpolated against quality by monotone piecewise
     cubics (PCHIP, as current BD-rate tools do in place of the original cubic fit) and integrated.
-    None when the curves share no quality range or one has fewer than two points.
+    None when the curves share no quality range (within ``within``) or one has fewer than two points.
     """
-    delta = _bjontegaard(anchor, test, rate, quality, rate_axis=False)
+    delta = _bjontegaard(anchor, test, rate, quality, rate_axis=False, within=within)
     return None if delta is None else float((np.exp(delta) - 1) * 100)
 
 
@@ -141,9 +143,11 @@ def bd_psnr(anchor: list[dict], test: list[dict], rate: str = "bpp", quality: st
     return _bjontegaard(anchor, test, rate, quality, rate_axis=True)
 
 
-def _bjontegaard(anchor: list[dict], test: list[dict], rate: str, quality: str, rate_axis: bool) -> float | None:
-    """The mean of test minus anchor over the common range of the integration axis: log-rate as a function
-    of quality (``rate_axis`` False) or quality as a function of log-rate (True), PCHIP through each frontier."""
+def _bjontegaard(anchor: list[dict], test: list[dict], rate: str, quality: str, rate_axis: bool,
+                 within: tuple[float, float] | None = None) -> float | None:
+    """The mean of test minus anchor over the common range of the integration axis (cut to ``within``, in its
+    units): log-rate as a function of quality (``rate_axis`` False) or quality as a function of log-rate (True),
+    PCHIP through each frontier."""
     from scipy.interpolate import PchipInterpolator
 
     curves = []
@@ -156,6 +160,8 @@ def _bjontegaard(anchor: list[dict], test: list[dict], rate: str, quality: str, 
         curves.append((log_rates, qualities) if rate_axis else (qualities, log_rates))
     low = max(curve[0][0] for curve in curves)
     high = min(curve[0][-1] for curve in curves)
+    if within is not None:
+        low, high = max(low, within[0]), min(high, within[1])
     if high <= low:
         return None
     integrals = [PchipInterpolator(x, y).integrate(low, high) for x, y in curves]

@@ -16,6 +16,17 @@ def test_bd_rate_is_the_mean_rate_change_at_equal_quality():
     assert bd_rate(anchor, curve(0.5, (24.0, 26.0, 28.0, 33.0))[:3] + curve(0.5)[3:]) == pytest.approx(-50.0, abs=1e-6)
 
 
+def test_bd_rate_within_a_quality_range_judges_that_range_alone():
+    qualities = [24.0 + i for i in range(9)]
+    anchor = curve(1.0, qualities)
+    # Half the bits up to 26 dB, the same bits from 29 dB: the whole range averages both, each end its own.
+    test = curve(0.5, qualities)[:3] + curve(0.7, qualities)[3:5] + anchor[5:]
+    assert bd_rate(anchor, test, within=(24.0, 25.0)) == pytest.approx(-50.0, abs=1e-6)
+    assert bd_rate(anchor, test, within=(30.0, 32.0)) == pytest.approx(0.0, abs=1e-6)
+    assert -50.0 < bd_rate(anchor, test) < 0.0
+    assert bd_rate(anchor, test, within=(33.0, 35.0)) is None  # beyond both curves
+
+
 def test_curves_that_share_no_quality_range_have_no_bd_rate():
     assert bd_rate(curve(1.0), curve(1.0, (40.0, 41.0, 42.0, 43.0))) is None
     assert bd_rate(curve(1.0), curve(1.0)[:1]) is None

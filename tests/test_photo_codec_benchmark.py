@@ -20,3 +20,29 @@ def test_an_earlier_run_gives_its_model_and_curves_and_a_foreign_file_is_refused
         for path in (bad, broken, tmp_path / "missing.json"):
             with pytest.raises(SystemExit, match=f"--previous: .*{path.name}"):
                 photo_codec.earlier_run(path)
+
+
+def test_the_targets_read_the_curves_against_jpeg_and_webp():
+    def curve(scale, psnrs):
+        return [{"setting": i + 1, "bpp": scale * 0.2 * 1.5 ** i, "psnr": p} for i, p in enumerate(psnrs)]
+
+    jpeg = curve(1.0, [24.0, 26.0, 28.0, 30.0, 32.0, 34.0])
+    with benchmark_script("photo_codec") as photo_codec:
+        # Half JPEG's bits at every PSNR up to 30 dB, then nothing more: capped below 33 dB.
+        capped = photo_codec.targets(curve(0.5, [24.0, 26.0, 28.0, 30.0, 30.1]), jpeg, jpeg)
+        assert capped["top_psnr"] == {"figure": 30.1, "met": False}
+        assert capped["smallest_step_db"]["met"] is False  # 0.1 dB
+        assert -55.0 < capped["bd_rate_vs_jpeg_26_33"]["figure"] < -45.0  # about half, over 26-30.1 dB alone
+        assert capped["bd_rate_vs_jpeg_26_33"]["met"] is True
+        assert capped["bd_rate_vs_jpeg_psnr_range"] == [26.0, 30.1]
+        rising = photo_codec.targets(curve(0.5, [24.0, 26.0, 28.0, 30.0, 32.0, 34.0]), jpeg, jpeg)
+        assert rising["top_psnr"]["met"] and rising["smallest_step_db"]["met"] and rising["bd_psnr_vs_jpeg"]["met"]
+        assert rising["bd_rate_vs_jpeg_psnr_range"] == [26.0, 33.0]
+        # Half JPEG's bits up to 33 dB, four times its bits at 36 dB: only the half counts.
+        reaching = curve(1.0, [24.0, 26.0, 28.0, 30.0, 32.0, 33.0, 36.0])
+        split = curve(0.5, [24.0, 26.0, 28.0, 30.0, 32.0, 33.0]) + [{**reaching[6], "bpp": 4 * reaching[6]["bpp"]}]
+        assert photo_codec.targets(split, reaching, reaching)["bd_rate_vs_jpeg_26_33"]["figure"] < -45.0
+        assert photo_codec.bd_rate(reaching, split) > -40.0
+        worse = photo_codec.targets(curve(2.0, [24.0, 26.0, 28.0]), jpeg, jpeg)
+        assert worse["bd_rate_vs_webp"] == {"figure": pytest.approx(100.0, abs=0.5), "met": False}
+        assert worse["bd_psnr_vs_jpeg"]["met"] is False
