@@ -1,11 +1,12 @@
 """What coding each level given its atom saves: the equal-rate study's cached sparse models (no retraining), their
 held-out images coded with one level table a slot (how the study coded them) and with a table a slot and atom.
 
-For every seed-0 model of ``--families`` in the study's JSON, on each set: its cached model (``--cache``), the
+For every model of ``--families`` in the study's JSON, on each set and each seed whose models are all in (the
+study's ``missing`` names none of them): its cached model (``--cache``), the
 frequency model fitted to its training codes both ways (``FrequencyModel.fit(..., levels_given_atoms=...)``), the
 study's held-out images compressed as real ``.svq`` files with each, and the files' bpp (the first way must give the
 study's own figure: the same model, codes and images). Then each family's BD-rate against vanilla, rvq and fsq with
-the re-coded points (theirs unchanged: they code no levels).
+the re-coded points (theirs unchanged: they code no levels), seed by seed.
 
     python benchmarks/level_coding.py --cache ../study-v4-run/cache
 """
@@ -55,7 +56,7 @@ def recoded(folder: Path, point: dict[str, Any], images: list[torch.Tensor]) -> 
         measured = sparse_vqvae_point(codec, images, quality)
         figures[name] = {"bpp": measured["bpp"], "payload_bpp": measured["payload_bpp"], "psnr": measured["psnr"]}
     store.close()
-    return {"settings": differing(point["settings"]), "study_bpp": point["bpp"], **figures}
+    return {"settings": point["settings"], "study_bpp": point["bpp"], **figures}
 
 
 def main() -> None:
@@ -74,27 +75,30 @@ def main() -> None:
         folders = cached_folders(args.cache, set_name)
         test = ImageArray(args.cache / set_name / "test.npy")
         images = [test[i] for i in range(min(study["summary"]["budget"]["images"], len(test)))]
-        measured, points = {}, {name: list(pts) for name, pts in study[set_name].items()}
-        for family in families:
-            rows = []
-            for point in [p for p in study[set_name].get(family, []) if p["settings"]["seed"] == 0]:
-                row = recoded(folders[model_of(point)], point, images)
-                rows.append(row)
-                print(f"{set_name} {family} {row['settings']}: study {row['study_bpp']:.4f} bpp, one table a slot "
-                      f"{row['one_table_a_slot']['bpp']:.4f}, given the atom {row['given_atom']['bpp']:.4f} "
-                      f"({row['given_atom']['psnr']:.2f} dB)", flush=True)
-            measured[family] = rows
-            points[family] = [{**p, "bpp": r["given_atom"]["bpp"], "bpp_prior": None}
-                              for p, r in zip([p for p in points[family] if p["settings"]["seed"] == 0], rows)]
-        before, after = compare(study[set_name]), compare(points)
-        result["sets"][set_name] = {"models": measured, "images": len(images),
-                                    "bd_rate": {f: {"one_table_a_slot": before.get(f), "given_atom": after.get(f)}
-                                                for f in families}}
-        for family in families:
-            shown = ", ".join(f"{a}: {before[family].get(f'vs_{a}'):+.1f}% -> {after[family].get(f'vs_{a}'):+.1f}%"
-                              for a in ("vanilla", "rvq", "fsq")
-                              if before[family].get(f"vs_{a}") is not None and after[family].get(f"vs_{a}") is not None)
-            print(f"{set_name} {family} BD-rate {shown}")
+        seeds = sorted({p["settings"]["seed"] for points in study[set_name].values() for p in points}
+                       - {m["seed"] for m in study["summary"].get("missing", []) if m["set"] == set_name})
+        measured: dict[str, list] = {family: [] for family in families}
+        bd: dict[str, dict] = {}
+        for seed in seeds:
+            points = {name: list(pts) for name, pts in study[set_name].items()}
+            for family in families:
+                chosen = [p for p in study[set_name].get(family, []) if p["settings"]["seed"] == seed]
+                rows = [recoded(folders[model_of(point)], point, images) for point in chosen]
+                for row in rows:
+                    print(f"{set_name} {family} {differing(row['settings'])}: study {row['study_bpp']:.4f} bpp, one table a "
+                          f"slot {row['one_table_a_slot']['bpp']:.4f}, given the atom {row['given_atom']['bpp']:.4f} "
+                          f"({row['given_atom']['psnr']:.2f} dB)", flush=True)
+                measured[family] += rows
+                points[family] = [{**p, "bpp": r["given_atom"]["bpp"], "bpp_prior": None} for p, r in zip(chosen, rows)]
+            before, after = compare(study[set_name], seed), compare(points, seed)
+            bd[str(seed)] = {f: {"one_table_a_slot": before.get(f), "given_atom": after.get(f)} for f in families}
+            for family in families:
+                shown = ", ".join(f"{a}: {before[family][f'vs_{a}']:+.1f}% -> {after[family][f'vs_{a}']:+.1f}%"
+                                  for a in ("vanilla", "rvq", "fsq")
+                                  if before[family].get(f"vs_{a}") is not None
+                                  and after[family].get(f"vs_{a}") is not None)
+                print(f"{set_name} seed {seed} {family} BD-rate {shown}")
+        result["sets"][set_name] = {"models": measured, "images": len(images), "seeds": seeds, "bd_rate": bd}
     write_json(args.output, result)
 
 

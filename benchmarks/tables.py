@@ -792,6 +792,30 @@ def _study_history() -> str:
                   "CIFAR-10 vs rvq"], rows)
 
 
+@renders("level_coding")
+def _level_coding() -> str:
+    """The study's sparse models re-coded with a level table a slot and atom (benchmarks/level_coding.py): each
+    family's BD-rate against the anchors before and after, and the bits each model's files saved."""
+    coded = result("level_coding")
+    rows, saved = [], []
+    for set_name in STUDY_SETS:
+        entry = coded["sets"].get(set_name)
+        if entry is None:
+            continue
+        for seed, by_family in sorted(entry["bd_rate"].items()):
+            for family, bd in by_family.items():
+                rows.append([set_name, seed, family, *(
+                    f"{signed(bd['one_table_a_slot'].get(f'vs_{a}'))} -> {signed(bd['given_atom'].get(f'vs_{a}'))}"
+                    for a in ("vanilla", "rvq", "fsq"))])
+        saved += [m["one_table_a_slot"]["bpp"] - m["given_atom"]["bpp"] for ms in entry["models"].values() for m in ms]
+    if not rows:
+        return "Not measured yet."
+    return (table(["set", "seed", "family", "BD-rate vs vanilla, one table a slot -> given the atom", "vs rvq",
+                   "vs fsq"], rows)
+            + f"\n\n{len(saved)} models (study library `{coded['study_source']}`, its held-out images); a model's files"
+            f" {min(saved):.3f}-{max(saved):.3f} bpp smaller, the same PSNR (the codes are unchanged).")
+
+
 @renders("study_doubling")
 def _study_doubling() -> str:
     """Every family against vanilla and rvq at the study's budget and at twice its stage-1 steps, where run."""
