@@ -745,6 +745,14 @@ def _best_sparse_words(set_name: str) -> str:
             f"{signed(b['bd_rate']['rvq'])} against rvq")
 
 
+def _level_coding_words(set_name: str) -> str:
+    """Seed 0's best sparse family of ``set_name`` re-coded with its levels given their atoms, in words."""
+    family = _study()["summary"]["best_sparse"][set_name]["0"]["family"]
+    bd = result("level_coding")["sets"][set_name]["bd_rate"]["0"][family]["given_atom"]
+    return (f"{SPARSE_NAMES[family]} {signed(bd['vs_vanilla'])} against vanilla and {signed(bd['vs_rvq'])} "
+            "against rvq")
+
+
 @renders("study_one_model_curves")
 def _study_one_model_curves() -> str:
     """Issue 26's one-model target: each rate-controlled model's span of rates within 0.3 dB of its per-rate family."""
@@ -893,6 +901,7 @@ RENDERERS.update({
     "study_synthesis_best": _synthesis_best,
     "study_best_sparse_embedded": lambda: _best_sparse_words("embedded"),
     "study_best_sparse_cifar10": lambda: _best_sparse_words("cifar10"),
+    "level_coding_best_cifar10": lambda: _level_coding_words("cifar10"),
     "study_synthesis_family": lambda: SPARSE_NAMES[_best_samples()[0]["family"]],
     "study_synthesis_margin": lambda: f"{-_best_samples()[0]['margin']:.1f}",
     **{f"study_{family}_vs_{anchor}{suffix}": (lambda f, a, s: lambda: signed(_bd_seed0(f, f"vs_{a}", s)))(
