@@ -8,7 +8,8 @@
   model trained before a change of the entropy coder ships with the current one);
 - ``top.pt`` [``bottom.pt``]: the PixelSNAIL priors without their optimizer states, in half precision (they
   are the larger part; coding computes with float64 copies of whatever weights ship, on both sides);
-- ``MODEL_CARD.md``: the data, settings, steps, wall times and figures of the run.
+- ``MODEL_CARD.md``: the data, settings, steps, wall times and figures of the run, and the library that trained
+  it (its source fingerprint, which stage 1 records; ``--trained-by`` names it for a run that did not).
 
 The files are checked to belong together (the model's fingerprint) and to fit ``--limit-mb``.
 """
@@ -39,8 +40,9 @@ BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "ph
 STAGES = ("prepare_data", "pretrain_dictionary", "train_vqvae", "extract_codes", "train_prior", "evaluate")
 
 
-def export(name: str, output: Path = ZOO, limit_mb: float = 25.0) -> Path:
-    """Write the zoo folder ``output/name`` from the current workspace's pipeline outputs."""
+def export(name: str, output: Path = ZOO, limit_mb: float = 25.0, trained_by: str | None = None) -> Path:
+    """Write the zoo folder ``output/name`` from the current workspace's pipeline outputs; ``trained_by`` names the
+    code that trained them where stage 1's metrics do not (a library source fingerprint, a commit)."""
     if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", name):
         raise ValueError(f"zoo names are lower-case letters, digits, - and _; got {name!r}")
     params = load_params()
@@ -62,7 +64,7 @@ def export(name: str, output: Path = ZOO, limit_mb: float = 25.0) -> Path:
     if total > limit_mb:
         raise ValueError(f"the zoo files of {name} hold {total:.1f} MB, over the {limit_mb} MB limit")
     with atomic_write(folder / "MODEL_CARD.md", "w") as handle:
-        handle.write(model_card(name, params, checkpoint.step, sizes, fingerprint))
+        handle.write(model_card(name, params, checkpoint.step, sizes, fingerprint, trained_by))
     return folder
 
 
@@ -70,9 +72,14 @@ def _json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def model_card(name: str, params: PipelineParams, steps: int, sizes: dict[str, int], fingerprint: str) -> str:
-    """The card: what the model saw, how it was trained and how long it took, and what it measures (the
-    stage-1 test figures of this run; the photo benchmark's, when it measured this model)."""
+def _library(source: str | None) -> str:
+    return "not recorded" if source is None else f"library source `{source}` (`sparse_vqvae.provenance`)"
+
+
+def model_card(name: str, params: PipelineParams, steps: int, sizes: dict[str, int], fingerprint: str,
+               trained_by: str | None = None) -> str:
+    """The card: what the model saw, how it was trained, by which code and how long it took, and what it measures
+    (the stage-1 test figures of this run; the photo benchmark's, when it measured this model)."""
     data, defaults = params.data, asdict(ModelConfig())
     settings = {k: v for k, v in asdict(params.model).items() if v != defaults[k]}
     prepared = _json(METRICS / "prepare_data.json")
@@ -96,6 +103,7 @@ def model_card(name: str, params: PipelineParams, steps: int, sizes: dict[str, i
         f"{params.pretrain.steps} unquantised pretraining steps; priors: {params.prior.steps} steps each "
         f"(positions `{params.prior.positions}`, attention "
         f"{f'over {params.prior.attention_rows} rows above' if params.prior.attention_rows else 'over every earlier position'})",
+        f"- trained by: {trained_by or _library(train.get('source'))}",
         "- files: " + ", ".join(f"`{file}` {size / 2**20:.2f} MB" for file, size in sizes.items()),
         "",
         "## Wall time (this machine, seconds a stage)",
@@ -113,7 +121,12 @@ def model_card(name: str, params: PipelineParams, steps: int, sizes: dict[str, i
                          + "; ".join(f"q{p['setting']} {p['bpp']:.3f} bpp {p['psnr']:.2f} dB" for p in measured["ours"]))
             lines.append("    BD-rate " + ", ".join(f"{key.removeprefix('bd_rate_')} "
                                                       + ("n/a" if value is None else f"{value:+.1f}%")
-                                                      for key, value in measured["summary"].items()))
+                                                      for key, value in measured["summary"].items()
+                                                      if key.startswith("bd_rate_")))
+            lines.append("    BD-PSNR " + ", ".join(f"{key.removeprefix('bd_psnr_')} "
+                                                      + ("n/a" if value is None else f"{value:+.2f} dB")
+                                                      for key, value in measured["summary"].items()
+                                                      if key.startswith("bd_psnr_")))
             speed = measured["speed"]
             lines.append(f"    speed at the highest quality: {speed['encode_mp_s']:.2f} MP/s encode, "
                          f"{speed['decode_mp_s']:.2f} MP/s decode ({benchmark['threads']} threads)")
@@ -129,8 +142,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("name", help="the zoo name (a folder of models/zoo)")
     parser.add_argument("--output", type=Path, default=ZOO, help="the zoo folder (default: %(default)s)")
     parser.add_argument("--limit-mb", type=float, default=25.0, help="refuse to ship more (default: %(default)s)")
+    parser.add_argument("--trained-by", help="the code that trained the run, where stage 1 did not record it "
+                                             "(e.g. 'library source 83e6e29275c1e0dd, commit 30cf48e')")
     args = parser.parse_args(argv)
-    print(f"wrote {export(args.name, args.output, args.limit_mb)}")
+    print(f"wrote {export(args.name, args.output, args.limit_mb, args.trained_by)}")
 
 
 if __name__ == "__main__":

@@ -330,7 +330,8 @@ def run(params: PipelineParams, tracker: StageTracker) -> dict[str, Any]:
         tracker.log_history(history)
     figures = _publish(history, params, tracker)
     tracker.timings["gpu_workers"] = int(use_gpu)
-    return figures | {"start_step": start_step, "steps_trained": figures["steps"] - start_step, "workers": workers}
+    return figures | {"start_step": start_step, "steps_trained": figures["steps"] - start_step, "workers": workers,
+                      "source": source_fingerprint()}  # the library that trained it: the zoo card names it
 
 
 def _publish(history: list[dict], params: PipelineParams, tracker: StageTracker) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import pytest
 
 from flows.workspace import make_workspace
 from sparse_vqvae.code_store import CodeStore
+from sparse_vqvae.provenance import source_fingerprint
 from sparse_vqvae.train import load_checkpoint
 
 from .pipeline_workspace import TINY, dvc, run
@@ -49,6 +50,7 @@ def test_residual_vq_through_the_pipeline_and_checkpoints_of_other_code_are_not_
     assert sorted(p.name for p in zoo.iterdir()) == ["MODEL_CARD.md", "bottom.pt", "codec.pt", "model.pt", "top.pt"]
     card = (zoo / "MODEL_CARD.md").read_text()
     assert '"selection_fn": "rvq"' in card and f"stage-1 steps: {TINY['train']['steps']}" in card
+    assert f"trained by: library source `{source_fingerprint()}`" in card  # the code that trained it
     assert load_checkpoint(zoo / "model.pt").model.fingerprint() == model.fingerprint()
     shipped = ["--model", str(zoo / "model.pt"), "--codec-model", str(zoo / "codec.pt")]
     run(["sparse-vqvae", "compress", "data/prepared/examples.png", "-o", "out", "--quality", "2", *shipped], root)
