@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from .benchmark_scripts import benchmark_script
 from .test_bd_rate import curve
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -143,3 +144,13 @@ def test_the_best_sparse_family_is_the_one_whose_worst_bd_rate_is_lowest(study):
     assert alone["family"] == "qmp_lambda" and alone["target_met"] is None
     assert study.best_sparse({"qmp_lambda": {"vs_vanilla": None, "vs_rvq": 3.0}})["target_met"] is False
     assert study.best_sparse({"rvq": bd["rvq"]}) is None
+
+
+def test_the_default_model_is_the_best_on_validation_at_vanilla_s_rate():
+    with benchmark_script("default_model") as default_model:
+        rows = {"vanilla": {"bpp": 1.0, "psnr": 26.0, "settings": {"selection_fn": "vanilla"}},
+                "omp": {"bpp": 1.09, "psnr": 26.5, "settings": {"selection_fn": "omp"}},
+                "rvq": {"bpp": 1.2, "psnr": 28.0, "settings": {"selection_fn": "rvq"}}}
+        assert default_model.chosen(rows) == "omp"  # rvq codes better, at 20% more bits than vanilla
+        rows["omp"]["psnr"] = 25.0
+        assert default_model.chosen(rows) == "vanilla"
