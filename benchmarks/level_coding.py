@@ -34,13 +34,14 @@ def model_of(point: dict[str, Any]) -> str:
     return json.dumps({k: v for k, v in point["settings"].items() if k != "quality"}, sort_keys=True)
 
 
-def cached_folders(cache: Path, set_name: str) -> dict[str, Path]:
-    """The study's cached models of ``set_name`` by their settings (less the quality)."""
+def cached_folders(cache: Path, set_name: str) -> dict[tuple[str, float], Path]:
+    """The study's cached models of ``set_name`` by the settings (less the quality) and file bpp of each of their
+    points: the doubling check's models share their settings with the study's, not their points."""
     found = {}
     for folder in sorted((cache / set_name).iterdir()):
         result = folder / "result.json"
         if (folder / "model.pt").is_file() and result.is_file():
-            found[model_of(json.loads(result.read_text())[0])] = folder
+            found.update({(model_of(point), point["bpp"]): folder for point in json.loads(result.read_text())})
     return found
 
 
@@ -83,7 +84,7 @@ def main() -> None:
             points = {name: list(pts) for name, pts in study[set_name].items()}
             for family in families:
                 chosen = [p for p in study[set_name].get(family, []) if p["settings"]["seed"] == seed]
-                rows = [recoded(folders[model_of(point)], point, images) for point in chosen]
+                rows = [recoded(folders[model_of(point), point["bpp"]], point, images) for point in chosen]
                 for row in rows:
                     print(f"{set_name} {family} {differing(row['settings'])}: study {row['study_bpp']:.4f} bpp, one table a "
                           f"slot {row['one_table_a_slot']['bpp']:.4f}, given the atom {row['given_atom']['bpp']:.4f} "
