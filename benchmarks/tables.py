@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 from functools import cache
@@ -807,6 +808,36 @@ def _study_history() -> str:
         rows.append([version, family, change, *cells])
     return table(["study", "family", "what it changed", "embedded vs vanilla", "embedded vs rvq", "CIFAR-10 vs vanilla",
                   "CIFAR-10 vs rvq"], rows)
+
+
+@renders("default_model")
+def _default_model() -> str:
+    """benchmarks/default_model.py: the candidates for `make run`'s default on validation crops, and the rule's pick."""
+    r = result("default_model")
+    rows = [[f"{row['settings']['selection_fn']}, {model_label(row['settings']['selection_fn'], row['settings'])}"
+             + (" (the current default)" if name == r["params_default"] else ""), f"{row['bpp']:.3f}",
+             f"{row['psnr']:.2f}", f"{row['ms_ssim']:.3f}", "**chosen**" if name == r["chosen"] else ""]
+            for name, row in r["candidates"].items()]
+    v = r["validation"]
+    return (table(["candidate", "bpp (files)", "PSNR (dB)", "MS-SSIM", "rule"], rows)
+            + f"\n\n{v['crops']} validation crops of `{v['photograph']}` (a training photograph; the models trained on "
+            f"the other photographs' {v['training_crops']} crops), {r['budget']['steps']} stage-1 steps, seed 0, "
+            f"library `{r['source']}`. Rule: the best PSNR at no more than vanilla's bits + {r['rate_slack']:.0%}.")
+
+
+def _default_model_words() -> str:
+    """The current default against vanilla, and against the log-rate line from vanilla to rvq's two stages."""
+    r = result("default_model")
+    rows = {row["settings"]["selection_fn"]: row for row in r["candidates"].values()}
+    ours, vanilla, rvq = r["candidates"][r["params_default"]], rows["vanilla"], rows["rvq"]
+    share = math.log(ours["bpp"] / vanilla["bpp"]) / math.log(rvq["bpp"] / vanilla["bpp"])
+    line = vanilla["psnr"] + share * (rvq["psnr"] - vanilla["psnr"])
+    return (f"{signed(100 * (ours['bpp'] / vanilla['bpp'] - 1))} bits against vanilla for "
+            f"{signed(ours['psnr'] - vanilla['psnr'], 2, ' dB')}, {signed(ours['psnr'] - line, 2, ' dB')} from the "
+            "log-rate line between vanilla and rvq's two stages")
+
+
+RENDERERS["default_model_words"] = _default_model_words
 
 
 @renders("level_coding")
