@@ -183,7 +183,7 @@ def targets(ours: list[dict], jpeg: list[dict], webp: list[dict]) -> dict:
     the top quality's PSNR, the smallest step between qualities, BD-rate against JPEG over JPEG's 26-33 dB (and
     over which PSNRs it is defined, both curves reaching only so far), BD-PSNR against JPEG, BD-rate against WebP."""
     psnrs = [p["psnr"] for p in sorted(ours, key=lambda p: p["setting"])]
-    reached = (max(JPEG_RANGE[0], min(p["psnr"] for p in ours + jpeg)),
+    reached = (max(JPEG_RANGE[0], min(p["psnr"] for p in ours), min(p["psnr"] for p in jpeg)),
                min(JPEG_RANGE[1], max(p["psnr"] for p in ours), max(p["psnr"] for p in jpeg)))
     figures = {"top_psnr": (psnrs[-1], lambda x: x >= TOP_PSNR),
                "smallest_step_db": (min(np.diff(psnrs)) if len(psnrs) > 1 else None, lambda x: x >= MIN_STEP),

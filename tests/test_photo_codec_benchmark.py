@@ -38,6 +38,8 @@ def test_the_targets_read_the_curves_against_jpeg_and_webp():
         rising = photo_codec.targets(curve(0.5, [24.0, 26.0, 28.0, 30.0, 32.0, 34.0]), jpeg, jpeg)
         assert rising["top_psnr"]["met"] and rising["smallest_step_db"]["met"] and rising["bd_psnr_vs_jpeg"]["met"]
         assert rising["bd_rate_vs_jpeg_psnr_range"] == [26.0, 33.0]
+        assert photo_codec.targets(curve(0.5, [27.0, 29.0, 31.0]), jpeg, jpeg)["bd_rate_vs_jpeg_psnr_range"] == [27.0,
+                                                                                                        31.0]
         # Half JPEG's bits up to 33 dB, four times its bits at 36 dB: only the half counts.
         reaching = curve(1.0, [24.0, 26.0, 28.0, 30.0, 32.0, 33.0, 36.0])
         split = curve(0.5, [24.0, 26.0, 28.0, 30.0, 32.0, 33.0]) + [{**reaching[6], "bpp": 4 * reaching[6]["bpp"]}]
