@@ -149,10 +149,9 @@ def test_the_config_builds_it_with_its_lambdas():
 def test_a_rate_controlled_model_takes_ten_qualities_and_its_files_shrink_with_them():
     """qmp trained over multipliers: the codec's quality is the encoder's multiplier (quality 10: none), every file
     codes the pairs its encoder chose and decodes to the model's decoding of them."""
-    from sparse_vqvae.codec import Codec, qualities
+    from sparse_vqvae.codec import Codec, fit_frequencies, qualities
     from sparse_vqvae.rate_control import quality_lambda
     from sparse_vqvae.config import TrainConfig
-    from sparse_vqvae.entropy_coding import FrequencyModel
     from sparse_vqvae.train import train
 
     from .test_codec import metadata
@@ -164,7 +163,7 @@ def test_a_rate_controlled_model_takes_ten_qualities_and_its_files_shrink_with_t
     model.eval()
     with torch.no_grad():
         maps = model.encode(images)[1]
-    codec = Codec(model, FrequencyModel.fit(maps, metadata(model, maps)))
+    codec = Codec(model, fit_frequencies(model, maps, metadata(model, maps), Images(images)))  # as it ships
     assert list(qualities(model)) == list(range(1, 11))
     assert quality_lambda(model, 1) == pytest.approx(0.1) and quality_lambda(model, 9) == pytest.approx(1e-3)
     assert quality_lambda(model, 10) == 0
