@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from _results import RESULTS, write_json
 from rate_distortion_study import DEFAULT_CACHE, compare, differing
+from tables import model_of
 
 from sparse_vqvae.code_store import CodeStore
 from sparse_vqvae.codec import Codec
@@ -28,10 +29,6 @@ from sparse_vqvae.data import ImageArray
 from sparse_vqvae.entropy_coding import FrequencyModel
 from sparse_vqvae.rate_distortion import sparse_vqvae_point
 from sparse_vqvae.train import load_checkpoint
-
-
-def model_of(point: dict[str, Any]) -> str:
-    return json.dumps({k: v for k, v in point["settings"].items() if k != "quality"}, sort_keys=True)
 
 
 def cached_folders(cache: Path, set_name: str) -> dict[tuple[str, float], Path]:

@@ -581,7 +581,7 @@ def model_label(family: str, s: dict) -> str:
     return f"alpha {s['alpha']}, <= {s['max_nonzero']} atoms, N={s['num_atoms']}, {levels}"
 
 
-def _model(point: dict) -> str:
+def model_of(point: dict) -> str:
     """The model a point was measured on (a rate-controlled model's qualities share one)."""
     return json.dumps({k: v for k, v in point["settings"].items() if k != "quality"}, sort_keys=True)
 
@@ -635,7 +635,7 @@ def _study_status() -> str:
     parts = []
     for set_name in STUDY_SETS:
         for seed in summary["seeds"]:
-            measured = {_model(p) for _, p in _rows_of(study, set_name) if p["settings"]["seed"] == seed}
+            measured = {model_of(p) for _, p in _rows_of(study, set_name) if p["settings"]["seed"] == seed}
             missing = [m for m in summary.get("missing", []) if m["set"] == set_name and m["seed"] == seed]
             total = len(measured) + len(missing)
             if not missing:
@@ -658,7 +658,7 @@ def _study_source() -> str:
     for set_name in STUDY_SETS:
         models: dict[str, float] = {}
         for _, p in _rows_of(_study(), set_name):  # a model's points carry its seconds so far: the last is its own
-            models[_model(p)] = max(models.get(_model(p), 0.0), p["seconds"])
+            models[model_of(p)] = max(models.get(model_of(p), 0.0), p["seconds"])
         if models:
             hours[set_name] = f"{sum(models.values()) / 3600:.1f} for the {len(models)} models of {set_name}"
     return (f"library source `{summary['source']}`" + (f" (as commit {commit[:7]} left it)" if commit else "")

@@ -244,8 +244,7 @@ class FrequencyModel:
                 atoms = self._ranks(index, count, self.slots, lambda table, rows: generator.choice(len(table), rows,
                                                                                                      p=table))
             else:
-                atoms = self._atoms_by_slot(index, count, self.slots, lambda table: np.minimum(
-                    (table.cumsum(axis=1) < generator.random(len(table))[:, None]).sum(axis=1), self.num_atoms - 1))
+                atoms = self._atoms_by_slot(index, count, self.slots, lambda table: _draw_rows(table, generator))
             levels = np.zeros_like(atoms)
             for slot in range(self.slots):
                 table = self._level_table(index, slot, np.where(atoms[:, slot] == EMPTY, slot * self.stage_atoms,
@@ -253,8 +252,7 @@ class FrequencyModel:
                 if table.ndim == 1:
                     levels[:, slot] = generator.choice(self.coef_levels, size=positions, p=table)
                 else:
-                    drawn = (table.cumsum(axis=1) < generator.random(positions)[:, None]).sum(axis=1)
-                    levels[:, slot] = np.minimum(drawn, self.coef_levels - 1)
+                    levels[:, slot] = _draw_rows(table, generator)
             levels *= atoms != EMPTY
             shape = (n, height, width, self.slots)
             maps.append(Codes(torch.from_numpy(atoms.reshape(shape)), torch.from_numpy(levels.reshape(shape))))
@@ -394,6 +392,11 @@ def raised(result):
 def _normalised(counts: torch.Tensor) -> np.ndarray:
     smoothed = counts.double().numpy() + 1.0
     return smoothed / smoothed.sum()
+
+
+def _draw_rows(table: np.ndarray, generator: np.random.Generator) -> np.ndarray:
+    """One symbol drawn from each row of a [rows, n] table (the last where rounding leaves the sum short of 1)."""
+    return np.minimum((table.cumsum(axis=1) < generator.random(len(table))[:, None]).sum(axis=1), table.shape[1] - 1)
 
 
 def _levels_given_atoms(counts: torch.Tensor) -> np.ndarray:

@@ -119,14 +119,11 @@ def model_card(name: str, params: PipelineParams, steps: int, sizes: dict[str, i
         for set_name, measured in benchmark["sets"].items():
             lines.append(f"  - {set_name} ({len(measured['images'])} photographs, {measured['megapixels_mean']:.2f} MP): "
                          + "; ".join(f"q{p['setting']} {p['bpp']:.3f} bpp {p['psnr']:.2f} dB" for p in measured["ours"]))
-            lines.append("    BD-rate " + ", ".join(f"{key.removeprefix('bd_rate_')} "
-                                                      + ("n/a" if value is None else f"{value:+.1f}%")
+            for prefix, label, unit in (("bd_rate_", "BD-rate", "{:+.1f}%"), ("bd_psnr_", "BD-PSNR", "{:+.2f} dB")):
+                lines.append(f"    {label} " + ", ".join(f"{key.removeprefix(prefix)} "
+                                                      + ("n/a" if value is None else unit.format(value))
                                                       for key, value in measured["summary"].items()
-                                                      if key.startswith("bd_rate_")))
-            lines.append("    BD-PSNR " + ", ".join(f"{key.removeprefix('bd_psnr_')} "
-                                                      + ("n/a" if value is None else f"{value:+.2f} dB")
-                                                      for key, value in measured["summary"].items()
-                                                      if key.startswith("bd_psnr_")))
+                                                      if key.startswith(prefix)))
             speed = measured["speed"]
             lines.append(f"    speed at the highest quality: {speed['encode_mp_s']:.2f} MP/s encode, "
                          f"{speed['decode_mp_s']:.2f} MP/s decode ({benchmark['threads']} threads)")
