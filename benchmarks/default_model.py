@@ -54,11 +54,12 @@ def splits(cache: Path, data: DataConfig) -> tuple[ImageArray, ImageArray]:
 
 
 def candidates() -> dict[str, ModelConfig]:
-    """The pipeline's default model and the sweep's grid, each grid entry applied to the default."""
+    """The pipeline's default model and the sweep's grid, each grid entry applied to the default (an entry that is
+    the default itself once only)."""
     default = load_params(PARAMS).model
     grid = {variant_name(v): dataclasses.replace(default, **{k.removeprefix("model."): x for k, x in v.items()})
             for v in DEFAULT_GRID}
-    return {PARAMS_DEFAULT: default, **grid}
+    return {PARAMS_DEFAULT: default, **{name: config for name, config in grid.items() if config != default}}
 
 
 def chosen(rows: dict[str, dict[str, Any]]) -> str:

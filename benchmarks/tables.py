@@ -815,7 +815,7 @@ def _default_model() -> str:
     """benchmarks/default_model.py: the candidates for `make run`'s default on validation crops, and the rule's pick."""
     r = result("default_model")
     rows = [[f"{row['settings']['selection_fn']}, {model_label(row['settings']['selection_fn'], row['settings'])}"
-             + (" (the current default)" if name == r["params_default"] else ""), f"{row['bpp']:.3f}",
+             + (" (the default when measured)" if name == r["params_default"] else ""), f"{row['bpp']:.3f}",
              f"{row['psnr']:.2f}", f"{row['ms_ssim']:.3f}", "**chosen**" if name == r["chosen"] else ""]
             for name, row in r["candidates"].items()]
     v = r["validation"]
@@ -826,7 +826,7 @@ def _default_model() -> str:
 
 
 def _default_model_words() -> str:
-    """The current default against vanilla, and against the log-rate line from vanilla to rvq's two stages."""
+    """The default when measured against vanilla, and against the log-rate line from vanilla to rvq's two stages."""
     r = result("default_model")
     rows = {row["settings"]["selection_fn"]: row for row in r["candidates"].values()}
     ours, vanilla, rvq = r["candidates"][r["params_default"]], rows["vanilla"], rows["rvq"]

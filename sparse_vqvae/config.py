@@ -119,7 +119,7 @@ def section_from_mapping(cls: type[Section], section: str, mapping: Any) -> Sect
 class ModelConfig:
     """The VQ-VAE-2 and its quantizer. Defaults follow VQ-VAE-2 (rosinality) and the sparse-VQ-VAE seed."""
 
-    selection_fn: str = "omp"  # vanilla | rvq (residual) | fsq (finite scalar) | omp | qmp (quantised pursuit) | lasso
+    selection_fn: str = "vanilla"  # vanilla | rvq (residual) | fsq (finite scalar) | omp | qmp (quantised pursuit) | lasso
     maps: int = 2  # 2: top/bottom code maps of VQ-VAE-2's hierarchy; 1: one quantised map
     num_strides: int = 2  # maps=1 only: the map is 2**(num_strides + 1) times smaller (2 -> /8)
     channels: int = 128

@@ -92,6 +92,12 @@ class VQVAEOutput(NamedTuple):
     stats: dict[str, torch.Tensor]
 
 
+# The settings a model's identity is taken against: the defaults, but each at the value it had when identities
+# began. The pipeline's default quantizer moved from omp to vanilla later (docs/decisions.md); taken against the
+# live default, that move would have renamed every omp and vanilla model made before it.
+IDENTITY_DEFAULTS = {**asdict(ModelConfig()), "selection_fn": "omp"}
+
+
 class VQVAE2(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -126,8 +132,7 @@ class VQVAE2(nn.Module):
         """A short hash of the model's arguments and weights: stored codes name the model that made them. Arguments
         at their default are left out, so a setting added later (at a default that keeps the old behaviour) does
         not change the identity of every model already made, nor orphan its files and entropy models."""
-        defaults = asdict(ModelConfig())
-        chosen = {key: value for key, value in self.arguments.items() if value != defaults[key]}
+        chosen = {key: value for key, value in self.arguments.items() if value != IDENTITY_DEFAULTS[key]}
         digest = hashlib.sha256(json.dumps(chosen, sort_keys=True).encode())
         for name, tensor in sorted(self.state_dict().items()):
             digest.update(name.encode())

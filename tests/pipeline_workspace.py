@@ -1,4 +1,5 @@
-"""Tiny pipeline workspaces for the integration tests: seconds per stage, the real tools."""
+"""Tiny pipeline workspaces for the integration tests: seconds per stage, the real tools. They train OMP, the project's
+own quantizer and the one with the most moving parts (levels, atoms, the dictionary), not `make run`'s default."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 TINY = {
     "data": {"train_count": 64, "test_count": 16, "image_size": 16},
-    "model": {"channels": 16, "res_blocks": 1, "res_channels": 8, "embed_dim": 8, "num_atoms": 32,
+    "model": {"selection_fn": "omp", "channels": 16, "res_blocks": 1, "res_channels": 8, "embed_dim": 8, "num_atoms": 32,
               "coef_levels": 16},
     "pretrain": {"steps": 4, "batch_size": 16, "latents": 512, "iterations": 2},
     "train": {"steps": 6, "batch_size": 16, "eval_every": 3, "checkpoint_every": 2},

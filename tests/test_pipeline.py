@@ -107,7 +107,7 @@ def test_repro_produces_every_out_metric_and_plot(workspace):
 def test_rate_distortion_has_both_entropy_models_and_the_references(workspace):
     with open(workspace / "eval/rate_distortion.csv") as handle:
         rows = {(row["codec"], row["setting"]): row for row in csv.DictReader(handle)}
-    quality = str(ModelConfig().n_nonzero)  # our setting is the quality: all K slots of the default OMP model
+    quality = str(ModelConfig().n_nonzero)  # our setting is the quality: all K slots of the workspace's OMP model
     factorised, prior = rows[("sparse-vqvae omp (factorised)", quality)], rows[("sparse-vqvae omp (prior)", quality)]
     assert int(factorised["images"]) == TINY["evaluate"]["rate_distortion_images"]
     assert int(prior["images"]) == TINY["evaluate"]["prior_coding_images"]
@@ -145,7 +145,7 @@ def test_a_second_repro_runs_nothing(workspace):
 def test_the_sweep_runs_its_variants_at_once(workspace, tmp_path, monkeypatch):
     """Two variants, concurrency 2: their pipeline flow runs overlap in time. (Their workspaces start as copies of
     the reproduced one, with the same parameters: every stage up to date, so each flow run takes seconds.)"""
-    grid = [{"model.selection_fn": "omp"}, {"model.n_nonzero": ModelConfig().n_nonzero}]  # both the defaults
+    grid = [{"model.selection_fn": "omp"}, {"model.n_nonzero": ModelConfig().n_nonzero}]  # both the workspace's own
     root = tmp_path / "sweeps"
     for variant in grid:
         shutil.copytree(workspace, root / variant_name(variant), ignore=shutil.ignore_patterns("mlflow.db", "mlartifacts"))
