@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import operator
 import time
 from pathlib import Path
 
@@ -178,6 +179,9 @@ def jpeg_speed(images: list[tuple[str, torch.Tensor]]) -> dict:
     return {"encode_mp_s": megapixels / encode_s, "decode_mp_s": megapixels / (time.perf_counter() - start)}
 
 
+_SENSES = {">=": operator.ge, "<=": operator.le}
+
+
 def targets(ours: list[dict], jpeg: list[dict], webp: list[dict]) -> dict:
     """The codec's targets on a set, each with its figure and whether it is met (None: the figure is undefined):
     the top quality's PSNR, the smallest step between qualities, BD-rate against JPEG over JPEG's 26-33 dB (and
@@ -185,14 +189,15 @@ def targets(ours: list[dict], jpeg: list[dict], webp: list[dict]) -> dict:
     psnrs = [p["psnr"] for p in sorted(ours, key=lambda p: p["setting"])]
     reached = (max(JPEG_RANGE[0], min(p["psnr"] for p in ours), min(p["psnr"] for p in jpeg)),
                min(JPEG_RANGE[1], max(p["psnr"] for p in ours), max(p["psnr"] for p in jpeg)))
-    figures = {"top_psnr": (psnrs[-1], lambda x: x >= TOP_PSNR),
-               "smallest_step_db": (min(np.diff(psnrs)) if len(psnrs) > 1 else None, lambda x: x >= MIN_STEP),
-               "bd_rate_vs_jpeg_26_33": (bd_rate(jpeg, ours, within=JPEG_RANGE), lambda x: x <= BD_RATE_VS_JPEG),
-               "bd_psnr_vs_jpeg": (bd_psnr(jpeg, ours), lambda x: x >= BD_PSNR_VS_JPEG),
-               "bd_rate_vs_webp": (bd_rate(webp, ours), lambda x: x <= BD_RATE_VS_WEBP)}
+    figures = {"top_psnr": (psnrs[-1], ">=", TOP_PSNR),
+               "smallest_step_db": (min(np.diff(psnrs)) if len(psnrs) > 1 else None, ">=", MIN_STEP),
+               "bd_rate_vs_jpeg_26_33": (bd_rate(jpeg, ours, within=JPEG_RANGE), "<=", BD_RATE_VS_JPEG),
+               "bd_psnr_vs_jpeg": (bd_psnr(jpeg, ours), ">=", BD_PSNR_VS_JPEG),
+               "bd_rate_vs_webp": (bd_rate(webp, ours), "<=", BD_RATE_VS_WEBP)}
     return {"bd_rate_vs_jpeg_psnr_range": list(reached) if reached[0] < reached[1] else None,
-            **{name: {"figure": None if x is None else float(x), "met": None if x is None else bool(met(x))}
-               for name, (x, met) in figures.items()}}
+            **{name: {"figure": None if x is None else float(x), "target": f"{sense} {bound:g}",
+                      "met": None if x is None else bool(_SENSES[sense](x, bound))}
+               for name, (x, sense, bound) in figures.items()}}
 
 
 def target_words(target: dict) -> str:
