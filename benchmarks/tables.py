@@ -388,10 +388,13 @@ def _photo_codec_summary() -> str:
                   "vs WebP, MS-SSIM", "encode / decode MP/s", "JPEG MP/s", "prior-coded s an image"], rows)
 
 
-_PHOTO_TARGETS = {"top_psnr": ("the top quality's PSNR", "{:.2f} dB"),  # key: what it is, how its figure reads
-                  "smallest_step_db": ("the smallest step between qualities", "{:.2f} dB"),
-                  "bd_rate_vs_jpeg_26_33": ("BD-rate vs JPEG over its 26-33 dB", "{:+.1f}%"),
-                  "bd_psnr_vs_jpeg": ("BD-PSNR vs JPEG", "{:+.2f} dB"), "bd_rate_vs_webp": ("BD-rate vs WebP", "{:+.1f}%")}
+_PHOTO_TARGETS = {  # key: what it is, how its figure reads, its unit
+    "top_psnr": ("the top quality's PSNR", "{:.2f}", " dB"),
+    "smallest_step_db": ("the smallest step between qualities", "{:.2f}", " dB"),
+    "bd_rate_vs_jpeg_26_33": ("BD-rate vs JPEG over its 26-33 dB", "{:+.1f}", "%"),
+    "bd_psnr_vs_jpeg": ("BD-PSNR vs JPEG", "{:+.2f}", " dB"),
+    "bd_rate_vs_webp": ("BD-rate vs WebP", "{:+.1f}", "%"),
+}
 
 
 @renders("photo_codec_targets")
@@ -400,14 +403,13 @@ def _photo_codec_targets() -> str:
     rows = []
     for name, v in result("photo_codec")["sets"].items():
         reached = v.get("targets", {}).get("bd_rate_vs_jpeg_psnr_range")
-        for key, (what, form) in _PHOTO_TARGETS.items():
+        for key, (what, form, unit) in _PHOTO_TARGETS.items():
             if key not in v.get("targets", {}):
                 continue
             t = v["targets"][key]
             if key == "bd_rate_vs_jpeg_26_33" and reached:
                 what = f"BD-rate vs JPEG over {reached[0]:.1f}-{reached[1]:.1f} dB (of 26-33)"
-            unit = form.split("}")[1]
-            rows.append([name, what, "undefined" if t["figure"] is None else form.format(t["figure"]),
+            rows.append([name, what, "undefined" if t["figure"] is None else form.format(t["figure"]) + unit,
                          f"{t['target']}{unit}", "undefined" if t["met"] is None else ("met" if t["met"] else
                                                                                       "**not met**")])
     if not rows:

@@ -12,8 +12,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 TINY = {
     "data": {"train_count": 64, "test_count": 16, "image_size": 16},
-    "model": {"selection_fn": "omp", "channels": 16, "res_blocks": 1, "res_channels": 8, "embed_dim": 8, "num_atoms": 32,
-              "coef_levels": 16},
+    "model": {"selection_fn": "omp", "channels": 16, "res_blocks": 1, "res_channels": 8, "embed_dim": 8,
+              "num_atoms": 32, "coef_levels": 16},
     "pretrain": {"steps": 4, "batch_size": 16, "latents": 512, "iterations": 2},
     "train": {"steps": 6, "batch_size": 16, "eval_every": 3, "checkpoint_every": 2},
     "ray": {"num_workers": 2},
