@@ -778,10 +778,28 @@ SPARSE_NAMES = {"qmp": "quantised pursuit", "qmp_lambda": "rate-controlled quant
 
 
 def _best_sparse_words(set_name: str) -> str:
-    """Seed 0's best sparse family on ``set_name`` against vanilla and rvq, in words."""
-    b = _study()["summary"]["best_sparse"][set_name]["0"]
-    return (f"{SPARSE_NAMES[b['family']]}, {signed(b['bd_rate']['vanilla'])} against vanilla and "
-            f"{signed(b['bd_rate']['rvq'])} against rvq")
+    """Seed 0's best sparse family on ``set_name`` against vanilla and rvq, in words; then every other seed whose
+    models are all in (its own best family named where it differs), so the spread is read beside the figure."""
+    study = _study()
+    by_seed = study["summary"]["best_sparse"][set_name]
+    first = by_seed["0"]
+    words = (f"{SPARSE_NAMES[first['family']]}, {signed(first['bd_rate']['vanilla'])} against vanilla and "
+             f"{signed(first['bd_rate']['rvq'])} against rvq")
+    others = [f"seed {seed}: " + ("" if b["family"] == first["family"] else f"{SPARSE_NAMES[b['family']]}, ")
+              + f"{signed(b['bd_rate']['vanilla'])} / {signed(b['bd_rate']['rvq'])}"
+              for seed, b in sorted(by_seed.items()) if seed != "0" and not _missing(study, set_name, int(seed))]
+    return words + (f" (seed 0; {'; '.join(others)})" if others else "")
+
+
+def _study_progress() -> str:
+    """How far the study is: the seeds whose models are all in, set by set."""
+    study = _study()
+    seeds = study["summary"]["seeds"]
+    done = {set_name: [s for s in seeds if not _missing(study, set_name, s)] for set_name in STUDY_SETS}
+    if all(len(d) == len(seeds) for d in done.values()):
+        return f"{len(seeds)} seeds of both sets"
+    return "under way: " + ", ".join(f"{set_name} seed{'s' if len(d) > 1 else ''} {' and '.join(map(str, d))}"
+                                     if d else f"{set_name} none" for set_name, d in done.items()) + " complete"
 
 
 def _level_coding_words(set_name: str) -> str:
@@ -970,6 +988,7 @@ RENDERERS.update({
     "study_synthesis_best": _synthesis_best,
     "study_best_sparse_embedded": lambda: _best_sparse_words("embedded"),
     "study_best_sparse_cifar10": lambda: _best_sparse_words("cifar10"),
+    "study_progress": _study_progress,
     "level_coding_best_cifar10": lambda: _level_coding_words("cifar10"),
     "study_synthesis_family": lambda: SPARSE_NAMES[_best_samples()[0]["family"]],
     "study_synthesis_margin": lambda: f"{-_best_samples()[0]['margin']:.1f}",
