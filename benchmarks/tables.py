@@ -803,11 +803,16 @@ def _study_progress() -> str:
 
 
 def _level_coding_words(set_name: str) -> str:
-    """Seed 0's best sparse family of ``set_name`` re-coded with its levels given their atoms, in words."""
-    family = _study()["summary"]["best_sparse"][set_name]["0"]["family"]
-    bd = result("level_coding")["sets"][set_name]["bd_rate"]["0"][family]["given_atom"]
+    """Seed 0's best sparse family of ``set_name`` re-coded with its levels given their atoms, in words; then every
+    other seed re-coded (that seed's best family)."""
+    best = _study()["summary"]["best_sparse"][set_name]
+    coded = result("level_coding")["sets"][set_name]["bd_rate"]
+    given = {seed: coded[seed][best[seed]["family"]]["given_atom"] for seed in coded if seed in best}
+    family, bd = best["0"]["family"], given["0"]
+    others = [f"seed {seed}: " + ("" if best[seed]["family"] == family else f"{SPARSE_NAMES[best[seed]['family']]}, ")
+              + f"{signed(b['vs_vanilla'])} / {signed(b['vs_rvq'])}" for seed, b in sorted(given.items()) if seed != "0"]
     return (f"{SPARSE_NAMES[family]} {signed(bd['vs_vanilla'])} against vanilla and {signed(bd['vs_rvq'])} "
-            "against rvq")
+            "against rvq" + (f" (seed 0; {'; '.join(others)})" if others else ""))
 
 
 @renders("study_one_model_curves")
