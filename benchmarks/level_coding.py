@@ -79,8 +79,11 @@ def main() -> None:
         bd: dict[str, dict] = {}
         for seed in seeds:
             points = {name: list(pts) for name, pts in study[set_name].items()}
-            for family in families:
-                chosen = [p for p in study[set_name].get(family, []) if p["settings"]["seed"] == seed]
+            # the study trains a second seed of the anchors and of its best sparse family only: the others have no
+            # model of this seed to re-code
+            seeded = [f for f in families if any(p["settings"]["seed"] == seed for p in study[set_name].get(f, []))]
+            for family in seeded:
+                chosen = [p for p in study[set_name][family] if p["settings"]["seed"] == seed]
                 rows = [recoded(folders[model_of(point), point["bpp"]], point, images) for point in chosen]
                 for row in rows:
                     print(f"{set_name} {family} {differing(row['settings'])}: study {row['study_bpp']:.4f} bpp, one table a "
@@ -89,8 +92,8 @@ def main() -> None:
                 measured[family] += rows
                 points[family] = [{**p, "bpp": r["given_atom"]["bpp"], "bpp_prior": None} for p, r in zip(chosen, rows)]
             before, after = compare(study[set_name], seed), compare(points, seed)
-            bd[str(seed)] = {f: {"one_table_a_slot": before.get(f), "given_atom": after.get(f)} for f in families}
-            for family in families:
+            bd[str(seed)] = {f: {"one_table_a_slot": before.get(f), "given_atom": after.get(f)} for f in seeded}
+            for family in seeded:
                 shown = ", ".join(f"{a}: {before[family][f'vs_{a}']:+.1f}% -> {after[family][f'vs_{a}']:+.1f}%"
                                   for a in ("vanilla", "rvq", "fsq")
                                   if before[family].get(f"vs_{a}") is not None
