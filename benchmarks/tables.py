@@ -777,18 +777,25 @@ SPARSE_NAMES = {"qmp": "quantised pursuit", "qmp_lambda": "rate-controlled quant
                 "lasso": "the LASSO"}
 
 
+def _other_seeds(family: str, seeds: dict[str, tuple[str, dict]]) -> str:
+    """' (seed 0; seed 1: +x% / +y%)': the seeds after 0 beside seed 0's figure, each's best family named where it
+    is not seed 0's ``family``; ``seeds``: seed -> (its family, its BD-rates {"vanilla": .., "rvq": ..})."""
+    words = [f"seed {seed}: " + ("" if best == family else f"{SPARSE_NAMES[best]}, ")
+             + f"{signed(bd['vanilla'])} / {signed(bd['rvq'])}" for seed, (best, bd) in sorted(seeds.items())
+             if seed != "0"]
+    return f" (seed 0; {'; '.join(words)})" if words else ""
+
+
 def _best_sparse_words(set_name: str) -> str:
     """Seed 0's best sparse family on ``set_name`` against vanilla and rvq, in words; then every other seed whose
-    models are all in (its own best family named where it differs), so the spread is read beside the figure."""
+    models are all in, so the spread is read beside the figure."""
     study = _study()
     by_seed = study["summary"]["best_sparse"][set_name]
     first = by_seed["0"]
-    words = (f"{SPARSE_NAMES[first['family']]}, {signed(first['bd_rate']['vanilla'])} against vanilla and "
-             f"{signed(first['bd_rate']['rvq'])} against rvq")
-    others = [f"seed {seed}: " + ("" if b["family"] == first["family"] else f"{SPARSE_NAMES[b['family']]}, ")
-              + f"{signed(b['bd_rate']['vanilla'])} / {signed(b['bd_rate']['rvq'])}"
-              for seed, b in sorted(by_seed.items()) if seed != "0" and not _missing(study, set_name, int(seed))]
-    return words + (f" (seed 0; {'; '.join(others)})" if others else "")
+    others = {seed: (b["family"], b["bd_rate"]) for seed, b in by_seed.items()
+              if not _missing(study, set_name, int(seed))}
+    return (f"{SPARSE_NAMES[first['family']]}, {signed(first['bd_rate']['vanilla'])} against vanilla and "
+            f"{signed(first['bd_rate']['rvq'])} against rvq" + _other_seeds(first["family"], others))
 
 
 def _study_progress() -> str:
@@ -804,15 +811,15 @@ def _study_progress() -> str:
 
 def _level_coding_words(set_name: str) -> str:
     """Seed 0's best sparse family of ``set_name`` re-coded with its levels given their atoms, in words; then every
-    other seed re-coded (that seed's best family)."""
+    other seed whose best family was re-coded."""
     best = _study()["summary"]["best_sparse"][set_name]
     coded = result("level_coding")["sets"][set_name]["bd_rate"]
-    given = {seed: coded[seed][best[seed]["family"]]["given_atom"] for seed in coded if seed in best}
-    family, bd = best["0"]["family"], given["0"]
-    others = [f"seed {seed}: " + ("" if best[seed]["family"] == family else f"{SPARSE_NAMES[best[seed]['family']]}, ")
-              + f"{signed(b['vs_vanilla'])} / {signed(b['vs_rvq'])}" for seed, b in sorted(given.items()) if seed != "0"]
-    return (f"{SPARSE_NAMES[family]} {signed(bd['vs_vanilla'])} against vanilla and {signed(bd['vs_rvq'])} "
-            "against rvq" + (f" (seed 0; {'; '.join(others)})" if others else ""))
+    given = {seed: (best[seed]["family"], {a: family[best[seed]["family"]]["given_atom"][f"vs_{a}"]
+                                           for a in ("vanilla", "rvq")})
+             for seed, family in coded.items() if seed in best and best[seed]["family"] in family}
+    first, bd = given["0"]
+    return (f"{SPARSE_NAMES[first]} {signed(bd['vanilla'])} against vanilla and {signed(bd['rvq'])} against rvq"
+            + _other_seeds(first, given))
 
 
 @renders("study_one_model_curves")
