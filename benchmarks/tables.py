@@ -980,6 +980,16 @@ def _best_samples() -> tuple[dict, dict]:
     return family, verdict["families"][family["family"]]["0"]["best"]
 
 
+def _synthesis_seeds() -> str:
+    """Every seed's best sparse samples against vanilla's at equal bits, in words: whether one family wins on all."""
+    by_seed = _study()["summary"]["synthesis_at_equal_bits"]["best_sparse"]
+    words = [f"seed {seed}: {SPARSE_NAMES[b['family']]}, FD {abs(b['margin']):.1f} "
+             f"{'below' if b['margin'] < 0 else 'above'} vanilla's best" for seed, b in sorted(by_seed.items())]
+    verdict = ("closer than vanilla's on every seed" if all(b["margin"] <= 0 for b in by_seed.values())
+               else "no sparse family closer than vanilla's on every seed")
+    return "; ".join(words) + f" ({verdict})"
+
+
 def _synthesis_best() -> str:
     """The best sparse model's samples against vanilla's best at no more bits, seed 0, in words."""
     winner, best = _best_samples()
@@ -1002,8 +1012,7 @@ RENDERERS.update({
     "study_best_sparse_cifar10": lambda: _best_sparse_words("cifar10"),
     "study_progress": _study_progress,
     "level_coding_best_cifar10": lambda: _level_coding_words("cifar10"),
-    "study_synthesis_family": lambda: SPARSE_NAMES[_best_samples()[0]["family"]],
-    "study_synthesis_margin": lambda: f"{-_best_samples()[0]['margin']:.1f}",
+    "study_synthesis_seeds": _synthesis_seeds,
     **{f"study_{family}_vs_{anchor}{suffix}": (lambda f, a, s: lambda: signed(_bd_seed0(f, f"vs_{a}", s)))(
            family, anchor, set_name)
        for family, anchor, set_name, suffix in (
