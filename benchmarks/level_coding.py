@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 from _results import RESULTS, write_json
-from rate_distortion_study import DEFAULT_CACHE, compare, differing
+from rate_distortion_study import DEFAULT_CACHE, compare, differing, of_seed
 from tables import model_of
 
 from sparse_vqvae.code_store import CodeStore
@@ -79,11 +79,12 @@ def main() -> None:
         bd: dict[str, dict] = {}
         for seed in seeds:
             points = {name: list(pts) for name, pts in study[set_name].items()}
+            by_family = {f: of_seed(study[set_name].get(f, []), seed, seeded=True) for f in families}
             # the study trains a second seed of the anchors and of its best sparse family only: the others have no
             # model of this seed to re-code
-            seeded = [f for f in families if any(p["settings"]["seed"] == seed for p in study[set_name].get(f, []))]
+            seeded = [f for f in families if by_family[f]]
             for family in seeded:
-                chosen = [p for p in study[set_name][family] if p["settings"]["seed"] == seed]
+                chosen = by_family[family]
                 rows = [recoded(folders[model_of(point), point["bpp"]], point, images) for point in chosen]
                 for row in rows:
                     print(f"{set_name} {family} {differing(row['settings'])}: study {row['study_bpp']:.4f} bpp, one table a "

@@ -402,16 +402,16 @@ def _photo_codec_targets() -> str:
     """The photo codec's targets (issue 27), set by set: figure, target, verdict (benchmarks/photo_codec.py)."""
     rows = []
     for name, v in result("photo_codec")["sets"].items():
-        reached = v.get("targets", {}).get("bd_rate_vs_jpeg_psnr_range")
+        targets = v.get("targets", {})
+        reached = targets.get("bd_rate_vs_jpeg_psnr_range")
         for key, (what, form, unit) in _PHOTO_TARGETS.items():
-            if key not in v.get("targets", {}):
+            if key not in targets:
                 continue
-            t = v["targets"][key]
+            t = targets[key]
             if key == "bd_rate_vs_jpeg_26_33" and reached:
                 what = f"BD-rate vs JPEG over {reached[0]:.1f}-{reached[1]:.1f} dB (of 26-33)"
             rows.append([name, what, "undefined" if t["figure"] is None else form.format(t["figure"]) + unit,
-                         f"{t['target']}{unit}", "undefined" if t["met"] is None else ("met" if t["met"] else
-                                                                                      "**not met**")])
+                         f"{t['target']}{unit}", "undefined" if t["met"] is None else _met(t["met"])])
     if not rows:
         return "Not measured yet: the targets come with the next run of `benchmarks/photo_codec.py`."
     return table(["held-out set", "measure", "figure", "target", "verdict"], rows)
@@ -665,7 +665,7 @@ def _study_status() -> str:
     for set_name in STUDY_SETS:
         for seed in summary["seeds"]:
             measured = {model_of(p) for _, p in _rows_of(study, set_name) if p["settings"]["seed"] == seed}
-            missing = [m for m in summary.get("missing", []) if m["set"] == set_name and m["seed"] == seed]
+            missing = _missing(study, set_name, seed)
             total = len(measured) + len(missing)
             if not missing:
                 parts.append(f"{set_name} seed {seed}: all {total} models")
