@@ -85,6 +85,7 @@ from sparse_vqvae.pictures import line_plot
 from sparse_vqvae.provenance import source_fingerprint
 from sparse_vqvae.rate_distortion import bd_psnr, bd_rate, pareto, plot, psnr_at_rate, sparse_vqvae_point
 from sparse_vqvae.train import evaluate, load_checkpoint, make_optimizer, run_training, save_checkpoint
+from sparse_vqvae.vqvae import IDENTITY_DEFAULTS
 from tasks.synthesis import Reference, measure_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -239,8 +240,9 @@ def trained_priors(meta, maps, steps: int) -> list[PixelSNAIL]:
 
 
 def differing(settings: dict[str, Any]) -> dict[str, Any]:
-    """The model settings that differ from the defaults: what tells the study's points apart in a table."""
-    defaults = {**asdict(ModelConfig()), "seed": 0}
+    """The model settings that differ from the defaults models are identified against: what tells the study's
+    points apart in a table, the same whatever `make run`'s default is."""
+    defaults = {**IDENTITY_DEFAULTS, "seed": 0}
     return {k: v for k, v in settings.items() if v != defaults.get(k)}
 
 

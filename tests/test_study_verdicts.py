@@ -89,7 +89,8 @@ def test_kept_only_reads_the_kept_points_lists_the_rest_and_finds_their_library(
     results, missing = study.kept_only(tmp_path, ["embedded"], ["vanilla"], budget, [0, 1], "feedface")
     assert results == {"embedded": {"vanilla": kept}}
     assert len(missing) == 2 * len(study.FAMILIES["vanilla"]) - 1  # both seeds of every vanilla model but one
-    assert {"set": "embedded", "family": "vanilla", "settings": {"num_atoms": 64}, "seed": 1} in missing
+    assert {"set": "embedded", "family": "vanilla", "settings": {"selection_fn": "vanilla", "num_atoms": 64},
+            "seed": 1} in missing  # named against the identity defaults: the same whatever make run's default is
     summary = study.summarised(results, budget, None, [0, 1], {"source": "feedface"}, missing)
     assert summary["complete"] is False and summary["missing"] == missing
     assert summary["bd_rate_by_seed"]["embedded"]["1"] == {}  # seed 1 not measured: not seed 0's points again
