@@ -3,6 +3,7 @@ number edited by hand, or a benchmark rerun without `python benchmarks/tables.py
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
@@ -73,7 +74,7 @@ def test_the_check_command_passes():
 def test_the_synthesis_words_count_a_model_once_and_read_complete_seeds_only(tables, tmp_path, monkeypatch):
     """The samples' seed spread counts a model the study lists under two families (vanilla's 256 entries are rvq's
     one stage) once, at the true median; the verdict in words leaves out a seed whose CIFAR-10 models are not all in."""
-    study = json.loads((tables.RESULTS / "rate_distortion_study.json").read_text())
+    study = json.loads((REPO / "benchmarks" / "results" / "rate_distortion_study.json").read_text())
     synthesis = study["summary"]["synthesis_cifar10"]
 
     def rows(family: str, fds: tuple[float, float], **settings) -> list[dict]:
@@ -88,12 +89,13 @@ def test_the_synthesis_words_count_a_model_once_and_read_complete_seeds_only(tab
         "1": {"family": "qmp", "margin": 3.0, "at_most_vanilla": False}}
     study["summary"]["missing"] = [{"set": "cifar10", "family": "vanilla", "settings": {}, "seed": 1}]
     (tmp_path / "rate_distortion_study.json").write_text(json.dumps(study))
-    monkeypatch.setattr(tables, "RESULTS", tmp_path)
-    tables.result.cache_clear()
+    renderers = importlib.import_module("doc_tables")  # where the results are read
+    monkeypatch.setattr(renderers, "RESULTS", tmp_path)
+    renderers.result.cache_clear()
     try:
         spread = tables.render("study_synthesis_seed_spread")
         seeds = tables.render("study_synthesis_seeds")
     finally:
-        tables.result.cache_clear()
+        renderers.result.cache_clear()
     assert spread.startswith("up to 40.0 (qmp K=1") and "25.0 at the median of the 2 models" in spread
     assert seeds == "seed 0: quantised pursuit, FD 5.0 below vanilla's best (at most vanilla's FD on every seed: yes)"
