@@ -54,6 +54,7 @@ from sparse_vqvae.vqvae import VQVAE2
 # default was OMP until it moved to vanilla, so a rerun still measures a sparse code)
 MODEL = ModelConfig(selection_fn="omp")
 
+
 def sparse_coding(device: torch.device, signals: int, cpu_signals: int) -> dict[str, Any]:
     """Every solver on ``device`` and on the CPU; the speed-up is the ratio of signals per second against the
     same variant on the CPU (``homotopy``: each device's default form) and against the CPU's per-signal OMP

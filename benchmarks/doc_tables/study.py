@@ -223,12 +223,13 @@ SPARSE_NAMES = {"qmp": "quantised pursuit", "qmp_lambda": "rate-controlled quant
                 "lasso": "the LASSO"}
 
 
-def _other_seeds(family: str, seeds: dict[str, tuple[str, dict]]) -> str:
+def _other_seeds(family: str, seeds: dict[str, tuple[str, dict]], notes: tuple[str, ...] = ()) -> str:
     """' (seed 0; seed 1: +x% / +y%)': the seeds after 0 beside seed 0's figure, each's best family named where it
-    is not seed 0's ``family``; ``seeds``: seed -> (its family, its BD-rates {"vanilla": .., "rvq": ..})."""
+    is not seed 0's ``family``, then ``notes``; ``seeds``: seed -> (its family, its BD-rates {"vanilla": ..,
+    "rvq": ..})."""
     words = [f"seed {seed}: " + ("" if best == family else f"{SPARSE_NAMES[best]}, ")
              + f"{signed(bd['vanilla'])} / {signed(bd['rvq'])}" for seed, (best, bd) in sorted(seeds.items())
-             if seed != "0"]
+             if seed != "0"] + list(notes)
     return f" (seed 0; {'; '.join(words)})" if words else ""
 
 
@@ -258,19 +259,18 @@ def _study_progress() -> str:
 def _level_coding_words(set_name: str) -> str:
     """Seed 0's best sparse family of ``set_name`` re-coded with its levels given their atoms, in words; then every
     other seed's, or that its best family was not re-coded."""
-    best = _study()["summary"]["best_sparse"][set_name]
+    study = _study()
+    best = study["summary"]["best_sparse"][set_name]
     coded = result("level_coding")["sets"][set_name]["bd_rate"]
     given = {seed: (best[seed]["family"], {a: family[best[seed]["family"]]["given_atom"][f"vs_{a}"]
                                            for a in ("vanilla", "rvq")})
              for seed, family in coded.items() if seed in best and best[seed]["family"] in family}
     first, bd = given["0"]
-    study = _study()
-    not_coded = [f"seed {seed}'s best family, {SPARSE_NAMES[b['family']]}, not re-coded" for seed, b in sorted(best.items())
-                 if seed not in given and not _missing(study, set_name, int(seed))]
-    seeds = _other_seeds(first, given)
-    if not_coded:
-        seeds = (seeds[:-1] if seeds else " (seed 0") + "; " + "; ".join(not_coded) + ")"
-    return f"{SPARSE_NAMES[first]} {signed(bd['vanilla'])} against vanilla and {signed(bd['rvq'])} against rvq{seeds}"
+    not_coded = tuple(f"seed {seed}'s best family, {SPARSE_NAMES[b['family']]}, not re-coded"
+                      for seed, b in sorted(best.items())
+                      if seed not in given and not _missing(study, set_name, int(seed)))
+    return (f"{SPARSE_NAMES[first]} {signed(bd['vanilla'])} against vanilla and {signed(bd['rvq'])} against rvq"
+            + _other_seeds(first, given, not_coded))
 
 
 @renders("study_one_model_curves")
@@ -453,10 +453,10 @@ def _synthesis_seed_spread() -> str:
     A model the study lists under two families (vanilla's 256 entries are rvq's one stage) counts once."""
     by_model: dict[tuple, tuple[str, str, dict[int, float]]] = {}
     for family, rows in _study()["summary"]["synthesis_cifar10"].items():
-        fds: dict[tuple[str, str], dict[int, dict]] = {}
+        seeds_of: dict[str, dict[int, dict]] = {}  # a model of the family -> its row a seed
         for r in rows:
-            fds.setdefault((family, _model_of(family, r["settings"])), {})[r["seed"]] = r
-        for (family, model), by_seed in fds.items():
+            seeds_of.setdefault(_model_of(family, r["settings"]), {})[r["seed"]] = r
+        for model, by_seed in seeds_of.items():
             if {0, 1} <= set(by_seed):
                 same = tuple((by_seed[s]["fd"], by_seed[s]["bpp_prior"]) for s in (0, 1))
                 by_model.setdefault(same, (family, model, {s: by_seed[s]["fd"] for s in (0, 1)}))
