@@ -59,16 +59,18 @@ run-cifar10: install
 		-S prior.class_conditional=true
 
 # The photo codec's recipe (issue 12): residual VQ, one /8 map of 10 stages x 1024 entries trained with stage
-# dropout (quality q = the first q stages), on fresh 128x128 crops of ../shared/data/photos (last 9 held out).
+# dropout (quality q = the first q stages), on fresh 128x128 crops of ../shared/data/photos (last 9 held out); its
+# prior attends to a window of 4 rows (issue 27: as good as the whole map, 3-4x faster to code).
 PHOTO_RECIPE := -S data.name=photos -S data.root=../shared/data/photos -S data.image_size=128 \
 	-S data.tile_size=256 -S data.test_photos=9 \
 	-S model.selection_fn=rvq -S model.maps=1 -S model.num_strides=2 -S model.channels=192 \
 	-S model.res_channels=64 -S model.embed_dim=64 -S model.num_atoms=1024 -S model.stages=10 \
 	-S model.stage_dropout=true \
 	-S pretrain.steps=500 -S pretrain.batch_size=16 \
-	-S train.steps=8000 -S train.batch_size=16 -S train.eval_every=1000 -S train.checkpoint_every=200 \
+	-S train.steps=32000 -S train.batch_size=16 -S train.eval_every=1000 -S train.checkpoint_every=200 \
 	-S ray.num_workers=1 -S extract.batch_size=32 \
-	-S prior.steps=1000 -S prior.batch_size=8 -S prior.positions=none -S prior.checkpoint_every=200 \
+	-S prior.steps=1000 -S prior.batch_size=8 -S prior.positions=none -S prior.attention_rows=4 \
+	-S prior.checkpoint_every=200 \
 	-S evaluate.batch_size=16 -S evaluate.grid_images=16 -S evaluate.samples=4 \
 	-S evaluate.rate_distortion_images=124 -S evaluate.prior_coding_images=2
 

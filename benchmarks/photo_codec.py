@@ -272,8 +272,8 @@ def main() -> None:
         for point in points + ([extra["prior"]] if "prior" in extra else []) + jpeg + webp:
             print(f"{point['codec']:<28} {point['setting']!s:>7} {point['bpp']:7.3f} {point['psnr']:7.2f} "
                   f"{point['ms_ssim']:8.4f}")
-        print("  " + ", ".join(f"{k} n/a" if v is None else f"{k} {v:+.2f} dB" if "psnr_vs" in k else f"{k} {v:+.1f}%"
-                               for k, v in summary.items()))
+        print("  " + ", ".join(f"{k} n/a" if v is None else f"{k} {v:+.2f} dB" if k.startswith("bd_psnr")
+                               else f"{k} {v:+.1f}%" for k, v in summary.items()))
         print("  targets: " + ", ".join(f"{k} {target_words(t)}" for k, t in result["sets"][name]["targets"].items()
                                         if isinstance(t, dict)))
         print(f"  speed (MP/s, {args.threads} threads): ours {extra['speed']['encode_mp_s']:.3f} encode, "

@@ -76,6 +76,13 @@ def _library(source: str | None) -> str:
     return "not recorded" if source is None else f"library source `{source}` (`sparse_vqvae.provenance`)"
 
 
+def _resumed(stage: str) -> str:
+    """A resumed stage's time covers its last run only: say where that run started (no total is kept)."""
+    starts = [f"{key.removesuffix('start_step').replace('_', ' ')}at step {value}"
+              for key, value in _json(METRICS / f"{stage}.json").items() if key.endswith("start_step") and value]
+    return f" (its last run only, resumed {', '.join(starts)})" if starts else ""
+
+
 def model_card(name: str, params: PipelineParams, steps: int, sizes: dict[str, int], fingerprint: str,
                trained_by: str | None = None) -> str:
     """The card: what the model saw, how it was trained, by which code and how long it took, and what it measures
@@ -107,7 +114,8 @@ def model_card(name: str, params: PipelineParams, steps: int, sizes: dict[str, i
         "- files: " + ", ".join(f"`{file}` {size / 2**20:.2f} MB" for file, size in sizes.items()),
         "",
         "## Wall time (this machine, seconds a stage)",
-        "- " + ", ".join(f"{stage} {value:.0f}" for stage, value in seconds.items() if value is not None),
+        "- " + ", ".join(f"{stage} {value:.0f}{_resumed(stage)}" for stage, value in seconds.items()
+                         if value is not None),
         "",
         "## Figures (held-out images only)",
         f"- stage 1's test split: PSNR {train.get('test_psnr', float('nan')):.2f} dB at the highest quality "
@@ -130,7 +138,7 @@ def model_card(name: str, params: PipelineParams, steps: int, sizes: dict[str, i
             if "prior" in measured:
                 prior = measured["prior"]
                 lines.append(f"    prior-coded at the highest quality: {prior['bpp']:.3f} bpp, "
-                             f"{prior['encode_s_per_image']:.0f} s encode and {prior['decode_s_per_image']:.0f} s decode an image")
+                             f"{prior['encode_s_per_image']:.1f} s encode and {prior['decode_s_per_image']:.1f} s decode an image")
     return "\n".join(lines + [""])
 
 

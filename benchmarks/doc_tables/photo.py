@@ -16,15 +16,27 @@ def _photo_set(name: str) -> dict:
 
 @renders("photo_codec")
 def _photo_codec() -> str:
+    """The shipped model's curve, the previous model's beside it where the run kept one (``--previous``)."""
     s = _photo_set("photos")
+    earlier = {p["setting"]: p for p in result("photo_codec").get("previous", {}).get("sets", {}).get("photos",
+                                                                                                     {}).get("ours", [])}
     rows = [[str(p["setting"]), f"{p['bpp']:.3f}", f"{p['psnr']:.2f}", f"{p['ms_ssim']:.3f}",
-             " / ".join(f"{c:.2f}" for c in p["colour_error_mean"])] for p in s["ours"]]
+             " / ".join(f"{c:.2f}" for c in p["colour_error_mean"])]
+            + ([f"{earlier[p['setting']]['bpp']:.3f} / {earlier[p['setting']]['psnr']:.2f}"
+                if p["setting"] in earlier else ""] if earlier else []) for p in s["ours"]]
     prior = s["prior"]
     rows.append([f"{prior['setting']}, prior-coded", f"{prior['bpp']:.3f}", f"{prior['psnr']:.2f}",
-                 f"{prior['ms_ssim']:.3f}", "(the same image)"])
-    return (f"{len(s['images'])} held-out photographs at full size ({s['megapixels_mean']:.2f} MP on average), "
-            "real file sizes:\n\n"
-            + table(["quality", "bpp", "PSNR (dB)", "MS-SSIM", "colour error (levels, R / G / B)"], rows))
+                 f"{prior['ms_ssim']:.3f}", "(the same image)"] + ([""] if earlier else []))
+    columns = ["quality", "bpp", "PSNR (dB)", "MS-SSIM", "colour error (levels, R / G / B)"]
+    caption = (f"{len(s['images'])} held-out photographs at full size ({s['megapixels_mean']:.2f} MP on average), "
+               "real file sizes")
+    if earlier:
+        b = s["summary"]
+        columns.append("the previous model: bpp / PSNR")
+        caption += (f"; the previous model (`{result('photo_codec')['previous']['fingerprint'][:8]}`) measured alike, "
+                    f"against which this one's BD-rate is {signed(b['bd_rate_psnr_vs_previous'])} by PSNR "
+                    f"(BD-PSNR {b['bd_psnr_vs_previous']:+.2f} dB)")
+    return caption + ":\n\n" + table(columns, rows)
 
 
 @renders("photo_codec_references")
@@ -46,9 +58,9 @@ def _photo_codec_summary() -> str:
                      signed(b["bd_rate_ms_ssim_vs_webp"]),
                      f"{v['speed']['encode_mp_s']:.2f} / {v['speed']['decode_mp_s']:.2f}",
                      f"{v['jpeg_speed']['encode_mp_s']:.0f} / {v['jpeg_speed']['decode_mp_s']:.0f}",
-                     f"{v['prior']['encode_s_per_image']:.0f} / {v['prior']['decode_s_per_image']:.0f}"])
+                     f"{1 / v['prior']['encode_mp_s']:.1f} / {1 / v['prior']['decode_mp_s']:.1f}"])
     return table(["held-out set (photographs, MP)", "BD-rate vs JPEG, PSNR", "vs JPEG, MS-SSIM", "vs WebP, PSNR",
-                  "vs WebP, MS-SSIM", "encode / decode MP/s", "JPEG MP/s", "prior-coded s an image"], rows)
+                  "vs WebP, MS-SSIM", "encode / decode MP/s", "JPEG MP/s", "prior-coded s/MP"], rows)
 
 
 _PHOTO_TARGETS = {  # key: what it is, how its figure reads, its unit
@@ -105,6 +117,8 @@ for _name, _path, _fmt in [
     ("photo_bd_psnr_vs_webp", lambda: _photo_set("photos")["summary"]["bd_rate_psnr_vs_webp"], signed),
     ("photo_images", lambda: len(_photo_set("photos")["images"]), str),
     ("photo_saturation_db", lambda: _photo_set("photos")["ours"][-1]["psnr"], lambda x: f"{x:.1f} dB"),
+    ("photo_prior_s_per_mp", lambda: _photo_set("photos")["prior"],
+     lambda p: f"{1 / p['encode_mp_s']:.1f} / {1 / p['decode_mp_s']:.1f} s/MP"),
 ]:
     RENDERERS[_name] = _fig(_path, _fmt)
 
@@ -208,7 +222,7 @@ def _prior_window() -> str:
         label = "every earlier position" if rows_above == "0" else f"its row and the {rows_above} above"
         rows.append([label, f"{point['bpp']:.3f}", f"{point['encode_s_per_mp']:.1f}", f"{point['decode_s_per_mp']:.1f}"])
     s = r["summary"]
-    return (f"Zoo model `{r['model']}`'s codes, two priors trained alike ({r['steps']:,} steps of "
+    return (f"Zoo model `{r['model']}` (`{r['fingerprint'][:8]}`)'s codes, two priors trained alike ({r['steps']:,} steps of "
             f"{r['recipe']['batch_size']} training tiles, seed {r['recipe']['seed']}) but for their attention; "
             f"{len(r['images'])} held-out photographs ({r['megapixels_mean']:.2f} MP on average) at quality "
             f"{r['quality']}, real files, {r['threads']} threads (both priors timed in one run):\n\n"
