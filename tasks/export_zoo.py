@@ -138,7 +138,8 @@ def model_card(name: str, params: PipelineParams, steps: int, sizes: dict[str, i
             if "prior" in measured:
                 prior = measured["prior"]
                 lines.append(f"    prior-coded at the highest quality: {prior['bpp']:.3f} bpp, "
-                             f"{prior['encode_s_per_image']:.1f} s encode and {prior['decode_s_per_image']:.1f} s decode an image")
+                             f"{prior['encode_s_per_image']:.1f} s encode and {prior['decode_s_per_image']:.1f} s "
+                             "decode an image")
     return "\n".join(lines + [""])
 
 

@@ -17,23 +17,28 @@ def _photo_set(name: str) -> dict:
 @renders("photo_codec")
 def _photo_codec() -> str:
     """The shipped model's curve, the previous model's beside it where the run kept one (``--previous``)."""
-    s = _photo_set("photos")
-    earlier = {p["setting"]: p for p in result("photo_codec").get("previous", {}).get("sets", {}).get("photos",
-                                                                                                     {}).get("ours", [])}
+    run, s = result("photo_codec"), _photo_set("photos")
+    earlier = {p["setting"]: p for p in run.get("previous", {}).get("sets", {}).get("photos", {}).get("ours", [])}
+
+    def previous(setting: int) -> list[str]:
+        """The previous model's point at this quality, where the run kept that model's curve."""
+        if not earlier:
+            return []
+        point = earlier.get(setting)
+        return [f"{point['bpp']:.3f} / {point['psnr']:.2f}" if point else ""]
+
     rows = [[str(p["setting"]), f"{p['bpp']:.3f}", f"{p['psnr']:.2f}", f"{p['ms_ssim']:.3f}",
-             " / ".join(f"{c:.2f}" for c in p["colour_error_mean"])]
-            + ([f"{earlier[p['setting']]['bpp']:.3f} / {earlier[p['setting']]['psnr']:.2f}"
-                if p["setting"] in earlier else ""] if earlier else []) for p in s["ours"]]
+             " / ".join(f"{c:.2f}" for c in p["colour_error_mean"]), *previous(p["setting"])] for p in s["ours"]]
     prior = s["prior"]
     rows.append([f"{prior['setting']}, prior-coded", f"{prior['bpp']:.3f}", f"{prior['psnr']:.2f}",
-                 f"{prior['ms_ssim']:.3f}", "(the same image)"] + ([""] if earlier else []))
+                 f"{prior['ms_ssim']:.3f}", "(the same image)", *([""] if earlier else [])])  # curves only kept
     columns = ["quality", "bpp", "PSNR (dB)", "MS-SSIM", "colour error (levels, R / G / B)"]
     caption = (f"{len(s['images'])} held-out photographs at full size ({s['megapixels_mean']:.2f} MP on average), "
                "real file sizes")
     if earlier:
         b = s["summary"]
         columns.append("the previous model: bpp / PSNR")
-        caption += (f"; the previous model (`{result('photo_codec')['previous']['fingerprint'][:8]}`) measured alike, "
+        caption += (f"; the previous model (`{run['previous']['fingerprint'][:8]}`) measured alike, "
                     f"against which this one's BD-rate is {signed(b['bd_rate_psnr_vs_previous'])} by PSNR "
                     f"(BD-PSNR {b['bd_psnr_vs_previous']:+.2f} dB)")
     return caption + ":\n\n" + table(columns, rows)
@@ -222,8 +227,8 @@ def _prior_window() -> str:
         label = "every earlier position" if rows_above == "0" else f"its row and the {rows_above} above"
         rows.append([label, f"{point['bpp']:.3f}", f"{point['encode_s_per_mp']:.1f}", f"{point['decode_s_per_mp']:.1f}"])
     s = r["summary"]
-    return (f"Zoo model `{r['model']}` (`{r['fingerprint'][:8]}`)'s codes, two priors trained alike ({r['steps']:,} steps of "
-            f"{r['recipe']['batch_size']} training tiles, seed {r['recipe']['seed']}) but for their attention; "
+    return (f"Zoo model `{r['model']}` (`{r['fingerprint'][:8]}`)'s codes, two priors trained alike "
+            f"({r['steps']:,} steps of {r['recipe']['batch_size']} training tiles, seed {r['recipe']['seed']}) but for their attention; "
             f"{len(r['images'])} held-out photographs ({r['megapixels_mean']:.2f} MP on average) at quality "
             f"{r['quality']}, real files, {r['threads']} threads (both priors timed in one run):\n\n"
             + table(["the prior attends to", "bpp", "encode s/MP", "decode s/MP"], rows)
