@@ -53,6 +53,11 @@ def _photo_codec_references() -> str:
                                                                       for c, *rest in rows])
 
 
+def _prior_s_per_mp(prior: dict) -> str:
+    """Prior-coded seconds a megapixel, encode / decode."""
+    return f"{1 / prior['encode_mp_s']:.1f} / {1 / prior['decode_mp_s']:.1f}"
+
+
 @renders("photo_codec_summary")
 def _photo_codec_summary() -> str:
     rows = []
@@ -63,7 +68,7 @@ def _photo_codec_summary() -> str:
                      signed(b["bd_rate_ms_ssim_vs_webp"]),
                      f"{v['speed']['encode_mp_s']:.2f} / {v['speed']['decode_mp_s']:.2f}",
                      f"{v['jpeg_speed']['encode_mp_s']:.0f} / {v['jpeg_speed']['decode_mp_s']:.0f}",
-                     f"{1 / v['prior']['encode_mp_s']:.1f} / {1 / v['prior']['decode_mp_s']:.1f}"])
+                     _prior_s_per_mp(v["prior"])])
     return table(["held-out set (photographs, MP)", "BD-rate vs JPEG, PSNR", "vs JPEG, MS-SSIM", "vs WebP, PSNR",
                   "vs WebP, MS-SSIM", "encode / decode MP/s", "JPEG MP/s", "prior-coded s/MP"], rows)
 
@@ -122,8 +127,7 @@ for _name, _path, _fmt in [
     ("photo_bd_psnr_vs_webp", lambda: _photo_set("photos")["summary"]["bd_rate_psnr_vs_webp"], signed),
     ("photo_images", lambda: len(_photo_set("photos")["images"]), str),
     ("photo_saturation_db", lambda: _photo_set("photos")["ours"][-1]["psnr"], lambda x: f"{x:.1f} dB"),
-    ("photo_prior_s_per_mp", lambda: _photo_set("photos")["prior"],
-     lambda p: f"{1 / p['encode_mp_s']:.1f} / {1 / p['decode_mp_s']:.1f} s/MP"),
+    ("photo_prior_s_per_mp", lambda: _photo_set("photos")["prior"], lambda p: f"{_prior_s_per_mp(p)} s/MP"),
 ]:
     RENDERERS[_name] = _fig(_path, _fmt)
 
