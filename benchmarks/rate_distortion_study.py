@@ -320,10 +320,13 @@ def doubling_check(short: dict[str, list[dict]], long: dict[str, list[dict]], st
                 verdicts = [better(bd_short[family], anchor), better(bd_long[family], anchor)]
                 comparisons[f"{family} vs {anchor}"] = {"better": verdicts,
                                                         "bd": [bd_short[family], bd_long[family]]}
-    determined = [c["better"] for c in comparisons.values() if None not in c["better"]]
+    determined = {name: c["better"] for name, c in comparisons.items() if None not in c["better"]}
+    flipped = [name for name, (a, b) in determined.items() if a != b]
+    sparse = [name for name in determined if name.split(" vs ")[0] in SPARSE]
     # Without a verdict at both budgets a comparison says nothing: None, not "unchanged".
     return {"steps": [steps, 2 * steps], "comparisons": comparisons,
-            "unchanged": all(a == b for a, b in determined) if determined else None,
+            "unchanged": not flipped if determined else None, "flipped": flipped,
+            "sparse_unchanged": not set(sparse) & set(flipped) if sparse else None,
             "undetermined": [name for name, c in comparisons.items() if None in c["better"]],
             "points_at_double": long}
 
@@ -594,7 +597,8 @@ def main() -> None:
     parser.add_argument("--no-mlflow", action="store_true")
     parser.add_argument("--doubling-check", action="store_true",
                         help="also train every model of --doubling-sets with 2x --steps (no priors) and compare "
-                             "each family with vanilla and rvq at both budgets")
+                             "each family with vanilla and rvq at both budgets (with --kept-only: from the kept "
+                             "points)")
     parser.add_argument("--doubling-sets", default="embedded", help="comma-separated: the sets the check trains again")
     parser.add_argument("--kept-only", action="store_true",
                         help="train nothing: write the JSON and plots from the points kept in --points so far, "
@@ -610,6 +614,8 @@ def main() -> None:
     unknown = sorted(set(families) - set(FAMILIES))
     if unknown:
         parser.error(f"--families: unknown {', '.join(unknown)}; choose from {', '.join(FAMILIES)}")
+    double = {**budget, "steps": 2 * args.steps, "prior_steps": 0}
+    doubling_sets = args.doubling_sets.split(",") if args.doubling_check else []
     if args.kept_only:
         set_names = args.sets.split(",")
         if args.source:
@@ -622,35 +628,33 @@ def main() -> None:
                      f"the kept points' keys (settings, budget, data and library source) are the library's as commit "
                      f"{commit[:7]} left it")
         results, missing = kept_only(args.points, set_names, families, budget, seeds, fingerprint)
-        source = {"source": fingerprint, "source_commit": commit, "source_known_from": known}
-        report(args.output, results, summarised(results, budget, None, seeds, source, missing), budget,
-               not args.no_mlflow)
-        return
-    synthesis = None
-    if "cifar10" in args.sets.split(",") and budget["prior_steps"]:
-        if not args.judge.is_file():
-            parser.error(f"--judge: no judge at {args.judge}: train it with benchmarks/judge_train.py (one to two "
-                         "hours of one core) or leave cifar10 out of --sets")
-        synthesis, _ = judge_reference(args.judge, CIFAR10, real_count=SYNTHESIS_IMAGES)
-    results = trained(args.cache, args.points, args.sets.split(","), families, budget, seeds, synthesis)
-    double = {**budget, "steps": 2 * args.steps, "prior_steps": 0}
-    doubled = (trained(args.cache, args.points, args.doubling_sets.split(","), families, double, seeds[:1])
-               if args.doubling_check
-               else {})
-    if results is None or doubled is None:
-        print("Some models are being trained by another process: rerun when it finishes to write the results.")
-        return
-
-    source = {"source": source_fingerprint(), "source_commit": None,
-              "source_known_from": "the library this run imported"}
-    summary = summarised(results, budget, args.threads, seeds, source, [])
+        doubled, missing_doubled = kept_only(args.points, doubling_sets, families, double, seeds[:1], fingerprint)
+        source, threads = {"source": fingerprint, "source_commit": commit, "source_known_from": known}, None
+    else:
+        synthesis = None
+        if "cifar10" in args.sets.split(",") and budget["prior_steps"]:
+            if not args.judge.is_file():
+                parser.error(f"--judge: no judge at {args.judge}: train it with benchmarks/judge_train.py (one to two "
+                             "hours of one core) or leave cifar10 out of --sets")
+            synthesis, _ = judge_reference(args.judge, CIFAR10, real_count=SYNTHESIS_IMAGES)
+        results = trained(args.cache, args.points, args.sets.split(","), families, budget, seeds, synthesis)
+        doubled = trained(args.cache, args.points, doubling_sets, families, double, seeds[:1])
+        if results is None or doubled is None:
+            print("Some models are being trained by another process: rerun when it finishes to write the results.")
+            return
+        missing, missing_doubled = [], []
+        source, threads = ({"source": source_fingerprint(), "source_commit": None,
+                            "source_known_from": "the library this run imported"}, args.threads)
+    summary = summarised(results, budget, threads, seeds, source, missing)
     if args.doubling_check:
         summary["doubling_check"] = {}
         for set_name, long in doubled.items():
             check = summary["doubling_check"][set_name] = doubling_check(results[set_name], long, args.steps)
+            check["missing"] = [m for m in missing_doubled if m["set"] == set_name]
             verdict = {True: "unchanged", False: "CHANGED", None: "undetermined"}[check["unchanged"]]
+            partial = f" ({len(check['missing'])} models not measured yet)" if check["missing"] else ""
             print(f"\n{set_name}: each family against vanilla and rvq at {args.steps} and {2 * args.steps} steps: "
-                  f"{verdict}", flush=True)
+                  f"{verdict}{partial}", flush=True)
             for name, comparison in check["comparisons"].items():
                 shown = {True: "better", False: "worse", None: "no common range"}
                 print(f"  {name}: {' -> '.join(shown[v] for v in comparison['better'])}")

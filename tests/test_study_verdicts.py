@@ -49,10 +49,21 @@ def test_a_verdict_that_flips_with_the_budget_is_reported_changed(study):
     assert steady["unchanged"] is True and steady["undetermined"] == []
     assert steady["comparisons"]["omp vs vanilla"]["better"] == [True, True]
     assert steady["steps"] == [600, 1200]
+    assert steady["flipped"] == [] and steady["sparse_unchanged"] is True
 
     flipped = study.doubling_check(families(0.5), families(1.5), 600)
-    assert flipped["unchanged"] is False
+    assert flipped["unchanged"] is False and flipped["sparse_unchanged"] is False
     assert flipped["comparisons"]["omp vs rvq"]["better"] == [True, False]
+    assert "omp vs rvq" in flipped["flipped"]
+
+
+def test_a_flip_among_the_codebooks_leaves_the_sparse_verdict_standing(study):
+    """Doubling the steps reorders vanilla and rvq but not omp against either: 'CHANGED', the sparse verdict holds."""
+    short, long = families(0.5), families(0.5)
+    long["rvq"] = points(1.2)  # rvq was cheaper than vanilla (0.9), now dearer
+    check = study.doubling_check(short, long, 600)
+    assert check["unchanged"] is False and check["sparse_unchanged"] is True
+    assert set(check["flipped"]) == {"vanilla vs rvq", "rvq vs vanilla"}
 
 
 def test_comparisons_without_a_common_range_are_listed_not_counted_as_agreement(study):
@@ -95,6 +106,30 @@ def test_kept_only_reads_the_kept_points_lists_the_rest_and_finds_their_library(
     assert summary["complete"] is False and summary["missing"] == missing
     assert summary["bd_rate_by_seed"]["embedded"]["1"] == {}  # seed 1 not measured: not seed 0's points again
 
+
+def test_kept_only_runs_the_doubling_check_on_the_kept_points_at_twice_the_steps(study, tmp_path, monkeypatch):
+    """--kept-only --doubling-check: the check reads the models kept at twice --steps and lists the doubled models
+    not measured yet apart from the study's own."""
+    budget = {"pretrain_steps": 1, "steps": 1, "prior_steps": 0, "images": 1, "prior_images": 0}
+    (tmp_path / "embedded").mkdir()
+    for steps, scale in ((1, 1.0), (2, 0.8)):
+        for seed, set_name, family, config in study.study_models(["embedded"], ["vanilla"], [0]):
+            at = {**budget, "steps": steps}  # the check's priors: none, as the study's here
+            key = study.model_key(set_name, study.SETS[set_name], config, at, seed, source="feedface")
+            kept = [dict(p, ms_ssim=0.9, settings={"seed": seed, "num_atoms": config.num_atoms}) for p in points(scale)]
+            (tmp_path / set_name / f"{key}.json").write_text(json.dumps(kept))
+    output = tmp_path / "study.json"
+    monkeypatch.setattr("sys.argv", ["rate_distortion_study.py", "--kept-only", "--source", "feedface", "--no-mlflow",
+                                     "--doubling-check", "--sets", "embedded", "--families", "vanilla,omp",
+                                     "--seeds", "0", "--pretrain-steps", "1", "--steps", "1", "--prior-steps", "0",
+                                     "--images", "1", "--prior-images", "0", "--points", str(tmp_path),
+                                     "--output", str(output)])
+    study.main()
+    check = json.loads(output.read_text())["summary"]["doubling_check"]["embedded"]
+    assert check["steps"] == [1, 2]
+    assert check["points_at_double"]["vanilla"][0]["bpp"] == pytest.approx(0.8 * points(1.0)[0]["bpp"])
+    assert {m["family"] for m in check["missing"]} == {"omp"}  # omp kept at neither budget: missing at both
+    assert len(check["missing"]) == len(study.FAMILIES["omp"])
 
 def sample_row(seed: int, bpp: float, fd: float, **settings) -> dict:
     return {"seed": seed, "settings": settings, "bpp_prior": bpp, "fd": fd}

@@ -393,9 +393,14 @@ def _study_doubling() -> str:
         verdicts = " / ".join({True: "better", False: "worse", None: "-"}[v] for v in c["better"])
         rates = " / ".join(signed(bd.get(f"vs_{anchor}")) for bd in c["bd"])
         psnrs = " / ".join(signed(bd.get(f"vs_{anchor}_bd_psnr"), 2, " dB") for bd in c["bd"])
-        rows.append([name, verdicts, rates, psnrs])
-    flips = ("no verdict flips" if check["unchanged"] and not check["undetermined"]
-             else "verdicts flip or are undetermined")
+        rows.append([f"**{name}**" if name in check["flipped"] else name, verdicts, rates, psnrs])
+    sparse = {True: "every sparse family's verdict holds", False: "a sparse family's verdict flips",
+              None: "no sparse family has a verdict at both budgets"}[check["sparse_unchanged"]]
+    flipped = ", ".join(check["flipped"]) or "none"
+    flips = (f"{sparse}; {len(check['flipped'])} comparisons flip (in bold: {flipped}), {len(check['undetermined'])} have "
+             "no verdict at one budget (a curve whose frontier is one point, or no common range)")
+    if check["missing"]:
+        flips += f"; partial: {len(check['missing'])} models not measured at {number(2 * steps)} steps yet"
     return f"{flips}:\n\n" + table(["comparison (embedded)", f"verdict at {number(steps)} / {number(2 * steps)} steps",
                                     "BD-rate, factorised", "BD-PSNR"], rows)
 
