@@ -256,6 +256,16 @@ def _study_progress() -> str:
                                      if d else f"{set_name} none" for set_name, d in done.items()) + " complete"
 
 
+def _doubling_words() -> str:
+    """The doubling check's verdict on the sparse families, in words."""
+    check = _study()["summary"].get("doubling_check", {}).get("embedded")
+    if check is None:
+        return "not yet run"
+    return {True: "no sparse family's verdict against vanilla or rvq flips",
+            False: "a sparse family's verdict against vanilla or rvq flips",
+            None: "no sparse family has a verdict at both budgets"}[check["sparse_unchanged"]]
+
+
 def _level_coding_words(set_name: str) -> str:
     """Seed 0's best sparse family of ``set_name`` re-coded with its levels given their atoms, in words; then every
     other seed's, or that its best family was not re-coded."""
@@ -486,6 +496,7 @@ RENDERERS.update({
     "study_best_sparse_embedded": lambda: _best_sparse_words("embedded"),
     "study_best_sparse_cifar10": lambda: _best_sparse_words("cifar10"),
     "study_progress": _study_progress,
+    "study_doubling_words": _doubling_words,
     "level_coding_best_cifar10": lambda: _level_coding_words("cifar10"),
     "study_synthesis_seeds": _synthesis_seeds,
     **{f"study_{family}_vs_{anchor}{suffix}": (lambda f, a, s: lambda: signed(_bd_seed0(f, f"vs_{a}", s)))(
