@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId,
                                             LogFilter, LogFilterFlowRunId)
+from prefect.logging.handlers import APILogWorker
 
 from flows.pipeline import dvc_stages, pipeline
 from flows.sweep import sweep, variant_name
@@ -231,6 +232,7 @@ def test_the_prefect_flow_completes_and_leaves_dvc_up_to_date(workspace, caplog)
     state = pipeline(workspace=str(workspace), return_state=True)
     assert state.is_completed()
     flow_run = state.state_details.flow_run_id
+    APILogWorker.drain_all(timeout=60)  # the last lines may wait in its batch (sent every 2 s) when the flow returns
     with get_client(sync_client=True) as client:
         task_runs = {run.name: run for run in client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run])))}
         logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run])))
