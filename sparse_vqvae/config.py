@@ -144,6 +144,7 @@ class ModelConfig:
     ema_decay: float = 0.99  # codebook EMA (vanilla, rvq), coefficient levels' EMA, usage statistics
     restart_dead: bool = True  # re-seed codes/atoms that fell out of use
     stage_dropout: bool = False  # rvq: each training image keeps a random prefix of the stages (top map first)
+    stage_dropout_top_share: float = 0.0  # stage_dropout: share of images at the top quality (rest: uniform)
 
     def __post_init__(self) -> None:
         check_choice("model", "selection_fn", self.selection_fn, SELECTION_FNS)
@@ -160,11 +161,15 @@ class ModelConfig:
                     "train_lambda_max"):
             check_at_least("model", key, getattr(self, key), 0, float)
         _in_open_unit("model", "ema_decay", self.ema_decay)
+        _in_unit_interval("model", "stage_dropout_top_share", self.stage_dropout_top_share)
         _types("model", self)
         if self.channels % 2:
             raise ValueError(f"model.channels must be even (the encoder halves it); got {self.channels}")
         if self.stage_dropout and self.selection_fn != "rvq":
             raise ValueError(f"model.stage_dropout is for selection_fn rvq only; got selection_fn {self.selection_fn!r}")
+        if self.stage_dropout_top_share and not self.stage_dropout:
+            raise ValueError("model.stage_dropout_top_share weights stage dropout's draw toward the top quality: set "
+                             f"model.stage_dropout too (got stage_dropout_top_share {self.stage_dropout_top_share})")
         if self.selection_fn in ("omp", "qmp") and self.n_nonzero > self.num_atoms:
             raise ValueError(f"model.n_nonzero ({self.n_nonzero}) must not exceed model.num_atoms ({self.num_atoms})")
         if self.selection_fn == "qmp" and self.coef_levels % 2:
@@ -303,6 +308,7 @@ class PretrainConfig:
     latents: int = 65536  # latent vectors (per map) the dictionary / codebook is fitted to
     iterations: int = 10  # MOD (omp, lasso) or k-means (vanilla, rvq) iterations
     seed: int = 0
+    init_from: str | None = None  # a trained model's checkpoint that stage 1 continues, in place of this warm-up
 
     def __post_init__(self) -> None:
         check_at_least("pretrain", "steps", self.steps, 0)

@@ -9,6 +9,7 @@ already reconstructs.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -16,8 +17,10 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from .checkpoint import CheckpointError
 from .config import ModelConfig, PretrainConfig
 from .data import set_epoch
+from .train import load_checkpoint
 from .vqvae import VQVAE2
 
 
@@ -83,3 +86,19 @@ def collect_latents(model: VQVAE2, dataset: Dataset, count: int, seed: int = 0,
         picks = torch.randperm(flat.shape[0], generator=generator)[:count].to(flat.device)
         result.append(flat[picks])
     return result
+
+
+def continued(model_config: ModelConfig, path: str | Path, device: torch.device | str = "cpu") -> VQVAE2:
+    """The trained model at ``path`` (weights and the quantizers' statistics) as ``model_config`` builds it: stage 1
+    continues it under new training settings (a fine-tune) in place of a warm-up. A ``CheckpointError`` when the file
+    holds no model or another network than ``model_config``'s."""
+    trained = load_checkpoint(path, device).model
+    model = VQVAE2(model_config).to(device)
+    try:
+        model.load_state_dict(trained.state_dict())
+    except RuntimeError as error:
+        differing = ", ".join(f"model.{key} {value!r} there, {model.arguments.get(key)!r} here"
+                              for key, value in trained.arguments.items() if model.arguments.get(key) != value)
+        raise CheckpointError(f"{path} (pretrain.init_from) holds another network than model.* builds "
+                              f"({differing}): {str(error).splitlines()[0]}") from error
+    return model

@@ -188,12 +188,16 @@ class VQVAE2(nn.Module):
     def _kept_stages(self, images: int) -> list[torch.Tensor] | None:
         """Stage dropout (training a residual VQ with ``stage_dropout``): each image draws a quality q from the
         codec's qualities, uniformly (torch's seeded generator), and each map keeps the stages that quality holds
-        - the top map's first, then the bottom's - so the decoder learns every prefix the codec sends.
+        - the top map's first, then the bottom's - so the decoder learns every prefix the codec sends. A share
+        ``stage_dropout_top_share`` of the images keeps the top quality instead: a uniform draw gives it one image
+        in K, and the encoder learns a latent that the first stages code well at the top quality's cost.
         None: every map keeps all its stages."""
         if not (self.training and self.config.stage_dropout):
             return None
         slots, maps = self.quantizers[0].slots, len(self.quantizers)
         drawn = torch.randint(1, maps * slots + 1, (images,))
+        if self.config.stage_dropout_top_share:
+            drawn[torch.rand(images) < self.config.stage_dropout_top_share] = maps * slots
         kept = [quality_slots(int(q), slots, maps, staged=True) for q in drawn]
         return [torch.tensor([row[index] for row in kept]) for index in range(maps)]
 

@@ -106,8 +106,10 @@ def model_card(name: str, params: PipelineParams, steps: int, sizes: dict[str, i
         "",
         "## Model",
         f"- settings that differ from the defaults: `{json.dumps(settings)}`",
-        f"- stage-1 steps: {steps} (batch {params.train.batch_size}, lr {params.train.lr}), after "
-        f"{params.pretrain.steps} unquantised pretraining steps; priors: {params.prior.steps} steps each "
+        f"- stage-1 steps: {steps} (batch {params.train.batch_size}, lr {params.train.lr}), "
+        + (f"continuing the trained model `{params.pretrain.init_from}`" if params.pretrain.init_from else
+           f"after {params.pretrain.steps} unquantised pretraining steps")
+        + f"; priors: {params.prior.steps} steps each "
         f"(positions `{params.prior.positions}`, attention "
         f"{f'over {params.prior.attention_rows} rows above' if params.prior.attention_rows else 'over every earlier position'})",
         f"- trained by: {trained_by or _library(train.get('source'))}",

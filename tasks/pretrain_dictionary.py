@@ -1,5 +1,7 @@
 """Stage 2: warm up the autoencoder without quantisation, then fit each map's dictionary (omp,
-lasso: MOD) or codebook (vanilla: k-means) to its latents. Stage 1 starts from this model."""
+lasso: MOD) or codebook (vanilla: k-means) to its latents. Stage 1 starts from this model - or, with
+``pretrain.init_from``, from a trained model's checkpoint, continued under new settings (DVC reruns the stage when
+the setting changes, not when the file at that path does)."""
 
 from __future__ import annotations
 
@@ -7,10 +9,10 @@ from typing import Any
 
 from sparse_vqvae.data import ImageArray, training_images
 from sparse_vqvae.devices import default_device
-from sparse_vqvae.pretrain import pretrain
+from sparse_vqvae.pretrain import continued, pretrain
 from sparse_vqvae.train import evaluate, save_checkpoint
 
-from .layout import PRETRAINED, PRETRAINED_DIR, TEST_IMAGES, TRAIN_IMAGES
+from .layout import PRETRAINED, PRETRAINED_DIR, TEST_IMAGES, TRAIN_IMAGES, project_root
 from .params import PipelineParams
 from .pictures import dictionary_pictures
 from .stage import run_stage
@@ -26,14 +28,18 @@ def run(params: PipelineParams, tracker: StageTracker) -> dict[str, Any]:
         if step % every == 0 or step == params.pretrain.steps:
             tracker.log_metrics(metrics, step)
 
-    model = pretrain(params.model, params.pretrain, training_images(TRAIN_IMAGES, params.data), default_device(), on_metrics=log)
+    if params.pretrain.init_from is not None:  # a trained model continued: no warm-up, no dictionary fit
+        model = continued(params.model, project_root() / params.pretrain.init_from, default_device())
+    else:
+        model = pretrain(params.model, params.pretrain, training_images(TRAIN_IMAGES, params.data), default_device(),
+                         on_metrics=log)
     save_checkpoint(PRETRAINED, model, None, 0, 0, {"pretrain": params.for_outputs()})
     for path in dictionary_pictures(model, PRETRAINED_DIR, "dictionary"):
         tracker.log_artifact(path, "pictures")
     # How well the fitted dictionary codes the warmed-up latents, before any stage-1 step.
     quality = evaluate(model, ImageArray(TEST_IMAGES), progress=True)
     # Pretraining never resumes: it always starts at step 0 and trains every step.
-    return {"start_step": 0, "steps_trained": params.pretrain.steps,
+    return {"start_step": 0, "steps_trained": 0 if params.pretrain.init_from else params.pretrain.steps,
             **{f"pretrained_{key}": value for key, value in quality.items()}}
 
 

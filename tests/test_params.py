@@ -101,3 +101,33 @@ def test_old_spellings_in_a_params_file_load_with_a_deprecation_message():
 def test_a_key_of_another_family_is_refused_with_the_right_one(settings, message):
     with pytest.raises(ValueError, match=message):
         ModelConfig(**settings)
+
+
+def makefile_settings(name: str) -> dict[str, str]:
+    """The -S key=value settings of a Makefile variable (its continued lines joined, its variables expanded)."""
+    text = (REPO / "Makefile").read_text().replace("\\\n", " ")
+    variables = dict(line.split(" := ", 1) for line in text.splitlines() if " := " in line)
+    value = variables[name]
+    for other, replacement in variables.items():
+        value = value.replace(f"$({other})", replacement.strip())
+    flags = value.split()
+    return dict(flags[i + 1].split("=", 1) for i in range(len(flags)) if flags[i] == "-S")
+
+
+def with_settings(settings: dict[str, str]) -> dict:
+    raw = committed()
+    for key, value in settings.items():
+        section, name = key.split(".")
+        raw[section][name] = yaml.safe_load(value)
+    return raw
+
+
+def test_make_photo_models_two_phases_are_valid_params_and_the_second_continues_the_first():
+    first = parse_params(with_settings(makefile_settings("PHOTO_RECIPE")))
+    second = parse_params(with_settings({**makefile_settings("PHOTO_RECIPE"), **makefile_settings("PHOTO_CONTINUED")}))
+    assert first.pretrain.init_from is None and second.pretrain.init_from == "checkpoints/photo-phase1.pt"
+    assert second.model.stage_dropout_top_share > 0 == first.model.stage_dropout_top_share
+    # the same network: phase 2 loads phase 1's weights
+    architecture = ("selection_fn", "maps", "num_strides", "channels", "res_channels", "embed_dim", "num_atoms",
+                    "stages")
+    assert all(getattr(first.model, key) == getattr(second.model, key) for key in architecture)

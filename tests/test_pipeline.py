@@ -14,6 +14,7 @@ import threading
 
 import psutil
 import pytest
+import torch
 import yaml
 from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import get_client
@@ -25,8 +26,9 @@ from flows.pipeline import dvc_stages, pipeline
 from flows.sweep import sweep, variant_name
 from flows.workspace import make_workspace
 from sparse_vqvae.config import ModelConfig
+from sparse_vqvae.train import load_checkpoint
 from tasks import compare_variants
-from tasks.layout import CHECKPOINTS
+from tasks.layout import CHECKPOINTS, PRETRAINED, VQVAE
 from tasks.model_source import logged_model_id
 from tasks.tracking import StageTracker
 
@@ -223,6 +225,25 @@ def test_a_prior_only_change_reruns_only_the_prior_and_evaluation(workspace):
     set_param(workspace, "prior", "lr", 0.002)
     done = dvc("repro", cwd=workspace)
     assert ran_stages(done.stdout) == ["train_prior", "evaluate"]
+
+
+@pytest.mark.slow  # DVC end to end
+def test_init_from_starts_stage_1_from_a_trained_model_and_only_its_setting_reruns_the_stage(workspace):
+    """pretrain.init_from: the stage 1 start is the trained model's weights (no warm-up); setting it back, DVC's run
+    cache restores the warmed-up start and nothing downstream reruns."""
+    before = (workspace / "params.yaml").read_text()
+    shutil.copy(workspace / VQVAE, workspace / "trained.pt")
+    try:
+        set_param(workspace, "pretrain", "init_from", "trained.pt")
+        assert ran_stages(dvc("repro", "pretrain_dictionary", cwd=workspace).stdout) == ["pretrain_dictionary"]
+        start, trained = (load_checkpoint(workspace / path).model.state_dict() for path in (PRETRAINED, "trained.pt"))
+        assert all(torch.equal(start[key], trained[key]) for key in trained)
+        assert json.loads((workspace / "metrics/pretrain_dictionary.json").read_text())["steps_trained"] == 0
+    finally:
+        (workspace / "params.yaml").write_text(before)
+        (workspace / "trained.pt").unlink()
+    dvc("repro", "pretrain_dictionary", cwd=workspace)
+    assert "Data and pipelines are up to date" in dvc("status", cwd=workspace).stdout
 
 
 @pytest.mark.slow  # DVC, Prefect, Ray, MLflow end to end

@@ -1,10 +1,11 @@
 import pytest
 import torch
 
+from sparse_vqvae.checkpoint import CheckpointError
 from sparse_vqvae.config import PretrainConfig
-from sparse_vqvae.pretrain import collect_latents, pretrain
+from sparse_vqvae.pretrain import collect_latents, continued, pretrain
 from sparse_vqvae.sparse_coding import kmeans
-from sparse_vqvae.train import evaluate
+from sparse_vqvae.train import evaluate, save_checkpoint
 from sparse_vqvae.vqvae import VQVAE2
 
 from .tiny import SELECTION_FNS, Images, tiny_config, tiny_images
@@ -56,3 +57,24 @@ def test_pretraining_fits_the_quantizers_to_the_latents(selection_fn):
     for q in untrained.quantizers:
         q.initialized.fill_(True)  # random codebook / dictionary, as without pretraining
     assert fitted < evaluate(untrained, data)["test_mse"]
+
+
+def test_a_continued_model_starts_from_the_trained_weights_under_new_training_settings(tmp_path):
+    """pretrain.init_from: stage 1 continues a trained model - its weights and its codebooks' statistics - with
+    settings that change training only (here stage dropout weighted toward the top quality)."""
+    torch.manual_seed(0)
+    trained = VQVAE2(tiny_config("rvq", maps=1, stages=2, stage_dropout=True))
+    save_checkpoint(tmp_path / "trained.pt", trained, None, 7, 1, {})
+    model = continued(tiny_config("rvq", maps=1, stages=2, stage_dropout=True, stage_dropout_top_share=0.5),
+                      tmp_path / "trained.pt")
+    assert model.config.stage_dropout_top_share == 0.5
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), trained.state_dict().values()))
+
+
+def test_a_continued_model_of_another_network_names_the_settings_that_differ(tmp_path):
+    save_checkpoint(tmp_path / "trained.pt", VQVAE2(tiny_config("rvq", maps=1, stages=2)), None, 7, 1, {})
+    with pytest.raises(CheckpointError, match=r"holds another network than model.\* builds \(model.stages 2 there, "
+                                              r"3 here\)"):
+        continued(tiny_config("rvq", maps=1, stages=3), tmp_path / "trained.pt")
+    with pytest.raises(CheckpointError, match="no checkpoint at"):
+        continued(tiny_config("rvq", maps=1, stages=2), tmp_path / "missing.pt")

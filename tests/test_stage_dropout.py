@@ -43,6 +43,24 @@ def test_each_training_image_keeps_the_stages_of_one_quality(maps):
     assert all(c.present.all() for c in model.encode(tiny_images(4, 16))[1])  # evaluation: every stage
 
 
+def test_a_top_share_trains_that_share_of_the_images_at_the_top_quality():
+    """stage_dropout_top_share 0.5 with 4 qualities: half the images keep every stage, the other half draw
+    uniformly (a quarter of them the top quality too): 5/8 at the top, 1/8 at each other quality."""
+    torch.manual_seed(0)
+    model = VQVAE2(tiny_config("rvq", maps=1, stages=4, stage_dropout=True, stage_dropout_top_share=0.5)).train()
+    [kept] = model._kept_stages(4000)
+    shares = torch.bincount(kept, minlength=5)[1:] / 4000
+    assert shares[-1] == pytest.approx(5 / 8, abs=0.03)
+    assert shares[:-1].tolist() == pytest.approx([1 / 8] * 3, abs=0.02)
+
+
+def test_a_top_share_needs_stage_dropout():
+    with pytest.raises(ValueError, match="stage_dropout_top_share weights stage dropout's draw"):
+        tiny_config("rvq", stages=2, stage_dropout_top_share=0.5)
+    with pytest.raises(ValueError, match=r"model.stage_dropout_top_share must be a number in \[0, 1\); got 1"):
+        tiny_config("rvq", stages=2, stage_dropout=True, stage_dropout_top_share=1)
+
+
 def test_files_at_every_quality_of_a_two_map_model_decode_to_that_prefix():
     images = tiny_images(16, 16)
     model, _ = train(tiny_config("rvq", maps=2, stages=2, stage_dropout=True), TrainConfig(steps=3, batch_size=8),
