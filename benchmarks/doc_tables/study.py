@@ -256,9 +256,9 @@ def _study_progress() -> str:
                                      if d else f"{set_name} none" for set_name, d in done.items()) + " complete"
 
 
-def _doubling_words() -> str:
-    """The doubling check's verdict on the sparse families, in words."""
-    check = _study()["summary"].get("doubling_check", {}).get("embedded")
+def _doubling_words(check: dict | None = None) -> str:
+    """The doubling check's verdict on the sparse families, in words (the study's embedded check by default)."""
+    check = check or _study()["summary"].get("doubling_check", {}).get("embedded")
     if check is None:
         return "not yet run"
     return {True: "no sparse family's verdict against vanilla or rvq flips",
@@ -404,11 +404,10 @@ def _study_doubling() -> str:
         rates = " / ".join(signed(bd.get(f"vs_{anchor}")) for bd in c["bd"])
         psnrs = " / ".join(signed(bd.get(f"vs_{anchor}_bd_psnr"), 2, " dB") for bd in c["bd"])
         rows.append([f"**{name}**" if name in check["flipped"] else name, verdicts, rates, psnrs])
-    sparse = {True: "every sparse family's verdict holds", False: "a sparse family's verdict flips",
-              None: "no sparse family has a verdict at both budgets"}[check["sparse_unchanged"]]
     flipped = ", ".join(check["flipped"]) or "none"
-    flips = (f"{sparse}; {len(check['flipped'])} comparisons flip (in bold: {flipped}), {len(check['undetermined'])} have "
-             "no verdict at one budget (a curve whose frontier is one point, or no common range)")
+    flips = (f"{_doubling_words(check)}; {len(check['flipped'])} comparisons flip (in bold: {flipped}), "
+             f"{len(check['undetermined'])} have no verdict at one budget (a curve whose frontier is one point, or no "
+             "common range)")
     if check["missing"]:
         flips += f"; partial: {len(check['missing'])} models not measured at {number(2 * steps)} steps yet"
     return f"{flips}:\n\n" + table(["comparison (embedded)", f"verdict at {number(steps)} / {number(2 * steps)} steps",
