@@ -264,18 +264,21 @@ def on_crops(model, images: list[tuple[str, torch.Tensor]], pca: tuple[torch.Ten
 
 
 def stage_dropout(model, checkpoint, card: Path, mse_by_quality: list[float]) -> dict:
-    """What a uniform draw of the quality gives the top quality in training; the card's figure."""
-    stages = model.quantizers[0].slots
+    """What stage dropout's draw of the quality (uniform, or weighted toward the top by
+    ``stage_dropout_top_share``) gives the top quality in the run that trained this checkpoint; the card's figure."""
+    stages, top = model.quantizers[0].slots, model.config.stage_dropout_top_share
     train = (checkpoint.config or {}).get("params", {}).get("train", {})
     steps, batch = train.get("steps", checkpoint.step), train.get("batch_size")
     found = re.search(r"test split: PSNR ([\d.]+) dB", card.read_text()) if card.exists() else None
-    return {"enabled": bool(model.config.stage_dropout), "steps": steps, "batch_size": batch,
-            "top_quality_share_of_images": 1 / stages if model.config.stage_dropout else 1.0,
-            "crops_with_every_stage": (steps * batch // stages if model.config.stage_dropout else steps * batch)
-            if batch else None,
-            # The objective is the mean of the drawn qualities' errors: the top quality's share of it, from the
-            # errors the held-out photographs measure.
-            "top_quality_share_of_objective": mse_by_quality[-1] / sum(mse_by_quality),
+    drawn = ([(1 - top) / stages] * (stages - 1) + [top + (1 - top) / stages] if model.config.stage_dropout
+             else [0.0] * (stages - 1) + [1.0])  # each quality's share of the training images
+    # The objective is the drawn qualities' mean error: the top quality's share of it, from the errors the held-out
+    # photographs measure.
+    weighted = [share * mse for share, mse in zip(drawn, mse_by_quality)]
+    return {"enabled": bool(model.config.stage_dropout), "top_share_setting": top, "steps": steps, "batch_size": batch,
+            "top_quality_share_of_images": drawn[-1],
+            "crops_with_every_stage": round(steps * batch * drawn[-1]) if batch else None,
+            "top_quality_share_of_objective": weighted[-1] / sum(weighted),
             "card_test_split_top_psnr": float(found[1]) if found else None}
 
 

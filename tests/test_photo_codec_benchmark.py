@@ -1,9 +1,14 @@
-"""benchmarks/photo_codec.py --previous: an earlier run's curves read back, or a clear refusal."""
+"""benchmarks/photo_codec.py --previous: an earlier run's curves read back, or a clear refusal; photo_cap.py's reading
+of stage dropout."""
 import json
+from types import SimpleNamespace
 
 import pytest
 
+from sparse_vqvae.vqvae import VQVAE2
+
 from .benchmark_scripts import benchmark_script
+from .tiny import tiny_config
 
 
 def test_an_earlier_run_gives_its_model_and_curves_and_a_foreign_file_is_refused(tmp_path):
@@ -48,3 +53,14 @@ def test_the_targets_read_the_curves_against_jpeg_and_webp():
         worse = photo_codec.targets(curve(2.0, [24.0, 26.0, 28.0]), jpeg, jpeg)
         assert worse["bd_rate_vs_webp"] == {"figure": pytest.approx(100.0, abs=0.5), "target": "<= 25", "met": False}
         assert worse["bd_psnr_vs_jpeg"]["met"] is False
+
+
+def test_the_cap_reads_stage_dropout_s_draw_weighted_toward_the_top_quality(tmp_path):
+    """photo_cap's stage-dropout row: with half the images at the top quality, 4 stages, the top quality is 5/8 of
+    the images, and its share of the objective weighs each quality's error by how often it is drawn."""
+    with benchmark_script("photo_cap") as cap:
+        model = VQVAE2(tiny_config("rvq", maps=1, stages=4, stage_dropout=True, stage_dropout_top_share=0.5))
+        checkpoint = SimpleNamespace(config={"params": {"train": {"steps": 100, "batch_size": 8}}}, step=100)
+        row = cap.stage_dropout(model, checkpoint, tmp_path / "no card", [4.0, 3.0, 2.0, 1.0])
+    assert row["top_quality_share_of_images"] == pytest.approx(5 / 8) and row["crops_with_every_stage"] == 500
+    assert row["top_quality_share_of_objective"] == pytest.approx((5 / 8) / ((4 + 3 + 2) / 8 + 5 / 8))

@@ -128,8 +128,23 @@ for _name, _path, _fmt in [
     ("photo_images", lambda: len(_photo_set("photos")["images"]), str),
     ("photo_saturation_db", lambda: _photo_set("photos")["ours"][-1]["psnr"], lambda x: f"{x:.1f} dB"),
     ("photo_prior_s_per_mp", lambda: _photo_set("photos")["prior"], lambda p: f"{_prior_s_per_mp(p)} s/MP"),
+    ("photo_bd_psnr_vs_previous", lambda: _photo_set("photos")["summary"]["bd_rate_psnr_vs_previous"], signed),
+    ("photo_bd_psnr_db_vs_previous", lambda: _photo_set("photos")["summary"]["bd_psnr_vs_previous"],
+     lambda x: f"{x:+.2f} dB"),
+    ("photo_previous_top_db", lambda: result("photo_codec")["previous"]["sets"]["photos"]["ours"][-1]["psnr"],
+     lambda x: f"{x:.2f} dB"),
 ]:
     RENDERERS[_name] = _fig(_path, _fmt)
+
+
+@renders("photo_gain_vs_previous")
+def _photo_gain_vs_previous() -> str:
+    """The shipped model's PSNR against the previous model's at qualities 1, the middle one and the top, in words."""
+    ours = {p["setting"]: p["psnr"] for p in _photo_set("photos")["ours"]}
+    before = {p["setting"]: p["psnr"] for p in result("photo_codec")["previous"]["sets"]["photos"]["ours"]}
+    qualities = sorted(ours)
+    shown = [qualities[0], qualities[len(qualities) // 2 - 1], qualities[-1]]
+    return ", ".join(f"{ours[q] - before[q]:+.2f} dB at quality {q}" for q in shown)
 
 
 # ----------------------------------------------------------------------------------- what caps the photo codec
@@ -201,10 +216,13 @@ def _photo_cap_findings() -> str:
                      f"{o['encoder_top_quality_psnr']:.2f} (the encoder's) -> {o['optimised_top_quality_psnr']:.2f} dB "
                      f"(latent error {100 * o['encoder_latent_error']:.2f}% -> "
                      f"{100 * o['optimised_latent_error']:.1f}%)"])
+    weighted = (f" (`stage_dropout_top_share` {dropout['top_share_setting']})" if dropout.get("top_share_setting")
+                else "")
     rows.append(["stage dropout", f"the top quality is {100 * dropout['top_quality_share_of_images']:.0f}% of the "
-                 f"training images ({dropout['crops_with_every_stage']:,} of the {dropout['steps']:,} x "
-                 f"{dropout['batch_size']} crops) and {100 * dropout['top_quality_share_of_objective']:.1f}% of the "
-                 f"objective; the card's test split: {dropout['card_test_split_top_psnr']:.2f} dB"])
+                 f"training images{weighted} ({dropout['crops_with_every_stage']:,} of the last run's "
+                 f"{dropout['steps']:,} x {dropout['batch_size']} crops) and "
+                 f"{100 * dropout['top_quality_share_of_objective']:.1f}% of the objective; the card's test split: "
+                 f"{dropout['card_test_split_top_psnr']:.2f} dB"])
     return (f"Zoo model `{r['model']}`, {len(h['images'])} held-out photographs at full size; the decoder's "
             "experiments on their centre crops:\n\n" + table(["what", "measured"], rows))
 
