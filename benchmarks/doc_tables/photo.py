@@ -216,10 +216,10 @@ def _photo_cap_findings() -> str:
                      f"{o['encoder_top_quality_psnr']:.2f} (the encoder's) -> {o['optimised_top_quality_psnr']:.2f} dB "
                      f"(latent error {100 * o['encoder_latent_error']:.2f}% -> "
                      f"{100 * o['optimised_latent_error']:.1f}%)"])
-    weighted = (f" (`stage_dropout_top_share` {dropout['top_share_setting']})" if dropout.get("top_share_setting")
+    weighted = (f"`stage_dropout_top_share` {dropout['top_share_setting']}: " if dropout.get("top_share_setting")
                 else "")
     rows.append(["stage dropout", f"the top quality is {100 * dropout['top_quality_share_of_images']:.0f}% of the "
-                 f"training images{weighted} ({dropout['crops_with_every_stage']:,} of the last run's "
+                 f"training images ({weighted}{dropout['crops_with_every_stage']:,} of the last run's "
                  f"{dropout['steps']:,} x {dropout['batch_size']} crops) and "
                  f"{100 * dropout['top_quality_share_of_objective']:.1f}% of the objective; the card's test split: "
                  f"{dropout['card_test_split_top_psnr']:.2f} dB"])
