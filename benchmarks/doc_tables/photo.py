@@ -14,11 +14,16 @@ def _photo_set(name: str) -> dict:
     return result("photo_codec")["sets"][name]
 
 
+def _previous_curve(name: str = "photos") -> list[dict]:
+    """The previous model's points on set ``name``, where the run kept its curve (``--previous``); else none."""
+    return result("photo_codec").get("previous", {}).get("sets", {}).get(name, {}).get("ours", [])
+
+
 @renders("photo_codec")
 def _photo_codec() -> str:
     """The shipped model's curve, the previous model's beside it where the run kept one (``--previous``)."""
     run, s = result("photo_codec"), _photo_set("photos")
-    earlier = {p["setting"]: p for p in run.get("previous", {}).get("sets", {}).get("photos", {}).get("ours", [])}
+    earlier = {p["setting"]: p for p in _previous_curve()}
 
     def previous(setting: int) -> list[str]:
         """The previous model's point at this quality, where the run kept that model's curve."""
@@ -131,8 +136,7 @@ for _name, _path, _fmt in [
     ("photo_bd_psnr_vs_previous", lambda: _photo_set("photos")["summary"]["bd_rate_psnr_vs_previous"], signed),
     ("photo_bd_psnr_db_vs_previous", lambda: _photo_set("photos")["summary"]["bd_psnr_vs_previous"],
      lambda x: f"{x:+.2f} dB"),
-    ("photo_previous_top_db", lambda: result("photo_codec")["previous"]["sets"]["photos"]["ours"][-1]["psnr"],
-     lambda x: f"{x:.2f} dB"),
+    ("photo_previous_top_db", lambda: _previous_curve()[-1]["psnr"], lambda x: f"{x:.2f} dB"),
 ]:
     RENDERERS[_name] = _fig(_path, _fmt)
 
@@ -141,7 +145,7 @@ for _name, _path, _fmt in [
 def _photo_gain_vs_previous() -> str:
     """The shipped model's PSNR against the previous model's at qualities 1, the middle one and the top, in words."""
     ours = {p["setting"]: p["psnr"] for p in _photo_set("photos")["ours"]}
-    before = {p["setting"]: p["psnr"] for p in result("photo_codec")["previous"]["sets"]["photos"]["ours"]}
+    before = {p["setting"]: p["psnr"] for p in _previous_curve()}
     qualities = sorted(ours)
     shown = [qualities[0], qualities[len(qualities) // 2 - 1], qualities[-1]]
     return ", ".join(f"{ours[q] - before[q]:+.2f} dB at quality {q}" for q in shown)
