@@ -60,6 +60,7 @@ from .entropy_coding import FrequencyModel, QualityFrequencyModel, or_error, rai
 from .errors import CodecError
 from .prior_coding import PriorEntropyModel
 from .rate_control import LAMBDA_QUALITIES, quality_lambda, rate_lambda
+from .refinement import refined_codes, unrefinable
 from .vqvae import VQVAE2, encode_all
 
 if TYPE_CHECKING:
@@ -288,21 +289,32 @@ class Codec:
                              f"{self.qualities[-1]}")
         return quality
 
-    def compress(self, image: torch.Tensor, quality: int | None = None) -> bytes:
+    def compress(self, image: torch.Tensor, quality: int | None = None, effort: int = 0) -> bytes:
         """An image [3, H, W] in [-1, 1] -> the bytes of a compressed file, at ``quality`` (one of
-        ``qualities``; default the highest)."""
-        return raised(self.compress_many([image], quality)[0])
+        ``qualities``; default the highest), its code refined by ``effort`` steps (``refinement``; 0: the
+        encoder's own code)."""
+        return raised(self.compress_many([image], quality, effort)[0])
 
     def decompress(self, data: bytes) -> torch.Tensor:
         """The bytes of a compressed file -> the image [3, H, W] in [-1, 1]."""
         return raised(self.decompress_many([data])[0])
 
+    def check_effort(self, effort: int) -> None:
+        """A ``CodecError`` unless this model's codes can be refined by ``effort`` steps (0 always can)."""
+        if not isinstance(effort, int) or effort < 0:
+            raise CodecError(f"effort must be a whole number of refinement steps, 0 or more; got {effort!r}")
+        refused = unrefinable(self.model) if effort else None
+        if refused:
+            raise CodecError(f"effort {effort}: {refused}; use effort 0")
+
     @torch.no_grad()
-    def compress_many(self, images: list[torch.Tensor], quality: int | None = None) -> list[bytes | CodecError]:
+    def compress_many(self, images: list[torch.Tensor], quality: int | None = None,
+                      effort: int = 0) -> list[bytes | CodecError]:
         """``compress`` of each image (or why it cannot be), the entropy model coding them together: the
         priors run over a batch at once, and every file holds the bytes it would alone."""
         quality = self.resolved_quality(quality)
-        coded = [or_error(self._codes, image, quality, catch=CodecError) for image in images]
+        self.check_effort(effort)
+        coded = [or_error(self._codes, image, quality, effort, catch=CodecError) for image in images]
         valid = [row for row, item in enumerate(coded) if not isinstance(item, CodecError)]
         results: list[bytes | CodecError] = list(coded)
         for row, data in zip(valid, write_many([coded[row] for row in valid], self.entropy, quality)):
@@ -327,8 +339,10 @@ class Codec:
                 results[row] = error
         return results
 
-    def _codes(self, image: torch.Tensor, quality: int) -> tuple[tuple[Codes, ...], int, int, tuple[int, int, int]]:
-        """An image's code maps at ``quality``, its size and its colour offsets: all of a file but the payload."""
+    def _codes(self, image: torch.Tensor, quality: int,
+               effort: int) -> tuple[tuple[Codes, ...], int, int, tuple[int, int, int]]:
+        """An image's code maps at ``quality`` (refined by ``effort`` steps), its size and its colour offsets: all
+        of a file but the payload."""
         _, height, width = image.shape
         if not (0 < height < 65536 and 0 < width < 65536):
             raise CodecError(f"image size {height}x{width} is outside what the format holds (1..65535 per side)")
@@ -340,7 +354,8 @@ class Codec:
                 _, maps, _, _ = self.model.encode(padded.to(self.device))
             cut = (slots,) * len(maps)
         else:
-            _, maps, _, _ = self.model.encode(padded.to(self.device))
+            maps = (refined_codes(self.model, padded.to(self.device), quality, effort) if effort
+                    else self.model.encode(padded.to(self.device))[1])
             cut = quality_slots(quality, slots, len(maps), staged(self.model.config.selection_fn))
         maps = tuple(Codes(codes.atoms[0, ..., :k], codes.levels[0, ..., :k]).to("cpu") for codes, k in zip(maps, cut))
         decoded = self._decode(maps, height, width)

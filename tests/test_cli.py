@@ -57,6 +57,10 @@ def shipped(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([CLI, *args], cwd=cwd, capture_output=True, text=True)
 
 
+def psnr(original: np.ndarray, decoded: np.ndarray) -> float:
+    return 10 * np.log10(255**2 / np.mean((original - decoded) ** 2))
+
+
 def test_the_shipped_photo_codec_works_with_no_model_argument(tmp_path):
     import skimage.data
 
@@ -71,7 +75,13 @@ def test_the_shipped_photo_codec_works_with_no_model_argument(tmp_path):
     assert sizes["1"] < sizes["10"]
     original = np.asarray(Image.open(tmp_path / "coffee.png")).astype(float)
     decoded = np.asarray(Image.open(tmp_path / "back10/coffee.png")).astype(float)
-    assert 10 * np.log10(255**2 / np.mean((original - decoded) ** 2)) > 24  # a real reconstruction, not noise
+    assert psnr(original, decoded) > 24  # a real reconstruction, not noise
+    done = shipped("compress", "coffee.png", "-o", "refined", "--quality", "10", "--effort", "3", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    done = shipped("decompress", "refined/coffee.svq", "-o", "back-refined", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    refined = np.asarray(Image.open(tmp_path / "back-refined/coffee.png")).astype(float)
+    assert psnr(original, refined) > psnr(original, decoded)  # refinement: a better image, the same decoder
     done = shipped("compress", "coffee.png", "-o", "q0", "--quality", "0", cwd=tmp_path)
     assert done.returncode == 1 and "quality 0 is not one this model codes: 1 to 10" in done.stderr
     done = shipped("compress", "coffee.png", "-o", "x", "--model", "no-such-model", cwd=tmp_path)
@@ -161,6 +171,8 @@ def test_evaluate_against_jpeg_writes_a_table_and_a_plot(trained_run):
 @pytest.mark.parametrize("args, message", [
     (["compress", "missing.png", "-o", "out"], "no such file: missing.png"),
     (["compress", "models/prior/codec.pt", "-o", "out"], "is not an image this tool can read"),
+    (["compress", "photo.png", "-o", "out", "--effort", "2"], "refinement codes residual-VQ models cut by quality"),
+    (["compress", "photo.png", "-o", "out", "--effort", "-1"], "effort must be a whole number of refinement steps"),
     (["decompress", "photo.png", "-o", "out"], "not a sparse-vqvae compressed file"),
     (["compress", "photo.png", "-o", "out", "--model", "models/prior/codec.pt"], "is not a sparse-vqvae/vqvae2 checkpoint"),
 ])
