@@ -12,6 +12,10 @@ Image sets (held out from the model's training by construction):
 - ``photos``: the last 9 photographs by name of ../shared/data/photos (the recipe's test split);
 - ``embedded``: the 3 embedded test photographs (scikit-image's chelsea, coffee, rocket), full size.
 
+With ``--effort N`` (default 5; 0: none), every quality is also coded with its code refined by N steps
+(``sparse-vqvae compress --effort N``: the same decoder, slower encoding): a curve of its own, with its BD-rates
+against JPEG, WebP and the unrefined codes, its targets and its encoding speed.
+
 With ``--prior-images N`` (default: all), the highest quality is also coded with the model's PixelSNAIL
 prior as the entropy model (the same codes, so the same image, in fewer bits; sequential decoding): a
 point of its own, with its speed.
@@ -20,7 +24,8 @@ With ``--previous FILE`` (an earlier run's JSON, e.g. the committed one before a
 curves are kept beside this one's (``previous``: its model, fingerprint and points per set) and drawn with them,
 and this model's BD-rate against them is reported: what the new model changed.
 
-    python benchmarks/photo_codec.py [--model photo] [--threads 2] [--limit N] [--prior-images N] [--previous FILE]
+    python benchmarks/photo_codec.py [--model photo] [--threads 2] [--limit N] [--effort N] [--prior-images N]
+                                     [--previous FILE]
 
 Writes benchmarks/results/photo_codec.json and photo_codec_<set>.png (PSNR and MS-SSIM against bpp).
 """
@@ -57,6 +62,7 @@ WEBP_QUALITIES_PHOTO = (0, 2, *WEBP_QUALITIES, 95)
 JPEG_RANGE = (26.0, 33.0)  # the PSNRs over which the BD-rate target against JPEG is set (dB)
 TOP_PSNR, MIN_STEP = 33.0, 0.25  # the top quality's target (dB), and what each quality step must add (dB)
 BD_RATE_VS_JPEG, BD_PSNR_VS_JPEG, BD_RATE_VS_WEBP = -15.0, 0.0, 25.0  # the targets (percent, dB, percent)
+EFFORT = 5  # the refined curve's steps (sparse-vqvae compress --effort)
 
 
 def read(path: Path) -> torch.Tensor:
@@ -77,15 +83,15 @@ def colour_error(original: torch.Tensor, decoded: torch.Tensor) -> list[float]:
 
 
 def round_trips(codec: Codec, images: list[tuple[str, torch.Tensor]], quality: int,
-                checked: Codec | None = None) -> tuple[list[tuple], float, float]:
-    """Every image through a real file at ``quality``: the (original, decoded, bytes) triples and the total
-    encode and decode seconds. With ``checked``, each decoded image must equal that codec's (raises if not),
-    and each image's rate and times are printed (the slow, prior-coded files)."""
+                checked: Codec | None = None, effort: int = 0) -> tuple[list[tuple], float, float]:
+    """Every image through a real file at ``quality`` (refined by ``effort`` steps): the (original, decoded, bytes)
+    triples and the total encode and decode seconds. With ``checked``, each decoded image must equal that codec's
+    (raises if not), and each image's rate and times are printed (the slow, prior-coded files)."""
     encode_s = decode_s = 0.0
     triples = []
     for name, image in images:
         start = time.perf_counter()
-        data = codec.compress(image, quality)
+        data = codec.compress(image, quality, effort)
         middle = time.perf_counter()
         decoded = codec.decompress(data)
         end = time.perf_counter()
@@ -100,15 +106,16 @@ def round_trips(codec: Codec, images: list[tuple[str, torch.Tensor]], quality: i
     return triples, encode_s, decode_s
 
 
-def ours(codec: Codec, images: list[tuple[str, torch.Tensor]]) -> tuple[list[dict], dict]:
-    """Every quality on every image, through real files; the points, and speed and colour error at the
-    highest quality."""
+def ours(codec: Codec, images: list[tuple[str, torch.Tensor]], effort: int = 0) -> tuple[list[dict], dict]:
+    """Every quality on every image, through real files (each code refined by ``effort`` steps); the points, and
+    speed and colour error at the highest quality."""
     points = []
     megapixels = sum(image.shape[1] * image.shape[2] for _, image in images) / 1e6
+    label = codec_label(codec) + (f", effort {effort}" if effort else "")
     for quality in codec.qualities:
-        triples, encode_s, decode_s = round_trips(codec, images, quality)
+        triples, encode_s, decode_s = round_trips(codec, images, quality, effort=effort)
         errors = [colour_error(image, decoded) for image, decoded, _ in triples]
-        point = measure_point(codec_label(codec), quality, triples)
+        point = measure_point(label, quality, triples)
         point.update(encode_mp_s=megapixels / encode_s, decode_mp_s=megapixels / decode_s,
                      colour_error_mean=np.mean(errors, axis=0).tolist(), colour_error_max=float(np.max(errors)))
         print(f"  quality {quality}: {point['bpp']:.3f} bpp, {point['psnr']:.2f} dB, MS-SSIM {point['ms_ssim']:.4f}, "
@@ -200,6 +207,19 @@ def targets(ours: list[dict], jpeg: list[dict], webp: list[dict]) -> dict:
                for name, (x, sense, bound) in figures.items()}}
 
 
+def bd_summary(points: list[dict], references: tuple[tuple[str, list[dict]], ...]) -> dict:
+    """BD-rate (PSNR, MS-SSIM) and BD-PSNR of a curve against each named reference curve."""
+    return {**{f"bd_rate_{metric}_vs_{ref}": bd_rate(points_ref, points, quality=metric)
+               for ref, points_ref in references for metric in ("psnr", "ms_ssim")},
+            **{f"bd_psnr_vs_{ref}": bd_psnr(points_ref, points) for ref, points_ref in references}}
+
+
+def summary_words(summary: dict) -> str:
+    """'bd_rate_psnr_vs_jpeg -9.9%, ..., bd_psnr_vs_jpeg +0.01 dB'."""
+    return ", ".join(f"{k} n/a" if v is None else f"{k} {v:+.2f} dB" if k.startswith("bd_psnr") else f"{k} {v:+.1f}%"
+                     for k, v in summary.items())
+
+
 def target_words(target: dict) -> str:
     """'30.10 (not met)'."""
     if target["figure"] is None:
@@ -225,6 +245,8 @@ def main() -> None:
     parser.add_argument("--model", default="photo", help="a zoo name or checkpoint (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--limit", type=int, default=0, help="at most this many images a set (0: all)")
+    parser.add_argument("--effort", type=int, default=EFFORT,
+                        help="refinement steps of the refined curve (default: %(default)s; 0: no refined curve)")
     parser.add_argument("--prior-images", type=int, default=None,
                         help="images a set also coded with the priors at the highest quality (default: all; 0: none)")
     parser.add_argument("--output", type=Path, default=RESULTS / "photo_codec.json")
@@ -261,21 +283,30 @@ def main() -> None:
             before = None
         before = before and before["ours"]
         references = (("jpeg", jpeg), ("webp", webp), *((("previous", before),) if before else ()))
-        summary = {**{f"bd_rate_{metric}_vs_{ref}": bd_rate(points_ref, points, quality=metric)
-                      for ref, points_ref in references for metric in ("psnr", "ms_ssim")},
-                   **{f"bd_psnr_vs_{ref}": bd_psnr(points_ref, points) for ref, points_ref in references}}
+        summary = bd_summary(points, references)
+        if args.effort:
+            print(f"  refined, effort {args.effort}:", flush=True)
+            refined_points, refined_extra = ours(codec, images, args.effort)
+            extra["refined"] = {"effort": args.effort, "points": refined_points, "speed": refined_extra["speed"],
+                                "summary": bd_summary(refined_points, (*references[:2], ("unrefined", points))),
+                                "targets": targets(refined_points, jpeg, webp)}
         result["sets"][name] = {"images": [n for n, _ in images], "megapixels_mean": float(np.mean(pixels) / 1e6),
                                 "ours": points, "jpeg": jpeg, "webp": webp, **extra,
                                 "jpeg_speed": jpeg_speed(images), "summary": summary,
                                 "targets": targets(points, jpeg, webp)}
         print(f"{'codec':<28} {'setting':>7} {'bpp':>7} {'PSNR':>7} {'MS-SSIM':>8}")
-        for point in points + ([extra["prior"]] if "prior" in extra else []) + jpeg + webp:
+        refined_points = extra["refined"]["points"] if "refined" in extra else []
+        for point in points + refined_points + ([extra["prior"]] if "prior" in extra else []) + jpeg + webp:
             print(f"{point['codec']:<28} {point['setting']!s:>7} {point['bpp']:7.3f} {point['psnr']:7.2f} "
                   f"{point['ms_ssim']:8.4f}")
-        print("  " + ", ".join(f"{k} n/a" if v is None else f"{k} {v:+.2f} dB" if k.startswith("bd_psnr")
-                               else f"{k} {v:+.1f}%" for k, v in summary.items()))
-        print("  targets: " + ", ".join(f"{k} {target_words(t)}" for k, t in result["sets"][name]["targets"].items()
-                                        if isinstance(t, dict)))
+        print("  " + summary_words(summary))
+        for label, measured in (("", result["sets"][name]), (f"effort {args.effort} ", extra.get("refined"))):
+            if measured:
+                print(f"  {label}targets: " + ", ".join(f"{k} {target_words(t)}" for k, t in measured["targets"].items()
+                                                        if isinstance(t, dict)))
+        if "refined" in extra:
+            print(f"  effort {args.effort}: {summary_words(extra['refined']['summary'])}; "
+                  f"{extra['refined']['speed']['encode_mp_s']:.3f} MP/s encode", flush=True)
         print(f"  speed (MP/s, {args.threads} threads): ours {extra['speed']['encode_mp_s']:.3f} encode, "
               f"{extra['speed']['decode_mp_s']:.3f} decode; JPEG {result['sets'][name]['jpeg_speed']['encode_mp_s']:.1f}"
               f" / {result['sets'][name]['jpeg_speed']['decode_mp_s']:.1f}")
@@ -287,6 +318,7 @@ def main() -> None:
             earlier = ((f"previous model ({previous['fingerprint'][:8]})", before),) if before else ()
             series = {label_of: ([p["bpp"] for p in pts], [p[metric] for p in pts])
                       for label_of, pts in (("sparse-vqvae", points), ("sparse-vqvae, priors", [extra.get("prior")]),
+                                            (f"sparse-vqvae, effort {args.effort}", refined_points or [None]),
                                             *earlier, ("JPEG", jpeg), ("WebP", webp)) if pts != [None]}
             line_plot({k: tuple(zip(*sorted(zip(*v)))) for k, v in series.items()},
                       args.output.with_name(f"photo_codec_{name}_{metric}.png"), "bits per pixel (real file sizes)",

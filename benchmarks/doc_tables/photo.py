@@ -19,30 +19,41 @@ def _previous_curve(name: str = "photos") -> list[dict]:
     return result("photo_codec").get("previous", {}).get("sets", {}).get(name, {}).get("ours", [])
 
 
+def _refined(name: str = "photos") -> dict:
+    """The refined curve of set ``name`` (``--effort``): its effort, points, speed, summary and targets; else {}."""
+    return _photo_set(name).get("refined", {})
+
+
 @renders("photo_codec")
 def _photo_codec() -> str:
-    """The shipped model's curve, the previous model's beside it where the run kept one (``--previous``)."""
+    """The shipped model's curve, its refined curve (``--effort``) and the previous model's (``--previous``) beside
+    it where the run measured them."""
     run, s = result("photo_codec"), _photo_set("photos")
-    earlier = {p["setting"]: p for p in _previous_curve()}
+    beside = [({p["setting"]: p for p in curve}, column) for curve, column in (
+        (_refined().get("points", []), f"effort {_refined().get('effort')}: bpp / PSNR"),
+        (_previous_curve(), "the previous model: bpp / PSNR")) if curve]
 
-    def previous(setting: int) -> list[str]:
-        """The previous model's point at this quality, where the run kept that model's curve."""
-        if not earlier:
-            return []
-        point = earlier.get(setting)
-        return [f"{point['bpp']:.3f} / {point['psnr']:.2f}" if point else ""]
+    def points_beside(setting: int) -> list[str]:
+        """Each curve beside this one at this quality."""
+        return [f"{points[setting]['bpp']:.3f} / {points[setting]['psnr']:.2f}" if setting in points else ""
+                for points, _ in beside]
 
     rows = [[str(p["setting"]), f"{p['bpp']:.3f}", f"{p['psnr']:.2f}", f"{p['ms_ssim']:.3f}",
-             " / ".join(f"{c:.2f}" for c in p["colour_error_mean"]), *previous(p["setting"])] for p in s["ours"]]
+             " / ".join(f"{c:.2f}" for c in p["colour_error_mean"]), *points_beside(p["setting"])] for p in s["ours"]]
     prior = s["prior"]
     rows.append([f"{prior['setting']}, prior-coded", f"{prior['bpp']:.3f}", f"{prior['psnr']:.2f}",
-                 f"{prior['ms_ssim']:.3f}", "(the same image)", *([""] if earlier else [])])  # curves only kept
-    columns = ["quality", "bpp", "PSNR (dB)", "MS-SSIM", "colour error (levels, R / G / B)"]
+                 f"{prior['ms_ssim']:.3f}", "(the same image)", *[""] * len(beside)])  # curves only beside
+    columns = ["quality", "bpp", "PSNR (dB)", "MS-SSIM", "colour error (levels, R / G / B)",
+               *(column for _, column in beside)]
     caption = (f"{len(s['images'])} held-out photographs at full size ({s['megapixels_mean']:.2f} MP on average), "
                "real file sizes")
-    if earlier:
+    if _refined():
+        r = _refined()
+        caption += (f"; effort {r['effort']}: each code refined by {r['effort']} steps at encode time (`--effort`), "
+                    f"BD-rate {signed(r['summary']['bd_rate_psnr_vs_unrefined'])} against the unrefined codes by PSNR "
+                    f"(BD-PSNR {r['summary']['bd_psnr_vs_unrefined']:+.2f} dB)")
+    if _previous_curve():
         b = s["summary"]
-        columns.append("the previous model: bpp / PSNR")
         caption += (f"; the previous model (`{run['previous']['fingerprint'][:8]}`) measured alike, "
                     f"against which this one's BD-rate is {signed(b['bd_rate_psnr_vs_previous'])} by PSNR "
                     f"(BD-PSNR {b['bd_psnr_vs_previous']:+.2f} dB)")
@@ -67,13 +78,15 @@ def _prior_s_per_mp(prior: dict) -> str:
 def _photo_codec_summary() -> str:
     rows = []
     for name, v in result("photo_codec")["sets"].items():
-        b = v["summary"]
-        rows.append([f"{name} ({len(v['images'])}, {v['megapixels_mean']:.2f} MP)", signed(b["bd_rate_psnr_vs_jpeg"]),
-                     signed(b["bd_rate_ms_ssim_vs_jpeg"]), signed(b["bd_rate_psnr_vs_webp"]),
-                     signed(b["bd_rate_ms_ssim_vs_webp"]),
-                     f"{v['speed']['encode_mp_s']:.2f} / {v['speed']['decode_mp_s']:.2f}",
-                     f"{v['jpeg_speed']['encode_mp_s']:.0f} / {v['jpeg_speed']['decode_mp_s']:.0f}",
-                     _prior_s_per_mp(v["prior"])])
+        for label, b, speed, rest in (
+                (f"{name} ({len(v['images'])}, {v['megapixels_mean']:.2f} MP)", v["summary"], v["speed"],
+                 [f"{v['jpeg_speed']['encode_mp_s']:.0f} / {v['jpeg_speed']['decode_mp_s']:.0f}",
+                  _prior_s_per_mp(v["prior"])]),
+                *(((f"{name}, effort {r['effort']}", r["summary"], r["speed"], ["", ""]),) if (r := _refined(name))
+                  else ())):
+            rows.append([label, signed(b["bd_rate_psnr_vs_jpeg"]), signed(b["bd_rate_ms_ssim_vs_jpeg"]),
+                         signed(b["bd_rate_psnr_vs_webp"]), signed(b["bd_rate_ms_ssim_vs_webp"]),
+                         f"{speed['encode_mp_s']:.2f} / {speed['decode_mp_s']:.2f}", *rest])
     return table(["held-out set (photographs, MP)", "BD-rate vs JPEG, PSNR", "vs JPEG, MS-SSIM", "vs WebP, PSNR",
                   "vs WebP, MS-SSIM", "encode / decode MP/s", "JPEG MP/s", "prior-coded s/MP"], rows)
 
@@ -91,8 +104,10 @@ _PHOTO_TARGETS = {  # key: what it is, how its figure reads, its unit
 def _photo_codec_targets() -> str:
     """The photo codec's targets (issue 27), set by set: figure, target, verdict (benchmarks/photo_codec.py)."""
     rows = []
-    for name, v in result("photo_codec")["sets"].items():
-        targets = v.get("targets", {})
+    measured = [(name, v.get("targets", {})) for name, v in result("photo_codec")["sets"].items()]
+    measured += [(f"{name}, effort {r['effort']}", r["targets"]) for name in result("photo_codec")["sets"]
+                 if (r := _refined(name))]
+    for name, targets in measured:
         reached = targets.get("bd_rate_vs_jpeg_psnr_range")
         for key, (what, form, unit) in _PHOTO_TARGETS.items():
             if key not in targets:
