@@ -152,18 +152,42 @@ for _name, _path, _fmt in [
     ("photo_bd_psnr_db_vs_previous", lambda: _photo_set("photos")["summary"]["bd_psnr_vs_previous"],
      lambda x: f"{x:+.2f} dB"),
     ("photo_previous_top_db", lambda: _previous_curve()[-1]["psnr"], lambda x: f"{x:.2f} dB"),
+    ("photo_jpeg_encode_mp_s", lambda: _photo_set("photos")["jpeg_speed"]["encode_mp_s"], lambda x: f"{x:.0f} MP/s"),
+    ("photo_factorised_encode_mp_s", lambda: _photo_set("photos")["speed"]["encode_mp_s"], lambda x: f"{x:.2f} MP/s"),
+    ("photo_refined_effort", lambda: _refined()["effort"], str),
+    ("photo_refined_top_db", lambda: _refined()["points"][-1]["psnr"], lambda x: f"{x:.2f} dB"),
+    ("photo_refined_bd_vs_unrefined", lambda: _refined()["summary"]["bd_rate_psnr_vs_unrefined"], signed),
+    ("photo_refined_bd_psnr_db_vs_unrefined", lambda: _refined()["summary"]["bd_psnr_vs_unrefined"],
+     lambda x: f"{x:+.2f} dB"),
+    ("photo_refined_bd_psnr_vs_jpeg", lambda: _refined()["summary"]["bd_rate_psnr_vs_jpeg"], signed),
+    ("photo_refined_bd_psnr_db_vs_jpeg", lambda: _refined()["summary"]["bd_psnr_vs_jpeg"], lambda x: f"{x:+.2f} dB"),
+    ("photo_bd_psnr_db_vs_jpeg", lambda: _photo_set("photos")["summary"]["bd_psnr_vs_jpeg"], lambda x: f"{x:+.2f} dB"),
+    ("photo_refined_bd_ms_ssim_vs_unrefined", lambda: _refined()["summary"]["bd_rate_ms_ssim_vs_unrefined"], signed),
+    ("photo_refined_bd_psnr_vs_webp", lambda: _refined()["summary"]["bd_rate_psnr_vs_webp"], signed),
+    ("photo_refined_encode_s_per_mp", lambda: 1 / _refined()["speed"]["encode_mp_s"], lambda x: f"{x:.0f} s/MP"),
 ]:
     RENDERERS[_name] = _fig(_path, _fmt)
 
 
-@renders("photo_gain_vs_previous")
-def _photo_gain_vs_previous() -> str:
-    """The shipped model's PSNR against the previous model's at qualities 1, the middle one and the top, in words."""
-    ours = {p["setting"]: p["psnr"] for p in _photo_set("photos")["ours"]}
-    before = {p["setting"]: p["psnr"] for p in _previous_curve()}
+def _gain_words(after: list[dict], before: list[dict]) -> str:
+    """Curve ``after``'s PSNR against ``before``'s at quality 1, the middle one and the top, in words."""
+    ours = {p["setting"]: p["psnr"] for p in after}
+    earlier = {p["setting"]: p["psnr"] for p in before}
     qualities = sorted(ours)
     shown = [qualities[0], qualities[len(qualities) // 2 - 1], qualities[-1]]
-    return ", ".join(f"{ours[q] - before[q]:+.2f} dB at quality {q}" for q in shown)
+    return ", ".join(f"{ours[q] - earlier[q]:+.2f} dB at quality {q}" for q in shown)
+
+
+@renders("photo_gain_vs_previous")
+def _photo_gain_vs_previous() -> str:
+    """The shipped model's PSNR against the previous model's."""
+    return _gain_words(_photo_set("photos")["ours"], _previous_curve())
+
+
+@renders("photo_refined_gain")
+def _photo_refined_gain() -> str:
+    """The refined curve's PSNR against the unrefined codes'."""
+    return _gain_words(_refined()["points"], _photo_set("photos")["ours"])
 
 
 # ----------------------------------------------------------------------------------- what caps the photo codec
