@@ -286,10 +286,10 @@ def main() -> None:
         summary = bd_summary(points, references)
         if args.effort:
             print(f"  refined, effort {args.effort}:", flush=True)
-            refined_points, refined_extra = ours(codec, images, args.effort)
-            extra["refined"] = {"effort": args.effort, "points": refined_points, "speed": refined_extra["speed"],
-                                "summary": bd_summary(refined_points, (*references[:2], ("unrefined", points))),
-                                "targets": targets(refined_points, jpeg, webp)}
+            curve, curve_extra = ours(codec, images, args.effort)
+            extra["refined"] = {"effort": args.effort, "points": curve, "speed": curve_extra["speed"],
+                                "summary": bd_summary(curve, (*references[:2], ("unrefined", points))),
+                                "targets": targets(curve, jpeg, webp)}
         result["sets"][name] = {"images": [n for n, _ in images], "megapixels_mean": float(np.mean(pixels) / 1e6),
                                 "ours": points, "jpeg": jpeg, "webp": webp, **extra,
                                 "jpeg_speed": jpeg_speed(images), "summary": summary,

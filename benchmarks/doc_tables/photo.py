@@ -28,9 +28,9 @@ def _refined(name: str = "photos") -> dict:
 def _photo_codec() -> str:
     """The shipped model's curve, its refined curve (``--effort``) and the previous model's (``--previous``) beside
     it where the run measured them."""
-    run, s = result("photo_codec"), _photo_set("photos")
+    run, s, refined = result("photo_codec"), _photo_set("photos"), _refined()
     beside = [({p["setting"]: p for p in curve}, column) for curve, column in (
-        (_refined().get("points", []), f"effort {_refined().get('effort')}: bpp / PSNR"),
+        (refined.get("points", []), f"effort {refined.get('effort')}: bpp / PSNR"),
         (_previous_curve(), "the previous model: bpp / PSNR")) if curve]
 
     def points_beside(setting: int) -> list[str]:
@@ -47,11 +47,10 @@ def _photo_codec() -> str:
                *(column for _, column in beside)]
     caption = (f"{len(s['images'])} held-out photographs at full size ({s['megapixels_mean']:.2f} MP on average), "
                "real file sizes")
-    if _refined():
-        r = _refined()
-        caption += (f"; effort {r['effort']}: each code refined by {r['effort']} steps at encode time (`--effort`), "
-                    f"BD-rate {signed(r['summary']['bd_rate_psnr_vs_unrefined'])} against the unrefined codes by PSNR "
-                    f"(BD-PSNR {r['summary']['bd_psnr_vs_unrefined']:+.2f} dB)")
+    if refined:
+        caption += (f"; effort {refined['effort']}: each code refined by {refined['effort']} steps at encode time "
+                    f"(`--effort`), BD-rate {signed(refined['summary']['bd_rate_psnr_vs_unrefined'])} against the "
+                    f"unrefined codes by PSNR (BD-PSNR {refined['summary']['bd_psnr_vs_unrefined']:+.2f} dB)")
     if _previous_curve():
         b = s["summary"]
         caption += (f"; the previous model (`{run['previous']['fingerprint'][:8]}`) measured alike, "
